@@ -1,0 +1,36 @@
+# The two commands the README promises: `make test` and `make demo`.
+# Both create .venv on first use and reinstall when setup.cfg or pyproject.toml change.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test demo venv bench fuzz wheel clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,broker]'
+	@touch $@
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m evproto.daemons.demo
+
+# Speed figures for docs/performance.md (ratios against a baseline in the same run).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_codec.py
+
+# Long decoder fuzz run (CI runs 10^5 inputs inside make test).
+fuzz: $(STAMP)
+	$(BIN)/python benchmarks/fuzz_decoder.py --inputs 2000000
+
+wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --no-deps -w dist .
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

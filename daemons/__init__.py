@@ -1,0 +1,1 @@
+"""The reference daemons (installed as ``evproto.daemons``)."""

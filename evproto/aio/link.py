@@ -1,0 +1,519 @@
+"""Run a :class:`~evproto.link.LinkConnection` over an asyncio stream.
+
+Client::
+
+    async with evproto.aio.connect("tcp://central:7000", hello=Hello(...)) as link:
+        answer = await link.request(HealthCheck(), timeout_s=1.0)
+        async for event in link.messages:          # raises LinkDownError when the link dies
+            if isinstance(event, RequestReceived):
+                await link.respond(event, CommandResult(code=ReasonCode.OK))
+
+Server::
+
+    async def handler(link: Link) -> None:
+        async for event in link.messages:
+            ...
+
+    async with await evproto.aio.serve("tcp://0.0.0.0:7000", handler, node_id="central") as server:
+        await server.serve_forever()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from ..endpoint import Endpoint, parse_endpoint
+from ..errors import LinkDownError, LinkRejectedError, LocalProtocolError, RequestTimeoutError
+from ..link import (
+    Connected,
+    Delivered,
+    DownReason,
+    HelloReceived,
+    LinkConfig,
+    LinkConnection,
+    LinkDown,
+    LinkState,
+    MessageReceived,
+    RequestReceived,
+    RequestTimedOut,
+    ResponseReceived,
+    Side,
+)
+from ..messages import PROTOCOL_VERSION, Hello, Message, ReasonCode, Reject
+from .transport import StreamPair, open_stream, start_tcp_server
+
+__all__ = ["Link", "Server", "connect", "open_link", "serve", "serve_stream", "HelloPolicy"]
+
+log = logging.getLogger("evproto.aio")
+
+_READ_SIZE = 4096
+_DOWN = object()  # sentinel in the incoming queue
+
+#: Decides on a client's Hello: return None to accept it or a Reject to refuse it.
+HelloPolicy = Callable[[Hello], "Reject | None | Awaitable[Reject | None]"]
+
+Incoming = MessageReceived | RequestReceived
+
+
+def _exception_for(down: LinkDown) -> LinkDownError:
+    if down.reason is DownReason.REJECTED:
+        return LinkRejectedError(down.reason, down.detail, code=down.code)
+    return LinkDownError(down.reason, down.detail)
+
+
+class _MessageIterator:
+    def __init__(self, link: Link) -> None:
+        self._link = link
+
+    def __aiter__(self) -> _MessageIterator:
+        return self
+
+    async def __anext__(self) -> Incoming:
+        return await self._link._next_incoming()
+
+
+class Link:
+    """A live link over a (reader, writer) pair. Create it with :func:`connect` or :func:`serve`."""
+
+    def __init__(
+        self,
+        conn: LinkConnection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        max_incoming: int = 256,
+    ) -> None:
+        self.conn = conn
+        self._reader = reader
+        self._writer = writer
+        self._loop = asyncio.get_running_loop()
+        self._max_incoming = max_incoming
+        self._incoming: asyncio.Queue[Any] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._deliveries: dict[int, asyncio.Future[None]] = {}
+        self._response: asyncio.Future[Message] | None = None
+        self._request_lock = asyncio.Lock()
+        self._handshake: asyncio.Future[Connected | HelloReceived] = self._loop.create_future()
+        self._down: asyncio.Future[LinkDown] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reader_task = asyncio.ensure_future(self._read_loop())
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> str:
+        """The peer's node id from the handshake ("" before it)."""
+        if self.conn.peer_hello is not None:
+            return self.conn.peer_hello.node_id
+        if self.conn.peer_accept is not None:
+            return self.conn.peer_accept.node_id
+        return ""
+
+    @property
+    def peer_hello(self) -> Hello | None:
+        """Server side: the client's Hello."""
+        return self.conn.peer_hello
+
+    @property
+    def is_open(self) -> bool:
+        """True while the link is OPEN."""
+        return self.conn.state is LinkState.OPEN
+
+    @property
+    def down_event(self) -> LinkDown | None:
+        """Why the link ended, once it has."""
+        return self.conn.down
+
+    @property
+    def messages(self) -> _MessageIterator:
+        """``async for`` over incoming messages and requests.
+
+        Raises :class:`LinkDownError` when the link dies (its ``clean`` tells an
+        orderly EOT from a loss); ends quietly only after our own :meth:`close`.
+        """
+        return _MessageIterator(self)
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def send(self, message: Message, *, wait: bool = True) -> int:
+        """Send a one-way message; with ``wait`` return once the peer ACKed it."""
+        self._check_open()
+        while self.conn.queued >= self.conn.config.max_queue:
+            self._space.clear()
+            await self._space.wait()
+            self._check_open()
+        seq = self.conn.send(message, self._now())
+        fut: asyncio.Future[None] | None = None
+        if wait:
+            fut = self._loop.create_future()
+            self._deliveries[seq] = fut
+        self._pump()
+        if fut is not None:
+            await fut
+        return seq
+
+    async def request(self, message: Message, *, timeout_s: float | None = None) -> Message:
+        """Send ``message`` and return the peer's answer.
+
+        Requests are serialised (one outstanding per direction). Raises
+        :class:`RequestTimeoutError` when no answer comes in ``timeout_s``
+        (default: the link config's) and :class:`LinkDownError` if the link dies.
+        """
+        async with self._request_lock:
+            self._check_open()
+            fut: asyncio.Future[Message] = self._loop.create_future()
+            self._response = fut
+            try:
+                self.conn.request(message, self._now(), timeout_s=timeout_s)
+                self._pump()
+                return await fut
+            finally:
+                self._response = None
+                if not fut.done():  # cancelled by our caller: free the slot for the next request
+                    self.conn.cancel_request()
+
+    async def respond(self, request: RequestReceived | int, message: Message, *, wait: bool = False) -> int:
+        """Answer a request received from the peer."""
+        self._check_open()
+        request_id = request if isinstance(request, int) else request.request_id
+        seq = self.conn.respond(request_id, message, self._now())
+        fut: asyncio.Future[None] | None = None
+        if wait:
+            fut = self._loop.create_future()
+            self._deliveries[seq] = fut
+        self._pump()
+        if fut is not None:
+            await fut
+        return seq
+
+    async def close(self) -> LinkDown:
+        """Say goodbye (EOT) and close the transport. Safe to call more than once."""
+        if self.conn.state is not LinkState.CLOSED:
+            self.conn.close(self._now())
+            self._pump()
+        if self._reader_task is not asyncio.current_task():
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+        return await self._down
+
+    async def wait_closed(self) -> LinkDown:
+        """Wait until the link ends, for whatever reason, and return why."""
+        return await asyncio.shield(self._down)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return self._loop.time()
+
+    def _check_open(self) -> None:
+        if self.conn.down is not None:
+            raise _exception_for(self.conn.down)
+        if self.conn.state is not LinkState.OPEN:
+            raise LocalProtocolError(f"link is not open (state {self.conn.state.value})")
+
+    async def _next_incoming(self) -> Incoming:
+        item = await self._incoming.get()
+        if item is _DOWN:
+            self._incoming.put_nowait(_DOWN)  # every later reader sees the end too
+            down = self.conn.down
+            assert down is not None
+            if down.reason is DownReason.CLOSED:
+                raise StopAsyncIteration
+            raise _exception_for(down)
+        if self._incoming.qsize() < self._max_incoming:
+            self._room.set()
+        return item  # type: ignore[no-any-return]
+
+    async def _read_loop(self) -> None:
+        conn = self.conn
+        try:
+            while conn.state is not LinkState.CLOSED:
+                if self._incoming.qsize() >= self._max_incoming:
+                    # Back-pressure: the application is not consuming; stop reading.
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
+                data = await self._reader.read(_READ_SIZE)
+                conn.receive_data(data, self._now())
+                self._pump()
+        except asyncio.CancelledError:
+            raise
+        except (OSError, EOFError) as exc:
+            log.debug("transport error on link to %r: %s", self.peer_id, exc)
+            conn.receive_data(b"", self._now())
+            self._pump()
+        except Exception:  # a bug must not leave the peer hanging: drop the link and say so
+            log.exception("unexpected error on link to %r", self.peer_id)
+            conn.receive_data(b"", self._now())
+            self._pump()
+
+    def _pump(self) -> None:
+        conn = self.conn
+        data = conn.data_to_send()
+        if data and not self._writer.is_closing():
+            try:
+                self._writer.write(data)
+            except (OSError, RuntimeError) as exc:
+                log.debug("write failed on link to %r: %s", self.peer_id, exc)
+        for ev in conn.events():
+            self._dispatch(ev)
+        self._rearm_timer()
+
+    def _dispatch(self, ev: object) -> None:
+        if isinstance(ev, Delivered):
+            fut = self._deliveries.pop(ev.seq, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            self._space.set()
+        elif isinstance(ev, (MessageReceived, RequestReceived)):
+            self._incoming.put_nowait(ev)
+        elif isinstance(ev, ResponseReceived):
+            if self._response is not None and not self._response.done():
+                self._response.set_result(ev.message)
+        elif isinstance(ev, RequestTimedOut):
+            if self._response is not None and not self._response.done():
+                self._response.set_exception(RequestTimeoutError(f"no answer to request {ev.request_id}"))
+        elif isinstance(ev, (Connected, HelloReceived)):
+            if not self._handshake.done():
+                self._handshake.set_result(ev)
+        elif isinstance(ev, LinkDown):
+            self._on_down(ev)
+
+    def _on_down(self, down: LinkDown) -> None:
+        log.debug("link to %r down: %s %s", self.peer_id, down.reason.value, down.detail)
+        exc = _exception_for(down)
+        for fut in self._deliveries.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._deliveries.clear()
+        if self._response is not None and not self._response.done():
+            self._response.set_exception(exc)
+        if not self._handshake.done():
+            self._handshake.set_exception(exc)
+            self._handshake.exception()  # retrieved here; awaiting it re-raises
+        self._incoming.put_nowait(_DOWN)
+        self._room.set()
+        self._space.set()
+        if not self._down.done():
+            self._down.set_result(down)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with contextlib.suppress(Exception):
+            self._writer.close()
+
+    def _rearm_timer(self) -> None:
+        deadline = self.conn.get_timer()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() == deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer, deadline)
+
+    def _on_timer(self, deadline: float) -> None:
+        self._timer = None
+        # call_at may fire up to one clock tick early; the loop considers it due.
+        self.conn.handle_timer(max(self._now(), deadline))
+        self._pump()
+
+
+# -- client ----------------------------------------------------------------------------------
+
+
+async def open_link(
+    address: str | Endpoint | StreamPair,
+    *,
+    hello: Hello,
+    config: LinkConfig | None = None,
+) -> Link:
+    """Open the transport, run the handshake and return an OPEN :class:`Link`.
+
+    Raises TransportError when the address cannot be opened,
+    LinkRejectedError when the server refuses the Hello, LinkDownError otherwise.
+    """
+    reader, writer = address if isinstance(address, tuple) else await open_stream(address)
+    conn = LinkConnection(Side.CLIENT, hello=hello, config=config)
+    link = Link(conn, reader, writer)
+    conn.start(link._now())
+    link._pump()
+    try:
+        await link._handshake
+    except BaseException:
+        await link.close()
+        raise
+    return link
+
+
+@contextlib.asynccontextmanager
+async def connect(
+    address: str | Endpoint | StreamPair,
+    *,
+    hello: Hello,
+    config: LinkConfig | None = None,
+) -> AsyncIterator[Link]:
+    """``async with connect(url, hello=...) as link:``; closes with EOT on exit."""
+    link = await open_link(address, hello=hello, config=config)
+    try:
+        yield link
+    finally:
+        await link.close()
+
+
+# -- server ----------------------------------------------------------------------------------
+
+
+async def _decide(policy: HelloPolicy | None, hello: Hello) -> Reject | None:
+    if hello.protocol_version != PROTOCOL_VERSION:
+        return Reject(
+            code=ReasonCode.UNSUPPORTED_VERSION,
+            detail=f"protocol version {hello.protocol_version} not supported (this side speaks {PROTOCOL_VERSION})",
+        )
+    if policy is None:
+        return None
+    decision = policy(hello)
+    if inspect.isawaitable(decision):
+        decision = await decision
+    return decision  # type: ignore[return-value]
+
+
+async def serve_stream(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    handler: Callable[[Link], Awaitable[None]],
+    *,
+    node_id: str,
+    on_hello: HelloPolicy | None = None,
+    config: LinkConfig | None = None,
+) -> LinkDown:
+    """Run one server-side session on an open stream and return how it ended.
+
+    The handler runs once the Hello is accepted; when it returns the link is
+    closed with EOT. Used by :func:`serve` per TCP connection and directly by the
+    device end of a serial line.
+    """
+    conn = LinkConnection(Side.SERVER, node_id=node_id, config=config)
+    link = Link(conn, reader, writer)
+    conn.start(link._now())
+    link._pump()
+    try:
+        await link._handshake
+        assert conn.peer_hello is not None
+        rejection = await _decide(on_hello, conn.peer_hello)
+        if conn.state is LinkState.HELLO_RECEIVED:
+            if rejection is not None:
+                conn.reject(link._now(), rejection.code, rejection.detail)
+            else:
+                conn.accept(link._now())
+            link._pump()
+        if link.is_open:
+            await handler(link)
+    except LinkDownError as exc:
+        log.debug("session with %r ended: %s", link.peer_id, exc)
+    except asyncio.CancelledError:
+        await link.close()
+        raise
+    except Exception:
+        log.exception("handler for %r failed", link.peer_id)
+    return await link.close()
+
+
+class Server:
+    """A listening TCP link server. Use as ``async with``; :attr:`port` tells the chosen port."""
+
+    def __init__(
+        self,
+        handler: Callable[[Link], Awaitable[None]],
+        *,
+        node_id: str,
+        on_hello: HelloPolicy | None,
+        config: LinkConfig | None,
+    ) -> None:
+        self._handler = handler
+        self._node_id = node_id
+        self._on_hello = on_hello
+        self._config = config
+        self._server: asyncio.base_events.Server | None = None
+        self._sessions: set[asyncio.Task[LinkDown]] = set()
+
+    @property
+    def sockets_addresses(self) -> list[tuple[str, int]]:
+        """Every (host, port) the server listens on."""
+        assert self._server is not None
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    @property
+    def port(self) -> int:
+        """The listening port (useful after binding port 0)."""
+        return self.sockets_addresses[0][1]
+
+    @property
+    def url(self) -> str:
+        """``tcp://host:port`` of the first listening socket."""
+        host, port = self.sockets_addresses[0]
+        return Endpoint(scheme="tcp", host=host, port=port).url
+
+    async def _start(self, address: str | Endpoint) -> None:
+        self._server = await start_tcp_server(address, self._on_connection)
+
+    async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)  # type: ignore[arg-type]
+        try:
+            await serve_stream(
+                reader, writer, self._handler, node_id=self._node_id, on_hello=self._on_hello, config=self._config
+            )
+        finally:
+            self._sessions.discard(task)  # type: ignore[arg-type]
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled."""
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop listening and end every session (their handlers are cancelled; links send EOT)."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._sessions):
+            task.cancel()
+        for task in list(self._sessions):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def serve(
+    address: str | Endpoint,
+    handler: Callable[[Link], Awaitable[None]],
+    *,
+    node_id: str,
+    on_hello: HelloPolicy | None = None,
+    config: LinkConfig | None = None,
+) -> Server:
+    """Listen on ``tcp://host:port`` and run ``handler(link)`` for every accepted client."""
+    ep = address if isinstance(address, Endpoint) else parse_endpoint(address)
+    server = Server(handler, node_id=node_id, on_hello=on_hello, config=config)
+    await server._start(ep)
+    return server

@@ -1,0 +1,114 @@
+"""Transport addresses: ``tcp://host:port`` and ``serial:///dev/ttyUSB0?baudrate=9600``.
+
+Pure parsing, no I/O. Shorthands accepted everywhere a URL is: ``host:port``
+means TCP and a path starting with ``/`` means a serial device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlsplit
+
+from .errors import TransportError
+
+__all__ = ["Endpoint", "parse_endpoint", "SERIAL_DEFAULTS"]
+
+#: Serial settings used when the URL does not give them (8N1, the usual meter default).
+SERIAL_DEFAULTS: dict[str, object] = {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}
+
+_PARITIES = {"N", "E", "O", "M", "S"}
+_BYTESIZES = {5, 6, 7, 8}
+_STOPBITS = {1, 1.5, 2}
+_BOOL_OPTIONS = {"rtscts", "xonxoff", "dsrdtr", "exclusive"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    """A parsed transport address."""
+
+    scheme: str  # "tcp" or "serial"
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    options: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The canonical URL form."""
+        if self.scheme == "tcp":
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"tcp://{host}:{self.port}"
+        query = "&".join(f"{k}={v}" for k, v in self.options.items())
+        return f"serial://{self.path}" + (f"?{query}" if query else "")
+
+
+def _tcp(host: str | None, port: int | None, text: str) -> Endpoint:
+    if not host:
+        raise TransportError(f"{text!r}: missing host (expected tcp://HOST:PORT)")
+    if port is None:
+        raise TransportError(f"{text!r}: missing port (expected tcp://HOST:PORT)")
+    if not 0 <= port <= 65535:
+        raise TransportError(f"{text!r}: port {port} is out of range 0..65535")
+    return Endpoint(scheme="tcp", host=host, port=port)
+
+
+def _serial_options(query: str, text: str) -> dict[str, object]:
+    opts: dict[str, object] = dict(SERIAL_DEFAULTS)
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        try:
+            if key == "baudrate":
+                baud = int(value)
+                if baud <= 0:
+                    raise ValueError
+                opts[key] = baud
+            elif key == "bytesize":
+                size = int(value)
+                if size not in _BYTESIZES:
+                    raise ValueError
+                opts[key] = size
+            elif key == "parity":
+                if value.upper() not in _PARITIES:
+                    raise ValueError
+                opts[key] = value.upper()
+            elif key == "stopbits":
+                bits = float(value)
+                if bits not in _STOPBITS:
+                    raise ValueError
+                opts[key] = 1.5 if bits == 1.5 else int(bits)
+            elif key in _BOOL_OPTIONS:
+                if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                    raise ValueError
+                opts[key] = value.lower() in ("1", "true", "yes")
+            else:
+                raise TransportError(f"{text!r}: unknown serial option {key!r}")
+        except ValueError:
+            raise TransportError(f"{text!r}: bad value {value!r} for serial option {key!r}") from None
+    return opts
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    """Parse a transport address; raises TransportError with the reason when it is invalid."""
+    text = text.strip()
+    if not text:
+        raise TransportError("empty transport address")
+    if text.startswith("/"):
+        path, _, query = text.partition("?")
+        return Endpoint(scheme="serial", path=path, options=_serial_options(query, text))
+    if "://" not in text:
+        text_url = "tcp://" + text
+    else:
+        text_url = text
+    parts = urlsplit(text_url)
+    scheme = parts.scheme.lower()
+    if scheme == "tcp":
+        try:
+            port = parts.port
+        except ValueError:
+            raise TransportError(f"{text!r}: port is not a number in 0..65535") from None
+        return _tcp(parts.hostname, port, text)
+    if scheme == "serial":
+        path = parts.netloc + parts.path
+        if not path:
+            raise TransportError(f"{text!r}: missing device path (expected serial:///dev/ttyUSB0)")
+        return Endpoint(scheme="serial", path=path, options=_serial_options(parts.query, text))
+    raise TransportError(f"{text!r}: unsupported scheme {parts.scheme!r} (use tcp:// or serial://)")

@@ -1,0 +1,298 @@
+"""The frame envelope: encoding, the LRC, and an incremental, resynchronising decoder.
+
+Wire layout (pinned, see docs/protocol.md)::
+
+    STX 0x02 | LEN uint16 big-endian | BODY (LEN bytes) | ETX 0x03 | LRC
+
+LRC is the XOR of every byte after STX up to and including ETX. Control bytes
+ENQ, ACK, NACK and EOT travel as single bytes between frames.
+
+This module does no I/O: bytes in, events out.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "STX",
+    "ETX",
+    "DEFAULT_MAX_BODY",
+    "Control",
+    "lrc",
+    "encode_frame",
+    "FrameDecoder",
+    "DecoderStats",
+    "FrameReceived",
+    "ControlReceived",
+    "FrameError",
+    "FrameErrorKind",
+    "Garbage",
+    "DecoderEvent",
+]
+
+STX = 0x02
+ETX = 0x03
+#: Default largest BODY accepted or produced; configurable per decoder up to 65535.
+DEFAULT_MAX_BODY = 4096
+_HEADER = 3  # STX + LEN
+_OVERHEAD = 5  # STX + LEN + ETX + LRC
+
+
+class Control(enum.IntEnum):
+    """Single control bytes exchanged between frames."""
+
+    EOT = 0x04
+    ENQ = 0x05
+    ACK = 0x06
+    NACK = 0x15
+
+    def to_bytes(self) -> bytes:  # type: ignore[override]
+        """The byte on the wire."""
+        return _CONTROL_BYTES[self]
+
+
+_CONTROL_BYTES = {c: bytes([c]) for c in Control}
+
+# XOR-fold shift sequences, indexed by (len - 1).bit_length(): fold the integer
+# in halves until one byte is left. C-level big-int ops beat a Python byte loop
+# from a few dozen bytes up (see benchmarks/bench_codec.py).
+_FOLDS = [()] + [tuple(8 << k for k in range(b - 1, -1, -1)) for b in range(1, 18)]
+
+
+def lrc(data: bytes | bytearray | memoryview) -> int:
+    """XOR of all bytes of ``data`` (the IEC 62056-21 BCC rule); 0 for empty input."""
+    n = len(data)
+    if n < 16:
+        x = 0
+        for b in data:
+            x ^= b
+        return x
+    x = int.from_bytes(data, "little")
+    for shift in _FOLDS[(n - 1).bit_length()]:
+        x ^= x >> shift
+    return x & 0xFF
+
+
+def encode_frame(body: bytes, *, max_body: int = DEFAULT_MAX_BODY) -> bytes:
+    """Wrap ``body`` in the envelope: STX, LEN, BODY, ETX, LRC.
+
+    Raises :class:`evproto.errors.LocalProtocolError` if ``body`` is longer than ``max_body``.
+    """
+    n = len(body)
+    if n > max_body or n > 0xFFFF:
+        from .errors import LocalProtocolError
+
+        raise LocalProtocolError(f"frame body of {n} bytes exceeds the maximum of {max_body}")
+    inner = bytes((n >> 8, n & 0xFF)) + bytes(body) + b"\x03"
+    return b"\x02" + inner + bytes((lrc(inner),))
+
+
+class FrameErrorKind(enum.Enum):
+    """Why a candidate frame was rejected."""
+
+    #: LEN larger than the decoder's maximum body size.
+    BAD_LENGTH = "bad_length"
+    #: The byte where ETX must be is something else.
+    BAD_ETX = "bad_etx"
+    #: ETX in place but the LRC does not match.
+    BAD_LRC = "bad_lrc"
+    #: A started frame stayed incomplete until the caller gave up on it (:meth:`FrameDecoder.resync`).
+    TRUNCATED = "truncated"
+
+
+@dataclass(frozen=True, slots=True)
+class FrameReceived:
+    """A complete frame with a valid envelope. ``body`` is the BODY bytes."""
+
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ControlReceived:
+    """A control byte (ENQ, ACK, NACK, EOT) between frames."""
+
+    control: Control
+
+
+@dataclass(frozen=True, slots=True)
+class FrameError:
+    """A candidate frame that failed its envelope checks; the decoder has resynchronised."""
+
+    kind: FrameErrorKind
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Garbage:
+    """``length`` bytes that were neither part of a valid frame nor a control byte.
+
+    Reported once the run of garbage ends, so the same input gives the same
+    events however it is split into chunks.
+    """
+
+    length: int
+
+
+DecoderEvent = FrameReceived | ControlReceived | FrameError | Garbage
+
+_CONTROL_EVENTS = {int(c): ControlReceived(c) for c in Control}
+# Bytes that end a run of garbage: STX and the control bytes.
+_SIGNIFICANT = re.compile(rb"[\x02\x04\x05\x06\x15]")
+
+
+@dataclass(slots=True)
+class DecoderStats:
+    """Counters kept by a :class:`FrameDecoder` (monotonic, never reset)."""
+
+    frames: int = 0
+    controls: int = 0
+    garbage_bytes: int = 0
+    errors: dict[FrameErrorKind, int] = field(default_factory=lambda: dict.fromkeys(FrameErrorKind, 0))
+
+    @property
+    def error_total(self) -> int:
+        """All envelope errors of every kind."""
+        return sum(self.errors.values())
+
+
+class FrameDecoder:
+    """Incremental frame decoder: ``feed(bytes) -> list of events`` in stream order.
+
+    Events are :class:`FrameReceived`, :class:`ControlReceived`, :class:`FrameError`
+    and :class:`Garbage`. Any chunking of the same byte stream gives the same
+    events. On a bad LEN, ETX or LRC the decoder reports a :class:`FrameError` and
+    resumes scanning at the byte after the failed STX, so a valid frame hidden
+    behind garbage is still found. Control bytes that lie inside a rejected
+    frame's claimed extent are treated as garbage (they are most likely body
+    bytes), until a valid frame proves the framing again.
+
+    Memory is bounded: between calls the decoder keeps at most one incomplete
+    frame (``max_body + 5`` bytes).
+    """
+
+    __slots__ = ("max_body", "stats", "_buf", "_suppress", "_garbage")
+
+    def __init__(self, *, max_body: int = DEFAULT_MAX_BODY) -> None:
+        if not 0 < max_body <= 0xFFFF:
+            raise ValueError(f"max_body must be in 1..65535, not {max_body}")
+        self.max_body = max_body
+        self.stats = DecoderStats()
+        self._buf = bytearray()
+        self._suppress = 0  # control bytes before this buffer index are garbage
+        self._garbage = 0  # length of the garbage run in progress
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held back waiting for the rest of a frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[DecoderEvent]:
+        """Consume ``data`` and return the events it completes, in stream order."""
+        buf = self._buf
+        buf += data
+        events: list[DecoderEvent] = []
+        pos = self._scan(buf, 0, events)
+        del buf[:pos]
+        self._suppress = max(0, self._suppress - pos)
+        return events
+
+    def resync(self) -> list[DecoderEvent]:
+        """Give up on the incomplete frame being held (the line went quiet mid-frame).
+
+        Reports it as :attr:`FrameErrorKind.TRUNCATED` and rescans the bytes
+        after its STX. Callers use this after an inter-byte timeout, so that a
+        stray STX whose LEN looks plausible cannot stall the line.
+        """
+        buf = self._buf
+        if not buf:
+            return []
+        events: list[DecoderEvent] = []
+        self._fail(events, FrameErrorKind.TRUNCATED, f"{len(buf)} bytes of an unfinished frame")
+        pos = self._scan(buf, 1, events)
+        del buf[:pos]
+        self._suppress = max(0, self._suppress - pos)
+        return events
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _fail(self, events: list[DecoderEvent], kind: FrameErrorKind, detail: str) -> None:
+        self._flush_garbage(events)
+        self.stats.errors[kind] += 1
+        events.append(FrameError(kind, detail))
+
+    def _flush_garbage(self, events: list[DecoderEvent]) -> None:
+        if self._garbage:
+            self.stats.garbage_bytes += self._garbage
+            events.append(Garbage(self._garbage))
+            self._garbage = 0
+
+    def _scan(self, buf: bytearray, pos: int, events: list[DecoderEvent]) -> int:
+        """Decode from ``pos``; return the index of the first byte not consumed."""
+        n = len(buf)
+        max_body = self.max_body
+        stats = self.stats
+        view = memoryview(buf)
+        try:
+            while pos < n:
+                b = buf[pos]
+                if b == STX:
+                    if n - pos < _HEADER:
+                        break
+                    length = (buf[pos + 1] << 8) | buf[pos + 2]
+                    if length > max_body:
+                        self._fail(
+                            events, FrameErrorKind.BAD_LENGTH, f"LEN {length} > max {max_body}"
+                        )
+                        pos += 1
+                        continue
+                    end = pos + length + _OVERHEAD
+                    if end > n:
+                        break
+                    if buf[end - 2] != ETX:
+                        self._fail(
+                            events,
+                            FrameErrorKind.BAD_ETX,
+                            f"byte 0x{buf[end - 2]:02x} where ETX belongs (LEN {length})",
+                        )
+                        self._suppress = max(self._suppress, end)
+                        pos += 1
+                        continue
+                    check = lrc(view[pos + 1 : end - 1])
+                    if check != buf[end - 1]:
+                        self._fail(
+                            events,
+                            FrameErrorKind.BAD_LRC,
+                            f"LRC 0x{buf[end - 1]:02x}, computed 0x{check:02x} (LEN {length})",
+                        )
+                        self._suppress = max(self._suppress, end)
+                        pos += 1
+                        continue
+                    if self._garbage:
+                        self._flush_garbage(events)
+                    events.append(FrameReceived(bytes(view[pos + _HEADER : end - 2])))
+                    stats.frames += 1
+                    self._suppress = 0
+                    pos = end
+                elif b in _CONTROL_EVENTS and pos >= self._suppress:
+                    if self._garbage:
+                        self._flush_garbage(events)
+                    events.append(_CONTROL_EVENTS[b])
+                    stats.controls += 1
+                    pos += 1
+                else:
+                    # A run of garbage: jump to the next byte that can mean something.
+                    if pos < self._suppress:
+                        nxt = buf.find(STX, pos + 1, self._suppress)
+                        if nxt < 0:
+                            nxt = self._suppress
+                    else:
+                        m = _SIGNIFICANT.search(buf, pos + 1)
+                        nxt = m.start() if m else n
+                    self._garbage += nxt - pos
+                    pos = nxt
+        finally:
+            view.release()
+        return pos

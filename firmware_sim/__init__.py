@@ -1,0 +1,1 @@
+"""A simulated meter on a pty, with fault injection (installed as ``evproto.firmware_sim``)."""

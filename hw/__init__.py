@@ -1,0 +1,1 @@
+"""Real meter drivers over serial lines (installed as ``evproto.hw``)."""

@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 # Speed figures for docs/performance.md (ratios against a baseline in the same run).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_codec.py
+	$(BIN)/python benchmarks/bench_codec.py --write docs/performance.md
 
 # Long decoder fuzz run (CI runs 10^5 inputs inside make test).
 fuzz: $(STAMP)

@@ -13,7 +13,6 @@ This module does no I/O: bytes in, events out.
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -139,8 +138,6 @@ class Garbage:
 DecoderEvent = FrameReceived | ControlReceived | FrameError | Garbage
 
 _CONTROL_EVENTS = {int(c): ControlReceived(c) for c in Control}
-# Bytes that end a run of garbage: STX and the control bytes.
-_SIGNIFICANT = re.compile(rb"[\x02\x04\x05\x06\x15]")
 
 
 @dataclass(slots=True)
@@ -165,15 +162,22 @@ class FrameDecoder:
     and :class:`Garbage`. Any chunking of the same byte stream gives the same
     events. On a bad LEN, ETX or LRC the decoder reports a :class:`FrameError` and
     resumes scanning at the byte after the failed STX, so a valid frame hidden
-    behind garbage is still found. Control bytes that lie inside a rejected
-    frame's claimed extent are treated as garbage (they are most likely body
-    bytes), until a valid frame proves the framing again.
+    behind garbage is still found.
+
+    Control bytes are trusted only on a clean line. After anything that is not a
+    valid frame or a control byte (garbage, a failed frame) the decoder is
+    *hunting*: control bytes count as garbage, since a damaged frame's body bytes
+    (0x04, 0x05, 0x06, 0x15 are common in binary fields) would otherwise be taken for
+    EOT, ENQ, ACK or NACK, and a false ACK loses a frame silently. Hunting ends at
+    the next valid frame, or when the caller reports a quiet line with
+    :meth:`resync`. While hunting, further failed candidates are garbage, not new
+    errors: one damage, one error (one NACK).
 
     Memory is bounded: between calls the decoder keeps at most one incomplete
     frame (``max_body + 5`` bytes).
     """
 
-    __slots__ = ("max_body", "stats", "_buf", "_suppress", "_garbage")
+    __slots__ = ("max_body", "stats", "_buf", "_hunting", "_garbage")
 
     def __init__(self, *, max_body: int = DEFAULT_MAX_BODY) -> None:
         if not 0 < max_body <= 0xFFFF:
@@ -181,13 +185,23 @@ class FrameDecoder:
         self.max_body = max_body
         self.stats = DecoderStats()
         self._buf = bytearray()
-        self._suppress = 0  # control bytes before this buffer index are garbage
+        self._hunting = False
         self._garbage = 0  # length of the garbage run in progress
 
     @property
     def buffered(self) -> int:
         """Bytes held back waiting for the rest of a frame."""
         return len(self._buf)
+
+    @property
+    def hunting(self) -> bool:
+        """True while control bytes are distrusted after damage (see the class docstring)."""
+        return self._hunting
+
+    @property
+    def wants_resync(self) -> bool:
+        """True when a quiet line should be reported with :meth:`resync`."""
+        return self._hunting or bool(self._buf) or bool(self._garbage)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[DecoderEvent]:
         """Consume ``data`` and return the events it completes, in stream order."""
@@ -196,24 +210,30 @@ class FrameDecoder:
         events: list[DecoderEvent] = []
         pos = self._scan(buf, 0, events)
         del buf[:pos]
-        self._suppress = max(0, self._suppress - pos)
         return events
 
     def resync(self) -> list[DecoderEvent]:
-        """Give up on the incomplete frame being held (the line went quiet mid-frame).
+        """Report that the line has gone quiet (an inter-byte timeout).
 
-        Reports it as :attr:`FrameErrorKind.TRUNCATED` and rescans the bytes
-        after its STX. Callers use this after an inter-byte timeout, so that a
-        stray STX whose LEN looks plausible cannot stall the line.
+        An incomplete frame still held is abandoned: reported as
+        :attr:`FrameErrorKind.TRUNCATED` (unless it began while already hunting)
+        and the bytes after its STX are rescanned as suspect. Then hunting ends and
+        any garbage run is reported: the next byte starts on a clean line. This is
+        what keeps a stray STX with a plausible LEN from stalling the line.
         """
         buf = self._buf
-        if not buf:
-            return []
         events: list[DecoderEvent] = []
-        self._fail(events, FrameErrorKind.TRUNCATED, f"{len(buf)} bytes of an unfinished frame")
-        pos = self._scan(buf, 1, events)
-        del buf[:pos]
-        self._suppress = max(0, self._suppress - pos)
+        if buf:
+            if self._hunting:
+                self._garbage += 1
+            else:
+                self._fail(events, FrameErrorKind.TRUNCATED, f"{len(buf)} bytes of an unfinished frame")
+            self._hunting = True
+            pos = self._scan(buf, 1, events)
+            del buf[:pos]
+        if not buf:
+            self._hunting = False
+        self._flush_garbage(events)
         return events
 
     # -- internals -------------------------------------------------------------------------
@@ -229,6 +249,13 @@ class FrameDecoder:
             events.append(Garbage(self._garbage))
             self._garbage = 0
 
+    def _reject(self, events: list[DecoderEvent], kind: FrameErrorKind, detail: str) -> None:
+        if self._hunting:
+            self._garbage += 1  # part of damage already reported
+        else:
+            self._fail(events, kind, detail)
+            self._hunting = True
+
     def _scan(self, buf: bytearray, pos: int, events: list[DecoderEvent]) -> int:
         """Decode from ``pos``; return the index of the first byte not consumed."""
         n = len(buf)
@@ -243,54 +270,48 @@ class FrameDecoder:
                         break
                     length = (buf[pos + 1] << 8) | buf[pos + 2]
                     if length > max_body:
-                        self._fail(
-                            events, FrameErrorKind.BAD_LENGTH, f"LEN {length} > max {max_body}"
-                        )
+                        self._reject(events, FrameErrorKind.BAD_LENGTH, f"LEN {length} > max {max_body}")
                         pos += 1
                         continue
                     end = pos + length + _OVERHEAD
                     if end > n:
                         break
                     if buf[end - 2] != ETX:
-                        self._fail(
+                        self._reject(
                             events,
                             FrameErrorKind.BAD_ETX,
                             f"byte 0x{buf[end - 2]:02x} where ETX belongs (LEN {length})",
                         )
-                        self._suppress = max(self._suppress, end)
                         pos += 1
                         continue
                     check = lrc(view[pos + 1 : end - 1])
                     if check != buf[end - 1]:
-                        self._fail(
+                        self._reject(
                             events,
                             FrameErrorKind.BAD_LRC,
                             f"LRC 0x{buf[end - 1]:02x}, computed 0x{check:02x} (LEN {length})",
                         )
-                        self._suppress = max(self._suppress, end)
                         pos += 1
                         continue
                     if self._garbage:
                         self._flush_garbage(events)
                     events.append(FrameReceived(bytes(view[pos + _HEADER : end - 2])))
                     stats.frames += 1
-                    self._suppress = 0
+                    self._hunting = False
                     pos = end
-                elif b in _CONTROL_EVENTS and pos >= self._suppress:
+                elif b in _CONTROL_EVENTS and not self._hunting:
                     if self._garbage:
                         self._flush_garbage(events)
                     events.append(_CONTROL_EVENTS[b])
                     stats.controls += 1
                     pos += 1
                 else:
-                    # A run of garbage: jump to the next byte that can mean something.
-                    if pos < self._suppress:
-                        nxt = buf.find(STX, pos + 1, self._suppress)
-                        if nxt < 0:
-                            nxt = self._suppress
-                    else:
-                        m = _SIGNIFICANT.search(buf, pos + 1)
-                        nxt = m.start() if m else n
+                    # Garbage: the line is not clean any more. Only an STX can end the
+                    # run now; control bytes before it are suspect.
+                    self._hunting = True
+                    nxt = buf.find(STX, pos + 1)
+                    if nxt < 0:
+                        nxt = n
                     self._garbage += nxt - pos
                     pos = nxt
         finally:

@@ -95,7 +95,8 @@ class DownReason(enum.Enum):
     PEER_CLOSED = "peer_closed"
     #: We called close() and sent EOT.
     CLOSED = "closed"
-    #: Nothing heard from the peer for longer than the keepalive allows (cable pulled, peer hung).
+    #: Nothing heard from the peer for longer than the keepalive allows, or not a byte
+    #: while a frame went unacknowledged through every retry (cable pulled, peer hung).
     PEER_SILENT = "peer_silent"
     #: The handshake (ENQ, Hello, Accept) did not finish in time.
     HANDSHAKE_TIMEOUT = "handshake_timeout"
@@ -103,7 +104,7 @@ class DownReason(enum.Enum):
     CONNECTION_LOST = "connection_lost"
     #: The peer started a new session (ENQ) in the middle of this one: it restarted.
     PEER_RESET = "peer_reset"
-    #: A frame was not acknowledged after every retry.
+    #: A frame was not acknowledged after every retry although the peer was heard meanwhile.
     RETRIES_EXHAUSTED = "retries_exhausted"
     #: Too many bad frames in a row.
     PROTOCOL_ERROR = "protocol_error"
@@ -271,6 +272,7 @@ class _InFlight:
     deadline: float
     copies: int = 1
     nacks: int = 0
+    first_sent: float = 0.0
 
 
 class LinkConnection:
@@ -449,7 +451,9 @@ class LinkConnection:
         if self.state is LinkState.OPEN and self.keepalive_s is not None:
             keepalive = self._last_tx + self.keepalive_s
         return {
-            "interbyte": self._last_byte_rx + self.config.interbyte_timeout_s if self.decoder.buffered else None,
+            "interbyte": (
+                self._last_byte_rx + self.config.interbyte_timeout_s if self.decoder.wants_resync else None
+            ),
             "retransmit": retransmit,
             "silence": self._silence_deadline,
             "request": self._request[1] if self._request is not None else None,
@@ -551,6 +555,7 @@ class LinkConnection:
             self._dup_acks_expected = 0
         item = self._queue.popleft()
         item.deadline = now + self.config.ack_timeout_s
+        item.first_sent = now
         self._inflight = item
         self.stats.frames_sent += 1
         self._write(item.wire, now)
@@ -737,9 +742,16 @@ class LinkConnection:
         item = self._inflight
         assert item is not None
         if item.copies > self.config.max_retries:
-            self._go_down(
-                DownReason.RETRIES_EXHAUSTED, f"frame seq {item.seq} unacknowledged after {item.copies} copies"
-            )
+            if self._last_rx < item.first_sent:
+                # Not a byte since the frame first went out: the peer is gone, not refusing.
+                self._go_down(
+                    DownReason.PEER_SILENT,
+                    f"nothing heard for {now - self._last_rx:.1f} s; frame seq {item.seq} sent {item.copies} times",
+                )
+            else:
+                self._go_down(
+                    DownReason.RETRIES_EXHAUSTED, f"frame seq {item.seq} unacknowledged after {item.copies} copies"
+                )
             return
         item.copies += 1
         item.deadline = now + self.config.ack_timeout_s

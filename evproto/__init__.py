@@ -61,7 +61,7 @@ from .messages import (
     CpStatus,
     EndReason,
     Envelope,
-    Error,
+    ErrorReport,
     ErrorCode,
     FaultCode,
     FaultReport,
@@ -101,7 +101,7 @@ __all__ = [
     # messages
     "PROTOCOL_VERSION", "MessageType", "Flags", "Role", "ReasonCode", "HealthState",
     "FaultCode", "CpState", "CommandAction", "EndReason", "ErrorCode", "MeterStatus",
-    "Message", "Envelope", "Hello", "Accept", "Reject", "Ping", "Error", "HealthCheck",
+    "Message", "Envelope", "Hello", "Accept", "Reject", "Ping", "ErrorReport", "HealthCheck",
     "HealthStatus", "FaultReport", "RecoveryReport", "CpStatus", "Command",
     "AuthorizeSupply", "CommandResult", "SupplyTelemetry", "SupplyEnd",
     "MeterReadRequest", "MeterValues", "encode_body", "decode_body",

@@ -46,7 +46,7 @@ __all__ = [
     "Accept",
     "Reject",
     "Ping",
-    "Error",
+    "ErrorReport",
     "HealthCheck",
     "HealthStatus",
     "FaultReport",
@@ -185,7 +185,7 @@ class EndReason(enum.IntEnum):
 
 
 class ErrorCode(enum.IntEnum):
-    """Codes of the Error message."""
+    """Codes of the ErrorReport message."""
 
     UNKNOWN_TYPE = 1
     MALFORMED = 2
@@ -380,7 +380,7 @@ class Ping(Message):
 
 @_register(MessageType.ERROR)
 @_dc
-class Error(Message):
+class ErrorReport(Message):
     """An application-level error report."""
 
     code: ErrorCode = _w(_enum_wire(ErrorCode, cs.Int8ub))

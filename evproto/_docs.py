@@ -46,8 +46,9 @@ _ENUMS: tuple[type[enum.Enum], ...] = (
 def render_enums() -> str:
     lines = ["| enum | values |", "| --- | --- |"]
     for e in _ENUMS:
-        values = ", ".join(f"{member.name}={int(member.value):#x}" if issubclass(e, enum.IntFlag)
-                           else f"{member.name}={int(member.value)}" for member in e)  # type: ignore[call-overload]
+        # __members__ lists the same names on every Python (flag iteration changed in 3.11)
+        fmt = "{}={:#x}" if issubclass(e, enum.IntFlag) else "{}={}"
+        values = ", ".join(fmt.format(name, int(member.value)) for name, member in e.__members__.items())
         lines.append(f"| {e.__name__} | {values} |")
     return "\n".join(lines) + "\n"
 

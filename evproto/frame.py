@@ -58,7 +58,7 @@ _CONTROL_BYTES = {c: bytes([c]) for c in Control}
 # XOR-fold shift sequences, indexed by (len - 1).bit_length(): fold the integer
 # in halves until one byte is left. C-level big-int ops beat a Python byte loop
 # from a few dozen bytes up (see benchmarks/bench_codec.py).
-_FOLDS = [()] + [tuple(8 << k for k in range(b - 1, -1, -1)) for b in range(1, 18)]
+_FOLDS = [()] + [tuple(8 << k for k in range(b - 1, -1, -1)) for b in range(1, 64)]
 
 
 def lrc(data: bytes | bytearray | memoryview) -> int:

@@ -177,7 +177,7 @@ class Link:
                 return await fut
             finally:
                 self._response = None
-                if not fut.done():  # cancelled by our caller: free the slot for the next request
+                if fut.cancelled() or not fut.done():  # our caller gave up: free the slot
                     self.conn.cancel_request()
 
     async def respond(self, request: RequestReceived | int, message: Message, *, wait: bool = False) -> int:
@@ -446,7 +446,7 @@ class Server:
         self._on_hello = on_hello
         self._config = config
         self._server: asyncio.base_events.Server | None = None
-        self._sessions: set[asyncio.Task[LinkDown]] = set()
+        self._sessions: set[asyncio.Future[LinkDown]] = set()
 
     @property
     def sockets_addresses(self) -> list[tuple[str, int]]:
@@ -469,15 +469,20 @@ class Server:
         self._server = await start_tcp_server(address, self._on_connection)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._sessions.add(task)  # type: ignore[arg-type]
-        try:
-            await serve_stream(
+        # The session runs in a task of our own: close() cancels that one, never the
+        # task asyncio's server created (cancelling it makes asyncio log an error).
+        session = asyncio.ensure_future(
+            serve_stream(
                 reader, writer, self._handler, node_id=self._node_id, on_hello=self._on_hello, config=self._config
             )
+        )
+        self._sessions.add(session)
+        try:
+            await asyncio.wait({session})
         finally:
-            self._sessions.discard(task)  # type: ignore[arg-type]
+            self._sessions.discard(session)
+            if not session.cancelled() and session.exception() is not None:  # pragma: no cover - serve_stream catches
+                log.error("session ended with %r", session.exception())
 
     async def serve_forever(self) -> None:
         """Serve until cancelled."""

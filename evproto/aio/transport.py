@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from ..endpoint import Endpoint, parse_endpoint
 from ..errors import TransportError
@@ -28,7 +28,13 @@ async def open_stream(address: str | Endpoint, *, timeout_s: float = 10.0) -> St
     except asyncio.TimeoutError:
         raise TransportError(f"{ep.url}: not opened within {timeout_s:g} s") from None
     except OSError as exc:
-        raise TransportError(f"{ep.url}: {exc.strerror or exc}") from exc
+        raise TransportError(f"{ep.url}: {_reason(exc)}") from exc
+
+
+def _reason(exc: OSError) -> str:
+    # asyncio's connect errors carry its own wording in strerror ("Connect call
+    # failed ..."); the OS's words ("Connection refused") are what users need.
+    return os.strerror(exc.errno) if exc.errno else str(exc)
 
 
 async def _open_serial(ep: Endpoint) -> StreamPair:
@@ -54,22 +60,35 @@ async def start_tcp_server(
     try:
         return await asyncio.start_server(handler, ep.host, ep.port)
     except OSError as exc:
-        raise TransportError(f"{ep.url}: {exc.strerror or exc}") from exc
+        raise TransportError(f"{ep.url}: {_reason(exc)}") from exc
+
+
+class _FdStreamWriter(asyncio.StreamWriter):
+    """A StreamWriter over a write pipe that also closes its sibling read pipe."""
+
+    def __init__(self, *args: Any, read_transport: asyncio.ReadTransport) -> None:
+        super().__init__(*args)
+        self._read_transport = read_transport
+
+    def close(self) -> None:
+        self._read_transport.close()
+        super().close()
 
 
 async def open_fd_stream(fd: int) -> StreamPair:
     """Wrap an open file descriptor of a character device (a pty master) as (reader, writer).
 
     Used by the device side of a serial line, for example the simulated meter.
-    The descriptor is duplicated; the caller keeps ownership of ``fd``.
+    The descriptor is duplicated; the caller keeps ownership of ``fd``. Closing
+    the writer closes both duplicates.
     """
     loop = asyncio.get_running_loop()
     read_fd, write_fd = os.dup(fd), os.dup(fd)
     reader = asyncio.StreamReader()
     rproto = asyncio.StreamReaderProtocol(reader)
-    await loop.connect_read_pipe(lambda: rproto, os.fdopen(read_fd, "rb", buffering=0))
+    rtransport, _ = await loop.connect_read_pipe(lambda: rproto, os.fdopen(read_fd, "rb", buffering=0))
     wtransport, wproto = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, os.fdopen(write_fd, "wb", buffering=0)
     )
-    writer = asyncio.StreamWriter(wtransport, wproto, reader, loop)
+    writer = _FdStreamWriter(wtransport, wproto, reader, loop, read_transport=rtransport)
     return reader, writer

@@ -1,0 +1,331 @@
+"""Shared fixtures of the integration tests (test_aio_tcp.py, test_aio_serial.py).
+
+- ``link_config`` / ``make_config``: LinkConfigs with short timeouts.
+- ``spawn_peer``: start ``tests/peers.py`` as a real subprocess; every process is
+  continued (if stopped) and SIGKILLed at teardown, whatever the test outcome.
+- ``pty_pair``: a raw-mode pseudo-terminal pair, closed at teardown.
+- ``raw_peer``: builds a :class:`RawPeer`, one end of a link played by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+import tty
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from evproto import (
+    Accept,
+    Control,
+    ControlReceived,
+    Envelope,
+    FrameDecoder,
+    FrameError,
+    FrameReceived,
+    Garbage,
+    Hello,
+    LinkConfig,
+    Message,
+    decode_body,
+    encode_body,
+    encode_frame,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+PEERS = Path(__file__).resolve().parent / "peers.py"
+
+#: Upper bound for any single wait in these tests. It only stops a hang; it is
+#: not a timing assertion (the machine is shared and noisy).
+HANG_GUARD_S = 10.0
+
+
+# -- link configuration ----------------------------------------------------------------------
+
+#: Short timeouts so the real-time tests run fast; tests override what they need.
+_SHORT = dict(
+    ack_timeout_s=0.5,
+    max_retries=3,
+    handshake_timeout_s=5.0,
+    interbyte_timeout_s=0.3,
+    request_timeout_s=5.0,
+    min_keepalive_s=0.05,
+)
+
+
+@pytest.fixture
+def link_config() -> LinkConfig:
+    """A fresh LinkConfig with short timeouts."""
+    return LinkConfig(**_SHORT)
+
+
+@pytest.fixture
+def make_config() -> Callable[..., LinkConfig]:
+    """``make_config(**overrides)``: the short-timeout LinkConfig with some fields changed."""
+
+    def make(**overrides: Any) -> LinkConfig:
+        return dataclasses.replace(LinkConfig(**_SHORT), **overrides)
+
+    return make
+
+
+# -- peer subprocesses -----------------------------------------------------------------------
+
+
+@dataclass
+class Peer:
+    """A running ``tests/peers.py`` process and the line it printed when ready."""
+
+    proc: asyncio.subprocess.Process
+    line: str
+    stderr_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.proc.pid, sig)
+
+    def stderr(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.stderr_path.read_text(errors="replace")
+        return ""
+
+
+@pytest.fixture
+async def spawn_peer(tmp_path: Path):
+    """``await spawn_peer(mode, *args)`` -> :class:`Peer`, once it printed its ready line."""
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def spawn(mode: str, *args: str) -> Peer:
+        err_path = tmp_path / f"peer-{len(procs)}-{mode}.stderr"
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with open(err_path, "wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                str(PEERS),
+                mode,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+                cwd=str(REPO),
+                env=env,
+            )
+        procs.append(proc)
+        assert proc.stdout is not None
+        try:
+            raw = await asyncio.wait_for(proc.stdout.readline(), HANG_GUARD_S)
+        except asyncio.TimeoutError:
+            raw = b""
+        line = raw.decode(errors="replace").strip()
+        if not line:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise RuntimeError(
+                f"peers.py {mode} {' '.join(args)} printed no ready line "
+                f"(exit {proc.returncode}); stderr:\n{err_path.read_text(errors='replace')}"
+            )
+        return Peer(proc, line, err_path)
+
+    try:
+        yield spawn
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                # A stopped process must be continued for SIGKILL to be reaped promptly.
+                for sig in (signal.SIGCONT, signal.SIGKILL):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(proc.pid, sig)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), HANG_GUARD_S)
+
+
+# -- pseudo-terminals ------------------------------------------------------------------------
+
+
+@dataclass
+class PtyPair:
+    master: int
+    slave: int
+    path: str
+
+    def url(self, baudrate: int = 115200) -> str:
+        return f"serial://{self.path}?baudrate={baudrate}"
+
+
+@pytest.fixture
+def pty_pair():
+    """A pseudo-terminal in raw mode (no byte translation, no echo). The test keeps the
+    slave open for its whole life, so a client closing its own descriptor never hangs
+    up the master."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        yield PtyPair(master, slave, os.ttyname(slave))
+    finally:
+        for fd in (slave, master):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+@pytest.fixture
+def cooked_pty_pair():
+    """A pseudo-terminal left in its default (cooked) line discipline."""
+    master, slave = os.openpty()
+    try:
+        yield PtyPair(master, slave, os.ttyname(slave))
+    finally:
+        for fd in (slave, master):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+# -- a hand-played link end ------------------------------------------------------------------
+
+ENQ, ACK, NACK, EOT = Control.ENQ, Control.ACK, Control.NACK, Control.EOT
+assert (ENQ, ACK, NACK, EOT) == (0x05, 0x06, 0x15, 0x04)
+
+
+class RawPeer:
+    """One end of a link played by hand over a (reader, writer) pair: no LinkConnection.
+
+    Incoming bytes go through a FrameDecoder only (garbage is skipped); outgoing
+    bytes are written exactly as built, so a test can corrupt, repeat or withhold them.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: Any, *, guard_s: float = HANG_GUARD_S) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.guard_s = guard_s
+        self.decoder = FrameDecoder()
+        self._pending: deque[ControlReceived | FrameReceived | FrameError] = deque()
+        #: every event read so far, in order
+        self.log: list[ControlReceived | FrameReceived | FrameError] = []
+
+    # -- reading
+
+    async def event(self) -> ControlReceived | FrameReceived | FrameError:
+        """The next control byte, frame or frame error; EOFError at end of stream."""
+        while not self._pending:
+            data = await asyncio.wait_for(self.reader.read(4096), self.guard_s)
+            if not data:
+                raise EOFError("peer closed the stream")
+            for ev in self.decoder.feed(data):
+                if not isinstance(ev, Garbage):
+                    self._pending.append(ev)
+        ev = self._pending.popleft()
+        self.log.append(ev)
+        return ev
+
+    async def expect_control(self, control: Control) -> None:
+        ev = await self.event()
+        assert ev == ControlReceived(control), f"expected {control.name}, got {ev!r}"
+
+    async def expect_frame(self) -> tuple[bytes, Envelope]:
+        """The next event must be a valid frame; returns its BODY and decoded envelope."""
+        ev = await self.event()
+        assert isinstance(ev, FrameReceived), f"expected a frame, got {ev!r}"
+        return ev.body, decode_body(ev.body)
+
+    async def until_eof(self) -> list[ControlReceived | FrameReceived | FrameError]:
+        """Every event until the stream ends."""
+        out = []
+        with contextlib.suppress(EOFError, ConnectionError):
+            while True:
+                out.append(await self.event())
+        return out
+
+    # -- writing
+
+    @staticmethod
+    def frame(message: Message, seq: int, *, ref: int = 0, flags: int = 0) -> bytes:
+        return encode_frame(encode_body(message, seq=seq, ref=ref, flags=flags))
+
+    def write(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def send_control(self, control: Control) -> None:
+        self.write(bytes([control]))
+
+    def send(self, message: Message, seq: int, *, ref: int = 0, flags: int = 0) -> bytes:
+        wire = self.frame(message, seq, ref=ref, flags=flags)
+        self.write(wire)
+        return wire
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+
+    async def aclose(self) -> None:
+        """close() and wait until the transport is really gone."""
+        self.close()
+        wait_closed = getattr(self.writer, "wait_closed", None)
+        if wait_closed is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(wait_closed(), HANG_GUARD_S)
+
+    # -- handshakes
+
+    async def serve_handshake(self, *, keepalive_ms: int = 10_000, node_id: str = "raw") -> Hello:
+        """Play the server: ACK the ENQ, ACK the Hello, send Accept (seq 1) and take its ACK.
+
+        The long default keepalive keeps the evproto side from sending Pings, so the
+        test controls every frame on the wire.
+        """
+        await self.expect_control(ENQ)
+        self.send_control(ACK)
+        _, env = await self.expect_frame()
+        assert isinstance(env.message, Hello), env
+        self.send_control(ACK)
+        self.send(Accept(node_id=node_id, keepalive_ms=keepalive_ms), 1)
+        await self.expect_control(ACK)
+        return env.message
+
+    async def client_handshake(self, hello: Hello) -> Accept:
+        """Play the client: ENQ, Hello (seq 1), take ACK and Accept, ACK the Accept."""
+        self.send_control(ENQ)
+        await self.expect_control(ACK)
+        self.send(hello, 1)
+        await self.expect_control(ACK)
+        _, env = await self.expect_frame()
+        assert isinstance(env.message, Accept), env
+        self.send_control(ACK)
+        return env.message
+
+
+@pytest.fixture
+async def raw_peer():
+    """``raw_peer(reader, writer)`` -> :class:`RawPeer`; closed at teardown."""
+    peers: list[RawPeer] = []
+
+    def make(reader: asyncio.StreamReader, writer: Any) -> RawPeer:
+        peer = RawPeer(reader, writer)
+        peers.append(peer)
+        return peer
+
+    yield make
+    for peer in peers:
+        await peer.aclose()
+
+
+def corrupt_lrc(wire: bytes) -> bytes:
+    """The same frame with a wrong LRC (last byte flipped)."""
+    return wire[:-1] + bytes([wire[-1] ^ 0xFF])
+
+
+@pytest.fixture
+def corrupt():
+    """``corrupt(wire)``: the frame with its LRC broken."""
+    return corrupt_lrc
+

@@ -48,8 +48,9 @@ class Control(enum.IntEnum):
     ACK = 0x06
     NACK = 0x15
 
-    def to_bytes(self) -> bytes:  # type: ignore[override]
-        """The byte on the wire."""
+    @property
+    def byte(self) -> bytes:
+        """The byte on the wire, as ``bytes`` of length 1."""
         return _CONTROL_BYTES[self]
 
 

@@ -75,10 +75,10 @@ __all__ = [
     "LinkState",
 ]
 
-_ACK = Control.ACK.to_bytes()
-_NACK = Control.NACK.to_bytes()
-_ENQ = Control.ENQ.to_bytes()
-_EOT = Control.EOT.to_bytes()
+_ACK = Control.ACK.byte
+_NACK = Control.NACK.byte
+_ENQ = Control.ENQ.byte
+_EOT = Control.EOT.byte
 
 
 class Side(enum.Enum):

@@ -570,7 +570,7 @@ _ENV_SET = tuple(_slot_setter(Envelope, n) for n in ("message", "seq", "ref", "f
 class _Codec:
     """Encoder and decoder for one message type, derived from its construct fields."""
 
-    __slots__ = ("cls", "type", "names", "wires", "fixed", "decode", "_pack", "_compiled")
+    __slots__ = ("cls", "type", "names", "wires", "fixed", "decode", "_pack", "_build")
 
     def __init__(self, cls: type[Message]) -> None:
         self.cls = cls
@@ -579,7 +579,8 @@ class _Codec:
         self.names = tuple(n for n, _ in wires)
         self.wires = tuple(w for _, w in wires)
         self.fixed = all(w.fmt is not None for w in self.wires)
-        self._compiled = cs.Struct(
+        # construct's compiled builder encodes the types with text fields
+        self._build = cs.Struct(
             "type" / cs.Int8ub,
             "flags" / cs.Int8ub,
             "seq" / cs.Int16ub,
@@ -665,7 +666,7 @@ class _Codec:
         if self._pack is not None:
             return self._pack(self.type, flags, seq, ref, *values)  # type: ignore[no-any-return]
         kw = dict(zip(self.names, values))
-        return self._compiled.build(dict(type=self.type, flags=flags, seq=seq, ref=ref, **kw))  # type: ignore[no-any-return]
+        return self._build.build(dict(type=self.type, flags=flags, seq=seq, ref=ref, **kw))  # type: ignore[no-any-return]
 
 
 _CODECS: dict[int, _Codec] = {int(t): _Codec(cls) for t, cls in MESSAGE_CLASSES.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import re
 from pathlib import Path
 
@@ -62,12 +63,17 @@ def test_frame_vectors_encode_and_decode(name: str, expr: str, frame: str) -> No
 def test_decoder_vectors(inp: str, expected: str) -> None:
     data, _, action = inp.partition("|")
     wire = _hex(data)
-    for chunking in ("whole", "bytes"):
+    rng = random.Random(inp)
+    for chunking in ("whole", "bytes", "random"):
         dec = evproto.FrameDecoder()
         if chunking == "whole":
             events = dec.feed(wire)
-        else:
+        elif chunking == "bytes":
             events = [e for i in range(len(wire)) for e in dec.feed(wire[i : i + 1])]
+        else:
+            cuts = sorted(rng.sample(range(1, len(wire)), min(3, len(wire) - 1))) if len(wire) > 1 else []
+            pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+            events = [e for piece in pieces for e in dec.feed(piece)]
         if action.strip() == "resync":
             events += dec.resync()
         assert _show(events) == expected, chunking

@@ -449,7 +449,7 @@ class Server:
         self._sessions: set[asyncio.Future[LinkDown]] = set()
 
     @property
-    def sockets_addresses(self) -> list[tuple[str, int]]:
+    def addresses(self) -> list[tuple[str, int]]:
         """Every (host, port) the server listens on."""
         assert self._server is not None
         return [s.getsockname()[:2] for s in self._server.sockets]
@@ -457,12 +457,12 @@ class Server:
     @property
     def port(self) -> int:
         """The listening port (useful after binding port 0)."""
-        return self.sockets_addresses[0][1]
+        return self.addresses[0][1]
 
     @property
     def url(self) -> str:
         """``tcp://host:port`` of the first listening socket."""
-        host, port = self.sockets_addresses[0]
+        host, port = self.addresses[0]
         return Endpoint(scheme="tcp", host=host, port=port).url
 
     async def _start(self, address: str | Endpoint) -> None:

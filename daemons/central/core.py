@@ -1,0 +1,673 @@
+"""Central's decisions, pure: who may charge where, session bookkeeping, tickets.
+
+Every input is a method call with the time passed in (epoch ms); each returns
+effects for the daemon to carry out, in order: :class:`Publish` a Kafka event,
+:class:`SaveCp` / :class:`SaveSession` to the database, :class:`Note` a line for
+the messages pane. Durable publishes go through the database outbox in the same
+transaction as the saves, so a crash can neither lose nor invent a ticket.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+from dataclasses import dataclass
+
+from evproto.bus.events import (
+    AuthorizationAnswer,
+    AuthorizeCommand,
+    CancelAuthorization,
+    CpStateRecord,
+    Event,
+    RequestUpdate,
+    ResumeCommand,
+    StopCommand,
+    SupplyFinished,
+    SupplyProgress,
+    SupplyRequest,
+    SupplyStarted,
+    DriverTelemetry,
+    Ticket,
+)
+from evproto.bus.topics import Topic
+from evproto.domain.cp import CpFacts, cp_state
+from evproto.domain.session import SessionInput, SessionStatus, finish_input, step
+from evproto.messages import CpState, ReasonCode, Reject
+
+from .view import CpView, SessionView
+
+__all__ = [
+    "Rules",
+    "CpRecord",
+    "SessionRecord",
+    "Publish",
+    "SaveCp",
+    "SaveSession",
+    "Note",
+    "Effect",
+    "CentralCore",
+    "UnknownCpError",
+]
+
+
+class UnknownCpError(LookupError):
+    """An operator named a charge point Central does not know."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rules:
+    """Central's policy knobs."""
+
+    #: Register a CP the first time its monitor says hello with a location and price.
+    auto_register_cps: bool = True
+    #: Time the CP has to answer an authorisation before the request is denied.
+    answer_timeout_s: float = 10.0
+    #: Time the driver has to plug in once authorised.
+    plug_timeout_s: float = 60.0
+    #: Central waits this much longer than the CP before it gives up on an authorisation,
+    #: so the CP (which knows whether a vehicle plugged in) decides first, clock skew included.
+    expiry_grace_s: float = 15.0
+    #: Ended sessions remembered in memory, for duplicate requests and late CP reports.
+    remember_ended: int = 5000
+
+
+@dataclass(slots=True, kw_only=True)
+class CpRecord:
+    """What Central knows about a CP (persisted: id, location, price, stopped)."""
+
+    id: str
+    location: str
+    price_eur_kwh: float
+    stopped: bool = False
+    connected: bool = False
+    engine_ok: bool = True
+    fault: str = ""
+    session_id: int | None = None
+    supplying: bool = False
+    driver_id: str | None = None
+    power_kw: float | None = None
+    energy_kwh: float | None = None
+    amount_eur: float | None = None
+
+    @property
+    def state(self) -> CpState:
+        return cp_state(
+            CpFacts(
+                monitor_connected=self.connected,
+                engine_ok=self.engine_ok,
+                stopped=self.stopped,
+                supplying=self.supplying,
+            )
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class SessionRecord:
+    """A supply session (persisted)."""
+
+    id: int
+    cp_id: str
+    driver_id: str
+    request_id: str
+    origin: str
+    status: SessionStatus
+    requested_ts_ms: int
+    price_eur_kwh: float
+    deadline_ts_ms: int
+    target_energy_kwh: float | None = None
+    target_duration_s: float | None = None
+    authorized_ts_ms: int | None = None
+    started_ts_ms: int | None = None
+    ended_ts_ms: int | None = None
+    energy_kwh: float = 0.0
+    amount_eur: float = 0.0
+    end_reason: str | None = None
+    #: A ticket was issued (kept in the tickets table, not in the sessions row).
+    ticketed: bool = False
+
+    def view(self) -> SessionView:
+        return SessionView(
+            id=self.id,
+            cp_id=self.cp_id,
+            driver_id=self.driver_id,
+            status=self.status.value,
+            requested_ts_ms=self.requested_ts_ms,
+            energy_kwh=self.energy_kwh,
+            amount_eur=self.amount_eur,
+            started_ts_ms=self.started_ts_ms,
+            ended_ts_ms=self.ended_ts_ms,
+            end_reason=self.end_reason,
+        )
+
+
+# -- effects ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Send ``event`` to ``topic`` under ``key``; durable ones go through the outbox."""
+
+    topic: Topic
+    key: str
+    event: Event
+    durable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SaveCp:
+    record: CpRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SaveSession:
+    record: SessionRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A line for the application-messages pane and the log."""
+
+    text: str
+    level: str = "info"
+
+
+Effect = Publish | SaveCp | SaveSession | Note
+
+
+class CentralCore:
+    """Central's state and decisions; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        cps: list[CpRecord] = (),  # type: ignore[assignment]
+        drivers: set[str] = frozenset(),  # type: ignore[assignment]
+        sessions: list[SessionRecord] = (),  # type: ignore[assignment]
+        next_session_id: int = 1,
+        rules: Rules = Rules(),
+    ) -> None:
+        self.rules = rules
+        self.cps: dict[str, CpRecord] = {c.id: c for c in cps}
+        self.drivers: set[str] = set(drivers)
+        #: Live sessions only (requested, authorized, supplying), by id.
+        self.sessions: dict[int, SessionRecord] = {}
+        #: Recently ended sessions, oldest first (bounded): a repeated request id or a CP's
+        #: late report about one of them must be recognised.
+        self.ended: collections.OrderedDict[int, SessionRecord] = collections.OrderedDict()
+        self.request_ids: dict[str, int] = {}
+        self.next_session_id = max([next_session_id, *(s.id + 1 for s in sessions)])
+        self._fx: list[Effect] = []
+        for s in sorted(sessions, key=lambda s: s.id):
+            self.request_ids[s.request_id] = s.id
+            if not s.status.live:
+                self._remember(s)
+                continue
+            self.sessions[s.id] = s
+            cp = self.cps.get(s.cp_id)
+            if cp is not None:
+                cp.session_id = s.id
+                cp.driver_id = s.driver_id
+                cp.supplying = s.status is SessionStatus.SUPPLYING
+                if cp.supplying:
+                    cp.energy_kwh, cp.amount_eur, cp.power_kw = s.energy_kwh, s.amount_eur, 0.0
+
+    # -- registry --------------------------------------------------------------------------
+
+    def register_driver(self, driver_id: str) -> bool:
+        """Add a driver; False if it was known already."""
+        if driver_id in self.drivers:
+            return False
+        self.drivers.add(driver_id)
+        return True
+
+    # -- monitors (socket) -----------------------------------------------------------------
+
+    def hello(self, cp_id: str, location: str, price: float | None, now_ms: int) -> tuple[Reject | None, list[Effect]]:
+        """Decide on a monitor's Hello: registration of a new CP, or authentication."""
+        self._fx = []
+        cp = self.cps.get(cp_id)
+        if cp is None:
+            if not self.rules.auto_register_cps:
+                return Reject(code=ReasonCode.UNKNOWN_ID, detail=f"unknown charge point {cp_id}; register it first"), []
+            if not location or price is None:
+                return (
+                    Reject(
+                        code=ReasonCode.UNKNOWN_ID,
+                        detail=f"unknown charge point {cp_id}: give its location and price to register it",
+                    ),
+                    [],
+                )
+            if not 0 <= price < 100:
+                return Reject(code=ReasonCode.INVALID, detail=f"price {price} EUR/kWh is not plausible"), []
+            cp = CpRecord(id=cp_id, location=location, price_eur_kwh=price)
+            self.cps[cp_id] = cp
+            self._note(f"registered new charge point {cp_id} at {location}, {price:.2f} EUR/kWh")
+            self._fx.append(SaveCp(copy.copy(cp)))
+            return None, self._take()
+        if cp.connected:
+            return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"{cp_id} is already connected"), []
+        if price is not None and not 0 <= price < 100:
+            return Reject(code=ReasonCode.INVALID, detail=f"price {price} EUR/kWh is not plausible"), []
+        changed = False
+        if location and location != cp.location:
+            cp.location, changed = location, True
+        if price is not None and price != cp.price_eur_kwh:
+            cp.price_eur_kwh, changed = price, True
+        if changed:
+            self._note(f"{cp_id} updated: {cp.location}, {cp.price_eur_kwh:.2f} EUR/kWh")
+            self._fx.append(SaveCp(copy.copy(cp)))
+        return None, self._take()
+
+    def monitor_connected(self, cp_id: str, now_ms: int) -> list[Effect]:
+        """The monitor's link is open: the CP is visible again. Re-send the operator's state."""
+        self._fx = []
+        cp = self.cps[cp_id]
+        before = cp.state
+        cp.connected = True
+        cp.engine_ok = True  # until the monitor's first report says otherwise
+        cp.fault = ""
+        self._note(f"{cp_id} connected")
+        command = StopCommand(cp_id=cp_id, ts_ms=now_ms) if cp.stopped else ResumeCommand(cp_id=cp_id, ts_ms=now_ms)
+        self._fx.append(Publish(Topic.CP_COMMANDS, cp_id, command))
+        self._state_changed(cp, before, now_ms)
+        return self._take()
+
+    def monitor_lost(self, cp_id: str, clean: bool, detail: str, now_ms: int) -> list[Effect]:
+        """The monitor's link ended; ``clean`` when it said goodbye."""
+        self._fx = []
+        cp = self.cps.get(cp_id)
+        if cp is None or not cp.connected:
+            return []
+        before = cp.state
+        cp.connected = False
+        how = "signed off" if clean else f"lost ({detail or 'no goodbye'})"
+        self._note(f"{cp_id} monitor {how}", "info" if clean else "warning")
+        self._state_changed(cp, before, now_ms)
+        return self._take()
+
+    def engine_health(self, cp_id: str, ok: bool, fault: str, now_ms: int) -> list[Effect]:
+        """The monitor's report on its engine: OK, or KO/silent with a fault name."""
+        self._fx = []
+        cp = self.cps.get(cp_id)
+        if cp is None:
+            return []
+        before = cp.state
+        if ok != cp.engine_ok:
+            cp.engine_ok = ok
+            cp.fault = "" if ok else fault
+            if ok:
+                self._note(f"{cp_id} engine recovered")
+            else:
+                self._note(f"{cp_id} engine fault: {fault}", "error")
+                s = self.sessions.get(cp.session_id) if cp.session_id is not None else None
+                if s is not None:
+                    self._update(s, s.status.value, "cp_fault", f"{cp_id} reports a fault ({fault})", now_ms)
+        self._state_changed(cp, before, now_ms)
+        return self._take()
+
+    # -- operator --------------------------------------------------------------------------
+
+    def stop(self, cp_id: str | None, now_ms: int) -> tuple[list[str], list[Effect]]:
+        """STOP one CP (or all when None): out of service, any supply ends."""
+        return self._admin(cp_id, True, now_ms)
+
+    def resume(self, cp_id: str | None, now_ms: int) -> tuple[list[str], list[Effect]]:
+        """RESUME one CP (or all when None)."""
+        return self._admin(cp_id, False, now_ms)
+
+    def _admin(self, cp_id: str | None, stop: bool, now_ms: int) -> tuple[list[str], list[Effect]]:
+        self._fx = []
+        if cp_id is not None and cp_id not in self.cps:
+            raise UnknownCpError(cp_id)
+        targets = [self.cps[cp_id]] if cp_id is not None else list(self.cps.values())
+        for cp in targets:
+            before = cp.state
+            cp.stopped = stop
+            self._fx.append(SaveCp(copy.copy(cp)))
+            event = StopCommand(cp_id=cp.id, ts_ms=now_ms) if stop else ResumeCommand(cp_id=cp.id, ts_ms=now_ms)
+            self._fx.append(Publish(Topic.CP_COMMANDS, cp.id, event))
+            self._state_changed(cp, before, now_ms)
+        verb = "STOP" if stop else "RESUME"
+        self._note(f"{verb} sent to {cp_id or 'all charge points'}")
+        return [c.id for c in targets], self._take()
+
+    # -- Kafka events ----------------------------------------------------------------------
+
+    def on_event(self, event: Event, now_ms: int) -> list[Effect]:
+        """Handle one event read from driver-requests or cp-events."""
+        self._fx = []
+        if isinstance(event, SupplyRequest):
+            self._request(event, now_ms)
+        elif isinstance(event, AuthorizationAnswer):
+            self._answer(event, now_ms)
+        elif isinstance(event, SupplyStarted):
+            self._started(event, now_ms)
+        elif isinstance(event, SupplyProgress):
+            self._progress(event, now_ms)
+        elif isinstance(event, SupplyFinished):
+            self._finished(event, now_ms)
+        return self._take()
+
+    def tick(self, now_ms: int) -> list[Effect]:
+        """Expire requests the CP never answered and authorisations never used."""
+        self._fx = []
+        for s in list(self.sessions.values()):
+            if s.status in (SessionStatus.REQUESTED, SessionStatus.AUTHORIZED) and now_ms >= s.deadline_ts_ms:
+                waiting_answer = s.status is SessionStatus.REQUESTED
+                reason = "cp_no_answer" if waiting_answer else "not_plugged"
+                text = (
+                    f"{s.cp_id} did not answer the authorisation"
+                    if waiting_answer
+                    else f"nobody plugged in at {s.cp_id} within {self.rules.plug_timeout_s:g} s"
+                )
+                self._fx.append(
+                    Publish(Topic.CP_COMMANDS, s.cp_id, CancelAuthorization(cp_id=s.cp_id, session_id=s.id, reason=reason, ts_ms=now_ms))
+                )
+                self._transition(s, SessionInput.EXPIRED, now_ms, reason=reason, text=text)
+        return self._take()
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _take(self) -> list[Effect]:
+        fx, self._fx = self._fx, []
+        return fx
+
+    def _note(self, text: str, level: str = "info") -> None:
+        self._fx.append(Note(text, level))
+
+    def _state_changed(self, cp: CpRecord, before: CpState, now_ms: int) -> None:
+        after = cp.state
+        if after is not before:
+            self._fx.append(
+                Publish(
+                    Topic.CP_STATE,
+                    cp.id,
+                    CpStateRecord(
+                        cp_id=cp.id,
+                        location=cp.location,
+                        price_eur_kwh=cp.price_eur_kwh,
+                        state=after.name,
+                        driver_id=cp.driver_id or "",
+                        ts_ms=now_ms,
+                    ),
+                    durable=False,
+                )
+            )
+
+    def state_records(self, now_ms: int) -> list[Effect]:
+        """A CpStateRecord for every CP (published at start-up)."""
+        return [
+            Publish(
+                Topic.CP_STATE,
+                cp.id,
+                CpStateRecord(cp_id=cp.id, location=cp.location, price_eur_kwh=cp.price_eur_kwh, state=cp.state.name,
+                              driver_id=cp.driver_id or "", ts_ms=now_ms),
+                durable=False,
+            )
+            for cp in self.cps.values()
+        ]
+
+    def _update(self, s: SessionRecord, status: str, reason: str, text: str, now_ms: int) -> None:
+        self._fx.append(
+            Publish(
+                Topic.DRIVER_EVENTS,
+                s.driver_id,
+                RequestUpdate(
+                    driver_id=s.driver_id,
+                    request_id=s.request_id,
+                    cp_id=s.cp_id,
+                    status=status,
+                    session_id=s.id,
+                    reason=reason,
+                    message=text,
+                    ts_ms=now_ms,
+                ),
+            )
+        )
+
+    def _deny_request(self, req: SupplyRequest, reason: str, text: str, now_ms: int) -> None:
+        self._note(f"denied {req.driver_id} at {req.cp_id}: {text}", "warning")
+        self._fx.append(
+            Publish(
+                Topic.DRIVER_EVENTS,
+                req.driver_id,
+                RequestUpdate(driver_id=req.driver_id, request_id=req.request_id, cp_id=req.cp_id, status="denied",
+                              reason=reason, message=text, ts_ms=now_ms),
+            )
+        )
+
+    def _request(self, req: SupplyRequest, now_ms: int) -> None:
+        if req.request_id in self.request_ids:
+            return  # the same request again (a producer retry, a replay): handled already
+        where = " at the CP" if req.origin == "cp" else ""
+        self._note(f"request from {req.driver_id} for {req.cp_id}{where}")
+        if req.driver_id not in self.drivers:
+            return self._deny_request(req, "unknown_driver", f"driver {req.driver_id} is not registered", now_ms)
+        cp = self.cps.get(req.cp_id)
+        if cp is None:
+            return self._deny_request(req, "unknown_cp", f"charge point {req.cp_id} does not exist", now_ms)
+        busy = next((s for s in self.sessions.values() if s.driver_id == req.driver_id), None)
+        if busy is not None:
+            return self._deny_request(
+                req, "driver_busy", f"driver {req.driver_id} already has a supply {busy.status.value} at {busy.cp_id}", now_ms
+            )
+        state = cp.state
+        if cp.session_id is not None:
+            return self._deny_request(req, "cp_busy", f"{cp.id} is busy with another driver", now_ms)
+        if state is not CpState.ACTIVATED:
+            return self._deny_request(req, "cp_not_available", f"{cp.id} is {state.name}, not ACTIVATED", now_ms)
+        s = SessionRecord(
+            id=self.next_session_id,
+            cp_id=cp.id,
+            driver_id=req.driver_id,
+            request_id=req.request_id,
+            origin=req.origin,
+            status=SessionStatus.REQUESTED,
+            requested_ts_ms=now_ms,
+            price_eur_kwh=cp.price_eur_kwh,
+            deadline_ts_ms=now_ms + int(self.rules.answer_timeout_s * 1000),
+            target_energy_kwh=req.target_energy_kwh,
+            target_duration_s=req.target_duration_s,
+        )
+        self.next_session_id += 1
+        self.sessions[s.id] = s
+        self.request_ids[s.request_id] = s.id
+        cp.session_id = s.id
+        cp.driver_id = s.driver_id
+        self._fx.append(SaveSession(copy.copy(s)))
+        self._fx.append(
+            Publish(
+                Topic.CP_COMMANDS,
+                cp.id,
+                AuthorizeCommand(
+                    cp_id=cp.id,
+                    session_id=s.id,
+                    driver_id=s.driver_id,
+                    request_id=s.request_id,
+                    price_eur_kwh=s.price_eur_kwh,
+                    expires_ts_ms=self._cp_expiry(s),
+                    target_energy_kwh=s.target_energy_kwh,
+                    target_duration_s=s.target_duration_s,
+                    ts_ms=now_ms,
+                ),
+            )
+        )
+        self._update(s, "requested", "", f"request received; asking {cp.id} to authorise", now_ms)
+
+    def _cp_expiry(self, s: SessionRecord) -> int:
+        """When the CP itself gives up on an unused authorisation."""
+        return s.requested_ts_ms + int((self.rules.answer_timeout_s + self.rules.plug_timeout_s) * 1000)
+
+    def _remember(self, s: SessionRecord) -> None:
+        self.ended[s.id] = s
+        self.ended.move_to_end(s.id)
+        while len(self.ended) > self.rules.remember_ended:
+            _, old = self.ended.popitem(last=False)
+            self.request_ids.pop(old.request_id, None)
+
+    def _session_for(self, cp_id: str, session_id: int) -> SessionRecord | None:
+        s = self.sessions.get(session_id)
+        if s is None:
+            return self._revive(cp_id, session_id)
+        return s if s.cp_id == cp_id else None
+
+    def _revive(self, cp_id: str, session_id: int) -> SessionRecord | None:
+        """A CP reports energy for a session Central had ended without a ticket.
+
+        Energy that flowed must be billed: the CP's report outranks Central's
+        expiry (it happens when a driver plugs in just as Central gives up). The
+        session goes back to supplying, if its CP is free, and ends normally.
+        """
+        s = self.ended.get(session_id)
+        if s is None or s.cp_id != cp_id or s.ticketed:
+            return None
+        cp = self.cps.get(cp_id)
+        if cp is None or (cp.session_id is not None and cp.session_id != s.id):
+            return None
+        del self.ended[session_id]
+        s.status = SessionStatus.AUTHORIZED
+        s.end_reason = None
+        s.ended_ts_ms = None
+        self.sessions[s.id] = s
+        cp.session_id, cp.driver_id = s.id, s.driver_id
+        self._note(f"{cp_id} reports a supply for session {s.id}, which had expired: reopening it to bill it", "warning")
+        return s
+
+    def _answer(self, ev: AuthorizationAnswer, now_ms: int) -> None:
+        s = self.sessions.get(ev.session_id)
+        if s is None or s.cp_id != ev.cp_id:
+            return  # an answer about an ended session changes nothing
+        if ev.accepted:
+            s.authorized_ts_ms = now_ms
+            s.deadline_ts_ms = self._cp_expiry(s) + int(self.rules.expiry_grace_s * 1000)
+            self._transition(s, SessionInput.CP_ACCEPTED, now_ms, text=f"authorised: plug in at {s.cp_id}")
+        else:
+            why = ev.reason or "no reason given"
+            text = (f"{s.cp_id} withdrew the authorisation: {why}" if s.status is SessionStatus.AUTHORIZED
+                    else f"{s.cp_id} refused: {why}")
+            self._transition(s, SessionInput.CP_REFUSED, now_ms, reason=ev.reason or "cp_refused", text=text)
+
+    def _started(self, ev: SupplyStarted, now_ms: int) -> None:
+        s = self._session_for(ev.cp_id, ev.session_id)
+        if s is None:
+            return
+        s.started_ts_ms = ev.started_ts_ms
+        self._transition(s, SessionInput.STARTED, now_ms, text=f"supply started at {s.cp_id}")
+
+    def _progress(self, ev: SupplyProgress, now_ms: int) -> None:
+        s = self._session_for(ev.cp_id, ev.session_id)
+        if s is None:
+            return
+        if s.status is not SessionStatus.SUPPLYING:
+            s.started_ts_ms = s.started_ts_ms or ev.ts_ms
+            self._transition(s, SessionInput.PROGRESS, now_ms, text=f"supply running at {s.cp_id}")
+        s.energy_kwh, s.amount_eur = ev.energy_kwh, ev.amount_eur
+        cp = self.cps.get(ev.cp_id)
+        if cp is not None:
+            cp.energy_kwh, cp.amount_eur, cp.power_kw = ev.energy_kwh, ev.amount_eur, ev.power_kw
+        self._fx.append(
+            Publish(
+                Topic.DRIVER_EVENTS,
+                s.driver_id,
+                DriverTelemetry(
+                    driver_id=s.driver_id,
+                    session_id=s.id,
+                    cp_id=s.cp_id,
+                    energy_kwh=ev.energy_kwh,
+                    amount_eur=ev.amount_eur,
+                    power_kw=ev.power_kw,
+                    produced_ts_ms=ev.ts_ms,
+                    ts_ms=now_ms,
+                ),
+                durable=False,  # interim figures: the ticket carries the final ones
+            )
+        )
+
+    def _finished(self, ev: SupplyFinished, now_ms: int) -> None:
+        s = self._session_for(ev.cp_id, ev.session_id)
+        if s is None:
+            return  # finished before (duplicate report) or never known: nothing to add
+        s.started_ts_ms = ev.started_ts_ms
+        s.ended_ts_ms = ev.ended_ts_ms
+        s.energy_kwh = ev.energy_kwh
+        s.amount_eur = ev.amount_eur
+        s.price_eur_kwh = ev.price_eur_kwh
+        self._transition(s, finish_input(ev.reason), now_ms, reason=ev.reason,
+                         text=f"supply at {s.cp_id} ended ({ev.reason}): {ev.energy_kwh:.3f} kWh, {ev.amount_eur:.2f} EUR")
+
+    def _transition(self, s: SessionRecord, inp: SessionInput, now_ms: int, *, reason: str = "", text: str = "") -> None:
+        st = step(s.status, inp)
+        if st.next is None:
+            return
+        cp = self.cps.get(s.cp_id)
+        before = cp.state if cp is not None else None
+        s.status = st.next
+        if not st.next.live:
+            s.end_reason = reason or s.end_reason
+            s.ended_ts_ms = s.ended_ts_ms or now_ms
+            s.ticketed = s.ticketed or st.ticket
+            del self.sessions[s.id]
+            self._remember(s)
+            if cp is not None and cp.session_id == s.id:
+                cp.session_id = None
+                cp.driver_id = None
+                cp.supplying = False
+                cp.power_kw = cp.energy_kwh = cp.amount_eur = None
+        elif cp is not None:
+            cp.supplying = st.next is SessionStatus.SUPPLYING
+            if cp.supplying and cp.energy_kwh is None:
+                cp.energy_kwh, cp.amount_eur, cp.power_kw = s.energy_kwh, s.amount_eur, 0.0
+        self._fx.append(SaveSession(copy.copy(s)))
+        # The ticket goes out before the final update: a driver that sees a final
+        # status knows it already has the ticket, if the supply earned one.
+        if st.ticket:
+            self._fx.append(
+                Publish(
+                    Topic.DRIVER_EVENTS,
+                    s.driver_id,
+                    Ticket(
+                        driver_id=s.driver_id,
+                        session_id=s.id,
+                        request_id=s.request_id,
+                        cp_id=s.cp_id,
+                        energy_kwh=s.energy_kwh,
+                        amount_eur=s.amount_eur,
+                        price_eur_kwh=s.price_eur_kwh,
+                        started_ts_ms=s.started_ts_ms or s.requested_ts_ms,
+                        ended_ts_ms=s.ended_ts_ms or now_ms,
+                        status=s.status.value,
+                        end_reason=s.end_reason or "",
+                        ts_ms=now_ms,
+                    ),
+                )
+            )
+            self._note(f"ticket for {s.driver_id}: {text}")
+        elif not st.next.live:
+            self._note(f"{s.driver_id} at {s.cp_id}: {s.status.value} ({reason})", "warning" if reason else "info")
+        self._update(s, s.status.value, reason, text, now_ms)
+        if cp is not None and before is not None:
+            self._state_changed(cp, before, now_ms)
+
+    # -- views -----------------------------------------------------------------------------
+
+    def cp_views(self) -> list[CpView]:
+        out = []
+        for cp in sorted(self.cps.values(), key=lambda c: c.id):
+            supplying = cp.state is CpState.SUPPLYING
+            out.append(
+                CpView(
+                    id=cp.id,
+                    location=cp.location,
+                    price_eur_kwh=cp.price_eur_kwh,
+                    state=cp.state.name,
+                    driver_id=cp.driver_id if supplying else None,
+                    power_kw=cp.power_kw if supplying else None,
+                    energy_kwh=cp.energy_kwh if supplying else None,
+                    amount_eur=cp.amount_eur if supplying else None,
+                )
+            )
+        return out
+
+    def live_session_views(self) -> list[SessionView]:
+        return [s.view() for s in sorted(self.sessions.values(), key=lambda s: s.id)]
+

@@ -1,0 +1,69 @@
+"""Topic names, their settings, and the stable key -> partition mapping (pure)."""
+
+from __future__ import annotations
+
+import enum
+import zlib
+from dataclasses import dataclass, field
+
+__all__ = ["Topic", "TopicSpec", "DEFAULT_PREFIX", "topic_specs", "partition_for"]
+
+#: Prefix of every topic name; one broker can host several networks with different prefixes.
+DEFAULT_PREFIX = "evcharging."
+
+
+class Topic(enum.Enum):
+    """The logical topics. ``value`` is the name after the prefix."""
+
+    #: Driver (or a CP's manual menu) -> Central: supply requests. Key: driver id.
+    DRIVER_REQUESTS = "driver-requests"
+    #: Central -> engine: authorise, stop, resume. Key: CP id; partition: partition_for(cp id).
+    CP_COMMANDS = "cp-commands"
+    #: Engine -> Central: authorisation answers, supply start, telemetry, supply end. Key: CP id.
+    CP_EVENTS = "cp-events"
+    #: Central -> driver: request progress, relayed telemetry, tickets. Key: driver id;
+    #: partition: partition_for(driver id), so a driver reads one partition only.
+    DRIVER_EVENTS = "driver-events"
+    #: Central -> everyone: each CP's latest state (compacted: the newest record per CP survives).
+    CP_STATE = "cp-state"
+    #: Central -> everyone: a heartbeat every second; silence means "cannot reach Central".
+    CENTRAL_HEARTBEAT = "central-heartbeat"
+
+    def name_with(self, prefix: str = DEFAULT_PREFIX) -> str:
+        """The full topic name under ``prefix``."""
+        return prefix + self.value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TopicSpec:
+    """How a topic is created when missing."""
+
+    topic: Topic
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+_SPECS = (
+    TopicSpec(topic=Topic.DRIVER_REQUESTS, partitions=4),
+    TopicSpec(topic=Topic.CP_COMMANDS, partitions=8),
+    TopicSpec(topic=Topic.CP_EVENTS, partitions=8),
+    TopicSpec(topic=Topic.DRIVER_EVENTS, partitions=8),
+    TopicSpec(topic=Topic.CP_STATE, partitions=1, config={"cleanup.policy": "compact"}),
+    TopicSpec(topic=Topic.CENTRAL_HEARTBEAT, partitions=1, config={"retention.ms": str(3_600_000)}),
+)
+
+
+def topic_specs() -> tuple[TopicSpec, ...]:
+    """Every topic the network uses, with partitions and config."""
+    return _SPECS
+
+
+def partition_for(key: str, partitions: int) -> int:
+    """The partition a key lives in: CRC-32 of its UTF-8 bytes, modulo ``partitions``.
+
+    Producers pass this partition explicitly and readers assign themselves to it,
+    so the mapping never depends on a client library's default partitioner.
+    """
+    if partitions < 1:
+        raise ValueError("partitions must be >= 1")
+    return zlib.crc32(key.encode("utf-8")) % partitions

@@ -1,0 +1,540 @@
+"""The engine's own state machine: authorise, plug, supply, end (pure, table-driven).
+
+One :class:`ChargePoint` per engine. Inputs are method calls with the time passed
+in (epoch milliseconds); each returns a list of effects for the engine daemon to
+carry out: :class:`Emit` an event to Kafka, :class:`Say` something to the
+operator, :class:`Persist` the state. Flags (monitor up, KO, stopped, Central
+reachable) are guards; the phase (idle, authorised, supplying) is what the
+transition table is keyed by.
+
+Energy is metered, not assumed: the supply's energy is the sum of positive
+increments of the meter's register since the plug-in. A register that goes
+backwards (a meter reset) adds nothing, so a reset can never produce negative
+or double-counted energy.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..bus.events import (
+    AuthorizationAnswer,
+    AuthorizeCommand,
+    Event,
+    SupplyFinished,
+    SupplyProgress,
+    SupplyRequest,
+    SupplyStarted,
+)
+
+__all__ = [
+    "Phase",
+    "CpInput",
+    "CP_TABLE",
+    "Emit",
+    "Say",
+    "Persist",
+    "Effect",
+    "AutoMode",
+    "Supply",
+    "ChargePoint",
+]
+
+
+class Phase(enum.Enum):
+    """Where the charge point is in a supply."""
+
+    IDLE = "idle"
+    AUTHORIZED = "authorized"
+    SUPPLYING = "supplying"
+
+
+class CpInput(enum.Enum):
+    """Everything that can happen to a charge point."""
+
+    MONITOR_UP = "monitor_up"
+    MONITOR_DOWN = "monitor_down"
+    CENTRAL_UP = "central_up"
+    CENTRAL_DOWN = "central_down"
+    AUTHORIZE = "authorize"
+    CANCEL = "cancel"
+    STOP = "stop"
+    RESUME = "resume"
+    KO = "ko"
+    RECOVER = "recover"
+    PLUG = "plug"
+    UNPLUG = "unplug"
+    METER = "meter"
+    TICK = "tick"
+    MANUAL_REQUEST = "manual_request"
+
+
+P = Phase
+I = CpInput  # noqa: E741
+
+#: (phase, input) -> action. Every pair is listed; a test walks them all.
+CP_TABLE: dict[tuple[Phase, CpInput], str] = {}
+for _phase in Phase:
+    CP_TABLE.update(
+        {
+            (_phase, I.MONITOR_UP): "monitor_up",
+            (_phase, I.CENTRAL_UP): "central_up",
+            (_phase, I.CENTRAL_DOWN): "central_down",
+            (_phase, I.RESUME): "resume",
+            (_phase, I.RECOVER): "recover",
+            (_phase, I.METER): "meter",
+        }
+    )
+CP_TABLE.update(
+    {
+        (P.IDLE, I.MONITOR_DOWN): "monitor_down",
+        (P.AUTHORIZED, I.MONITOR_DOWN): "withdraw",
+        (P.SUPPLYING, I.MONITOR_DOWN): "finish",
+        (P.IDLE, I.AUTHORIZE): "authorize",
+        (P.AUTHORIZED, I.AUTHORIZE): "refuse_busy",
+        (P.SUPPLYING, I.AUTHORIZE): "refuse_busy",
+        (P.IDLE, I.CANCEL): "ignore",
+        (P.AUTHORIZED, I.CANCEL): "cancel",
+        (P.SUPPLYING, I.CANCEL): "ignore",
+        (P.IDLE, I.STOP): "stop",
+        (P.AUTHORIZED, I.STOP): "withdraw",
+        (P.SUPPLYING, I.STOP): "finish",
+        (P.IDLE, I.KO): "ko",
+        (P.AUTHORIZED, I.KO): "withdraw",
+        (P.SUPPLYING, I.KO): "finish",
+        (P.IDLE, I.PLUG): "plug_refused",
+        (P.AUTHORIZED, I.PLUG): "plug",
+        (P.SUPPLYING, I.PLUG): "ignore",
+        (P.IDLE, I.UNPLUG): "ignore",
+        (P.AUTHORIZED, I.UNPLUG): "ignore",
+        (P.SUPPLYING, I.UNPLUG): "finish",
+        (P.IDLE, I.TICK): "ignore",
+        (P.AUTHORIZED, I.TICK): "tick_authorized",
+        (P.SUPPLYING, I.TICK): "tick_supplying",
+        (P.IDLE, I.MANUAL_REQUEST): "manual_request",
+        (P.AUTHORIZED, I.MANUAL_REQUEST): "manual_busy",
+        (P.SUPPLYING, I.MANUAL_REQUEST): "manual_busy",
+    }
+)
+
+# Why a supply ends, for inputs that end one (SupplyFinished.reason).
+_END_REASONS = {I.MONITOR_DOWN: "monitor_lost", I.STOP: "stopped", I.KO: "fault", I.UNPLUG: "unplugged"}
+
+
+# -- effects ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Publish ``event`` (to cp-events, or driver-requests for a manual request)."""
+
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """Tell the operator (engine screen / log)."""
+
+    text: str
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """The durable state changed: write :meth:`ChargePoint.snapshot` to disk now."""
+
+
+Effect = Emit | Say | Persist
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AutoMode:
+    """Unattended behaviour for demos: plug in after a delay, stop after a target."""
+
+    plug_delay_s: float = 1.5
+    #: Used when the request carries no target of its own.
+    default_duration_s: float = 10.0
+
+
+@dataclass(slots=True, kw_only=True)
+class Supply:
+    """The authorised or running supply."""
+
+    session_id: int
+    driver_id: str
+    request_id: str
+    price_eur_kwh: float
+    authorized_ts_ms: int
+    expires_ts_ms: int
+    target_energy_kwh: float | None = None
+    target_duration_s: float | None = None
+    started_ts_ms: int | None = None
+    energy_wh: float = 0.0
+    power_w: float = 0.0
+    last_progress_ts_ms: int = 0
+
+    @property
+    def energy_kwh(self) -> float:
+        return self.energy_wh / 1000.0
+
+    @property
+    def amount_eur(self) -> float:
+        return self.energy_kwh * self.price_eur_kwh
+
+
+class ChargePoint:
+    """The engine's domain model. See the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        cp_id: str,
+        auto: AutoMode | None = None,
+        progress_interval_ms: int = 1000,
+    ) -> None:
+        self.cp_id = cp_id
+        self.auto = auto
+        self.progress_interval_ms = progress_interval_ms
+        self.phase = Phase.IDLE
+        self.monitor_up = False
+        self.central_up = False
+        self.ko = False
+        self.stopped = False
+        self.supply: Supply | None = None
+        #: Last meter register value (Wh) and power (W), None before the first reading.
+        self.meter_energy_wh: float | None = None
+        self.meter_power_w = 0.0
+        self.meter_resets = 0
+        self._fx: list[Effect] = []
+        self._arg: Any = None
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def monitor_connected(self, now_ms: int) -> list[Effect]:
+        return self._run(I.MONITOR_UP, now_ms)
+
+    def monitor_lost(self, now_ms: int) -> list[Effect]:
+        return self._run(I.MONITOR_DOWN, now_ms)
+
+    def central_reachable(self, reachable: bool, now_ms: int) -> list[Effect]:
+        return self._run(I.CENTRAL_UP if reachable else I.CENTRAL_DOWN, now_ms)
+
+    def authorize(self, cmd: AuthorizeCommand, now_ms: int) -> list[Effect]:
+        return self._run(I.AUTHORIZE, now_ms, cmd)
+
+    def cancel(self, session_id: int, now_ms: int) -> list[Effect]:
+        return self._run(I.CANCEL, now_ms, session_id)
+
+    def stop(self, now_ms: int) -> list[Effect]:
+        return self._run(I.STOP, now_ms)
+
+    def resume(self, now_ms: int) -> list[Effect]:
+        return self._run(I.RESUME, now_ms)
+
+    def set_ko(self, now_ms: int) -> list[Effect]:
+        return self._run(I.KO, now_ms)
+
+    def recover(self, now_ms: int) -> list[Effect]:
+        return self._run(I.RECOVER, now_ms)
+
+    def plug(self, now_ms: int) -> list[Effect]:
+        return self._run(I.PLUG, now_ms)
+
+    def unplug(self, now_ms: int) -> list[Effect]:
+        return self._run(I.UNPLUG, now_ms)
+
+    def meter(self, energy_wh: float, power_w: float, now_ms: int) -> list[Effect]:
+        return self._run(I.METER, now_ms, (energy_wh, power_w))
+
+    def tick(self, now_ms: int) -> list[Effect]:
+        return self._run(I.TICK, now_ms)
+
+    def manual_request(self, driver_id: str, request_id: str, now_ms: int) -> list[Effect]:
+        return self._run(I.MANUAL_REQUEST, now_ms, (driver_id, request_id))
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        """Could accept a new supply right now."""
+        return self.phase is Phase.IDLE and self.monitor_up and not self.ko and not self.stopped
+
+    def refusal(self) -> str:
+        """Why a new supply would be refused now ("" when it would not)."""
+        if not self.monitor_up:
+            return "no_monitor"
+        if self.ko:
+            return "fault"
+        if self.stopped:
+            return "stopped"
+        if self.phase is not Phase.IDLE:
+            return "busy"
+        return ""
+
+    def snapshot(self) -> dict[str, Any]:
+        """The durable state (JSON-able)."""
+        return {
+            "cp_id": self.cp_id,
+            "stopped": self.stopped,
+            "phase": self.phase.value,
+            "supply": asdict(self.supply) if self.supply is not None else None,
+            "meter_energy_wh": self.meter_energy_wh,
+        }
+
+    def restore(self, snap: dict[str, Any], now_ms: int) -> list[Effect]:
+        """Reload a snapshot written before a crash; a supply it held ends as ``power_loss``.
+
+        The energy reported is what the meter showed at the last persisted reading:
+        the engine cannot know about energy after its crash.
+        """
+        self.stopped = bool(snap.get("stopped", False))
+        phase = Phase(snap.get("phase", "idle"))
+        data = snap.get("supply")
+        self.meter_energy_wh = snap.get("meter_energy_wh")
+        if data is None or phase is Phase.IDLE:
+            return []
+        self.supply = Supply(**data)
+        self.phase = phase
+        self._fx = []
+        if phase is Phase.SUPPLYING:
+            self._finish("power_loss", now_ms)
+        else:
+            self._withdraw("power_loss", now_ms)
+        return self._take()
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _run(self, inp: CpInput, now_ms: int, arg: Any = None) -> list[Effect]:
+        self._fx = []
+        self._arg = arg
+        getattr(self, "_a_" + CP_TABLE[(self.phase, inp)])(inp, now_ms)
+        return self._take()
+
+    def _take(self) -> list[Effect]:
+        fx, self._fx = self._fx, []
+        return fx
+
+    def _say(self, text: str, level: str = "info") -> None:
+        self._fx.append(Say(text, level))
+
+    def _emit(self, event: Event) -> None:
+        self._fx.append(Emit(event))
+
+    def _persist(self) -> None:
+        if not self._fx or not isinstance(self._fx[-1], Persist):
+            self._fx.append(Persist())
+
+    def _finish(self, reason: str, now_ms: int) -> None:
+        s = self.supply
+        assert s is not None and s.started_ts_ms is not None
+        self._emit(
+            SupplyFinished(
+                cp_id=self.cp_id,
+                session_id=s.session_id,
+                driver_id=s.driver_id,
+                energy_kwh=s.energy_kwh,
+                amount_eur=s.amount_eur,
+                price_eur_kwh=s.price_eur_kwh,
+                started_ts_ms=s.started_ts_ms,
+                ended_ts_ms=now_ms,
+                reason=reason,
+                ts_ms=now_ms,
+            )
+        )
+        self._say(
+            f"supply {s.session_id} for {s.driver_id} ended ({reason}): "
+            f"{s.energy_kwh:.3f} kWh, {s.amount_eur:.2f} EUR"
+        )
+        self.supply = None
+        self.phase = Phase.IDLE
+        self._persist()
+
+    def _withdraw(self, reason: str, now_ms: int) -> None:
+        s = self.supply
+        assert s is not None
+        self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=s.session_id, accepted=False, reason=reason, ts_ms=now_ms))
+        self._say(f"authorisation {s.session_id} for {s.driver_id} withdrawn ({reason})")
+        self.supply = None
+        self.phase = Phase.IDLE
+        self._persist()
+
+    # -- actions (named in CP_TABLE) -------------------------------------------------------
+
+    def _a_ignore(self, inp: CpInput, now_ms: int) -> None:
+        pass
+
+    def _a_monitor_up(self, inp: CpInput, now_ms: int) -> None:
+        if not self.monitor_up:
+            self.monitor_up = True
+            self._say("monitor connected")
+
+    def _a_monitor_down(self, inp: CpInput, now_ms: int) -> None:
+        if self.monitor_up:
+            self.monitor_up = False
+            self._say("monitor lost: refusing every supply until it is back", "warning")
+
+    def _a_central_up(self, inp: CpInput, now_ms: int) -> None:
+        if not self.central_up:
+            self.central_up = True
+            self._say("Central reachable")
+
+    def _a_central_down(self, inp: CpInput, now_ms: int) -> None:
+        if self.central_up:
+            self.central_up = False
+            self._say("cannot reach Central: no new supplies until it is back", "warning")
+
+    def _a_authorize(self, inp: CpInput, now_ms: int) -> None:
+        cmd: AuthorizeCommand = self._arg
+        reason = self.refusal() or ("expired" if now_ms >= cmd.expires_ts_ms else "")
+        if reason:
+            self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=False, reason=reason, ts_ms=now_ms))
+            self._say(f"refused authorisation {cmd.session_id} for {cmd.driver_id}: {reason}", "warning")
+            return
+        self.supply = Supply(
+            session_id=cmd.session_id,
+            driver_id=cmd.driver_id,
+            request_id=cmd.request_id,
+            price_eur_kwh=cmd.price_eur_kwh,
+            authorized_ts_ms=now_ms,
+            expires_ts_ms=cmd.expires_ts_ms,
+            target_energy_kwh=cmd.target_energy_kwh,
+            target_duration_s=cmd.target_duration_s,
+        )
+        self.phase = Phase.AUTHORIZED
+        self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=True, ts_ms=now_ms))
+        self._say(f"authorised supply {cmd.session_id} for driver {cmd.driver_id}: waiting for the vehicle to plug in")
+        self._persist()
+
+    def _a_refuse_busy(self, inp: CpInput, now_ms: int) -> None:
+        cmd: AuthorizeCommand = self._arg
+        assert self.supply is not None
+        if cmd.session_id == self.supply.session_id:  # a repeated command: answer the same again
+            self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=True, ts_ms=now_ms))
+            return
+        self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=False, reason="busy", ts_ms=now_ms))
+
+    def _a_cancel(self, inp: CpInput, now_ms: int) -> None:
+        assert self.supply is not None
+        if self._arg == self.supply.session_id:
+            self._say(f"authorisation {self.supply.session_id} cancelled by Central")
+            self.supply = None
+            self.phase = Phase.IDLE
+            self._persist()
+
+    def _a_withdraw(self, inp: CpInput, now_ms: int) -> None:
+        reason = _END_REASONS[inp]
+        self._apply_flag(inp)
+        self._withdraw(reason, now_ms)
+
+    def _a_finish(self, inp: CpInput, now_ms: int) -> None:
+        reason = _END_REASONS[inp]
+        self._apply_flag(inp)
+        self._finish(reason, now_ms)
+
+    def _apply_flag(self, inp: CpInput) -> None:
+        if inp is I.STOP:
+            self._a_stop(inp, 0)
+        elif inp is I.KO:
+            self._a_ko(inp, 0)
+        elif inp is I.MONITOR_DOWN:
+            self._a_monitor_down(inp, 0)
+
+    def _a_stop(self, inp: CpInput, now_ms: int) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self._say("STOP from Central: out of order", "warning")
+            self._persist()
+
+    def _a_resume(self, inp: CpInput, now_ms: int) -> None:
+        if self.stopped:
+            self.stopped = False
+            self._say("RESUME from Central: back in service")
+            self._persist()
+
+    def _a_ko(self, inp: CpInput, now_ms: int) -> None:
+        if not self.ko:
+            self.ko = True
+            self._say("engine KO: health checks now answer KO", "error")
+
+    def _a_recover(self, inp: CpInput, now_ms: int) -> None:
+        if self.ko:
+            self.ko = False
+            self._say("engine recovered: health checks answer OK")
+
+    def _a_plug_refused(self, inp: CpInput, now_ms: int) -> None:
+        self._say("plug-in refused: no authorised supply", "warning")
+
+    def _a_plug(self, inp: CpInput, now_ms: int) -> None:
+        s = self.supply
+        assert s is not None
+        s.started_ts_ms = now_ms
+        s.last_progress_ts_ms = now_ms
+        self.phase = Phase.SUPPLYING
+        self._emit(SupplyStarted(cp_id=self.cp_id, session_id=s.session_id, driver_id=s.driver_id, started_ts_ms=now_ms, ts_ms=now_ms))
+        self._say(f"vehicle plugged in: supply {s.session_id} for {s.driver_id} started")
+        self._persist()
+
+    def _a_meter(self, inp: CpInput, now_ms: int) -> None:
+        energy_wh, power_w = self._arg
+        previous = self.meter_energy_wh
+        self.meter_energy_wh = energy_wh
+        self.meter_power_w = power_w
+        if previous is not None and energy_wh < previous:
+            self.meter_resets += 1
+            self._say(f"meter register went back ({previous:.1f} -> {energy_wh:.1f} Wh): meter reset, counting on", "warning")
+            return
+        if self.phase is Phase.SUPPLYING and previous is not None:
+            assert self.supply is not None
+            self.supply.energy_wh += energy_wh - previous
+            self.supply.power_w = power_w
+
+    def _a_tick_authorized(self, inp: CpInput, now_ms: int) -> None:
+        s = self.supply
+        assert s is not None
+        if now_ms >= s.expires_ts_ms:
+            self._withdraw("not_plugged", now_ms)
+        elif self.auto is not None and now_ms - s.authorized_ts_ms >= self.auto.plug_delay_s * 1000:
+            self._a_plug(inp, now_ms)
+
+    def _a_tick_supplying(self, inp: CpInput, now_ms: int) -> None:
+        s = self.supply
+        assert s is not None and s.started_ts_ms is not None
+        elapsed_s = (now_ms - s.started_ts_ms) / 1000.0
+        target_s = s.target_duration_s
+        if target_s is None and s.target_energy_kwh is None and self.auto is not None:
+            target_s = self.auto.default_duration_s
+        if (s.target_energy_kwh is not None and s.energy_kwh >= s.target_energy_kwh) or (
+            target_s is not None and elapsed_s >= target_s
+        ):
+            self._finish("completed", now_ms)
+            return
+        if now_ms - s.last_progress_ts_ms >= self.progress_interval_ms:
+            s.last_progress_ts_ms = now_ms
+            self._emit(
+                SupplyProgress(
+                    cp_id=self.cp_id,
+                    session_id=s.session_id,
+                    driver_id=s.driver_id,
+                    energy_kwh=s.energy_kwh,
+                    amount_eur=s.amount_eur,
+                    power_kw=s.power_w / 1000.0,
+                    elapsed_s=elapsed_s,
+                    ts_ms=now_ms,
+                )
+            )
+            self._persist()
+
+    def _a_manual_request(self, inp: CpInput, now_ms: int) -> None:
+        driver_id, request_id = self._arg
+        reason = self.refusal() or ("" if self.central_up else "cannot reach Central")
+        if reason:
+            self._say(f"manual supply for {driver_id} refused: {reason}", "warning")
+            return
+        self._emit(SupplyRequest(request_id=request_id, driver_id=driver_id, cp_id=self.cp_id, ts_ms=now_ms, origin="cp"))
+        self._say(f"manual supply for {driver_id} requested from Central")
+
+    def _a_manual_busy(self, inp: CpInput, now_ms: int) -> None:
+        self._say("manual supply refused: a supply is already authorised or running", "warning")
+

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo venv bench fuzz wheel clean
+.PHONY: test demo demo-protocol venv bench fuzz wheel clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: $(STAMP)
+	$(BIN)/evcharging up
+
+# The link protocol alone, narrated: two endpoints on loopback, no Kafka.
+demo-protocol: $(STAMP)
 	$(BIN)/python -m evproto.daemons.demo
 
 # Speed figures for docs/performance.md (ratios against a baseline in the same run).

@@ -1,0 +1,352 @@
+"""Central's daemon: wires the core to monitors (evproto links), Kafka, SQLite, HTTP and the panel.
+
+Every input (a Kafka record, a monitor's report, an operator's command, the clock)
+goes through :class:`~.core.CentralCore`; its effects are applied in one SQLite
+transaction together with the Kafka offsets consumed, and the durable events are
+sent from the outbox only after that transaction committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from evproto import (
+    FaultReport,
+    HealthState,
+    HealthStatus,
+    Hello,
+    LinkConfig,
+    LinkDownError,
+    MessageReceived,
+    ReasonCode,
+    RecoveryReport,
+    Reject,
+    Role,
+)
+from evproto.aio import Link, Server, serve
+from evproto.bus.events import EventDecodeError, Heartbeat, decode_event, encode_event
+from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, all_partitions, ensure_topics
+from evproto.bus.topics import Topic, partition_for
+
+from ..common import now_ms, write_ready_file
+from .core import CentralCore, Effect, Note, Publish, Rules, UnknownCpError
+from .store import OutboxRow, Store
+from .view import CentralView, MessageView, SessionView
+
+__all__ = ["CentralOptions", "Central"]
+
+log = logging.getLogger("evproto.central")
+
+HEARTBEAT_INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CentralOptions:
+    db: str
+    kafka: KafkaSettings
+    listen: str = "0.0.0.0:7000"
+    http: str | None = "0.0.0.0:8000"
+    rules: Rules = Rules()
+    link_config: LinkConfig = LinkConfig()
+    ready_file: str | None = None
+    panel: bool = True
+    instance_id: str = ""
+
+
+class Central:
+    """One Central process; ``await Central(opts).run(stop)``."""
+
+    def __init__(self, opts: CentralOptions) -> None:
+        self.opts = opts
+        self.instance_id = opts.instance_id or uuid.uuid4().hex[:8]
+        self.store = Store(opts.db)
+        loaded = self.store.load()
+        self.core = CentralCore(cps=loaded.cps, drivers=loaded.drivers, sessions=loaded.live_sessions,
+                                next_session_id=loaded.next_session_id, rules=opts.rules)
+        self.offsets = loaded.offsets
+        self.messages: collections.deque[MessageView] = collections.deque(maxlen=300)
+        self.links: dict[str, Link] = {}
+        self.producer: BusProducer | None = None
+        self.partitions: dict[Topic, int] = {}
+        self.kafka_ok = False
+        self.started_ms = now_ms()
+        self.counters: collections.Counter[str] = collections.Counter()
+        self._in_flight: set[int] = set()
+        self.server: Server | None = None
+        self.listen_addr = ""
+        self.http_addr = ""
+        self._stop: asyncio.Event | None = None
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        self._stop = stop
+        self.partitions = await ensure_topics(self.opts.kafka)
+        self.kafka_ok = True
+        self.producer = BusProducer(self.opts.kafka)
+        await self.producer.start()
+        self.server = await serve(self.opts.listen, self._session, node_id="central", on_hello=self._on_hello,
+                                  config=self.opts.link_config)
+        host, port = self.server.addresses[0]
+        self.listen_addr = f"{host}:{port}"
+        runner = None
+        if self.opts.http:
+            from .http_api import start_http
+
+            http_host, _, http_port = self.opts.http.rpartition(":")
+            runner, actual = await start_http(_Backend(self), http_host or "0.0.0.0", int(http_port))
+            self.http_addr = f"{http_host or '0.0.0.0'}:{actual}"
+        self._note(f"Central {self.instance_id} up: monitors on {self.listen_addr}, HTTP on {self.http_addr or 'off'}, "
+                   f"Kafka {self.opts.kafka.bootstrap}; {len(self.core.cps)} CP(s), {len(self.core.drivers)} driver(s) known")
+        self._apply(self.core.state_records(now_ms()))
+        tasks = [
+            asyncio.ensure_future(self._consume()),
+            asyncio.ensure_future(self._ticker()),
+            asyncio.ensure_future(self._heartbeat()),
+            asyncio.ensure_future(self._outbox_loop()),
+        ]
+        write_ready_file(self.opts.ready_file, role="central", listen=self.listen_addr, http=self.http_addr,
+                         instance_id=self.instance_id)
+        panel = asyncio.ensure_future(self._panel()) if self.opts.panel else None
+        try:
+            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), tasks[0]]
+            if panel is not None:
+                waits.append(panel)
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for fut in done:
+                if fut is tasks[0] and fut.exception() is not None:
+                    raise fut.exception()  # type: ignore[misc]
+        finally:
+            self._closing = True
+            for t in tasks + ([panel] if panel else []):
+                t.cancel()
+            await asyncio.gather(*tasks, *([panel] if panel else []), return_exceptions=True)
+            await self.server.close()
+            if runner is not None:
+                await runner.cleanup()
+            await self.producer.close(timeout_s=5.0)
+            self.store.close()
+            log.info("Central stopped")
+        return 0
+
+    # -- effects ---------------------------------------------------------------------------
+
+    def _note(self, text: str, level: str = "info") -> None:
+        self.messages.append(MessageView(ts_ms=now_ms(), level=level, text=text))
+        getattr(log, level if level in ("warning", "error") else "info")(text)
+
+    def _apply(self, effects: list[Effect], offsets: dict[tuple[str, int], int] | None = None) -> None:
+        rows = iter(self.store.apply(effects, offsets))
+        if offsets:
+            self.offsets.update(offsets)
+        for fx in effects:
+            if isinstance(fx, Note):
+                self._note(fx.text, fx.level)
+            elif isinstance(fx, Publish):
+                if fx.durable:
+                    row = next(rows)
+                    self._send_row(row)
+                else:
+                    self._produce(fx.topic, fx.key, encode_event(fx.event))
+
+    def _partition(self, topic: Topic, key: str) -> int:
+        return partition_for(key, self.partitions.get(topic, 1))
+
+    def _produce(self, topic: Topic, key: str, value: bytes) -> asyncio.Future[Any] | None:
+        if self.producer is None:
+            return None
+        try:
+            fut = self.producer.produce(topic, key, value, partition=self._partition(topic, key))
+        except Exception as exc:
+            self.counters["produce_errors"] += 1
+            log.warning("cannot queue a %s event: %s", topic.value, exc)
+            return None
+        self.counters["produced"] += 1
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return fut
+
+    def _send_row(self, row: OutboxRow) -> None:
+        fut = self._produce(Topic(row.topic), row.key, row.value)
+        if fut is None:
+            return
+        self._in_flight.add(row.id)
+
+        def done(f: asyncio.Future[Any], row_id: int = row.id) -> None:
+            self._in_flight.discard(row_id)
+            if not f.cancelled() and f.exception() is None:
+                self.store.outbox_done([row_id])
+
+        fut.add_done_callback(done)
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            pending = [r for r in self.store.outbox() if r.id not in self._in_flight]
+            if pending:
+                log.info("sending %d event(s) still owed from the outbox", len(pending))
+                for row in pending:
+                    self._send_row(row)
+            await asyncio.sleep(2.0)
+
+    # -- monitors --------------------------------------------------------------------------
+
+    def _on_hello(self, hello: Hello) -> Reject | None:
+        if hello.role is not Role.MONITOR:
+            return Reject(code=ReasonCode.ROLE_NOT_ALLOWED, detail="only monitors connect to Central's socket")
+        if hello.node_id in self.links:
+            return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"{hello.node_id} is already connected")
+        reject, fx = self.core.hello(hello.node_id, hello.location, hello.price_eur_kwh, now_ms())
+        self._apply(fx)
+        if reject is not None:
+            self._note(f"refused monitor {hello.node_id!r}: {reject.detail}", "warning")
+        return reject
+
+    async def _session(self, link: Link) -> None:
+        assert link.peer_hello is not None
+        cp_id = link.peer_hello.node_id
+        self.links[cp_id] = link  # before any await: a second hello for this id is refused
+        self._apply(self.core.monitor_connected(cp_id, now_ms()))
+        clean, detail = False, ""
+        try:
+            async for event in link.messages:
+                if not isinstance(event, MessageReceived):
+                    continue
+                msg = event.message
+                now = now_ms()
+                if isinstance(msg, HealthStatus):
+                    self._apply(self.core.engine_health(cp_id, msg.state is HealthState.OK, msg.fault.name, now))
+                elif isinstance(msg, FaultReport):
+                    self._apply(self.core.engine_health(cp_id, False, msg.fault.name, now))
+                elif isinstance(msg, RecoveryReport):
+                    self._apply(self.core.engine_health(cp_id, True, "", now))
+        except LinkDownError as exc:
+            clean, detail = exc.clean, exc.reason.value
+        finally:
+            if self.links.get(cp_id) is link:
+                del self.links[cp_id]
+            if not self._closing:  # on our own shutdown the CPs are not "lost"
+                self._apply(self.core.monitor_lost(cp_id, clean, detail, now_ms()))
+
+    # -- Kafka -----------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        assignments = []
+        for topic in (Topic.DRIVER_REQUESTS, Topic.CP_EVENTS):
+            for p in await all_partitions(self.opts.kafka, topic):
+                # No stored offset: a new database starts from now, never replays old history.
+                assignments.append((topic, p, self.offsets.get((topic.value, p), OFFSET_END)))
+        async with BusConsumer(self.opts.kafka, assignments=assignments) as consumer:
+            async for record in consumer:
+                self.counters["consumed"] += 1
+                offsets = {(record.topic.value, record.partition): record.offset + 1}
+                try:
+                    event = decode_event(record.value)
+                except EventDecodeError as exc:
+                    self.counters["malformed"] += 1
+                    if self.counters["malformed"] <= 10 or self.counters["malformed"] % 1000 == 0:
+                        log.warning("skipped malformed record %s[%d]@%d (%d so far): %s", record.topic.value,
+                                    record.partition, record.offset, self.counters["malformed"], exc)
+                    self._apply([], offsets)
+                    continue
+                self._apply(self.core.on_event(event, now_ms()), offsets)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            fx = self.core.tick(now_ms())
+            if fx:
+                self._apply(fx)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            hb = Heartbeat(instance_id=self.instance_id, started_ts_ms=self.started_ms,
+                           interval_s=HEARTBEAT_INTERVAL_S, ts_ms=now_ms())
+            fut = self._produce(Topic.CENTRAL_HEARTBEAT, "central", encode_event(hb))
+            if fut is not None:
+                fut.add_done_callback(self._heartbeat_done)
+            await asyncio.sleep(HEARTBEAT_INTERVAL_S)
+
+    def _heartbeat_done(self, fut: asyncio.Future[Any]) -> None:
+        ok = not fut.cancelled() and fut.exception() is None
+        if ok != self.kafka_ok:
+            self.kafka_ok = ok
+            self._note("Kafka reachable again" if ok else "cannot reach Kafka: events are queued", "info" if ok else "error")
+
+    # -- views and operator commands -------------------------------------------------------
+
+    def view(self) -> CentralView:
+        return CentralView(
+            cps=tuple(self.core.cp_views()),
+            requests=tuple(self.core.live_session_views()),
+            messages=tuple(self.messages),
+            central_id=self.instance_id,
+            listen=self.listen_addr,
+            http=self.http_addr,
+            kafka=self.opts.kafka.bootstrap,
+            kafka_ok=self.kafka_ok,
+            now_ts_ms=now_ms(),
+            counters=dict(self.counters),
+        )
+
+    def sessions(self, **query: Any) -> list[SessionView]:
+        return self.store.sessions(**query)
+
+    def admin(self, stop: bool, cp_id: str | None) -> list[str]:
+        fn = self.core.stop if stop else self.core.resume
+        ids, fx = fn(cp_id, now_ms())
+        self._apply(fx)
+        return ids
+
+    async def _panel(self) -> None:
+        from .panel import Command, run_panel
+
+        async def on_command(cmd: Command) -> str:
+            if cmd.action == "quit":
+                assert self._stop is not None
+                self._stop.set()
+                return "bye"
+            if cmd.action == "help":
+                return "s CP|all: stop · r CP|all: resume · q: quit"
+            try:
+                ids = self.admin(cmd.action == "stop", cmd.target)
+            except UnknownCpError:
+                return f"unknown charge point {cmd.target!r}"
+            return f"{cmd.action.upper()} sent to {', '.join(ids) or 'no charge point'}"
+
+        await run_panel(self.view, on_command)
+        assert self._stop is not None
+        self._stop.set()
+
+
+class _Backend:
+    """The HTTP API's view of Central."""
+
+    def __init__(self, central: Central) -> None:
+        self.central = central
+
+    def view(self) -> CentralView:
+        return self.central.view()
+
+    def sessions(self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None,
+                 limit: int = 500) -> list[SessionView]:
+        return self.central.sessions(status=status, cp_id=cp_id, driver_id=driver_id, limit=limit)
+
+    async def stop(self, cp_id: str | None) -> list[str]:
+        return self._admin(True, cp_id)
+
+    async def resume(self, cp_id: str | None) -> list[str]:
+        return self._admin(False, cp_id)
+
+    def _admin(self, stop: bool, cp_id: str | None) -> list[str]:
+        from .http_api import UnknownCp
+
+        try:
+            return self.central.admin(stop, cp_id)
+        except UnknownCpError:
+            raise UnknownCp(cp_id) from None
+

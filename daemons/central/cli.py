@@ -1,0 +1,180 @@
+"""``ev-central`` / ``EV_Central``: command line of Central, and its registry subcommands."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+
+import click
+
+from evproto import __version__
+from evproto.bus.kafka import BusError, KafkaSettings
+from evproto.errors import TransportError
+
+from ..common import EXIT_UNAVAILABLE, setup_logging, shutdown_event
+from .core import Rules
+from .store import Store
+
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _open_store(db: str) -> Store:
+    try:
+        return Store(db)
+    except Exception as exc:  # a clear message, not a traceback
+        raise click.ClickException(f"cannot open database {db}: {exc}") from None
+
+
+@click.group(invoke_without_command=True, context_settings=_SETTINGS)
+@click.option("--db", envvar="EVPROTO_DB", default="central.db", show_default=True, metavar="PATH",
+              help="SQLite database (created if missing). [env EVPROTO_DB]")
+@click.option("--port", envvar="EVPROTO_CENTRAL_PORT", type=click.IntRange(0, 65535), default=7000, show_default=True,
+              help="Port for the monitors' sockets (0: pick a free one). [env EVPROTO_CENTRAL_PORT]")
+@click.option("--host", envvar="EVPROTO_CENTRAL_HOST", default="0.0.0.0", show_default=True,
+              help="Address to listen on for monitors and HTTP. [env EVPROTO_CENTRAL_HOST]")
+@click.option("--kafka", envvar="EVPROTO_KAFKA", default=None, metavar="HOST:PORT",
+              help="Kafka bootstrap server(s); required to run. [env EVPROTO_KAFKA]")
+@click.option("--http-port", envvar="EVPROTO_HTTP_PORT", type=click.IntRange(-1, 65535), default=8000,
+              show_default=True, help="Port of the HTTP API (0: pick a free one, -1: no HTTP). [env EVPROTO_HTTP_PORT]")
+@click.option("--panel/--no-panel", default=None,
+              help="The monitoring panel (default: on when stdout is a terminal; plain log lines otherwise).")
+@click.option("--auto-register/--no-auto-register", default=True, show_default=True,
+              help="Register a new CP the first time its monitor connects with a location and a price.")
+@click.option("--register-driver", "register_drivers", multiple=True, metavar="ID",
+              help="Register this driver before starting (repeatable).")
+@click.option("--answer-timeout-s", type=click.FloatRange(min=1), default=10.0, show_default=True,
+              help="How long a CP has to answer an authorisation.")
+@click.option("--plug-timeout-s", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="How long a driver has to plug in once authorised.")
+@click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True)
+@click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file with the chosen ports once up.")
+@click.option("--log-file", default=None, metavar="PATH",
+              help="Where logs go while the panel owns the terminal (default: next to the database).")
+@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.version_option(__version__, prog_name="ev-central")
+@click.pass_context
+def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, http_port: int, panel: bool | None,
+         auto_register: bool, register_drivers: tuple[str, ...], answer_timeout_s: float, plug_timeout_s: float,
+         topic_prefix: str, ready_file: str | None, log_file: str | None, log_format: str, log_level: str) -> None:
+    """Central (EV_Central): the control centre of the charging network.
+
+    Without a subcommand, runs Central: the socket server for monitors, the Kafka
+    side (driver requests, CP events, tickets), the HTTP API and the monitoring
+    panel. Subcommands manage the registry:
+
+    \b
+      ev-central drivers add D001 D002     register drivers
+      ev-central drivers list
+      ev-central cps add CP001 --location Alicante --price 0.35
+      ev-central cps list
+    """
+    ctx.obj = db
+    if ctx.invoked_subcommand is not None:
+        return
+    if not kafka:
+        raise click.UsageError("--kafka HOST:PORT (or EVPROTO_KAFKA) is required to run Central")
+    from .app import Central, CentralOptions
+
+    show_panel = sys.stdout.isatty() if panel is None else panel
+    if show_panel and sys.stdout.isatty():
+        path = log_file or os.path.join(os.path.dirname(os.path.abspath(db)), "central.log")
+        setup_logging("central", level=log_level, fmt="json" if log_format == "auto" else log_format)
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.getLogger().handlers[0].formatter)
+        logging.getLogger().handlers[:] = [handler]
+    else:
+        setup_logging("central", level=log_level, fmt=log_format)
+    store = _open_store(db)
+    for d in register_drivers:
+        store.add_driver(d)
+    store.close()
+    opts = CentralOptions(
+        db=db,
+        kafka=KafkaSettings(bootstrap=kafka, client_id="ev-central", prefix=topic_prefix),
+        listen=f"{host}:{port}",
+        http=f"{host}:{http_port}" if http_port >= 0 else None,
+        rules=Rules(auto_register_cps=auto_register, answer_timeout_s=answer_timeout_s, plug_timeout_s=plug_timeout_s),
+        ready_file=ready_file,
+        panel=show_panel,
+    )
+
+    async def run() -> int:
+        return await Central(opts).run(shutdown_event())
+
+    try:
+        sys.exit(asyncio.run(run()))
+    except (BusError, TransportError) as exc:
+        click.echo(f"ev-central: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+
+
+@main.group(context_settings=_SETTINGS)
+def drivers() -> None:
+    """Register and list drivers (only registered drivers are served)."""
+
+
+@drivers.command("add")
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_obj
+def drivers_add(db: str, ids: tuple[str, ...]) -> None:
+    """Register one or more drivers."""
+    store = _open_store(db)
+    for d in ids:
+        click.echo(f"{d}: {'registered' if store.add_driver(d) else 'already registered'}")
+    store.close()
+
+
+@drivers.command("remove")
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_obj
+def drivers_remove(db: str, ids: tuple[str, ...]) -> None:
+    """Unregister drivers (their past sessions stay)."""
+    store = _open_store(db)
+    for d in ids:
+        click.echo(f"{d}: {'removed' if store.remove_driver(d) else 'was not registered'}")
+    store.close()
+
+
+@drivers.command("list")
+@click.pass_obj
+def drivers_list(db: str) -> None:
+    """List registered drivers."""
+    store = _open_store(db)
+    for d in store.drivers():
+        click.echo(d)
+    store.close()
+
+
+@main.group(context_settings=_SETTINGS)
+def cps() -> None:
+    """Register and list charge points (monitors can also register new ones themselves)."""
+
+
+@cps.command("add")
+@click.argument("cp_id")
+@click.option("--location", required=True)
+@click.option("--price", type=click.FloatRange(min=0, max=100), required=True, help="EUR/kWh")
+@click.pass_obj
+def cps_add(db: str, cp_id: str, location: str, price: float) -> None:
+    """Register (or update) a charge point."""
+    store = _open_store(db)
+    click.echo(f"{cp_id}: {'registered' if store.add_cp(cp_id, location, price) else 'updated'}")
+    store.close()
+
+
+@cps.command("list")
+@click.pass_obj
+def cps_list(db: str) -> None:
+    """List charge points: id, location, price, stopped."""
+    store = _open_store(db)
+    for cp_id, location, price, stopped in store.cps():
+        flag = "\tSTOPPED" if stopped else ""
+        click.echo(f"{cp_id}\t{location}\t{price:.2f} EUR/kWh{flag}")
+    store.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,798 @@
+"""Central's monitoring panel: a rich rendering of a :class:`CentralView`, its commands and loop.
+
+- :func:`render`: header, one coloured tile per CP, driver requests in progress, application
+  messages and a command footer. Tiles shrink (bordered, 3-line, 1-line) as CPs multiply.
+- :func:`parse_command`: ``s CP001``, ``r all``, ``q``... into a :class:`Command`.
+- :class:`KeyReader`: a small line editor on a TTY in cbreak mode; plain lines otherwise.
+- :class:`PlainReporter`: change-only plain log lines, for when stdout is not a terminal.
+- :func:`run_panel`: the refresh loop tying these together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import datetime as _dt
+import logging
+import math
+import os
+import re
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import IO, Awaitable, Callable, Sequence
+
+from rich import box
+from rich.cells import cell_len
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
+from rich.constrain import Constrain
+from rich.layout import Layout
+from rich.live import Live
+from rich.padding import Padding
+from rich.panel import Panel
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+
+from evproto.daemons.central.view import CP_STATES, CentralView, CpView, MessageView, SessionView
+
+try:  # POSIX only; elsewhere KeyReader reads plain lines.
+    import termios
+except ImportError:  # pragma: no cover
+    termios = None  # type: ignore[assignment]
+
+__all__ = [
+    "STATE_STYLES",
+    "COMMAND_HINT",
+    "HELP_TEXT",
+    "Command",
+    "parse_command",
+    "render",
+    "KeyReader",
+    "PlainReporter",
+    "run_panel",
+]
+
+log = logging.getLogger("evproto.central")
+
+#: Tile colours by CP state (the spec's table): green, orange, green, red, grey.
+STATE_STYLES: dict[str, Style] = {
+    "ACTIVATED": Style.parse("#ffffff on #2e7d32"),
+    "STOPPED": Style.parse("#000000 on #ff9800"),
+    "SUPPLYING": Style.parse("#000000 on #4cd964"),
+    "BROKEN": Style.parse("#ffffff on #d32f2f"),
+    "DISCONNECTED": Style.parse("#ffffff on #616161"),
+}
+_UNKNOWN_STYLE = Style.parse("#ffffff on #37474f")
+_DETAIL = {"ACTIVATED": "available", "STOPPED": "Out of Order", "BROKEN": "fault reported",
+           "DISCONNECTED": "no contact"}
+_MINI_LABEL = {"ACTIVATED": "ready", "STOPPED": "stopped", "BROKEN": "broken",
+               "DISCONNECTED": "offline"}
+_LEVEL_STYLES = {"info": Style(), "warning": Style.parse("yellow"),
+                 "error": Style.parse("bold red")}
+_STATUS_STYLES = {"requested": "yellow", "authorized": "cyan", "supplying": "green"}
+
+COMMAND_HINT = "commands: s <CP|all> stop · r <CP|all> resume · q quit"
+_SHORT_HINT = "s|r <CP|all> · q quit"
+HELP_TEXT = "s <CP|all>: stop (Out of Order) · r <CP|all>: resume · q: quit the panel · ?: help"
+
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _clean(value: object) -> str:
+    """Text from the network, with control characters (escape sequences...) neutralised."""
+    return _CONTROL_CHARS.sub("?", str(value))
+
+
+def _when(ts_ms: int) -> _dt.datetime:
+    try:
+        return _dt.datetime.fromtimestamp(ts_ms / 1000)  # local time: the operator's clock
+    except (OverflowError, OSError, ValueError):  # a corrupt timestamp must not kill the panel
+        return _dt.datetime.fromtimestamp(0)
+
+
+def _stamp(ts_ms: int) -> str:
+    return _when(ts_ms).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _price(eur_kwh: float) -> str:
+    text = f"{eur_kwh:.3f}"
+    return text[:-1] if text.endswith("0") else text
+
+
+def _fig(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _cut(text: str, width: int) -> str:
+    t = Text(text)
+    t.truncate(max(0, width), overflow="ellipsis")
+    return t.plain
+
+
+def _line(left: str, right: str, width: int, *, keep_left: bool = True,
+          left_style: str | Style = "") -> Text:
+    """``left`` and ``right`` on one line of ``width`` cells, shortening one of them to fit."""
+    if right and cell_len(left) + 1 + cell_len(right) > width:
+        if keep_left:
+            right = _cut(right, width - cell_len(left) - 1)
+        else:
+            left = _cut(left, width - cell_len(right) - 1)
+    text = Text().append(left, style=left_style)
+    if right:
+        text.append(" " * max(1, width - cell_len(left) - cell_len(right)))
+        text.append(right)
+    text.truncate(width, overflow="ellipsis")
+    return text
+
+
+# -- tiles -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _TileSize:
+    lines: int
+    row_gap: int
+    min_w: int
+    max_w: int
+
+    def columns(self, width: int, n: int) -> tuple[int, int]:
+        """(columns, tile width) for ``n`` tiles in ``width`` cells (1-cell column gap)."""
+        cols = max(1, min(max(n, 1), (width + 1) // (self.min_w + 1)))
+        return cols, max(1, min(self.max_w, (width - (cols - 1)) // cols))
+
+    def grid_lines(self, rows: int) -> int:
+        return rows * self.lines + max(0, rows - 1) * self.row_gap
+
+
+_FULL = _TileSize(lines=7, row_gap=0, min_w=26, max_w=32)
+_COMPACT = _TileSize(lines=3, row_gap=1, min_w=20, max_w=26)
+_MINI = _TileSize(lines=1, row_gap=0, min_w=15, max_w=22)
+#: Tile lines allowed when the height is unknown (natural-height rendering).
+_NATURAL_TILE_LINES = 30
+
+
+def _style(state: str) -> Style:
+    return STATE_STYLES.get(state, _UNKNOWN_STYLE)
+
+
+def _full_tile(cp: CpView, width: int) -> RenderableType:
+    inner = width - 4
+    state = _clean(cp.state)
+    if cp.state == "SUPPLYING":
+        detail = _line(f"driver {_clean(cp.driver_id or '–')}",
+                       f"{_fig(cp.power_kw, '.1f')} kW", inner)
+        extra = _line(f"{_fig(cp.energy_kwh, '.2f')} kWh",
+                      f"{_fig(cp.amount_eur, '.2f')} EUR", inner)
+    else:
+        detail, extra = Text(_DETAIL.get(cp.state, ""), style="bold"), Text("")
+    body = Text("\n", no_wrap=True, overflow="ellipsis").join([
+        Text(_clean(cp.location)),
+        Text(f"{_price(cp.price_eur_kwh)} EUR/kWh"),
+        Text(state, style="bold"),
+        detail,
+        extra,
+    ])
+    style = _style(cp.state)
+    return Panel(body, title=Text(_clean(cp.id), style="bold"), title_align="left",
+                 box=box.ROUNDED, style=style, border_style=style, width=width, height=7,
+                 padding=(0, 1))
+
+
+def _compact_tile(cp: CpView, width: int) -> RenderableType:
+    inner = width - 2
+    cp_id = _clean(cp.id)
+    if cp.state == "SUPPLYING":
+        top = _line(cp_id, f"{_fig(cp.power_kw, '.1f')} kW", inner, left_style="bold")
+        last = _line(_clean(cp.driver_id or "–"),
+                     f"{_fig(cp.energy_kwh, '.2f')}kWh {_fig(cp.amount_eur, '.2f')}€", inner)
+    else:
+        top = _line(cp_id, _clean(cp.state), inner, left_style="bold")
+        last = Text(_DETAIL.get(cp.state, ""), style="bold")
+    mid = _line(_clean(cp.location), f"{_price(cp.price_eur_kwh)}€/kWh", inner, keep_left=False)
+    body = Text("\n", no_wrap=True, overflow="ellipsis").join([top, mid, last])
+    return Padding(body, (0, 1), style=_style(cp.state), expand=True)
+
+
+def _mini_tile(cp: CpView, width: int) -> RenderableType:
+    if cp.state == "SUPPLYING":
+        label = f"{_fig(cp.power_kw, '.1f')} kW"
+    else:
+        label = _MINI_LABEL.get(cp.state, _clean(cp.state).lower())
+    text = _line(_clean(cp.id), label, width - 2, left_style="bold")
+    return Padding(text, (0, 1), style=_style(cp.state), expand=True)
+
+
+_BUILDERS = {_FULL: _full_tile, _COMPACT: _compact_tile, _MINI: _mini_tile}
+
+
+def _plan_tiles(n: int, width: int, budget: int, *,
+                truncate: bool) -> tuple[_TileSize, int, int, int]:
+    """(size, columns, tile width, tiles shown) for ``n`` CPs in ``budget`` lines."""
+    for size in (_FULL, _COMPACT, _MINI):
+        cols, tile_w = size.columns(width, n)
+        if size.grid_lines(math.ceil(n / cols)) <= budget:
+            return size, cols, tile_w, n
+    size = _MINI
+    cols, tile_w = size.columns(width, n)
+    shown = n if not truncate else min(n, max(1, budget) * cols)
+    if shown < n:
+        shown -= 1  # one cell says how many are not shown
+    return size, cols, tile_w, shown
+
+
+def _summary(cps: Sequence[CpView]) -> Text:
+    if not cps:
+        return Text("No charge points registered yet", style="dim", no_wrap=True)
+    text = Text(no_wrap=True, overflow="ellipsis").append(f"{len(cps)} CPs ", style="bold")
+    for state in CP_STATES:
+        count = sum(1 for cp in cps if cp.state == state)
+        text.append(f" {count} {state.lower()} ", style=STATE_STYLES[state])
+        text.append(" ")
+    text.rstrip()
+    return text
+
+
+def _tiles(cps: Sequence[CpView], width: int, budget: int, *,
+           truncate: bool) -> tuple[RenderableType, int]:
+    """The summary line and the tile grid, and how many lines they take."""
+    if not cps:
+        return _summary(cps), 1
+    size, cols, tile_w, shown = _plan_tiles(len(cps), width, budget, truncate=truncate)
+    build = _BUILDERS[size]
+    grid = Table.grid(padding=(0, 1, 0, 0), pad_edge=False)
+    for _ in range(cols):
+        grid.add_column(width=tile_w, no_wrap=True)
+    cells: list[RenderableType] = [build(cp, tile_w) for cp in cps[:shown]]
+    if shown < len(cps):
+        cells.append(Padding(Text(f"+{len(cps) - shown} more", style="bold"), (0, 1),
+                             style="reverse", expand=True))
+    rows = [cells[i:i + cols] for i in range(0, len(cells), cols)]
+    for i, row in enumerate(rows):
+        if i and size.row_gap:
+            grid.add_row()
+        grid.add_row(*row)
+    return Group(_summary(cps), grid), 1 + size.grid_lines(len(rows))
+
+
+# -- the other sections ----------------------------------------------------------------------
+
+
+def _header(view: CentralView, width: int) -> tuple[RenderableType, int]:
+    bar = Style.parse("bold #ffffff on #1f3a5f")
+    title = Text("EV Charging Network: Central", style=bar)
+    title.append(f"  {_clean(view.central_id)}", style=Style.parse("#9ecbff on #1f3a5f"))
+    top = Table.grid(expand=True, padding=(0, 1), pad_edge=True)
+    top.style = bar
+    top.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+    top.add_column(justify="right", no_wrap=True)
+    top.add_row(title, Text(_stamp(view.now_ts_ms) if view.now_ts_ms else "", style=bar))
+    addresses = Text(no_wrap=True, overflow="ellipsis")
+    addresses.append("socket ", style="dim").append(_clean(view.listen or "–"))
+    addresses.append(" · HTTP ", style="dim").append(_clean(view.http or "–"))
+    kafka = Text().append("Kafka ", style="dim").append(_clean(view.kafka or "–"))
+    kafka.append(" ● reachable" if view.kafka_ok else " ● UNREACHABLE",
+                 style="green" if view.kafka_ok else "bold red")
+    kafka.no_wrap, kafka.overflow = True, "ellipsis"
+    if addresses.cell_len + 3 + kafka.cell_len <= width - 1:
+        return Group(top, Text(" ").append_text(addresses).append(" · ", style="dim")
+                     .append_text(kafka)), 2
+    return Group(top, Text(" ").append_text(addresses), Text(" ").append_text(kafka)), 3
+
+
+def _requests(requests: Sequence[SessionView], max_rows: int | None) -> RenderableType:
+    title = f"Driver requests in progress ({len(requests)})"
+    if not requests:
+        return Text("Driver requests in progress: none", style="dim")
+    if max_rows is not None and max_rows < 1:
+        return Text(f"{title}: enlarge the terminal to list them", style="bold")
+    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
+                  show_edge=False, pad_edge=False, header_style="bold dim")
+    for name in ("Date", "Start", "Driver", "CP", "Status"):
+        table.add_column(name, no_wrap=True, overflow="ellipsis")
+    shown = list(requests)
+    if max_rows is not None and len(shown) > max_rows:
+        shown = shown[: max_rows - 1]
+    for s in shown:
+        when = _when(s.requested_ts_ms)
+        status = Text(_clean(s.status), style=_STATUS_STYLES.get(s.status, ""))
+        table.add_row(when.strftime("%Y-%m-%d"), when.strftime("%H:%M:%S"), _clean(s.driver_id),
+                      _clean(s.cp_id), status)
+    if len(shown) < len(requests):
+        table.add_row("", "", Text(f"+{len(requests) - len(shown)} more", style="dim"))
+    return table
+
+
+class _MessageLines:
+    """The latest messages, as many as fit in the height rich gives (``default`` if none)."""
+
+    def __init__(self, messages: Sequence[MessageView], default: int) -> None:
+        self.messages, self.default = messages, default
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        room = options.height if options.height is not None else self.default
+        if not self.messages:
+            yield Text("no messages yet", style="dim")
+            return
+        lines = []
+        for m in self.messages[-room:] if room > 0 else ():
+            line = Text().append(_when(m.ts_ms).strftime("%H:%M:%S "), style="dim")
+            line.append(_clean(m.text), style=_LEVEL_STYLES.get(m.level, ""))
+            lines.append(line)
+        yield Text("\n", no_wrap=True, overflow="ellipsis").join(lines)
+
+
+def _messages(messages: Sequence[MessageView], default: int = 8) -> RenderableType:
+    return Panel(_MessageLines(messages, default), title="Application messages",
+                 title_align="left", border_style="grey50", box=box.ROUNDED, padding=(0, 1))
+
+
+def _footer(input_line: str, notice: str | Text, width: int) -> RenderableType:
+    note = notice if isinstance(notice, Text) else Text(_clean(notice), style="bold cyan")
+    note.no_wrap, note.overflow = True, "ellipsis"
+    hint = next((h for h in (COMMAND_HINT, _SHORT_HINT) if len(h) + 24 <= width), "")
+    prompt = Text(no_wrap=True).append(hint, style="dim")
+    prompt.append("   > " if hint else "> ", style="bold")
+    room = max(1, width - prompt.cell_len - 1)
+    typed = _clean(input_line)
+    if cell_len(typed) > room:  # keep the end of a long line visible, where the typing is
+        typed = "…" + typed[-(room - 1):]
+    prompt.append(typed, style="bold").append(" ", style="reverse")
+    return Group(note, prompt)
+
+
+class _Sized:
+    """Renders ``renderable`` at exactly ``width`` x ``height``."""
+
+    def __init__(self, renderable: RenderableType, width: int, height: int) -> None:
+        self.renderable, self.width, self.height = renderable, width, height
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield from console.render(self.renderable, options.update_dimensions(
+            min(self.width, options.max_width), self.height))
+
+
+def render(view: CentralView, *, width: int = 120, input_line: str = "",
+           notice: str | Text = "", height: int | None = None) -> RenderableType:
+    """The monitoring panel for ``view``, ``width`` cells wide.
+
+    With ``height`` the panel fills exactly that many lines (the footer on the last two,
+    tiles shrinking and messages trimmed to fit); without, it takes its natural height.
+    ``notice`` is the feedback line shown above the command prompt.
+    """
+    width = max(20, width)
+    header, header_h = _header(view, width)
+    footer = _footer(input_line, notice, width)
+    if height is None:
+        tiles, _ = _tiles(view.cps, width, _NATURAL_TILE_LINES, truncate=False)
+        return Constrain(Group(header, tiles, _requests(view.requests, 10),
+                               _messages(view.messages), footer), width)
+    avail = max(0, height - header_h - 2)
+    req_full = 3 + len(view.requests) if view.requests else 1
+    msg_min = 3
+    tiles, tiles_h = _tiles(view.cps, width, avail - 1 - min(req_full, 6) - msg_min, truncate=True)
+    rest = max(0, avail - tiles_h)
+    req_h = max(0, min(req_full, rest - msg_min))
+    msg_h = rest - req_h
+    layout = Layout()
+    parts = [Layout(header, size=header_h), Layout(tiles, size=tiles_h)]
+    if req_h:
+        parts.append(Layout(_requests(view.requests, req_h - 3), size=req_h))
+    if msg_h >= msg_min:
+        parts.append(Layout(_messages(view.messages), size=msg_h))
+    elif msg_h:
+        parts.append(Layout(Text(""), size=msg_h))
+    parts.append(Layout(footer, size=2))
+    layout.split_column(*parts)
+    return _Sized(layout, width, height)
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """An operator command: ``action`` is stop, resume, quit or help; ``target`` a CP id
+    (as typed) or None for every CP."""
+
+    action: str
+    target: str | None = None
+
+
+_VERBS = {"s": "stop", "stop": "stop", "r": "resume", "resume": "resume", "q": "quit",
+          "quit": "quit", "exit": "quit", "?": "help", "h": "help", "help": "help"}
+
+
+def parse_command(line: str) -> Command | None:
+    """The command typed on ``line``, None for a blank line; ValueError says what is wrong."""
+    words = line.split()
+    if not words:
+        return None
+    verb, args = words[0].lower(), words[1:]
+    action = _VERBS.get(verb)
+    if action is None:
+        raise ValueError(f"unknown command {_clean(words[0])!r}: "
+                         "try s <CP|all>, r <CP|all>, q or ?")
+    if action in ("quit", "help"):
+        if args:
+            raise ValueError(f"{action} takes no argument")
+        return Command(action)
+    if len(args) != 1:
+        raise ValueError(f"{action} needs one CP id or 'all', e.g. '{verb} CP001' or '{verb} all'")
+    return Command(action, None if args[0].lower() == "all" else args[0])
+
+
+# -- keyboard --------------------------------------------------------------------------------
+
+_ESC_NONE, _ESC_START, _ESC_CSI, _ESC_SS3 = range(4)
+
+
+class KeyReader:
+    """Submitted command lines from stdin, as an asyncio queue (:attr:`lines`).
+
+    On a TTY (and ``interactive``) the terminal goes to cbreak mode without echo and the
+    reader is a small line editor: printable keys append, Backspace deletes, Enter submits,
+    Esc (or Ctrl+U) clears; :attr:`buffer` is the line being typed. Otherwise stdin is read
+    line by line, untouched. Use ``async with`` (or :meth:`start` / :meth:`close`): the
+    terminal settings are restored on close, whatever happened.
+    """
+
+    def __init__(self, stdin: int | IO[str] | None = None, *, interactive: bool = True,
+                 on_change: Callable[[], None] | None = None, max_line_chars: int = 200,
+                 max_queued: int = 64) -> None:
+        self._stream: int | IO[str] | None = sys.stdin if stdin is None else stdin
+        self._fd = self._stream if isinstance(self._stream, int) else _fileno(self._stream)
+        self.is_tty = bool(interactive and termios is not None and self._fd is not None
+                           and os.isatty(self._fd))
+        self.on_change = on_change
+        self.max_line_chars = max_line_chars
+        #: Submitted lines, stripped, never empty. Lines beyond ``max_queued`` are dropped.
+        self.lines: asyncio.Queue[str] = asyncio.Queue(maxsize=max_queued)
+        self.dropped = 0
+        self.eof = False
+        self._chars: list[str] = []
+        self._esc = _ESC_NONE
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._saved_attrs: list | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader_fd: int | None = None
+        self._closed = False
+
+    @property
+    def buffer(self) -> str:
+        """The line being typed (TTY mode; empty otherwise)."""
+        return "".join(self._chars) if self.is_tty else ""
+
+    async def __aenter__(self) -> KeyReader:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start reading (from a coroutine: it needs the running loop)."""
+        self._loop = loop = asyncio.get_running_loop()
+        if self._stream is None:  # no stdin at all (closed, or a GUI launcher)
+            self.eof = True
+            return
+        if self._fd is not None:
+            if self.is_tty:
+                try:
+                    self._enter_cbreak(self._fd)
+                except termios.error:  # a TTY that refuses: fall back to plain lines
+                    self.is_tty = False
+            try:
+                loop.add_reader(self._fd, self._on_readable)
+                self._reader_fd = self._fd
+                return
+            except (OSError, ValueError, NotImplementedError):
+                pass  # e.g. a regular file or /dev/null: epoll refuses them
+        threading.Thread(target=self._read_blocking, name="evproto-keyreader", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop reading and restore the terminal settings; safe to call twice."""
+        self._closed = True
+        if self._reader_fd is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._reader_fd)
+            self._reader_fd = None
+        if self._saved_attrs is not None and self._fd is not None:
+            with contextlib.suppress(termios.error, OSError):
+                termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved_attrs)
+            self._saved_attrs = None
+
+    def _enter_cbreak(self, fd: int) -> None:
+        self._saved_attrs = termios.tcgetattr(fd)
+        attrs = termios.tcgetattr(fd)
+        attrs[3] &= ~(termios.ECHO | termios.ICANON)  # ISIG stays: Ctrl+C still interrupts
+        attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 1, 0
+        termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+    def _on_readable(self) -> None:
+        assert self._fd is not None
+        try:
+            data = os.read(self._fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: the terminal went away
+            data = b""
+        if not data:
+            self._at_eof()
+        else:
+            self._feed(self._decoder.decode(data))
+
+    def _read_blocking(self) -> None:
+        """Thread body for inputs the event loop cannot watch (files, StringIO...)."""
+        loop = self._loop
+        assert loop is not None
+        while not self._closed:
+            try:
+                if self._fd is not None:
+                    data = os.read(self._fd, 4096)
+                    chunk = self._decoder.decode(data) if data else None
+                else:
+                    chunk = self._stream.readline() or None  # type: ignore[union-attr]
+            except (OSError, ValueError):
+                chunk = None
+            try:
+                if chunk is None:
+                    loop.call_soon_threadsafe(self._at_eof)
+                    return
+                loop.call_soon_threadsafe(self._feed, chunk)
+            except RuntimeError:  # the loop is closed
+                return
+
+    def _at_eof(self) -> None:
+        self.eof = True
+        if self._reader_fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._reader_fd)
+            self._reader_fd = None
+        if not self.is_tty and self._chars:
+            self._submit()
+
+    def _feed(self, text: str) -> None:
+        if self._closed:
+            return
+        if self.is_tty:
+            self._edit(text)
+            if self.on_change is not None:
+                self.on_change()
+            return
+        for ch in text:
+            if ch == "\n":
+                self._submit()
+            elif len(self._chars) < self.max_line_chars:
+                self._chars.append(ch)
+
+    def _edit(self, text: str) -> None:
+        chars = self._chars
+        for ch in text:
+            if self._esc == _ESC_CSI:  # swallow arrow keys & co up to their final byte
+                if "\x40" <= ch <= "\x7e":
+                    self._esc = _ESC_NONE
+                continue
+            if self._esc == _ESC_SS3:
+                self._esc = _ESC_NONE
+                continue
+            if self._esc == _ESC_START:
+                self._esc = {"[": _ESC_CSI, "O": _ESC_SS3}.get(ch, _ESC_NONE)
+                if self._esc != _ESC_NONE:
+                    continue
+                chars.clear()  # a lone Esc
+            if ch in "\r\n":
+                self._submit()
+            elif ch in "\x7f\x08":
+                if chars:
+                    chars.pop()
+            elif ch == "\x1b":
+                self._esc = _ESC_START
+            elif ch == "\x15":  # Ctrl+U
+                chars.clear()
+            elif ch.isprintable() and len(chars) < self.max_line_chars:
+                chars.append(ch)
+        if self._esc == _ESC_START:  # a lone Esc at the end of a read: a key, not a sequence
+            self._esc = _ESC_NONE
+            chars.clear()
+
+    def _submit(self) -> None:
+        line = "".join(self._chars).strip()
+        self._chars.clear()
+        if not line:
+            return
+        try:
+            self.lines.put_nowait(line)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+
+def _fileno(stream: object) -> int | None:
+    try:
+        return stream.fileno()  # type: ignore[attr-defined]
+    except (AttributeError, OSError, ValueError):  # io.StringIO raises UnsupportedOperation
+        return None
+
+
+# -- plain output ----------------------------------------------------------------------------
+
+
+class PlainReporter:
+    """Plain log lines (no colours, no escape codes) for what changed between views:
+    CP states, requests in progress, new application messages, Kafka reachability."""
+
+    def __init__(self) -> None:
+        self._cps: dict[str, CpView] | None = None
+        self._requests: dict[int, SessionView] = {}
+        self._last_message: MessageView | None = None
+        self._kafka_ok = True
+
+    def update(self, view: CentralView) -> list[str]:
+        """The lines for ``view``; the first view reports the initial state."""
+        now = _stamp(view.now_ts_ms)
+        out: list[str] = []
+        if self._cps is None:
+            out.append(f"{now} CENTRAL {_clean(view.central_id)}"
+                       f" socket {_clean(view.listen or '-')}"
+                       f" HTTP {_clean(view.http or '-')} Kafka {_clean(view.kafka or '-')}"
+                       f" {'reachable' if view.kafka_ok else 'UNREACHABLE'}")
+        elif view.kafka_ok != self._kafka_ok:
+            out.append(f"{now} KAFKA {_clean(view.kafka)} "
+                       f"{'reachable again' if view.kafka_ok else 'UNREACHABLE'}")
+        self._kafka_ok = view.kafka_ok
+        out += self._cp_lines(now, view.cps)
+        out += self._request_lines(now, view.requests)
+        out += self._message_lines(view.messages)
+        return out
+
+    def _cp_lines(self, now: str, cps: Sequence[CpView]) -> list[str]:
+        old, out = self._cps or {}, []
+        for cp in cps:
+            prev = old.get(cp.id)
+            extra = (f" (driver {_clean(cp.driver_id)})" if cp.state == "SUPPLYING" and cp.driver_id
+                     else " (Out of Order)" if cp.state == "STOPPED" else "")
+            if prev is None:
+                out.append(f"{now} CP {_clean(cp.id)} {_clean(cp.state)}{extra} at "
+                           f"{_clean(cp.location)}, {_price(cp.price_eur_kwh)} EUR/kWh")
+            elif prev.state != cp.state:
+                out.append(f"{now} CP {_clean(cp.id)} {_clean(prev.state)} -> "
+                           f"{_clean(cp.state)}{extra}")
+        self._cps = {cp.id: cp for cp in cps}
+        out += [f"{now} CP {_clean(cp_id)} removed" for cp_id in old if cp_id not in self._cps]
+        return out
+
+    def _request_lines(self, now: str, requests: Sequence[SessionView]) -> list[str]:
+        old, out = self._requests, []
+
+        def who(s: SessionView) -> str:
+            return f"{now} REQ {s.id} driver {_clean(s.driver_id)} at {_clean(s.cp_id)}:"
+
+        for s in requests:
+            prev = old.get(s.id)
+            if prev is None:
+                out.append(f"{who(s)} {_clean(s.status)}")
+            elif prev.status != s.status:
+                out.append(f"{who(s)} {_clean(prev.status)} -> {_clean(s.status)}")
+        self._requests = {s.id: s for s in requests}
+        out += [f"{who(s)} ended" for sid, s in old.items() if sid not in self._requests]
+        return out
+
+    def _message_lines(self, messages: Sequence[MessageView]) -> list[str]:
+        start = 0
+        if self._last_message is not None:
+            # Messages only get appended (and old ones dropped): resume after the last seen.
+            for i in range(len(messages) - 1, -1, -1):
+                if messages[i] == self._last_message:
+                    start = i + 1
+                    break
+        if messages:
+            self._last_message = messages[-1]
+        return [f"{_stamp(m.ts_ms)} MSG {_clean(m.level)}: {_clean(m.text)}"
+                for m in messages[start:]]
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Feedback:
+    """The footer's notice and until when (event-loop time) it shows."""
+
+    text: Text = field(default_factory=Text)
+    until: float = 0.0
+
+
+async def run_panel(
+    get_view: Callable[[], CentralView],
+    on_command: Callable[[Command], Awaitable[str]],
+    *,
+    refresh_hz: float = 4,
+    console: Console | None = None,
+    stdin: int | IO[str] | None = None,
+    notice_s: float = 5.0,
+) -> None:
+    """Show the panel until the operator types ``q``.
+
+    When ``console`` is a terminal: a full-screen rich display redrawn ``refresh_hz`` times a
+    second (and on each key), whatever the message rate, with a line editor when ``stdin`` is
+    a TTY too. Otherwise: :class:`PlainReporter` lines on the console's file, and commands
+    read line by line. Each submitted line is parsed; stop/resume go to ``on_command``, whose
+    answer (or the error) shows in the footer for ``notice_s`` seconds (plain mode: a ``CMD``
+    line). ``stdin`` defaults to sys.stdin; quit and help are handled here.
+    """
+    if refresh_hz <= 0:
+        raise ValueError("refresh_hz must be positive")
+    console = console if console is not None else Console()
+    source = sys.stdin if stdin is None else stdin
+    full_screen = console.is_terminal
+    loop = asyncio.get_running_loop()
+    period = 1.0 / refresh_hz
+    wake, done = asyncio.Event(), asyncio.Event()
+    feedback = _Feedback()
+
+    def write(line: str) -> None:
+        print(line, file=console.file, flush=True)
+
+    async def execute(line: str) -> tuple[str, bool] | None:
+        """Run one submitted line: (feedback, is_error), None if there is nothing to say."""
+        try:
+            command = parse_command(line)
+        except ValueError as exc:
+            return str(exc), True
+        if command is None:
+            return None
+        if command.action == "quit":
+            done.set()
+            return None
+        if command.action == "help":
+            return HELP_TEXT, False
+        try:
+            return await on_command(command), False
+        except Exception as exc:  # shown to the operator; the panel goes on
+            log.warning("panel command %r failed", line, exc_info=True)
+            return f"failed: {exc}", True
+
+    async def serve(keys: KeyReader) -> None:
+        while not done.is_set():
+            line = await keys.lines.get()
+            result = await execute(line)
+            if result is None:
+                continue
+            text, is_error = result
+            said = f"{_clean(line)}: {_clean(text)}"
+            if full_screen:
+                feedback.text = Text(said, style="bold red" if is_error else "bold cyan")
+                feedback.until = loop.time() + notice_s
+                wake.set()
+            else:
+                write(f"{_stamp(get_view().now_ts_ms)} CMD {said}")
+
+    async def tick(event: asyncio.Event) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(event.wait(), period)
+
+    # Keys are edited in place only under the full-screen panel; elsewhere a TTY stays cooked.
+    async with KeyReader(source, interactive=full_screen, on_change=wake.set) as keys:
+        worker = asyncio.ensure_future(serve(keys))
+        worker.add_done_callback(lambda _: (done.set(), wake.set()))
+        try:
+            if full_screen:
+                with Live(console=console, screen=True, auto_refresh=False,
+                          redirect_stdout=False, redirect_stderr=False) as live:
+                    while not done.is_set():
+                        size = console.size
+                        shown = feedback.text if loop.time() < feedback.until else ""
+                        live.update(render(get_view(), width=size.width, height=size.height,
+                                           input_line=keys.buffer, notice=shown), refresh=True)
+                        await tick(wake)
+                        wake.clear()
+            else:
+                reporter = PlainReporter()
+                while not done.is_set():
+                    for line in reporter.update(get_view()):
+                        write(line)
+                    await tick(done)
+        finally:
+            worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker

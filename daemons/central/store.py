@@ -1,0 +1,279 @@
+"""Central's SQLite database (WAL): CPs, drivers, sessions, tickets, Kafka offsets, outbox.
+
+One transaction applies a batch of core effects together with the Kafka offsets
+that produced them and the durable events they publish (the outbox). After a
+crash Central therefore resumes exactly where its database says: nothing it
+decided is lost, nothing is decided twice, and every durable event it owed is
+still in the outbox, to be sent again (readers de-duplicate by session id).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Iterable
+
+from evproto.bus.events import Ticket, encode_event
+from evproto.domain.session import SessionStatus
+
+from .core import CpRecord, Effect, Publish, SaveCp, SaveSession, SessionRecord
+from .view import SessionView
+
+__all__ = ["Store", "OutboxRow", "Loaded"]
+
+SCHEMA_VERSION = 1
+#: Ended sessions reloaded at start-up (duplicate requests, late CP reports).
+RECENT_SESSIONS = 5000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS drivers (
+    id TEXT PRIMARY KEY,
+    registered_ts_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cps (
+    id TEXT PRIMARY KEY,
+    location TEXT NOT NULL,
+    price_eur_kwh REAL NOT NULL,
+    stopped INTEGER NOT NULL DEFAULT 0,
+    registered_ts_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    cp_id TEXT NOT NULL,
+    driver_id TEXT NOT NULL,
+    request_id TEXT NOT NULL UNIQUE,
+    origin TEXT NOT NULL,
+    status TEXT NOT NULL,
+    requested_ts_ms INTEGER NOT NULL,
+    price_eur_kwh REAL NOT NULL,
+    deadline_ts_ms INTEGER NOT NULL,
+    target_energy_kwh REAL,
+    target_duration_s REAL,
+    authorized_ts_ms INTEGER,
+    started_ts_ms INTEGER,
+    ended_ts_ms INTEGER,
+    energy_kwh REAL NOT NULL DEFAULT 0,
+    amount_eur REAL NOT NULL DEFAULT 0,
+    end_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS sessions_status ON sessions(status);
+CREATE TABLE IF NOT EXISTS tickets (
+    session_id INTEGER PRIMARY KEY REFERENCES sessions(id),
+    driver_id TEXT NOT NULL,
+    cp_id TEXT NOT NULL,
+    energy_kwh REAL NOT NULL,
+    amount_eur REAL NOT NULL,
+    issued_ts_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS offsets (
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    created_ts_ms INTEGER NOT NULL
+);
+"""
+
+_SESSION_COLUMNS = (
+    "id", "cp_id", "driver_id", "request_id", "origin", "status", "requested_ts_ms", "price_eur_kwh",
+    "deadline_ts_ms", "target_energy_kwh", "target_duration_s", "authorized_ts_ms", "started_ts_ms",
+    "ended_ts_ms", "energy_kwh", "amount_eur", "end_reason",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A durable event Central owes the bus (``topic`` is the logical Topic value)."""
+
+    id: int
+    topic: str
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Everything Central rebuilds itself from at start-up."""
+
+    cps: list[CpRecord]
+    drivers: set[str]
+    live_sessions: list[SessionRecord]
+    next_session_id: int
+    offsets: dict[tuple[str, int], int]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Store:
+    """The database; every method is a short synchronous transaction."""
+
+    def __init__(self, path: str) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise RuntimeError(f"{path}: database schema {row[0]}, this Central expects {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- registry (operators' CLI) ---------------------------------------------------------
+
+    def add_driver(self, driver_id: str) -> bool:
+        """Register a driver; False when it already was."""
+        cur = self._db.execute("INSERT OR IGNORE INTO drivers VALUES (?, ?)", (driver_id, _now_ms()))
+        return cur.rowcount == 1
+
+    def remove_driver(self, driver_id: str) -> bool:
+        return self._db.execute("DELETE FROM drivers WHERE id = ?", (driver_id,)).rowcount == 1
+
+    def add_cp(self, cp_id: str, location: str, price_eur_kwh: float) -> bool:
+        """Register (or update) a CP; True when it was new."""
+        existed = self._db.execute("SELECT 1 FROM cps WHERE id = ?", (cp_id,)).fetchone() is not None
+        self._db.execute(
+            "INSERT INTO cps (id, location, price_eur_kwh, registered_ts_ms) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET location = excluded.location, price_eur_kwh = excluded.price_eur_kwh",
+            (cp_id, location, price_eur_kwh, _now_ms()),
+        )
+        return not existed
+
+    def drivers(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT id FROM drivers ORDER BY id")]
+
+    def cps(self) -> list[tuple[str, str, float, bool]]:
+        return [
+            (r[0], r[1], r[2], bool(r[3]))
+            for r in self._db.execute("SELECT id, location, price_eur_kwh, stopped FROM cps ORDER BY id")
+        ]
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def load(self) -> Loaded:
+        cps = [
+            CpRecord(id=r[0], location=r[1], price_eur_kwh=r[2], stopped=bool(r[3]))
+            for r in self._db.execute("SELECT id, location, price_eur_kwh, stopped FROM cps")
+        ]
+        drivers = {r[0] for r in self._db.execute("SELECT id FROM drivers")}
+        live = [s.value for s in SessionStatus if s.live]
+        cols = ", ".join(f"s.{c}" for c in _SESSION_COLUMNS)
+        rows = self._db.execute(
+            f"SELECT {cols}, t.session_id IS NOT NULL FROM sessions s LEFT JOIN tickets t ON t.session_id = s.id "
+            f"WHERE s.status IN ({','.join('?' * len(live))}) OR s.id > (SELECT COALESCE(MAX(id), 0) FROM sessions) - ?",
+            [*live, RECENT_SESSIONS],
+        ).fetchall()
+        sessions = [self._session(r[:-1], ticketed=bool(r[-1])) for r in rows]
+        (max_id,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM sessions").fetchone()
+        offsets = {(r[0], r[1]): r[2] for r in self._db.execute("SELECT topic, partition, next_offset FROM offsets")}
+        return Loaded(cps, drivers, sessions, max_id + 1, offsets)
+
+    @staticmethod
+    def _session(r: tuple, *, ticketed: bool = False) -> SessionRecord:
+        d = dict(zip(_SESSION_COLUMNS, r))
+        d["status"] = SessionStatus(d["status"])
+        return SessionRecord(**d, ticketed=ticketed)
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def apply(self, effects: Iterable[Effect], offsets: dict[tuple[str, int], int] | None = None) -> list[OutboxRow]:
+        """Apply saves, queue durable publishes and record offsets, all in one transaction.
+
+        Returns the outbox rows just added, for the caller to send right away.
+        """
+        now = _now_ms()
+        added: list[OutboxRow] = []
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for fx in effects:
+                if isinstance(fx, SaveSession):
+                    s = fx.record
+                    values = [getattr(s, c) for c in _SESSION_COLUMNS]
+                    values[_SESSION_COLUMNS.index("status")] = s.status.value
+                    # An upsert by id: a clash on request_id raises instead of deleting a session.
+                    db.execute(
+                        f"INSERT INTO sessions ({', '.join(_SESSION_COLUMNS)}) "
+                        f"VALUES ({', '.join('?' * len(_SESSION_COLUMNS))}) ON CONFLICT(id) DO UPDATE SET "
+                        + ", ".join(f"{c} = excluded.{c}" for c in _SESSION_COLUMNS[1:]),
+                        values,
+                    )
+                elif isinstance(fx, SaveCp):
+                    c = fx.record
+                    db.execute(
+                        "INSERT INTO cps (id, location, price_eur_kwh, stopped, registered_ts_ms) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET location = excluded.location, "
+                        "price_eur_kwh = excluded.price_eur_kwh, stopped = excluded.stopped",
+                        (c.id, c.location, c.price_eur_kwh, int(c.stopped), now),
+                    )
+                elif isinstance(fx, Publish) and fx.durable:
+                    value = encode_event(fx.event)
+                    if isinstance(fx.event, Ticket):
+                        t = fx.event
+                        db.execute(
+                            "INSERT INTO tickets VALUES (?, ?, ?, ?, ?, ?)",
+                            (t.session_id, t.driver_id, t.cp_id, t.energy_kwh, t.amount_eur, now),
+                        )
+                    cur = db.execute(
+                        "INSERT INTO outbox (topic, key, value, created_ts_ms) VALUES (?, ?, ?, ?)",
+                        (fx.topic.value, fx.key, value, now),
+                    )
+                    added.append(OutboxRow(int(cur.lastrowid or 0), fx.topic.value, fx.key, value))
+            for (topic, partition), nxt in (offsets or {}).items():
+                db.execute(
+                    "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                    (topic, partition, nxt),
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return added
+
+    def outbox(self, limit: int = 1000) -> list[OutboxRow]:
+        """Durable events not yet acknowledged by the broker, oldest first."""
+        return [
+            OutboxRow(r[0], r[1], r[2], bytes(r[3]))
+            for r in self._db.execute("SELECT id, topic, key, value FROM outbox ORDER BY id LIMIT ?", (limit,))
+        ]
+
+    def outbox_done(self, ids: Iterable[int]) -> None:
+        self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    # -- queries for the API ---------------------------------------------------------------
+
+    def sessions(
+        self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None, limit: int = 500
+    ) -> list[SessionView]:
+        where, args = [], []
+        for column, value in (("status", status), ("cp_id", cp_id), ("driver_id", driver_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = f"SELECT {', '.join(_SESSION_COLUMNS)} FROM sessions"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        return [self._session(r).view() for r in self._db.execute(sql, args)]
+
+    def ticket_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM tickets").fetchone()[0])

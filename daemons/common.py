@@ -1,0 +1,183 @@
+"""What every daemon shares: logging, shutdown on signals, stdin commands, ready files.
+
+Daemons log human-readable lines to a terminal and JSON lines otherwise (a file,
+a pipe, the launcher's logs); SIGTERM and SIGINT set an asyncio Event so the
+daemon can finish its work in order, flush Kafka and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+__all__ = [
+    "setup_logging",
+    "shutdown_event",
+    "stdin_lines",
+    "write_ready_file",
+    "now_ms",
+    "save_json_atomic",
+    "load_json",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_UNAVAILABLE",
+    "EXIT_SOFTWARE",
+]
+
+# Exit codes (sysexits.h): scripts and the launcher tell failures apart by them.
+EXIT_OK = 0
+EXIT_USAGE = 64
+EXIT_UNAVAILABLE = 69  # a service we need (broker, Central, port) is not there
+EXIT_SOFTWARE = 70
+
+
+def now_ms() -> int:
+    """Wall-clock time in epoch milliseconds (what events carry)."""
+    return int(time.time() * 1000)
+
+
+class _TextFormatter(logging.Formatter):
+    _COLOURS = {logging.WARNING: "\033[33m", logging.ERROR: "\033[31m", logging.CRITICAL: "\033[1;31m"}
+
+    def __init__(self, name: str, colour: bool) -> None:
+        super().__init__()
+        self._name = name
+        self._colour = colour
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        line = f"{stamp} {self._name} {text}"
+        colour = self._COLOURS.get(record.levelno) if self._colour else None
+        return f"{colour}{line}\033[0m" if colour else line
+
+
+class _JsonFormatter(logging.Formatter):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self._name = name
+
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "daemon": self._name,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, ensure_ascii=False)
+
+
+def setup_logging(name: str, *, level: str = "info", fmt: str = "auto") -> None:
+    """Configure the root logger for a daemon called ``name`` (e.g. "CP001" or "central").
+
+    ``fmt`` is "text", "json" or "auto" (text on a terminal, JSON lines otherwise).
+    """
+    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter(name) if use_json else _TextFormatter(name, sys.stderr.isatty()))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def shutdown_event() -> asyncio.Event:
+    """An Event set by SIGTERM or SIGINT (a second signal exits at once)."""
+    loop = asyncio.get_running_loop()
+    event = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if event.is_set():
+            logging.getLogger("evproto").warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(128 + signum)
+        event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, on_signal, sig)
+    return event
+
+
+async def stdin_lines() -> AsyncIterator[str]:
+    """Lines typed (or piped) on stdin, stripped; ends quietly at EOF (e.g. stdin is /dev/null).
+
+    Works the same for a terminal and a pipe, so every interactive key is also
+    scriptable: ``echo plug | evcp-engine ...``.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=64)
+
+    def reader() -> None:
+        try:
+            for raw in sys.stdin:
+                fut = asyncio.run_coroutine_threadsafe(queue.put(raw.strip()), loop)
+                fut.result()
+        except (OSError, ValueError, RuntimeError):
+            pass
+        with contextlib.suppress(RuntimeError):
+            asyncio.run_coroutine_threadsafe(queue.put(None), loop)
+
+    if sys.stdin is None or sys.stdin.closed:
+        return
+    threading.Thread(target=reader, name="stdin", daemon=True).start()
+    while True:
+        line = await queue.get()
+        if line is None:
+            return
+        if line:
+            yield line
+
+
+def write_ready_file(path: str | None, **info: Any) -> None:
+    """Atomically write ``info`` (plus the pid) as JSON to ``path``: tells a launcher we are up."""
+    if not path:
+        return
+    info = {"pid": os.getpid(), **info}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(info, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_json_atomic(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON so that a crash at any instant leaves the old or the new file.
+
+    Temporary file, fsync, rename over the old one, fsync the directory.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, separators=(",", ":"))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_json(path: str) -> Any:
+    """The JSON at ``path``, or None when there is no such file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,426 @@
+"""``ev-driver`` / ``EV_Driver``: a driver's app.
+
+Sends supply requests (one-off, or a file of them) to Central through Kafka and
+shows every step of each: received, authorised or denied (with the reason), live
+kWh and EUR while charging, and the final ticket. A driver reads only its own
+partition of driver-events and keeps only its own records. It remembers where it
+was (state file): killed mid-supply and started again with the same id, it shows
+the outcome of that supply and carries on with its file where it left off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from evproto import __version__
+from evproto.bus.events import (
+    CpStateRecord,
+    DriverTelemetry,
+    EventDecodeError,
+    Heartbeat,
+    RequestUpdate,
+    SupplyRequest,
+    Ticket,
+    decode_event,
+    encode_event,
+)
+from evproto.bus.kafka import OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusError, BusProducer, KafkaSettings, ensure_topics
+from evproto.bus.topics import Topic, partition_for
+
+from .common import EXIT_UNAVAILABLE, EXIT_USAGE, load_json, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
+
+__all__ = ["RequestLine", "parse_requests", "Driver", "main"]
+
+log = logging.getLogger("evproto.driver")
+
+CENTRAL_SILENCE_S = 3.5
+_FINAL = ("denied", "completed", "interrupted")
+_TARGET = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>kwh|wh|s|sec|min|m)$", re.I)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestLine:
+    """One supply to ask for: a CP and, optionally, when to stop."""
+
+    cp_id: str
+    target_energy_kwh: float | None = None
+    target_duration_s: float | None = None
+
+    def describe(self) -> str:
+        if self.target_energy_kwh is not None:
+            return f"{self.cp_id} ({self.target_energy_kwh:g} kWh)"
+        if self.target_duration_s is not None:
+            return f"{self.cp_id} ({self.target_duration_s:g} s)"
+        return self.cp_id
+
+
+def parse_target(text: str) -> tuple[float | None, float | None]:
+    """``"2.5kWh"`` -> (2.5, None); ``"30s"`` / ``"2min"`` -> (None, seconds)."""
+    m = _TARGET.match(text.strip())
+    if not m:
+        raise ValueError(f"target {text!r} is not like 2.5kWh, 800Wh, 30s or 2min")
+    num, unit = float(m.group("num")), m.group("unit").lower()
+    if num <= 0:
+        raise ValueError(f"target {text!r} must be positive")
+    if unit == "kwh":
+        return num, None
+    if unit == "wh":
+        return num / 1000.0, None
+    return None, num * 60.0 if unit in ("min", "m") else num
+
+
+def parse_requests(text: str, *, source: str = "requests") -> list[RequestLine]:
+    """Parse a requests file: one ``CP_ID [TARGET]`` per line; blank lines and ``#`` comments ignored."""
+    out = []
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) > 2:
+            raise ValueError(f"{source}:{n}: expected 'CP_ID [TARGET]', got {raw.strip()!r}")
+        energy = duration = None
+        if len(parts) == 2:
+            try:
+                energy, duration = parse_target(parts[1])
+            except ValueError as exc:
+                raise ValueError(f"{source}:{n}: {exc}") from None
+        out.append(RequestLine(parts[0], energy, duration))
+    return out
+
+
+class Driver:
+    """One driver app; ``await Driver(...).run(stop)``."""
+
+    def __init__(
+        self,
+        *,
+        driver_id: str,
+        kafka: KafkaSettings,
+        requests: list[RequestLine] | None,
+        requests_source: str = "",
+        state_dir: str,
+        pause_s: float = 4.0,
+        answer_timeout_s: float = 60.0,
+        interactive: bool = True,
+        ready_file: str | None = None,
+    ) -> None:
+        self.driver_id = driver_id
+        self.kafka = kafka
+        self.requests = requests
+        self.requests_source = requests_source
+        self.state_path = os.path.join(state_dir, "driver-state.json")
+        self.pause_s = pause_s
+        self.answer_timeout_s = answer_timeout_s
+        self.interactive = interactive
+        self.ready_file = ready_file
+        self.state: dict[str, Any] = {}
+        self.cps: dict[str, CpStateRecord] = {}
+        self.last_heartbeat = 0.0
+        self.producer: BusProducer | None = None
+        self.partitions: dict[Topic, int] = {}
+        self._waiters: dict[str, asyncio.Future[RequestUpdate]] = {}
+        self._last_update: dict[str, float] = {}
+        self._last_telemetry_print = 0.0
+        self._tickets_seen: set[int] = set()
+        self.completed = 0
+        self.denied = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        self.state = load_json(self.state_path) or {}
+        if self.state.get("driver_id") not in (None, self.driver_id):
+            log.error("%s belongs to driver %s", self.state_path, self.state.get("driver_id"))
+            return EXIT_USAGE
+        self.state["driver_id"] = self.driver_id
+        self._tickets_seen = set(self.state.get("tickets", []))
+        self.partitions = await ensure_topics(self.kafka)
+        self.producer = BusProducer(self.kafka)
+        await self.producer.start()
+        tasks = [
+            asyncio.ensure_future(self._events_loop()),
+            asyncio.ensure_future(self._cp_state_loop()),
+            asyncio.ensure_future(self._heartbeat_loop()),
+        ]
+        work: list[asyncio.Future[Any]] = []
+        if self.requests is not None:
+            work.append(asyncio.ensure_future(self._walk_file()))
+        if self.interactive:
+            tasks.append(asyncio.ensure_future(self._keys(stop)))
+            log.info("commands: r CP_ID [2.5kWh|30s] request · l list available CPs · q quit")
+        write_ready_file(self.ready_file, role="driver", driver_id=self.driver_id)
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([stopper, *work], return_when=asyncio.FIRST_COMPLETED)
+            if work and work[0].done() and not stop.is_set():
+                exc = work[0].exception()
+                if exc is not None:
+                    raise exc
+                if not self.interactive:
+                    return 0
+                await stop.wait()
+        finally:
+            for t in tasks + work + [stopper]:
+                t.cancel()
+            await asyncio.gather(*tasks, *work, stopper, return_exceptions=True)
+            self._save()
+            await self.producer.close(timeout_s=5.0)
+        return 0
+
+    def _save(self) -> None:
+        self.state["tickets"] = sorted(self._tickets_seen)[-200:]
+        save_json_atomic(self.state_path, self.state)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def central_reachable(self) -> bool:
+        return time.monotonic() - self.last_heartbeat < CENTRAL_SILENCE_S
+
+    async def _wait_for_central(self) -> None:
+        if self.central_reachable():
+            return
+        log.warning("cannot reach Central: waiting for it before sending the next request")
+        while not self.central_reachable():
+            await asyncio.sleep(0.5)
+        log.info("Central reachable again")
+
+    async def request(self, line: RequestLine) -> RequestUpdate | None:
+        """Ask for one supply and wait for its outcome (None: no answer in time)."""
+        await self._wait_for_central()
+        request_id = uuid.uuid4().hex
+        self.state["pending"] = {"request_id": request_id, "cp_id": line.cp_id}
+        self._save()
+        fut = self._watch(request_id)
+        assert self.producer is not None
+        event = SupplyRequest(request_id=request_id, driver_id=self.driver_id, cp_id=line.cp_id, ts_ms=now_ms(),
+                              target_energy_kwh=line.target_energy_kwh, target_duration_s=line.target_duration_s)
+        log.info("requesting a supply at %s", line.describe())
+        await self.producer.send(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(event),
+                                 partition=partition_for(self.driver_id, self.partitions[Topic.DRIVER_REQUESTS]))
+        return await self._outcome(request_id, fut)
+
+    def _watch(self, request_id: str) -> asyncio.Future[RequestUpdate]:
+        fut: asyncio.Future[RequestUpdate] = asyncio.get_running_loop().create_future()
+        self._waiters[request_id] = fut
+        self._last_update[request_id] = time.monotonic()
+        return fut
+
+    async def _outcome(self, request_id: str, fut: asyncio.Future[RequestUpdate]) -> RequestUpdate | None:
+        try:
+            while True:
+                try:
+                    return await asyncio.wait_for(asyncio.shield(fut), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+                if not self.central_reachable():
+                    self._last_update[request_id] = time.monotonic()  # Central's silence is not the CP's
+                    continue
+                if time.monotonic() - self._last_update[request_id] > self.answer_timeout_s:
+                    log.warning("no news about request %s for %g s: giving up on it", request_id[:8], self.answer_timeout_s)
+                    return None
+        finally:
+            self._waiters.pop(request_id, None)
+            self._last_update.pop(request_id, None)
+            self.state["pending"] = None
+            self._save()
+
+    async def _walk_file(self) -> None:
+        assert self.requests is not None
+        start = int(self.state.get("next_line", 0)) if self.state.get("file") == self.requests_source else 0
+        pending = self.state.get("pending")
+        if pending:
+            log.info("restarted while request %s at %s was in progress: waiting for its outcome",
+                     pending["request_id"][:8], pending["cp_id"])
+            outcome = await self._outcome(pending["request_id"], self._watch(pending["request_id"]))
+            if outcome is not None:
+                await asyncio.sleep(self.pause_s)
+        if start:
+            log.info("continuing %s at request %d of %d", self.requests_source or "the requests", start + 1, len(self.requests))
+        for index in range(start, len(self.requests)):
+            await self.request(self.requests[index])
+            self.state["file"] = self.requests_source
+            self.state["next_line"] = index + 1
+            self._save()
+            if index + 1 < len(self.requests):
+                await asyncio.sleep(self.pause_s)
+        log.info("all %d requests done: %d completed, %d denied or interrupted", len(self.requests), self.completed, self.denied)
+
+    # -- Kafka -----------------------------------------------------------------------------
+
+    async def _events_loop(self) -> None:
+        partition = partition_for(self.driver_id, self.partitions[Topic.DRIVER_EVENTS])
+        start = self.state.get("events_offset")
+        async with BusConsumer(self.kafka, assignments=[(Topic.DRIVER_EVENTS, partition, OFFSET_END if start is None else start)]) as consumer:
+            async for record in consumer:
+                self.state["events_offset"] = record.offset + 1
+                if record.key != self.driver_id:
+                    continue  # another driver's record in the same partition
+                try:
+                    ev = decode_event(record.value)
+                except EventDecodeError as exc:
+                    log.warning("skipped a malformed event at offset %d: %s", record.offset, exc)
+                    continue
+                self._on_event(ev)
+
+    def _on_event(self, ev: Any) -> None:
+        if isinstance(ev, RequestUpdate):
+            if ev.request_id in self._last_update:
+                self._last_update[ev.request_id] = time.monotonic()
+            text = ev.message or ev.status
+            if ev.status == "denied":
+                log.warning("%s: DENIED: %s", ev.cp_id, text)
+            elif ev.status in _FINAL:
+                log.info("%s: %s", ev.cp_id, text)
+            elif ev.reason:
+                log.warning("%s: %s", ev.cp_id, text)
+            else:
+                log.info("%s: %s", ev.cp_id, text)
+            if ev.status in _FINAL:
+                if ev.status == "completed":
+                    self.completed += 1
+                else:
+                    self.denied += 1
+                fut = self._waiters.get(ev.request_id)
+                if fut is not None and not fut.done():
+                    fut.set_result(ev)
+        elif isinstance(ev, DriverTelemetry):
+            now = time.monotonic()
+            if now - self._last_telemetry_print >= 2.0:
+                self._last_telemetry_print = now
+                log.info("charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw)
+        elif isinstance(ev, Ticket):
+            if ev.session_id in self._tickets_seen:
+                return  # the same ticket again (Central re-sent its outbox after a restart)
+            self._tickets_seen.add(ev.session_id)
+            self._save()
+            minutes = max(0.0, (ev.ended_ts_ms - ev.started_ts_ms) / 60000)
+            log.info(
+                "TICKET session %d at %s: %.3f kWh x %.2f EUR/kWh = %.2f EUR, %.1f min, %s (%s)",
+                ev.session_id, ev.cp_id, ev.energy_kwh, ev.price_eur_kwh, ev.amount_eur, minutes, ev.status, ev.end_reason,
+            )
+
+    async def _cp_state_loop(self) -> None:
+        async with BusConsumer(self.kafka, assignments=[(Topic.CP_STATE, p, OFFSET_BEGINNING)
+                                                        for p in range(self.partitions.get(Topic.CP_STATE, 1))]) as consumer:
+            async for record in consumer:
+                try:
+                    ev = decode_event(record.value)
+                except EventDecodeError:
+                    continue
+                if isinstance(ev, CpStateRecord):
+                    self.cps[ev.cp_id] = ev
+
+    async def _heartbeat_loop(self) -> None:
+        async with BusConsumer(self.kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)]) as consumer:
+            async for record in consumer:
+                try:
+                    if isinstance(decode_event(record.value), Heartbeat):
+                        self.last_heartbeat = time.monotonic()
+                except EventDecodeError:
+                    continue
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def _keys(self, stop: asyncio.Event) -> None:
+        busy: asyncio.Future[Any] | None = None
+        async for line in stdin_lines():
+            word, _, rest = line.partition(" ")
+            word = word.lower()
+            if word in ("q", "quit"):
+                stop.set()
+                return
+            if word in ("l", "list"):
+                available = sorted(c.cp_id for c in self.cps.values() if c.state == "ACTIVATED")
+                others = sorted(f"{c.cp_id} ({c.state})" for c in self.cps.values() if c.state != "ACTIVATED")
+                log.info("available: %s", ", ".join(available) or "none")
+                if others:
+                    log.info("not available: %s", ", ".join(others))
+                continue
+            if word in ("r", "request"):
+                try:
+                    (parsed,) = parse_requests(rest, source="request") or [None]
+                except ValueError as exc:
+                    log.warning("%s", exc)
+                    continue
+                if parsed is None:
+                    log.warning("usage: r CP_ID [2.5kWh|30s]")
+                    continue
+                if busy is not None and not busy.done():
+                    log.warning("a request is already in progress")
+                    continue
+                busy = asyncio.ensure_future(self.request(parsed))
+                continue
+            log.warning("unknown command %r: r CP_ID [target] · l · q", line)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--kafka", envvar="EVPROTO_KAFKA", required=True, metavar="HOST:PORT",
+              help="Kafka bootstrap server(s). [env EVPROTO_KAFKA]")
+@click.option("--id", "driver_id", envvar="EVPROTO_DRIVER_ID", required=True, metavar="DRIVER_ID",
+              help="This driver's id (must be registered at Central). [env EVPROTO_DRIVER_ID]")
+@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              metavar="FILE", help="Supplies to request in order: one 'CP_ID [TARGET]' per line, TARGET like "
+              "2.5kWh or 30s; blank lines and # comments ignored.")
+@click.option("--pause-s", type=click.FloatRange(min=0), default=4.0, show_default=True,
+              help="Pause after each supply ends, success or not, before the next request.")
+@click.option("--state-dir", envvar="EVPROTO_STATE_DIR", default=None, metavar="DIR",
+              help="Where the app remembers its progress (default ./driver-state-ID). [env EVPROTO_STATE_DIR]")
+@click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True)
+@click.option("--exit-when-done/--stay", default=None,
+              help="After the requests file: exit (default when stdin is not a terminal) or keep running.")
+@click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file once started.")
+@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.version_option(__version__, prog_name="ev-driver")
+def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, state_dir: str | None,
+         topic_prefix: str, exit_when_done: bool | None, ready_file: str | None, log_format: str, log_level: str) -> None:
+    """A driver's app (EV_Driver).
+
+    Requests supplies from Central and shows each step, the live figures and the
+    ticket. With --requests it works through the file, pausing --pause-s after
+    each supply. Commands (type them; on a pipe, one per line): r CP_ID [TARGET]
+    request a supply, l list the available charge points, q quit.
+    """
+    setup_logging(driver_id, level=log_level, fmt=log_format)
+    requests = None
+    if requests_file is not None:
+        try:
+            with open(requests_file, encoding="utf-8") as fh:
+                requests = parse_requests(fh.read(), source=requests_file)
+        except ValueError as exc:
+            click.echo(f"ev-driver: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+    stay = not exit_when_done if exit_when_done is not None else (sys.stdin is not None and sys.stdin.isatty())
+    driver = Driver(
+        driver_id=driver_id,
+        kafka=KafkaSettings(bootstrap=kafka, client_id=f"ev-driver-{driver_id}", prefix=topic_prefix),
+        requests=requests,
+        requests_source=os.path.abspath(requests_file) if requests_file else "",
+        state_dir=state_dir or os.path.join(os.getcwd(), f"driver-state-{driver_id}"),
+        pause_s=pause_s,
+        interactive=stay or requests is None,
+        ready_file=ready_file,
+    )
+    async def run() -> int:
+        return await driver.run(shutdown_event())
+
+    try:
+        sys.exit(asyncio.run(run()))
+    except BusError as exc:
+        click.echo(f"ev-driver: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""evcp-engine (EV_CP_E): the charge point's engine."""

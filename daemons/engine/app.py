@@ -1,0 +1,383 @@
+"""The engine daemon: wires the ChargePoint state machine to its monitor, Kafka and a meter.
+
+- Its monitor connects over an evproto link, names the CP, and health-checks it.
+- Commands (authorise, stop, resume, cancel) arrive on cp-commands, partition of the CP.
+- Events (answers, supply start, telemetry, supply end, manual requests) go out to Kafka;
+  every event that matters is first written to an outbox in the engine's state file
+  and removed only when the broker acknowledged it: a crash or a broker outage loses
+  nothing, it only delays.
+- The state file (atomic write + fsync) also holds the supply in progress, so an engine
+  that is killed reports the final figures of the interrupted supply when it restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from evproto import (
+    HealthCheck,
+    HealthState,
+    HealthStatus,
+    Hello,
+    LinkConfig,
+    LinkDownError,
+    ReasonCode,
+    Reject,
+    RequestReceived,
+    Role,
+)
+from evproto import FaultCode
+from evproto.aio import Link, serve
+from evproto.bus.events import (
+    AuthorizeCommand,
+    CancelAuthorization,
+    EventDecodeError,
+    Heartbeat,
+    ResumeCommand,
+    StopCommand,
+    SupplyProgress,
+    SupplyRequest,
+    decode_event,
+    encode_event,
+)
+from evproto.bus.kafka import OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusError, BusProducer, KafkaSettings, ensure_topics
+from evproto.bus.topics import Topic, partition_for
+from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Persist, Phase, Say
+
+from ..common import load_json, now_ms, save_json_atomic, stdin_lines, write_ready_file
+from .meter import Meter
+
+__all__ = ["EngineOptions", "Engine"]
+
+log = logging.getLogger("evproto.engine")
+
+#: Central counts as unreachable after this long without a heartbeat.
+CENTRAL_SILENCE_S = 3.5
+_TICK_S = 0.2
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineOptions:
+    kafka: KafkaSettings
+    listen: str
+    state_dir: str
+    auto: AutoMode | None = None
+    ready_file: str | None = None
+    link_config: LinkConfig = LinkConfig()
+    interactive: bool = True
+
+
+class Engine:
+    """One engine process. ``await Engine(opts, meter).run(stop_event)``."""
+
+    def __init__(self, opts: EngineOptions, meter: Meter) -> None:
+        self.opts = opts
+        self.meter = meter
+        self.state_path = os.path.join(opts.state_dir, "engine-state.json")
+        self.cp: ChargePoint | None = None
+        self.commands_offset: int | None = None
+        self.outbox: list[dict[str, Any]] = []
+        self._outbox_seq = 0
+        self._in_flight: set[int] = set()
+        self.partitions: dict[Topic, int] = {}
+        self.producer: BusProducer | None = None
+        self.monitor: Link | None = None
+        self.last_heartbeat = 0.0
+        self.meter_ok = True
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._commands_task: asyncio.Task[Any] | None = None
+        self._stop: asyncio.Event | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> int:
+        self._stop = stop
+        state = load_json(self.state_path) or {}
+        self.outbox = list(state.get("outbox", []))
+        self._outbox_seq = max((e["id"] for e in self.outbox), default=0)
+        self.partitions = await ensure_topics(self.opts.kafka)
+        self.producer = BusProducer(self.opts.kafka)
+        await self.producer.start()
+        server = await serve(self.opts.listen, self._session, node_id="engine", on_hello=self._on_hello,
+                             config=self.opts.link_config)
+        host, port = server.addresses[0]
+        log.info("listening for the monitor on %s:%s; Kafka %s", host, port, self.opts.kafka.bootstrap)
+        if state.get("cp_id"):
+            self._adopt(state["cp_id"], state)
+        write_ready_file(self.opts.ready_file, role="engine", listen=f"{host}:{port}", cp_id=self.cp.cp_id if self.cp else None)
+        self._tasks = [
+            asyncio.ensure_future(self._tick_loop()),
+            asyncio.ensure_future(self._heartbeat_loop()),
+            asyncio.ensure_future(self._outbox_loop()),
+        ]
+        if self.opts.interactive:
+            self._tasks.append(asyncio.ensure_future(self._keys()))
+            log.info("keys: p plug · u unplug · k KO · r recover · m DRIVER manual supply · s status · q quit")
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            for t in self._tasks + ([self._commands_task] if self._commands_task else []):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._commands_task is not None:
+                await asyncio.gather(self._commands_task, return_exceptions=True)
+            await server.close()
+            self._save()
+            await self.producer.close(timeout_s=5.0)
+            await self.meter.close()
+        return 0
+
+    # -- state -----------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        if self.cp is None:
+            return
+        save_json_atomic(
+            self.state_path,
+            {
+                "cp_id": self.cp.cp_id,
+                "cp": self.cp.snapshot(),
+                "commands_offset": self.commands_offset,
+                "outbox": self.outbox,
+            },
+        )
+
+    def _adopt(self, cp_id: str, state: dict[str, Any] | None = None) -> None:
+        """Become charge point ``cp_id`` (from the state file, or named by the monitor)."""
+        if self.cp is not None and self.cp.cp_id == cp_id:
+            return
+        self.cp = ChargePoint(cp_id=cp_id, auto=self.opts.auto)
+        self.commands_offset = None
+        now = now_ms()
+        if state and state.get("cp_id") == cp_id:
+            self.commands_offset = state.get("commands_offset")
+            fx = self.cp.restore(state.get("cp") or {}, now)
+            if fx:
+                log.warning("restarted with an unfinished supply: reporting its final state")
+            self._apply(fx)
+        log.info("serving charge point %s", cp_id)
+        self._save()
+        if self._commands_task is not None:
+            self._commands_task.cancel()
+        self._commands_task = asyncio.ensure_future(self._commands_loop(cp_id))
+        self.cp.central_reachable(self._central_reachable(), now)
+
+    # -- effects ---------------------------------------------------------------------------
+
+    def _apply(self, effects: list[Effect]) -> None:
+        persist = False
+        for fx in effects:
+            if isinstance(fx, Say):
+                getattr(log, fx.level if fx.level in ("warning", "error") else "info")(fx.text)
+            elif isinstance(fx, Persist):
+                persist = True
+            elif isinstance(fx, Emit):
+                ev = fx.event
+                if isinstance(ev, SupplyRequest):
+                    topic, key = Topic.DRIVER_REQUESTS, ev.driver_id
+                else:
+                    topic, key = Topic.CP_EVENTS, ev.cp_id  # type: ignore[attr-defined]
+                value = encode_event(ev)
+                if isinstance(ev, SupplyProgress):
+                    self._produce(topic, key, value, None)  # interim figures: best effort
+                else:
+                    self._outbox_seq += 1
+                    entry = {"id": self._outbox_seq, "topic": topic.value, "key": key, "value": value.decode()}
+                    self.outbox.append(entry)
+                    persist = True
+                    self._produce(topic, key, value, entry["id"])
+        if persist:
+            self._save()
+
+    def _produce(self, topic: Topic, key: str, value: bytes, outbox_id: int | None) -> None:
+        if self.producer is None:
+            return
+        partition = partition_for(key, self.partitions.get(topic, 1))
+        try:
+            fut = self.producer.produce(topic, key, value, partition=partition)
+        except BusError as exc:
+            log.warning("cannot queue event for Kafka: %s", exc)
+            return
+        if outbox_id is not None:
+            self._in_flight.add(outbox_id)
+            fut.add_done_callback(lambda f, i=outbox_id: self._delivered(i, f))
+        else:
+            fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+
+    def _delivered(self, outbox_id: int, fut: asyncio.Future[Any]) -> None:
+        self._in_flight.discard(outbox_id)
+        if fut.cancelled() or fut.exception() is not None:
+            return  # stays in the outbox; the outbox loop sends it again
+        self.outbox = [e for e in self.outbox if e["id"] != outbox_id]
+        self._save()
+
+    async def _outbox_loop(self) -> None:
+        # On start-up and after failures: send again whatever the broker never acknowledged.
+        first = True
+        while True:
+            for e in list(self.outbox):
+                if e["id"] not in self._in_flight:
+                    if first:
+                        log.info("re-sending %d undelivered event(s) from before the restart", len(self.outbox))
+                        first = False
+                    self._produce(Topic(e["topic"]), e["key"], e["value"].encode(), e["id"])
+            first = False
+            await asyncio.sleep(2.0)
+
+    # -- monitor link ----------------------------------------------------------------------
+
+    def _on_hello(self, hello: Hello) -> Reject | None:
+        if hello.role is not Role.MONITOR:
+            return Reject(code=ReasonCode.ROLE_NOT_ALLOWED, detail="only a monitor may connect to an engine")
+        if not hello.node_id:
+            return Reject(code=ReasonCode.INVALID, detail="the monitor must name the charge point")
+        if self.monitor is not None and self.monitor.is_open:
+            return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"this engine already has a monitor for {self.cp.cp_id if self.cp else '?'}")
+        if self.cp is not None and self.cp.cp_id != hello.node_id and self.cp.phase is not Phase.IDLE:
+            return Reject(code=ReasonCode.UNKNOWN_ID, detail=f"this engine is serving {self.cp.cp_id} (supply in progress)")
+        return None
+
+    async def _session(self, link: Link) -> None:
+        assert link.peer_hello is not None
+        self.monitor = link
+        self._adopt(link.peer_hello.node_id, load_json(self.state_path) or {})
+        assert self.cp is not None
+        cp = self.cp
+        self._apply(cp.monitor_connected(now_ms()))
+        try:
+            async for event in link.messages:
+                if isinstance(event, RequestReceived) and isinstance(event.message, HealthCheck):
+                    await link.respond(event, self._health())
+        except LinkDownError as exc:
+            log.warning("monitor link lost: %s", exc)
+        finally:
+            if self.monitor is link:
+                self.monitor = None
+                self._apply(cp.monitor_lost(now_ms()))
+
+    def _health(self) -> HealthStatus:
+        if self.cp is not None and self.cp.ko:
+            return HealthStatus(state=HealthState.KO, fault=FaultCode.SIMULATED)
+        if not self.meter_ok:
+            return HealthStatus(state=HealthState.KO, fault=FaultCode.METER_TIMEOUT)
+        return HealthStatus(state=HealthState.OK)
+
+    # -- Kafka -----------------------------------------------------------------------------
+
+    async def _commands_loop(self, cp_id: str) -> None:
+        partition = partition_for(cp_id, self.partitions[Topic.CP_COMMANDS])
+        start = self.commands_offset if self.commands_offset is not None else OFFSET_BEGINNING
+        async with BusConsumer(self.opts.kafka, assignments=[(Topic.CP_COMMANDS, partition, start)]) as consumer:
+            async for record in consumer:
+                self.commands_offset = record.offset + 1
+                if record.key != cp_id or self.cp is None:
+                    continue
+                try:
+                    ev = decode_event(record.value)
+                except EventDecodeError as exc:
+                    log.warning("skipped a malformed command at offset %d: %s", record.offset, exc)
+                    continue
+                now = now_ms()
+                if isinstance(ev, AuthorizeCommand):
+                    if ev.expires_ts_ms <= now:
+                        continue  # an old authorisation (replayed history): Central expired it already
+                    self._apply(self.cp.authorize(ev, now))
+                elif isinstance(ev, StopCommand):
+                    self._apply(self.cp.stop(now))
+                elif isinstance(ev, ResumeCommand):
+                    self._apply(self.cp.resume(now))
+                elif isinstance(ev, CancelAuthorization):
+                    self._apply(self.cp.cancel(ev.session_id, now))
+                self._save()
+
+    async def _heartbeat_loop(self) -> None:
+        async with BusConsumer(self.opts.kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)]) as consumer:
+            async for record in consumer:
+                try:
+                    if isinstance(decode_event(record.value), Heartbeat):
+                        self.last_heartbeat = time.monotonic()
+                except EventDecodeError:
+                    continue
+
+    def _central_reachable(self) -> bool:
+        return time.monotonic() - self.last_heartbeat < CENTRAL_SILENCE_S
+
+    # -- time ------------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK_S)
+            cp = self.cp
+            if cp is None:
+                continue
+            now = now_ms()
+            fx: list[Effect] = list(cp.central_reachable(self._central_reachable(), now))
+            self.meter.set_load(cp.phase is Phase.SUPPLYING)
+            try:
+                energy_wh, power_w = await self.meter.read()
+                self.meter_ok = True
+                fx += cp.meter(energy_wh, power_w, now)
+            except Exception as exc:  # a meter driver's failure is a fault, not a crash
+                if self.meter_ok:
+                    log.error("meter read failed: %s", exc)
+                self.meter_ok = False
+            fx += cp.tick(now)
+            self._apply(fx)
+            self.meter.set_load(cp.phase is Phase.SUPPLYING)
+
+    # -- keys ------------------------------------------------------------------------------
+
+    async def _keys(self) -> None:
+        async for line in stdin_lines():
+            word, _, arg = line.partition(" ")
+            word = word.lower()
+            cp = self.cp
+            now = now_ms()
+            if word in ("q", "quit"):
+                assert self._stop is not None
+                self._stop.set()
+                return
+            if word in ("h", "?", "help"):
+                log.info("keys: p plug · u unplug · k KO · r recover · m DRIVER manual supply · s status · q quit")
+                continue
+            if cp is None:
+                log.warning("no charge point yet: waiting for the monitor to connect")
+                continue
+            if word in ("p", "plug"):
+                self._apply(cp.plug(now))
+            elif word in ("u", "unplug"):
+                self._apply(cp.unplug(now))
+            elif word in ("k", "ko"):
+                self._apply(cp.set_ko(now))
+            elif word in ("r", "recover"):
+                self._apply(cp.recover(now))
+            elif word in ("m", "manual"):
+                driver = arg.strip()
+                if not driver:
+                    log.warning("usage: m DRIVER_ID")
+                else:
+                    self._apply(cp.manual_request(driver, uuid.uuid4().hex, now))
+            elif word in ("s", "status"):
+                log.info("%s", self.status_line())
+            else:
+                log.warning("unknown key %r (h for help)", line)
+
+    def status_line(self) -> str:
+        cp = self.cp
+        if cp is None:
+            return "waiting for the monitor"
+        flags = [name for name, on in (("monitor", cp.monitor_up), ("central", cp.central_up)) if on]
+        flags += [name for name, on in (("KO", cp.ko), ("STOPPED", cp.stopped)) if on]
+        text = f"{cp.cp_id}: {cp.phase.value} [{' '.join(flags) or 'alone'}]"
+        if cp.supply is not None:
+            s = cp.supply
+            text += f" session {s.session_id} driver {s.driver_id}: {s.energy_kwh:.3f} kWh {s.amount_eur:.2f} EUR"
+        return text + (f"; {len(self.outbox)} event(s) waiting for Kafka" if self.outbox else "")
+

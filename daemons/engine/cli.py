@@ -1,0 +1,81 @@
+"""``evcp-engine`` / ``EV_CP_E``: command line of the engine daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+
+import click
+
+from evproto import __version__
+from evproto.bus.kafka import BusError, KafkaSettings
+from evproto.domain.chargepoint import AutoMode
+from evproto.errors import TransportError
+
+from ..common import EXIT_UNAVAILABLE, setup_logging, shutdown_event
+from .app import Engine, EngineOptions
+from .meter import SimulatedMeter
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--kafka", envvar="EVPROTO_KAFKA", required=True, metavar="HOST:PORT",
+              help="Kafka bootstrap server(s). [env EVPROTO_KAFKA]")
+@click.option("--listen", envvar="EVPROTO_ENGINE_LISTEN", default="0.0.0.0:7100", show_default=True,
+              metavar="HOST:PORT", help="Where the monitor reaches this engine (port 0: pick a free one). "
+              "[env EVPROTO_ENGINE_LISTEN]")
+@click.option("--power-kw", type=click.FloatRange(min=0.1, max=1000), default=22.0, show_default=True,
+              help="Power of the simulated meter while a vehicle charges.")
+@click.option("--time-scale", type=click.FloatRange(min=0.001, max=3600), default=1.0, show_default=True,
+              help="Speed-up of the simulated meter only (60: one minute of charging per second).")
+@click.option("--auto/--manual", default=False, show_default=True,
+              help="Unattended mode: plug in by itself after authorisation and end after the request's "
+              "target (or --supply-s).")
+@click.option("--plug-delay-s", type=click.FloatRange(min=0), default=1.5, show_default=True,
+              help="Unattended mode: seconds between authorisation and plug-in.")
+@click.option("--supply-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Unattended mode: length of a supply whose request names no target.")
+@click.option("--state-dir", envvar="EVPROTO_STATE_DIR", default=None, metavar="DIR",
+              help="Where the engine keeps its durable state (default: ./engine-state-PORT). "
+              "[env EVPROTO_STATE_DIR]")
+@click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True,
+              help="Prefix of every Kafka topic. [env EVPROTO_TOPIC_PREFIX]")
+@click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file with the listening address once up.")
+@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@click.version_option(__version__, prog_name="evcp-engine")
+def main(kafka: str, listen: str, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,
+         supply_s: float, state_dir: str | None, topic_prefix: str, ready_file: str | None,
+         log_format: str, log_level: str) -> None:
+    """The engine of a charge point (EV_CP_E).
+
+    It meters and performs supplies. Its charge-point id is not a parameter: the
+    monitor that connects names it, once Central has confirmed it. Commands come
+    from Central through Kafka; telemetry and tickets' figures go back the same way.
+
+    Keys (type them and press Enter; on a pipe, one per line): p plug, u unplug,
+    k KO (simulate a fault), r recover, m DRIVER manual supply, s status, q quit.
+    """
+    setup_logging("engine", level=log_level, fmt=log_format)
+    port = listen.rsplit(":", 1)[-1]
+    opts = EngineOptions(
+        kafka=KafkaSettings(bootstrap=kafka, client_id=f"evcp-engine-{port}", prefix=topic_prefix),
+        listen=listen,
+        state_dir=state_dir or os.path.join(os.getcwd(), f"engine-state-{port}"),
+        auto=AutoMode(plug_delay_s=plug_delay_s, default_duration_s=supply_s) if auto else None,
+        ready_file=ready_file,
+    )
+    meter = SimulatedMeter(power_kw=power_kw, time_scale=time_scale)
+
+    async def run() -> int:
+        return await Engine(opts, meter).run(shutdown_event())
+
+    try:
+        sys.exit(asyncio.run(run()))
+    except (BusError, TransportError) as exc:
+        click.echo(f"evcp-engine: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+
+
+if __name__ == "__main__":
+    main()

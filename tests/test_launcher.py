@@ -1,0 +1,119 @@
+"""The launcher and the programs' command lines, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from netharness import wait_for
+
+pytestmark = pytest.mark.slow
+
+BIN = os.path.dirname(sys.executable)
+PROGRAMS = ["ev-central", "EV_Central", "evcp-engine", "EV_CP_E", "evcp-monitor", "EV_CP_M", "ev-driver", "EV_Driver",
+            "evcharging"]
+
+
+def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("program", PROGRAMS)
+def test_every_program_and_alias_answers_help_and_version(program: str) -> None:
+    exe = shutil.which(program, path=BIN)
+    assert exe, f"{program} is not installed next to {sys.executable}"
+    helped = run(exe, "--help")
+    assert helped.returncode == 0 and "Usage:" in helped.stdout
+    versioned = run(exe, "--version")
+    assert versioned.returncode == 0 and "0." in versioned.stdout
+
+
+def test_missing_kafka_is_a_usage_error_not_a_traceback(tmp_path) -> None:
+    r = run(os.path.join(BIN, "ev-central"), "--db", str(tmp_path / "c.db"))
+    assert r.returncode == 2 and "--kafka" in r.stderr and "Traceback" not in r.stderr
+    r = run(os.path.join(BIN, "ev-driver"), "--kafka", "x:1", "--id", "D1", "--requests", str(tmp_path / "missing"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+
+
+def test_bad_requests_file_names_the_line(tmp_path) -> None:
+    f = tmp_path / "req.txt"
+    f.write_text("CP001\nCP002 fast\n")
+    r = run(os.path.join(BIN, "ev-driver"), "--kafka", "127.0.0.1:1", "--id", "D1", "--requests", str(f))
+    assert r.returncode == 64 and "req.txt:2" in r.stderr and "2.5kWh" in r.stderr
+
+
+def test_central_registry_subcommands(tmp_path) -> None:
+    central = os.path.join(BIN, "ev-central")
+    db = str(tmp_path / "c.db")
+    assert "D1: registered" in run(central, "--db", db, "drivers", "add", "D1", "D2").stdout
+    assert "D1: already registered" in run(central, "--db", db, "drivers", "add", "D1").stdout
+    assert run(central, "--db", db, "drivers", "list").stdout.split() == ["D1", "D2"]
+    assert "CP9: registered" in run(central, "--db", db, "cps", "add", "CP9", "--location", "Elche", "--price", "0.3").stdout
+    assert "CP9\tElche\t0.30 EUR/kWh" in run(central, "--db", db, "cps", "list").stdout
+
+
+def test_up_ps_down(tmp_path) -> None:
+    ev = os.path.join(BIN, "evcharging")
+    run_dir = str(tmp_path / "run")
+    up = run(ev, "up", "--cps", "2", "--drivers", "1", "--run-dir", run_dir, "--http-port", "0", "--detach", timeout=120)
+    assert up.returncode == 0, up.stderr
+    try:
+        rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
+        assert {(r["role"], r["id"]) for r in rows} == {
+            ("broker", None), ("central", None), ("engine", "CP001"), ("engine", "CP002"),
+            ("monitor", "CP001"), ("monitor", "CP002"), ("driver", "D001"),
+        }
+        assert all(r["alive"] and r["pid"] for r in rows) and all({"name", "role", "id", "pid", "alive"} <= set(r) for r in rows)
+        again = run(ev, "up", "--run-dir", run_dir, "--detach")
+        assert again.returncode != 0 and "already runs" in again.stderr
+        table = run(ev, "ps", "--run-dir", run_dir).stdout
+        assert "engine-CP001" in table and "up" in table
+    finally:
+        down = run(ev, "down", "--run-dir", run_dir, timeout=60)
+    assert down.returncode == 0 and "stopped 7" in down.stdout
+    rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
+    assert rows and not any(r["alive"] for r in rows)
+
+
+def test_up_shows_the_panel_with_live_tiles_on_a_terminal(tmp_path) -> None:
+    """`evcharging up` in a real terminal (a pty) draws Central's panel; q stops everything."""
+    run_dir = str(tmp_path / "run")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal session running the launcher
+        os.environ["COLUMNS"], os.environ["LINES"] = "100", "40"
+        os.execv(os.path.join(BIN, "evcharging"),
+                 ["evcharging", "up", "--cps", "2", "--drivers", "1", "--run-dir", run_dir, "--http-port", "0"])
+    screen = bytearray()
+
+    def read_some() -> bytes:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                screen.extend(os.read(fd, 65536))
+            except OSError:
+                pass
+        return bytes(screen)
+
+    try:
+        wait_for(lambda: b"CP002" in read_some() and (b"ACTIVATED" in screen or b"SUPPLYING" in screen),
+                 "the panel's tiles", timeout_s=60)
+        assert b"EV Charging Network: Central" in screen
+        os.write(fd, b"q\r")
+        wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid or read_some() is None, "the launcher to exit", 60)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        subprocess.run([os.path.join(BIN, "evcharging"), "down", "--run-dir", run_dir], capture_output=True, timeout=60)
+        os.close(fd)
+    rows = json.loads(run(os.path.join(BIN, "evcharging"), "ps", "--run-dir", run_dir, "--json").stdout)
+    assert not any(r["alive"] for r in rows)

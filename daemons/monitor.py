@@ -83,6 +83,8 @@ class Monitor:
         #: The engine's health as last checked; None until the first check (nothing is reported before).
         self.health: Health | None = None
         self.rejected: LinkRejectedError | None = None
+        #: Set once Central has accepted the CP id: only then is the id passed to the engine.
+        self.confirmed = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> int:
         tasks = [
@@ -130,6 +132,7 @@ class Monitor:
             backoff.reset()
             reported_down = False
             self.central = link
+            self.confirmed.set()
             log.info("connected to Central %s as %s", link.peer_id, self.cp_id)
             try:
                 h = self.health
@@ -168,6 +171,9 @@ class Monitor:
     # -- engine ----------------------------------------------------------------------------
 
     async def _engine_loop(self) -> None:
+        if not self.confirmed.is_set():
+            log.info("waiting for Central to confirm %s before connecting to the engine", self.cp_id)
+            await self.confirmed.wait()
         backoff = Backoff(initial_s=0.3, max_s=3.0)
         while True:
             try:

@@ -116,7 +116,7 @@ class Network:
                 "--http-port", "0", "--host", "127.0.0.1", "--no-panel", *extra]
         for d in drivers:
             args += ["--register-driver", d]
-        proc = self.spawn("central", "central", *args)
+        proc = self.spawn("central", "central", *args, stdin=True)
         self.central_addr = proc.ready["listen"]
         self.http = "http://" + proc.ready["http"]
         return proc

@@ -482,6 +482,21 @@ async def _drain(consumer: BusConsumer) -> list[Record]:
     return [r async for r in consumer]
 
 
+async def test_fatal_consumer_error_raises_from_iterator(settings, counts) -> None:
+    # A fatal error (as librdkafka reports one through error_cb) ends iteration with BusError.
+    async with BusConsumer(settings, [(Topic.CP_STATE, 0, OFFSET_BEGINNING)]) as consumer:
+        await until(lambda: consumer.eof_count > 0)
+        consumer._on_error(
+            confluent_kafka.KafkaError(confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED, "no")
+        )
+        with pytest.raises(BusError, match="failed") as info:
+            await guard(consumer.__anext__())
+        assert info.value.code == "TOPIC_AUTHORIZATION_FAILED"
+        with pytest.raises(BusError):  # and keeps raising
+            await guard(consumer.__anext__())
+        assert consumer.transient_errors == 0
+
+
 async def test_producer_not_started_or_closed(settings) -> None:
     p = BusProducer(settings)
     with pytest.raises(BusError):

@@ -91,7 +91,7 @@ def test_denials_for_unknown_driver_and_busy_cp(net: Network) -> None:
 
 
 def test_stop_during_supply_gives_a_ticket_and_resume_reactivates(net: Network) -> None:
-    net.start_central("D001")
+    central = net.start_central("D001")
     engine, _ = net.start_cp("CP001", price=0.4)
     net.wait_state("CP001", "ACTIVATED")
     driver = KafkaDriver(net, "D001")
@@ -108,6 +108,11 @@ def test_stop_during_supply_gives_a_ticket_and_resume_reactivates(net: Network) 
     denied = driver.wait_status(driver.request("CP001"), "denied")
     assert denied.reason == "cp_not_available"
     assert net.post("/api/v1/cps/CP001/resume") == (200, {"ok": True, "cps": ["CP001"]})
+    net.wait_state("CP001", "ACTIVATED")
+    # The panel's commands also work on Central's stdin when it has no terminal.
+    central.send("s all")
+    net.wait_state("CP001", "STOPPED")
+    central.send("r CP001")
     net.wait_state("CP001", "ACTIVATED")
 
 

@@ -33,7 +33,7 @@ from evproto.bus.events import EventDecodeError, Heartbeat, decode_event, encode
 from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, all_partitions, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 
-from ..common import now_ms, write_ready_file
+from ..common import now_ms, stdin_lines, write_ready_file
 from .core import CentralCore, Effect, Note, Publish, Rules, UnknownCpError
 from .store import OutboxRow, Store
 from .view import CentralView, MessageView, SessionView
@@ -113,7 +113,7 @@ class Central:
         ]
         write_ready_file(self.opts.ready_file, role="central", listen=self.listen_addr, http=self.http_addr,
                          instance_id=self.instance_id)
-        panel = asyncio.ensure_future(self._panel()) if self.opts.panel else None
+        panel = asyncio.ensure_future(self._panel() if self.opts.panel else self._stdin_commands())
         try:
             waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), tasks[0]]
             if panel is not None:
@@ -301,6 +301,31 @@ class Central:
         ids, fx = fn(cp_id, now_ms())
         self._apply(fx)
         return ids
+
+    async def _stdin_commands(self) -> None:
+        """Without the panel, the same commands are read one per line from stdin (scriptable)."""
+        from .panel import parse_command
+
+        async for line in stdin_lines():
+            try:
+                cmd = parse_command(line)
+            except ValueError as exc:
+                log.warning("%s", exc)
+                continue
+            if cmd is None:
+                continue
+            if cmd.action == "quit":
+                assert self._stop is not None
+                self._stop.set()
+                return
+            if cmd.action == "help":
+                log.info("commands: s CP|all stop · r CP|all resume · q quit")
+                continue
+            try:
+                self.admin(cmd.action == "stop", cmd.target)
+            except UnknownCpError:
+                log.warning("unknown charge point %r", cmd.target)
+        await asyncio.Event().wait()  # stdin closed: keep running
 
     async def _panel(self) -> None:
         from .panel import Command, run_panel

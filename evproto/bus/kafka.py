@@ -700,6 +700,7 @@ class BusConsumer:
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
         self.queue_size = queue_size
+        self._batch = min(queue_size, 500)
         self.poll_timeout_s = poll_timeout_s
         self.fetch_wait_s = fetch_wait_s
         self.start_timeout_s = start_timeout_s
@@ -827,10 +828,8 @@ class BusConsumer:
             while not self._stop.is_set():
                 # poll() returns on the first record; consume() would wait for a full
                 # batch or the timeout. Whatever else is already fetched comes along.
-                first = consumer.poll(self.poll_timeout_s)
-                if first is None:
-                    continue
-                batch = [first, *consumer.consume(min(self.queue_size, 500), 0)]
+                first = consumer.poll(self.poll_timeout_s)  # may call _on_error too
+                batch = [] if first is None else [first, *consumer.consume(self._batch, 0)]
                 items: list[Any] = []
                 for msg in batch:
                     err = msg.error()

@@ -363,7 +363,8 @@ async def _show_panel(http_addr: str) -> None:
     """Central's panel, drawn here from its HTTP API (Central itself runs without a terminal)."""
     import aiohttp
 
-    from .central.panel import Command, run_panel
+    from .central.panel import Command
+    from .central.terminal import run_panel
     from .central.view import CentralView, CpView, MessageView, SessionView
 
     base = f"http://{http_addr}/api/v1"

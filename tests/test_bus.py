@@ -24,6 +24,7 @@ import confluent_kafka
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from evproto.bus import client as bus_client
 from evproto.bus import kafka as bus_kafka
 from evproto.bus.broker import BrokerNotFoundError, EmbeddedBroker, find_broker_binary
 from evproto.bus.events import (
@@ -569,7 +570,7 @@ async def test_consumer_without_broker_is_bounded() -> None:
 
 def test_identical_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     now = [1000.0]
-    out = bus_kafka._RateLimitedLog(
+    out = bus_client._RateLimitedLog(
         logging.getLogger("evproto.bus.test"), interval_s=10.0, clock=lambda: now[0]
     )
     caplog.set_level(logging.WARNING, logger="evproto.bus.test")

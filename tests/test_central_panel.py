@@ -17,15 +17,8 @@ from rich.color import ColorTriplet
 from rich.console import Console
 from rich.segment import Segment
 
-from evproto.daemons.central.panel import (
-    HELP_TEXT,
-    Command,
-    KeyReader,
-    PlainReporter,
-    parse_command,
-    render,
-    run_panel,
-)
+from evproto.daemons.central.panel import HELP_TEXT, Command, parse_command, render
+from evproto.daemons.central.terminal import KeyReader, PlainReporter, run_panel
 from evproto.daemons.central.view import CP_STATES, CentralView, CpView, MessageView, SessionView
 
 T0 = 1_795_832_400_000  # 2026-11-28 02:20:00 UTC

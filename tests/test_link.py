@@ -27,7 +27,6 @@ from evproto import (
     LinkState,
     LocalProtocolError,
     MessageReceived,
-    Ping,
     ReasonCode,
     RequestReceived,
     RequestTimedOut,

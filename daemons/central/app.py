@@ -328,7 +328,8 @@ class Central:
         await asyncio.Event().wait()  # stdin closed: keep running
 
     async def _panel(self) -> None:
-        from .panel import Command, run_panel
+        from .panel import Command
+        from .terminal import run_panel
 
         async def on_command(cmd: Command) -> str:
             if cmd.action == "quit":

@@ -33,7 +33,7 @@ from typing import IO
 import click
 
 from .._version import __version__
-from .kafka import BusError
+from .client import BusError
 
 __all__ = ["EmbeddedBroker", "BrokerNotFoundError", "find_broker_binary", "main"]
 
@@ -311,7 +311,7 @@ def _wait_metadata(bootstrap: str, deadline: float) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    from .kafka import KafkaSettings, _client_config
+    from .client import KafkaSettings, _client_config
 
     admin = AdminClient(
         _client_config(KafkaSettings(bootstrap=bootstrap, client_id="evproto-broker-check"))

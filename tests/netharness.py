@@ -85,10 +85,13 @@ class Network:
 
     # -- processes -------------------------------------------------------------------------
 
-    def spawn(self, name: str, module: str, *args: str, stdin: bool = False, ready: bool = True) -> Proc:
+    def spawn(self, name: str, module: str, *args: str, stdin: bool = False, ready: bool = True,
+              wrap: tuple[str, ...] = ()) -> Proc:
+        """Start ``python -m evproto.daemons.<module> args``; ``wrap`` prefixes the command
+        (e.g. ``("ip", "netns", "exec", "h3")`` to run it on another simulated host)."""
         log = os.path.join(self.tmp, f"{name}.log")
         ready_file = os.path.join(self.tmp, f"{name}.ready.json")
-        argv = [sys.executable, "-m", f"evproto.daemons.{module}", *args, "--log-format", "text"]
+        argv = [*wrap, sys.executable, "-m", f"evproto.daemons.{module}", *args, "--log-format", "text"]
         if os.path.exists(ready_file):
             os.unlink(ready_file)  # a restart must not read its predecessor's ports
         if ready:
@@ -111,23 +114,32 @@ class Network:
             proc.ready = wait_for(is_ready, f"{name} to be ready")
         return proc
 
-    def start_central(self, *drivers: str, extra: tuple[str, ...] = ()) -> Proc:
+    def start_central(self, *drivers: str, extra: tuple[str, ...] = (), host: str = "127.0.0.1",
+                      wrap: tuple[str, ...] = ()) -> Proc:
         args = ["--db", os.path.join(self.tmp, "central.db"), "--kafka", self.bootstrap, "--port", "0",
-                "--http-port", "0", "--host", "127.0.0.1", "--no-panel", *extra]
+                "--http-port", "0", "--host", host, "--no-panel", *extra]
         for d in drivers:
             args += ["--register-driver", d]
-        proc = self.spawn("central", "central", *args, stdin=True)
+        proc = self.spawn("central", "central", *args, stdin=True, wrap=wrap)
         self.central_addr = proc.ready["listen"]
         self.http = "http://" + proc.ready["http"]
         return proc
 
+    def start_engine(self, cp_id: str, *, auto: bool = False, engine_args: tuple[str, ...] = (),
+                     listen: str = "127.0.0.1:0", wrap: tuple[str, ...] = ()) -> Proc:
+        return self.spawn(f"engine-{cp_id}", "engine", "--kafka", self.bootstrap, "--listen", listen,
+                          "--state-dir", os.path.join(self.tmp, f"state-{cp_id}"),
+                          *(["--auto"] if auto else []), *engine_args, stdin=True, wrap=wrap)
+
+    def start_monitor(self, cp_id: str, engine_addr: str, *, location: str = "Alicante", price: float = 0.30,
+                      central: str | None = None, wrap: tuple[str, ...] = ()) -> Proc:
+        return self.spawn(f"monitor-{cp_id}", "monitor", "--engine", engine_addr, "--central", central or self.central_addr,
+                          "--id", cp_id, "--location", location, "--price", str(price), wrap=wrap)
+
     def start_cp(self, cp_id: str, *, location: str = "Alicante", price: float = 0.30, auto: bool = False,
                  engine_args: tuple[str, ...] = ()) -> tuple[Proc, Proc]:
-        engine = self.spawn(f"engine-{cp_id}", "engine", "--kafka", self.bootstrap, "--listen", "127.0.0.1:0",
-                            "--state-dir", os.path.join(self.tmp, f"state-{cp_id}"),
-                            *(["--auto"] if auto else []), *engine_args, stdin=True)
-        monitor = self.spawn(f"monitor-{cp_id}", "monitor", "--engine", engine.ready["listen"],
-                             "--central", self.central_addr, "--id", cp_id, "--location", location, "--price", str(price))
+        engine = self.start_engine(cp_id, auto=auto, engine_args=engine_args)
+        monitor = self.start_monitor(cp_id, engine.ready["listen"], location=location, price=price)
         return engine, monitor
 
     def start_driver(self, driver_id: str, requests: str, *args: str) -> Proc:

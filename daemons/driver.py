@@ -34,7 +34,16 @@ from evproto.bus.events import (
     decode_event,
     encode_event,
 )
-from evproto.bus.kafka import OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusError, BusProducer, KafkaSettings, ensure_topics
+from evproto.bus.kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    BusConsumer,
+    BusError,
+    BusProducer,
+    KafkaSettings,
+    end_offsets,
+    ensure_topics,
+)
 from evproto.bus.topics import Topic, partition_for
 
 from .common import EXIT_UNAVAILABLE, EXIT_USAGE, load_json, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
@@ -132,9 +141,8 @@ class Driver:
         self._waiters: dict[str, asyncio.Future[RequestUpdate]] = {}
         self._last_update: dict[str, float] = {}
         self._last_telemetry_print = 0.0
-        self._tickets_seen: set[int] = set()
-        self.completed = 0
-        self.denied = 0
+        #: Tickets received (session id -> request id and the text shown), the last few hundred.
+        self._tickets: dict[int, dict[str, str]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -144,8 +152,15 @@ class Driver:
             log.error("%s belongs to driver %s", self.state_path, self.state.get("driver_id"))
             return EXIT_USAGE
         self.state["driver_id"] = self.driver_id
-        self._tickets_seen = set(self.state.get("tickets", []))
+        self._tickets = {int(k): v for k, v in (self.state.get("tickets") or {}).items()} \
+            if isinstance(self.state.get("tickets"), dict) else {}
         self.partitions = await ensure_topics(self.kafka)
+        if self.state.get("events_offset") is None:
+            # First start: remember where "now" is before asking for anything, so a crash
+            # before the first answer cannot make the next start skip that answer.
+            partition = partition_for(self.driver_id, self.partitions[Topic.DRIVER_EVENTS])
+            self.state["events_offset"] = (await end_offsets(self.kafka, Topic.DRIVER_EVENTS, [partition]))[partition]
+            self._save()
         self.producer = BusProducer(self.kafka)
         await self.producer.start()
         tasks = [
@@ -179,7 +194,8 @@ class Driver:
         return 0
 
     def _save(self) -> None:
-        self.state["tickets"] = sorted(self._tickets_seen)[-200:]
+        keep = sorted(self._tickets)[-200:]
+        self.state["tickets"] = {str(k): self._tickets[k] for k in keep}
         save_json_atomic(self.state_path, self.state)
 
     # -- requests --------------------------------------------------------------------------
@@ -195,11 +211,15 @@ class Driver:
             await asyncio.sleep(0.5)
         log.info("Central reachable again")
 
-    async def request(self, line: RequestLine) -> RequestUpdate | None:
-        """Ask for one supply and wait for its outcome (None: no answer in time)."""
+    async def request(self, line: RequestLine, *, index: int | None = None) -> RequestUpdate | None:
+        """Ask for one supply and wait for its outcome (None: no answer in time).
+
+        ``index`` is the line of the requests file, remembered so that a restart
+        shows this request's outcome and continues after it.
+        """
         await self._wait_for_central()
         request_id = uuid.uuid4().hex
-        self.state["pending"] = {"request_id": request_id, "cp_id": line.cp_id}
+        self.state["pending"] = {"request_id": request_id, "cp_id": line.cp_id, "line": index}
         self._save()
         fut = self._watch(request_id)
         assert self.producer is not None
@@ -243,18 +263,26 @@ class Driver:
             log.info("restarted while request %s at %s was in progress: waiting for its outcome",
                      pending["request_id"][:8], pending["cp_id"])
             outcome = await self._outcome(pending["request_id"], self._watch(pending["request_id"]))
-            if outcome is not None:
+            ticket = next((t["text"] for t in self._tickets.values() if t["request_id"] == pending["request_id"]), None)
+            if ticket is not None:
+                log.info("outcome of the supply in progress before the restart: %s", ticket)
+            if pending.get("line") is not None and pending["line"] >= start:
+                start = pending["line"] + 1  # that request is done: go on after it
+                self.state["file"], self.state["next_line"] = self.requests_source, start
+                self._save()
+            if outcome is not None and start < len(self.requests):
                 await asyncio.sleep(self.pause_s)
         if start:
             log.info("continuing %s at request %d of %d", self.requests_source or "the requests", start + 1, len(self.requests))
         for index in range(start, len(self.requests)):
-            await self.request(self.requests[index])
+            await self.request(self.requests[index], index=index)
             self.state["file"] = self.requests_source
             self.state["next_line"] = index + 1
             self._save()
             if index + 1 < len(self.requests):
                 await asyncio.sleep(self.pause_s)
-        log.info("all %d requests done: %d completed, %d denied or interrupted", len(self.requests), self.completed, self.denied)
+        log.info("all %d requests done: %d completed, %d denied or interrupted", len(self.requests),
+                 self.state.get("completed", 0), self.state.get("not_completed", 0))
 
     # -- Kafka -----------------------------------------------------------------------------
 
@@ -286,11 +314,9 @@ class Driver:
                 log.warning("%s: %s", ev.cp_id, text)
             else:
                 log.info("%s: %s", ev.cp_id, text)
-            if ev.status in _FINAL:
-                if ev.status == "completed":
-                    self.completed += 1
-                else:
-                    self.denied += 1
+            if ev.status in _FINAL and ev.request_id in self._waiters:
+                key = "completed" if ev.status == "completed" else "not_completed"
+                self.state[key] = int(self.state.get(key, 0)) + 1
                 fut = self._waiters.get(ev.request_id)
                 if fut is not None and not fut.done():
                     fut.set_result(ev)
@@ -300,15 +326,15 @@ class Driver:
                 self._last_telemetry_print = now
                 log.info("charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw)
         elif isinstance(ev, Ticket):
-            if ev.session_id in self._tickets_seen:
+            if ev.session_id in self._tickets:
                 return  # the same ticket again (Central re-sent its outbox after a restart)
-            self._tickets_seen.add(ev.session_id)
-            self._save()
             minutes = max(0.0, (ev.ended_ts_ms - ev.started_ts_ms) / 60000)
-            log.info(
-                "TICKET session %d at %s: %.3f kWh x %.2f EUR/kWh = %.2f EUR, %.1f min, %s (%s)",
-                ev.session_id, ev.cp_id, ev.energy_kwh, ev.price_eur_kwh, ev.amount_eur, minutes, ev.status, ev.end_reason,
-            )
+            text = (f"TICKET session {ev.session_id} at {ev.cp_id}: {ev.energy_kwh:.3f} kWh x {ev.price_eur_kwh:.2f} "
+                    f"EUR/kWh = {ev.amount_eur:.2f} EUR, {minutes:.1f} min, {ev.status} ({ev.end_reason})")
+            log.info("%s", text)
+            # Remembered after it was shown: a crash in between shows it again, never not at all.
+            self._tickets[ev.session_id] = {"request_id": ev.request_id, "text": text}
+            self._save()
 
     async def _cp_state_loop(self) -> None:
         async with BusConsumer(self.kafka, assignments=[(Topic.CP_STATE, p, OFFSET_BEGINNING)

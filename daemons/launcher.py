@@ -206,12 +206,17 @@ def write_requests_file(path: str, cp_ids: list[str], count: int, rng: random.Ra
 @click.group(context_settings=_SETTINGS)
 @click.version_option(__version__, prog_name="evcharging")
 def main() -> None:
-    """Start, list and stop a whole EV charging network on this machine.
+    """Start, list, grow, break and stop a whole EV charging network on this machine.
 
     \b
       evcharging up                 broker + Central + 4 CPs + 3 drivers, with Central's panel
       evcharging up --cps 10 --drivers 5 --detach
       evcharging ps                 what runs, with pids and logs
+      evcharging add cp             a new charge point (engine + monitor) in the running network
+      evcharging add driver         a new driver (registered at Central)
+      evcharging kill engine-CP002  SIGKILL one instance (--signal TERM for an orderly stop)
+      evcharging start engine-CP002 restart it with the same identity and state
+      evcharging chaos --duration 120
       evcharging down               stop everything
 
     Every process logs to RUN/<role>/<id>/*.log (RUN: --run-dir, default ./evcharging-run).
@@ -310,7 +315,18 @@ def _start_central(reg: Registry, bootstrap: str, port: int, http_port: int, dri
     inst = Instance(name="central", role="central", id=None, argv=_daemon("central", *args),
                     log=os.path.join(base, "central.log"), ready=os.path.join(base, "ready.json"))
     reg.start(inst)
-    return reg.wait_ready(inst)
+    info = reg.wait_ready(inst)
+    # A restart (evcharging start central) must come back on the same ports: monitors know them.
+    _pin(inst, "--port", info["listen"].rsplit(":", 1)[1])
+    _pin(inst, "--http-port", info["http"].rsplit(":", 1)[1])
+    reg.save()
+    return info
+
+
+def _pin(inst: Instance, option: str, value: str) -> None:
+    """Replace ``option``'s value in the instance's command line (ports chosen at first start)."""
+    i = inst.argv.index(option)
+    inst.argv[i + 1] = value
 
 
 def add_cp(reg: Registry, cp_id: str, location: str, price: float) -> None:
@@ -325,6 +341,8 @@ def add_cp(reg: Registry, cp_id: str, location: str, price: float) -> None:
     )
     reg.start(engine)
     listen = reg.wait_ready(engine)["listen"]
+    _pin(engine, "--listen", listen)  # a restarted engine keeps the port its monitor knows
+    reg.save()
     monitor = Instance(
         name=f"monitor-{cp_id}", role="monitor", id=cp_id, log=os.path.join(base, "monitor.log"),
         ready=os.path.join(base, "monitor.ready.json"),
@@ -459,6 +477,212 @@ def down(run_dir: str) -> None:
     reg = Registry(run_dir)
     stopped = _stop_in_order(reg)
     click.echo(f"stopped {len(stopped)} process(es)" if stopped else "nothing was running")
+
+
+def _network(run_dir: str) -> Registry:
+    reg = Registry(run_dir)
+    if not reg.meta.get("kafka") or not reg.meta.get("central"):
+        raise click.ClickException(f"no network in {reg.run_dir}: start one with `evcharging up --detach`")
+    return reg
+
+
+@main.group(context_settings=_SETTINGS)
+def add() -> None:
+    """Add a charge point or a driver to a running network (nothing else is disturbed)."""
+
+
+@add.command("cp")
+@click.option("--id", "cp_id", default=None, help="The CP's id (default: the next free CPnnn).")
+@click.option("--location", default=None, help="Default: a city from the demo list.")
+@click.option("--price", type=click.FloatRange(min=0, max=100), default=None, help="EUR/kWh (default: random 0.25-0.55).")
+@click.option("--run-dir", default="evcharging-run", show_default=True)
+def add_cp_cmd(cp_id: str | None, location: str | None, price: float | None, run_dir: str) -> None:
+    """Start an engine and a monitor for a new charge point."""
+    reg = _network(run_dir)
+    known = sorted(i.id for i in reg.instances.values() if i.role == "engine" and i.id)
+    if cp_id is None:
+        n = len(known) + 1
+        while f"CP{n:03d}" in known:
+            n += 1
+        cp_id = f"CP{n:03d}"
+    elif cp_id in known:
+        raise click.ClickException(f"{cp_id} already exists in this network")
+    rng = random.Random()
+    add_cp(reg, cp_id, location or rng.choice(_LOCATIONS), price if price is not None else round(rng.uniform(0.25, 0.55), 2))
+    click.echo(f"added {cp_id}: engine-{cp_id}, monitor-{cp_id}")
+
+
+@add.command("driver")
+@click.option("--id", "driver_id", default=None, help="The driver's id (default: the next free Dnnn).")
+@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Its requests file (default: a generated one over the network's CPs).")
+@click.option("--run-dir", default="evcharging-run", show_default=True)
+def add_driver_cmd(driver_id: str | None, requests_file: str | None, run_dir: str) -> None:
+    """Register a new driver at Central and start its app."""
+    reg = _network(run_dir)
+    known = sorted(i.id for i in reg.instances.values() if i.role == "driver" and i.id)
+    if driver_id is None:
+        n = len(known) + 1
+        while f"D{n:03d}" in known:
+            n += 1
+        driver_id = f"D{n:03d}"
+    elif driver_id in known:
+        raise click.ClickException(f"{driver_id} already exists in this network")
+    central = reg.instances["central"]
+    db = central.argv[central.argv.index("--db") + 1]
+    subprocess.run(_daemon("central", "--db", db, "drivers", "add", driver_id), check=True, capture_output=True)
+    base = os.path.join(reg.run_dir, "drivers", driver_id)
+    os.makedirs(base, exist_ok=True)
+    if requests_file:
+        with open(requests_file, encoding="utf-8") as src, open(os.path.join(base, "requests.txt"), "w", encoding="utf-8") as dst:
+            dst.write(src.read())
+    cps = sorted(i.id for i in reg.instances.values() if i.role == "engine" and i.id)
+    time.sleep(1.5)  # Central picks up new registrations every second
+    add_driver(reg, driver_id, random.Random(), 12, cps or ["CP001"])
+    click.echo(f"added {driver_id}: driver-{driver_id}")
+
+
+_SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT}
+
+
+@main.command()
+@click.argument("name")
+@click.option("--signal", "sig", type=click.Choice(list(_SIGNALS), case_sensitive=False), default="KILL",
+              show_default=True, help="KILL: a crash, no goodbye; TERM/INT: an orderly stop.")
+@click.option("--run-dir", default="evcharging-run", show_default=True)
+def kill(name: str, sig: str, run_dir: str) -> None:
+    """Send a signal to one instance (by name, see `evcharging ps`)."""
+    reg = Registry(run_dir)
+    inst = reg.instances.get(name)
+    if inst is None:
+        raise click.ClickException(f"no instance {name!r}; `evcharging ps` lists them")
+    if not _alive(inst.pid):
+        raise click.ClickException(f"{name} is not running")
+    os.kill(inst.pid, _SIGNALS[sig.upper()])  # type: ignore[arg-type]
+    click.echo(f"sent SIG{sig.upper()} to {name} (pid {inst.pid})")
+
+
+@main.command()
+@click.argument("name")
+@click.option("--run-dir", default="evcharging-run", show_default=True)
+def start(name: str, run_dir: str) -> None:
+    """Restart a dead instance with the same identity, ports and state directory."""
+    reg = Registry(run_dir)
+    inst = reg.instances.get(name)
+    if inst is None:
+        raise click.ClickException(f"no instance {name!r}; `evcharging ps` lists them")
+    if _alive(inst.pid):
+        raise click.ClickException(f"{name} is already running (pid {inst.pid})")
+    restart(reg, inst)
+    click.echo(f"started {name} (pid {inst.pid})")
+
+
+def restart(reg: Registry, inst: Instance) -> None:
+    """Start ``inst`` again as it was and wait until it is up."""
+    reg.start(inst)
+    if inst.ready:
+        reg.wait_ready(inst)
+    elif inst.role == "broker":
+        host, port = inst.info["bootstrap"].rsplit(":", 1)
+        _wait_port(host, int(port), 15.0)
+
+
+@main.command()
+@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
+              help="Seconds between kills.")
+@click.option("--duration", type=click.FloatRange(min=1), default=60.0, show_default=True,
+              help="Seconds of chaos; then every killed instance is restarted and chaos ends.")
+@click.option("--roles", default="central,engine,monitor,driver", show_default=True,
+              help="Comma-separated roles to pick victims from (broker too, but an in-memory broker "
+              "loses everything it held: see docs/resilience.md).")
+@click.option("--down-min", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Shortest time a victim stays dead.")
+@click.option("--down-max", type=click.FloatRange(min=0), default=6.0, show_default=True,
+              help="Longest time a victim stays dead.")
+@click.option("--seed", type=int, default=None, help="Make the sequence of victims repeatable.")
+@click.option("--run-dir", default="evcharging-run", show_default=True)
+def chaos(interval: float, duration: float, roles: str, down_min: float, down_max: float, seed: int | None,
+          run_dir: str) -> None:
+    """Kill random instances with SIGKILL and restart each after a random delay; ends by itself.
+
+    Every action is printed and appended to RUN/chaos.log.
+    """
+    reg = _network(run_dir)
+    wanted = {r.strip() for r in roles.split(",") if r.strip()}
+    unknown = wanted - set(ROLES)
+    if unknown:
+        raise click.UsageError(f"unknown role(s): {', '.join(sorted(unknown))} (roles: {', '.join(ROLES)})")
+    if down_max < down_min:
+        raise click.UsageError("--down-max must be >= --down-min")
+    rng = random.Random(seed)
+    log_path = os.path.join(reg.run_dir, "chaos.log")
+
+    def note(text: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {text}"
+        click.echo(line)
+        with open(log_path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+
+    dead: dict[str, float] = {}  # name -> time to restart it
+    end = time.monotonic() + duration
+    next_kill = time.monotonic()
+    kills = restarts = 0
+    note(f"chaos for {duration:g} s: a SIGKILL every {interval:g} s among {', '.join(sorted(wanted))}")
+    try:
+        while time.monotonic() < end:
+            now = time.monotonic()
+            for name, when in sorted(dead.items(), key=lambda kv: kv[1]):
+                if now >= when:
+                    restart(reg, reg.instances[name])
+                    del dead[name]
+                    restarts += 1
+                    note(f"restarted {name} (pid {reg.instances[name].pid})")
+            if now >= next_kill:
+                next_kill = now + interval
+                candidates = [i for i in reg.instances.values() if i.role in wanted and i.name not in dead and _alive(i.pid)]
+                if candidates:
+                    victim = rng.choice(candidates)
+                    os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+                    _reap()
+                    delay = rng.uniform(down_min, down_max)
+                    dead[victim.name] = time.monotonic() + delay
+                    kills += 1
+                    note(f"killed {victim.name} (pid {victim.pid}); back in {delay:.1f} s")
+            time.sleep(0.1)
+    finally:
+        for name in list(dead):
+            restart(reg, reg.instances[name])
+            restarts += 1
+            note(f"restarted {name} (pid {reg.instances[name].pid})")
+        note(f"chaos over: {kills} kills, {restarts} restarts")
+
+
+@main.command()
+@click.option("--run-dir", default="evcharging-run", show_default=True)
+@click.option("--in-progress", is_flag=True, help="The network is still busy: in-flight work is not a violation.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
+def audit(run_dir: str, in_progress: bool, as_json: bool) -> None:
+    """Check the books: one ticket per supply, tickets equal what the engines metered.
+
+    Exit status 1 when an invariant is violated (docs/resilience.md lists them).
+    """
+    from .audit import audit as run_audit
+
+    reg = Registry(run_dir)
+    states = None
+    http = reg.meta.get("http")
+    if http:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://{http}/api/v1/cps", timeout=3) as resp:
+                states = {c["id"]: c["state"] for c in json.load(resp)}
+        except OSError:
+            states = None
+    report = run_audit(reg.run_dir, quiesced=not in_progress, cp_states=states)
+    click.echo(json.dumps(report.as_dict()) if as_json else report.text())
+    if not report.ok:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

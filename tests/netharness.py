@@ -115,15 +115,51 @@ class Network:
         return proc
 
     def start_central(self, *drivers: str, extra: tuple[str, ...] = (), host: str = "127.0.0.1",
-                      wrap: tuple[str, ...] = ()) -> Proc:
-        args = ["--db", os.path.join(self.tmp, "central.db"), "--kafka", self.bootstrap, "--port", "0",
-                "--http-port", "0", "--host", host, "--no-panel", *extra]
+                      wrap: tuple[str, ...] = (), same_ports: bool = False) -> Proc:
+        """Start Central (database in the test's directory); ``same_ports`` reuses the ports of
+        the previous Central, as a restart on the same machine would."""
+        port, http_port = ("0", "0")
+        if same_ports and self.central_addr:
+            port, http_port = self.central_addr.rsplit(":", 1)[1], self.http.rsplit(":", 1)[1]
+        args = ["--db", os.path.join(self.tmp, "central.db"), "--kafka", self.bootstrap, "--port", port,
+                "--http-port", http_port, "--host", host, "--no-panel", *extra]
         for d in drivers:
             args += ["--register-driver", d]
         proc = self.spawn("central", "central", *args, stdin=True, wrap=wrap)
         self.central_addr = proc.ready["listen"]
         self.http = "http://" + proc.ready["http"]
         return proc
+
+    def kill(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
+        """Kill a process with a real signal and forget it."""
+        proc.popen.send_signal(sig)
+        proc.popen.wait(15)
+        self.procs.remove(proc)
+
+    def restart(self, proc: Proc, **overrides: Any) -> Proc:
+        """Start a killed process again with the same command line (same identity and state)."""
+        argv = list(proc.popen.args)  # type: ignore[arg-type]
+        if "--listen" in argv and proc.ready.get("listen"):
+            argv[argv.index("--listen") + 1] = proc.ready["listen"]  # back on the port its monitor knows
+        ready = os.path.join(self.tmp, f"{proc.name}.ready.json")
+        if os.path.exists(ready):
+            os.unlink(ready)
+        with open(proc.log, "ab") as fh:
+            popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.STDOUT, cwd=self.tmp,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "EVPROTO_TOPIC_PREFIX": self.prefix})
+        again = Proc(proc.name, popen, proc.log, dict(proc.ready))
+        self.procs.append(again)
+        if "--ready-file" in argv:
+            again.ready = wait_for(lambda: os.path.exists(ready) and json.load(open(ready, encoding="utf-8")),
+                                   f"{proc.name} to be ready again")
+        return again
+
+    def log_has(self, proc: Proc, text: str) -> bool:
+        try:
+            with open(proc.log, encoding="utf-8", errors="replace") as fh:
+                return text in fh.read()
+        except OSError:
+            return False
 
     def start_engine(self, cp_id: str, *, auto: bool = False, engine_args: tuple[str, ...] = (),
                      listen: str = "127.0.0.1:0", wrap: tuple[str, ...] = ()) -> Proc:

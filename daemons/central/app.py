@@ -30,7 +30,7 @@ from evproto import (
 )
 from evproto.aio import Link, Server, serve
 from evproto.bus.events import EventDecodeError, Heartbeat, decode_event, encode_event
-from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, all_partitions, ensure_topics
+from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, all_partitions, end_offsets, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 
 from ..common import now_ms, stdin_lines, write_ready_file
@@ -110,6 +110,7 @@ class Central:
             asyncio.ensure_future(self._ticker()),
             asyncio.ensure_future(self._heartbeat()),
             asyncio.ensure_future(self._outbox_loop()),
+            asyncio.ensure_future(self._maintenance()),
         ]
         write_ready_file(self.opts.ready_file, role="central", listen=self.listen_addr, http=self.http_addr,
                          instance_id=self.instance_id)
@@ -236,10 +237,20 @@ class Central:
 
     async def _consume(self) -> None:
         assignments = []
+        fresh: dict[tuple[str, int], int] = {}
         for topic in (Topic.DRIVER_REQUESTS, Topic.CP_EVENTS):
-            for p in await all_partitions(self.opts.kafka, topic):
-                # No stored offset: a new database starts from now, never replays old history.
-                assignments.append((topic, p, self.offsets.get((topic.value, p), OFFSET_END)))
+            parts = await all_partitions(self.opts.kafka, topic)
+            missing = [p for p in parts if (topic.value, p) not in self.offsets]
+            if missing:
+                # No stored position: a new database starts from now (never replays an old
+                # network's history), and "now" is written down at once, so that a crash
+                # before the first record cannot make the next start skip what came meanwhile.
+                for p, end in (await end_offsets(self.opts.kafka, topic, missing)).items():
+                    fresh[(topic.value, p)] = end
+            for p in parts:
+                assignments.append((topic, p, self.offsets.get((topic.value, p), fresh.get((topic.value, p), OFFSET_END))))
+        if fresh:
+            self._apply([], fresh)
         async with BusConsumer(self.opts.kafka, assignments=assignments) as consumer:
             async for record in consumer:
                 self.counters["consumed"] += 1
@@ -262,17 +273,47 @@ class Central:
             if fx:
                 self._apply(fx)
 
+    async def _maintenance(self) -> None:
+        """Every second, pick up drivers registered from the CLI while we run; every five,
+        re-create topics a restarted in-memory broker has lost."""
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            drivers = set(self.store.drivers())
+            added = drivers - self.core.drivers
+            if added or self.core.drivers - drivers:
+                self.core.drivers = drivers
+                if added:
+                    self._note(f"registered driver(s): {', '.join(sorted(added))}")
+            if tick % 5:
+                continue
+            try:
+                self.partitions = await ensure_topics(self.opts.kafka, timeout_s=3.0)
+            except Exception as exc:  # the broker is down: heartbeats report it
+                log.debug("topic check failed: %s", exc)
+
     async def _heartbeat(self) -> None:
+        waiting: list[tuple[float, asyncio.Future[Any]]] = []
+        loop = asyncio.get_running_loop()
         while True:
             hb = Heartbeat(instance_id=self.instance_id, started_ts_ms=self.started_ms,
                            interval_s=HEARTBEAT_INTERVAL_S, ts_ms=now_ms())
             fut = self._produce(Topic.CENTRAL_HEARTBEAT, "central", encode_event(hb))
             if fut is not None:
                 fut.add_done_callback(self._heartbeat_done)
+                waiting.append((loop.time(), fut))
+            # A heartbeat unacknowledged for 3 s means the broker is unreachable now,
+            # long before the producer's delivery timeout gives up on it.
+            waiting = [(t, f) for t, f in waiting if not f.done()]
+            if waiting and loop.time() - waiting[0][0] > 3.0:
+                self._set_kafka_ok(False)
             await asyncio.sleep(HEARTBEAT_INTERVAL_S)
 
     def _heartbeat_done(self, fut: asyncio.Future[Any]) -> None:
-        ok = not fut.cancelled() and fut.exception() is None
+        self._set_kafka_ok(not fut.cancelled() and fut.exception() is None)
+
+    def _set_kafka_ok(self, ok: bool) -> None:
         if ok != self.kafka_ok:
             self.kafka_ok = ok
             self._note("Kafka reachable again" if ok else "cannot reach Kafka: events are queued", "info" if ok else "error")

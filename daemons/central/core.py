@@ -584,6 +584,8 @@ class CentralCore:
         )
 
     def _finished(self, ev: SupplyFinished, now_ms: int) -> None:
+        if ev.offline and ev.session_id == 0:
+            return self._offline_supply(ev, now_ms)
         s = self._session_for(ev.cp_id, ev.session_id)
         if s is None:
             return  # finished before (duplicate report) or never known: nothing to add
@@ -594,6 +596,34 @@ class CentralCore:
         s.price_eur_kwh = ev.price_eur_kwh
         self._transition(s, finish_input(ev.reason), now_ms, reason=ev.reason,
                          text=f"supply at {s.cp_id} ended ({ev.reason}): {ev.energy_kwh:.3f} kWh, {ev.amount_eur:.2f} EUR")
+
+    def _offline_supply(self, ev: SupplyFinished, now_ms: int) -> None:
+        """A supply a CP served while Central was down: record and bill it, once per request id."""
+        if not ev.request_id or ev.request_id in self.request_ids:
+            return  # reported before (the CP re-sends until the broker acknowledges)
+        if ev.driver_id not in self.drivers:
+            self._note(f"{ev.cp_id} served unregistered driver {ev.driver_id} while Central was down; billing it", "warning")
+        s = SessionRecord(
+            id=self.next_session_id,
+            cp_id=ev.cp_id,
+            driver_id=ev.driver_id,
+            request_id=ev.request_id,
+            origin="cp-offline",
+            status=SessionStatus.SUPPLYING,
+            requested_ts_ms=ev.started_ts_ms,
+            price_eur_kwh=ev.price_eur_kwh,
+            deadline_ts_ms=now_ms,
+            started_ts_ms=ev.started_ts_ms,
+            ended_ts_ms=ev.ended_ts_ms,
+            energy_kwh=ev.energy_kwh,
+            amount_eur=ev.amount_eur,
+        )
+        self.next_session_id += 1
+        self.request_ids[s.request_id] = s.id
+        self.sessions[s.id] = s
+        self._note(f"{ev.cp_id} reports an offline supply for {ev.driver_id}: {ev.energy_kwh:.3f} kWh")
+        self._transition(s, finish_input(ev.reason), now_ms, reason=ev.reason,
+                         text=f"offline supply at {s.cp_id} ({ev.reason}): {ev.energy_kwh:.3f} kWh, {ev.amount_eur:.2f} EUR")
 
     def _transition(self, s: SessionRecord, inp: SessionInput, now_ms: int, *, reason: str = "", text: str = "") -> None:
         st = step(s.status, inp)

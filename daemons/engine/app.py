@@ -41,6 +41,7 @@ from evproto.bus.events import (
     Heartbeat,
     ResumeCommand,
     StopCommand,
+    SupplyFinished,
     SupplyProgress,
     SupplyRequest,
     decode_event,
@@ -60,6 +61,8 @@ log = logging.getLogger("evproto.engine")
 #: Central counts as unreachable after this long without a heartbeat.
 CENTRAL_SILENCE_S = 3.5
 _TICK_S = 0.2
+#: Finished supplies kept in the state file's ledger.
+LEDGER_SIZE = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -71,6 +74,8 @@ class EngineOptions:
     ready_file: str | None = None
     link_config: LinkConfig = LinkConfig()
     interactive: bool = True
+    #: Serve manual supplies while Central is unreachable and report them when it is back (OCPP 1.6 rule).
+    offline_supply: bool = False
 
 
 class Engine:
@@ -83,6 +88,8 @@ class Engine:
         self.cp: ChargePoint | None = None
         self.commands_offset: int | None = None
         self.outbox: list[dict[str, Any]] = []
+        #: The last LEDGER_SIZE supplies this engine finished (what it metered and reported).
+        self.finished: list[dict[str, Any]] = []
         self._outbox_seq = 0
         self._in_flight: set[int] = set()
         self.partitions: dict[Topic, int] = {}
@@ -100,6 +107,7 @@ class Engine:
         self._stop = stop
         state = load_json(self.state_path) or {}
         self.outbox = list(state.get("outbox", []))
+        self.finished = list(state.get("finished", []))
         self._outbox_seq = max((e["id"] for e in self.outbox), default=0)
         self.partitions = await ensure_topics(self.opts.kafka)
         self.producer = BusProducer(self.opts.kafka)
@@ -146,6 +154,7 @@ class Engine:
                 "cp": self.cp.snapshot(),
                 "commands_offset": self.commands_offset,
                 "outbox": self.outbox,
+                "finished": self.finished,
             },
         )
 
@@ -153,11 +162,14 @@ class Engine:
         """Become charge point ``cp_id`` (from the state file, or named by the monitor)."""
         if self.cp is not None and self.cp.cp_id == cp_id:
             return
-        self.cp = ChargePoint(cp_id=cp_id, auto=self.opts.auto)
+        self.cp = ChargePoint(cp_id=cp_id, auto=self.opts.auto, offline_supply=self.opts.offline_supply)
         self.commands_offset = None
         now = now_ms()
         if state and state.get("cp_id") == cp_id:
             self.commands_offset = state.get("commands_offset")
+            register = (state.get("cp") or {}).get("meter_energy_wh")
+            if register is not None:
+                self.meter.restore_register(register)
             fx = self.cp.restore(state.get("cp") or {}, now)
             if fx:
                 log.warning("restarted with an unfinished supply: reporting its final state")
@@ -172,7 +184,10 @@ class Engine:
     # -- effects ---------------------------------------------------------------------------
 
     def _apply(self, effects: list[Effect]) -> None:
+        """Carry out effects write-ahead: the state file (with the outbox) is on disk
+        before any event leaves, so a crash can never let Central know more than we do."""
         persist = False
+        sends: list[tuple[Topic, str, bytes, int | None]] = []
         for fx in effects:
             if isinstance(fx, Say):
                 getattr(log, fx.level if fx.level in ("warning", "error") else "info")(fx.text)
@@ -186,15 +201,27 @@ class Engine:
                     topic, key = Topic.CP_EVENTS, ev.cp_id  # type: ignore[attr-defined]
                 value = encode_event(ev)
                 if isinstance(ev, SupplyProgress):
-                    self._produce(topic, key, value, None)  # interim figures: best effort
-                else:
-                    self._outbox_seq += 1
-                    entry = {"id": self._outbox_seq, "topic": topic.value, "key": key, "value": value.decode()}
-                    self.outbox.append(entry)
-                    persist = True
-                    self._produce(topic, key, value, entry["id"])
+                    sends.append((topic, key, value, None))  # interim figures: best effort
+                    continue
+                if isinstance(ev, SupplyFinished):
+                    self._ledger(ev)
+                self._outbox_seq += 1
+                entry = {"id": self._outbox_seq, "topic": topic.value, "key": key, "value": value.decode()}
+                self.outbox.append(entry)
+                persist = True
+                sends.append((topic, key, value, entry["id"]))
         if persist:
             self._save()
+        for topic, key, value, outbox_id in sends:
+            self._produce(topic, key, value, outbox_id)
+
+    def _ledger(self, ev: SupplyFinished) -> None:
+        """Record the finished supply in the state file's ledger (saved atomically with the
+        outbox that carries its report): the engine's own account of what it metered."""
+        self.finished.append({"session_id": ev.session_id, "request_id": ev.request_id, "driver_id": ev.driver_id,
+                              "energy_kwh": ev.energy_kwh, "amount_eur": ev.amount_eur, "reason": ev.reason,
+                              "offline": ev.offline, "ended_ts_ms": ev.ended_ts_ms})
+        del self.finished[:-LEDGER_SIZE]
 
     def _produce(self, topic: Topic, key: str, value: bytes, outbox_id: int | None) -> None:
         if self.producer is None:

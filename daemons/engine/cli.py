@@ -35,6 +35,10 @@ from .meter import SimulatedMeter
               help="Unattended mode: seconds between authorisation and plug-in.")
 @click.option("--supply-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Unattended mode: length of a supply whose request names no target.")
+@click.option("--offline-supply/--no-offline-supply", default=False, show_default=True,
+              help="While Central is unreachable, serve manual supplies (m DRIVER) anyway and report them "
+              "when it is back, billed exactly once (the OCPP 1.6 offline rule). Off: refuse them, as the "
+              "assignment says.")
 @click.option("--state-dir", envvar="EVPROTO_STATE_DIR", default=None, metavar="DIR",
               help="Where the engine keeps its durable state (default: ./engine-state-PORT). "
               "[env EVPROTO_STATE_DIR]")
@@ -45,7 +49,7 @@ from .meter import SimulatedMeter
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="evcp-engine")
 def main(kafka: str, listen: str, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,
-         supply_s: float, state_dir: str | None, topic_prefix: str, ready_file: str | None,
+         supply_s: float, offline_supply: bool, state_dir: str | None, topic_prefix: str, ready_file: str | None,
          log_format: str, log_level: str) -> None:
     """The engine of a charge point (EV_CP_E).
 
@@ -64,6 +68,7 @@ def main(kafka: str, listen: str, power_kw: float, time_scale: float, auto: bool
         state_dir=state_dir or os.path.join(os.getcwd(), f"engine-state-{port}"),
         auto=AutoMode(plug_delay_s=plug_delay_s, default_duration_s=supply_s) if auto else None,
         ready_file=ready_file,
+        offline_supply=offline_supply,
     )
     meter = SimulatedMeter(power_kw=power_kw, time_scale=time_scale)
 

@@ -17,6 +17,9 @@ class Meter(Protocol):
     def set_load(self, on: bool) -> None:
         """Whether a vehicle is drawing power (only a simulation needs telling)."""
 
+    def restore_register(self, energy_wh: float) -> None:
+        """After an engine restart: the register value last seen (a real meter keeps its own)."""
+
     async def close(self) -> None: ...
 
 
@@ -50,6 +53,11 @@ class SimulatedMeter:
     async def read(self) -> tuple[float, float]:
         self._advance()
         return self._energy_wh, (self.power_w if self._load else 0.0)
+
+    def restore_register(self, energy_wh: float) -> None:
+        # A real meter's register survives an engine restart; the simulated one carries on from it.
+        self._advance()
+        self._energy_wh = max(self._energy_wh, energy_wh)
 
     async def close(self) -> None:
         return None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..errors import EvprotoError
@@ -33,6 +33,7 @@ __all__ = [
     "OFFSET_END",
     "ensure_topics",
     "all_partitions",
+    "end_offsets",
     "group_settings",
 ]
 
@@ -343,3 +344,33 @@ async def all_partitions(
         return sorted(meta.partitions)
 
     return await _run_in_thread("evproto-metadata", query)
+
+
+async def end_offsets(
+    settings: KafkaSettings, topic: Topic, partitions: Iterable[int], *, timeout_s: float = 10.0
+) -> dict[int, int]:
+    """The next offset each partition of ``topic`` will get (its high watermark), now.
+
+    A reader with no stored position records these before doing anything else, so
+    that a crash before its first record never makes it skip what arrived meanwhile.
+    """
+    name = settings.topic(topic)
+    wanted = list(partitions)
+
+    def query() -> dict[int, int]:
+        consumer = confluent_kafka.Consumer(
+            _client_config(settings, {"group.id": settings.client_id, "enable.auto.commit": False})
+        )
+        try:
+            out = {}
+            for p in wanted:
+                try:
+                    _low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)
+                except KafkaException as exc:
+                    raise _bus_error(exc.args[0], f"end offset of {name}[{p}]") from None
+                out[p] = int(high)
+            return out
+        finally:
+            consumer.close()
+
+    return await _run_in_thread("evproto-watermarks", query)

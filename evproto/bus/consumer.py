@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, Iterable
 
 import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 
 from .topics import Topic
 
@@ -23,10 +23,14 @@ from .client import (
     KafkaSettings,
     _bus_error,
     _client_config,
+    _admin,
     _RateLimitedLog,
     _run_in_thread,
     log,
 )
+
+#: Seconds between checks that the broker has not re-created our topics.
+RESET_CHECK_S = 5.0
 
 __all__ = ["Record", "BusConsumer"]
 
@@ -117,6 +121,10 @@ class BusConsumer:
         self.received = 0
         self.eof_count = 0
         self.transient_errors = 0
+        #: Topics found re-created by the broker (then read again from the beginning).
+        self.resets = 0
+        self._topic_ids: dict[str, str] = {}
+        self._admin: Any = None
         self._topics = {settings.topic(t): t for t in Topic}
         self._consumer: confluent_kafka.Consumer | None = None
         self._queue: asyncio.Queue[Any] | None = None
@@ -226,7 +234,47 @@ class BusConsumer:
                 except KafkaException:
                     offset = OFFSET_END
             out.append(TopicPartition(name, partition, offset))
+        self._topic_ids = self._current_topic_ids()
         return out
+
+    # -- broker resets
+
+    def _current_topic_ids(self) -> dict[str, str]:
+        """Each assigned topic's id (a new id means the topic was deleted and re-created)."""
+        names = sorted({self.settings.topic(t) for t, _, _ in self.assignments})
+        try:
+            if self._admin is None:
+                self._admin = _admin(self.settings)
+            found = self._admin.describe_topics(TopicCollection(names), request_timeout=2.0)
+            return {name: str(fut.result(timeout=3.0).topic_id) for name, fut in found.items()}
+        except Exception as exc:  # the broker is away: try again at the next check
+            log.debug("topic ids unavailable: %r", exc)
+            return {}
+
+    def _check_resets(self, consumer: confluent_kafka.Consumer) -> None:
+        """Re-read from the beginning any topic the broker has re-created (it lost its data).
+
+        A broker with in-memory storage comes back empty: the new logs start at offset
+        0 again, below the positions we hold, so without this their first records
+        would be skipped. Readers de-duplicate, so reading from 0 costs nothing else.
+        """
+        now_ids = self._current_topic_ids()
+        for name, topic_id in now_ids.items():
+            old = self._topic_ids.get(name)
+            if old is None or old == topic_id:
+                self._topic_ids.setdefault(name, topic_id)
+                continue
+            try:
+                for topic, partition, _ in self.assignments:
+                    if self.settings.topic(topic) == name:
+                        consumer.seek(TopicPartition(name, partition, OFFSET_BEGINNING))
+            except KafkaException as exc:
+                log.debug("seek after the reset of %s failed (will retry): %r", name, exc)
+                continue
+            self._topic_ids[name] = topic_id
+            self.resets += 1
+            self._warn.log(logging.WARNING, f"topic {name} was re-created (the broker lost its data?): "
+                                            "reading it again from the beginning")
 
     # -- the poll thread
 
@@ -234,7 +282,11 @@ class BusConsumer:
         consumer = self._consumer
         assert consumer is not None
         try:
+            next_check = time.monotonic() + RESET_CHECK_S
             while not self._stop.is_set():
+                if time.monotonic() >= next_check:
+                    self._check_resets(consumer)
+                    next_check = time.monotonic() + RESET_CHECK_S
                 # poll() returns on the first record; consume() would wait for a full
                 # batch or the timeout. Whatever else is already fetched comes along.
                 first = consumer.poll(self.poll_timeout_s)  # may call _on_error too

@@ -243,7 +243,9 @@ class SupplyFinished(Event):
     ended_ts_ms: int
     reason: str
     ts_ms: int
+    #: True for a supply served while Central was unreachable (session_id 0 until Central assigns one).
     offline: bool = False
+    request_id: str = ""
 
 
 # -- driver-events ---------------------------------------------------------------------------

@@ -11,7 +11,16 @@ join groups or commit. The pieces live in :mod:`.client`, :mod:`.producer` and
 :mod:`.consumer`.
 """
 
-from .client import OFFSET_BEGINNING, OFFSET_END, BusError, KafkaSettings, all_partitions, ensure_topics, group_settings
+from .client import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    BusError,
+    KafkaSettings,
+    all_partitions,
+    end_offsets,
+    ensure_topics,
+    group_settings,
+)
 from .consumer import BusConsumer, Record
 from .producer import BusProducer
 
@@ -25,5 +34,6 @@ __all__ = [
     "BusConsumer",
     "ensure_topics",
     "all_partitions",
+    "end_offsets",
     "group_settings",
 ]

@@ -20,6 +20,19 @@ from .client import BusError, KafkaSettings, _bus_error, _call_soon_threadsafe, 
 
 __all__ = ["BusProducer"]
 
+# Delivery errors meaning the broker no longer knows this producer's identity (a broker
+# that lost its state, as an in-memory one does on restart): only a new producer helps.
+_REBUILD_CODES = frozenset(
+    {
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError.INVALID_PRODUCER_ID_MAPPING,
+        KafkaError.PRODUCER_FENCED,
+        KafkaError._FENCED,
+        KafkaError._FATAL,
+    }
+)
 
 
 class _Outgoing(NamedTuple):
@@ -65,6 +78,9 @@ class BusProducer:
         self._backlog: deque[_Outgoing] = deque()
         self._drainer: asyncio.Task[None] | None = None
         self._warn = _RateLimitedLog(log)
+        self._rebuilding = False
+        #: Times the underlying client was replaced after the broker forgot it.
+        self.rebuilds = 0
 
     @property
     def pending(self) -> int:
@@ -76,6 +92,9 @@ class BusProducer:
         if self._producer is not None:
             raise BusError("producer already started")
         self._loop = asyncio.get_running_loop()
+        self._new_client()
+
+    def _new_client(self) -> None:
         config = {
             "enable.idempotence": True,
             "acks": "all",
@@ -85,10 +104,36 @@ class BusProducer:
         self._producer = confluent_kafka.Producer(
             _client_config(self.settings, config, on_error=self._on_error)
         )
+        self._stop = threading.Event()
         self._poller = threading.Thread(
-            target=self._poll_loop, name="evproto-producer-poll", daemon=True
+            target=self._poll_loop, args=(self._producer, self._stop), name="evproto-producer-poll", daemon=True
         )
         self._poller.start()
+
+    def _request_rebuild(self, reason: str) -> None:
+        # On the loop. Records in the old client fail (callers with durable outboxes
+        # send them again); new records go to a client with a fresh producer id.
+        if self._rebuilding or self._closing or self._producer is None:
+            return
+        self._rebuilding = True
+        old, old_stop, old_poller = self._producer, self._stop, self._poller
+        self._fatal = None
+        self._new_client()
+        self.rebuilds += 1
+        log.warning("Kafka producer recreated (%s): the broker no longer knew the old one", reason)
+
+        def dispose() -> None:
+            old_stop.set()
+            if old_poller is not None:
+                old_poller.join()
+            old.purge()
+            old.flush(1.0)  # serves the purged records' failure reports
+            close = getattr(old, "close", None)
+            if close is not None:
+                close()
+
+        done = _run_in_thread("evproto-producer-dispose", dispose)
+        done.add_done_callback(lambda f: setattr(self, "_rebuilding", False))
 
     async def __aenter__(self) -> BusProducer:
         await self.start()
@@ -233,11 +278,10 @@ class BusProducer:
             else:
                 await asyncio.sleep(0.005)  # the poll thread frees room as deliveries complete
 
-    def _poll_loop(self) -> None:
-        assert self._producer is not None
-        while not self._stop.is_set():
+    def _poll_loop(self, producer: confluent_kafka.Producer, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
-                self._producer.poll(0.1)  # runs delivery callbacks and error_cb in this thread
+                producer.poll(0.1)  # runs delivery callbacks and error_cb in this thread
             except Exception as exc:  # a callback bug must not stop deliveries for good
                 self._warn.log(logging.ERROR, f"Kafka producer poll failed: {exc!r}")
                 time.sleep(0.1)
@@ -252,6 +296,8 @@ class BusProducer:
             args = (None, _bus_error(err, f"delivery to {msg.topic()} failed"))
         assert self._loop is not None
         _call_soon_threadsafe(self._loop, self._settle, fut, *args)
+        if err is not None and (err.code() in _REBUILD_CODES or err.fatal()):
+            _call_soon_threadsafe(self._loop, self._request_rebuild, err.str())
 
     def _settle(
         self, fut: asyncio.Future[tuple[int, int]], result: Any, exc: BusError | None
@@ -276,5 +322,7 @@ class BusProducer:
         if err.fatal():
             self._fatal = _bus_error(err, "Kafka producer failed")
             log.error("Kafka producer (%s) fatal error: %s", self.settings.bootstrap, err.str())
+            if self._loop is not None:
+                _call_soon_threadsafe(self._loop, self._request_rebuild, err.str())
         else:
             self._warn.log(logging.WARNING, f"Kafka {self.settings.bootstrap}: {err.str()}")

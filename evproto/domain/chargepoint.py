@@ -193,9 +193,15 @@ class ChargePoint:
         cp_id: str,
         auto: AutoMode | None = None,
         progress_interval_ms: int = 1000,
+        offline_supply: bool = False,
+        offline_price_eur_kwh: float = 0.0,
     ) -> None:
         self.cp_id = cp_id
         self.auto = auto
+        #: Serve manual supplies while Central is unreachable (reported with ``offline`` later).
+        self.offline_supply = offline_supply
+        #: Price used offline: the last price Central authorised at this CP.
+        self.offline_price_eur_kwh = offline_price_eur_kwh
         self.progress_interval_ms = progress_interval_ms
         self.phase = Phase.IDLE
         self.monitor_up = False
@@ -281,6 +287,7 @@ class ChargePoint:
             "phase": self.phase.value,
             "supply": asdict(self.supply) if self.supply is not None else None,
             "meter_energy_wh": self.meter_energy_wh,
+            "offline_price_eur_kwh": self.offline_price_eur_kwh,
         }
 
     def restore(self, snap: dict[str, Any], now_ms: int) -> list[Effect]:
@@ -293,6 +300,7 @@ class ChargePoint:
         phase = Phase(snap.get("phase", "idle"))
         data = snap.get("supply")
         self.meter_energy_wh = snap.get("meter_energy_wh")
+        self.offline_price_eur_kwh = float(snap.get("offline_price_eur_kwh", self.offline_price_eur_kwh))
         if data is None or phase is Phase.IDLE:
             return []
         self.supply = Supply(**data)
@@ -341,10 +349,12 @@ class ChargePoint:
                 ended_ts_ms=now_ms,
                 reason=reason,
                 ts_ms=now_ms,
+                offline=s.session_id == 0,
+                request_id=s.request_id,
             )
         )
         self._say(
-            f"supply {s.session_id} for {s.driver_id} ended ({reason}): "
+            f"supply {s.session_id or 'offline'} for {s.driver_id} ended ({reason}): "
             f"{s.energy_kwh:.3f} kWh, {s.amount_eur:.2f} EUR"
         )
         self.supply = None
@@ -354,7 +364,9 @@ class ChargePoint:
     def _withdraw(self, reason: str, now_ms: int) -> None:
         s = self.supply
         assert s is not None
-        self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=s.session_id, accepted=False, reason=reason, ts_ms=now_ms))
+        if s.session_id:  # an offline authorisation was never Central's: nothing to tell it
+            self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=s.session_id, accepted=False, reason=reason,
+                                           ts_ms=now_ms))
         self._say(f"authorisation {s.session_id} for {s.driver_id} withdrawn ({reason})")
         self.supply = None
         self.phase = Phase.IDLE
@@ -403,6 +415,7 @@ class ChargePoint:
             target_duration_s=cmd.target_duration_s,
         )
         self.phase = Phase.AUTHORIZED
+        self.offline_price_eur_kwh = cmd.price_eur_kwh
         self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=True, ts_ms=now_ms))
         self._say(f"authorised supply {cmd.session_id} for driver {cmd.driver_id}: waiting for the vehicle to plug in")
         self._persist()
@@ -528,12 +541,33 @@ class ChargePoint:
 
     def _a_manual_request(self, inp: CpInput, now_ms: int) -> None:
         driver_id, request_id = self._arg
-        reason = self.refusal() or ("" if self.central_up else "cannot reach Central")
+        reason = self.refusal()
+        if not reason and not self.central_up:
+            if self.offline_supply:
+                self._offline_authorize(driver_id, request_id, now_ms)
+                return
+            reason = "cannot reach Central"
         if reason:
             self._say(f"manual supply for {driver_id} refused: {reason}", "warning")
             return
         self._emit(SupplyRequest(request_id=request_id, driver_id=driver_id, cp_id=self.cp_id, ts_ms=now_ms, origin="cp"))
         self._say(f"manual supply for {driver_id} requested from Central")
+
+    def _offline_authorize(self, driver_id: str, request_id: str, now_ms: int) -> None:
+        # OCPP 1.6's offline rule: serve the supply now, report it (with offline=True and
+        # session 0) once Central can hear it; Central bills it exactly once by request id.
+        self.supply = Supply(
+            session_id=0,
+            driver_id=driver_id,
+            request_id=request_id,
+            price_eur_kwh=self.offline_price_eur_kwh,
+            authorized_ts_ms=now_ms,
+            expires_ts_ms=now_ms + 60_000,
+        )
+        self.phase = Phase.AUTHORIZED
+        self._say(f"Central unreachable: offline supply for {driver_id} authorised locally "
+                  f"({self.offline_price_eur_kwh:.2f} EUR/kWh); it will be reported when Central is back")
+        self._persist()
 
     def _a_manual_busy(self, inp: CpInput, now_ms: int) -> None:
         self._say("manual supply refused: a supply is already authorised or running", "warning")

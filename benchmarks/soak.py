@@ -1,0 +1,125 @@
+"""The long chaos soak: a network under `evcharging chaos` for many minutes, then an audit.
+
+    python benchmarks/soak.py [--minutes 15] [--cps 5] [--drivers 3] [--interval 5] [--write docs/resilience.md]
+
+Starts a network with the launcher, lets `evcharging chaos` kill random instances
+(Central included) with SIGKILL and restart them, then waits until every driver
+has worked through its file and runs `evcharging audit`: every started supply has
+exactly one ticket, tickets equal what the engines metered, nothing is left in
+progress, no driver waits. Prints the figures and, with --write, puts them between
+``<!-- bench:soak -->`` markers in the given file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EV = os.path.join(os.path.dirname(sys.executable), "evcharging")
+
+
+def drivers_done(run_dir: str, requests: int) -> bool:
+    base = os.path.join(run_dir, "drivers")
+    for d in os.listdir(base):
+        try:
+            state = json.loads(Path(base, d, "state", "driver-state.json").read_text())
+        except (OSError, ValueError):
+            return False
+        if state.get("pending") or state.get("next_line", 0) < requests:
+            return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=15.0)
+    ap.add_argument("--cps", type=int, default=5)
+    ap.add_argument("--drivers", type=int, default=3)
+    ap.add_argument("--interval", type=float, default=5.0, help="seconds between kills")
+    ap.add_argument("--requests", type=int, default=0, help="per driver (default: enough for the whole soak)")
+    ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--run-dir", default=None)
+    ap.add_argument("--write", metavar="FILE")
+    args = ap.parse_args(argv)
+
+    requests = args.requests or max(10, int(args.minutes * 60 / 14))
+    run_dir = args.run_dir or tempfile.mkdtemp(prefix="evsoak-")
+    t0 = time.monotonic()
+    subprocess.run([EV, "up", "--detach", "--cps", str(args.cps), "--drivers", str(args.drivers), "--requests",
+                    str(requests), "--run-dir", run_dir, "--http-port", "0", "--seed", str(args.seed)], check=True)
+    try:
+        print(f"network up in {run_dir}; chaos for {args.minutes:g} min, a kill every {args.interval:g} s", flush=True)
+        chaos = subprocess.run([EV, "chaos", "--duration", str(args.minutes * 60), "--interval", str(args.interval),
+                                "--run-dir", run_dir, "--seed", str(args.seed + 1)], capture_output=True, text=True, check=True)
+        kills = collections.Counter(
+            re.sub(r"-(CP|D)\d+$", "", line.split()[2]) for line in chaos.stdout.splitlines() if " killed " in line)
+        print(f"chaos over: {sum(kills.values())} kills {dict(kills)}", flush=True)
+        quiesce_start = time.monotonic()
+        while not drivers_done(run_dir, requests):
+            if time.monotonic() - quiesce_start > 1800:
+                print("drivers did not finish within 30 min", flush=True)
+                break
+            time.sleep(2)
+        quiesce_s = time.monotonic() - quiesce_start
+        report = None
+        for _ in range(60):  # the last reports need a moment to reach Central
+            out = subprocess.run([EV, "audit", "--run-dir", run_dir, "--json"], capture_output=True, text=True)
+            report = json.loads(out.stdout)
+            if report["ok"]:
+                break
+            time.sleep(2)
+        assert report is not None
+        sessions = subprocess.run([sys.executable, "-c", f"""
+import sqlite3, collections, json
+db = sqlite3.connect('file:{run_dir}/central/central.db?mode=ro', uri=True)
+print(json.dumps(dict(collections.Counter(r[0] for r in db.execute('select status from sessions')))))"""],
+                                  capture_output=True, text=True, check=True)
+        statuses = json.loads(sessions.stdout)
+        total_s = time.monotonic() - t0
+    finally:
+        subprocess.run([EV, "down", "--run-dir", run_dir], capture_output=True)
+
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} (2 cores, shared), Python "
+        f"{platform.python_version()}: `python benchmarks/soak.py --minutes {args.minutes:g} --cps {args.cps} "
+        f"--drivers {args.drivers} --interval {args.interval:g}` ({requests} requests per driver).",
+        "",
+        "| figure | value |",
+        "| --- | --- |",
+        f"| chaos | {args.minutes:g} min, {sum(kills.values())} SIGKILLs: "
+        + ", ".join(f"{role} {n}" for role, n in sorted(kills.items())) + " |",
+        f"| sessions at Central | {report['sessions']} ("
+        + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) + ") |",
+        f"| supplies started / tickets | {report['started']} / {report['tickets']} |",
+        f"| energy billed / metered by the engines | {report['ticket_energy_kwh']:.6f} kWh / "
+        f"{report['metered_energy_kwh']:.6f} kWh |",
+        f"| time for the drivers to finish after the chaos | {quiesce_s:.0f} s |",
+        f"| audit | {'all invariants hold' if report['ok'] else 'VIOLATIONS: ' + '; '.join(report['violations'])} |",
+        f"| total run time | {total_s / 60:.1f} min |",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        path = Path(args.write)
+        doc = path.read_text(encoding="utf-8")
+        pattern = re.compile(r"(<!-- bench:soak -->\n)(.*?)(<!-- /bench:soak -->)", re.S)
+        if pattern.search(doc):
+            doc = pattern.sub(lambda m: m.group(1) + text + m.group(3), doc)
+        else:
+            doc += f"\n<!-- bench:soak -->\n{text}<!-- /bench:soak -->\n"
+        path.write_text(doc, encoding="utf-8")
+        print(f"updated {path}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

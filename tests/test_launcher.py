@@ -117,3 +117,43 @@ def test_up_shows_the_panel_with_live_tiles_on_a_terminal(tmp_path) -> None:
         os.close(fd)
     rows = json.loads(run(os.path.join(BIN, "evcharging"), "ps", "--run-dir", run_dir, "--json").stdout)
     assert not any(r["alive"] for r in rows)
+
+
+def test_add_kill_start_in_a_running_network(tmp_path) -> None:
+    ev = os.path.join(BIN, "evcharging")
+    run_dir = str(tmp_path / "run")
+    assert run(ev, "up", "--cps", "1", "--drivers", "0", "--run-dir", run_dir, "--http-port", "0", "--detach",
+               timeout=120).returncode == 0
+    try:
+        http = json.load(open(os.path.join(run_dir, "instances.json")))["meta"]["http"]
+
+        def state(cp_id: str) -> str | None:
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://{http}/api/v1/cps", timeout=5) as resp:
+                return next((c["state"] for c in json.load(resp) if c["id"] == cp_id), None)
+
+        added = run(ev, "add", "cp", "--location", "Teruel", "--price", "0.33", "--run-dir", run_dir, timeout=120)
+        assert added.returncode == 0 and "added CP002" in added.stdout, added.stderr
+        wait_for(lambda: state("CP002") == "ACTIVATED", "the new CP on Central")
+        dup = run(ev, "add", "cp", "--id", "CP001", "--run-dir", run_dir)
+        assert dup.returncode != 0 and "already exists" in dup.stderr
+        driver = run(ev, "add", "driver", "--run-dir", run_dir, timeout=120)
+        assert driver.returncode == 0 and "added D001" in driver.stdout, driver.stderr
+        db = json.load(open(os.path.join(run_dir, "instances.json")))["instances"]["central"]["argv"]
+        listed = run(os.path.join(BIN, "ev-central"), "--db", db[db.index("--db") + 1], "drivers", "list")
+        assert "D001" in listed.stdout.split()
+
+        before = {r["name"]: r for r in json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)}
+        assert run(ev, "kill", "engine-CP001", "--run-dir", run_dir).returncode == 0
+        wait_for(lambda: state("CP001") == "BROKEN", "CP001 BROKEN after its engine was killed")
+        assert run(ev, "start", "engine-CP001", "--run-dir", run_dir, timeout=60).returncode == 0
+        wait_for(lambda: state("CP001") == "ACTIVATED", "CP001 back after a restart on the same port")
+        after = {r["name"]: r for r in json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)}
+        assert after["engine-CP001"]["pid"] != before["engine-CP001"]["pid"]
+        assert after["engine-CP001"]["address"] == before["engine-CP001"]["address"]
+        assert all(r["alive"] for r in after.values())
+        assert run(ev, "start", "engine-CP001", "--run-dir", run_dir).returncode != 0  # already running
+        assert run(ev, "kill", "nobody", "--run-dir", run_dir).returncode != 0
+    finally:
+        run(ev, "down", "--run-dir", run_dir, timeout=60)

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo demo-protocol venv bench fuzz wheel clean
+.PHONY: test demo demo-protocol venv bench fuzz detection soak wheel clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,14 @@ bench: $(STAMP)
 # Long decoder fuzz run (CI runs 10^5 inputs inside make test).
 fuzz: $(STAMP)
 	$(BIN)/python benchmarks/fuzz_decoder.py --inputs 2000000
+
+# Kill or pull -> state change on Central's API, 20 trials each (needs root for the cable rows).
+detection: $(STAMP)
+	$(BIN)/python benchmarks/detection.py --trials 20 --write docs/performance.md
+
+# 15 minutes of evcharging chaos on a 5 CP / 3 driver network, then evcharging audit.
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --minutes 15 --write docs/resilience.md
 
 wheel: $(STAMP)
 	$(BIN)/python -m pip wheel --no-deps -w dist .

@@ -329,3 +329,22 @@ def corrupt():
     """``corrupt(wire)``: the frame with its LRC broken."""
     return corrupt_lrc
 
+
+
+# -- the simulated meter (tests/meterharness.py) ----------------------------------------------
+
+
+@pytest.fixture
+def sim_factory():
+    """``sim_factory(protocol, *args, link=None) -> Sim``: evmeter-sim processes, stopped afterwards."""
+    from meterharness import Sim
+
+    sims: list[Sim] = []
+
+    def make(protocol: str, *args: str, link: str | None = None) -> Sim:
+        sims.append(Sim(protocol, *args, link=link))
+        return sims[-1]
+
+    yield make
+    for s in sims:
+        s.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -82,6 +83,7 @@ class Central:
         self.http_addr = ""
         self._stop: asyncio.Event | None = None
         self._closing = False
+        self._kafka_down_since: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -292,6 +294,13 @@ class Central:
                 self.partitions = await ensure_topics(self.opts.kafka, timeout_s=3.0)
             except Exception as exc:  # the broker is down: heartbeats report it
                 log.debug("topic check failed: %s", exc)
+                continue
+            # The broker answers, yet our heartbeats have not been acknowledged for a while:
+            # the producer is stuck (a restarted broker that forgot it). Start it afresh.
+            if not self.kafka_ok and self._kafka_down_since and time.monotonic() - self._kafka_down_since > 10:
+                assert self.producer is not None
+                self.producer.rebuild("heartbeats unacknowledged while the broker answers")
+                self._kafka_down_since = time.monotonic()
 
     async def _heartbeat(self) -> None:
         waiting: list[tuple[float, asyncio.Future[Any]]] = []
@@ -316,6 +325,7 @@ class Central:
     def _set_kafka_ok(self, ok: bool) -> None:
         if ok != self.kafka_ok:
             self.kafka_ok = ok
+            self._kafka_down_since = None if ok else time.monotonic()
             self._note("Kafka reachable again" if ok else "cannot reach Kafka: events are queued", "info" if ok else "error")
 
     # -- views and operator commands -------------------------------------------------------

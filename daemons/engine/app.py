@@ -52,7 +52,8 @@ from evproto.bus.topics import Topic, partition_for
 from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Persist, Phase, Say
 
 from ..common import load_json, now_ms, save_json_atomic, stdin_lines, write_ready_file
-from .meter import Meter
+from evproto.hw.base import MeterDriver
+from evproto.hw.supervisor import MeterSupervisor
 
 __all__ = ["EngineOptions", "Engine"]
 
@@ -76,14 +77,17 @@ class EngineOptions:
     interactive: bool = True
     #: Serve manual supplies while Central is unreachable and report them when it is back (OCPP 1.6 rule).
     offline_supply: bool = False
+    #: Seconds between meter readings.
+    meter_interval_s: float = 1.0
 
 
 class Engine:
     """One engine process. ``await Engine(opts, meter).run(stop_event)``."""
 
-    def __init__(self, opts: EngineOptions, meter: Meter) -> None:
+    def __init__(self, opts: EngineOptions, meter: MeterDriver) -> None:
         self.opts = opts
         self.meter = meter
+        self.supervisor = MeterSupervisor(meter, interval_s=opts.meter_interval_s)
         self.state_path = os.path.join(opts.state_dir, "engine-state.json")
         self.cp: ChargePoint | None = None
         self.commands_offset: int | None = None
@@ -96,7 +100,6 @@ class Engine:
         self.producer: BusProducer | None = None
         self.monitor: Link | None = None
         self.last_heartbeat = 0.0
-        self.meter_ok = True
         self._tasks: list[asyncio.Task[Any]] = []
         self._commands_task: asyncio.Task[Any] | None = None
         self._stop: asyncio.Event | None = None
@@ -119,6 +122,7 @@ class Engine:
         if state.get("cp_id"):
             self._adopt(state["cp_id"], state)
         write_ready_file(self.opts.ready_file, role="engine", listen=f"{host}:{port}", cp_id=self.cp.cp_id if self.cp else None)
+        await self.supervisor.start()
         self._tasks = [
             asyncio.ensure_future(self._tick_loop()),
             asyncio.ensure_future(self._heartbeat_loop()),
@@ -139,7 +143,7 @@ class Engine:
             await server.close()
             self._save()
             await self.producer.close(timeout_s=5.0)
-            await self.meter.close()
+            await self.supervisor.close()
         return 0
 
     # -- state -----------------------------------------------------------------------------
@@ -168,8 +172,9 @@ class Engine:
         if state and state.get("cp_id") == cp_id:
             self.commands_offset = state.get("commands_offset")
             register = (state.get("cp") or {}).get("meter_energy_wh")
-            if register is not None:
-                self.meter.restore_register(register)
+            restore = getattr(self.meter, "restore_register", None)
+            if register is not None and restore is not None:
+                restore(register)
             fx = self.cp.restore(state.get("cp") or {}, now)
             if fx:
                 log.warning("restarted with an unfinished supply: reporting its final state")
@@ -290,10 +295,12 @@ class Engine:
                 self._apply(cp.monitor_lost(now_ms()))
 
     def _health(self) -> HealthStatus:
-        if self.cp is not None and self.cp.ko:
+        faults = self.cp.faults if self.cp is not None else {}
+        if "meter" in faults:
+            code = FaultCode.METER_LOST if faults["meter"].startswith("device") else FaultCode.METER_TIMEOUT
+            return HealthStatus(state=HealthState.KO, fault=code)
+        if faults:
             return HealthStatus(state=HealthState.KO, fault=FaultCode.SIMULATED)
-        if not self.meter_ok:
-            return HealthStatus(state=HealthState.KO, fault=FaultCode.METER_TIMEOUT)
         return HealthStatus(state=HealthState.OK)
 
     # -- Kafka -----------------------------------------------------------------------------
@@ -339,6 +346,7 @@ class Engine:
     # -- time ------------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
+        set_load = getattr(self.meter, "set_load", None)
         while True:
             await asyncio.sleep(_TICK_S)
             cp = self.cp
@@ -346,18 +354,21 @@ class Engine:
                 continue
             now = now_ms()
             fx: list[Effect] = list(cp.central_reachable(self._central_reachable(), now))
-            self.meter.set_load(cp.phase is Phase.SUPPLYING)
-            try:
-                energy_wh, power_w = await self.meter.read()
-                self.meter_ok = True
-                fx += cp.meter(energy_wh, power_w, now)
-            except Exception as exc:  # a meter driver's failure is a fault, not a crash
-                if self.meter_ok:
-                    log.error("meter read failed: %s", exc)
-                self.meter_ok = False
+            if set_load is not None:
+                set_load(cp.phase is Phase.SUPPLYING)
+            # Only fresh readings go in: a stalled meter's last values are never re-used.
+            reading = self.supervisor.take()
+            if reading is not None:
+                fx += cp.meter(reading.energy_wh, reading.power_w, now)
+            fault = self.supervisor.health.fault
+            if fault is not None and "meter" not in cp.faults:
+                fx += cp.set_ko(now, source="meter", detail=fault)
+            elif fault is None and "meter" in cp.faults:
+                fx += cp.recover(now, source="meter")
             fx += cp.tick(now)
             self._apply(fx)
-            self.meter.set_load(cp.phase is Phase.SUPPLYING)
+            if set_load is not None:
+                set_load(cp.phase is Phase.SUPPLYING)
 
     # -- keys ------------------------------------------------------------------------------
 

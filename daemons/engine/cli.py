@@ -24,6 +24,20 @@ from .meter import SimulatedMeter
 @click.option("--listen", envvar="EVPROTO_ENGINE_LISTEN", default="0.0.0.0:7100", show_default=True,
               metavar="HOST:PORT", help="Where the monitor reaches this engine (port 0: pick a free one). "
               "[env EVPROTO_ENGINE_LISTEN]")
+@click.option("--port", "meter_port", envvar="EVPROTO_METER_PORT", default=None, metavar="DEVICE",
+              help="The meter's serial device (/dev/ttyUSB0, serial:///dev/ttyS1?baudrate=9600, or "
+              "tcp://host:port for a networked meter). Without it the engine simulates its meter. "
+              "[env EVPROTO_METER_PORT]")
+@click.option("--meter-protocol", type=click.Choice(["evproto", "iec62056-21"]), default="evproto", show_default=True,
+              help="What the meter speaks (docs/hardware.md).")
+@click.option("--baudrate", type=int, default=None,
+              help="evproto: the line speed (default 9600). iec62056-21: the highest speed to switch to after "
+              "the 300 baud sign-on (default: what the meter offers).")
+@click.option("--meter-address", default="", help="IEC 62056-21 device address (several meters on one RS-485 bus).")
+@click.option("--meter-interval-s", type=click.FloatRange(min=0.1, max=60), default=1.0, show_default=True,
+              help="Seconds between readings of a real meter.")
+@click.option("--meter-timeout-s", type=click.FloatRange(min=0.1, max=60), default=2.0, show_default=True,
+              help="How long one reading may take before it counts as failed (two failed cycles: KO).")
 @click.option("--power-kw", type=click.FloatRange(min=0.1, max=1000), default=22.0, show_default=True,
               help="Power of the simulated meter while a vehicle charges.")
 @click.option("--time-scale", type=click.FloatRange(min=0.001, max=3600), default=1.0, show_default=True,
@@ -48,12 +62,14 @@ from .meter import SimulatedMeter
 @click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="evcp-engine")
-def main(kafka: str, listen: str, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,
+def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, baudrate: int | None,
+         meter_address: str, meter_interval_s: float, meter_timeout_s: float, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,
          supply_s: float, offline_supply: bool, state_dir: str | None, topic_prefix: str, ready_file: str | None,
          log_format: str, log_level: str) -> None:
     """The engine of a charge point (EV_CP_E).
 
-    It meters and performs supplies. Its charge-point id is not a parameter: the
+    It meters and performs supplies, reading a real meter on --port or
+    simulating one. Its charge-point id is not a parameter: the
     monitor that connects names it, once Central has confirmed it. Commands come
     from Central through Kafka; telemetry and tickets' figures go back the same way.
 
@@ -69,8 +85,15 @@ def main(kafka: str, listen: str, power_kw: float, time_scale: float, auto: bool
         auto=AutoMode(plug_delay_s=plug_delay_s, default_duration_s=supply_s) if auto else None,
         ready_file=ready_file,
         offline_supply=offline_supply,
+        meter_interval_s=meter_interval_s if meter_port else 0.2,
     )
-    meter = SimulatedMeter(power_kw=power_kw, time_scale=time_scale)
+    if meter_port:
+        from evproto.hw import make_driver
+
+        meter = make_driver(meter_protocol, meter_port, baudrate=baudrate, address=meter_address,
+                            timeout_s=meter_timeout_s)
+    else:
+        meter = SimulatedMeter(power_kw=power_kw, time_scale=time_scale)
 
     async def run() -> int:
         return await Engine(opts, meter).run(shutdown_event())

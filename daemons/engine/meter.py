@@ -1,34 +1,23 @@
-"""Meters the engine reads: the built-in simulation (real hardware lives in evproto.hw)."""
+"""The engine's built-in simulated meter (real hardware: evproto.hw drivers)."""
 
 from __future__ import annotations
 
 import time
-from typing import Protocol
 
-__all__ = ["Meter", "SimulatedMeter"]
+from evproto.hw.base import MeterReading
+from evproto.messages import MeterStatus
 
-
-class Meter(Protocol):
-    """Anything that reports an energy register (Wh) and the present power (W)."""
-
-    async def read(self) -> tuple[float, float]:
-        """(energy_wh, power_w) now; raises on a failed reading."""
-
-    def set_load(self, on: bool) -> None:
-        """Whether a vehicle is drawing power (only a simulation needs telling)."""
-
-    def restore_register(self, energy_wh: float) -> None:
-        """After an engine restart: the register value last seen (a real meter keeps its own)."""
-
-    async def close(self) -> None: ...
+__all__ = ["SimulatedMeter"]
 
 
 class SimulatedMeter:
-    """Energy integrates from a constant power while the load is on.
+    """A meter driver whose energy integrates a constant power while the load is on.
 
     ``time_scale`` speeds the simulation up for demos (60: a minute of charging
     per second); it never changes how anything else in the network behaves.
     """
+
+    protocol = "simulated"
 
     def __init__(self, *, power_kw: float = 22.0, time_scale: float = 1.0, clock=time.monotonic) -> None:
         if power_kw <= 0 or time_scale <= 0:
@@ -47,17 +36,23 @@ class SimulatedMeter:
         self._last = now
 
     def set_load(self, on: bool) -> None:
+        """Whether a vehicle draws power (a real meter just measures it)."""
         self._advance()
         self._load = on
 
-    async def read(self) -> tuple[float, float]:
-        self._advance()
-        return self._energy_wh, (self.power_w if self._load else 0.0)
-
     def restore_register(self, energy_wh: float) -> None:
-        # A real meter's register survives an engine restart; the simulated one carries on from it.
+        """After an engine restart: carry on from the register last seen (a real meter keeps its own)."""
         self._advance()
         self._energy_wh = max(self._energy_wh, energy_wh)
+
+    async def open(self) -> None:
+        return None
+
+    async def read(self) -> MeterReading:
+        self._advance()
+        power = self.power_w if self._load else 0.0
+        return MeterReading(energy_wh=self._energy_wh, power_w=power, timestamp_ms=int(time.time() * 1000),
+                            status=MeterStatus.LOAD_ON if self._load else MeterStatus.NONE)
 
     async def close(self) -> None:
         return None

@@ -40,6 +40,8 @@ def _reason(exc: OSError) -> str:
 async def _open_serial(ep: Endpoint) -> StreamPair:
     # pyserial-asyncio-fast opens the device in an executor, so a slow USB
     # adapter cannot block the event loop.
+    import termios
+
     import serial
     import serial_asyncio_fast
 
@@ -47,6 +49,8 @@ async def _open_serial(ep: Endpoint) -> StreamPair:
         return await serial_asyncio_fast.open_serial_connection(url=ep.path, **ep.options)
     except serial.SerialException as exc:
         raise TransportError(f"{ep.url}: {exc}") from exc
+    except termios.error as exc:  # the port refuses these settings (a pty cannot do 7E1, say)
+        raise TransportError(f"{ep.url}: the port refuses {ep.options}: {exc.args[-1]}") from exc
 
 
 async def start_tcp_server(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..errors import EvprotoError
+from ..ratelog import RateLimitedLog as _RateLimitedLog
 from . import topics
 from .topics import Topic, TopicSpec
 
@@ -96,41 +96,6 @@ def group_settings() -> dict[str, str]:
 
 # -- logging ---------------------------------------------------------------------------------
 
-_NUMBERS = re.compile(r"\d+")
-
-
-class _RateLimitedLog:
-    """Logs each distinct message (numbers ignored) at most once per interval, counting the rest."""
-
-    def __init__(
-        self,
-        logger: logging.Logger,
-        interval_s: float = WARNING_INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.logger = logger
-        self.interval_s = interval_s
-        self._clock = clock
-        self._seen: dict[tuple[int, str], list[float]] = {}
-        self._lock = threading.Lock()
-
-    def log(self, level: int, message: str) -> None:
-        if not self.logger.isEnabledFor(level):
-            return
-        key = (level, _NUMBERS.sub("#", message))
-        now = self._clock()
-        with self._lock:
-            entry = self._seen.get(key)
-            if entry is not None and now - entry[0] < self.interval_s:
-                entry[1] += 1
-                return
-            held_back = int(entry[1]) if entry is not None else 0
-            if len(self._seen) >= 256:  # bounded: forget old keys
-                self._seen.clear()
-            self._seen[key] = [now, 0]
-        if held_back:
-            message += f" ({held_back} similar in the last {self.interval_s:g} s not shown)"
-        self.logger.log(level, "%s", message)
 
 
 class _LibrdkafkaLogger:

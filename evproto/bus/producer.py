@@ -79,6 +79,7 @@ class BusProducer:
         self._drainer: asyncio.Task[None] | None = None
         self._warn = _RateLimitedLog(log)
         self._rebuilding = False
+        self._broker_was_down = False
         #: Times the underlying client was replaced after the broker forgot it.
         self.rebuilds = 0
 
@@ -110,6 +111,11 @@ class BusProducer:
         )
         self._poller.start()
 
+    def rebuild(self, reason: str) -> None:
+        """Replace the underlying client now (for callers who see it stuck: records that
+        never complete while the broker answers other requests). Call on the loop."""
+        self._request_rebuild(reason)
+
     def _request_rebuild(self, reason: str) -> None:
         # On the loop. Records in the old client fail (callers with durable outboxes
         # send them again); new records go to a client with a fresh producer id.
@@ -120,7 +126,7 @@ class BusProducer:
         self._fatal = None
         self._new_client()
         self.rebuilds += 1
-        log.warning("Kafka producer recreated (%s): the broker no longer knew the old one", reason)
+        log.warning("Kafka producer recreated: %s", reason)
 
         def dispose() -> None:
             old_stop.set()
@@ -298,6 +304,11 @@ class BusProducer:
         _call_soon_threadsafe(self._loop, self._settle, fut, *args)
         if err is not None and (err.code() in _REBUILD_CODES or err.fatal()):
             _call_soon_threadsafe(self._loop, self._request_rebuild, err.str())
+        elif err is not None and err.code() == KafkaError._MSG_TIMED_OUT and self._broker_was_down:
+            # Records that time out after the broker went away may be stuck in a client
+            # whose idempotence state the (restarted) broker no longer knows: start afresh.
+            self._broker_was_down = False
+            _call_soon_threadsafe(self._loop, self._request_rebuild, "records timed out after a broker outage")
 
     def _settle(
         self, fut: asyncio.Future[tuple[int, int]], result: Any, exc: BusError | None
@@ -319,6 +330,8 @@ class BusProducer:
             fut.exception()
 
     def _on_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._broker_was_down = True
         if err.fatal():
             self._fatal = _bus_error(err, "Kafka producer failed")
             log.error("Kafka producer (%s) fatal error: %s", self.settings.bootstrap, err.str())

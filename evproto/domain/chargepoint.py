@@ -206,7 +206,9 @@ class ChargePoint:
         self.phase = Phase.IDLE
         self.monitor_up = False
         self.central_up = False
-        self.ko = False
+        #: Active faults by source ("key": the KO key, "meter": a failing meter) and what they say.
+        self.faults: dict[str, str] = {}
+        self._fresh_reading = False
         self.stopped = False
         self.supply: Supply | None = None
         #: Last meter register value (Wh) and power (W), None before the first reading.
@@ -239,11 +241,18 @@ class ChargePoint:
     def resume(self, now_ms: int) -> list[Effect]:
         return self._run(I.RESUME, now_ms)
 
-    def set_ko(self, now_ms: int) -> list[Effect]:
-        return self._run(I.KO, now_ms)
+    def set_ko(self, now_ms: int, *, source: str = "key", detail: str = "") -> list[Effect]:
+        """A fault from ``source``: the KO key, or the meter failing. Health checks answer KO."""
+        return self._run(I.KO, now_ms, (source, detail))
 
-    def recover(self, now_ms: int) -> list[Effect]:
-        return self._run(I.RECOVER, now_ms)
+    def recover(self, now_ms: int, *, source: str = "key") -> list[Effect]:
+        """The fault from ``source`` cleared (the CP is OK again once no fault is left)."""
+        return self._run(I.RECOVER, now_ms, source)
+
+    @property
+    def ko(self) -> bool:
+        """Some fault is active."""
+        return bool(self.faults)
 
     def plug(self, now_ms: int) -> list[Effect]:
         return self._run(I.PLUG, now_ms)
@@ -467,14 +476,23 @@ class ChargePoint:
             self._persist()
 
     def _a_ko(self, inp: CpInput, now_ms: int) -> None:
-        if not self.ko:
-            self.ko = True
-            self._say("engine KO: health checks now answer KO", "error")
+        source, detail = self._arg if isinstance(self._arg, tuple) else ("key", "")
+        was_ko = self.ko
+        if source in self.faults:
+            return
+        self.faults[source] = detail
+        if not was_ko:
+            what = "KO key" if source == "key" else f"{source}: {detail}" if detail else source
+            self._say(f"engine KO ({what}): health checks now answer KO", "error")
 
     def _a_recover(self, inp: CpInput, now_ms: int) -> None:
-        if self.ko:
-            self.ko = False
+        source = self._arg if isinstance(self._arg, str) else "key"
+        if self.faults.pop(source, None) is None:
+            return
+        if not self.ko:
             self._say("engine recovered: health checks answer OK")
+        else:
+            self._say(f"{source} fault cleared; still KO: {', '.join(self.faults)}", "warning")
 
     def _a_plug_refused(self, inp: CpInput, now_ms: int) -> None:
         self._say("plug-in refused: no authorised supply", "warning")
@@ -498,6 +516,7 @@ class ChargePoint:
             self.meter_resets += 1
             self._say(f"meter register went back ({previous:.1f} -> {energy_wh:.1f} Wh): meter reset, counting on", "warning")
             return
+        self._fresh_reading = True
         if self.phase is Phase.SUPPLYING and previous is not None:
             assert self.supply is not None
             self.supply.energy_wh += energy_wh - previous
@@ -523,7 +542,10 @@ class ChargePoint:
         ):
             self._finish("completed", now_ms)
             return
-        if now_ms - s.last_progress_ts_ms >= self.progress_interval_ms:
+        # Telemetry only from a fresh reading: a meter that stopped answering must not
+        # have its last values republished with new timestamps (the fault shows instead).
+        if now_ms - s.last_progress_ts_ms >= self.progress_interval_ms and self._fresh_reading:
+            self._fresh_reading = False
             s.last_progress_ts_ms = now_ms
             self._emit(
                 SupplyProgress(

@@ -1,0 +1,83 @@
+"""``evcp-meter``: talk to a meter by hand (diagnostics)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+
+import click
+
+from evproto import __version__
+from evproto.hw import PROTOCOLS, MeterError, MeterGone, MeterProtocolError, MeterReading, MeterTimeout, make_driver
+
+from .common import EXIT_UNAVAILABLE
+
+EXIT_DATAERR = 65
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="evcp-meter")
+def main() -> None:
+    """Diagnostics for the meter an engine reads (see docs/hardware.md)."""
+
+
+@main.command()
+@click.option("--port", required=True, metavar="DEVICE",
+              help="The meter's device (/dev/ttyUSB0, serial:///dev/ttyS1?baudrate=9600) or tcp://host:port.")
+@click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="evproto", show_default=True)
+@click.option("--baudrate", type=int, default=None,
+              help="evproto: the line speed (default 9600). iec62056-21: the highest speed to switch to "
+              "(default: what the meter offers); sign-on is always at 300 baud 7E1.")
+@click.option("--address", default="", help="IEC 62056-21 device address (empty: any meter on the line).")
+@click.option("--timeout-s", type=click.FloatRange(min=0.1, max=120), default=5.0, show_default=True,
+              help="Give up after this long; the command never waits longer.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: energy_wh, power_w, voltage_v, current_a, status, timestamp.")
+def read(port: str, protocol: str, baudrate: int | None, address: str, timeout_s: float, as_json: bool) -> None:
+    """Take one reading and print it. Exit 69 if the meter does not answer, 65 if it answers garbage."""
+    driver = make_driver(protocol, port, baudrate=baudrate, address=address, timeout_s=timeout_s)
+
+    async def once() -> MeterReading:
+        try:
+            await asyncio.wait_for(driver.open(), timeout_s)
+            return await asyncio.wait_for(driver.read(), timeout_s)
+        except asyncio.TimeoutError:
+            raise MeterTimeout(f"no answer from the meter on {port} within {timeout_s:g} s") from None
+        finally:
+            await driver.close()
+
+    started = time.monotonic()
+    try:
+        reading = asyncio.run(once())
+    except MeterGone as exc:
+        click.echo(f"evcp-meter: no meter at {port}: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    except MeterTimeout as exc:
+        click.echo(f"evcp-meter: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    except MeterProtocolError as exc:
+        click.echo(f"evcp-meter: the meter answered, but not a valid {protocol} reading: {exc}", err=True)
+        sys.exit(EXIT_DATAERR)
+    except MeterError as exc:
+        click.echo(f"evcp-meter: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    if as_json:
+        click.echo(json.dumps(reading.as_json()))
+        return
+    r = reading
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.timestamp_ms / 1000))
+    click.echo(f"energy   {r.energy_wh / 1000:.3f} kWh ({r.energy_wh:.1f} Wh)")
+    click.echo(f"power    {r.power_w:.0f} W")
+    if r.voltage_v is not None:
+        click.echo(f"voltage  {r.voltage_v:.1f} V")
+    if r.current_a is not None:
+        click.echo(f"current  {r.current_a:.2f} A")
+    click.echo(f"status   {r.status.name or int(r.status)}")
+    clock = "meter clock" if r.meter_clock else "received"
+    click.echo(f"time     {when} UTC ({clock}); took {time.monotonic() - started:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

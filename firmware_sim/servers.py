@@ -1,0 +1,108 @@
+"""The simulated meter's protocols: evproto (link server) and IEC 62056-21 mode C readout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from evproto.aio import Link, serve_stream
+from evproto.errors import LinkDownError
+from evproto.messages import MeterReadRequest, MeterValues
+from evproto.link import RequestReceived
+
+from .faults import Faults, FaultyWriter
+from .model import MeterModel
+
+__all__ = ["evproto_session", "iec_session", "IDENTIFICATION", "readout_lines"]
+
+log = logging.getLogger("evproto.firmware_sim")
+
+#: What the simulated IEC meter says it is: manufacturer EVP, 9600 baud (5), our name.
+IDENTIFICATION = b"/EVP5EVPROTO-SIM\r\n"
+
+
+async def evproto_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model: MeterModel,
+                          faults: Faults) -> None:
+    """Serve one evproto session: answer every MeterReadRequest with MeterValues."""
+
+    async def handler(link: Link) -> None:
+        async for event in link.messages:
+            if isinstance(event, RequestReceived) and isinstance(event.message, MeterReadRequest):
+                energy, power, voltage, current, status = model.read()
+                await link.respond(event, MeterValues(energy_wh=energy, power_w=power, voltage_v=voltage,
+                                                      current_a=current, status=status,
+                                                      meter_timestamp_ms=int(time.time() * 1000)))
+
+    down = await serve_stream(reader, FaultyWriter(writer, faults), handler, node_id="evmeter-sim")  # type: ignore[arg-type]
+    log.info("evproto session ended: %s", down.reason.value)
+
+
+def readout_lines(model: MeterModel, serial_no: str = "12345678") -> list[str]:
+    """The data lines of one readout, as a typical residential meter sends them."""
+    energy, power, voltage, current, _status = model.read()
+    now = time.gmtime()
+    return [
+        f"0.0.0({serial_no})",
+        f"0.9.1({now.tm_hour:02d}{now.tm_min:02d}{now.tm_sec:02d})",
+        f"0.9.2({now.tm_year % 100:02d}{now.tm_mon:02d}{now.tm_mday:02d})",
+        f"1.8.0({energy / 1000:010.4f}*kWh)",
+        f"1.7.0({power / 1000:07.3f}*kW)",
+        f"32.7.0({voltage:05.1f}*V)" if voltage is not None else "32.7.0(000.0*V)",
+        f"31.7.0({(current or 0.0):06.2f}*A)",
+        "F.F(00000000)",
+    ]
+
+
+async def iec_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model: MeterModel, faults: Faults,
+                      *, address: str = "", line_timeout_s: float = 3.0) -> None:
+    """Serve IEC 62056-21 mode C readouts until the line closes."""
+    from evproto.hw.iec62056 import readout_bytes
+
+    out = FaultyWriter(writer, faults)
+    buf = bytearray()
+
+    async def line(first: bytes, limit: int = 128) -> bytes | None:
+        """The next line starting with ``first`` (noise before it skipped); None on timeout."""
+        nonlocal buf
+        deadline = asyncio.get_running_loop().time() + line_timeout_s
+        while True:
+            start = buf.find(first)
+            if start >= 0:
+                end = buf.find(b"\r\n", start)
+                if end >= 0:
+                    text = bytes(buf[start : end + 2])
+                    del buf[: end + 2]
+                    return text
+            if len(buf) > limit:
+                del buf[: len(buf) - limit]
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return None
+            try:
+                chunk = await asyncio.wait_for(reader.read(256), remaining)
+            except asyncio.TimeoutError:
+                return None
+            if not chunk:
+                raise EOFError
+            buf += chunk
+
+    try:
+        while True:
+            request = await line(b"/?", limit=256)
+            if request is None:
+                continue
+            wanted = request[2:-3].decode("ascii", "replace")  # between "/?" and "!\r\n"
+            if wanted and address and wanted.lstrip("0") != address.lstrip("0"):
+                continue  # addressed to another meter on the bus
+            out.write(IDENTIFICATION)
+            ack = await line(b"\x06", limit=64)
+            if ack is None:
+                continue  # the client gave up: wait for the next sign-on
+            await asyncio.sleep(0.05)  # the baud switch
+            out.write(readout_bytes(readout_lines(model)))
+    except (EOFError, OSError, LinkDownError):
+        pass
+    finally:
+        out.close()
+        await out.wait_closed()

@@ -62,22 +62,24 @@ async def iec_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     out = FaultyWriter(writer, faults)
     buf = bytearray()
 
-    async def line(first: bytes, limit: int = 128) -> bytes | None:
-        """The next line starting with ``first`` (noise before it skipped); None on timeout."""
+    async def next_line(timeout_s: float | None) -> bytes | None:
+        """The next complete sign-on (``/?...``) or ACK line, noise skipped; None on timeout."""
         nonlocal buf
-        deadline = asyncio.get_running_loop().time() + line_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
         while True:
-            start = buf.find(first)
-            if start >= 0:
+            starts = [i for i in (buf.find(b"/?"), buf.find(b"\x06")) if i >= 0]
+            if starts:
+                start = min(starts)
                 end = buf.find(b"\r\n", start)
                 if end >= 0:
                     text = bytes(buf[start : end + 2])
                     del buf[: end + 2]
                     return text
-            if len(buf) > limit:
-                del buf[: len(buf) - limit]
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
+            if len(buf) > 256:
+                del buf[:-256]
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
                 return None
             try:
                 chunk = await asyncio.wait_for(reader.read(256), remaining)
@@ -88,19 +90,24 @@ async def iec_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
             buf += chunk
 
     try:
+        signed_on = False
         while True:
-            request = await line(b"/?", limit=256)
-            if request is None:
+            line = await next_line(line_timeout_s if signed_on else None)
+            if line is None:  # the client went quiet after the identification: back to idle
+                signed_on = False
                 continue
-            wanted = request[2:-3].decode("ascii", "replace")  # between "/?" and "!\r\n"
-            if wanted and address and wanted.lstrip("0") != address.lstrip("0"):
-                continue  # addressed to another meter on the bus
-            out.write(IDENTIFICATION)
-            ack = await line(b"\x06", limit=64)
-            if ack is None:
-                continue  # the client gave up: wait for the next sign-on
-            await asyncio.sleep(0.05)  # the baud switch
-            out.write(readout_bytes(readout_lines(model)))
+            if line.startswith(b"/?"):
+                # A sign-on restarts the session at any time, as on a real meter.
+                wanted = line[2:-3].decode("ascii", "replace")  # between "/?" and "!\r\n"
+                if wanted and address and wanted.lstrip("0") != address.lstrip("0"):
+                    signed_on = False
+                    continue  # addressed to another meter on the bus
+                out.write(IDENTIFICATION)
+                signed_on = True
+            elif signed_on:  # the acknowledgement / option select
+                signed_on = False
+                await asyncio.sleep(0.05)  # the baud switch
+                out.write(readout_bytes(readout_lines(model)))
     except (EOFError, OSError, LinkDownError):
         pass
     finally:

@@ -18,7 +18,7 @@ from evproto.aio import open_stream
 from evproto.endpoint import Endpoint, parse_endpoint
 from evproto.errors import TransportError
 
-from .base import MeterGone, MeterReading, MeterTimeout
+from .base import MeterGone, MeterProtocolError, MeterReading, MeterTimeout
 from .iec62056 import (
     BAUD_CHARS,
     BAUD_SWITCH_WAIT_S,
@@ -109,7 +109,10 @@ class Iec62056Meter:
             while ident is None:
                 ident = ident_reader.feed(await self._read_some(deadline))
             self.last_identification = ident
-            char = select_baud_char(ident.baud_char, self.max_baud)
+            try:
+                char = select_baud_char(ident.baud_char, self.max_baud)
+            except ValueError as exc:  # a garbled identification, or not a mode C meter
+                raise MeterProtocolError(f"identification {ident.manufacturer}{ident.baud_char}: {exc}") from exc
             self._writer.write(ack_option(char))
             await self._writer.drain()
             # The ACK must leave at the old speed before both ends switch.

@@ -325,6 +325,55 @@ async def test_delivery_futures_and_counters(counts, producer) -> None:
     assert producer.produced == 6
 
 
+async def test_posted_records_arrive_in_order_and_are_counted(settings, counts) -> None:
+    # post() waits for nothing; with a tiny local queue part of it goes through the backlog.
+    small = KafkaSettings(
+        bootstrap=settings.bootstrap, prefix=settings.prefix, extra={"queue.buffering.max.messages": "50"}
+    )
+    async with BusProducer(small) as p:
+        for i in range(300):
+            p.post(Topic.CP_EVENTS, "cp-3", b"t%d" % i, partition=3)
+        assert p.pending == 0  # nothing to wait for
+        last = await guard(p.send(Topic.CP_EVENTS, "cp-3", b"last", partition=3))
+        assert last == (3, 300)
+        # Reports come in delivery order: every posted record was settled before the send.
+        assert (p.produced, p.delivered, p.failed) == (301, 301, 0)
+        with pytest.raises(TypeError):
+            p.post(Topic.CP_EVENTS, "cp-3", "not bytes")  # type: ignore[arg-type]
+    async with BusConsumer(settings, [(Topic.CP_EVENTS, 3, 0)]) as consumer:
+        got = await take(consumer, 301)
+    assert [r.value for r in got] == [b"t%d" % i for i in range(300)] + [b"last"]
+
+
+async def test_posted_record_that_fails_is_counted_and_logged(
+    settings, counts, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with BusProducer(settings, delivery_timeout_s=0.5) as p:
+        p.post(Topic.CP_EVENTS, "cp-3", b"x", partition=999)  # no such partition
+        await until(lambda: p.failed == 1)
+        assert p.delivered == 0
+    assert any("delivery to" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_next_batch_takes_what_is_queued_in_order(settings, counts, producer) -> None:
+    for i in range(119):
+        producer.post(Topic.CP_EVENTS, "cp-2", b"b%d" % i, partition=2)
+    await guard(producer.send(Topic.CP_EVENTS, "cp-2", b"b119", partition=2))
+    consumer = BusConsumer(settings, [(Topic.CP_EVENTS, 2, 0)])
+    await consumer.start()
+    try:
+        assert consumer._queue is not None
+        queue = consumer._queue
+        await until(lambda: queue.qsize() >= 120)
+        batches = [await guard(consumer.next_batch(50)) for _ in range(3)]
+        assert [len(b) for b in batches] == [50, 50, 20]
+        assert [r.value for b in batches for r in b] == [b"b%d" % i for i in range(120)]
+    finally:
+        await consumer.close()
+    with pytest.raises(StopAsyncIteration):  # closed: the end comes after what was queued
+        await guard(consumer.next_batch(50))
+
+
 async def test_consumer_from_absolute_offset(settings, counts, producer) -> None:
     for i in range(10):
         await guard(producer.send(Topic.CP_COMMANDS, "cp-9", b"%d" % i, partition=1))

@@ -190,6 +190,27 @@ class BusConsumer:
             raise item
         return item
 
+    async def next_batch(self, max_records: int = 500) -> list[Record]:
+        """Wait for the next record, then take whatever else is already here (up to ``max_records``).
+
+        Lets a reader amortise per-batch work (one database transaction for many
+        records). Raises like ``__anext__``; an empty list never comes back: at the
+        end of iteration StopAsyncIteration is raised.
+        """
+        first = await self.__anext__()
+        batch = [first]
+        assert self._queue is not None
+        while len(batch) < max_records and not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is _END:  # the next call ends iteration, after this batch
+                self._ended = True
+                break
+            if isinstance(item, BusError):  # the next call raises it, after this batch
+                self._error = item
+                break
+            batch.append(item)
+        return batch
+
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop polling and close the client; iteration ends. Bounded even without a broker."""
         if self._closed or self._done is None or self._queue is None:

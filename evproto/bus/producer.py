@@ -40,7 +40,7 @@ class _Outgoing(NamedTuple):
     key: bytes
     value: bytes | None
     partition: int | None
-    future: asyncio.Future[tuple[int, int]]
+    future: asyncio.Future[tuple[int, int]] | None  # None: posted, nobody waits
     queued_at: float
 
 
@@ -82,6 +82,10 @@ class BusProducer:
         self._broker_was_down = False
         #: Times the underlying client was replaced after the broker forgot it.
         self.rebuilds = 0
+        # Delivery reports from librdkafka's thread, settled on the loop in batches:
+        # one wake-up of the loop per poll, not one per record.
+        self._reports: deque[tuple[asyncio.Future[tuple[int, int]] | None, Any, BusError | None]] = deque()
+        self._wake_pending = False
 
     @property
     def pending(self) -> int:
@@ -162,18 +166,32 @@ class BusProducer:
         (deletes ``key`` from a compacted topic). Never blocks: when librdkafka's
         local queue is full, the record waits in a bounded backlog, in order.
         """
+        if self._loop is None:
+            raise BusError("producer not started")
+        fut: asyncio.Future[tuple[int, int]] = self._loop.create_future()
+        self._enqueue(topic, key, value, partition, fut)
+        return fut
+
+    def _enqueue(
+        self,
+        topic: Topic,
+        key: str,
+        value: bytes | None,
+        partition: int | None,
+        fut: asyncio.Future[tuple[int, int]] | None,
+    ) -> None:
         if self._producer is None or self._loop is None:
             raise BusError("producer not started")
         if value is not None and not isinstance(value, (bytes, bytearray)):
             raise TypeError(f"value must be bytes or None, not {type(value).__name__}")
         if partition is not None and not (isinstance(partition, int) and partition >= 0):
             raise ValueError(f"partition must be an int >= 0 or None, got {partition!r}")
-        fut: asyncio.Future[tuple[int, int]] = self._loop.create_future()
         item = _Outgoing(
             self.settings.topic(topic), key.encode("utf-8"), value, partition, fut, time.monotonic()
         )
         self.produced += 1
-        self._pending.add(fut)
+        if fut is not None:
+            self._pending.add(fut)
         if self._closing:
             self._settle(fut, None, BusError("producer is closing", code="_STATE"))
         elif self._fatal is not None:
@@ -185,7 +203,15 @@ class BusProducer:
                 self._backlog.append(item)
                 if self._drainer is None or self._drainer.done():
                     self._drainer = self._loop.create_task(self._drain_backlog())
-        return fut
+
+    def post(self, topic: Topic, key: str, value: bytes | None, *, partition: int | None = None) -> None:
+        """Queue one record and wait for nothing: for telemetry that the next record supersedes.
+
+        Delivery is as reliable as :meth:`produce` (idempotent, ``acks=all``); a
+        failure is counted in ``failed`` and logged (rate-limited) instead of failing
+        a future. Saves a future and a callback per record on busy paths.
+        """
+        self._enqueue(topic, key, value, partition, None)
 
     async def send(
         self, topic: Topic, key: str, value: bytes | None, *, partition: int | None = None
@@ -236,6 +262,7 @@ class BusProducer:
         except asyncio.TimeoutError:
             undelivered = len(self._pending)
             log.warning("Kafka producer did not close within %g s", timeout_s)
+        self._settle_reports()  # outcomes the final flush reported
         for fut in list(self._pending):
             self._settle(
                 fut, None, BusError("producer closed before delivery", code="_PURGE_QUEUE")
@@ -293,15 +320,19 @@ class BusProducer:
                 time.sleep(0.1)
 
     def _on_delivery(
-        self, fut: asyncio.Future[tuple[int, int]], err: KafkaError | None, msg: Any
+        self, fut: asyncio.Future[tuple[int, int]] | None, err: KafkaError | None, msg: Any
     ) -> None:
         # librdkafka's thread: only hand the outcome to the loop.
-        if err is None:
-            args: tuple[Any, Any] = ((msg.partition(), msg.offset()), None)
-        else:
-            args = (None, _bus_error(err, f"delivery to {msg.topic()} failed"))
         assert self._loop is not None
-        _call_soon_threadsafe(self._loop, self._settle, fut, *args)
+        if err is None:
+            self._reports.append((fut, (msg.partition(), msg.offset()) if fut is not None else None, None))
+        else:
+            self._reports.append((fut, None, _bus_error(err, f"delivery to {msg.topic()} failed")))
+        if not self._wake_pending:
+            # Cleared by the loop before it drains: a report appended after that is
+            # either drained by this round or schedules the next one.
+            self._wake_pending = True
+            _call_soon_threadsafe(self._loop, self._settle_reports)
         if err is not None and (err.code() in _REBUILD_CODES or err.fatal()):
             _call_soon_threadsafe(self._loop, self._request_rebuild, err.str())
         elif err is not None and err.code() == KafkaError._MSG_TIMED_OUT and self._broker_was_down:
@@ -310,20 +341,27 @@ class BusProducer:
             self._broker_was_down = False
             _call_soon_threadsafe(self._loop, self._request_rebuild, "records timed out after a broker outage")
 
+    def _settle_reports(self) -> None:
+        self._wake_pending = False
+        reports = self._reports
+        while reports:
+            self._settle(*reports.popleft())
+
     def _settle(
-        self, fut: asyncio.Future[tuple[int, int]], result: Any, exc: BusError | None
+        self, fut: asyncio.Future[tuple[int, int]] | None, result: Any, exc: BusError | None
     ) -> None:
-        if fut not in self._pending:
-            return
-        self._pending.discard(fut)
+        if fut is not None:
+            if fut not in self._pending:
+                return
+            self._pending.discard(fut)
         if exc is None:
             self.delivered += 1
-            if not fut.done():
+            if fut is not None and not fut.done():
                 fut.set_result(result)
             return
         self.failed += 1
         self._warn.log(logging.WARNING, f"Kafka producer: {exc}")
-        if not fut.done():
+        if fut is not None and not fut.done():
             fut.set_exception(exc)
             # Logged above (rate-limited): callers that fire and forget get no
             # "exception was never retrieved" flood while the broker is down.

@@ -80,6 +80,9 @@ _NACK = Control.NACK.byte
 _ENQ = Control.ENQ.byte
 _EOT = Control.EOT.byte
 
+#: A server probes an idle link after this many keepalives (a client after one).
+SERVER_PROBE_FACTOR = 1.5
+
 
 class Side(enum.Enum):
     """Which end of the link: the client sends ENQ and Hello, the server answers."""
@@ -298,6 +301,7 @@ class LinkConnection:
         self.decoder = FrameDecoder(max_body=self.config.max_body)
         #: The agreed keepalive (seconds), known once Connected.
         self.keepalive_s: float | None = None
+        self._probe_after_s = 0.0
         #: The peer's Hello (server side) once received.
         self.peer_hello: Hello | None = None
         #: The server's Accept (client side) once received.
@@ -449,7 +453,7 @@ class LinkConnection:
             retransmit = self._settle_until
         keepalive = None
         if self.state is LinkState.OPEN and self.keepalive_s is not None:
-            keepalive = self._last_tx + self.keepalive_s
+            keepalive = self._last_tx + self._probe_after_s
         return {
             "interbyte": (
                 self._last_byte_rx + self.config.interbyte_timeout_s if self.decoder.wants_resync else None
@@ -645,6 +649,10 @@ class LinkConnection:
 
     def _open(self, keepalive_ms: int, now: float) -> None:
         self.keepalive_s = keepalive_ms / 1000.0
+        # The client probes after one idle keepalive; the server waits half a keepalive
+        # longer, so a live client's Ping (whose ACK is the server's transmission) always
+        # comes first: one Ping and one ACK per keepalive per link, not two of each.
+        self._probe_after_s = self.keepalive_s * (1.0 if self.side is Side.CLIENT else SERVER_PROBE_FACTOR)
         self.state = LinkState.OPEN
         self._rearm_silence(now)
 

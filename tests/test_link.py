@@ -276,13 +276,35 @@ def test_settle_time_releases_the_next_frame_when_no_duplicate_ack_comes() -> No
 # -- keepalive and endings -------------------------------------------------------------------
 
 
-def test_idle_link_pings_each_keepalive_and_stays_up() -> None:
+def test_idle_link_costs_one_ping_per_keepalive_and_stays_up() -> None:
     p = Pair()
+    c0, s0 = p.c.stats.frames_sent, p.s.stats.frames_sent
     for _ in range(10):
         p.advance(1.0)
     assert p.c.state is p.s.state is LinkState.OPEN
-    assert p.c.stats.frames_sent >= 10 and p.s.stats.frames_sent >= 10
+    # The client probes; the server, waiting 1.5 keepalives, is always answered first:
+    # its ACKs are its transmissions, so it never needs a Ping of its own.
+    assert (p.c.stats.frames_sent - c0, p.s.stats.frames_sent - s0) == (10, 0)
     assert delivered_messages(p.sev) == [] and delivered_messages(p.cev) == []  # Pings are not delivered
+
+
+def test_server_probes_a_client_that_falls_silent() -> None:
+    mute = {"on": False}
+    p = Pair(wire=lambda d, data: b"" if mute["on"] and d == "c>s" else data)
+    p.advance(1.0)  # the client pings; the server's ACK is its last transmission
+    mute["on"] = True  # the client freezes: nothing from it arrives any more
+    heard = p.t
+    sent = p.s.stats.frames_sent
+    assert p.s.get_timer() == pytest.approx(heard + 1.5)  # probe before the 2.5 s silence limit
+    p.advance(1.5 - 0.001)
+    assert p.s.stats.frames_sent == sent
+    p.advance(0.002)
+    assert p.s.stats.frames_sent == sent + 1  # the server's own Ping
+    p.advance(heard + 2.5 - p.t - 0.001)
+    assert p.s.state is LinkState.OPEN
+    p.advance(0.002)
+    assert p.s.state is LinkState.CLOSED
+    assert [d.reason for d in p.take("s", LinkDown)] == [DownReason.PEER_SILENT]
 
 
 def test_silent_peer_is_declared_dead_exactly_at_the_keepalive_bound() -> None:

@@ -316,7 +316,11 @@ class Link:
     def _rearm_timer(self) -> None:
         deadline = self.conn.get_timer()
         if self._timer is not None:
-            if deadline is not None and self._timer.when() == deadline:
+            if deadline is not None and self._timer.when() <= deadline:
+                # Most traffic only moves deadlines later (silence, keepalive): keep the
+                # armed timer; when it fires early, handle_timer finds nothing due and
+                # the timer is armed again at the new deadline. One timer per deadline
+                # period instead of a cancel and a new handle per frame.
                 return
             self._timer.cancel()
             self._timer = None

@@ -30,7 +30,7 @@ from evproto import (
     Role,
 )
 from evproto.aio import Link, Server, serve
-from evproto.bus.events import EventDecodeError, Heartbeat, decode_event, encode_event
+from evproto.bus.events import DriverTelemetry, EventDecodeError, Heartbeat, SupplyProgress, decode_event, encode_event
 from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, all_partitions, end_offsets, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 
@@ -44,6 +44,8 @@ __all__ = ["CentralOptions", "Central"]
 log = logging.getLogger("evproto.central")
 
 HEARTBEAT_INTERVAL_S = 1.0
+#: Kafka records handled per database transaction at most.
+BATCH_SIZE = 500
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -156,7 +158,9 @@ class Central:
                     row = next(rows)
                     self._send_row(row)
                 else:
-                    self._produce(fx.topic, fx.key, encode_event(fx.event))
+                    if isinstance(fx.event, DriverTelemetry):
+                        self.counters["telemetry_out"] += 1
+                    self._post(fx.topic, fx.key, encode_event(fx.event))
 
     def _partition(self, topic: Topic, key: str) -> int:
         return partition_for(key, self.partitions.get(topic, 1))
@@ -173,6 +177,18 @@ class Central:
         self.counters["produced"] += 1
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         return fut
+
+    def _post(self, topic: Topic, key: str, value: bytes) -> None:
+        """Send a record nobody waits for (telemetry, state): no future, failures counted."""
+        if self.producer is None:
+            return
+        try:
+            self.producer.post(topic, key, value, partition=self._partition(topic, key))
+        except Exception as exc:
+            self.counters["produce_errors"] += 1
+            log.warning("cannot queue a %s event: %s", topic.value, exc)
+            return
+        self.counters["produced"] += 1
 
     def _send_row(self, row: OutboxRow) -> None:
         fut = self._produce(Topic(row.topic), row.key, row.value)
@@ -254,19 +270,31 @@ class Central:
         if fresh:
             self._apply([], fresh)
         async with BusConsumer(self.opts.kafka, assignments=assignments) as consumer:
-            async for record in consumer:
-                self.counters["consumed"] += 1
-                offsets = {(record.topic.value, record.partition): record.offset + 1}
+            while True:
                 try:
-                    event = decode_event(record.value)
-                except EventDecodeError as exc:
-                    self.counters["malformed"] += 1
-                    if self.counters["malformed"] <= 10 or self.counters["malformed"] % 1000 == 0:
-                        log.warning("skipped malformed record %s[%d]@%d (%d so far): %s", record.topic.value,
-                                    record.partition, record.offset, self.counters["malformed"], exc)
-                    self._apply([], offsets)
-                    continue
-                self._apply(self.core.on_event(event, now_ms()), offsets)
+                    batch = await consumer.next_batch(BATCH_SIZE)
+                except StopAsyncIteration:
+                    return
+                # One transaction per batch: decisions, owed events and offsets together.
+                effects: list[Effect] = []
+                offsets: dict[tuple[str, int], int] = {}
+                now = now_ms()
+                for record in batch:
+                    offsets[(record.topic.value, record.partition)] = record.offset + 1
+                    try:
+                        event = decode_event(record.value)
+                    except EventDecodeError as exc:
+                        self.counters["malformed"] += 1
+                        if self.counters["malformed"] <= 10 or self.counters["malformed"] % 1000 == 0:
+                            log.warning("skipped malformed record %s[%d]@%d (%d so far): %s", record.topic.value,
+                                        record.partition, record.offset, self.counters["malformed"], exc)
+                        continue
+                    if isinstance(event, SupplyProgress):
+                        self.counters["telemetry_in"] += 1
+                    effects += self.core.on_event(event, now)
+                self.counters["consumed"] += len(batch)
+                self.counters["batches"] += 1
+                self._apply(effects, offsets)
 
     async def _ticker(self) -> None:
         while True:

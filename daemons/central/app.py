@@ -34,7 +34,7 @@ from evproto.bus.events import DriverTelemetry, EventDecodeError, Heartbeat, Sup
 from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, all_partitions, end_offsets, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 
-from ..common import now_ms, stdin_lines, write_ready_file
+from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
 from .core import CentralCore, Effect, Note, Publish, Rules, UnknownCpError
 from .store import OutboxRow, Store
 from .view import CentralView, MessageView, SessionView
@@ -369,7 +369,7 @@ class Central:
             kafka=self.opts.kafka.bootstrap,
             kafka_ok=self.kafka_ok,
             now_ts_ms=now_ms(),
-            counters=dict(self.counters),
+            counters={**self.counters, **GC_PAUSES.counters()},
         )
 
     def sessions(self, **query: Any) -> list[SessionView]:

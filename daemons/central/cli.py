@@ -13,7 +13,7 @@ from evproto import __version__
 from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.errors import TransportError
 
-from ..common import EXIT_UNAVAILABLE, setup_logging, shutdown_event
+from ..common import EXIT_UNAVAILABLE, setup_logging, shutdown_event, tune_gc
 from .core import Rules
 from .store import Store
 
@@ -100,6 +100,8 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
         ready_file=ready_file,
         panel=show_panel,
     )
+
+    tune_gc()  # thousands of links: see GC_YOUNG_THRESHOLD
 
     async def run() -> int:
         return await Central(opts).run(shutdown_event())

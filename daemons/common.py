@@ -29,6 +29,7 @@ __all__ = [
     "save_json_atomic",
     "load_json",
     "tune_gc",
+    "raise_fd_limit",
     "GC_PAUSES",
     "GC_YOUNG_THRESHOLD",
     "EXIT_OK",
@@ -198,6 +199,26 @@ def tune_gc(young_threshold: int = GC_YOUNG_THRESHOLD) -> None:
     gc.set_threshold(young_threshold, middle, old)
     if GC_PAUSES not in gc.callbacks:
         gc.callbacks.append(GC_PAUSES)
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to the hard limit; return the new soft limit.
+
+    Every monitor link is a socket: with the usual soft limit of 1,024 a Central
+    would refuse CPs past about a thousand ("Too many open files") while the
+    hard limit allows far more.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):  # e.g. above fs.nr_open: keep what we have
+        return soft
+    return target
 
 
 def write_ready_file(path: str | None, **info: Any) -> None:

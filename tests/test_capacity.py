@@ -71,3 +71,27 @@ def test_tune_gc_freezes_startup_and_measures_pauses() -> None:
     assert threshold_set and frozen
     assert counters["gc_full_collections"] == 1  # the explicit one after tune_gc()
     assert counters["gc_full_pause_max_ms"] >= 0
+
+
+def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"hard limit {hard} leaves nothing to raise")
+
+    def lower() -> None:  # in the child: a typical distribution default
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    code = (
+        "import resource\n"
+        "from evproto.daemons.common import raise_fd_limit\n"
+        "got = raise_fd_limit()\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], got)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         preexec_fn=lower)
+    now, got = map(int, out.stdout.split())
+    assert now == got > 256
+    if hard != resource.RLIM_INFINITY:
+        assert now == hard

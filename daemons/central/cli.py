@@ -13,7 +13,7 @@ from evproto import __version__
 from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.errors import TransportError
 
-from ..common import EXIT_UNAVAILABLE, setup_logging, shutdown_event, tune_gc
+from ..common import EXIT_UNAVAILABLE, raise_fd_limit, setup_logging, shutdown_event, tune_gc
 from .core import Rules
 from .store import Store
 
@@ -102,6 +102,10 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
     )
 
     tune_gc()  # thousands of links: see GC_YOUNG_THRESHOLD
+    fds = raise_fd_limit()
+    if fds < 4096:
+        logging.getLogger("evproto.central").warning(
+            "open files limited to %d: Central can hold about %d monitor links (raise with ulimit -n)", fds, fds - 100)
 
     async def run() -> int:
         return await Central(opts).run(shutdown_event())

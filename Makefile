@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo demo-protocol venv bench fuzz detection soak wheel clean
+.PHONY: test demo demo-protocol venv bench fuzz detection soak capacity wheel clean
 
 venv: $(STAMP)
 
@@ -40,6 +40,10 @@ detection: $(STAMP)
 # 15 minutes of evcharging chaos on a 5 CP / 3 driver network, then evcharging audit.
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --minutes 15 --write docs/resilience.md
+
+# How many CPs one Central supervises: a sweep to the knee, about 10 minutes.
+capacity: $(STAMP)
+	$(BIN)/python benchmarks/capacity.py --sweep 1000,3000,5000,7000,9000 --duration 30 --write docs/performance.md
 
 wheel: $(STAMP)
 	$(BIN)/python -m pip wheel --no-deps -w dist .

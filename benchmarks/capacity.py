@@ -60,6 +60,7 @@ from evproto.bus.events import (
 )
 from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, end_offsets, ensure_topics
 from evproto.bus.topics import Topic, partition_for
+from evproto.daemons.common import raise_fd_limit
 
 CLK = os.sysconf("SC_CLK_TCK")
 MP = multiprocessing.get_context("spawn")
@@ -105,6 +106,8 @@ def http_json(url: str) -> Any:
 
 def _monitors_main(central: str, cp_ids: list[str], conn: Connection) -> None:
     """N monitor links to Central (keepalive 1 s), held until told to stop."""
+    if raise_fd_limit() < len(cp_ids) + 100:
+        raise SystemExit(f"open files limit too low for {len(cp_ids)} links: raise it with ulimit -n")
 
     async def run() -> None:
         config = LinkConfig(handshake_timeout_s=30.0)
@@ -477,10 +480,18 @@ def main(argv: list[str] | None = None) -> int:
         broker.start()
         bootstrap = broker.bootstrap
     results = []
+    failed = ""
     try:
         for n in sizes:
             run_args = argparse.Namespace(**{**vars(args), "cps": n, "drivers": args.drivers or n})
-            r = asyncio.run(measure(run_args, bootstrap, workdir, broker.pid if broker is not None else None))
+            try:
+                r = asyncio.run(measure(run_args, bootstrap, workdir, broker.pid if broker is not None else None))
+            except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
+                if not args.sweep or not results:
+                    raise
+                failed = f"{n} CPs: the run failed ({exc}); the sweep stops here."
+                say(run_args, failed)
+                break
             results.append(r)
             print(f"[{n} CPs] {json.dumps(r)}", file=sys.stderr, flush=True)
     finally:
@@ -491,16 +502,25 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}: `python benchmarks/capacity.py "
         + (f"--sweep {args.sweep}" if args.sweep else f"--cps {args.cps}") + f" --duration {args.duration:g}`.",
         "",
-        "| CPs supplying | telemetry in / out per s | latency p50 / p99 | Central CPU | Central RSS | lag grows | "
-        "Central / bare consumer | engine / monitor RSS |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| CPs supplying | telemetry in / out per s | latency p50 / p99 | p99 to / from Central | Central CPU | "
+        "Central RSS | lag grows | Central / bare consumer | full GCs | machine busy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
+        split = r["latency_split_ms"]
         lines.append(
             f"| {r['supplying']} of {r['cps']} | {r['telemetry_in_per_s']:.0f} / {r['telemetry_out_per_s']:.0f} | "
-            f"{r['latency_ms']['p50']:.0f} / {r['latency_ms']['p99']:.0f} ms | {r['central_cpu_percent']:.0f} % | "
+            f"{r['latency_ms']['p50']:.0f} / {r['latency_ms']['p99']:.0f} ms | "
+            f"{split['to_central_p99']:.0f} / {split['from_central_p99']:.0f} ms | {r['central_cpu_percent']:.0f} % | "
             f"{r['central_rss_mb']:.0f} MB | {'yes' if r['lag_growing'] else 'no'} | {r['central_vs_bare']} | "
-            f"{r['engine_rss_mb']:.0f} / {r['monitor_rss_mb']:.0f} MB |")
+            f"{r['central_gc']['full_collections']} | {r['machine_busy_percent']:.0f} % |")
+    last = results[-1]
+    lines += ["", f"One real engine and monitor pair ran alongside the simulated CPs: engine RSS "
+              f"{last['engine_rss_mb']:.0f} MB, monitor RSS {last['monitor_rss_mb']:.0f} MB. Bare consumer's own "
+              f"latency (engine produced -> a bare loop has it) at {last['cps']} CPs: p50 "
+              f"{last['bare_latency_ms']['p50']:.0f} / p99 {last['bare_latency_ms']['p99']:.0f} ms."]
+    if failed:
+        lines += ["", failed]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:

@@ -15,7 +15,8 @@ supplies alongside, to measure their memory. It reports:
 - telemetry messages/s into Central (SupplyProgress) and out of it (DriverTelemetry);
 - end-to-end telemetry latency, engine event produced -> driver receives it, p50/p99;
 - Central's CPU and RSS, the real engine's and monitor's RSS;
-- whether Central's consumer lag grew during the measurement window;
+- whether Central's consumer lag grew during the measurement window (its trend over one
+  sample a second: growing means falling behind by more than 1 % of the arrivals);
 - a bare confluent-kafka consumer on the same topic in the same run, for comparison.
 
 With ``--json`` the last line of output is one JSON object (the keys the issue pins,
@@ -174,15 +175,35 @@ def _bare_main(bootstrap: str, topic: str, partitions: int, measuring: Any, conn
     count = 0
     ages: list[float] = []  # engine produced -> this loop has it: what the bus alone costs
     while not conn.poll():
-        msgs = c.consume(1000, 0.1)
-        if measuring.is_set():
-            now = time.time() * 1000
-            for m in msgs:
-                if m.error() is None:
-                    count += 1
-                    ages.append(now - m.timestamp()[1])
+        # poll() returns as soon as a record is there; consume(n, timeout) would hold
+        # records back until n arrived or the timeout passed, and inflate the ages.
+        m = c.poll(0.1)
+        if m is not None and m.error() is None and measuring.is_set():
+            count += 1
+            ages.append(time.time() * 1000 - m.timestamp()[1])
     c.close()
     conn.send((count, ages))
+
+
+def _drain_main(bootstrap: str, topic: str, start: dict[int, int], end: dict[int, int], conn: Connection) -> None:
+    """A bare confluent-kafka loop reading exactly [start, end) of every partition, timed."""
+    import confluent_kafka
+
+    c = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": "capacity-drain",
+                                  "enable.auto.commit": False, "enable.partition.eof": False})
+    c.list_topics(topic, timeout=10)  # connected before the clock starts
+    left = {p: end[p] - start[p] for p in start if end[p] > start[p]}
+    count = 0
+    t0 = time.perf_counter()
+    c.assign([confluent_kafka.TopicPartition(topic, p, start[p]) for p in left])
+    while any(v > 0 for v in left.values()):
+        for m in c.consume(1000, 0.01):  # never waits long for a batch to fill
+            if m.error() is None and m.offset() < end[m.partition()]:
+                count += 1
+                left[m.partition()] -= 1
+    elapsed = time.perf_counter() - t0
+    c.close()
+    conn.send((count, elapsed))
 
 
 class Child:
@@ -216,6 +237,7 @@ class Engines:
         self.measuring = False
         self.produced = 0
         self.producer = BusProducer(settings, linger_ms=5)
+        self.energy: dict[str, float] = {}
 
     async def run_engines(self) -> None:
         assignments = [(Topic.CP_COMMANDS, p, OFFSET_END) for p in range(self.partitions[Topic.CP_COMMANDS])]
@@ -234,10 +256,24 @@ class Engines:
     def send(self, topic: Topic, key: str, event: Any) -> None:
         self.producer.post(topic, key, encode_event(event), partition=partition_for(key, self.partitions[topic]))
 
+    def burst(self, seconds: int) -> int:
+        """``seconds`` readings from every supplying CP, posted at once; returns how many."""
+        now = int(time.time() * 1000)
+        n = 0
+        for _ in range(seconds):
+            for cp_id, (session, driver) in list(self.supplying.items()):
+                e = self.energy.get(cp_id, 0.0) + 0.002
+                self.energy[cp_id] = e
+                self.send(Topic.CP_EVENTS, cp_id, SupplyProgress(
+                    cp_id=cp_id, session_id=session, driver_id=driver, energy_kwh=e, amount_eur=e * 0.3,
+                    power_kw=7.4, elapsed_s=1.0, ts_ms=now))
+                n += 1
+        return n
+
     async def telemetry(self) -> None:
         """Every CP that supplies reports once a second, spread over the second in 10 slices."""
         slot = 0
-        energy: dict[str, float] = {}
+        energy = self.energy
         next_at = time.monotonic()
         while True:
             next_at += 0.1
@@ -264,15 +300,70 @@ class Engines:
                 await asyncio.sleep(0.05)
 
 
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (t, y) points (0 with fewer than two distinct t)."""
+    n = len(points)
+    if n < 2:
+        return 0.0
+    mt = sum(t for t, _ in points) / n
+    my = sum(y for _, y in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return sum((t - mt) * (y - my) for t, y in points) / var if var else 0.0
+
+
+def stored_offsets(db: str) -> dict[int, int]:
+    """Central's next cp-events offset per partition, as committed with its decisions."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT partition, next_offset FROM offsets WHERE topic = 'cp-events'").fetchall())
+    finally:
+        conn.close()
+
+
 def central_lag(db: str, bootstrap_settings: KafkaSettings, partitions: int) -> int:
     """Records in cp-events Central has not processed (end offsets minus its stored offsets)."""
     ends = asyncio.run(end_offsets(bootstrap_settings, Topic.CP_EVENTS, range(partitions)))
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        stored = dict(conn.execute("SELECT partition, next_offset FROM offsets WHERE topic = 'cp-events'").fetchall())
-    finally:
-        conn.close()
+    stored = stored_offsets(db)
     return sum(max(0, ends[p] - stored.get(p, ends[p])) for p in range(partitions))
+
+
+async def catch_up(args: argparse.Namespace, engines: Engines, db: str, settings: KafkaSettings, bootstrap: str,
+                   partitions: int) -> dict[str, Any]:
+    """Saturate Central's telemetry path, then drain the same records with a bare consume loop.
+
+    The engines post ``--burst`` seconds' worth of readings at once (for the real
+    sessions, energy still rising); Central is timed from the first post until its
+    committed offsets pass the burst's end (it decodes, decides, relays and commits
+    every record, the live readings arriving meanwhile included). Posting takes a
+    small fraction of that time. A bare confluent-kafka loop in
+    its own process then reads exactly the burst's records. Ratio = Central's
+    records/s over the bare loop's.
+    """
+    topic = settings.topic(Topic.CP_EVENTS)
+    start = await end_offsets(settings, Topic.CP_EVENTS, range(partitions))
+    done0 = sum(stored_offsets(db).get(p, 0) for p in range(partitions))
+    t0 = time.monotonic()  # posting takes a fraction of what Central needs: time it all
+    posted = engines.burst(int(args.burst))
+    owed = engines.producer.produced  # live readings keep coming: wait for these, not for a quiet moment
+    while engines.producer.delivered + engines.producer.failed < owed:
+        await asyncio.sleep(0.01)
+    target = await end_offsets(settings, Topic.CP_EVENTS, range(partitions))
+    goal = sum(target.values())
+    deadline = t0 + 600
+    while time.monotonic() < deadline:
+        stored = stored_offsets(db)
+        if all(stored.get(p, 0) >= target[p] for p in range(partitions)):
+            break
+        await asyncio.sleep(0.02)
+    central_s = time.monotonic() - t0
+    done = sum(stored_offsets(db).get(p, 0) for p in range(partitions))
+    central_rate = (min(done, goal) - done0) / central_s if central_s > 0 else float("nan")
+    drain = Child(_drain_main, bootstrap, topic, start, target)
+    count, bare_s = await drain.recv(600)
+    drain.stop()
+    bare_rate = count / bare_s if bare_s > 0 else float("nan")
+    return {"records": posted, "central_per_s": round(central_rate), "bare_per_s": round(bare_rate),
+            "central_vs_bare": round(central_rate / bare_rate, 3) if bare_rate else None}
 
 
 async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker_pid: int | None) -> dict[str, Any]:
@@ -370,10 +461,13 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         measuring.set()
         engines.measuring = True
         rss_samples = []
+        lag_samples = [(0.0, lag0)]
         end = time.monotonic() + args.duration
         while time.monotonic() < end:
             await asyncio.sleep(1.0)
             rss_samples.append(proc_rss_mb(central.pid))
+            lag = await asyncio.to_thread(central_lag, db, settings, partitions[Topic.CP_EVENTS])
+            lag_samples.append((time.monotonic() - w0, lag))
         measuring.clear()
         engines.measuring = False
         window = time.monotonic() - w0
@@ -383,6 +477,8 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         busy1 = machine_busy()
         status1 = http_json(f"{http}/status")["counters"]
         lag1 = await asyncio.to_thread(central_lag, db, settings, partitions[Topic.CP_EVENTS])
+        lag_samples.append((window, lag1))
+        lag_slope = slope(lag_samples)
         if profiler is not None:
             profiler.wait()
         await asyncio.sleep(1.0)  # relays of the window's last records still on their way
@@ -391,6 +487,10 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         latencies, to_central, from_central = await drivers_proc.recv(60)
         bare_count, bare_ages = await bare.recv(60)
         cps = http_json(f"{http}/cps")
+        caught = {}
+        if args.burst > 0:  # links still up, so the sessions are live
+            say(args, f"catch-up: {args.burst:g} s of telemetry at once...")
+            caught = await catch_up(args, engines, db, settings, bootstrap, partitions[Topic.CP_EVENTS])
         monitors.conn.send("stop")
         still_up = await monitors.recv(120)
         registered = len(cps)
@@ -411,11 +511,15 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
                                  "from_central_p99": round(pct(from_central, 99), 1)},
             "central_cpu_percent": round((cpu1 - cpu0) / window * 100, 1),
             "central_rss_mb": round(max(rss_samples, default=proc_rss_mb(central.pid)), 1),
-            "lag_growing": bool(lag1 - lag0 > max(100, 0.05 * in_rate * window)),
-            "lag": {"start": lag0, "end": lag1},
+            # Growing: the backlog's trend (least squares over one sample a second) says Central
+            # falls behind by more than 1 % of what arrives; a snapshot alone catches a batch in flight.
+            "lag_growing": bool(lag_slope > max(10.0, 0.01 * in_rate)),
+            "lag": {"start": lag0, "end": lag1, "max": max(v for _, v in lag_samples),
+                    "trend_per_s": round(lag_slope, 1)},
             "bare_consumer_per_s": round(bare_rate, 1),
             "bare_latency_ms": {"p50": round(pct(bare_ages, 50), 1), "p99": round(pct(bare_ages, 99), 1)},
             "central_vs_bare": round(in_rate / bare_rate, 3) if bare_rate else None,
+            "catch_up": caught,
             "monitor_links_up": still_up,
             "loadgen_cpu_percent": round((load1 - load0) / window * 100, 1),
             "broker_cpu_percent": round((broker1 - broker0) / window * 100, 1) if broker_pid else None,
@@ -449,6 +553,13 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         log.close()
 
 
+def catch(r: dict[str, Any]) -> str:
+    c = r.get("catch_up") or {}
+    if not c:
+        return "-"
+    return f"{c['central_per_s']:,} / {c['bare_per_s']:,} ({c['central_vs_bare']})"
+
+
 def say(args: argparse.Namespace, text: str) -> None:
     print(f"[{args.cps} CPs] {text}", file=sys.stderr, flush=True)
 
@@ -459,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drivers", type=int, default=None, help="default: one per CP (every CP supplies)")
     ap.add_argument("--duration", type=float, default=20.0, help="measurement window, seconds")
     ap.add_argument("--ramp", type=float, default=120.0, help="max seconds to get every supply running")
+    ap.add_argument("--burst", type=float, default=20.0, help="after the window: this many seconds of telemetry "
+                    "posted at once, drained by Central and by a bare loop (saturated throughput); 0: skip")
     ap.add_argument("--kafka", default=None, help="use this broker instead of starting the embedded one")
     ap.add_argument("--sweep", default=None, help="comma-separated CP counts, one run each (the knee)")
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
@@ -503,8 +616,9 @@ def main(argv: list[str] | None = None) -> int:
         + (f"--sweep {args.sweep}" if args.sweep else f"--cps {args.cps}") + f" --duration {args.duration:g}`.",
         "",
         "| CPs supplying | telemetry in / out per s | latency p50 / p99 | p99 to / from Central | Central CPU | "
-        "Central RSS | lag grows | Central / bare consumer | full GCs | machine busy |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "Central RSS | lag grows | Central / bare consumer, live | catch-up: Central / bare records/s | full GCs | "
+        "machine busy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         split = r["latency_split_ms"]
@@ -512,7 +626,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['supplying']} of {r['cps']} | {r['telemetry_in_per_s']:.0f} / {r['telemetry_out_per_s']:.0f} | "
             f"{r['latency_ms']['p50']:.0f} / {r['latency_ms']['p99']:.0f} ms | "
             f"{split['to_central_p99']:.0f} / {split['from_central_p99']:.0f} ms | {r['central_cpu_percent']:.0f} % | "
-            f"{r['central_rss_mb']:.0f} MB | {'yes' if r['lag_growing'] else 'no'} | {r['central_vs_bare']} | "
+            f"{r['central_rss_mb']:.0f} MB | {'yes' if r['lag_growing'] else 'no'} ({r['lag']['trend_per_s']:+.0f}/s) | "
+            f"{r['central_vs_bare']} | {catch(r)} | "
             f"{r['central_gc']['full_collections']} | {r['machine_busy_percent']:.0f} % |")
     last = results[-1]
     lines += ["", f"One real engine and monitor pair ran alongside the simulated CPs: engine RSS "
@@ -525,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.write:
         path = Path(args.write)
-        doc = path.read_text(encoding="utf-8")
+        doc = path.read_text(encoding="utf-8") if path.exists() else ""
         pattern = re.compile(r"(<!-- bench:capacity -->\n)(.*?)(<!-- /bench:capacity -->)", re.S)
         doc = pattern.sub(lambda m: m.group(1) + table + m.group(3), doc) if pattern.search(doc) else \
             doc + f"\n<!-- bench:capacity -->\n{table}<!-- /bench:capacity -->\n"

@@ -35,7 +35,7 @@ def _broker_available() -> bool:
 def test_capacity_smoke() -> None:
     cps = 200
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "capacity.py"), "--cps", str(cps), "--duration", "4", "--json"],
+        [sys.executable, str(REPO / "benchmarks" / "capacity.py"), "--cps", str(cps), "--duration", "4", "--burst", "2", "--json"],
         capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -55,6 +55,11 @@ def test_capacity_smoke() -> None:
     assert 0 < r["central_cpu_percent"] < 200 and r["central_rss_mb"] > 10
     assert r["engine_rss_mb"] > 5 and r["monitor_rss_mb"] > 5
     assert r["central_gc"]["full_pause_max_ms"] is not None  # Central reports its collector's pauses
+    # The saturated drain: both loops read the same burst, 2 s of readings from each simulated CP.
+    c = r["catch_up"]
+    assert c["records"] == 2 * cps
+    assert c["central_per_s"] > 0 and c["bare_per_s"] > 0
+    assert c["central_vs_bare"] == pytest.approx(c["central_per_s"] / c["bare_per_s"], rel=0.01)
 
 
 def test_tune_gc_freezes_startup_and_measures_pauses() -> None:

@@ -456,7 +456,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         lag0 = await asyncio.to_thread(central_lag, db, settings, partitions[Topic.CP_EVENTS])
         broker0 = proc_cpu_s(broker_pid) if broker_pid else 0.0
         busy0 = machine_busy()
-        load0 = sum(proc_cpu_s(p) for p in load_pids)
+        load0 = [proc_cpu_s(p) for p in load_pids]
         cpu0, w0 = proc_cpu_s(central.pid), time.monotonic()
         measuring.set()
         engines.measuring = True
@@ -472,7 +472,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         engines.measuring = False
         window = time.monotonic() - w0
         cpu1 = proc_cpu_s(central.pid)
-        load1 = sum(proc_cpu_s(p) for p in load_pids)
+        load1 = [proc_cpu_s(p) for p in load_pids]
         broker1 = proc_cpu_s(broker_pid) if broker_pid else 0.0
         busy1 = machine_busy()
         status1 = http_json(f"{http}/status")["counters"]
@@ -521,11 +521,15 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
             "central_vs_bare": round(in_rate / bare_rate, 3) if bare_rate else None,
             "catch_up": caught,
             "monitor_links_up": still_up,
-            "loadgen_cpu_percent": round((load1 - load0) / window * 100, 1),
+            "loadgen_cpu_percent": round((sum(load1) - sum(load0)) / window * 100, 1),
+            # engines (this process), monitors, drivers, bare consumer
+            "loadgen_split_percent": [round((b - a) / window * 100, 1) for a, b in zip(load0, load1)],
             "broker_cpu_percent": round((broker1 - broker0) / window * 100, 1) if broker_pid else None,
             "machine_busy_percent": round((busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 100, 1),
             "engine_rss_mb": round(proc_rss_mb(engine.pid), 1),
             "monitor_rss_mb": round(proc_rss_mb(monitor.pid), 1),
+            "central_loop_stalls": {k: status1.get(f"loop_stalls_{k}", 0) - status0.get(f"loop_stalls_{k}", 0)
+                                    for k in ("50ms", "200ms")},
             "central_gc": {"full_collections": status1.get("gc_full_collections", 0)
                            - status0.get("gc_full_collections", 0),
                            "full_pause_max_ms": status1.get("gc_full_pause_max_ms"),

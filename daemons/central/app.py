@@ -44,6 +44,8 @@ __all__ = ["CentralOptions", "Central"]
 log = logging.getLogger("evproto.central")
 
 HEARTBEAT_INTERVAL_S = 1.0
+#: Period of the event-loop stall watch (status counters loop_stalls_*).
+LOOP_WATCH_S = 0.05
 #: Kafka records handled per database transaction at most.
 BATCH_SIZE = 500
 
@@ -115,6 +117,7 @@ class Central:
             asyncio.ensure_future(self._heartbeat()),
             asyncio.ensure_future(self._outbox_loop()),
             asyncio.ensure_future(self._maintenance()),
+            asyncio.ensure_future(self._loop_watch()),
         ]
         write_ready_file(self.opts.ready_file, role="central", listen=self.listen_addr, http=self.http_addr,
                          instance_id=self.instance_id)
@@ -302,6 +305,19 @@ class Central:
             fx = self.core.tick(now_ms())
             if fx:
                 self._apply(fx)
+
+    async def _loop_watch(self) -> None:
+        """Count the event loop's stalls: how long a frame or a record may have waited for us."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LOOP_WATCH_S)
+            late = loop.time() - before - LOOP_WATCH_S
+            if late > 0.05:
+                self.counters["loop_stalls_50ms"] += 1
+                if late > 0.2:
+                    self.counters["loop_stalls_200ms"] += 1
+                self.counters["loop_stall_max_ms"] = max(self.counters["loop_stall_max_ms"], round(late * 1000))
 
     async def _maintenance(self) -> None:
         """Every second, pick up drivers registered from the CLI while we run; every five,

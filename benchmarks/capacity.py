@@ -561,6 +561,8 @@ def catch(r: dict[str, Any]) -> str:
     c = r.get("catch_up") or {}
     if not c:
         return "-"
+    if c["records"] < 10_000:  # a drain of a few ms is mostly the sampling period
+        return f"{c['records']:,} records: too few to time"
     return f"{c['central_per_s']:,} / {c['bare_per_s']:,} ({c['central_vs_bare']})"
 
 
@@ -574,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drivers", type=int, default=None, help="default: one per CP (every CP supplies)")
     ap.add_argument("--duration", type=float, default=20.0, help="measurement window, seconds")
     ap.add_argument("--ramp", type=float, default=120.0, help="max seconds to get every supply running")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per size (one table row each)")
     ap.add_argument("--burst", type=float, default=20.0, help="after the window: this many seconds of telemetry "
                     "posted at once, drained by Central and by a bare loop (saturated throughput); 0: skip")
     ap.add_argument("--kafka", default=None, help="use this broker instead of starting the embedded one")
@@ -587,37 +590,46 @@ def main(argv: list[str] | None = None) -> int:
         args.py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
         if not os.access(args.py_spy, os.X_OK):
             ap.error("--profile needs py-spy: pip install 'evproto[profile]'")
-    sizes = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.cps]
+    try:
+        sizes = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.cps]
+    except ValueError:
+        ap.error(f"--sweep takes comma-separated CP counts, got {args.sweep!r}")
+    if min(sizes) < 1 or args.repeat < 1 or args.duration <= 0 or args.burst < 0:
+        ap.error("CP counts and --repeat must be >= 1, --duration > 0, --burst >= 0")
+    sizes = [n for n in sizes for _ in range(args.repeat)]
     workdir = tempfile.mkdtemp(prefix="evcapacity-")
-    broker = None
-    if args.kafka:
-        bootstrap = args.kafka
-    else:
-        broker = EmbeddedBroker(log_path=os.path.join(workdir, "broker.log"))
-        broker.start()
-        bootstrap = broker.bootstrap
     results = []
     failed = ""
-    try:
-        for n in sizes:
-            run_args = argparse.Namespace(**{**vars(args), "cps": n, "drivers": args.drivers or n})
-            try:
-                r = asyncio.run(measure(run_args, bootstrap, workdir, broker.pid if broker is not None else None))
-            except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
-                if not args.sweep or not results:
-                    raise
-                failed = f"{n} CPs: the run failed ({exc}); the sweep stops here."
-                say(run_args, failed)
-                break
-            results.append(r)
-            print(f"[{n} CPs] {json.dumps(r)}", file=sys.stderr, flush=True)
-    finally:
-        if broker is not None:
-            broker.stop()
+    for i, n in enumerate(sizes):
+        run_args = argparse.Namespace(**{**vars(args), "cps": n, "drivers": args.drivers or n})
+        # A fresh embedded broker per run: one that kept the earlier runs' topics and
+        # bursts in memory costs more CPU, and the later sizes of a sweep would pay for it.
+        broker = None
+        if args.kafka:
+            bootstrap = args.kafka
+        else:
+            broker = EmbeddedBroker(log_path=os.path.join(workdir, f"broker-{i}.log"))
+            broker.start()
+            bootstrap = broker.bootstrap
+        try:
+            r = asyncio.run(measure(run_args, bootstrap, workdir, broker.pid if broker is not None else None))
+        except (RuntimeError, OSError, asyncio.TimeoutError) as exc:
+            if not args.sweep or not results:
+                raise
+            failed = f"{n} CPs: the run failed ({exc}); the sweep stops here."
+            say(run_args, failed)
+            break
+        finally:
+            if broker is not None:
+                broker.stop()
+        results.append(r)
+        print(f"[{n} CPs] {json.dumps(r)}", file=sys.stderr, flush=True)
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} (2 cores, shared, broker on the same machine), "
         f"Python {platform.python_version()}: `python benchmarks/capacity.py "
-        + (f"--sweep {args.sweep}" if args.sweep else f"--cps {args.cps}") + f" --duration {args.duration:g}`.",
+        + (f"--sweep {args.sweep}" if args.sweep else f"--cps {args.cps}") + f" --duration {args.duration:g}"
+        + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (f" --burst {args.burst:g}" if args.burst != 20 else "")
+        + "` (a fresh embedded broker for each run).",
         "",
         "| CPs supplying | telemetry in / out per s | latency p50 / p99 | p99 to / from Central | Central CPU | "
         "Central RSS | lag grows | Central / bare consumer, live | catch-up: Central / bare records/s | full GCs | "

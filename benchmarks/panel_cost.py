@@ -4,7 +4,8 @@
 
 The panel redraws on a timer (4 Hz, daemons/central/terminal.py), never per
 message, so its cost cannot follow the message rate; this measures how it
-follows the number of CPs. Each refresh renders a full-screen panel (200 x 50
+follows the number of CPs, and what the pacing (at most PANEL_CPU_SHARE of a
+core spent drawing) makes of it. Each refresh renders a full-screen panel (200 x 50
 cells, true colour) for a network of N CPs in every state, the view built the
 way Central builds it (one CpView per CP). Printed as milliseconds per refresh
 and as the ratio to the baseline, a 50-CP network measured in the same run.
@@ -20,6 +21,7 @@ import time
 from rich.console import Console
 
 from evproto.daemons.central.panel import render
+from evproto.daemons.central.terminal import redraw_wait
 from evproto.daemons.central.view import CP_STATES, CentralView, CpView
 
 
@@ -51,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args(argv)
     base = refresh_ms(50, args.rounds)
-    print("| CPs | ms per refresh (best of %d) | vs 50 CPs |" % args.rounds)
-    print("| --- | --- | --- |")
+    print("| CPs | ms per refresh (best of %d) | vs 50 CPs | refreshes/s (4 Hz asked) | share of a core |"
+          % args.rounds)
+    print("| --- | --- | --- | --- | --- |")
     for n in (int(x) for x in args.sizes.split(",")):
         ms = base if n == 50 else refresh_ms(n, args.rounds)
-        print(f"| {n} | {ms:.1f} | {ms / base:.2f}x |")
+        hz = 1.0 / (ms / 1000 + redraw_wait(0.25, ms / 1000))
+        print(f"| {n} | {ms:.1f} | {ms / base:.2f}x | {hz:.1f} | {ms / 1000 * hz:.0%} |")
     return 0
 
 

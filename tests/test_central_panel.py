@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.segment import Segment
 
 from evproto.daemons.central.panel import HELP_TEXT, Command, parse_command, render
-from evproto.daemons.central.terminal import KeyReader, PlainReporter, run_panel
+from evproto.daemons.central.terminal import PANEL_CPU_SHARE, KeyReader, PlainReporter, redraw_wait, run_panel
 from evproto.daemons.central.view import CP_STATES, CentralView, CpView, MessageView, SessionView
 
 T0 = 1_795_832_400_000  # 2026-11-28 02:20:00 UTC
@@ -610,3 +610,12 @@ async def test_run_panel_refresh_rate_does_not_follow_the_message_rate():
 async def test_run_panel_rejects_a_bad_refresh_rate():
     with pytest.raises(ValueError):
         await run_panel(lambda: make_view(0), Recorder(), refresh_hz=0)
+
+
+def test_redraw_pacing_bounds_the_panels_share_of_a_core():
+    period = 0.25  # 4 Hz
+    assert redraw_wait(period, 0.0) == period
+    assert redraw_wait(period, 0.01) == pytest.approx(0.24)  # cheap: the refresh rate rules
+    for cost in (0.03, 0.046, 0.08, 0.5):  # costly: at most PANEL_CPU_SHARE of the time drawing
+        wait = redraw_wait(period, cost)
+        assert cost / (cost + wait) == pytest.approx(min(PANEL_CPU_SHARE, cost / period))

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import IO, Awaitable, Callable, Sequence
 
@@ -34,6 +35,17 @@ except ImportError:  # pragma: no cover
 __all__ = ["KeyReader", "PlainReporter", "run_panel"]
 
 log = logging.getLogger("evproto.central")
+
+#: The share of one core the full-screen panel may take: after a redraw that cost c
+#: seconds, the next timed one waits at least c / PANEL_CPU_SHARE. A small network
+#: redraws at refresh_hz; a 5,000-CP one (about 45 ms a redraw) about twice a second.
+PANEL_CPU_SHARE = 0.1
+
+
+def redraw_wait(period_s: float, cost_s: float, share: float = PANEL_CPU_SHARE) -> float:
+    """Seconds to wait after a redraw that took ``cost_s`` before the next timed one."""
+    return max(period_s, cost_s / share) - cost_s if cost_s > 0 else period_s
+
 
 # States of the escape-sequence parser of KeyReader.
 _ESC_NONE, _ESC_START, _ESC_CSI, _ESC_SS3 = range(4)
@@ -325,7 +337,8 @@ async def run_panel(
     """Show the panel until the operator types ``q``.
 
     When ``console`` is a terminal: a full-screen rich display redrawn ``refresh_hz`` times a
-    second (and on each key), whatever the message rate, with a line editor when ``stdin`` is
+    second (fewer when a redraw is costly, see PANEL_CPU_SHARE; and on each key), whatever
+    the message rate, with a line editor when ``stdin`` is
     a TTY too. Otherwise: :class:`PlainReporter` lines on the console's file, and commands
     read line by line. Each submitted line is parsed; stop/resume go to ``on_command``, whose
     answer (or the error) shows in the footer for ``notice_s`` seconds (plain mode: a ``CMD``
@@ -378,9 +391,9 @@ async def run_panel(
             else:
                 write(f"{_stamp(get_view().now_ts_ms)} CMD {said}")
 
-    async def tick(event: asyncio.Event) -> None:
+    async def tick(event: asyncio.Event, wait_s: float = period) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), period)
+            await asyncio.wait_for(event.wait(), max(0.0, wait_s))
 
     # Keys are edited in place only under the full-screen panel; elsewhere a TTY stays cooked.
     async with KeyReader(source, interactive=full_screen, on_change=wake.set) as keys:
@@ -391,11 +404,13 @@ async def run_panel(
                 with Live(console=console, screen=True, auto_refresh=False,
                           redirect_stdout=False, redirect_stderr=False) as live:
                     while not done.is_set():
+                        started = time.perf_counter()
                         size = console.size
                         shown = feedback.text if loop.time() < feedback.until else ""
                         live.update(render(get_view(), width=size.width, height=size.height,
                                            input_line=keys.buffer, notice=shown), refresh=True)
-                        await tick(wake)
+                        # Bounded cost on a big network: keys still redraw at once.
+                        await tick(wake, redraw_wait(period, time.perf_counter() - started))
                         wake.clear()
             else:
                 reporter = PlainReporter()

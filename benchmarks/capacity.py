@@ -528,6 +528,9 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
             "machine_busy_percent": round((busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * 100, 1),
             "engine_rss_mb": round(proc_rss_mb(engine.pid), 1),
             "monitor_rss_mb": round(proc_rss_mb(monitor.pid), 1),
+            # Central's own view: age of the latest readings when it took them in (status API).
+            "central_telemetry_age_ms": {"p50": status1.get("telemetry_age_p50_ms"),
+                                         "p99": status1.get("telemetry_age_p99_ms")},
             "central_loop_stalls": {k: status1.get(f"loop_stalls_{k}", 0) - status0.get(f"loop_stalls_{k}", 0)
                                     for k in ("50ms", "200ms")},
             "central_gc": {"full_collections": status1.get("gc_full_collections", 0)

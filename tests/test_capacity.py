@@ -55,6 +55,8 @@ def test_capacity_smoke() -> None:
     assert 0 < r["central_cpu_percent"] < 200 and r["central_rss_mb"] > 10
     assert r["engine_rss_mb"] > 5 and r["monitor_rss_mb"] > 5
     assert r["central_gc"]["full_pause_max_ms"] is not None  # Central reports its collector's pauses
+    age = r["central_telemetry_age_ms"]  # and how old readings were when it took them in
+    assert 0 <= age["p50"] <= age["p99"]
     # The saturated drain: both loops read the same burst, 2 s of readings from each simulated CP.
     c = r["catch_up"]
     assert c["records"] == 2 * cps

@@ -619,3 +619,9 @@ def test_redraw_pacing_bounds_the_panels_share_of_a_core():
     for cost in (0.03, 0.046, 0.08, 0.5):  # costly: at most PANEL_CPU_SHARE of the time drawing
         wait = redraw_wait(period, cost)
         assert cost / (cost + wait) == pytest.approx(min(PANEL_CPU_SHARE, cost / period))
+
+
+def test_header_shows_how_fresh_the_telemetry_is():
+    assert "telemetry age" not in text_of(make_view(3), 160)
+    view = make_view(3, counters={"telemetry_age_p50_ms": 40, "telemetry_age_p99_ms": 87})
+    assert "telemetry age p99 87 ms" in text_of(view, 160)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ __all__ = ["CentralOptions", "Central"]
 log = logging.getLogger("evproto.central")
 
 HEARTBEAT_INTERVAL_S = 1.0
+#: Readings whose age (engine -> Central) the status API summarises: the latest ones.
+TELEMETRY_AGES = 4096
 #: Period of the event-loop stall watch (status counters loop_stalls_*).
 LOOP_WATCH_S = 0.05
 #: Kafka records handled per database transaction at most.
@@ -81,6 +84,8 @@ class Central:
         self.kafka_ok = False
         self.started_ms = now_ms()
         self.counters: collections.Counter[str] = collections.Counter()
+        #: Age of the latest readings when Central took them in (engine's timestamp -> now), ms.
+        self._ages: collections.deque[int] = collections.deque(maxlen=TELEMETRY_AGES)
         self._in_flight: set[int] = set()
         self.server: Server | None = None
         self.listen_addr = ""
@@ -294,6 +299,7 @@ class Central:
                         continue
                     if isinstance(event, SupplyProgress):
                         self.counters["telemetry_in"] += 1
+                        self._ages.append(now - event.ts_ms)
                     effects += self.core.on_event(event, now)
                 self.counters["consumed"] += len(batch)
                 self.counters["batches"] += 1
@@ -385,8 +391,20 @@ class Central:
             kafka=self.opts.kafka.bootstrap,
             kafka_ok=self.kafka_ok,
             now_ts_ms=now_ms(),
-            counters={**self.counters, **GC_PAUSES.counters()},
+            counters={**self.counters, **GC_PAUSES.counters(), **self._freshness()},
         )
+
+    def _freshness(self) -> dict[str, int]:
+        """How old the readings were when Central took them in, over the latest ones.
+
+        Engine clocks are trusted (NTP): a reading stamped in the future counts as 0 ms.
+        """
+        if not self._ages:
+            return {}
+        ages = sorted(self._ages)
+        n = len(ages)  # nearest-rank percentiles
+        return {"telemetry_age_p50_ms": max(0, ages[math.ceil(0.50 * n) - 1]),
+                "telemetry_age_p99_ms": max(0, ages[math.ceil(0.99 * n) - 1])}
 
     def sessions(self, **query: Any) -> list[SessionView]:
         return self.store.sessions(**query)

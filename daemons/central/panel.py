@@ -259,6 +259,8 @@ def _header(view: CentralView, width: int) -> tuple[RenderableType, int]:
     kafka = Text().append("Kafka ", style="dim").append(_clean(view.kafka or "–"))
     kafka.append(" ● reachable" if view.kafka_ok else " ● UNREACHABLE",
                  style="green" if view.kafka_ok else "bold red")
+    if "telemetry_age_p99_ms" in view.counters:  # how fresh the figures below are
+        kafka.append(f" · telemetry age p99 {view.counters['telemetry_age_p99_ms']} ms", style="dim")
     kafka.no_wrap, kafka.overflow = True, "ellipsis"
     if addresses.cell_len + 3 + kafka.cell_len <= width - 1:
         return Group(top, Text(" ").append_text(addresses).append(" · ", style="dim")

@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import platform
 import random
-import re
 import statistics
 import struct
 import sys
 import time
 from pathlib import Path
+
+from _report import write_section  # benchmarks/_report.py
 
 import evproto
 from evproto import (
@@ -266,14 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             f"| hand-written, bare tuples (less work) | {per_frame['tuples']:.2f} | "
             f"{args.frames / med['tuples']:,.0f} | {med['handwritten'] / med['tuples']:.2f} |\n"
         )
-        path = Path(args.write)
-        text = path.read_text(encoding="utf-8")
-        pattern = re.compile(r"(<!-- bench:codec -->\n)(.*?)(<!-- /bench:codec -->)", re.S)
-        if not pattern.search(text):
-            print(f"{path}: markers <!-- bench:codec --> missing", file=sys.stderr)
+        if not write_section(Path(args.write), "codec", section, append=False):
+            print(f"{args.write}: markers <!-- bench:codec --> missing", file=sys.stderr)
             return 2
-        path.write_text(pattern.sub(lambda m: m.group(1) + section + m.group(3), text), encoding="utf-8")
-        print(f"updated {path}")
+        print(f"updated {args.write}")
     return 0
 
 

@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import platform
 import random
-import re
 import shutil
 import signal
 import sqlite3
@@ -63,6 +62,8 @@ from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSetting
 from evproto.bus.topics import Topic, partition_for
 from evproto.daemons.common import raise_fd_limit
 
+from _report import nearest_rank, write_section  # benchmarks/_report.py
+
 CLK = os.sysconf("SC_CLK_TCK")
 MP = multiprocessing.get_context("spawn")
 
@@ -84,13 +85,6 @@ def machine_busy() -> tuple[float, float]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     idle = fields[3] + fields[4]
     return sum(fields) - idle, sum(fields)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    values = sorted(values)
-    return values[min(len(values) - 1, max(0, int(round(q / 100 * len(values) + 0.5)) - 1))]
 
 
 def http_json(url: str) -> Any:
@@ -503,12 +497,12 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
             "supplying": supplying_now,
             "telemetry_in_per_s": round(in_rate, 1),
             "telemetry_out_per_s": round(out_rate, 1),
-            "latency_ms": {"p50": round(pct(latencies, 50), 1), "p99": round(pct(latencies, 99), 1),
+            "latency_ms": {"p50": round(nearest_rank(latencies, 50), 1), "p99": round(nearest_rank(latencies, 99), 1),
                            "max": round(max(latencies, default=float("nan")), 1)},
-            "latency_split_ms": {"to_central_p50": round(pct(to_central, 50), 1),
-                                 "to_central_p99": round(pct(to_central, 99), 1),
-                                 "from_central_p50": round(pct(from_central, 50), 1),
-                                 "from_central_p99": round(pct(from_central, 99), 1)},
+            "latency_split_ms": {"to_central_p50": round(nearest_rank(to_central, 50), 1),
+                                 "to_central_p99": round(nearest_rank(to_central, 99), 1),
+                                 "from_central_p50": round(nearest_rank(from_central, 50), 1),
+                                 "from_central_p99": round(nearest_rank(from_central, 99), 1)},
             "central_cpu_percent": round((cpu1 - cpu0) / window * 100, 1),
             "central_rss_mb": round(max(rss_samples, default=proc_rss_mb(central.pid)), 1),
             # Growing: the backlog's trend (least squares over one sample a second) says Central
@@ -517,7 +511,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
             "lag": {"start": lag0, "end": lag1, "max": max(v for _, v in lag_samples),
                     "trend_per_s": round(lag_slope, 1)},
             "bare_consumer_per_s": round(bare_rate, 1),
-            "bare_latency_ms": {"p50": round(pct(bare_ages, 50), 1), "p99": round(pct(bare_ages, 99), 1)},
+            "bare_latency_ms": {"p50": round(nearest_rank(bare_ages, 50), 1), "p99": round(nearest_rank(bare_ages, 99), 1)},
             "central_vs_bare": round(in_rate / bare_rate, 3) if bare_rate else None,
             "catch_up": caught,
             "monitor_links_up": still_up,
@@ -658,12 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        path = Path(args.write)
-        doc = path.read_text(encoding="utf-8") if path.exists() else ""
-        pattern = re.compile(r"(<!-- bench:capacity -->\n)(.*?)(<!-- /bench:capacity -->)", re.S)
-        doc = pattern.sub(lambda m: m.group(1) + table + m.group(3), doc) if pattern.search(doc) else \
-            doc + f"\n<!-- bench:capacity -->\n{table}<!-- /bench:capacity -->\n"
-        path.write_text(doc, encoding="utf-8")
+        write_section(Path(args.write), "capacity", table)
     if args.json:
         print(json.dumps(results[-1]))
     return 0

@@ -27,11 +27,9 @@ trial). Logs of every process stay in the printed directory.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import platform
 import random
-import re
 import signal
 import sys
 import tempfile
@@ -46,13 +44,14 @@ sys.path.insert(0, str(REPO / "tests"))
 from netharness import Network, Proc, wait_for
 from netns import Broker, Hosts, unavailable_reason
 
+from _report import nearest_rank, write_section  # benchmarks/_report.py
+
 from evproto.bus.broker import EmbeddedBroker
 
 CP = "CP001"
 POLL_S = 0.02
 DETECT_GUARD_S = 15.0
 RECOVER_GUARD_S = 60.0
-MARK_OPEN, MARK_CLOSE = "<!-- bench:detection -->", "<!-- /bench:detection -->"
 
 
 @dataclass
@@ -65,8 +64,7 @@ class Row:
     skipped: str = ""
 
     def pct(self, p: float) -> float:
-        s = sorted(self.samples)
-        return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+        return nearest_rank(self.samples, p)
 
     def verdict(self) -> str:
         if self.skipped:
@@ -241,17 +239,6 @@ def section(rows: list[Row], trials: int, cases: str) -> str:
             f"(nearest-rank percentiles{'; p99 is the slowest trial' if trials < 100 else ''}):\n\n" + table(rows))
 
 
-def write(path: Path, body: str) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Performance\n"
-    pattern = re.compile(re.escape(MARK_OPEN) + r"\n(.*?)" + re.escape(MARK_CLOSE), re.DOTALL)
-    block = f"{MARK_OPEN}\n{body}{MARK_CLOSE}"
-    if pattern.search(text):
-        text = pattern.sub(lambda m: block, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + INTRO + block + "\n"
-    path.write_text(text, encoding="utf-8")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=20, help="trials per case (default 20)")
@@ -290,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     ordered = [rows[k] for k in all_rows if k in rows]
     print(table(ordered))
     if args.write:
-        write(Path(args.write), section(ordered, args.trials, ",".join(cases)))
+        write_section(Path(args.write), "detection", section(ordered, args.trials, ",".join(cases)), intro=INTRO)
         print(f"updated {args.write}")
     return 0 if all(r.verdict() in ("yes", "skipped") for r in ordered) else 1
 

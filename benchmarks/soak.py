@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _report import write_section  # benchmarks/_report.py
+
 EV = os.path.join(os.path.dirname(sys.executable), "evcharging")
 
 
@@ -109,15 +111,8 @@ print(json.dumps(dict(collections.Counter(r[0] for r in db.execute('select statu
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        path = Path(args.write)
-        doc = path.read_text(encoding="utf-8")
-        pattern = re.compile(r"(<!-- bench:soak -->\n)(.*?)(<!-- /bench:soak -->)", re.S)
-        if pattern.search(doc):
-            doc = pattern.sub(lambda m: m.group(1) + text + m.group(3), doc)
-        else:
-            doc += f"\n<!-- bench:soak -->\n{text}<!-- /bench:soak -->\n"
-        path.write_text(doc, encoding="utf-8")
-        print(f"updated {path}")
+        write_section(Path(args.write), "soak", text)
+        print(f"updated {args.write}")
     return 0 if report["ok"] else 1
 
 

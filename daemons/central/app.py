@@ -168,35 +168,27 @@ class Central:
                 else:
                     if isinstance(fx.event, DriverTelemetry):
                         self.counters["telemetry_out"] += 1
-                    self._post(fx.topic, fx.key, encode_event(fx.event))
+                    self._produce(fx.topic, fx.key, encode_event(fx.event), wait=False)
 
     def _partition(self, topic: Topic, key: str) -> int:
         return partition_for(key, self.partitions.get(topic, 1))
 
-    def _produce(self, topic: Topic, key: str, value: bytes) -> asyncio.Future[Any] | None:
+    def _produce(self, topic: Topic, key: str, value: bytes, *, wait: bool = True) -> asyncio.Future[Any] | None:
+        """Queue one record. ``wait=False`` for records nobody waits for (telemetry, state):
+        no future; the producer counts and logs their failures."""
         if self.producer is None:
             return None
+        send = self.producer.produce if wait else self.producer.post
         try:
-            fut = self.producer.produce(topic, key, value, partition=self._partition(topic, key))
+            fut = send(topic, key, value, partition=self._partition(topic, key))
         except Exception as exc:
             self.counters["produce_errors"] += 1
             log.warning("cannot queue a %s event: %s", topic.value, exc)
             return None
         self.counters["produced"] += 1
-        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if fut is not None:
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         return fut
-
-    def _post(self, topic: Topic, key: str, value: bytes) -> None:
-        """Send a record nobody waits for (telemetry, state): no future, failures counted."""
-        if self.producer is None:
-            return
-        try:
-            self.producer.post(topic, key, value, partition=self._partition(topic, key))
-        except Exception as exc:
-            self.counters["produce_errors"] += 1
-            log.warning("cannot queue a %s event: %s", topic.value, exc)
-            return
-        self.counters["produced"] += 1
 
     def _send_row(self, row: OutboxRow) -> None:
         fut = self._produce(Topic(row.topic), row.key, row.value)

@@ -166,10 +166,8 @@ class BusProducer:
         (deletes ``key`` from a compacted topic). Never blocks: when librdkafka's
         local queue is full, the record waits in a bounded backlog, in order.
         """
-        if self._loop is None:
-            raise BusError("producer not started")
-        fut: asyncio.Future[tuple[int, int]] = self._loop.create_future()
-        self._enqueue(topic, key, value, partition, fut)
+        fut = self._enqueue(topic, key, value, partition, waited=True)
+        assert fut is not None
         return fut
 
     def _enqueue(
@@ -178,14 +176,16 @@ class BusProducer:
         key: str,
         value: bytes | None,
         partition: int | None,
-        fut: asyncio.Future[tuple[int, int]] | None,
-    ) -> None:
+        *,
+        waited: bool,
+    ) -> asyncio.Future[tuple[int, int]] | None:
         if self._producer is None or self._loop is None:
             raise BusError("producer not started")
         if value is not None and not isinstance(value, (bytes, bytearray)):
             raise TypeError(f"value must be bytes or None, not {type(value).__name__}")
         if partition is not None and not (isinstance(partition, int) and partition >= 0):
             raise ValueError(f"partition must be an int >= 0 or None, got {partition!r}")
+        fut: asyncio.Future[tuple[int, int]] | None = self._loop.create_future() if waited else None
         item = _Outgoing(
             self.settings.topic(topic), key.encode("utf-8"), value, partition, fut, time.monotonic()
         )
@@ -203,6 +203,7 @@ class BusProducer:
                 self._backlog.append(item)
                 if self._drainer is None or self._drainer.done():
                     self._drainer = self._loop.create_task(self._drain_backlog())
+        return fut
 
     def post(self, topic: Topic, key: str, value: bytes | None, *, partition: int | None = None) -> None:
         """Queue one record and wait for nothing: for telemetry that the next record supersedes.
@@ -211,7 +212,7 @@ class BusProducer:
         failure is counted in ``failed`` and logged (rate-limited) instead of failing
         a future. Saves a future and a callback per record on busy paths.
         """
-        self._enqueue(topic, key, value, partition, None)
+        self._enqueue(topic, key, value, partition, waited=False)
 
     async def send(
         self, topic: Topic, key: str, value: bytes | None, *, partition: int | None = None

@@ -249,6 +249,13 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
     reg.instances.clear()
     rng = random.Random(seed)
     os.makedirs(reg.run_dir, exist_ok=True)
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # as Ctrl+C: what was started goes down with the launcher
+
+    # `kill`, or the terminal closed, while starting or showing the panel: stop the network.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     try:
         bootstrap = kafka or _start_broker(reg)
         reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw}

@@ -119,6 +119,32 @@ def test_up_shows_the_panel_with_live_tiles_on_a_terminal(tmp_path) -> None:
     assert not any(r["alive"] for r in rows)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_up_in_the_foreground_takes_the_network_down_when_killed(tmp_path, sig) -> None:
+    """`kill` or a closed terminal stops a foreground `evcharging up` and its whole network."""
+    run_dir = str(tmp_path / "run")
+    ev = os.path.join(BIN, "evcharging")
+    log = tmp_path / "up.log"  # a file, not a pipe nobody reads while the panel writes
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([ev, "up", "--cps", "1", "--drivers", "1", "--run-dir", run_dir, "--http-port", "0"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_for(lambda: "network up:" in log.read_text(errors="replace"), "the network to come up", timeout_s=90)
+        rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
+        assert len(rows) == 5 and all(r["alive"] for r in rows)
+        proc.send_signal(sig)
+        proc.wait(timeout=60)
+        said = log.read_text(errors="replace")
+        assert "stopping the network" in said, said[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run([ev, "down", "--run-dir", run_dir], capture_output=True, timeout=60)
+    rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
+    assert rows and not any(r["alive"] for r in rows)
+
+
 def test_add_kill_start_in_a_running_network(tmp_path) -> None:
     ev = os.path.join(BIN, "evcharging")
     run_dir = str(tmp_path / "run")

@@ -14,6 +14,8 @@ Central for a monitor's Hello, and by the programs for their own arguments.
 
 from __future__ import annotations
 
+import re
+
 from .errors import EvprotoError
 
 __all__ = ["MAX_ID_LEN", "MAX_TEXT_LEN", "InvalidTextError", "id_problem", "text_problem", "check_id", "check_text"]
@@ -22,6 +24,7 @@ __all__ = ["MAX_ID_LEN", "MAX_TEXT_LEN", "InvalidTextError", "id_problem", "text
 MAX_ID_LEN = 64
 #: Longest display text (a location), in characters.
 MAX_TEXT_LEN = 128
+_SPACE = re.compile(r"\s")
 
 
 class InvalidTextError(EvprotoError, ValueError):
@@ -41,7 +44,7 @@ def id_problem(value: object, *, max_len: int = MAX_ID_LEN) -> str | None:
         return "is empty"
     if len(value) > max_len:
         return f"is {len(value)} characters long (at most {max_len})"
-    if not value.isprintable() or any(c.isspace() for c in value):
+    if not value.isprintable() or _SPACE.search(value) is not None:
         return f"{_shown(value)} holds a space, control, invisible or unassigned character"
     return None
 

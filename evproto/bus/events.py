@@ -3,8 +3,11 @@
 Every record value is one JSON object ``{"v": 1, "type": "<type>", ...fields}``.
 ``v`` is the schema version: a reader refuses other major versions rather than
 guessing. Unknown extra fields are ignored (a newer writer may add optional
-fields without bumping ``v``); missing or mistyped required fields are an
-:class:`EventDecodeError`. Times are epoch milliseconds (``*_ts_ms``). docs/kafka.md
+fields without bumping ``v``); missing, mistyped or out-of-range fields are an
+:class:`EventDecodeError`. Every field's range is declared here, once, next to
+its type (``Annotated`` rules: ids, texts, times, energy, prices...), and checked
+on both sides: readers do not re-check, writers never write what a reader would
+refuse. Times are epoch milliseconds (``*_ts_ms``). docs/kafka.md
 lists every type with its topic and key.
 """
 
@@ -14,11 +17,12 @@ import math
 import types
 import typing
 from dataclasses import dataclass, fields
-from typing import Any, Callable, ClassVar
+from typing import Annotated, Any, Callable, ClassVar
 
 import orjson
 
 from ..errors import EvprotoError
+from ..idents import MAX_ID_LEN, MAX_TEXT_LEN, id_problem, text_problem
 
 __all__ = [
     "EVENT_VERSION",
@@ -29,6 +33,16 @@ __all__ = [
     "encode_event",
     "decode_event",
     "SESSION_STATUSES",
+    "CP_STATE_NAMES",
+    "REQUEST_ORIGINS",
+    "MAX_EVENT_BYTES",
+    "MIN_TS_MS",
+    "FUTURE_SLACK_MS",
+    "MAX_POWER_KW",
+    "MAX_PRICE_EUR_KWH",
+    "MAX_ENERGY_KWH",
+    "MAX_TARGET_ENERGY_KWH",
+    "MAX_TARGET_DURATION_S",
     "SupplyRequest",
     "AuthorizeCommand",
     "StopCommand",
@@ -49,14 +63,54 @@ EVENT_VERSION = 1
 
 #: Session statuses, as Central's API and the driver events spell them.
 SESSION_STATUSES = ("requested", "authorized", "supplying", "completed", "interrupted", "denied")
+#: CP states, as Central's API and ``cp_state`` spell them (evproto.messages.CpState names).
+CP_STATE_NAMES = ("ACTIVATED", "STOPPED", "SUPPLYING", "BROKEN", "DISCONNECTED")
+#: Where a supply request comes from: a driver's app, or the CP's own menu.
+REQUEST_ORIGINS = ("driver", "cp")
+
+# -- the bounds every field is checked against (one place: readers do not re-check) -----------
+
+#: Largest record value a reader accepts and a writer produces, in bytes. Our largest
+#: event is well under 2 KiB; the margin is for signed meter data and sealing.
+MAX_EVENT_BYTES = 16 * 1024
+#: Earliest time an event may carry (2000-01-01T00:00:00Z), epoch ms.
+MIN_TS_MS = 946_684_800_000
+#: How far in the future a reader accepts a time stamp (clock skew, expiry times).
+FUTURE_SLACK_MS = 24 * 3600 * 1000
+#: Latest time an event may carry at all (2100-01-01), for readers that pass no clock.
+MAX_TS_MS = 4_102_444_800_000
+#: Highest charging power any CP can have: above the Megawatt Charging System's 3.75 MW.
+#: A supply's energy can never exceed what this power delivers in its duration.
+MAX_POWER_KW = 4000.0
+#: Highest price per kWh (the monitor's --price range).
+MAX_PRICE_EUR_KWH = 100.0
+#: Largest energy of one supply (a day at the highest power would be more; no vehicle takes it).
+MAX_ENERGY_KWH = 10_000.0
+#: Largest amount of one supply.
+MAX_AMOUNT_EUR = MAX_ENERGY_KWH * MAX_PRICE_EUR_KWH
+#: A driver's target: at most this much energy, or this long.
+MAX_TARGET_ENERGY_KWH = 1000.0
+MAX_TARGET_DURATION_S = 24 * 3600.0
+#: Longest supply a CP reports (elapsed time).
+MAX_SUPPLY_DURATION_S = 7 * 24 * 3600.0
+#: Session ids are positive and fit a JSON number exactly (0: an offline supply not numbered yet).
+MAX_SESSION_ID = 2**53 - 1
+#: Longest free text (a request update's message).
+MAX_MESSAGE_LEN = 512
+#: Amount = energy x price, within this much (EUR) plus a millionth of the amount.
+AMOUNT_TOLERANCE_EUR = 0.01
+#: Energy a meter may read beyond power x duration (rounding, a reading taken just after the end).
+ENERGY_SLACK_KWH = 0.01
 
 
 class EventDecodeError(EvprotoError):
-    """A Kafka record that is not a valid event: bad JSON, wrong version, missing or mistyped field."""
+    """A Kafka record that is not a valid event: bad JSON, wrong version, missing,
+    mistyped or out-of-range field, inconsistent figures."""
 
 
 class EventEncodeError(EvprotoError):
-    """An event that cannot be written as JSON: a string with lone surrogates, an integer beyond 64 bits."""
+    """An event that cannot be written: a string with lone surrogates, an integer beyond
+    64 bits, a non-finite number, or a value larger than MAX_EVENT_BYTES."""
 
 
 class Event:
@@ -66,21 +120,103 @@ class Event:
     TYPE: ClassVar[str]
 
 
+# Field rules, attached to annotations with typing.Annotated (see the aliases below).
+
+
+@dataclass(frozen=True, slots=True)
+class _Ident:
+    empty_ok: bool = False
+    max_len: int = MAX_ID_LEN
+
+
+@dataclass(frozen=True, slots=True)
+class _Text:
+    max_len: int = MAX_TEXT_LEN
+
+
+@dataclass(frozen=True, slots=True)
+class _OneOf:
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Range:
+    lo: float
+    hi: float
+    lo_open: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Time:
+    """An epoch-ms time stamp: between 2000 and the reader's now + FUTURE_SLACK_MS."""
+
+
+Id = Annotated[str, _Ident()]
+OptionalId = Annotated[str, _Ident(empty_ok=True)]
+Token = Annotated[str, _Ident(empty_ok=True)]  # a reason code such as "power_loss"; "" for none
+Text = Annotated[str, _Text()]
+Message = Annotated[str, _Text(MAX_MESSAGE_LEN)]
+TsMs = Annotated[int, _Time()]
+SessionId = Annotated[int, _Range(1, MAX_SESSION_ID)]
+EnergyKwh = Annotated[float, _Range(0, MAX_ENERGY_KWH)]
+AmountEur = Annotated[float, _Range(0, MAX_AMOUNT_EUR)]
+PriceEurKwh = Annotated[float, _Range(0, MAX_PRICE_EUR_KWH)]
+PowerKw = Annotated[float, _Range(0, MAX_POWER_KW)]
+ElapsedS = Annotated[float, _Range(0, MAX_SUPPLY_DURATION_S)]
+TargetKwh = Annotated[float, _Range(0, MAX_TARGET_ENERGY_KWH, lo_open=True)]
+TargetS = Annotated[float, _Range(0, MAX_TARGET_DURATION_S, lo_open=True)]
+
+
 EVENT_TYPES: dict[str, type[Event]] = {}
 _FIELDS: dict[type, tuple[tuple[str, Callable[[Any], Any], bool], ...]] = {}
 _FLOATS: dict[type, tuple[str, ...]] = {}  # orjson would write NaN and infinities as null
+_TIMES: dict[type, tuple[str, ...]] = {}  # checked against the reader's clock
+_CHECKS: dict[type, Callable[[Any], str | None]] = {}  # rules across fields
 
 _ev = dataclass(frozen=True, slots=True, kw_only=True)
 
 
+def _rule_check(rule: Any, name: str) -> Callable[[Any], None]:
+    """A function raising ValueError when a value breaks ``rule``."""
+    if isinstance(rule, _Ident):
+        def check(v: Any) -> None:
+            if v == "" and rule.empty_ok:
+                return
+            problem = id_problem(v, max_len=rule.max_len)
+            if problem is not None:
+                raise ValueError(f"{name} {problem}")
+    elif isinstance(rule, _Text):
+        def check(v: Any) -> None:
+            problem = text_problem(v, max_len=rule.max_len)
+            if problem is not None:
+                raise ValueError(f"{name} {problem}")
+    elif isinstance(rule, _OneOf):
+        def check(v: Any) -> None:
+            if v not in rule.values:
+                raise ValueError(f"{name} must be one of {', '.join(rule.values)}; got {ascii(v[:40])}")
+    elif isinstance(rule, (_Range, _Time)):
+        lo, hi, lo_open = (rule.lo, rule.hi, rule.lo_open) if isinstance(rule, _Range) else (MIN_TS_MS, MAX_TS_MS, False)
+
+        def check(v: Any) -> None:
+            if not (lo < v <= hi if lo_open else lo <= v <= hi):
+                raise ValueError(f"{name} {v!r} is out of range ({'(' if lo_open else '['}{lo:g}, {hi:g}])")
+    else:  # pragma: no cover - a schema bug, caught at import
+        raise TypeError(f"unsupported rule {rule!r} for {name}")
+    return check
+
+
 def _checker(hint: Any, name: str) -> tuple[Callable[[Any], Any], bool]:
-    """(convert-or-raise, optional) for one annotated field."""
+    """(convert-check-or-raise, optional) for one annotated field."""
     optional = False
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         optional = len(args) < len(typing.get_args(hint))
         (hint,) = args
+    rules: list[Callable[[Any], None]] = []
+    if typing.get_origin(hint) is Annotated:
+        hint, *meta = typing.get_args(hint)
+        rules = [_rule_check(m, name) for m in meta]
     if hint is bool:
 
         def conv(v: Any) -> Any:
@@ -92,42 +228,83 @@ def _checker(hint: Any, name: str) -> tuple[Callable[[Any], Any], bool]:
 
         def conv(v: Any) -> Any:
             if type(v) is not int:
-                raise TypeError(f"{name}: expected an integer, got {v!r}")
+                raise TypeError(f"{name}: expected an integer, got {ascii(v)[:40]}")
             return v
 
     elif hint is float:
 
         def conv(v: Any) -> Any:
             if type(v) not in (int, float):
-                raise TypeError(f"{name}: expected a number, got {v!r}")
+                raise TypeError(f"{name}: expected a number, got {ascii(v)[:40]}")
             return float(v)
 
     elif hint is str:
 
         def conv(v: Any) -> Any:
             if type(v) is not str:
-                raise TypeError(f"{name}: expected a string, got {v!r}")
+                raise TypeError(f"{name}: expected a string, got {ascii(v)[:40]}")
             return v
 
     else:  # pragma: no cover - a schema bug, caught at import
         raise TypeError(f"unsupported field type {hint!r} for {name}")
-    return conv, optional
+    if not rules:
+        return conv, optional
+    (rule,) = rules
+    base = conv
+
+    def checked(v: Any) -> Any:
+        v = base(v)
+        rule(v)
+        return v
+
+    return checked, optional
 
 
-def _event(type_name: str) -> Callable[[type], type]:
+def _is_time(hint: Any) -> bool:
+    hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if typing.get_origin(hint) in (
+        typing.Union, types.UnionType) else hint
+    return typing.get_origin(hint) is Annotated and any(isinstance(m, _Time) for m in typing.get_args(hint)[1:])
+
+
+def _event(type_name: str, check: Callable[[Any], str | None] | None = None) -> Callable[[type], type]:
     def deco(cls: type) -> type:
         cls.TYPE = type_name
         EVENT_TYPES[type_name] = cls
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
+        plain = typing.get_type_hints(cls)
         spec = []
         for f in fields(cls):
             conv, optional = _checker(hints[f.name], f.name)
             spec.append((f.name, conv, optional))
         _FIELDS[cls] = tuple(spec)
-        _FLOATS[cls] = tuple(f.name for f in fields(cls) if float in (hints[f.name], *typing.get_args(hints[f.name])))
+        _FLOATS[cls] = tuple(f.name for f in fields(cls) if float in (plain[f.name], *typing.get_args(plain[f.name])))
+        _TIMES[cls] = tuple(f.name for f in fields(cls) if _is_time(hints[f.name]))
+        if check is not None:
+            _CHECKS[cls] = check
         return cls
 
     return deco
+
+
+def _supply_figures(ev: Any) -> str | None:
+    """A finished supply (or its ticket): ends after it starts, energy within what the
+    highest power delivers in its duration, amount = energy x price."""
+    if ev.ended_ts_ms < ev.started_ts_ms:
+        return f"ended_ts_ms {ev.ended_ts_ms} is before started_ts_ms {ev.started_ts_ms}"
+    hours = (ev.ended_ts_ms - ev.started_ts_ms) / 3_600_000
+    if ev.energy_kwh > MAX_POWER_KW * hours + ENERGY_SLACK_KWH:
+        return (f"energy_kwh {ev.energy_kwh:g} is more than {MAX_POWER_KW:g} kW could deliver in "
+                f"{hours * 3600:.1f} s")
+    expected = ev.energy_kwh * ev.price_eur_kwh
+    if abs(ev.amount_eur - expected) > AMOUNT_TOLERANCE_EUR + 1e-6 * expected:
+        return f"amount_eur {ev.amount_eur:g} is not energy x price ({expected:.4f})"
+    return None
+
+
+def _progress_figures(ev: Any) -> str | None:
+    if ev.energy_kwh > MAX_POWER_KW * ev.elapsed_s / 3600 + ENERGY_SLACK_KWH:
+        return f"energy_kwh {ev.energy_kwh:g} is more than {MAX_POWER_KW:g} kW could deliver in {ev.elapsed_s:g} s"
+    return None
 
 
 # -- driver-requests -------------------------------------------------------------------------
@@ -138,13 +315,13 @@ def _event(type_name: str) -> Callable[[type], type]:
 class SupplyRequest(Event):
     """A driver asks to charge at ``cp_id`` (``origin`` "cp": typed at the CP's own menu)."""
 
-    request_id: str
-    driver_id: str
-    cp_id: str
-    ts_ms: int
-    origin: str = "driver"
-    target_energy_kwh: float | None = None
-    target_duration_s: float | None = None
+    request_id: Id
+    driver_id: Id
+    cp_id: Id
+    ts_ms: TsMs
+    origin: Annotated[str, _OneOf(REQUEST_ORIGINS)] = "driver"
+    target_energy_kwh: TargetKwh | None = None
+    target_duration_s: TargetS | None = None
 
 
 # -- cp-commands -----------------------------------------------------------------------------
@@ -155,15 +332,15 @@ class SupplyRequest(Event):
 class AuthorizeCommand(Event):
     """Central allows ``driver_id`` to charge at ``cp_id``; void after ``expires_ts_ms`` if not plugged."""
 
-    cp_id: str
-    session_id: int
-    driver_id: str
-    request_id: str
-    price_eur_kwh: float
-    expires_ts_ms: int
-    ts_ms: int
-    target_energy_kwh: float | None = None
-    target_duration_s: float | None = None
+    cp_id: Id
+    session_id: SessionId
+    driver_id: Id
+    request_id: Id
+    price_eur_kwh: PriceEurKwh
+    expires_ts_ms: TsMs
+    ts_ms: TsMs
+    target_energy_kwh: TargetKwh | None = None
+    target_duration_s: TargetS | None = None
 
 
 @_event("stop")
@@ -171,8 +348,8 @@ class AuthorizeCommand(Event):
 class StopCommand(Event):
     """Put the CP out of service; any supply in progress ends."""
 
-    cp_id: str
-    ts_ms: int
+    cp_id: Id
+    ts_ms: TsMs
 
 
 @_event("resume")
@@ -180,8 +357,8 @@ class StopCommand(Event):
 class ResumeCommand(Event):
     """Put a stopped CP back in service."""
 
-    cp_id: str
-    ts_ms: int
+    cp_id: Id
+    ts_ms: TsMs
 
 
 @_event("cancel_authorization")
@@ -189,10 +366,10 @@ class ResumeCommand(Event):
 class CancelAuthorization(Event):
     """Withdraw an authorisation that was not used (expired, or the driver left)."""
 
-    cp_id: str
-    session_id: int
-    reason: str
-    ts_ms: int
+    cp_id: Id
+    session_id: SessionId
+    reason: Token
+    ts_ms: TsMs
 
 
 # -- cp-events -------------------------------------------------------------------------------
@@ -203,11 +380,11 @@ class CancelAuthorization(Event):
 class AuthorizationAnswer(Event):
     """The CP's answer to an AuthorizeCommand."""
 
-    cp_id: str
-    session_id: int
+    cp_id: Id
+    session_id: SessionId
     accepted: bool
-    ts_ms: int
-    reason: str = ""
+    ts_ms: TsMs
+    reason: Token = ""
 
 
 @_event("supply_started")
@@ -215,46 +392,46 @@ class AuthorizationAnswer(Event):
 class SupplyStarted(Event):
     """The vehicle is plugged in and energy flows."""
 
-    cp_id: str
-    session_id: int
-    driver_id: str
-    started_ts_ms: int
-    ts_ms: int
+    cp_id: Id
+    session_id: SessionId
+    driver_id: Id
+    started_ts_ms: TsMs
+    ts_ms: TsMs
 
 
-@_event("supply_progress")
+@_event("supply_progress", _progress_figures)
 @_ev
 class SupplyProgress(Event):
     """Telemetry of a running supply, every second."""
 
-    cp_id: str
-    session_id: int
-    driver_id: str
-    energy_kwh: float
-    amount_eur: float
-    power_kw: float
-    elapsed_s: float
-    ts_ms: int
+    cp_id: Id
+    session_id: SessionId
+    driver_id: Id
+    energy_kwh: EnergyKwh
+    amount_eur: AmountEur
+    power_kw: PowerKw
+    elapsed_s: ElapsedS
+    ts_ms: TsMs
 
 
-@_event("supply_finished")
+@_event("supply_finished", _supply_figures)
 @_ev
 class SupplyFinished(Event):
     """Final figures of a supply; Central turns it into exactly one ticket."""
 
-    cp_id: str
-    session_id: int
-    driver_id: str
-    energy_kwh: float
-    amount_eur: float
-    price_eur_kwh: float
-    started_ts_ms: int
-    ended_ts_ms: int
-    reason: str
-    ts_ms: int
+    cp_id: Id
+    session_id: Annotated[int, _Range(0, MAX_SESSION_ID)]
+    driver_id: Id
+    energy_kwh: EnergyKwh
+    amount_eur: AmountEur
+    price_eur_kwh: PriceEurKwh
+    started_ts_ms: TsMs
+    ended_ts_ms: TsMs
+    reason: Token
+    ts_ms: TsMs
     #: True for a supply served while Central was unreachable (session_id 0 until Central assigns one).
     offline: bool = False
-    request_id: str = ""
+    request_id: OptionalId = ""
 
 
 # -- driver-events ---------------------------------------------------------------------------
@@ -265,14 +442,14 @@ class SupplyFinished(Event):
 class RequestUpdate(Event):
     """A step of a driver's request: received, authorized, denied (with reason), supplying, ended."""
 
-    driver_id: str
-    request_id: str
-    cp_id: str
-    status: str
-    ts_ms: int
-    session_id: int | None = None
-    reason: str = ""
-    message: str = ""
+    driver_id: Id
+    request_id: Id
+    cp_id: Id
+    status: Annotated[str, _OneOf(SESSION_STATUSES)]
+    ts_ms: TsMs
+    session_id: SessionId | None = None
+    reason: Token = ""
+    message: Message = ""
 
 
 @_event("driver_telemetry")
@@ -280,33 +457,33 @@ class RequestUpdate(Event):
 class DriverTelemetry(Event):
     """Live figures of the driver's supply, relayed by Central (``produced_ts_ms``: the engine's)."""
 
-    driver_id: str
-    session_id: int
-    cp_id: str
-    energy_kwh: float
-    amount_eur: float
-    power_kw: float
-    produced_ts_ms: int
-    ts_ms: int
+    driver_id: Id
+    session_id: SessionId
+    cp_id: Id
+    energy_kwh: EnergyKwh
+    amount_eur: AmountEur
+    power_kw: PowerKw
+    produced_ts_ms: TsMs
+    ts_ms: TsMs
 
 
-@_event("ticket")
+@_event("ticket", _supply_figures)
 @_ev
 class Ticket(Event):
     """The final ticket of a supply."""
 
-    driver_id: str
-    session_id: int
-    request_id: str
-    cp_id: str
-    energy_kwh: float
-    amount_eur: float
-    price_eur_kwh: float
-    started_ts_ms: int
-    ended_ts_ms: int
-    status: str
-    end_reason: str
-    ts_ms: int
+    driver_id: Id
+    session_id: SessionId
+    request_id: Id
+    cp_id: Id
+    energy_kwh: EnergyKwh
+    amount_eur: AmountEur
+    price_eur_kwh: PriceEurKwh
+    started_ts_ms: TsMs
+    ended_ts_ms: TsMs
+    status: Annotated[str, _OneOf(SESSION_STATUSES)]
+    end_reason: Token
+    ts_ms: TsMs
 
 
 # -- cp-state, central-heartbeat -------------------------------------------------------------
@@ -317,12 +494,12 @@ class Ticket(Event):
 class CpStateRecord(Event):
     """A CP's latest state as Central sees it (compacted topic, key = CP id)."""
 
-    cp_id: str
-    location: str
-    price_eur_kwh: float
-    state: str
-    ts_ms: int
-    driver_id: str = ""
+    cp_id: Id
+    location: Text
+    price_eur_kwh: PriceEurKwh
+    state: Annotated[str, _OneOf(CP_STATE_NAMES)]
+    ts_ms: TsMs
+    driver_id: OptionalId = ""
 
 
 @_event("heartbeat")
@@ -330,13 +507,26 @@ class CpStateRecord(Event):
 class Heartbeat(Event):
     """Central is alive; sent every ``interval_s``."""
 
-    instance_id: str
-    started_ts_ms: int
-    interval_s: float
-    ts_ms: int
+    instance_id: Id
+    started_ts_ms: TsMs
+    interval_s: Annotated[float, _Range(0, 3600, lo_open=True)]
+    ts_ms: TsMs
 
 
 # -- codec -----------------------------------------------------------------------------------
+
+
+def _validate(event: Event, obj: dict[str, Any]) -> None:
+    """Every field's rule and the rules across fields; ValueError/TypeError saying which."""
+    for name, conv, optional in _FIELDS[type(event)]:
+        value = getattr(event, name)
+        if value is None and optional:
+            continue
+        conv(value)
+    check = _CHECKS.get(type(event))
+    problem = check(event) if check is not None else None
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def encode_event(event: Event) -> bytes:
@@ -346,6 +536,10 @@ def encode_event(event: Event) -> bytes:
     four to five times faster than the json module (the bytes differ only in how
     exponents are spelt: ``1e-5``, not ``1e-05``): this is Central's hottest path
     (docs/performance.md, capacity).
+
+    The event is checked against the same rules as :func:`decode_event` (except the
+    reader's clock): we never write what a reader would quarantine, and never a value
+    over MAX_EVENT_BYTES. Raises EventEncodeError saying what is wrong.
     """
     obj: dict[str, Any] = {"v": EVENT_VERSION, "type": event.TYPE}
     for name, _conv, _opt in _FIELDS[type(event)]:
@@ -355,15 +549,30 @@ def encode_event(event: Event) -> bytes:
         if value is not None and not math.isfinite(value):
             raise EventEncodeError(f"cannot encode {event.TYPE}: {name} is {value!r} (JSON numbers are finite)")
     try:
-        return orjson.dumps(obj)
+        _validate(event, obj)
+    except (TypeError, ValueError) as exc:
+        raise EventEncodeError(f"cannot encode {event.TYPE}: {exc}") from None
+    try:
+        data = orjson.dumps(obj)
     except TypeError as exc:  # orjson.JSONEncodeError: a str with lone surrogates, an int over 64 bits
         raise EventEncodeError(f"cannot encode {event.TYPE}: {exc}") from None
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventEncodeError(f"cannot encode {event.TYPE}: {len(data)} bytes (at most {MAX_EVENT_BYTES})")
+    return data
 
 
-def decode_event(data: bytes | str | None) -> Event:
-    """Parse and validate one record value; raises EventDecodeError saying what is wrong."""
+def decode_event(data: bytes | str | None, *, now_ms: int | None = None) -> Event:
+    """Parse and validate one record value; raises EventDecodeError saying what is wrong.
+
+    Every field is checked against its rule (type, range, id and text rules) and
+    the figures against each other. With ``now_ms`` (the reader's clock) no time
+    stamp may lie more than FUTURE_SLACK_MS ahead of it. A value larger than
+    MAX_EVENT_BYTES is refused before it is parsed.
+    """
     if data is None:
         raise EventDecodeError("empty record (no value)")
+    if len(data) > MAX_EVENT_BYTES:
+        raise EventDecodeError(f"record of {len(data)} bytes (at most {MAX_EVENT_BYTES})")
     try:
         obj = orjson.loads(data)
     except ValueError as exc:  # orjson.JSONDecodeError, invalid UTF-8 included
@@ -372,11 +581,11 @@ def decode_event(data: bytes | str | None) -> Event:
         raise EventDecodeError(f"expected a JSON object, got {type(obj).__name__}")
     version = obj.get("v")
     if version != EVENT_VERSION:
-        raise EventDecodeError(f"unsupported event version {version!r} (this reader speaks {EVENT_VERSION})")
+        raise EventDecodeError(f"unsupported event version {ascii(version)[:20]} (this reader speaks {EVENT_VERSION})")
     type_name = obj.get("type")
     cls = EVENT_TYPES.get(type_name) if isinstance(type_name, str) else None
     if cls is None:
-        raise EventDecodeError(f"unknown event type {type_name!r}")
+        raise EventDecodeError(f"unknown event type {ascii(type_name)[:40]}")
     kwargs: dict[str, Any] = {}
     try:
         for name, conv, optional in _FIELDS[cls]:
@@ -384,6 +593,16 @@ def decode_event(data: bytes | str | None) -> Event:
                 continue  # the dataclass raises for a missing required field
             value = obj[name]
             kwargs[name] = None if value is None and optional else conv(value)
-        return cls(**kwargs)
-    except TypeError as exc:
+        event = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
         raise EventDecodeError(f"{type_name}: {exc}") from None
+    check = _CHECKS.get(cls)
+    problem = check(event) if check is not None else None
+    if problem is None and now_ms is not None:
+        latest = now_ms + FUTURE_SLACK_MS
+        late = next((n for n in _TIMES[cls] if (getattr(event, n) or 0) > latest), None)
+        if late is not None:
+            problem = f"{late} {getattr(event, late)} is more than a day ahead of the reader's clock"
+    if problem is not None:
+        raise EventDecodeError(f"{type_name}: {problem}")
+    return event

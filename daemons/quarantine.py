@@ -169,6 +169,10 @@ class CrashGuard:
         except (ValueError, KeyError, TypeError) as exc:  # torn by a power cut: start afresh
             log.warning("ignoring an unreadable crash mark in %s: %s", self.path, exc)
             return
+        # The mark has been read: what killed the previous run is now in memory. Clearing
+        # the file means a later death that has nothing to do with these records (a
+        # kill while idle) is not counted against them.
+        self._write("")
         if ranges:
             self.suspect = (ranges, crashes)
             where = ", ".join(f"{t}[{p}]@{a}" + (f"..{b}" if b != a else "") for t, p, a, b in ranges)
@@ -206,14 +210,6 @@ class CrashGuard:
         if self._marked:
             self._write("")
             self._marked = False
-
-    def forget(self, topic: str, partition: int, below: int) -> None:
-        """Records of ``topic[partition]`` before ``below`` are settled: stop suspecting them."""
-        if self.suspect is None:
-            return
-        ranges, crashes = self.suspect
-        left = [r for r in ranges if not (r[0] == topic and r[1] == partition and r[3] < below)]
-        self.suspect = (left, crashes) if left else None
 
     def close(self) -> None:
         if self._fd is not None:

@@ -201,6 +201,24 @@ class Network:
             if p.popen.stdin:
                 p.popen.stdin.close()
 
+    def forge(self, topic: Topic, key: str | None, value: bytes | None, *, partition: int | None = None) -> None:
+        """Write a raw record as anyone who reaches the broker could (plain confluent-kafka,
+        none of our adapters): by default on the partition our readers take for ``key``."""
+        import confluent_kafka
+
+        partitions = asyncio.run(ensure_topics(self.settings))
+        if partition is None:
+            partition = partition_for(key or "", partitions[topic])
+        producer = confluent_kafka.Producer({"bootstrap.servers": self.bootstrap, "message.max.bytes": 2_000_000})
+        errors: list[Any] = []
+        producer.produce(self.settings.topic(topic), value=value, key=key.encode("utf-8", "surrogatepass") if key else None,
+                         partition=partition, on_delivery=lambda err, msg: errors.append(err) if err else None)
+        assert producer.flush(15) == 0 and not errors, errors
+
+    def status(self) -> dict[str, Any]:
+        """Central's counters (GET /api/v1/status)."""
+        return self.get("/api/v1/status")["counters"]
+
     # -- Central's HTTP API ----------------------------------------------------------------
 
     def get(self, path: str) -> Any:

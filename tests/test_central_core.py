@@ -34,6 +34,7 @@ from evproto.bus.events import (
 from evproto.bus.topics import Topic
 from evproto.daemons.central.core import (
     CentralCore,
+    RecordRefused,
     CpRecord,
     Note,
     Publish,
@@ -460,12 +461,19 @@ def test_finished_without_start_still_tickets(core: CentralCore) -> None:
     assert t.status == "completed" and t.energy_kwh == 1.0
 
 
-def test_events_for_another_cp_are_ignored(core: CentralCore) -> None:
+def test_events_for_another_cp_are_refused_and_change_nothing(core: CentralCore) -> None:
     sid = supplying(core, "D1", "CP1")
-    assert finished(core, "CP2", sid, "D1", T0 + 5000, energy=1.0, price=0.30) == []
-    assert answer(core, "CP2", sid, T0 + 5000, accepted=False, reason="busy") == []
-    assert progress(core, "CP2", sid, "D1", T0 + 5000, 1.0, 0.3) == []
-    assert state_of(core, "CP1") == "SUPPLYING"
+    with pytest.raises(RecordRefused, match=f"session {sid} belongs to CP1, not CP2"):
+        finished(core, "CP2", sid, "D1", T0 + 5000, energy=1.0, price=0.30)
+    with pytest.raises(RecordRefused, match="belongs to CP1"):
+        answer(core, "CP2", sid, T0 + 5000, accepted=False, reason="busy")
+    with pytest.raises(RecordRefused, match=f"session {sid} is D1's, not D2's"):
+        progress(core, "CP1", sid, "D2", T0 + 5000, 1.0, 0.3)
+    with pytest.raises(RecordRefused, match="session 99 does not exist"):
+        progress(core, "CP1", 99, "D1", T0 + 5000, 1.0, 0.3)
+    with pytest.raises(RecordRefused, match="CP7 is not a registered charge point"):
+        progress(core, "CP7", sid, "D1", T0 + 5000, 1.0, 0.3)
+    assert state_of(core, "CP1") == "SUPPLYING" and core.sessions[sid].energy_kwh == 0
 
 
 def test_progress_before_start_counts_as_start(core: CentralCore) -> None:
@@ -816,6 +824,7 @@ class CentralMachine(RuleBasedStateMachine):
         self.known: dict[int, tuple[str, str, float]] = {}
         self.tickets: Counter[int] = Counter()
         self.request_n = 0
+        self.request_owner: dict[str, tuple[str, str]] = {}
 
     # -- bookkeeping of every step's effects
 
@@ -823,6 +832,7 @@ class CentralMachine(RuleBasedStateMachine):
         for cmd in events(fx, AuthorizeCommand):
             assert cmd.session_id not in self.known
             self.known[cmd.session_id] = (cmd.cp_id, cmd.driver_id, cmd.price_eur_kwh)
+            self.request_owner[cmd.request_id] = (cmd.driver_id, cmd.cp_id)
         for t in events(fx, Ticket):
             self.tickets[t.session_id] += 1
             event(f"ticket {t.status}")
@@ -853,7 +863,13 @@ class CentralMachine(RuleBasedStateMachine):
         if not reuse or self.request_n == 0:
             self.request_n += 1
         now = self._advance(dt)
-        self._absorb(request(self.core, driver, cp, now, rid=f"r{self.request_n}"))
+        rid = f"r{self.request_n}"
+        try:
+            self._absorb(request(self.core, driver, cp, now, rid=rid))
+        except RecordRefused:
+            # Refused only when the id already made a session for another driver or CP.
+            owner = self.request_owner.get(rid)
+            assert owner is not None and owner != (driver, cp)
 
     @precondition(lambda self: self.known)
     @rule(data=st.data(), accepted=st.booleans(), dt=st.integers(0, 3000))
@@ -945,3 +961,35 @@ CentralMachine.TestCase.settings = settings(
     max_examples=250, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestCentralMachine = CentralMachine.TestCase
+
+
+# =============================================================================================
+# history beyond memory (Central's database)
+# =============================================================================================
+
+
+def test_a_request_id_older_than_memory_is_still_a_repeat(tmp_path) -> None:
+    # Only the last ended session stays in memory; the database remembers the rest, so a
+    # request re-sent long after is recognised instead of breaking the request_id constraint.
+    from evproto.daemons.central.store import Store
+
+    store = Store(str(tmp_path / "central.db"))
+    core = CentralCore(drivers={"D1", "D2"}, rules=Rules(remember_ended=1), history=store)
+    for cp_id, (location, price) in CPS.items():
+        store.apply(core.hello(cp_id, location, price, T0)[1])
+        store.apply(core.monitor_connected(cp_id, T0))
+    for n, driver in enumerate(["D1", "D2", "D1"]):
+        fx = request(core, driver, "CP1", T0 + n * 10, rid=f"r{n}")
+        sid = events(fx, AuthorizeCommand)[0].session_id
+        store.apply(fx)
+        store.apply(answer(core, "CP1", sid, T0 + n * 10 + 1, accepted=False, reason="busy"))
+    assert "r0" not in core.request_ids  # forgotten by memory
+    assert request(core, "D1", "CP1", T0 + 100, rid="r0") == []
+    assert core.ignored["duplicate_request"] == 1
+    with pytest.raises(RecordRefused, match="request id r0 already belongs to session 1 of D1 at CP1"):
+        request(core, "D2", "CP2", T0 + 100, rid="r0")
+    # A late report about a session memory forgot is known too: ignored, not refused.
+    assert progress(core, "CP1", 1, "D1", T0 + 200, 0.1, 0.3) == []
+    with pytest.raises(RecordRefused, match="session 1 is D1's, not D2's"):
+        progress(core, "CP1", 1, "D2", T0 + 200, 0.1, 0.3)
+    store.close()

@@ -62,6 +62,10 @@ class FakeBackend:
         self.calls: list[tuple[str, str | None]] = []
         self.fail: BaseException | None = None
 
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        return [{"id": 1, "ts_ms": T0, "topic": "cp-events", "partition": 2, "offset": 7, "key": "CP9",
+                 "reason": "CP9 is not a registered charge point", "size": 250}][:limit]
+
     def view(self) -> CentralView:
         if self.fail is not None:
             raise self.fail

@@ -31,12 +31,16 @@ from evproto import (
     Role,
 )
 from evproto.aio import Link, Server, serve
-from evproto.bus.events import DriverTelemetry, EventDecodeError, Heartbeat, SupplyProgress, decode_event, encode_event
+from evproto.bus.events import DriverTelemetry, Event, EventEncodeError, Heartbeat, SupplyProgress, encode_event
 from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, all_partitions, end_offsets, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 
+from evproto.ratelog import RateLimitedLog
+
 from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
+from ..quarantine import CrashGuard, DeadLetter
 from .core import CentralCore, Effect, Note, Publish, Rules, UnknownCpError
+from .intake import RecordIntake
 from .store import OutboxRow, Store
 from .view import CentralView, MessageView, SessionView
 
@@ -51,6 +55,9 @@ TELEMETRY_AGES = 4096
 LOOP_WATCH_S = 0.05
 #: Kafka records handled per database transaction at most.
 BATCH_SIZE = 500
+#: Producer errors (librdkafka names) that re-sending can never fix.
+_REFUSED_FOR_GOOD = frozenset({"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "INVALID_MSG",
+                               "CORRUPT_MESSAGE", "INVALID_RECORD"})
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,7 +82,7 @@ class Central:
         self.store = Store(opts.db)
         loaded = self.store.load()
         self.core = CentralCore(cps=loaded.cps, drivers=loaded.drivers, sessions=loaded.live_sessions,
-                                next_session_id=loaded.next_session_id, rules=opts.rules)
+                                next_session_id=loaded.next_session_id, rules=opts.rules, history=self.store)
         self.offsets = loaded.offsets
         self.messages: collections.deque[MessageView] = collections.deque(maxlen=300)
         self.links: dict[str, Link] = {}
@@ -87,6 +94,12 @@ class Central:
         #: Age of the latest readings when Central took them in (engine's timestamp -> now), ms.
         self._ages: collections.deque[int] = collections.deque(maxlen=TELEMETRY_AGES)
         self._in_flight: set[int] = set()
+        #: What is being applied, so that a record that kills Central is not re-read forever.
+        self.guard = CrashGuard(opts.db + ".applying")
+        self._warn = RateLimitedLog(log)
+        self.intake = RecordIntake(guard=self.guard, decide=lambda ev, now: self.core.on_event(ev, now),
+                                   commit=self._apply, recover=self._rebuild_core, seen=self._seen,
+                                   counters=self.counters)
         self.server: Server | None = None
         self.listen_addr = ""
         self.http_addr = ""
@@ -145,6 +158,7 @@ class Central:
                 await runner.cleanup()
             await self.producer.close(timeout_s=5.0)
             self.store.close()
+            self.guard.close()
             log.info("Central stopped")
         return 0
 
@@ -154,8 +168,9 @@ class Central:
         self.messages.append(MessageView(ts_ms=now_ms(), level=level, text=text))
         getattr(log, level if level in ("warning", "error") else "info")(text)
 
-    def _apply(self, effects: list[Effect], offsets: dict[tuple[str, int], int] | None = None) -> None:
-        rows = iter(self.store.apply(effects, offsets))
+    def _apply(self, effects: list[Effect], offsets: dict[tuple[str, int], int] | None = None,
+               dead: list[DeadLetter] | None = None) -> None:
+        rows = iter(self.store.apply(effects, offsets, dead or ()))
         if offsets:
             self.offsets.update(offsets)
         for fx in effects:
@@ -168,7 +183,13 @@ class Central:
                 else:
                     if isinstance(fx.event, DriverTelemetry):
                         self.counters["telemetry_out"] += 1
-                    self._produce(fx.topic, fx.key, encode_event(fx.event), wait=False)
+                    try:
+                        value = encode_event(fx.event)
+                    except EventEncodeError as exc:  # stored already: never undo a commit for a best-effort record
+                        self.counters["produce_errors"] += 1
+                        self._warn.log(logging.ERROR, f"not sent: {exc}")
+                        continue
+                    self._produce(fx.topic, fx.key, value, wait=False)
 
     def _partition(self, topic: Topic, key: str) -> int:
         return partition_for(key, self.partitions.get(topic, 1))
@@ -196,10 +217,18 @@ class Central:
             return
         self._in_flight.add(row.id)
 
-        def done(f: asyncio.Future[Any], row_id: int = row.id) -> None:
-            self._in_flight.discard(row_id)
-            if not f.cancelled() and f.exception() is None:
-                self.store.outbox_done([row_id])
+        def done(f: asyncio.Future[Any], row: OutboxRow = row) -> None:
+            self._in_flight.discard(row.id)
+            if f.cancelled():
+                return
+            exc = f.exception()
+            if exc is None:
+                self.store.outbox_done([row.id])
+            elif getattr(exc, "code", None) in _REFUSED_FOR_GOOD:
+                # The broker will never take it: set it aside instead of re-sending it every 2 s.
+                self.counters["outbox_dead"] += 1
+                log.error("the broker refuses an owed %s event for good (%s): kept as a dead letter", row.topic, exc)
+                self.store.outbox_dead(row, str(exc))
 
         fut.add_done_callback(done)
 
@@ -275,27 +304,38 @@ class Central:
                     batch = await consumer.next_batch(BATCH_SIZE)
                 except StopAsyncIteration:
                     return
-                # One transaction per batch: decisions, owed events and offsets together.
-                effects: list[Effect] = []
-                offsets: dict[tuple[str, int], int] = {}
-                now = now_ms()
-                for record in batch:
-                    offsets[(record.topic.value, record.partition)] = record.offset + 1
-                    try:
-                        event = decode_event(record.value)
-                    except EventDecodeError as exc:
-                        self.counters["malformed"] += 1
-                        if self.counters["malformed"] <= 10 or self.counters["malformed"] % 1000 == 0:
-                            log.warning("skipped malformed record %s[%d]@%d (%d so far): %s", record.topic.value,
-                                        record.partition, record.offset, self.counters["malformed"], exc)
-                        continue
-                    if isinstance(event, SupplyProgress):
-                        self.counters["telemetry_in"] += 1
-                        self._ages.append(now - event.ts_ms)
-                    effects += self.core.on_event(event, now)
+                # One transaction per batch: decisions, owed events, dead letters and offsets together.
+                self.intake.apply(batch, now_ms())
                 self.counters["consumed"] += len(batch)
                 self.counters["batches"] += 1
-                self._apply(effects, offsets)
+
+    def _seen(self, event: Event, now: int) -> None:
+        if isinstance(event, SupplyProgress):
+            self.counters["telemetry_in"] += 1
+            self._ages.append(now - event.ts_ms)
+
+    def _rebuild_core(self) -> None:
+        """Rebuild the core from the database, after a failure that may have left it half-changed.
+
+        The database holds everything decided; only the live links are known to memory
+        alone (which monitors are connected, their engines' health, live figures), and
+        they are carried over.
+        """
+        old = self.core
+        loaded = self.store.load()
+        core = CentralCore(cps=loaded.cps, drivers=loaded.drivers, sessions=loaded.live_sessions,
+                           next_session_id=loaded.next_session_id, rules=self.opts.rules, history=self.store)
+        for cp in core.cps.values():
+            prev = old.cps.get(cp.id)
+            if prev is None:
+                continue
+            cp.connected, cp.engine_ok, cp.fault = prev.connected, prev.engine_ok, prev.fault
+            if cp.supplying and prev.supplying:
+                cp.power_kw, cp.energy_kwh, cp.amount_eur = prev.power_kw, prev.energy_kwh, prev.amount_eur
+        core.ignored = old.ignored
+        self.core = core
+        self.counters["core_rebuilds"] += 1
+        log.warning("Central's state was rebuilt from its database")
 
     async def _ticker(self) -> None:
         while True:
@@ -383,7 +423,9 @@ class Central:
             kafka=self.opts.kafka.bootstrap,
             kafka_ok=self.kafka_ok,
             now_ts_ms=now_ms(),
-            counters={**self.counters, **GC_PAUSES.counters(), **self._freshness()},
+            counters={**self.counters, **GC_PAUSES.counters(), **self._freshness(),
+                      **{f"ignored_{k}": v for k, v in self.core.ignored.items()},
+                      "dead_letters": self.store.dead_letter_count()},
         )
 
     def _freshness(self) -> dict[str, int]:
@@ -466,6 +508,9 @@ class _Backend:
     def sessions(self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None,
                  limit: int = 500) -> list[SessionView]:
         return self.central.sessions(status=status, cp_id=cp_id, driver_id=driver_id, limit=limit)
+
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        return self.central.store.dead_letters(limit)
 
     async def stop(self, cp_id: str | None) -> list[str]:
         return self._admin(True, cp_id)

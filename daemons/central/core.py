@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import copy
 from dataclasses import dataclass
+from typing import Protocol
 
 from evproto.bus.events import (
     AuthorizationAnswer,
@@ -32,6 +33,7 @@ from evproto.bus.events import (
 from evproto.bus.topics import Topic
 from evproto.domain.cp import CpFacts, cp_state
 from evproto.domain.session import SessionInput, SessionStatus, finish_input, step
+from evproto.errors import EvprotoError
 from evproto.messages import CpState, ReasonCode, Reject
 
 from .view import CpView, SessionView
@@ -47,11 +49,34 @@ __all__ = [
     "Effect",
     "CentralCore",
     "UnknownCpError",
+    "RecordRefused",
+    "SessionHistory",
 ]
 
 
 class UnknownCpError(LookupError):
     """An operator named a charge point Central does not know."""
+
+
+class RecordRefused(EvprotoError):
+    """An event Central cannot apply: it refers to nothing Central knows, or contradicts
+    what it knows (another CP's session, another driver's request id).
+
+    Raised by :meth:`CentralCore.on_event` before any state changed; the daemon
+    quarantines the record and moves on.
+    """
+
+
+class SessionHistory(Protocol):
+    """Sessions older than what the core keeps in memory (Central's database)."""
+
+    def session(self, session_id: int) -> SessionRecord | None:
+        """The session with this id, or None."""
+        ...
+
+    def session_by_request(self, request_id: str) -> SessionRecord | None:
+        """The session a request id created, or None."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -185,8 +210,12 @@ class CentralCore:
         sessions: list[SessionRecord] = (),  # type: ignore[assignment]
         next_session_id: int = 1,
         rules: Rules = Rules(),
+        history: SessionHistory | None = None,
     ) -> None:
         self.rules = rules
+        self.history = history
+        #: Records recognised as repeats and changing nothing, by kind (status counters).
+        self.ignored: collections.Counter[str] = collections.Counter()
         self.cps: dict[str, CpRecord] = {c.id: c for c in cps}
         self.drivers: set[str] = set(drivers)
         #: Live sessions only (requested, authorized, supplying), by id.
@@ -334,8 +363,14 @@ class CentralCore:
     # -- Kafka events ----------------------------------------------------------------------
 
     def on_event(self, event: Event, now_ms: int) -> list[Effect]:
-        """Handle one event read from driver-requests or cp-events."""
+        """Handle one event read from driver-requests or cp-events.
+
+        Raises :class:`RecordRefused`, with nothing changed, for an event that refers
+        to nothing Central knows or contradicts it (see :meth:`_check`).
+        """
         self._fx = []
+        if not self._check(event):
+            return []
         if isinstance(event, SupplyRequest):
             self._request(event, now_ms)
         elif isinstance(event, AuthorizationAnswer):
@@ -347,6 +382,61 @@ class CentralCore:
         elif isinstance(event, SupplyFinished):
             self._finished(event, now_ms)
         return self._take()
+
+    def _check(self, event: Event) -> bool:
+        """Refuse, before anything changes, what cannot be applied; False for what changes nothing.
+
+        A CP's report must name a registered CP and a session that exists, is that
+        CP's and (where the report names one) that driver's. An offline supply needs
+        a registered CP and driver and a request id. A request id belongs to one
+        driver and CP for ever: reused by another, it is refused (the same request
+        again is a repeat, handled in :meth:`_request`).
+        """
+        if isinstance(event, SupplyRequest):
+            old = self._request_session(event.request_id)
+            if old is not None and (old.driver_id, old.cp_id) != (event.driver_id, event.cp_id):
+                raise RecordRefused(f"request id {event.request_id} already belongs to session {old.id} "
+                                    f"of {old.driver_id} at {old.cp_id}")
+            return True
+        if not isinstance(event, (AuthorizationAnswer, SupplyStarted, SupplyProgress, SupplyFinished)):
+            raise RecordRefused(f"{event.TYPE} is not read from this topic")
+        if event.cp_id not in self.cps:
+            raise RecordRefused(f"{event.cp_id} is not a registered charge point")
+        if isinstance(event, SupplyFinished) and event.session_id == 0:
+            if not event.offline:
+                raise RecordRefused("session 0 is only for a supply served offline")
+            if event.driver_id not in self.drivers:
+                raise RecordRefused(f"offline supply for {event.driver_id}, who is not a registered driver")
+            if not event.request_id:
+                raise RecordRefused("offline supply without a request id")
+            old = self._request_session(event.request_id)
+            if old is not None and (old.driver_id, old.cp_id) != (event.driver_id, event.cp_id):
+                raise RecordRefused(f"request id {event.request_id} already belongs to session {old.id}")
+            return True
+        if event.session_id == 0 and isinstance(event, (SupplyStarted, SupplyProgress)):
+            self.ignored["offline_report"] += 1  # a supply served offline: only its end is billed
+            return False
+        s = self._known_session(event.session_id)
+        if s is None:
+            raise RecordRefused(f"session {event.session_id} does not exist")
+        if s.cp_id != event.cp_id:
+            raise RecordRefused(f"session {s.id} belongs to {s.cp_id}, not {event.cp_id}")
+        driver_id = getattr(event, "driver_id", None)
+        if driver_id is not None and driver_id != s.driver_id:
+            raise RecordRefused(f"session {s.id} is {s.driver_id}'s, not {driver_id}'s")
+        return True
+
+    def _known_session(self, session_id: int) -> SessionRecord | None:
+        s = self.sessions.get(session_id) or self.ended.get(session_id)
+        if s is None and 0 < session_id < self.next_session_id and self.history is not None:
+            s = self.history.session(session_id)
+        return s
+
+    def _request_session(self, request_id: str) -> SessionRecord | None:
+        sid = self.request_ids.get(request_id)
+        if sid is not None:
+            return self._known_session(sid)
+        return self.history.session_by_request(request_id) if self.history is not None else None
 
     def tick(self, now_ms: int) -> list[Effect]:
         """Expire requests the CP never answered and authorisations never used."""
@@ -437,8 +527,11 @@ class CentralCore:
         )
 
     def _request(self, req: SupplyRequest, now_ms: int) -> None:
-        if req.request_id in self.request_ids:
-            return  # the same request again (a producer retry, a replay): handled already
+        if self._request_session(req.request_id) is not None:
+            # The same request again (a producer retry, a replay, an old report re-sent),
+            # however old: handled already.
+            self.ignored["duplicate_request"] += 1
+            return
         where = " at the CP" if req.origin == "cp" else ""
         self._note(f"request from {req.driver_id} for {req.cp_id}{where}")
         if req.driver_id not in self.drivers:
@@ -508,8 +601,11 @@ class CentralCore:
     def _session_for(self, cp_id: str, session_id: int) -> SessionRecord | None:
         s = self.sessions.get(session_id)
         if s is None:
-            return self._revive(cp_id, session_id)
-        return s if s.cp_id == cp_id else None
+            s = self._revive(cp_id, session_id)
+        if s is None or s.cp_id != cp_id:
+            self.ignored["late_report"] += 1  # about a session that has ended: changes nothing
+            return None
+        return s
 
     def _revive(self, cp_id: str, session_id: int) -> SessionRecord | None:
         """A CP reports energy for a session Central had ended without a ticket.
@@ -536,6 +632,7 @@ class CentralCore:
     def _answer(self, ev: AuthorizationAnswer, now_ms: int) -> None:
         s = self.sessions.get(ev.session_id)
         if s is None or s.cp_id != ev.cp_id:
+            self.ignored["late_report"] += 1
             return  # an answer about an ended session changes nothing
         if ev.accepted:
             s.authorized_ts_ms = now_ms
@@ -599,10 +696,9 @@ class CentralCore:
 
     def _offline_supply(self, ev: SupplyFinished, now_ms: int) -> None:
         """A supply a CP served while Central was down: record and bill it, once per request id."""
-        if not ev.request_id or ev.request_id in self.request_ids:
+        if self._request_session(ev.request_id) is not None:
+            self.ignored["duplicate_report"] += 1
             return  # reported before (the CP re-sends until the broker acknowledges)
-        if ev.driver_id not in self.drivers:
-            self._note(f"{ev.cp_id} served unregistered driver {ev.driver_id} while Central was down; billing it", "warning")
         s = SessionRecord(
             id=self.next_session_id,
             cp_id=ev.cp_id,

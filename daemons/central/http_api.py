@@ -13,7 +13,8 @@ Pinned (other tools depend on them; docs/central.md):
 ========  ==========================  ==================================================
 
 Not pinned (the launcher draws the panel remotely with them): ``GET /api/v1/messages``,
-``GET /api/v1/status`` and ``GET /api/v1/requests``.
+``GET /api/v1/status``, ``GET /api/v1/requests`` and ``GET /api/v1/dead-letters`` (records
+quarantined: where, why, size).
 
 Every answer is ``application/json``; every error is ``{"error": "..."}`` with its status
 (400 bad query, 404 unknown route or CP, 405 wrong method, 500 internal error). A 500
@@ -84,6 +85,10 @@ class CentralBackend(Protocol):
         limit: int = DEFAULT_SESSIONS_LIMIT,
     ) -> list[SessionView]:
         """Sessions matching every given filter, at most ``limit`` of them."""
+        ...
+
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        """The newest quarantined records: where, why, size (never their content)."""
         ...
 
     async def stop(self, cp_id: str | None) -> list[str]:
@@ -208,6 +213,11 @@ async def _get_status(request: web.Request) -> web.Response:
     )
 
 
+async def _get_dead_letters(request: web.Request) -> web.Response:
+    letters = _backend(request).dead_letters(min(_limit_param(request), 1000))
+    return _json([{**{k: v for k, v in d.items() if k != "ts_ms"}, "at": iso_utc(d["ts_ms"])} for d in letters])
+
+
 def _request_json(session: SessionView) -> dict[str, Any]:
     return {**session.to_json(), "requested_at": iso_utc(session.requested_ts_ms)}
 
@@ -245,6 +255,7 @@ def make_app(backend: CentralBackend) -> web.Application:
     app.router.add_get(f"{p}/messages", _get_messages)
     app.router.add_get(f"{p}/status", _get_status)
     app.router.add_get(f"{p}/requests", _get_requests)
+    app.router.add_get(f"{p}/dead-letters", _get_dead_letters)
     for action in ("stop", "resume"):
         app.router.add_post(f"{p}/cps/{action}", _command(action, one=False))
         app.router.add_post(f"{p}/cps/{{id}}/{action}", _command(action, one=True))

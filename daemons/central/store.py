@@ -18,14 +18,17 @@ from typing import Iterable
 from evproto.bus.events import Ticket, encode_event
 from evproto.domain.session import SessionStatus
 
+from ..quarantine import DeadLetter
 from .core import CpRecord, Effect, Publish, SaveCp, SaveSession, SessionRecord
 from .view import SessionView
 
-__all__ = ["Store", "OutboxRow", "Loaded"]
+__all__ = ["Store", "OutboxRow", "Loaded", "MAX_DEAD_LETTERS"]
 
 SCHEMA_VERSION = 1
 #: Ended sessions reloaded at start-up (duplicate requests, late CP reports).
 RECENT_SESSIONS = 5000
+#: Dead letters kept (the oldest are dropped); each keeps at most MAX_KEPT_BYTES of its value.
+MAX_DEAD_LETTERS = 10_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,6 +83,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     key TEXT NOT NULL,
     value BLOB NOT NULL,
     created_ts_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    key TEXT,
+    reason TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    value BLOB
 );
 """
 
@@ -194,11 +208,18 @@ class Store:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def apply(self, effects: Iterable[Effect], offsets: dict[tuple[str, int], int] | None = None) -> list[OutboxRow]:
-        """Apply saves, queue durable publishes and record offsets, all in one transaction.
+    def apply(self, effects: Iterable[Effect], offsets: dict[tuple[str, int], int] | None = None,
+              dead: Iterable[DeadLetter] = ()) -> list[OutboxRow]:
+        """Apply saves, queue durable publishes, keep dead letters and record offsets, all
+        in one transaction (nothing at all when there is nothing to write).
 
         Returns the outbox rows just added, for the caller to send right away.
         """
+        effects = [fx for fx in effects if not isinstance(fx, Publish) or fx.durable]
+        effects = [fx for fx in effects if isinstance(fx, (SaveCp, SaveSession, Publish))]
+        dead = list(dead)
+        if not effects and not offsets and not dead:
+            return []
         now = _now_ms()
         added: list[OutboxRow] = []
         db = self._db
@@ -237,6 +258,8 @@ class Store:
                         (fx.topic.value, fx.key, value, now),
                     )
                     added.append(OutboxRow(int(cur.lastrowid or 0), fx.topic.value, fx.key, value))
+            if dead:
+                self._keep_dead(dead)
             for (topic, partition), nxt in (offsets or {}).items():
                 db.execute(
                     "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
@@ -247,6 +270,56 @@ class Store:
             db.execute("ROLLBACK")
             raise
         return added
+
+    def _keep_dead(self, dead: list[DeadLetter]) -> None:
+        db = self._db
+        cur = None
+        for d in dead:
+            cur = db.execute(
+                "INSERT INTO dead_letters (ts_ms, topic, partition, offset, key, reason, size, value) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (d.ts_ms, d.topic, d.partition, d.offset, d.key, d.reason, d.size, d.kept),
+            )
+        if cur is not None and cur.lastrowid and cur.lastrowid > MAX_DEAD_LETTERS:
+            db.execute("DELETE FROM dead_letters WHERE id <= ?", (cur.lastrowid - MAX_DEAD_LETTERS,))
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, object]]:
+        """The newest dead letters first: where, why, size (not the value)."""
+        rows = self._db.execute(
+            "SELECT id, ts_ms, topic, partition, offset, key, reason, size FROM dead_letters ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        names = ("id", "ts_ms", "topic", "partition", "offset", "key", "reason", "size")
+        return [dict(zip(names, r)) for r in rows]
+
+    def dead_letter_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()[0])
+
+    def outbox_dead(self, row: OutboxRow, reason: str) -> None:
+        """An owed event the broker refuses for good: keep it as a dead letter, stop sending it."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            self._keep_dead([DeadLetter.of(topic=row.topic, partition=-1, offset=-1, key=row.key,
+                                           reason=f"outbox: {reason}", value=row.value)])
+            db.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    # -- history beyond what the core keeps in memory (core.SessionHistory) ----------------
+
+    def session(self, session_id: int) -> SessionRecord | None:
+        cols = ", ".join(f"s.{c}" for c in _SESSION_COLUMNS)
+        r = self._db.execute(
+            f"SELECT {cols}, t.session_id IS NOT NULL FROM sessions s LEFT JOIN tickets t ON t.session_id = s.id "
+            "WHERE s.id = ?", (session_id,)).fetchone()
+        return None if r is None else self._session(r[:-1], ticketed=bool(r[-1]))
+
+    def session_by_request(self, request_id: str) -> SessionRecord | None:
+        r = self._db.execute("SELECT id FROM sessions WHERE request_id = ?", (request_id,)).fetchone()
+        return None if r is None else self.session(int(r[0]))
 
     def outbox(self, limit: int = 1000) -> list[OutboxRow]:
         """Durable events not yet acknowledged by the broker, oldest first."""

@@ -20,7 +20,10 @@ def iso_utc(ts_ms: int | None) -> str | None:
     """Epoch milliseconds as ISO 8601 UTC (``2026-11-28T02:10:00.123Z``), None stays None."""
     if ts_ms is None:
         return None
-    t = _dt.datetime.fromtimestamp(ts_ms / 1000, tz=_dt.timezone.utc)
+    try:
+        t = _dt.datetime.fromtimestamp(ts_ms / 1000, tz=_dt.timezone.utc)
+    except (ValueError, OverflowError, OSError):  # beyond year 9999 (a row older than our bounds)
+        return None
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 

@@ -158,6 +158,7 @@ Text = Annotated[str, _Text()]
 Message = Annotated[str, _Text(MAX_MESSAGE_LEN)]
 TsMs = Annotated[int, _Time()]
 SessionId = Annotated[int, _Range(1, MAX_SESSION_ID)]
+OfflineSessionId = Annotated[int, _Range(0, MAX_SESSION_ID)]  # 0: a supply served offline, not numbered yet
 EnergyKwh = Annotated[float, _Range(0, MAX_ENERGY_KWH)]
 AmountEur = Annotated[float, _Range(0, MAX_AMOUNT_EUR)]
 PriceEurKwh = Annotated[float, _Range(0, MAX_PRICE_EUR_KWH)]
@@ -393,7 +394,7 @@ class SupplyStarted(Event):
     """The vehicle is plugged in and energy flows."""
 
     cp_id: Id
-    session_id: SessionId
+    session_id: OfflineSessionId
     driver_id: Id
     started_ts_ms: TsMs
     ts_ms: TsMs
@@ -405,7 +406,7 @@ class SupplyProgress(Event):
     """Telemetry of a running supply, every second."""
 
     cp_id: Id
-    session_id: SessionId
+    session_id: OfflineSessionId
     driver_id: Id
     energy_kwh: EnergyKwh
     amount_eur: AmountEur
@@ -420,7 +421,7 @@ class SupplyFinished(Event):
     """Final figures of a supply; Central turns it into exactly one ticket."""
 
     cp_id: Id
-    session_id: Annotated[int, _Range(0, MAX_SESSION_ID)]
+    session_id: OfflineSessionId
     driver_id: Id
     energy_kwh: EnergyKwh
     amount_eur: AmountEur

@@ -1,0 +1,219 @@
+"""Hostile and broken input against a real Central and the real broker.
+
+Each case forges records as anyone who reaches the broker could (plain confluent-kafka),
+then checks: Central is alive, the record is quarantined and counted, Central's state is
+right, a restart does not re-read the poison, and the other CPs are unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+
+import pytest
+
+from evproto.bus.broker import EmbeddedBroker
+from evproto.bus.events import DriverTelemetry, Ticket
+from evproto.bus.topics import Topic
+from netharness import KafkaDriver, Network, Proc, wait_for
+
+pytestmark = pytest.mark.slow
+
+NOW_MS = int(time.time() * 1000)
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def net(tmp_path, broker):
+    n = Network(str(tmp_path), broker.bootstrap)
+    yield n
+    n.close()
+
+
+def two_cps(net: Network) -> tuple[Proc, dict[str, Proc]]:
+    central = net.start_central("D001", "D002")
+    engines = {}
+    for cp_id in ("CP001", "CP002"):
+        engines[cp_id], _ = net.start_cp(cp_id, engine_args=("--time-scale", "60"))
+    for cp_id in engines:
+        net.wait_state(cp_id, "ACTIVATED")
+    return central, engines
+
+
+def full_supply(net: Network, driver: KafkaDriver, cp_id: str, engine: Proc) -> Ticket:
+    """A request, authorisation, plug, unplug and ticket at ``cp_id``: the CP works."""
+    rid = driver.request(cp_id)
+    sid = driver.wait_status(rid, "authorized").session_id
+    engine.send("p")
+    net.wait_state(cp_id, "SUPPLYING")
+    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.session_id == sid and e.energy_kwh > 0
+                         for e in driver.events()), "energy to flow")
+    engine.send("u")
+    driver.wait_status(rid, "completed")
+    return wait_for(lambda: next((t for t in driver.tickets() if t.request_id == rid), None), "the ticket")
+
+
+def dead_letter(net: Network, says: str) -> dict:
+    return wait_for(lambda: next((d for d in net.get("/api/v1/dead-letters") if says in d["reason"]), None),
+                    f"a dead letter saying {says!r}")
+
+
+def finished(**changes: object) -> bytes:
+    ev = {"v": 1, "type": "supply_finished", "cp_id": "CP001", "session_id": 1, "driver_id": "D001",
+          "energy_kwh": 1.0, "amount_eur": 0.3, "price_eur_kwh": 0.3, "started_ts_ms": NOW_MS - 60_000,
+          "ended_ts_ms": NOW_MS, "reason": "completed", "ts_ms": NOW_MS, "offline": False, "request_id": ""}
+    return json.dumps({**ev, **changes}).encode()
+
+
+def request(request_id: str, driver_id: str, cp_id: str) -> bytes:
+    return json.dumps({"v": 1, "type": "supply_request", "request_id": request_id, "driver_id": driver_id,
+                       "cp_id": cp_id, "ts_ms": int(time.time() * 1000), "origin": "driver"}).encode()
+
+
+def test_a_64_bit_start_time_is_quarantined_and_a_restart_does_not_read_it_again(net: Network) -> None:
+    central, engines = two_cps(net)
+    net.forge(Topic.CP_EVENTS, "CP001", finished(started_ts_ms=18446744073709551615))
+    letter = dead_letter(net, "started_ts_ms 18446744073709551615 is out of range")
+    assert letter["topic"] == "cp-events" and letter["key"] == "CP001" and letter["size"] > 200
+    assert central.alive() and net.status()["quarantined"] == 1
+
+    net.kill(central)
+    central = net.start_central("D001", "D002", same_ports=True)
+    net.wait_state("CP001", "ACTIVATED")
+    ticket = full_supply(net, KafkaDriver(net, "D001"), "CP002", engines["CP002"])
+    assert central.alive() and ticket.energy_kwh > 0
+    counters = net.status()
+    assert counters["dead_letters"] == 1 and counters.get("quarantined", 0) == 0  # not read again
+
+
+def test_forged_supply_ends_never_make_tickets(net: Network) -> None:
+    central, engines = two_cps(net)
+    forged = [
+        # An unregistered driver at an unknown CP, -50 kWh and -1000 EUR.
+        (finished(cp_id="CP666", driver_id="X1", energy_kwh=-50.0, amount_eur=-1000.0), "energy_kwh -50.0"),
+        # The same, with figures in range: it refers to nothing Central knows.
+        (finished(cp_id="CP666", driver_id="X1", session_id=3), "CP666 is not a registered charge point"),
+        (finished(session_id=4242), "session 4242 does not exist"),
+        (finished(session_id=0, offline=True, driver_id="X1", request_id="off-1"), "X1, who is not a registered"),
+        (finished(session_id=0), "session 0 is only for a supply served offline"),
+        (finished(started_ts_ms=10**15), "started_ts_ms 1000000000000000 is out of range"),
+        (finished(amount_eur=99.0), "amount_eur 99 is not energy x price"),
+    ]
+    for value, _ in forged:
+        net.forge(Topic.CP_EVENTS, "CP001", value)
+    for _, says in forged:
+        dead_letter(net, says)
+    assert net.get("/api/v1/sessions") == [] and net.status()["quarantined"] == len(forged)
+    assert central.alive()
+    ticket = full_supply(net, KafkaDriver(net, "D001"), "CP001", engines["CP001"])
+    assert [s["id"] for s in net.get("/api/v1/sessions")] == [ticket.session_id]
+
+
+def test_a_reused_request_id_is_a_repeat_or_quarantined_never_a_crash(net: Network) -> None:
+    central, engines = two_cps(net)
+    driver = KafkaDriver(net, "D001")
+    ticket = full_supply(net, driver, "CP001", engines["CP001"])
+    rid = ticket.request_id
+    net.forge(Topic.DRIVER_REQUESTS, "D001", request(rid, "D001", "CP001"))  # the same request again
+    net.forge(Topic.DRIVER_REQUESTS, "D002", request(rid, "D002", "CP002"))  # someone else's id
+    dead_letter(net, f"request id {rid} already belongs to session {ticket.session_id} of D001 at CP001")
+    wait_for(lambda: net.status().get("ignored_duplicate_request") == 1, "the repeat to be recognised")
+    assert len(net.get("/api/v1/sessions")) == 1 and central.alive()
+    # Restarted, Central knows the id from its database, not only from memory.
+    net.kill(central)
+    central = net.start_central("D001", "D002", same_ports=True)
+    net.forge(Topic.DRIVER_REQUESTS, "D001", request(rid, "D001", "CP001"))
+    wait_for(lambda: net.status().get("ignored_duplicate_request") == 1, "the repeat to be recognised again")
+    assert len(net.get("/api/v1/sessions")) == 1 and central.alive()
+
+
+def test_garbage_oversized_and_invisible_input_is_quarantined_and_bounded(net: Network) -> None:
+    central, engines = two_cps(net)
+    rss_before = _rss_kb(central)
+    for n in range(20):  # 900 kB request ids
+        net.forge(Topic.DRIVER_REQUESTS, "D001", request(f"{n}" + "x" * 900_000, "D001", "CP001"))
+    cases = [
+        (Topic.DRIVER_REQUESTS, "D001", request("r-zw", "D001", "CP001\u200b"), "cp_id 'CP001\\u200b' holds"),
+        (Topic.DRIVER_REQUESTS, "D001", b"\x00\xff{not json", "not JSON"),
+        (Topic.DRIVER_REQUESTS, "D001", None, "empty record"),
+        (Topic.CP_EVENTS, "CP001", b'{"v":1,"type":"heartbeat","instance_id":"x","started_ts_ms":1,'
+                                   b'"interval_s":1,"ts_ms":1}', "out of range"),
+        (Topic.CP_EVENTS, "CP001", json.dumps({"v": 1, "type": "stop", "cp_id": "CP001", "ts_ms": NOW_MS}).encode(),
+         "stop is not read from this topic"),
+        (Topic.CP_EVENTS, "CP001", finished(ts_ms=NOW_MS + 3 * 86_400_000, ended_ts_ms=NOW_MS), "a day ahead"),
+    ]
+    for topic, key, value, _ in cases:
+        net.forge(topic, key, value)
+    dead_letter(net, "record of 900")
+    for *_, says in cases:
+        dead_letter(net, says)
+    wait_for(lambda: net.status()["quarantined"] == 20 + len(cases), "every record to be quarantined")
+    letters = net.get("/api/v1/dead-letters?limit=100")
+    assert max(d["size"] for d in letters) > 900_000
+    with sqlite3.connect(os.path.join(net.tmp, "central.db")) as db:
+        kept = db.execute("SELECT MAX(LENGTH(value)) FROM dead_letters").fetchone()[0]
+        assert kept <= 4096  # the raw bytes are kept, bounded
+        assert db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0  # nothing owed to nobody
+    assert _rss_kb(central) - rss_before < 60_000
+    full_supply(net, KafkaDriver(net, "D002"), "CP002", engines["CP002"])
+
+
+def test_a_record_that_killed_central_three_times_is_set_aside_at_start_up(net: Network) -> None:
+    central, engines = two_cps(net)
+    net.kill(central)
+    # While Central is down a request arrives; the crash mark says the last three runs
+    # died applying exactly that record (as a record that crashes the interpreter would).
+    net.forge(Topic.DRIVER_REQUESTS, "D001", request("poison-1", "D001", "CP001"))
+    with sqlite3.connect(os.path.join(net.tmp, "central.db")) as db:
+        (partition, offset) = db.execute(
+            "SELECT partition, next_offset FROM offsets WHERE topic = 'driver-requests' AND partition = ?",
+            (_partition(net, Topic.DRIVER_REQUESTS, "D001"),)).fetchone()
+    with open(os.path.join(net.tmp, "central.db.applying"), "w", encoding="utf-8") as fh:
+        json.dump({"ranges": [["driver-requests", partition, offset, offset]], "crashes": 2}, fh)
+    central = net.start_central("D001", "D002", same_ports=True)
+    letter = dead_letter(net, "Central died 3 times applying it")
+    assert (letter["partition"], letter["offset"]) == (partition, offset)
+    assert net.get("/api/v1/sessions") == []  # not applied
+    net.wait_state("CP001", "ACTIVATED")
+    full_supply(net, KafkaDriver(net, "D001"), "CP001", engines["CP001"])
+
+
+def test_the_api_answers_with_rows_an_older_version_stored(net: Network) -> None:
+    central, _ = two_cps(net)
+    net.kill(central)
+    with sqlite3.connect(os.path.join(net.tmp, "central.db")) as db:
+        db.execute("INSERT INTO sessions (id, cp_id, driver_id, request_id, origin, status, requested_ts_ms, "
+                   "price_eur_kwh, deadline_ts_ms, started_ts_ms, ended_ts_ms, energy_kwh, amount_eur, end_reason) "
+                   "VALUES (1, 'CP001', 'D001', 'old', 'driver', 'completed', 1, 0.3, 1, ?, ?, 1.0, 0.3, 'x')",
+                   (10**15, 10**15 + 1))
+        # An owed event the broker can never take (over its size limit) must not block the others.
+        db.execute("INSERT INTO outbox (topic, key, value, created_ts_ms) VALUES ('driver-events', 'D001', ?, 1)",
+                   (b"x" * 2_000_000,))
+    central = net.start_central("D001", "D002", same_ports=True)
+    (row,) = net.get("/api/v1/sessions")
+    assert row["id"] == 1 and row["started_at"] is None
+    dead_letter(net, "outbox:")
+    with sqlite3.connect(os.path.join(net.tmp, "central.db")) as db:
+        wait_for(lambda: db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0, "the outbox to drain")
+    assert central.alive() and net.status()["outbox_dead"] == 1
+
+
+def _partition(net: Network, topic: Topic, key: str) -> int:
+    import asyncio
+
+    from evproto.bus.kafka import ensure_topics
+    from evproto.bus.topics import partition_for
+
+    return partition_for(key, asyncio.run(ensure_topics(net.settings))[topic])
+
+
+def _rss_kb(proc: Proc) -> int:
+    with open(f"/proc/{proc.popen.pid}/status", encoding="ascii") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))

@@ -34,20 +34,30 @@ class RateLimitedLog:
         self._seen: dict[tuple[int, str], list[float]] = {}
         self._lock = threading.Lock()
 
-    def log(self, level: int, message: str) -> None:
+    def log(self, level: int, message: str, *, key: str | None = None) -> None:
+        """Log ``message`` unless one like it (or with the same ``key``) was logged within the interval."""
         if not self.logger.isEnabledFor(level):
             return
-        key = (level, _NUMBERS.sub("#", message))
+        shown = self.admit(message, key=key, level=level)
+        if shown is not None:
+            self.logger.log(level, "%s", shown)
+
+    def admit(self, message: str, *, key: str | None = None, level: int = 0) -> str | None:
+        """``message`` (with a count of what was held back since) if it may be shown now, else None.
+
+        Messages are alike when they differ only in numbers, or when they share ``key``.
+        """
+        ident = (level, key if key is not None else _NUMBERS.sub("#", message))
         now = self._clock()
         with self._lock:
-            entry = self._seen.get(key)
+            entry = self._seen.get(ident)
             if entry is not None and now - entry[0] < self.interval_s:
                 entry[1] += 1
-                return
+                return None
             held_back = int(entry[1]) if entry is not None else 0
             if len(self._seen) >= 256:  # bounded: forget old keys
                 self._seen.clear()
-            self._seen[key] = [now, 0]
+            self._seen[ident] = [now, 0]
         if held_back:
             message += f" ({held_back} similar in the last {self.interval_s:g} s not shown)"
-        self.logger.log(level, "%s", message)
+        return message

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from evproto.bus.events import Event, RequestUpdate, SupplyRequest, Ticket, decode_event, encode_event
-from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, BusProducer, KafkaSettings, ensure_topics
+from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, BusProducer, KafkaSettings, end_offsets, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 
 HANG_GUARD_S = 45.0
@@ -214,6 +214,43 @@ class Network:
         producer.produce(self.settings.topic(topic), value=value, key=key.encode("utf-8", "surrogatepass") if key else None,
                          partition=partition, on_delivery=lambda err, msg: errors.append(err) if err else None)
         assert producer.flush(15) == 0 and not errors, errors
+
+    def read_topic(self, topic: Topic, *, key: str | None = None) -> list[Event]:
+        """Every record of ``topic`` so far (all partitions, from the beginning), decoded;
+        only those with ``key`` when given."""
+
+        async def read() -> list[Event]:
+            partitions = await ensure_topics(self.settings)
+            found: list[Event] = []
+            ends = await end_offsets(self.settings, topic, list(range(partitions[topic])))
+            wanted = [(topic, p, OFFSET_BEGINNING) for p, end in ends.items() if end > 0]
+            if not wanted:
+                return found
+            left = {p: end for p, end in ends.items() if end > 0}
+            async with BusConsumer(self.settings, wanted) as consumer:
+                while left:
+                    record = await asyncio.wait_for(consumer.__anext__(), HANG_GUARD_S)
+                    if record.offset + 1 >= left.get(record.partition, 0):
+                        left.pop(record.partition, None)
+                    if (key is None or record.key == key) and record.value is not None:  # not tombstones
+                        found.append(decode_event(record.value))
+            return found
+
+        return asyncio.run(read())
+
+    def run_cli(self, module: str, *args: str) -> str:
+        """Run ``python -m evproto.daemons.<module> args`` to completion; its output."""
+        done = subprocess.run([sys.executable, "-m", f"evproto.daemons.{module}", *args], capture_output=True,
+                              text=True, timeout=60, cwd=self.tmp)
+        return done.stdout + done.stderr
+
+    def delete(self, path: str) -> tuple[int, Any]:
+        req = urllib.request.Request(self.http + path, method="DELETE")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as resp:
+                return resp.status, json.load(resp)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
 
     def status(self) -> dict[str, Any]:
         """Central's counters (GET /api/v1/status)."""

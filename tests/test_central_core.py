@@ -240,7 +240,7 @@ def test_hello_known_cp_with_changed_location_updates_it(core: CentralCore) -> N
     assert (rec.location, rec.price_eur_kwh) == ("Plaza Menor", 0.30)
 
 
-@pytest.mark.parametrize("price", [-0.01, 100.0, 1e9, float("nan"), float("inf")])
+@pytest.mark.parametrize("price", [-0.01, 100.01, 1e9, float("nan"), float("inf")])
 def test_hello_implausible_price_new_cp(price: float) -> None:
     core = CentralCore(drivers=set(DRIVERS), rules=RULES)
     reject, fx = core.hello("CP9", "Somewhere", price, T0)
@@ -254,6 +254,41 @@ def test_hello_implausible_price_known_cp(core: CentralCore, price: float) -> No
     reject, fx = core.hello("CP1", "Plaza Mayor", price, T0 + 20)
     assert reject is not None and reject.code is ReasonCode.INVALID
     assert fx == [] and view(core, "CP1").price_eur_kwh == 0.30
+
+
+@pytest.mark.parametrize(
+    ("cp_id", "location", "says"),
+    [
+        ("", "Elche", "charge point id is empty"),
+        ("CP001\u200b", "Elche", "charge point id 'CP001\\u200b' holds"),
+        ("CP 9", "Elche", "charge point id 'CP 9' holds"),
+        ("C" * 65, "Elche", "is 65 characters long"),
+        ("CP9", "Elche\u202e", "location 'Elche\\u202e' holds"),
+        ("CP9", "x" * 129, "location is 129 characters long"),
+    ],
+)
+def test_hello_with_an_id_or_location_nobody_could_address_is_invalid(cp_id: str, location: str, says: str) -> None:
+    core = CentralCore(drivers=set(DRIVERS), rules=RULES)
+    reject, fx = core.hello(cp_id, location, 0.3, T0)
+    assert reject is not None and reject.code is ReasonCode.INVALID and says in reject.detail
+    assert fx == [] and core.cp_views() == []
+
+
+def test_registrations_are_limited_per_source_and_in_total_but_known_cps_always_come_back() -> None:
+    core = CentralCore(drivers=set(DRIVERS), rules=Rules(registrations_per_min=10))
+    accepted = [core.hello(f"J{n}", "Junk", 0.01, T0, source="10.0.0.66")[0] is None for n in range(300)]
+    assert sum(accepted) == 10  # a burst of a minute's worth, then refused
+    reject, _ = core.hello("J999", "Junk", 0.01, T0, source="10.0.0.66")
+    assert reject is not None and reject.code is ReasonCode.BUSY and "try again in 6 s" in reject.detail
+    assert core.hello("J999", "Junk", 0.01, T0 + 6000, source="10.0.0.66")[0] is None  # refilled
+    # Other sources have their own allowance, until the total (5 x 10 a minute) is spent.
+    others = [core.hello(f"K{n}", "Elsewhere", 0.3, T0 + 6000, source=f"10.0.1.{n}")[0] is None for n in range(100)]
+    assert sum(others) == 50 - 10 + 5 - 1  # the total refilled 5 in those 6 s; J999 took one
+    assert core.ignored["registration_refused"] == (300 - 10) + 1 + (100 - 44)
+    # A registered CP reconnecting is never limited.
+    core.monitor_connected("J0", T0 + 6000)
+    core.monitor_lost("J0", True, "", T0 + 6000)
+    assert core.hello("J0", "", None, T0 + 6000, source="10.0.0.66")[0] is None
 
 
 def test_rejected_hello_changes_nothing(core: CentralCore) -> None:

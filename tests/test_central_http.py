@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+
 import logging
 import math
 from typing import Any, AsyncIterator
@@ -295,7 +298,7 @@ async def test_requests(api, backend):
 # -- errors ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/nope", "/cps/CP001", "/cps/CP001/explode", "/../etc"])
+@pytest.mark.parametrize("path", ["/nope", "/cps/CP001/explode", "/drivers/D1/x", "/../etc"])
 async def test_unknown_route_is_404_json(api, path):
     status, body, _ = await call(api, "GET", path)
     assert status == 404
@@ -357,3 +360,29 @@ def test_unknown_cp_is_a_lookup_error_in_our_tree():
     exc = UnknownCp("CP9")
     assert isinstance(exc, LookupError) and isinstance(exc, EvprotoError)
     assert str(exc) == "unknown charge point 'CP9'" and exc.cp_id == "CP9"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET /api/v1/cps?" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # a 10 kB URL
+        b"GET /api/v1/cps HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20_000 + b"\r\n\r\n",  # a 20 kB header
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40 + b"\r\n\r\n",  # TLS to a plain port
+    ],
+    ids=["long-url", "long-header", "tls-hello"],
+)
+async def test_requests_broken_before_routing_get_json_errors_and_no_traceback(backend, raw, caplog) -> None:
+    runner, port = await start_http(backend, "127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(65536), 10)
+        writer.close()
+    finally:
+        await stop_http(runner)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 400 " in head.split(b"\r\n")[0]
+    assert b"application/json" in head
+    assert "error" in json.loads(body)
+    assert "Traceback" not in caplog.text

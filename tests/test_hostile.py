@@ -217,3 +217,109 @@ def _partition(net: Network, topic: Topic, key: str) -> int:
 def _rss_kb(proc: Proc) -> int:
     with open(f"/proc/{proc.popen.pid}/status", encoding="ascii") as fh:
         return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+
+
+def test_central_keeps_its_files_private(net: Network) -> None:
+    central, engines = two_cps(net)
+    full_supply(net, KafkaDriver(net, "D001"), "CP001", engines["CP001"])
+    for name in ("central.db", "central.db-wal", "central.db-shm", "central.db.applying"):
+        path = os.path.join(net.tmp, name)
+        assert os.stat(path).st_mode & 0o077 == 0, f"{name} is readable by others"
+    db_dir = os.path.join(net.tmp, "data", "central")
+    net.kill(central)
+    net.spawn("central2", "central", "--db", os.path.join(db_dir, "c.db"), "--kafka", net.bootstrap, "--port", "0",
+              "--http-port", "-1", "--host", "127.0.0.1", "--no-panel")
+    assert os.stat(db_dir).st_mode & 0o077 == 0 and os.stat(os.path.join(db_dir, "c.db")).st_mode & 0o077 == 0
+
+
+def _monitor_link(net: Network, cp_id: str, *, location: str = "Elche", price: float | None = 0.3):
+    from evproto import Hello, Role
+    from evproto.aio import open_link
+
+    return open_link("tcp://" + net.central_addr, hello=Hello(role=Role.MONITOR, node_id=cp_id, keepalive_ms=1000,
+                                                              location=location, price_eur_kwh=price))
+
+
+def test_hellos_nobody_could_address_or_floods_of_them_are_refused(net: Network) -> None:
+    import asyncio
+
+    from evproto import LinkRejectedError, ReasonCode
+
+    central, engines = two_cps(net)
+
+    async def hello(cp_id: str, **kw: object) -> object:
+        try:
+            link = await _monitor_link(net, cp_id, **kw)  # type: ignore[arg-type]
+        except LinkRejectedError as exc:
+            return exc.code
+        await link.close()
+        return None
+
+    async def attack() -> list[object]:
+        out = [await hello(""), await hello("CP001\u200b"), await hello("CP9", location="Hacked\u202e")]
+        # 300 junk registrations, as fast as the link allows
+        out += await asyncio.gather(*(hello(f"JUNK{n}", price=0.01) for n in range(300)))
+        return out
+
+    answers = asyncio.run(attack())
+    assert answers[:3] == [ReasonCode.INVALID] * 3
+    junk = answers[3:]
+    accepted = sum(a is None for a in junk)
+    assert 0 < accepted <= 60 and all(a in (None, ReasonCode.BUSY) for a in junk)
+    cps = net.get("/api/v1/cps")
+    assert len(cps) == 2 + accepted and central.alive()
+    messages = net.get("/api/v1/messages")
+    assert sum("refused monitor" in m["text"] for m in messages) <= 3  # one line per kind, not 290
+    assert net.status()["hellos_refused"] == 3 + 300 - accepted
+    # The operator removes the junk (HTTP and command line alike); the real CPs go on.
+    status, body = net.delete("/api/v1/cps/JUNK0")
+    assert status == 200 and body == {"ok": True, "removed": "JUNK0"}
+    assert net.delete("/api/v1/cps/JUNK0")[0] == 404
+    assert len(net.get("/api/v1/cps")) == 1 + accepted
+    full_supply(net, KafkaDriver(net, "D001"), "CP001", engines["CP001"])
+
+
+def test_a_cp_that_cannot_be_removed_while_supplying_and_a_driver_likewise(net: Network) -> None:
+    central, engines = two_cps(net)
+    driver = KafkaDriver(net, "D001")
+    rid = driver.request("CP001")
+    driver.wait_status(rid, "authorized")
+    status, body = net.delete("/api/v1/cps/CP001")
+    assert status == 409 and "supply in progress" in body["error"]
+    assert net.delete("/api/v1/drivers/D001")[0] == 409
+    assert net.delete("/api/v1/drivers/D002") == (200, {"ok": True, "removed": "D002"})
+    assert net.get("/api/v1/drivers") == ["D001"]
+    # The command line's removal reaches a running Central within a second, and its monitor is cut.
+    cli = net.run_cli("central", "--db", os.path.join(net.tmp, "central.db"), "cps", "remove", "CP002")
+    assert "CP002: removed" in cli
+    wait_for(lambda: all(c["id"] != "CP002" for c in net.get("/api/v1/cps")), "CP002 to be gone")
+    assert central.alive()
+
+
+def test_a_flapping_cp_costs_one_state_record_a_second_and_bounded_log(net: Network) -> None:
+    import asyncio
+
+    from evproto import FaultCode, FaultReport, RecoveryReport
+
+    central, engines = two_cps(net)
+    log_before = os.path.getsize(central.log)
+    sent = 0
+
+    async def flap(seconds: float) -> None:
+        nonlocal sent
+        link = await _monitor_link(net, "CPFLAP")
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await link.send(FaultReport(fault=FaultCode.ENGINE_KO, detail="flap"), wait=False)
+            await link.send(RecoveryReport(fault=FaultCode.ENGINE_KO), wait=False)
+            sent += 2
+            await asyncio.sleep(0)
+        await link.close()
+
+    asyncio.run(flap(4.0))
+    assert sent > 1000 and central.alive()
+    states = net.read_topic(Topic.CP_STATE, key="CPFLAP")
+    assert len(states) <= 4 * 1 + 4  # a record a second at most, plus connect and sign-off
+    assert os.path.getsize(central.log) - log_before < 20_000  # was 32 MB for 10 s
+    assert sum("CPFLAP" in m["text"] for m in net.get("/api/v1/messages")) < 20
+    full_supply(net, KafkaDriver(net, "D001"), "CP002", engines["CP002"])

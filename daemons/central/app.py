@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import copy
 import logging
 import math
 import time
@@ -39,8 +41,9 @@ from evproto.ratelog import RateLimitedLog
 
 from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
 from ..quarantine import CrashGuard, DeadLetter
-from .core import CentralCore, Effect, Note, Publish, Rules, UnknownCpError
+from .core import CentralCore, Effect, Forget, Note, Publish, RegistryBusyError, Rules, SaveCp, UnknownCpError
 from .intake import RecordIntake
+from .limits import Coalescer
 from .store import OutboxRow, Store
 from .view import CentralView, MessageView, SessionView
 
@@ -53,6 +56,10 @@ HEARTBEAT_INTERVAL_S = 1.0
 TELEMETRY_AGES = 4096
 #: Period of the event-loop stall watch (status counters loop_stalls_*).
 LOOP_WATCH_S = 0.05
+#: Lines about one subject (a CP's health, refused hellos from one address) at most this often.
+NOTE_INTERVAL_S = 5.0
+#: A CP's cp_state record at most this often (changes in between are coalesced).
+STATE_INTERVAL_S = 1.0
 #: Kafka records handled per database transaction at most.
 BATCH_SIZE = 500
 #: Producer errors (librdkafka names) that re-sending can never fix.
@@ -97,6 +104,8 @@ class Central:
         #: What is being applied, so that a record that kills Central is not re-read forever.
         self.guard = CrashGuard(opts.db + ".applying")
         self._warn = RateLimitedLog(log)
+        self._notes_limit = RateLimitedLog(log, interval_s=NOTE_INTERVAL_S)
+        self._states = Coalescer(STATE_INTERVAL_S)
         self.intake = RecordIntake(guard=self.guard, decide=lambda ev, now: self.core.on_event(ev, now),
                                    commit=self._apply, recover=self._rebuild_core, seen=self._seen,
                                    counters=self.counters)
@@ -164,7 +173,16 @@ class Central:
 
     # -- effects ---------------------------------------------------------------------------
 
-    def _note(self, text: str, level: str = "info") -> None:
+    def _note(self, text: str, level: str = "info", key: str | None = None) -> None:
+        """A line for the messages pane and the log; with a ``key``, at most one per
+        NOTE_INTERVAL_S for that key (a flapping CP or a flood of refused hellos
+        cannot fill the pane or the disk)."""
+        if key is not None:
+            shown = self._notes_limit.admit(text, key=key)
+            if shown is None:
+                self.counters["notes_held_back"] += 1
+                return
+            text = shown
         self.messages.append(MessageView(ts_ms=now_ms(), level=level, text=text))
         getattr(log, level if level in ("warning", "error") else "info")(text)
 
@@ -175,7 +193,14 @@ class Central:
             self.offsets.update(offsets)
         for fx in effects:
             if isinstance(fx, Note):
-                self._note(fx.text, fx.level)
+                self._note(fx.text, fx.level, fx.key)
+            elif isinstance(fx, Forget) and fx.cp_id is not None:
+                link = self.links.pop(fx.cp_id, None)
+                if link is not None:
+                    asyncio.ensure_future(link.close())
+                if self.producer is not None:  # its cp_state goes too (a tombstone on the compacted topic)
+                    with contextlib.suppress(Exception):
+                        self.producer.post(Topic.CP_STATE, fx.cp_id, None, partition=self._partition(Topic.CP_STATE, fx.cp_id))
             elif isinstance(fx, Publish):
                 if fx.durable:
                     row = next(rows)
@@ -189,6 +214,11 @@ class Central:
                         self.counters["produce_errors"] += 1
                         self._warn.log(logging.ERROR, f"not sent: {exc}")
                         continue
+                    if fx.topic is Topic.CP_STATE:
+                        # A CP's state at most once a second (the latest wins): a flapping
+                        # CP must not flood the compacted topic and every driver reading it.
+                        if self._states.offer(fx.key, value, time.monotonic()) is None:
+                            continue
                     self._produce(fx.topic, fx.key, value, wait=False)
 
     def _partition(self, topic: Topic, key: str) -> int:
@@ -243,15 +273,18 @@ class Central:
 
     # -- monitors --------------------------------------------------------------------------
 
-    def _on_hello(self, hello: Hello) -> Reject | None:
+    def _on_hello(self, hello: Hello, link: Link) -> Reject | None:
+        source = link.peer_address
         if hello.role is not Role.MONITOR:
             return Reject(code=ReasonCode.ROLE_NOT_ALLOWED, detail="only monitors connect to Central's socket")
         if hello.node_id in self.links:
             return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"{hello.node_id} is already connected")
-        reject, fx = self.core.hello(hello.node_id, hello.location, hello.price_eur_kwh, now_ms())
+        reject, fx = self.core.hello(hello.node_id, hello.location, hello.price_eur_kwh, now_ms(), source=source)
         self._apply(fx)
         if reject is not None:
-            self._note(f"refused monitor {hello.node_id!r}: {reject.detail}", "warning")
+            self.counters["hellos_refused"] += 1
+            self._note(f"refused monitor {ascii(hello.node_id[:64])} from {source or 'a local link'}: {reject.detail}",
+                       "warning", key=f"refused:{source}:{reject.code.name}")
         return reject
 
     async def _session(self, link: Link) -> None:
@@ -338,8 +371,15 @@ class Central:
         log.warning("Central's state was rebuilt from its database")
 
     async def _ticker(self) -> None:
+        n = 0
         while True:
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.25)
+            for key, value in self._states.due(time.monotonic()):
+                self._produce(Topic.CP_STATE, key, value, wait=False)  # type: ignore[arg-type]
+            self.counters["states_coalesced"] = self._states.coalesced
+            n += 1
+            if n % 4:
+                continue
             fx = self.core.tick(now_ms())
             if fx:
                 self._apply(fx)
@@ -364,12 +404,7 @@ class Central:
         while True:
             await asyncio.sleep(1.0)
             tick += 1
-            drivers = set(self.store.drivers())
-            added = drivers - self.core.drivers
-            if added or self.core.drivers - drivers:
-                self.core.drivers = drivers
-                if added:
-                    self._note(f"registered driver(s): {', '.join(sorted(added))}")
+            self._sync_registry()
             if tick % 5:
                 continue
             try:
@@ -383,6 +418,32 @@ class Central:
                 assert self.producer is not None
                 self.producer.rebuild("heartbeats unacknowledged while the broker answers")
                 self._kafka_down_since = time.monotonic()
+
+    def _sync_registry(self) -> None:
+        """Take in what `ev-central drivers|cps add|remove` changed in the database while we run."""
+        drivers = set(self.store.drivers())
+        added = drivers - self.core.drivers
+        if added or self.core.drivers - drivers:
+            self.core.drivers = drivers
+            if added:
+                self._note(f"registered driver(s): {', '.join(sorted(added)[:20])}" + (" ..." if len(added) > 20 else ""))
+        stored = {cp_id: (location, price, stopped) for cp_id, location, price, stopped in self.store.cps()}
+        for cp_id in [c for c in self.core.cps if c not in stored]:
+            try:
+                self._apply(self.core.remove_cp(cp_id))
+            except RegistryBusyError:  # removed under a live supply: keep it until that ends
+                self._apply([SaveCp(copy.copy(self.core.cps[cp_id]))])
+        for cp_id in stored.keys() - self.core.cps.keys():
+            self.core.add_cp(cp_id, *stored[cp_id])
+            self._note(f"registered charge point {cp_id} at {stored[cp_id][0]}")
+
+    def remove_cp(self, cp_id: str) -> None:
+        """Unregister a CP; its monitor's link is closed. UnknownCpError, RegistryBusyError."""
+        self._apply(self.core.remove_cp(cp_id))
+
+    def remove_driver(self, driver_id: str) -> None:
+        """Unregister a driver. KeyError, RegistryBusyError."""
+        self._apply(self.core.remove_driver(driver_id))
 
     async def _heartbeat(self) -> None:
         waiting: list[tuple[float, asyncio.Future[Any]]] = []
@@ -511,6 +572,29 @@ class _Backend:
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         return self.central.store.dead_letters(limit)
+
+    def drivers(self) -> list[str]:
+        return sorted(self.central.core.drivers)
+
+    async def remove_cp(self, cp_id: str) -> None:
+        from .http_api import Conflict, UnknownCp
+
+        try:
+            self.central.remove_cp(cp_id)
+        except UnknownCpError:
+            raise UnknownCp(cp_id) from None
+        except RegistryBusyError as exc:
+            raise Conflict(str(exc)) from None
+
+    async def remove_driver(self, driver_id: str) -> None:
+        from .http_api import Conflict, UnknownDriver
+
+        try:
+            self.central.remove_driver(driver_id)
+        except KeyError:
+            raise UnknownDriver(driver_id) from None
+        except RegistryBusyError as exc:
+            raise Conflict(str(exc)) from None
 
     async def stop(self, cp_id: str | None) -> list[str]:
         return self._admin(True, cp_id)

@@ -44,10 +44,15 @@ def _open_store(db: str) -> Store:
               help="Register a new CP the first time its monitor connects with a location and a price.")
 @click.option("--register-driver", "register_drivers", multiple=True, metavar="ID",
               help="Register this driver before starting (repeatable).")
-@click.option("--answer-timeout-s", type=click.FloatRange(min=1), default=10.0, show_default=True,
+@click.option("--answer-timeout-s", type=click.FloatRange(min=1, max=3600), default=10.0, show_default=True,
               help="How long a CP has to answer an authorisation.")
-@click.option("--plug-timeout-s", type=click.FloatRange(min=1), default=60.0, show_default=True,
+@click.option("--plug-timeout-s", type=click.FloatRange(min=1, max=3600), default=60.0, show_default=True,
               help="How long a driver has to plug in once authorised.")
+@click.option("--registrations-per-min", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              metavar="N", help="New CPs one address may register per minute (all addresses together: 5 x N); "
+              "more are answered BUSY and their monitors retry. Known CPs reconnecting are never limited.")
+@click.option("--max-cps", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Registered CPs at most; a registration beyond is refused.")
 @click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True)
 @click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file with the chosen ports once up.")
 @click.option("--log-file", default=None, metavar="PATH",
@@ -58,7 +63,7 @@ def _open_store(db: str) -> Store:
 @click.pass_context
 def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, http_port: int, panel: bool | None,
          auto_register: bool, register_drivers: tuple[str, ...], answer_timeout_s: float, plug_timeout_s: float,
-         topic_prefix: str, ready_file: str | None, log_file: str | None, log_format: str, log_level: str) -> None:
+         registrations_per_min: float, max_cps: int, topic_prefix: str, ready_file: str | None, log_file: str | None, log_format: str, log_level: str) -> None:
     """Central (EV_Central): the control centre of the charging network.
 
     Without a subcommand, runs Central: the socket server for monitors, the Kafka
@@ -67,10 +72,15 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
 
     \b
       ev-central drivers add D001 D002     register drivers
+      ev-central drivers remove D002
       ev-central drivers list
       ev-central cps add CP001 --location Alicante --price 0.35
+      ev-central cps remove CP009
       ev-central cps list
     """
+    # Central's database and logs hold drivers' charging history (and soon secrets):
+    # everything it creates is private to its user (files 0600, folders 0700).
+    os.umask(0o077)
     ctx.obj = db
     if ctx.invoked_subcommand is not None:
         return
@@ -96,7 +106,8 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
         kafka=KafkaSettings(bootstrap=kafka, client_id="ev-central", prefix=topic_prefix),
         listen=f"{host}:{port}",
         http=f"{host}:{http_port}" if http_port >= 0 else None,
-        rules=Rules(auto_register_cps=auto_register, answer_timeout_s=answer_timeout_s, plug_timeout_s=plug_timeout_s),
+        rules=Rules(auto_register_cps=auto_register, answer_timeout_s=answer_timeout_s, plug_timeout_s=plug_timeout_s,
+                    registrations_per_min=registrations_per_min, max_cps=max_cps),
         ready_file=ready_file,
         panel=show_panel,
     )
@@ -169,6 +180,25 @@ def cps_add(db: str, cp_id: str, location: str, price: float) -> None:
     store = _open_store(db)
     click.echo(f"{cp_id}: {'registered' if store.add_cp(cp_id, location, price) else 'updated'}")
     store.close()
+
+
+@cps.command("remove")
+@click.argument("ids", nargs=-1, required=True)
+@click.pass_obj
+def cps_remove(db: str, ids: tuple[str, ...]) -> None:
+    """Unregister charge points (their past sessions stay). A running Central drops them
+    within a second and closes their monitors' links; one with a supply in progress is refused."""
+    store = _open_store(db)
+    failed = False
+    for cp_id in ids:
+        try:
+            click.echo(f"{cp_id}: {'removed' if store.remove_cp(cp_id) else 'was not registered'}")
+        except RuntimeError as exc:
+            click.echo(f"{cp_id}: not removed: {exc}", err=True)
+            failed = True
+    store.close()
+    if failed:
+        sys.exit(1)
 
 
 @cps.command("list")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -33,9 +34,12 @@ from evproto.bus.events import (
 from evproto.bus.topics import Topic
 from evproto.domain.cp import CpFacts, cp_state
 from evproto.domain.session import SessionInput, SessionStatus, finish_input, step
+from evproto.bus.events import MAX_PRICE_EUR_KWH
 from evproto.errors import EvprotoError
+from evproto.idents import id_problem, text_problem
 from evproto.messages import CpState, ReasonCode, Reject
 
+from .limits import KeyedLimiter
 from .view import CpView, SessionView
 
 __all__ = [
@@ -46,9 +50,11 @@ __all__ = [
     "SaveCp",
     "SaveSession",
     "Note",
+    "Forget",
     "Effect",
     "CentralCore",
     "UnknownCpError",
+    "RegistryBusyError",
     "RecordRefused",
     "SessionHistory",
 ]
@@ -56,6 +62,10 @@ __all__ = [
 
 class UnknownCpError(LookupError):
     """An operator named a charge point Central does not know."""
+
+
+class RegistryBusyError(EvprotoError):
+    """A CP or driver cannot be removed now: a supply of theirs is in progress."""
 
 
 class RecordRefused(EvprotoError):
@@ -94,6 +104,11 @@ class Rules:
     expiry_grace_s: float = 15.0
     #: Ended sessions remembered in memory, for duplicate requests and late CP reports.
     remember_ended: int = 5000
+    #: New CPs one source address may register per minute (and at once); all sources
+    #: together may register five times that. Known CPs reconnecting are never limited.
+    registrations_per_min: float = 60.0
+    #: Registered CPs at most (each costs memory and a tile): a registration beyond is refused.
+    max_cps: int = 100_000
 
 
 @dataclass(slots=True, kw_only=True)
@@ -190,13 +205,24 @@ class SaveSession:
 
 @dataclass(frozen=True, slots=True)
 class Note:
-    """A line for the application-messages pane and the log."""
+    """A line for the application-messages pane and the log; lines with the same ``key``
+    are rate-limited together (what a flapping CP says)."""
 
     text: str
     level: str = "info"
+    key: str | None = None
 
 
-Effect = Publish | SaveCp | SaveSession | Note
+@dataclass(frozen=True, slots=True)
+class Forget:
+    """Delete a CP (``cp_id``) or a driver (``driver_id``) from the registry; a CP's
+    ``cp_state`` is deleted too (a tombstone on the compacted topic)."""
+
+    cp_id: str | None = None
+    driver_id: str | None = None
+
+
+Effect = Publish | SaveCp | SaveSession | Note | Forget
 
 
 class CentralCore:
@@ -214,8 +240,14 @@ class CentralCore:
     ) -> None:
         self.rules = rules
         self.history = history
+        per_s = rules.registrations_per_min / 60
+        self._registrations = KeyedLimiter(capacity=max(1.0, rules.registrations_per_min), rate_per_s=per_s,
+                                           total_capacity=max(1.0, 5 * rules.registrations_per_min),
+                                           total_rate_per_s=5 * per_s)
         #: Records recognised as repeats and changing nothing, by kind (status counters).
         self.ignored: collections.Counter[str] = collections.Counter()
+        #: Live sessions whose driver was told of a fault at their CP (told once each).
+        self._fault_told: set[int] = set()
         self.cps: dict[str, CpRecord] = {c.id: c for c in cps}
         self.drivers: set[str] = set(drivers)
         #: Live sessions only (requested, authorized, supplying), by id.
@@ -249,11 +281,57 @@ class CentralCore:
         self.drivers.add(driver_id)
         return True
 
+    def remove_driver(self, driver_id: str) -> list[Effect]:
+        """Unregister a driver (its past sessions stay). KeyError when unknown;
+        RegistryBusyError while it has a supply in progress."""
+        self._fx = []
+        if driver_id not in self.drivers:
+            raise KeyError(driver_id)
+        live = next((s for s in self.sessions.values() if s.driver_id == driver_id), None)
+        if live is not None:
+            raise RegistryBusyError(f"driver {driver_id} has a supply {live.status.value} at {live.cp_id}; "
+                                    "wait for it to end")
+        self.drivers.discard(driver_id)
+        self._note(f"driver {driver_id} removed")
+        self._fx.append(Forget(driver_id=driver_id))
+        return self._take()
+
+    def remove_cp(self, cp_id: str) -> list[Effect]:
+        """Unregister a CP (its past sessions stay). UnknownCpError when unknown;
+        RegistryBusyError while a supply is in progress there (stop it first)."""
+        self._fx = []
+        cp = self.cps.get(cp_id)
+        if cp is None:
+            raise UnknownCpError(cp_id)
+        if cp.session_id is not None:
+            raise RegistryBusyError(f"{cp_id} has a supply in progress; stop it first")
+        del self.cps[cp_id]
+        self._note(f"charge point {cp_id} removed")
+        self._fx.append(Forget(cp_id=cp_id))
+        return self._take()
+
+    def add_cp(self, cp_id: str, location: str, price: float, stopped: bool = False) -> None:
+        """A CP registered from outside (the command line, while Central runs)."""
+        if cp_id not in self.cps:
+            self.cps[cp_id] = CpRecord(id=cp_id, location=location, price_eur_kwh=price, stopped=stopped)
+
     # -- monitors (socket) -----------------------------------------------------------------
 
-    def hello(self, cp_id: str, location: str, price: float | None, now_ms: int) -> tuple[Reject | None, list[Effect]]:
-        """Decide on a monitor's Hello: registration of a new CP, or authentication."""
+    def hello(self, cp_id: str, location: str, price: float | None, now_ms: int,
+              source: str = "") -> tuple[Reject | None, list[Effect]]:
+        """Decide on a monitor's Hello: registration of a new CP, or authentication.
+
+        The id, location and price follow the rules every event follows (evproto.idents,
+        MAX_PRICE_EUR_KWH). New registrations are rate-limited per ``source`` (the
+        monitor's address) and in total; a refused one is answered BUSY (try later).
+        """
         self._fx = []
+        problem = (id_problem(cp_id) and f"charge point id {id_problem(cp_id)}") or (
+            text_problem(location) and f"location {text_problem(location)}")
+        if problem is None and price is not None and not (math.isfinite(price) and 0 <= price <= MAX_PRICE_EUR_KWH):
+            problem = f"price {price} EUR/kWh is not plausible (0 to {MAX_PRICE_EUR_KWH:g})"
+        if problem is not None:
+            return Reject(code=ReasonCode.INVALID, detail=problem), []
         cp = self.cps.get(cp_id)
         if cp is None:
             if not self.rules.auto_register_cps:
@@ -266,8 +344,14 @@ class CentralCore:
                     ),
                     [],
                 )
-            if not 0 <= price < 100:
-                return Reject(code=ReasonCode.INVALID, detail=f"price {price} EUR/kWh is not plausible"), []
+            if len(self.cps) >= self.rules.max_cps:
+                return Reject(code=ReasonCode.NOT_AVAILABLE,
+                              detail=f"this Central holds its maximum of {self.rules.max_cps} charge points"), []
+            wait_s = self._registrations.allow(source, now_ms / 1000)
+            if wait_s:
+                self.ignored["registration_refused"] += 1
+                return Reject(code=ReasonCode.BUSY,
+                              detail=f"too many new charge points; try again in {math.ceil(wait_s)} s"), []
             cp = CpRecord(id=cp_id, location=location, price_eur_kwh=price)
             self.cps[cp_id] = cp
             self._note(f"registered new charge point {cp_id} at {location}, {price:.2f} EUR/kWh")
@@ -275,8 +359,6 @@ class CentralCore:
             return None, self._take()
         if cp.connected:
             return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"{cp_id} is already connected"), []
-        if price is not None and not 0 <= price < 100:
-            return Reject(code=ReasonCode.INVALID, detail=f"price {price} EUR/kWh is not plausible"), []
         changed = False
         if location and location != cp.location:
             cp.location, changed = location, True
@@ -325,11 +407,13 @@ class CentralCore:
             cp.engine_ok = ok
             cp.fault = "" if ok else fault
             if ok:
-                self._note(f"{cp_id} engine recovered")
+                self._note(f"{cp_id} engine recovered", key=f"health:{cp_id}")
             else:
-                self._note(f"{cp_id} engine fault: {fault}", "error")
+                self._note(f"{cp_id} engine fault: {fault}", "error", key=f"health:{cp_id}")
                 s = self.sessions.get(cp.session_id) if cp.session_id is not None else None
-                if s is not None:
+                if s is not None and s.id not in self._fault_told:
+                    # Once per session: a flapping engine must not flood the driver's partition.
+                    self._fault_told.add(s.id)
                     self._update(s, s.status.value, "cp_fault", f"{cp_id} reports a fault ({fault})", now_ms)
         self._state_changed(cp, before, now_ms)
         return self._take()
@@ -462,8 +546,8 @@ class CentralCore:
         fx, self._fx = self._fx, []
         return fx
 
-    def _note(self, text: str, level: str = "info") -> None:
-        self._fx.append(Note(text, level))
+    def _note(self, text: str, level: str = "info", key: str | None = None) -> None:
+        self._fx.append(Note(text, level, key))
 
     def _state_changed(self, cp: CpRecord, before: CpState, now_ms: int) -> None:
         after = cp.state
@@ -733,6 +817,7 @@ class CentralCore:
             s.ended_ts_ms = s.ended_ts_ms or now_ms
             s.ticketed = s.ticketed or st.ticket
             del self.sessions[s.id]
+            self._fault_told.discard(s.id)
             self._remember(s)
             if cp is not None and cp.session_id == s.id:
                 cp.session_id = None

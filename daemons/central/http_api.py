@@ -10,6 +10,9 @@ Pinned (other tools depend on them; docs/central.md):
 ``POST``  ``/api/v1/cps/{id}/resume`` same
 ``POST``  ``/api/v1/cps/stop``        every CP: ``{"ok": true, "cps": [...]}``
 ``POST``  ``/api/v1/cps/resume``      same
+``DELETE`` ``/api/v1/cps/{id}``       ``{"ok": true, "removed": id}``; 404 unknown, 409 supplying
+``DELETE`` ``/api/v1/drivers/{id}``   same for a driver (409 while it has a supply in progress)
+``GET``   ``/api/v1/drivers``         list of registered driver ids
 ========  ==========================  ==================================================
 
 Not pinned (the launcher draws the panel remotely with them): ``GET /api/v1/messages``,
@@ -17,7 +20,8 @@ Not pinned (the launcher draws the panel remotely with them): ``GET /api/v1/mess
 quarantined: where, why, size).
 
 Every answer is ``application/json``; every error is ``{"error": "..."}`` with its status
-(400 bad query, 404 unknown route or CP, 405 wrong method, 500 internal error). A 500
+(400 bad query, 404 unknown route, CP or driver, 405 wrong method, 409 not now, 500 internal
+error). A 500
 never carries a traceback: the exception is logged on the ``evproto.central`` logger.
 """
 
@@ -26,11 +30,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Protocol
 
-from aiohttp import web
+from aiohttp import web, web_protocol
+from aiohttp.http_exceptions import LineTooLong
 
 from evproto.errors import EvprotoError
+from evproto.ratelog import RateLimitedLog
 from evproto.daemons.central.view import CentralView, SessionView, iso_utc
 
 __all__ = [
@@ -41,6 +48,8 @@ __all__ = [
     "BACKEND_KEY",
     "CentralBackend",
     "UnknownCp",
+    "UnknownDriver",
+    "Conflict",
     "make_app",
     "start_http",
     "stop_http",
@@ -69,6 +78,18 @@ class UnknownCp(EvprotoError, LookupError):
         self.cp_id = cp_id
 
 
+class UnknownDriver(EvprotoError, LookupError):
+    """A command named a driver Central does not know."""
+
+    def __init__(self, driver_id: str) -> None:
+        super().__init__(f"unknown driver '{driver_id}'")
+        self.driver_id = driver_id
+
+
+class Conflict(EvprotoError):
+    """The command cannot be carried out now (answered 409), e.g. removing a CP that is supplying."""
+
+
 class CentralBackend(Protocol):
     """What the HTTP API needs from Central's core."""
 
@@ -89,6 +110,18 @@ class CentralBackend(Protocol):
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
         """The newest quarantined records: where, why, size (never their content)."""
+        ...
+
+    def drivers(self) -> list[str]:
+        """Registered drivers' ids."""
+        ...
+
+    async def remove_cp(self, cp_id: str) -> None:
+        """Unregister a CP. Raises :class:`UnknownCp` or :class:`Conflict`."""
+        ...
+
+    async def remove_driver(self, driver_id: str) -> None:
+        """Unregister a driver. Raises :class:`UnknownDriver` or :class:`Conflict`."""
         ...
 
     async def stop(self, cp_id: str | None) -> list[str]:
@@ -133,8 +166,10 @@ async def _json_errors(
         return await handler(request)
     except _BadQuery as exc:
         return _error(400, str(exc))
-    except UnknownCp as exc:
+    except (UnknownCp, UnknownDriver) as exc:
         return _error(404, str(exc))
+    except Conflict as exc:
+        return _error(409, str(exc))
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -226,6 +261,22 @@ async def _get_requests(request: web.Request) -> web.Response:
     return _json([_request_json(s) for s in _backend(request).view().requests])
 
 
+async def _get_drivers(request: web.Request) -> web.Response:
+    return _json(_backend(request).drivers())
+
+
+async def _delete_cp(request: web.Request) -> web.Response:
+    cp_id = request.match_info["id"]
+    await _backend(request).remove_cp(cp_id)
+    return _json({"ok": True, "removed": cp_id})
+
+
+async def _delete_driver(request: web.Request) -> web.Response:
+    driver_id = request.match_info["id"]
+    await _backend(request).remove_driver(driver_id)
+    return _json({"ok": True, "removed": driver_id})
+
+
 def _command(action: str, *, one: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         cp_id = request.match_info["id"] if one else None
@@ -256,10 +307,50 @@ def make_app(backend: CentralBackend) -> web.Application:
     app.router.add_get(f"{p}/status", _get_status)
     app.router.add_get(f"{p}/requests", _get_requests)
     app.router.add_get(f"{p}/dead-letters", _get_dead_letters)
+    app.router.add_get(f"{p}/drivers", _get_drivers)
+    app.router.add_delete(f"{p}/cps/{{id}}", _delete_cp)
+    app.router.add_delete(f"{p}/drivers/{{id}}", _delete_driver)
     for action in ("stop", "resume"):
         app.router.add_post(f"{p}/cps/{action}", _command(action, one=False))
         app.router.add_post(f"{p}/cps/{{id}}/{action}", _command(action, one=True))
     return app
+
+
+_http_errors = RateLimitedLog(log)
+
+
+class _JsonErrorHandler(web_protocol.RequestHandler):
+    """Answers what fails before routing (a 10 kB URL, a 20 kB header, a broken request
+    line) as JSON like every other error, and logs one line for it (rate-limited), never
+    a traceback: a peer sending garbage must not fill the log."""
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        what = {400: "bad request", 413: "request too large", 431: "request headers too large"}.get(
+            status, HTTPStatus(status).phrase.lower() if status in HTTPStatus._value2member_map_ else "error")
+        if isinstance(exc, LineTooLong):
+            what = "request line or header too long"
+        _http_errors.log(logging.WARNING, f"HTTP {status} to {request.remote}: {what} ({type(exc).__name__})",
+                         key=f"http:{status}:{type(exc).__name__}")
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started: the connection is closed")
+        resp = _error(status, what)
+        resp.force_close()
+        return resp
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # Same server, with our answer for requests that fail before routing. Checked by
+        # tests/test_central_http.py (a 10 kB URL gets JSON), so an aiohttp change shows.
+        server.__class__ = _JsonErrorServer
+        return server
 
 
 async def start_http(
@@ -274,7 +365,7 @@ async def start_http(
     Returns the runner (give it to :func:`stop_http`) and the port actually bound.
     Access logging is off unless ``access_log`` is given: the launcher polls often.
     """
-    runner = web.AppRunner(make_app(backend), access_log=access_log, handle_signals=False)
+    runner = _Runner(make_app(backend), access_log=access_log, handle_signals=False)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

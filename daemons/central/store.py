@@ -19,7 +19,7 @@ from evproto.bus.events import Ticket, encode_event
 from evproto.domain.session import SessionStatus
 
 from ..quarantine import DeadLetter
-from .core import CpRecord, Effect, Publish, SaveCp, SaveSession, SessionRecord
+from .core import CpRecord, Effect, Forget, Publish, SaveCp, SaveSession, SessionRecord
 from .view import SessionView
 
 __all__ = ["Store", "OutboxRow", "Loaded", "MAX_DEAD_LETTERS"]
@@ -134,7 +134,9 @@ class Store:
 
     def __init__(self, path: str) -> None:
         directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        if not os.path.exists(path):  # private from its first byte, whatever the umask
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.path = path
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -170,6 +172,16 @@ class Store:
             (cp_id, location, price_eur_kwh, _now_ms()),
         )
         return not existed
+
+    def remove_cp(self, cp_id: str) -> bool:
+        """Unregister a CP (command line); its sessions stay. RuntimeError while it has a live session."""
+        live = [st.value for st in SessionStatus if st.live]
+        busy = self._db.execute(
+            f"SELECT id FROM sessions WHERE cp_id = ? AND status IN ({','.join('?' * len(live))})", (cp_id, *live)
+        ).fetchone()
+        if busy is not None:
+            raise RuntimeError(f"{cp_id} has session {busy[0]} in progress; stop it first")
+        return self._db.execute("DELETE FROM cps WHERE id = ?", (cp_id,)).rowcount == 1
 
     def drivers(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT id FROM drivers ORDER BY id")]
@@ -216,7 +228,7 @@ class Store:
         Returns the outbox rows just added, for the caller to send right away.
         """
         effects = [fx for fx in effects if not isinstance(fx, Publish) or fx.durable]
-        effects = [fx for fx in effects if isinstance(fx, (SaveCp, SaveSession, Publish))]
+        effects = [fx for fx in effects if isinstance(fx, (SaveCp, SaveSession, Publish, Forget))]
         dead = list(dead)
         if not effects and not offsets and not dead:
             return []
@@ -245,6 +257,11 @@ class Store:
                         "price_eur_kwh = excluded.price_eur_kwh, stopped = excluded.stopped",
                         (c.id, c.location, c.price_eur_kwh, int(c.stopped), now),
                     )
+                elif isinstance(fx, Forget):
+                    if fx.cp_id is not None:
+                        db.execute("DELETE FROM cps WHERE id = ?", (fx.cp_id,))
+                    if fx.driver_id is not None:
+                        db.execute("DELETE FROM drivers WHERE id = ?", (fx.driver_id,))
                 elif isinstance(fx, Publish) and fx.durable:
                     value = encode_event(fx.event)
                     if isinstance(fx.event, Ticket):

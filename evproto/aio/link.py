@@ -55,7 +55,9 @@ _READ_SIZE = 4096
 _DOWN = object()  # sentinel in the incoming queue
 
 #: Decides on a client's Hello: return None to accept it or a Reject to refuse it.
-HelloPolicy = Callable[[Hello], "Reject | None | Awaitable[Reject | None]"]
+#: Decides on a client's Hello: ``policy(hello)`` or ``policy(hello, link)`` (to see who asks:
+#: ``link.peer_address``); returns a Reject to refuse, None to accept (or an awaitable of either).
+HelloPolicy = Callable[..., "Reject | None | Awaitable[Reject | None]"]
 
 Incoming = MessageReceived | RequestReceived
 
@@ -121,6 +123,14 @@ class Link:
     def peer_hello(self) -> Hello | None:
         """Server side: the client's Hello."""
         return self.conn.peer_hello
+
+    @property
+    def peer_address(self) -> str:
+        """Where the peer is: its IP address for TCP, "" for a serial line or a pipe."""
+        peer = self._writer.get_extra_info("peername")
+        if isinstance(peer, (tuple, list)) and peer:
+            return str(peer[0])
+        return ""
 
     @property
     def is_open(self) -> bool:
@@ -379,7 +389,16 @@ async def connect(
 # -- server ----------------------------------------------------------------------------------
 
 
-async def _decide(policy: HelloPolicy | None, hello: Hello) -> Reject | None:
+def _wants_link(policy: HelloPolicy) -> bool:
+    try:
+        params = inspect.signature(policy).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: called with the Hello alone
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+async def _decide(policy: HelloPolicy | None, hello: Hello, link: Link | None = None) -> Reject | None:
     if hello.protocol_version != PROTOCOL_VERSION:
         return Reject(
             code=ReasonCode.UNSUPPORTED_VERSION,
@@ -387,7 +406,7 @@ async def _decide(policy: HelloPolicy | None, hello: Hello) -> Reject | None:
         )
     if policy is None:
         return None
-    decision = policy(hello)
+    decision = policy(hello, link) if link is not None and _wants_link(policy) else policy(hello)
     if inspect.isawaitable(decision):
         decision = await decision
     return decision  # type: ignore[return-value]
@@ -415,7 +434,7 @@ async def serve_stream(
     try:
         await link._handshake
         assert conn.peer_hello is not None
-        rejection = await _decide(on_hello, conn.peer_hello)
+        rejection = await _decide(on_hello, conn.peer_hello, link)
         if conn.state is LinkState.HELLO_RECEIVED:
             if rejection is not None:
                 conn.reject(link._now(), rejection.code, rejection.detail)

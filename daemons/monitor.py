@@ -29,6 +29,7 @@ from evproto import (
     LinkConfig,
     LinkDownError,
     LinkRejectedError,
+    ReasonCode,
     RecoveryReport,
     RequestTimeoutError,
     Role,
@@ -114,9 +115,10 @@ class Monitor:
             try:
                 link = await open_link(self.central_addr, hello=self.hello_central, config=self.config)
             except LinkRejectedError as exc:
-                if exc.code is not None and exc.code.name == "DUPLICATE_ID":
-                    log.warning("Central refused %s: %s (retrying: the old link may not have timed out yet)",
-                                self.cp_id, exc.detail)
+                if exc.code in (ReasonCode.DUPLICATE_ID, ReasonCode.BUSY):
+                    # Not for good: the old link may not have timed out yet, or Central is
+                    # pacing new registrations.
+                    log.warning("Central refused %s: %s (retrying)", self.cp_id, exc.detail)
                     await asyncio.sleep(backoff.next_delay())
                     continue
                 log.error("Central refused %s: %s", self.cp_id, exc.detail)

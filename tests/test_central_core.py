@@ -1028,3 +1028,59 @@ def test_a_request_id_older_than_memory_is_still_a_repeat(tmp_path) -> None:
     with pytest.raises(RecordRefused, match="session 1 is D1's, not D2's"):
         progress(core, "CP1", 1, "D2", T0 + 200, 0.1, 0.3)
     store.close()
+
+
+# =============================================================================================
+# restart grace
+# =============================================================================================
+
+
+def _restarted(rules: Rules = RULES) -> CentralCore:
+    """A Central that has just started with CP1-CP3 known from its database, none connected yet."""
+    core = CentralCore(cps=[CpRecord(id=c, location=loc, price_eur_kwh=p) for c, (loc, p) in CPS.items()],
+                       drivers=set(DRIVERS), rules=rules)
+    core.start(T0)
+    return core
+
+
+def test_a_request_for_a_known_cp_waits_for_its_monitor_after_a_restart() -> None:
+    core = _restarted()
+    fx = request(core, "D1", "CP1", T0 + 500)
+    assert events(fx, AuthorizeCommand) == []  # the CP is not asked while it is away
+    assert the_update(fx).status == "requested" and "waiting up to 15 s for CP1" in the_update(fx).message
+    fx = core.monitor_connected("CP1", T0 + 3000)
+    (cmd,) = events(fx, AuthorizeCommand)
+    assert cmd.session_id == 1 and cmd.expires_ts_ms == T0 + 3000 + 70_000  # counted from when it was asked
+    assert the_update(answer(core, "CP1", 1, T0 + 3100, accepted=True)).status == "authorized"
+
+
+def test_a_held_request_is_denied_when_the_cp_does_not_come_back_in_time() -> None:
+    core = _restarted()
+    request(core, "D1", "CP2", T0 + 500)
+    assert core.tick(T0 + 14_000) == []
+    update = the_update(core.tick(T0 + 15_000))
+    assert update.status == "denied" and update.reason == "cp_not_available"
+    assert "did not reconnect within 15 s of Central's restart" in update.message
+    # After the grace a disconnected CP is denied at once, as always.
+    assert _denial(request(core, "D2", "CP3", T0 + 16_000)).reason == "cp_not_available"
+
+
+def test_a_held_request_is_denied_if_the_cp_comes_back_out_of_service() -> None:
+    core = _restarted()
+    request(core, "D1", "CP1", T0 + 500)
+    core.cps["CP1"].stopped = True  # stopped by an operator meanwhile
+    fx = core.monitor_connected("CP1", T0 + 2000)
+    assert events(fx, AuthorizeCommand) == []
+    assert [u.status for u in events(fx, RequestUpdate)] == ["denied"]
+
+
+def test_requests_waiting_for_an_answer_before_a_crash_are_asked_again_when_the_cp_is_back() -> None:
+    session = SessionRecord(id=7, cp_id="CP1", driver_id="D1", request_id="r7", origin="driver",
+                            status=SessionStatus.REQUESTED, requested_ts_ms=T0 - 2000, price_eur_kwh=0.3,
+                            deadline_ts_ms=T0 + 8000)
+    core = CentralCore(cps=[CpRecord(id="CP1", location="x", price_eur_kwh=0.3)], drivers={"D1"},
+                       sessions=[session], rules=RULES)
+    core.start(T0)
+    assert core.tick(T0 + 9000) == []  # not expired: its CP could not answer while Central was down
+    (cmd,) = events(core.monitor_connected("CP1", T0 + 9500), AuthorizeCommand)
+    assert cmd.session_id == 7

@@ -17,7 +17,7 @@ import math
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from evproto import (
     FaultReport,
@@ -137,14 +137,11 @@ class Central:
             self.http_addr = f"{http_host or '0.0.0.0'}:{actual}"
         self._note(f"Central {self.instance_id} up: monitors on {self.listen_addr}, HTTP on {self.http_addr or 'off'}, "
                    f"Kafka {self.opts.kafka.bootstrap}; {len(self.core.cps)} CP(s), {len(self.core.drivers)} driver(s) known")
-        self._apply(self.core.state_records(now_ms()))
+        self._apply(self.core.start(now_ms()) + self.core.state_records(now_ms()))
         tasks = [
             asyncio.ensure_future(self._consume()),
-            asyncio.ensure_future(self._ticker()),
-            asyncio.ensure_future(self._heartbeat()),
-            asyncio.ensure_future(self._outbox_loop()),
-            asyncio.ensure_future(self._maintenance()),
-            asyncio.ensure_future(self._loop_watch()),
+            *(asyncio.ensure_future(self._keep_running(loop)) for loop in
+              (self._ticker, self._heartbeat, self._outbox_loop, self._maintenance, self._loop_watch)),
         ]
         write_ready_file(self.opts.ready_file, role="central", listen=self.listen_addr, http=self.http_addr,
                          instance_id=self.instance_id)
@@ -342,30 +339,41 @@ class Central:
                 self.counters["consumed"] += len(batch)
                 self.counters["batches"] += 1
 
+    async def _keep_running(self, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run one of Central's background loops for ever: an error in it is logged
+        (rate-limited), Central's memory rebuilt from its database, and the loop started
+        again a second later; it never silently stops expiring requests or sending owed events."""
+        while True:
+            try:
+                await loop()
+                return
+            except Exception as exc:
+                self.counters["loop_errors"] += 1
+                self._warn.log(logging.ERROR, f"{loop.__name__} failed ({type(exc).__name__}: {exc}); restarting it")
+                log.debug("%s failed", loop.__name__, exc_info=True)
+                with contextlib.suppress(Exception):
+                    self._rebuild_core()
+                await asyncio.sleep(1.0)
+
     def _seen(self, event: Event, now: int) -> None:
         if isinstance(event, SupplyProgress):
             self.counters["telemetry_in"] += 1
-            self._ages.append(now - event.ts_ms)
+            # Freshness is about the live stream: readings produced before Central started
+            # (the backlog it catches up on after a restart) are late by definition.
+            if event.ts_ms >= self.started_ms:
+                self._ages.append(now - event.ts_ms)
 
     def _rebuild_core(self) -> None:
         """Rebuild the core from the database, after a failure that may have left it half-changed.
 
-        The database holds everything decided; only the live links are known to memory
-        alone (which monitors are connected, their engines' health, live figures), and
-        they are carried over.
+        The database holds everything decided; what only memory knows is carried over
+        (:meth:`CentralCore.carry_over`).
         """
         old = self.core
         loaded = self.store.load()
         core = CentralCore(cps=loaded.cps, drivers=loaded.drivers, sessions=loaded.live_sessions,
                            next_session_id=loaded.next_session_id, rules=self.opts.rules, history=self.store)
-        for cp in core.cps.values():
-            prev = old.cps.get(cp.id)
-            if prev is None:
-                continue
-            cp.connected, cp.engine_ok, cp.fault = prev.connected, prev.engine_ok, prev.fault
-            if cp.supplying and prev.supplying:
-                cp.power_kw, cp.energy_kwh, cp.amount_eur = prev.power_kw, prev.energy_kwh, prev.amount_eur
-        core.ignored = old.ignored
+        core.carry_over(old)
         self.core = core
         self.counters["core_rebuilds"] += 1
         log.warning("Central's state was rebuilt from its database")

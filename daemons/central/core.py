@@ -109,6 +109,9 @@ class Rules:
     registrations_per_min: float = 60.0
     #: Registered CPs at most (each costs memory and a tile): a registration beyond is refused.
     max_cps: int = 100_000
+    #: After Central (re)starts, a request for a CP it knew, whose monitor has not
+    #: reconnected yet, waits this long for it instead of being denied at once.
+    restart_grace_s: float = 15.0
 
 
 @dataclass(slots=True, kw_only=True)
@@ -248,6 +251,13 @@ class CentralCore:
         self.ignored: collections.Counter[str] = collections.Counter()
         #: Live sessions whose driver was told of a fault at their CP (told once each).
         self._fault_told: set[int] = set()
+        #: Restart grace: CPs known when Central started, until when, and the requests
+        #: waiting for their monitors (CP id -> session id; the CP is not asked yet).
+        self._known_at_start: set[str] = {c.id for c in cps}
+        self._grace_until_ms = 0
+        self._held: dict[str, int] = {}
+        #: When each live session's CP was asked to authorise (later than the request if held).
+        self._asked_ms: dict[int, int] = {}
         self.cps: dict[str, CpRecord] = {c.id: c for c in cps}
         self.drivers: set[str] = set(drivers)
         #: Live sessions only (requested, authorized, supplying), by id.
@@ -280,6 +290,37 @@ class CentralCore:
             return False
         self.drivers.add(driver_id)
         return True
+
+    def carry_over(self, old: CentralCore) -> None:
+        """Take from ``old`` what only memory knows, after this core was rebuilt from the
+        database: which monitors are connected and their engines' health, live figures,
+        the restart grace and held requests, the registration allowance, counters."""
+        for cp in self.cps.values():
+            prev = old.cps.get(cp.id)
+            if prev is None:
+                continue
+            cp.connected, cp.engine_ok, cp.fault = prev.connected, prev.engine_ok, prev.fault
+            if cp.supplying and prev.supplying:
+                cp.power_kw, cp.energy_kwh, cp.amount_eur = prev.power_kw, prev.energy_kwh, prev.amount_eur
+        self.ignored = old.ignored
+        self._registrations = old._registrations
+        self._known_at_start = old._known_at_start
+        self._grace_until_ms = old._grace_until_ms
+        self._held = {c: sid for c, sid in old._held.items() if sid in self.sessions}
+        self._asked_ms = {sid: t for sid, t in old._asked_ms.items() if sid in self.sessions}
+        self._fault_told = {sid for sid in old._fault_told if sid in self.sessions}
+
+    def start(self, now_ms: int) -> list[Effect]:
+        """Central is up: open the restart grace. Requests still waiting for a CP's answer
+        are held too, and asked again once their CP's monitor is back (an engine answers
+        the same authorisation again the same way)."""
+        self._fx = []
+        self._grace_until_ms = now_ms + int(self.rules.restart_grace_s * 1000)
+        for s in self.sessions.values():
+            if s.status is SessionStatus.REQUESTED and s.cp_id in self.cps:
+                self._held[s.cp_id] = s.id
+                s.deadline_ts_ms = max(s.deadline_ts_ms, self._grace_until_ms + int(self.rules.answer_timeout_s * 1000))
+        return self._take()
 
     def remove_driver(self, driver_id: str) -> list[Effect]:
         """Unregister a driver (its past sessions stay). KeyError when unknown;
@@ -381,6 +422,13 @@ class CentralCore:
         command = StopCommand(cp_id=cp_id, ts_ms=now_ms) if cp.stopped else ResumeCommand(cp_id=cp_id, ts_ms=now_ms)
         self._fx.append(Publish(Topic.CP_COMMANDS, cp_id, command))
         self._state_changed(cp, before, now_ms)
+        held = self.sessions.get(self._held.pop(cp_id, -1))
+        if held is not None and held.status is SessionStatus.REQUESTED:
+            if cp.state is CpState.ACTIVATED:
+                self._ask(held, cp, now_ms)
+            else:
+                self._transition(held, SessionInput.CP_REFUSED, now_ms, reason="cp_not_available",
+                                 text=f"{cp_id} is back but {cp.state.name}, not ACTIVATED")
         return self._take()
 
     def monitor_lost(self, cp_id: str, clean: bool, detail: str, now_ms: int) -> list[Effect]:
@@ -525,6 +573,14 @@ class CentralCore:
     def tick(self, now_ms: int) -> list[Effect]:
         """Expire requests the CP never answered and authorisations never used."""
         self._fx = []
+        if self._held and now_ms >= self._grace_until_ms:
+            for cp_id, sid in list(self._held.items()):
+                del self._held[cp_id]
+                s = self.sessions.get(sid)
+                if s is not None and s.status is SessionStatus.REQUESTED:
+                    self._transition(s, SessionInput.CP_REFUSED, now_ms, reason="cp_not_available",
+                                     text=f"{cp_id} did not reconnect within {self.rules.restart_grace_s:g} s "
+                                          "of Central's restart")
         for s in list(self.sessions.values()):
             if s.status in (SessionStatus.REQUESTED, SessionStatus.AUTHORIZED) and now_ms >= s.deadline_ts_ms:
                 waiting_answer = s.status is SessionStatus.REQUESTED
@@ -631,7 +687,9 @@ class CentralCore:
         state = cp.state
         if cp.session_id is not None:
             return self._deny_request(req, "cp_busy", f"{cp.id} is busy with another driver", now_ms)
-        if state is not CpState.ACTIVATED:
+        hold = (state is CpState.DISCONNECTED and cp.id in self._known_at_start and not cp.stopped
+                and now_ms < self._grace_until_ms)
+        if state is not CpState.ACTIVATED and not hold:
             return self._deny_request(req, "cp_not_available", f"{cp.id} is {state.name}, not ACTIVATED", now_ms)
         s = SessionRecord(
             id=self.next_session_id,
@@ -651,7 +709,24 @@ class CentralCore:
         self.request_ids[s.request_id] = s.id
         cp.session_id = s.id
         cp.driver_id = s.driver_id
+        if hold:
+            # Central has just restarted and this CP's monitor is not back yet (they
+            # reconnect within seconds): wait for it rather than turn our restart into a denial.
+            self._held[cp.id] = s.id
+            s.deadline_ts_ms = self._grace_until_ms + int(self.rules.answer_timeout_s * 1000)
+            self._fx.append(SaveSession(copy.copy(s)))
+            wait_s = math.ceil((self._grace_until_ms - now_ms) / 1000)
+            self._update(s, "requested", "", f"request received; Central has just restarted: waiting up to {wait_s} s "
+                         f"for {cp.id} to reconnect", now_ms)
+            return
         self._fx.append(SaveSession(copy.copy(s)))
+        self._ask(s, cp, now_ms)
+        self._update(s, "requested", "", f"request received; asking {cp.id} to authorise", now_ms)
+
+    def _ask(self, s: SessionRecord, cp: CpRecord, now_ms: int) -> None:
+        """Send the CP the authorisation for ``s``."""
+        self._asked_ms[s.id] = now_ms
+        s.deadline_ts_ms = max(s.deadline_ts_ms, now_ms + int(self.rules.answer_timeout_s * 1000))
         self._fx.append(
             Publish(
                 Topic.CP_COMMANDS,
@@ -669,11 +744,11 @@ class CentralCore:
                 ),
             )
         )
-        self._update(s, "requested", "", f"request received; asking {cp.id} to authorise", now_ms)
 
     def _cp_expiry(self, s: SessionRecord) -> int:
-        """When the CP itself gives up on an unused authorisation."""
-        return s.requested_ts_ms + int((self.rules.answer_timeout_s + self.rules.plug_timeout_s) * 1000)
+        """When the CP itself gives up on an unused authorisation (counted from when it was asked)."""
+        asked = self._asked_ms.get(s.id, s.requested_ts_ms)
+        return asked + int((self.rules.answer_timeout_s + self.rules.plug_timeout_s) * 1000)
 
     def _remember(self, s: SessionRecord) -> None:
         self.ended[s.id] = s
@@ -818,6 +893,7 @@ class CentralCore:
             s.ticketed = s.ticketed or st.ticket
             del self.sessions[s.id]
             self._fault_told.discard(s.id)
+            self._asked_ms.pop(s.id, None)
             self._remember(s)
             if cp is not None and cp.session_id == s.id:
                 cp.session_id = None

@@ -348,3 +348,25 @@ def sim_factory():
     yield make
     for s in sims:
         s.close()
+
+
+# -- a real network on the real embedded broker (tests/netharness.py) -------------------------
+
+
+@pytest.fixture(scope="module")
+def broker():
+    """The embedded Kafka-compatible broker, one per test module (tests use their own topic prefixes)."""
+    from evproto.bus.broker import EmbeddedBroker
+
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def net(tmp_path, broker):
+    """A :class:`netharness.Network` of real processes on ``broker``; every process is stopped afterwards."""
+    from netharness import Network
+
+    n = Network(str(tmp_path), broker.bootstrap)
+    yield n
+    n.close()

@@ -5,23 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from evproto.bus.broker import EmbeddedBroker
 from netharness import KafkaDriver, Network
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def net(tmp_path, broker):
-    n = Network(str(tmp_path), broker.bootstrap)
-    yield n
-    n.close()
 
 
 def test_requests_sent_while_central_was_down_are_served_after_its_restart(net: Network) -> None:

@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from evproto.bus.broker import EmbeddedBroker
 from evproto.bus.events import DriverTelemetry, Ticket
 from evproto.bus.topics import Topic
 from netharness import KafkaDriver, Network, Proc, wait_for
@@ -22,19 +21,6 @@ from netharness import KafkaDriver, Network, Proc, wait_for
 pytestmark = pytest.mark.slow
 
 NOW_MS = int(time.time() * 1000)
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def net(tmp_path, broker):
-    n = Network(str(tmp_path), broker.bootstrap)
-    yield n
-    n.close()
 
 
 def two_cps(net: Network) -> tuple[Proc, dict[str, Proc]]:
@@ -281,6 +267,7 @@ def test_hellos_nobody_could_address_or_floods_of_them_are_refused(net: Network)
 
 def test_a_cp_that_cannot_be_removed_while_supplying_and_a_driver_likewise(net: Network) -> None:
     central, engines = two_cps(net)
+    monitor2 = next(p for p in net.procs if p.name == "monitor-CP002")
     driver = KafkaDriver(net, "D001")
     rid = driver.request("CP001")
     driver.wait_status(rid, "authorized")
@@ -293,7 +280,9 @@ def test_a_cp_that_cannot_be_removed_while_supplying_and_a_driver_likewise(net: 
     cli = net.run_cli("central", "--db", os.path.join(net.tmp, "central.db"), "cps", "remove", "CP002")
     assert "CP002: removed" in cli
     wait_for(lambda: all(c["id"] != "CP002" for c in net.get("/api/v1/cps")), "CP002 to be gone")
-    assert central.alive()
+    # Its monitor, still running, may not register it again behind the operator's back.
+    wait_for(lambda: net.log_has(monitor2, "CP002 was removed by an operator"), "the monitor to be refused")
+    assert all(c["id"] != "CP002" for c in net.get("/api/v1/cps")) and central.alive()
 
 
 def test_a_flapping_cp_costs_one_state_record_a_second_and_bounded_log(net: Network) -> None:

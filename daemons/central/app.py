@@ -585,22 +585,23 @@ class _Backend:
         return sorted(self.central.core.drivers)
 
     async def remove_cp(self, cp_id: str) -> None:
-        from .http_api import Conflict, UnknownCp
+        from .http_api import UnknownCp
 
-        try:
-            self.central.remove_cp(cp_id)
-        except UnknownCpError:
-            raise UnknownCp(cp_id) from None
-        except RegistryBusyError as exc:
-            raise Conflict(str(exc)) from None
+        self._remove(self.central.remove_cp, cp_id, (UnknownCpError, UnknownCp))
 
     async def remove_driver(self, driver_id: str) -> None:
-        from .http_api import Conflict, UnknownDriver
+        from .http_api import UnknownDriver
+
+        self._remove(self.central.remove_driver, driver_id, (KeyError, UnknownDriver))
+
+    @staticmethod
+    def _remove(remove: Callable[[str], None], key: str, unknown: tuple[type[Exception], type[Exception]]) -> None:
+        from .http_api import Conflict
 
         try:
-            self.central.remove_driver(driver_id)
-        except KeyError:
-            raise UnknownDriver(driver_id) from None
+            remove(key)
+        except unknown[0]:
+            raise unknown[1](key) from None
         except RegistryBusyError as exc:
             raise Conflict(str(exc)) from None
 

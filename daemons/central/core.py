@@ -254,6 +254,8 @@ class CentralCore:
         #: Restart grace: CPs known when Central started, until when, and the requests
         #: waiting for their monitors (CP id -> session id; the CP is not asked yet).
         self._known_at_start: set[str] = {c.id for c in cps}
+        #: CPs an operator removed while Central runs: their monitors may not re-register them.
+        self._removed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._grace_until_ms = 0
         self._held: dict[str, int] = {}
         #: When each live session's CP was asked to authorise (later than the request if held).
@@ -305,6 +307,7 @@ class CentralCore:
         self.ignored = old.ignored
         self._registrations = old._registrations
         self._known_at_start = old._known_at_start
+        self._removed = old._removed
         self._grace_until_ms = old._grace_until_ms
         self._held = {c: sid for c, sid in old._held.items() if sid in self.sessions}
         self._asked_ms = {sid: t for sid, t in old._asked_ms.items() if sid in self.sessions}
@@ -347,6 +350,10 @@ class CentralCore:
         if cp.session_id is not None:
             raise RegistryBusyError(f"{cp_id} has a supply in progress; stop it first")
         del self.cps[cp_id]
+        # Its monitor, if still running, must not simply register it again.
+        self._removed[cp_id] = None
+        while len(self._removed) > 10_000:
+            self._removed.popitem(last=False)
         self._note(f"charge point {cp_id} removed")
         self._fx.append(Forget(cp_id=cp_id))
         return self._take()
@@ -355,6 +362,7 @@ class CentralCore:
         """A CP registered from outside (the command line, while Central runs)."""
         if cp_id not in self.cps:
             self.cps[cp_id] = CpRecord(id=cp_id, location=location, price_eur_kwh=price, stopped=stopped)
+            self._removed.pop(cp_id, None)
 
     # -- monitors (socket) -----------------------------------------------------------------
 
@@ -385,6 +393,9 @@ class CentralCore:
                     ),
                     [],
                 )
+            if cp_id in self._removed:
+                return Reject(code=ReasonCode.UNKNOWN_ID,
+                              detail=f"{cp_id} was removed by an operator; register it again with `ev-central cps add`"), []
             if len(self.cps) >= self.rules.max_cps:
                 return Reject(code=ReasonCode.NOT_AVAILABLE,
                               detail=f"this Central holds its maximum of {self.rules.max_cps} charge points"), []

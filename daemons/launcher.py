@@ -11,14 +11,17 @@ and reported through ready files, so nothing is juggled by hand. The registry
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -67,6 +70,87 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+#: What stops a foreground network: Ctrl+C, `kill`, and its terminal closing.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _StopRequest:
+    """The first of SIGINT, SIGTERM or SIGHUP, raised as KeyboardInterrupt; the rest are ignored.
+
+    Closing a terminal may deliver SIGHUP twice (the kernel, then the shell), and users press
+    Ctrl+C again when a stop takes seconds: none of that may cut the stop sequence short, and
+    it need not, since the stop is bounded (SIGKILL after a grace period). While a process just
+    started is written into the registry (:meth:`deferred`) the interrupt waits, so that no
+    instance runs on unrecorded, out of reach of the stop.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._depth = 0
+        self._pending = False
+
+    def install(self) -> None:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        if self._depth:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
+
+
+_STOP = _StopRequest()
+
+
+def _mute(fd: int) -> None:
+    """Send ``fd`` to /dev/null: what is still buffered for it, and all later writes, go nowhere."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _mute_dead_outputs() -> None:
+    """Mute stdout and stderr if nobody can read them any more: a closed terminal (POLLHUP, and
+    EIO on write) or a pipe whose reader died (POLLERR, and EPIPE on write: ``| tee`` after
+    Ctrl+C). Later writes, ours, click's or Python's last flush at exit, then cannot fail."""
+    for fd in (1, 2):
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        try:
+            events = poller.poll(0)
+        except OSError:
+            continue
+        if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events):
+            _mute(fd)
+
+
+def _say(text: str) -> None:
+    """``click.echo`` that never raises: a stdout that fails is muted (see _mute_dead_outputs)."""
+    try:
+        click.echo(text)
+    except OSError:
+        _mute(1)
+
+
 class Registry:
     """``RUN/instances.json``: every instance started in a run directory."""
 
@@ -84,27 +168,29 @@ class Registry:
         return [i for i in self.instances.values() if _alive(i.pid)]
 
     def start(self, inst: Instance, *, env: dict[str, str] | None = None) -> Instance:
-        """Start ``inst`` as a new session (Ctrl+C in our terminal does not reach it directly)."""
+        """Start ``inst`` as a new session: Ctrl+C in our terminal, or the terminal closing, does
+        not reach it directly, so a foreground ``up`` stops it in order itself (``_shutdown``)."""
         os.makedirs(os.path.dirname(inst.log), exist_ok=True)
         if inst.ready and os.path.exists(inst.ready):
             os.unlink(inst.ready)
         log = open(inst.log, "ab")
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(inst.argv)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(
-            inst.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            cwd=self.run_dir,
-        )
-        log.close()
-        inst.pid = proc.pid
-        inst.started_at = time.time()
-        self.instances[inst.name] = inst
-        self.save()
+        with _STOP.deferred():  # from fork to registry: a stop now would miss this instance
+            proc = subprocess.Popen(
+                inst.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                cwd=self.run_dir,
+            )
+            log.close()
+            inst.pid = proc.pid
+            inst.started_at = time.time()
+            self.instances[inst.name] = inst
+            self.save()
         return inst
 
     def wait_ready(self, inst: Instance, timeout_s: float = 30.0) -> dict[str, Any]:
@@ -249,43 +335,54 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
     reg.instances.clear()
     rng = random.Random(seed)
     os.makedirs(reg.run_dir, exist_ok=True)
-
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # as Ctrl+C: what was started goes down with the launcher
-
-    # `kill`, or the terminal closed, while starting or showing the panel: stop the network.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
+    # `kill`, Ctrl+C, or the terminal closed, while starting or showing the panel: stop the network.
+    _STOP.install()
+    detached = panel_shown = False
     try:
-        bootstrap = kafka or _start_broker(reg)
-        reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw}
-        _ensure_topics(bootstrap)
-        driver_ids = [f"D{i:03d}" for i in range(1, drivers + 1)]
-        central = _start_central(reg, bootstrap, central_port, http_port, driver_ids)
-        central_addr = central["listen"].replace("0.0.0.0", "127.0.0.1")
-        http_addr = central["http"].replace("0.0.0.0", "127.0.0.1")
-        reg.meta.update(central=central_addr, http=http_addr)
-        reg.save()
-        cp_ids = [f"CP{i:03d}" for i in range(1, cps + 1)]
-        for n, cp_id in enumerate(cp_ids):
-            add_cp(reg, cp_id, _LOCATIONS[n % len(_LOCATIONS)], round(rng.uniform(0.25, 0.55), 2))
-        for d in driver_ids:
-            add_driver(reg, d, rng, requests_per_driver, cp_ids)
-    except BaseException:
-        reg.stop()
-        raise
-    click.echo(f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP http://{http_addr}/api/v1/cps, "
-               f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}")
-    if detach:
-        return
-    try:
-        asyncio.run(_show_panel(http_addr))
+        try:
+            bootstrap = kafka or _start_broker(reg)
+            reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw}
+            _ensure_topics(bootstrap)
+            driver_ids = [f"D{i:03d}" for i in range(1, drivers + 1)]
+            central = _start_central(reg, bootstrap, central_port, http_port, driver_ids)
+            central_addr = central["listen"].replace("0.0.0.0", "127.0.0.1")
+            http_addr = central["http"].replace("0.0.0.0", "127.0.0.1")
+            reg.meta.update(central=central_addr, http=http_addr)
+            reg.save()
+            cp_ids = [f"CP{i:03d}" for i in range(1, cps + 1)]
+            for n, cp_id in enumerate(cp_ids):
+                add_cp(reg, cp_id, _LOCATIONS[n % len(_LOCATIONS)], round(rng.uniform(0.25, 0.55), 2))
+            for d in driver_ids:
+                add_driver(reg, d, rng, requests_per_driver, cp_ids)
+            _say(f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP http://{http_addr}/api/v1/cps, "
+                 f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}")
+            if detach:
+                detached = True
+                return
+            panel_shown = True
+            asyncio.run(_show_panel(http_addr))
+        finally:
+            if not detached:
+                _shutdown(reg)
     except KeyboardInterrupt:
-        pass
-    finally:
-        click.echo("stopping the network...")
-        stopped = _stop_in_order(reg)
-        click.echo(f"stopped {len(stopped)} processes")
+        if not panel_shown:  # interrupted while starting: say so (exit 1); during the panel it is the way out
+            raise click.Abort() from None
+
+
+def _shutdown(reg: Registry) -> None:
+    """Stop a foreground network in order. Nothing cuts this short: more signals are ignored,
+    and a dead terminal or pipe is muted rather than allowed to raise (the panel's screen
+    may be gone: that is often why we stop)."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    _mute_dead_outputs()
+    _say(f"stopping the network ({len(reg.alive())} processes)...")
+    stopped = _stop_in_order(reg)
+    _say(f"stopped {len(stopped)} processes")
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _mute(1)
 
 
 def _start_broker(reg: Registry) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -490,7 +491,9 @@ async def _show_panel(http_addr: str) -> None:
     from .central.view import CentralView, CpView, MessageView, SessionView
 
     base = f"http://{http_addr}/api/v1"
-    latest = {"view": CentralView(central_id="(connecting)")}
+    # No timestamp: nothing from Central yet; the panel says it is connecting, with no date.
+    latest = {"view": CentralView(central_id="", http=http_addr)}
+    reachable: bool | None = None  # the last poll's outcome, once there was one
 
     def parse_iso(text: str | None) -> int | None:
         if not text:
@@ -502,6 +505,7 @@ async def _show_panel(http_addr: str) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
 
         async def poll() -> None:
+            nonlocal reachable
             while True:
                 try:
                     cps = await (await http.get(f"{base}/cps")).json()
@@ -523,12 +527,20 @@ async def _show_panel(http_addr: str) -> None:
                         http=status.get("http", ""), kafka=status.get("kafka", ""), kafka_ok=status.get("kafka_ok", False),
                         now_ts_ms=int(time.time() * 1000), counters=status.get("counters", {}),
                     )
+                    reachable = True
                 except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
                     old = latest["view"]
-                    note = MessageView(ts_ms=int(time.time() * 1000), level="error", text="cannot reach Central's HTTP API")
-                    latest["view"] = CentralView(cps=tuple(CpView(**{**c.to_json(), "state": "DISCONNECTED"}) for c in old.cps),
-                                                 messages=old.messages[-20:] + (note,), central_id=old.central_id,
-                                                 kafka=old.kafka, kafka_ok=False, now_ts_ms=int(time.time() * 1000))
+                    notes = () if reachable is False else (  # said once per outage, not every poll
+                        MessageView(ts_ms=int(time.time() * 1000), level="error",
+                                    text=f"cannot reach Central's HTTP API at http://{http_addr}"),)
+                    reachable = False
+                    if not old.now_ts_ms:  # never reached yet: still connecting, nothing else is known
+                        latest["view"] = dataclasses.replace(old, messages=old.messages[-20:] + notes)
+                    else:
+                        latest["view"] = CentralView(
+                            cps=tuple(CpView(**{**c.to_json(), "state": "DISCONNECTED"}) for c in old.cps),
+                            messages=old.messages[-20:] + notes, central_id=old.central_id,
+                            kafka=old.kafka, kafka_ok=False, now_ts_ms=int(time.time() * 1000))
                 await asyncio.sleep(0.5)
 
         async def on_command(cmd: Command) -> str:

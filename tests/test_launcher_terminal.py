@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import os
 import pty
 import select
@@ -25,7 +26,8 @@ import time
 import pytest
 from rich.console import Console
 
-from evproto.daemons.central.terminal import run_panel
+from evproto.daemons.central.panel import render
+from evproto.daemons.central.terminal import PlainReporter, run_panel
 from evproto.daemons.central.view import CentralView, CpView, MessageView
 from evproto.daemons.launcher import Registry
 from netharness import wait_for
@@ -141,7 +143,10 @@ def test_ctrl_c_on_up_piped_into_tee_stops_every_instance(tmp_path) -> None:
         term.close()
         tidy(run_dir)
     with open(log, encoding="utf-8", errors="replace") as fh:
-        assert "network up:" in fh.read()  # tee did keep the launcher's output
+        seen = fh.read()
+    # What the user kept in demo.log: the plain panel, with no date before Central answered.
+    assert "network up:" in seen and "connecting to Central at http://127.0.0.1:" in seen
+    assert "1970-01-01" not in seen, seen[:2000]
 
 
 # -- the panel, whose screen goes away -------------------------------------------------------
@@ -210,3 +215,29 @@ async def test_plain_panel_ends_quietly_when_nobody_reads_its_pipe() -> None:
                 os.close(fd)
         with contextlib.suppress(OSError):
             out.close()
+
+
+# -- the remote panel before Central answers -------------------------------------------------
+
+
+def test_plain_view_before_central_answers_says_so_without_a_date() -> None:
+    reporter = PlainReporter()
+    waiting = CentralView(central_id="", http="127.0.0.1:8000")  # no figures yet: no timestamp
+    lines = reporter.update(waiting)
+    assert lines == ["connecting to Central at http://127.0.0.1:8000 ..."]
+    assert reporter.update(waiting) == []  # said once
+    failed = CentralView(central_id="", http="127.0.0.1:8000",
+                         messages=(MessageView(ts_ms=1_795_832_400_000, level="error", text="cannot reach it"),))
+    assert [line.split(" ", 2)[2] for line in reporter.update(failed)] == ["MSG error: cannot reach it"]
+    live = reporter.update(a_view())
+    assert live[0].split(" ", 2)[2].startswith("CENTRAL c1 socket 0.0.0.0:7000")
+    assert not any("1970" in line for line in lines + live)
+
+
+def test_full_screen_header_before_central_answers_says_so_without_a_date() -> None:
+    console = Console(file=io.StringIO(), width=100, height=30, color_system=None)
+    console.print(render(CentralView(central_id="", http="127.0.0.1:8000"), width=100, height=30))
+    screen = console.file.getvalue()
+    assert "connecting to Central at http://127.0.0.1:8000" in screen
+    assert "No figures from Central yet" in screen and "registered" not in screen
+    assert "1970" not in screen and "reachable" not in screen

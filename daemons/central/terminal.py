@@ -249,9 +249,17 @@ class PlainReporter:
         self._requests: dict[int, SessionView] = {}
         self._last_message: MessageView | None = None
         self._kafka_ok = True
+        self._said_connecting = False
 
     def update(self, view: CentralView) -> list[str]:
-        """The lines for ``view``; the first view reports the initial state."""
+        """The lines for ``view``; the first view taken from Central reports the initial state.
+
+        A view without a timestamp holds nothing from Central yet (a remote panel still
+        connecting): it is said once, with no made-up date, and only its messages follow."""
+        if not view.now_ts_ms:
+            said = [] if self._said_connecting else [f"connecting to Central at http://{_clean(view.http or '?')} ..."]
+            self._said_connecting = True
+            return said + self._message_lines(view.messages)
         now = _stamp(view.now_ts_ms)
         out: list[str] = []
         if self._cps is None:
@@ -403,7 +411,8 @@ async def run_panel(
                 feedback.until = loop.time() + notice_s
                 wake.set()
             else:
-                write(f"{_stamp(get_view().now_ts_ms)} CMD {said}")
+                now_ts_ms = get_view().now_ts_ms  # no date rather than a made-up one
+                write(f"{_stamp(now_ts_ms)} CMD {said}" if now_ts_ms else f"CMD {said}")
 
     async def tick(event: asyncio.Event, wait_s: float = period) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

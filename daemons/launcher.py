@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import random
@@ -30,7 +31,7 @@ import click
 
 from evproto import __version__
 
-from .common import load_json, save_json_atomic
+from .common import EXIT_UNAVAILABLE, load_json, save_json_atomic
 
 __all__ = ["main", "Registry", "Instance"]
 
@@ -250,6 +251,47 @@ def _tail(path: str, lines: int = 15) -> str:
         return "(no log)"
 
 
+#: Central's HTTP API port when none is asked for, unless it is taken (docs/central.md).
+DEFAULT_HTTP_PORT = 8000
+
+
+class _Unavailable(click.ClickException):
+    """Something the network needs is not there (a port): one line, exit 69 (EX_UNAVAILABLE)."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+def _port_problem(port: int) -> str | None:
+    """Why Central could not listen on ``port``, or None. Central listens on every address,
+    so any listener on the port is in its way; TIME_WAIT leftovers are not (SO_REUSEADDR,
+    as asyncio's servers set it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as exc:
+            return "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    return None
+
+
+def _central_ports(central_port: int, http_port: int | None) -> tuple[int, int]:
+    """The ports to give Central, checked before anything starts: an explicit port that is
+    taken is an error (nothing is left running); the default HTTP port, if taken, gives way
+    to a free one (0), and we say so."""
+    for option, port in (("--port", central_port), ("--http-port", http_port)):
+        if port and (problem := _port_problem(port)):
+            raise _Unavailable(f"{option} {port}: Central cannot listen there ({problem}); "
+                               "choose another port, or 0 for a free one")
+    if central_port and central_port == http_port:
+        raise click.BadParameter("Central needs two different ports", param_hint="'--port' / '--http-port'")
+    if http_port is not None:
+        return central_port, http_port
+    if _port_problem(DEFAULT_HTTP_PORT) is None:
+        return central_port, DEFAULT_HTTP_PORT
+    _say(f"port {DEFAULT_HTTP_PORT} is taken: Central's HTTP API gets a free port instead (see below)")
+    return central_port, 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -318,21 +360,23 @@ def main() -> None:
 @click.option("--kafka", default=None, metavar="HOST:PORT", help="Use this Kafka instead of starting the embedded broker.")
 @click.option("--port", "central_port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Central's port for monitors (0: pick a free one).")
-@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Central's HTTP API port (0: pick a free one).")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+              help=f"Central's HTTP API port (0: pick a free one).  [default: {DEFAULT_HTTP_PORT}, or a free one "
+              f"when {DEFAULT_HTTP_PORT} is taken]")
 @click.option("--run-dir", default="evcharging-run", show_default=True, help="Where logs, state and the registry go.")
 @click.option("--time-scale", type=click.FloatRange(min=0.01, max=3600), default=30.0, show_default=True,
               help="Speed-up of the simulated meters (energy only; supplies still last seconds).")
 @click.option("--power-kw", type=click.FloatRange(min=0.1, max=1000), default=22.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for the demo's request files.")
 @click.option("--detach", is_flag=True, help="Start everything and return; stop later with `evcharging down`.")
-def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, central_port: int, http_port: int,
+def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, central_port: int, http_port: int | None,
        run_dir: str, time_scale: float, power_kw: float, seed: int | None, detach: bool) -> None:
     """Start a network: broker, Central, CPs and drivers, then show Central's panel (Ctrl+C stops all)."""
     reg = Registry(run_dir)
     if reg.alive():
         raise click.ClickException(f"a network already runs from {reg.run_dir} ({len(reg.alive())} processes); "
                                    "`evcharging down` first, or use another --run-dir")
+    central_port, http_port = _central_ports(central_port, http_port)
     reg.instances.clear()
     rng = random.Random(seed)
     os.makedirs(reg.run_dir, exist_ok=True)

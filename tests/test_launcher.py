@@ -8,8 +8,10 @@ import pty
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -183,3 +185,59 @@ def test_add_kill_start_in_a_running_network(tmp_path) -> None:
         assert run(ev, "kill", "nobody", "--run-dir", run_dir).returncode != 0
     finally:
         run(ev, "down", "--run-dir", run_dir, timeout=60)
+
+
+# -- ports -----------------------------------------------------------------------------------
+
+
+def hold_port(port: int) -> socket.socket | None:
+    """Listen on ``port`` on every address, as another program would; None when something
+    on this machine holds it already (then it is just as taken)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("0.0.0.0", port))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
+def test_up_with_the_default_http_port_taken_uses_a_free_one_and_says_so(tmp_path) -> None:
+    ev = os.path.join(BIN, "evcharging")
+    run_dir = str(tmp_path / "run")
+    holder = hold_port(8000)
+    try:
+        up = run(ev, "up", "--cps", "1", "--drivers", "0", "--run-dir", run_dir, "--detach", timeout=120)
+        try:
+            assert up.returncode == 0, up.stderr
+            assert "port 8000 is taken" in up.stdout
+            http = json.load(open(os.path.join(run_dir, "instances.json")))["meta"]["http"]
+            assert not http.endswith(":8000") and f"http://{http}/api/v1/cps" in up.stdout
+            with urllib.request.urlopen(f"http://{http}/api/v1/cps", timeout=5) as resp:
+                assert resp.status == 200
+        finally:
+            run(ev, "down", "--run-dir", run_dir, timeout=60)
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+@pytest.mark.parametrize("option", ["--http-port", "--port"])
+def test_up_on_an_explicit_port_that_is_taken_is_one_clear_line_and_exit_69(tmp_path, option) -> None:
+    ev = os.path.join(BIN, "evcharging")
+    run_dir = str(tmp_path / "run")
+    holder = hold_port(0)
+    assert holder is not None
+    port = holder.getsockname()[1]
+    try:
+        args = [option, str(port)] + (["--http-port", "0"] if option == "--port" else [])
+        up = run(ev, "up", "--cps", "1", "--drivers", "0", "--run-dir", run_dir, *args, "--detach", timeout=120)
+    finally:
+        holder.close()
+        run(ev, "down", "--run-dir", run_dir, timeout=60)
+    assert up.returncode == 69, (up.returncode, up.stderr)  # EX_UNAVAILABLE
+    assert "Traceback" not in up.stderr and len(up.stderr.strip().splitlines()) == 1, up.stderr
+    assert str(port) in up.stderr and option in up.stderr
+    rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout or "[]")
+    assert not any(r["alive"] for r in rows)  # nothing was left running

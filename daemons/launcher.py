@@ -31,7 +31,7 @@ import click
 
 from evproto import __version__
 
-from .common import EXIT_UNAVAILABLE, load_json, save_json_atomic
+from .common import EXIT_UNAVAILABLE, load_json, makedirs, open_private, save_json_atomic
 
 __all__ = ["main", "Registry", "Instance"]
 
@@ -172,10 +172,10 @@ class Registry:
     def start(self, inst: Instance, *, env: dict[str, str] | None = None) -> Instance:
         """Start ``inst`` as a new session: Ctrl+C in our terminal, or the terminal closing, does
         not reach it directly, so a foreground ``up`` stops it in order itself (``_shutdown``)."""
-        os.makedirs(os.path.dirname(inst.log), exist_ok=True)
+        makedirs(os.path.dirname(inst.log))
         if inst.ready and os.path.exists(inst.ready):
             os.unlink(inst.ready)
-        log = open(inst.log, "ab")
+        log = open_private(inst.log, "ab")
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(inst.argv)}\n".encode())
         log.flush()
         with _STOP.deferred():  # from fork to registry: a stop now would miss this instance
@@ -325,7 +325,7 @@ def write_requests_file(path: str, cp_ids: list[str], count: int, rng: random.Ra
             lines.append(f"{cp} {rng.choice([6, 8, 12])}s")
         else:
             lines.append(cp)
-    with open(path, "w", encoding="utf-8") as fh:
+    with open_private(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
@@ -379,7 +379,7 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
     central_port, http_port = _central_ports(central_port, http_port)
     reg.instances.clear()
     rng = random.Random(seed)
-    os.makedirs(reg.run_dir, exist_ok=True)
+    makedirs(reg.run_dir)
     # `kill`, Ctrl+C, or the terminal closed, while starting or showing the panel: stop the network.
     _STOP.install()
     detached = panel_shown = False
@@ -505,7 +505,7 @@ def add_cp(reg: Registry, cp_id: str, location: str, price: float) -> None:
 def add_driver(reg: Registry, driver_id: str, rng: random.Random, count: int, cp_ids: list[str]) -> None:
     """Start driver ``driver_id`` with a fresh requests file of ``count`` supplies."""
     base = os.path.join(reg.run_dir, "drivers", driver_id)
-    os.makedirs(base, exist_ok=True)
+    makedirs(base)
     requests = os.path.join(base, "requests.txt")
     if not os.path.exists(requests):
         write_requests_file(requests, cp_ids, count, rng)
@@ -692,9 +692,9 @@ def add_driver_cmd(driver_id: str | None, requests_file: str | None, run_dir: st
     db = central.argv[central.argv.index("--db") + 1]
     subprocess.run(_daemon("central", "--db", db, "drivers", "add", driver_id), check=True, capture_output=True)
     base = os.path.join(reg.run_dir, "drivers", driver_id)
-    os.makedirs(base, exist_ok=True)
+    makedirs(base)
     if requests_file:
-        with open(requests_file, encoding="utf-8") as src, open(os.path.join(base, "requests.txt"), "w", encoding="utf-8") as dst:
+        with open(requests_file, encoding="utf-8") as src, open_private(os.path.join(base, "requests.txt"), "w") as dst:
             dst.write(src.read())
     cps = sorted(i.id for i in reg.instances.values() if i.role == "engine" and i.id)
     time.sleep(1.5)  # Central picks up new registrations every second
@@ -780,7 +780,7 @@ def chaos(interval: float, duration: float, roles: str, down_min: float, down_ma
     def note(text: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {text}"
         click.echo(line)
-        with open(log_path, "a", encoding="utf-8") as fh:
+        with open_private(log_path, "a") as fh:
             fh.write(line + "\n")
 
     dead: dict[str, float] = {}  # name -> time to restart it

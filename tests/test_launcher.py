@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 import os
 import pty
+import contextlib
 import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import urllib.request
 
 import pytest
 
+from evproto.daemons.common import makedirs, open_private, save_json_atomic, write_ready_file
 from netharness import wait_for
 
 pytestmark = pytest.mark.slow
@@ -241,3 +244,69 @@ def test_up_on_an_explicit_port_that_is_taken_is_one_clear_line_and_exit_69(tmp_
     assert str(port) in up.stderr and option in up.stderr
     rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout or "[]")
     assert not any(r["alive"] for r in rows)  # nothing was left running
+
+
+# -- file permissions ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """The usual umask (022 makes files world-readable): children inherit it."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_state_and_ready_files_and_their_folders_are_private_whatever_the_umask(tmp_path) -> None:
+    with umask(0o022):
+        save_json_atomic(str(tmp_path / "a" / "b" / "state.json"), {"x": 1})
+        assert mode(tmp_path / "a") == mode(tmp_path / "a" / "b") == 0o700
+        assert mode(tmp_path / "a" / "b" / "state.json") == 0o600
+        (tmp_path / "old.json").write_text("{}")
+        os.chmod(tmp_path / "old.json", 0o644)
+        save_json_atomic(str(tmp_path / "old.json"), {"x": 2})  # replacing a readable file
+        assert mode(tmp_path / "old.json") == 0o600
+        write_ready_file(str(tmp_path / "ready.json"), listen="127.0.0.1:1")
+        assert mode(tmp_path / "ready.json") == 0o600
+        makedirs(str(tmp_path / "c" / "d"))
+        assert mode(tmp_path / "c") == mode(tmp_path / "c" / "d") == 0o700
+        makedirs(str(tmp_path / "c" / "d"))  # exists: fine
+        with open_private(str(tmp_path / "c" / "log"), "ab") as fh:
+            fh.write(b"x")
+        assert mode(tmp_path / "c" / "log") == 0o600
+        os.mkdir(tmp_path / "e", 0o755)
+        makedirs(str(tmp_path / "e" / "f"))
+        assert (mode(tmp_path / "e"), mode(tmp_path / "e" / "f")) == (0o755, 0o700)  # existing ones stay as they are
+
+
+def test_a_network_keeps_its_files_private(tmp_path) -> None:
+    """Logs, the registry, ready files, state files and request files hold drivers' charging
+    history: 0600, in 0700 folders, even under umask 022."""
+    ev = os.path.join(BIN, "evcharging")
+    run_dir = tmp_path / "run"
+    with umask(0o022):
+        up = run(ev, "up", "--cps", "1", "--drivers", "1", "--run-dir", str(run_dir), "--http-port", "0", "--detach",
+                 timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        wait_for(lambda: (run_dir / "cp" / "CP001" / "engine-state" / "engine-state.json").exists()
+                 and (run_dir / "drivers" / "D001" / "state" / "driver-state.json").exists(), "state files", 60)
+    finally:
+        run(ev, "down", "--run-dir", str(run_dir), timeout=60)
+    seen = []
+    for path, dirs, files in os.walk(run_dir):
+        assert mode(path) == 0o700, path
+        for name in files:
+            if name.startswith("central.db"):
+                continue  # Central's database: its own business (docs/central.md)
+            seen.append(os.path.relpath(os.path.join(path, name), run_dir))
+            assert mode(os.path.join(path, name)) == 0o600, seen[-1]
+    assert {"instances.json", "central/central.log", "central/ready.json", "cp/CP001/engine.log",
+            "cp/CP001/engine-state/engine-state.json", "cp/CP001/monitor.ready.json", "drivers/D001/requests.txt",
+            "drivers/D001/state/driver-state.json", "broker/broker.log"} <= set(seen), seen

@@ -818,28 +818,61 @@ def chaos(interval: float, duration: float, roles: str, down_min: float, down_ma
 
 
 @main.command()
-@click.option("--run-dir", default="evcharging-run", show_default=True)
+@click.option("--run-dir", default=None, metavar="DIR",
+              help="A network started by `evcharging up` (its run directory).  [default: evcharging-run]")
+@click.option("--db", default=None, metavar="FILE",
+              help="Central's database (its --db): audit a network not started by `evcharging up`, "
+              "with --engine-state and --driver-state.")
+@click.option("--engine-state", "engine_states", multiple=True, metavar="DIR",
+              help="An engine's --state-dir, or the engine-state.json in it; once per CP.")
+@click.option("--driver-state", "driver_states", multiple=True, metavar="DIR",
+              help="A driver's --state-dir (default ./driver-state-ID where it ran), or the "
+              "driver-state.json in it; once per driver.")
+@click.option("--central-http", default=None, metavar="HOST:PORT",
+              help="Central's HTTP API, to compare its CP states with the engines'  "
+              "[default with a run directory: the network's]")
 @click.option("--in-progress", is_flag=True, help="The network is still busy: in-flight work is not a violation.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
-def audit(run_dir: str, in_progress: bool, as_json: bool) -> None:
+def audit(run_dir: str | None, db: str | None, engine_states: tuple[str, ...], driver_states: tuple[str, ...],
+          central_http: str | None, in_progress: bool, as_json: bool) -> None:
     """Check the books: one ticket per supply, tickets equal what the engines metered.
+
+    \b
+    A network started here:     evcharging audit [--run-dir DIR]
+    One started by hand (files copied from its hosts, or shared):
+      evcharging audit --db central.db --engine-state cp001/ --engine-state cp002/ \\
+                       --driver-state driver-state-D001/ [--central-http HOST:8000]
 
     Exit status 1 when an invariant is violated (docs/resilience.md lists them).
     """
-    from .audit import audit as run_audit
+    from .audit import AuditSourceError, AuditSources, audit_sources, cp_states_from
 
-    reg = Registry(run_dir)
-    states = None
-    http = reg.meta.get("http")
-    if http:
-        import urllib.request
-
+    # Exit 1 means violations: a wrong path is a usage error (2), not a failed audit.
+    asked_http = central_http is not None
+    if db is None:
+        if engine_states or driver_states:
+            raise click.UsageError("--engine-state and --driver-state go with --db (Central's database)")
+        reg = Registry(run_dir or "evcharging-run")
+        sources = AuditSources.from_run_dir(reg.run_dir)
+        if not os.path.isfile(sources.db):
+            raise click.UsageError(f"no network in {reg.run_dir} (no {sources.db}); for a network not started "
+                                   "by `evcharging up`: --db, --engine-state, --driver-state")
+        central_http = central_http or reg.meta.get("http")
+    else:
+        if run_dir is not None:
+            raise click.UsageError("--run-dir or --db, not both")
         try:
-            with urllib.request.urlopen(f"http://{http}/api/v1/cps", timeout=3) as resp:
-                states = {c["id"]: c["state"] for c in json.load(resp)}
-        except OSError:
-            states = None
-    report = run_audit(reg.run_dir, quiesced=not in_progress, cp_states=states)
+            sources = AuditSources.from_paths(db, engine_states, driver_states)
+        except AuditSourceError as exc:
+            raise click.UsageError(str(exc)) from None
+    states = None
+    if central_http:
+        try:
+            states = cp_states_from(central_http)
+        except (OSError, ValueError, KeyError) as exc:
+            if asked_http:  # a run directory's own address may be gone with its network: then skip it
+                raise _Unavailable(f"--central-http {central_http}: no answer from Central ({exc})") from None
+    report = audit_sources(sources, quiesced=not in_progress, cp_states=states)
     click.echo(json.dumps(report.as_dict()) if as_json else report.text())
     if not report.ok:
         sys.exit(1)

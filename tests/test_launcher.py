@@ -310,3 +310,61 @@ def test_a_network_keeps_its_files_private(tmp_path) -> None:
     assert {"instances.json", "central/central.log", "central/ready.json", "cp/CP001/engine.log",
             "cp/CP001/engine-state/engine-state.json", "cp/CP001/monitor.ready.json", "drivers/D001/requests.txt",
             "drivers/D001/state/driver-state.json", "broker/broker.log"} <= set(seen), seen
+
+
+# -- audit of a network the launcher did not start -------------------------------------------
+
+
+def test_audit_of_a_network_started_by_hand_from_files_gathered_anywhere(tmp_path) -> None:
+    """A grader's run: programs started one by one (as on several hosts), then their files
+    copied to one place under names of the grader's choosing, and audited there."""
+    from evproto.bus.broker import EmbeddedBroker
+    from netharness import Network
+
+    ev = os.path.join(BIN, "evcharging")
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    with EmbeddedBroker() as broker:
+        net = Network(str(hosts), broker.bootstrap)
+        try:
+            net.start_central("D001")
+            net.start_cp("CP001", auto=True, engine_args=("--plug-delay-s", "0.5", "--time-scale", "60"))
+            net.wait_state("CP001", "ACTIVATED")
+            driver = net.start_driver("D001", "CP001 3s\n", "--pause-s", "0.5", "--exit-when-done")
+            wait_for(lambda: driver.popen.poll() is not None, "the driver to finish its requests", timeout_s=90)
+            # While Central runs, its CP states can be compared with the engines'.
+            live = run(ev, "audit", "--db", str(hosts / "central.db"), "--engine-state", str(hosts / "state-CP001"),
+                       "--driver-state", str(hosts / "dstate-D001"), "--central-http", net.http.removeprefix("http://"),
+                       "--in-progress")
+            assert live.returncode == 0, live.stdout + live.stderr
+            assert "CP states 1 compared with Central's" in live.stdout
+        finally:
+            net.close()
+    grader = tmp_path / "grader"
+    (grader / "host3-cp-a").mkdir(parents=True)
+    for f in hosts.glob("central.db*"):
+        shutil.copy(f, grader / f.name.replace("central", "host2"))
+    shutil.copy(hosts / "state-CP001" / "engine-state.json", grader / "host3-cp-a")
+    shutil.copy(hosts / "dstate-D001" / "driver-state.json", grader / "host1-d1.json")
+    args = ["--db", str(grader / "host2.db"), "--driver-state", str(grader / "host1-d1.json")]
+
+    books = run(ev, "audit", *args, "--engine-state", str(grader / "host3-cp-a"), "--json")
+    assert books.returncode == 0, books.stdout + books.stderr
+    report = json.loads(books.stdout)
+    assert report["ok"] and report["tickets"] == 1 and report["engine_supplies"] == 1
+    assert (report["engine_files"], report["driver_files"], report["cp_states_compared"]) == (1, 1, None)
+    assert report["metered_energy_kwh"] == pytest.approx(report["ticket_energy_kwh"]) and report["ticket_energy_kwh"] > 0
+
+    # The audit reads what it is given: a forgotten engine, or a tampered ledger, is caught.
+    forgot = run(ev, "audit", *args)
+    assert forgot.returncode == 1 and "CP001 but no engine state file covers" in forgot.stdout, forgot.stdout
+    ledger = json.loads((grader / "host3-cp-a" / "engine-state.json").read_text())
+    ledger["finished"][0]["energy_kwh"] += 0.5
+    (grader / "host3-cp-a" / "engine-state.json").write_text(json.dumps(ledger))
+    tampered = run(ev, "audit", *args, "--engine-state", str(grader / "host3-cp-a" / "engine-state.json"))
+    assert tampered.returncode == 1 and "the ticket says" in tampered.stdout, tampered.stdout
+
+    wrong = run(ev, "audit", *args, "--engine-state", str(grader / "nowhere"))
+    assert wrong.returncode == 2 and "nowhere" in wrong.stderr and "Traceback" not in wrong.stderr
+    both = run(ev, "audit", "--run-dir", str(tmp_path), *args)
+    assert both.returncode == 2 and "not both" in both.stderr

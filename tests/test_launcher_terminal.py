@@ -48,9 +48,10 @@ class Terminal:
                 os.execv(argv[0], argv)
             finally:
                 os._exit(127)
-        self.pid, self.fd = pid, fd
+        self.pid = pid
+        self.fd: int | None = fd
         self.screen = bytearray()
-        self.status: int | None = None
+        self.wait_status: int | None = None  # as os.waitpid gives it, once the program exited
 
     def read(self, wait_s: float = 0.2) -> bytes:
         """What the program wrote so far. Reading is also what keeps it from blocking on a
@@ -65,24 +66,31 @@ class Terminal:
         while time.monotonic() < deadline:
             self.read()
 
+    def shows(self, text: bytes) -> bool:
+        return text in self.read()
+
     def type(self, keys: bytes) -> None:
+        assert self.fd is not None
         os.write(self.fd, keys)
 
     def close_window(self) -> None:
+        """What closing a terminal window does: the master side goes away."""
+        assert self.fd is not None
         os.close(self.fd)
         self.fd = None
 
     def exited(self) -> bool:
-        if self.status is None and os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
-            self.status = 0
-        return self.status is not None
+        if self.wait_status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == self.pid:
+                self.wait_status = status
+        return self.wait_status is not None
 
     def close(self) -> None:
         if not self.exited():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            self.status = -1
+            self.wait_status = os.waitpid(self.pid, 0)[1]
         if self.fd is not None:
             self.close_window()
 
@@ -110,8 +118,8 @@ def test_closing_the_terminal_stops_every_instance(tmp_path) -> None:
     run_dir = str(tmp_path / "run")
     term = Terminal([EV, "up", "--run-dir", run_dir, "--http-port", "0"])
     try:
-        wait_for(lambda: term.read() is not None and len(alive(run_dir)) == 13
-                 and b"EV Charging Network" in term.screen, "13 instances and the panel", timeout_s=150)
+        wait_for(lambda: term.shows(b"EV Charging Network") and len(alive(run_dir)) == 13,
+                 "13 instances and the panel", timeout_s=150)
         term.run_for(10)
         term.close_window()
         wait_for(term.exited, "the launcher to exit", timeout_s=120)
@@ -132,11 +140,16 @@ def test_ctrl_c_on_up_piped_into_tee_stops_every_instance(tmp_path) -> None:
             f"2>&1 | tee {shlex.quote(log)}")
     term = Terminal(["/bin/sh", "-c", line])
     try:
-        wait_for(lambda: term.read() is not None and len(alive(run_dir)) == 7 and b"CP CP002" in term.screen,
+        wait_for(lambda: term.shows(b"CP CP002") and len(alive(run_dir)) == 7,
                  "the network and its plain panel", timeout_s=120)
         term.run_for(2)
         term.type(b"\x03")  # Ctrl+C: SIGINT to the terminal's foreground process group
-        wait_for(lambda: term.read() is not None and not alive(run_dir), "every instance to stop", timeout_s=120)
+
+        def stopped() -> bool:
+            term.read()  # the terminal stays open and read, as a user's would
+            return not alive(run_dir)
+
+        wait_for(stopped, "every instance to stop", timeout_s=120)
         wait_for(term.exited, "the shell to exit", timeout_s=60)
         assert len(Registry(run_dir).instances) == 7
     finally:
@@ -204,7 +217,8 @@ async def test_plain_panel_ends_quietly_when_nobody_reads_its_pipe() -> None:
     try:
         task = asyncio.ensure_future(run_panel(get_view, Commands(), console=Console(file=out), stdin=stdin_r,
                                                refresh_hz=20))
-        first = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, os.read, read_fd, 4096), GUARD_S)
+        loop = asyncio.get_running_loop()
+        first = await asyncio.wait_for(loop.run_in_executor(None, os.read, read_fd, 4096), GUARD_S)
         assert b"CENTRAL c1" in first
         os.close(read_fd)  # tee died: the next write fails with EPIPE
         read_fd = -1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -434,7 +435,7 @@ async def run_panel(
                         shown = feedback.text if loop.time() < feedback.until else ""
                         frame = render(get_view(), width=size.width, height=size.height,
                                        input_line=keys.buffer, notice=shown)
-                        on_screen(lambda: live.update(frame, refresh=True))
+                        on_screen(functools.partial(live.update, frame, refresh=True))
                         if done.is_set():
                             break
                         # Bounded cost on a big network: keys still redraw at once.

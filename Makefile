@@ -41,7 +41,7 @@ detection: $(STAMP)
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --minutes 15 --write docs/resilience.md
 
-# How many CPs one Central supervises: a sweep to the knee, about 10 minutes.
+# How many CPs one Central supervises: a sweep to the knee, about 6 minutes (docs/performance.md).
 capacity: $(STAMP)
 	$(BIN)/python benchmarks/capacity.py --sweep 1000,3000,5000,6000,7000,8000 --duration 30 --write docs/performance.md
 

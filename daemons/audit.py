@@ -2,8 +2,10 @@
 
 Reads, without disturbing anything: Central's database (sessions, tickets, outbox),
 every engine's state file (its ledger of finished supplies, the supply in progress,
-its outbox) and every driver's state file. Used by ``evcharging audit``, by the chaos
-test and by the soak benchmark. The invariants (docs/resilience.md):
+its outbox) and every driver's state file. Where those are (:class:`AuditSources`):
+a launcher's run directory, or files named one by one, for a network started by
+hand across several hosts. Used by ``evcharging audit``, by the chaos test and by
+the soak benchmark. The invariants (docs/resilience.md):
 
 1. every session that started and ended has exactly one ticket, and no other session has one;
 2. every supply an engine finished and reported has exactly one ticket, with the same energy,
@@ -17,14 +19,78 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from evproto.errors import EvprotoError
+
 from .common import load_json
 
-__all__ = ["AuditReport", "audit"]
+__all__ = ["AuditReport", "AuditSourceError", "AuditSources", "audit", "audit_sources"]
 
 _LIVE = ("requested", "authorized", "supplying")
+
+#: The state file in an engine's and in a driver's ``--state-dir``.
+ENGINE_STATE_FILE = "engine-state.json"
+DRIVER_STATE_FILE = "driver-state.json"
+
+
+class AuditSourceError(EvprotoError, ValueError):
+    """A file named for the audit is missing, unreadable, or claims an id another file claims."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditSources:
+    """Where a network's books are: Central's database, and the state file of each engine
+    (by CP id) and of each driver (by driver id)."""
+
+    db: str
+    engines: dict[str, str] = field(default_factory=dict)
+    drivers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_run_dir(cls, run_dir: str) -> AuditSources:
+        """The layout ``evcharging up`` makes: RUN/central/central.db, RUN/cp/ID/engine-state/,
+        RUN/drivers/ID/state/ (a state file not written yet counts as empty)."""
+        cp_dir, drivers_dir = os.path.join(run_dir, "cp"), os.path.join(run_dir, "drivers")
+        return cls(
+            db=os.path.join(run_dir, "central", "central.db"),
+            engines={cp_id: os.path.join(cp_dir, cp_id, "engine-state", ENGINE_STATE_FILE)
+                     for cp_id in (sorted(os.listdir(cp_dir)) if os.path.isdir(cp_dir) else [])},
+            drivers={d: os.path.join(drivers_dir, d, "state", DRIVER_STATE_FILE)
+                     for d in (sorted(os.listdir(drivers_dir)) if os.path.isdir(drivers_dir) else [])},
+        )
+
+    @classmethod
+    def from_paths(cls, db: str, engine_states: Sequence[str] = (), driver_states: Sequence[str] = ()) -> AuditSources:
+        """Files gathered from anywhere, e.g. copied from several hosts. Each state path is a
+        ``--state-dir`` or the state file in it; the ids are read from the files, so folders
+        may be named anyhow."""
+        if not os.path.isfile(db):
+            raise AuditSourceError(f"{db}: no such database file")
+        return cls(db=db, engines=_by_id(engine_states, ENGINE_STATE_FILE, "cp_id"),
+                   drivers=_by_id(driver_states, DRIVER_STATE_FILE, "driver_id"))
+
+
+def _by_id(paths: Sequence[str], name: str, id_key: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for path in paths:
+        file = os.path.join(path, name) if os.path.isdir(path) else path
+        try:
+            state = load_json(file)
+        except (OSError, ValueError) as exc:
+            raise AuditSourceError(f"{file}: cannot read it ({exc})") from None
+        if state is None:
+            raise AuditSourceError(f"{file}: no such file (is {path} a --state-dir?)")
+        ident = state.get(id_key) if isinstance(state, dict) else None
+        if not isinstance(ident, str) or not ident:
+            raise AuditSourceError(f"{file}: no {id_key} in it: not a {name}")
+        if ident in found and os.path.realpath(found[ident]) != os.path.realpath(file):
+            raise AuditSourceError(f"{found[ident]} and {file} are both {ident}'s")
+        found[ident] = file
+    return found
 
 
 @dataclass
@@ -38,6 +104,10 @@ class AuditReport:
     live_sessions: list[int] = field(default_factory=list)
     undelivered_reports: int = 0
     pending_drivers: list[str] = field(default_factory=list)
+    #: What was read: engine and driver state files, and CP states from Central (None: not asked).
+    engine_files: int = 0
+    driver_files: int = 0
+    cp_states_compared: int | None = None
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -50,7 +120,11 @@ class AuditReport:
         return d
 
     def text(self) -> str:
+        compared = ("not compared with Central's (no --central-http, or no answer)" if self.cp_states_compared is None
+                    else f"{self.cp_states_compared} compared with Central's")
         lines = [
+            f"read: Central's database, {self.engine_files} engine state file(s), "
+            f"{self.driver_files} driver state file(s); CP states {compared}",
             f"sessions {self.sessions}, started {self.started}, tickets {self.tickets}",
             f"energy: tickets {self.ticket_energy_kwh:.6f} kWh, engines metered {self.metered_energy_kwh:.6f} kWh "
             f"over {self.engine_supplies} supplies",
@@ -62,10 +136,24 @@ class AuditReport:
 
 
 def audit(run_dir: str, *, quiesced: bool = True, cp_states: dict[str, str] | None = None) -> AuditReport:
-    """Audit the network in ``run_dir``. ``quiesced``: the network is quiet, so anything still
+    """Audit the network in launcher run directory ``run_dir`` (see :func:`audit_sources`)."""
+    return audit_sources(AuditSources.from_run_dir(run_dir), quiesced=quiesced, cp_states=cp_states)
+
+
+def cp_states_from(http: str, *, timeout_s: float = 3.0) -> dict[str, str]:
+    """Central's CP states (``GET /api/v1/cps``) from its HTTP API at ``http`` (HOST:PORT or a URL).
+    Raises OSError (URLError) when Central does not answer."""
+    base = http if "://" in http else f"http://{http}"
+    with urllib.request.urlopen(f"{base.rstrip('/')}/api/v1/cps", timeout=timeout_s) as resp:
+        return {c["id"]: c["state"] for c in json.load(resp)}
+
+
+def audit_sources(sources: AuditSources, *, quiesced: bool = True,
+                  cp_states: dict[str, str] | None = None) -> AuditReport:
+    """Audit the books in ``sources``. ``quiesced``: the network is quiet, so anything still
     in progress counts as a violation. ``cp_states``: Central's view (GET /api/v1/cps), if known."""
-    rep = AuditReport()
-    db = sqlite3.connect(f"file:{os.path.join(run_dir, 'central', 'central.db')}?mode=ro", uri=True)
+    rep = AuditReport(cp_states_compared=None if cp_states is None else len(cp_states))
+    db = sqlite3.connect(f"file:{urllib.request.pathname2url(os.path.abspath(sources.db))}?mode=ro", uri=True)
     try:
         sessions = db.execute(
             "SELECT id, cp_id, driver_id, request_id, status, started_ts_ms, energy_kwh FROM sessions").fetchall()
@@ -90,11 +178,11 @@ def audit(run_dir: str, *, quiesced: bool = True, cp_states: dict[str, str] | No
             rep.violations.append(f"session {sid} has a ticket but never started ({status})")
 
     # The engines' own records.
-    cp_dir = os.path.join(run_dir, "cp")
     engines: dict[str, dict[str, Any]] = {}
-    for cp_id in sorted(os.listdir(cp_dir)) if os.path.isdir(cp_dir) else []:
-        state = load_json(os.path.join(cp_dir, cp_id, "engine-state", "engine-state.json")) or {}
+    for cp_id, path in sorted(sources.engines.items()):
+        state = load_json(path) or {}
         engines[cp_id] = state
+        rep.engine_files += bool(state)
         seen: set[tuple[str, Any]] = set()
         for entry in state.get("finished", []):
             key = ("request", entry["request_id"]) if entry.get("offline") else ("session", entry["session_id"])
@@ -121,6 +209,10 @@ def audit(run_dir: str, *, quiesced: bool = True, cp_states: dict[str, str] | No
                                       f"the ticket says {billed:.6f}")
         if quiesced and state.get("outbox"):
             rep.violations.append(f"{cp_id} still holds {len(state['outbox'])} event(s) Kafka never acknowledged")
+    unread = sorted({by_id[sid][1] for sid in tickets if sid in by_id} - set(engines))
+    if unread:  # their tickets cannot be checked against anything
+        rep.violations.append(f"Central billed supplies at {', '.join(unread)} but no engine state file covers "
+                              "them (evcharging audit --engine-state)")
     if abs(rep.ticket_energy_kwh - rep.metered_energy_kwh) > 1e-6 and not rep.undelivered_reports:
         rep.violations.append(f"tickets sum to {rep.ticket_energy_kwh:.6f} kWh, the engines metered "
                               f"{rep.metered_energy_kwh:.6f} kWh")
@@ -136,9 +228,9 @@ def audit(run_dir: str, *, quiesced: bool = True, cp_states: dict[str, str] | No
         rep.violations.append(f"session(s) still in progress on a quiet network: {rep.live_sessions}")
 
     # Drivers.
-    drivers_dir = os.path.join(run_dir, "drivers")
-    for driver_id in sorted(os.listdir(drivers_dir)) if os.path.isdir(drivers_dir) else []:
-        state = load_json(os.path.join(drivers_dir, driver_id, "state", "driver-state.json")) or {}
+    for driver_id, path in sorted(sources.drivers.items()):
+        state = load_json(path) or {}
+        rep.driver_files += bool(state)
         if state.get("pending"):
             rep.pending_drivers.append(driver_id)
             if quiesced:

@@ -3,6 +3,10 @@
 Daemons log human-readable lines to a terminal and JSON lines otherwise (a file,
 a pipe, the launcher's logs); SIGTERM and SIGINT set an asyncio Event so the
 daemon can finish its work in order, flush Kafka and exit 0.
+
+Files the programs write (state, ready files, logs, the launcher's registry) hold
+drivers' charging history: they are created private, 0600 in 0700 folders,
+whatever the umask (:func:`open_private`, :func:`makedirs`).
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import IO, Any
 
 __all__ = [
     "setup_logging",
     "shutdown_event",
     "stdin_lines",
     "write_ready_file",
+    "makedirs",
+    "open_private",
+    "PRIVATE_FILE_MODE",
+    "PRIVATE_DIR_MODE",
     "now_ms",
     "save_json_atomic",
     "load_json",
@@ -221,13 +229,58 @@ def raise_fd_limit() -> int:
     return target
 
 
+#: Only the owner reads what the programs write: it holds drivers' charging history.
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+
+_OPEN_FLAGS = {"w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND}
+
+
+def open_private(path: str, mode: str = "w") -> IO[Any]:
+    """``open(path, mode)`` for "w", "a", "wb" or "ab" (text is UTF-8), on a file only its owner
+    may read: created 0600 whatever the umask, and an existing file of ours made 0600."""
+    if mode not in ("w", "a", "wb", "ab"):
+        raise ValueError(f"open_private mode must be w, a, wb or ab, not {mode!r}")
+    fd = os.open(path, _OPEN_FLAGS[mode[0]] | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o077 and st.st_uid == os.geteuid():  # an older file, made before this rule
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+        return os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def makedirs(path: str) -> None:
+    """Create folder ``path`` and its missing parents, each 0700 whatever the umask (``os.makedirs``
+    gives parents the umask's mode). Folders that exist already are left as they are."""
+    missing: list[str] = []
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, PRIVATE_DIR_MODE)
+        except FileExistsError:
+            if os.path.isdir(folder):  # made by someone else meanwhile: theirs to set
+                continue
+            raise
+        os.chmod(folder, PRIVATE_DIR_MODE)  # mkdir's mode is masked by the umask
+
+
 def write_ready_file(path: str | None, **info: Any) -> None:
-    """Atomically write ``info`` (plus the pid) as JSON to ``path``: tells a launcher we are up."""
+    """Atomically write ``info`` (plus the pid) as JSON to ``path``, a private file: tells a
+    launcher we are up."""
     if not path:
         return
     info = {"pid": os.getpid(), **info}
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open_private(tmp, "w") as fh:
         json.dump(info, fh)
         fh.flush()
         os.fsync(fh.fileno())
@@ -237,12 +290,13 @@ def write_ready_file(path: str | None, **info: Any) -> None:
 def save_json_atomic(path: str, obj: Any) -> None:
     """Write ``obj`` as JSON so that a crash at any instant leaves the old or the new file.
 
-    Temporary file, fsync, rename over the old one, fsync the directory.
+    Temporary file, fsync, rename over the old one, fsync the directory. The file is private
+    (0600), and so are the folders made for it (0700).
     """
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
+    makedirs(directory)
     tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open_private(tmp, "w") as fh:
         json.dump(obj, fh, separators=(",", ":"))
         fh.flush()
         os.fsync(fh.fileno())

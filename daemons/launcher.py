@@ -11,14 +11,19 @@ and reported through ready files, so nothing is juggled by hand. The registry
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import errno
 import json
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +31,7 @@ import click
 
 from evproto import __version__
 
-from .common import load_json, save_json_atomic
+from .common import EXIT_UNAVAILABLE, load_json, makedirs, open_private, save_json_atomic
 
 __all__ = ["main", "Registry", "Instance"]
 
@@ -67,6 +72,87 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
+#: What stops a foreground network: Ctrl+C, `kill`, and its terminal closing.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class _StopRequest:
+    """The first of SIGINT, SIGTERM or SIGHUP, raised as KeyboardInterrupt; the rest are ignored.
+
+    Closing a terminal may deliver SIGHUP twice (the kernel, then the shell), and users press
+    Ctrl+C again when a stop takes seconds: none of that may cut the stop sequence short, and
+    it need not, since the stop is bounded (SIGKILL after a grace period). While a process just
+    started is written into the registry (:meth:`deferred`) the interrupt waits, so that no
+    instance runs on unrecorded, out of reach of the stop.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._depth = 0
+        self._pending = False
+
+    def install(self) -> None:
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            return
+        self.signum = signum
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        if self._depth:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+            if not self._depth and self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
+
+
+_STOP = _StopRequest()
+
+
+def _mute(fd: int) -> None:
+    """Send ``fd`` to /dev/null: what is still buffered for it, and all later writes, go nowhere."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
+
+
+def _mute_dead_outputs() -> None:
+    """Mute stdout and stderr if nobody can read them any more: a closed terminal (POLLHUP, and
+    EIO on write) or a pipe whose reader died (POLLERR, and EPIPE on write: ``| tee`` after
+    Ctrl+C). Later writes, ours, click's or Python's last flush at exit, then cannot fail."""
+    for fd in (1, 2):
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        try:
+            events = poller.poll(0)
+        except OSError:
+            continue
+        if any(ev & (select.POLLERR | select.POLLHUP | select.POLLNVAL) for _, ev in events):
+            _mute(fd)
+
+
+def _say(text: str) -> None:
+    """``click.echo`` that never raises: a stdout that fails is muted (see _mute_dead_outputs)."""
+    try:
+        click.echo(text)
+    except OSError:
+        _mute(1)
+
+
 class Registry:
     """``RUN/instances.json``: every instance started in a run directory."""
 
@@ -84,27 +170,29 @@ class Registry:
         return [i for i in self.instances.values() if _alive(i.pid)]
 
     def start(self, inst: Instance, *, env: dict[str, str] | None = None) -> Instance:
-        """Start ``inst`` as a new session (Ctrl+C in our terminal does not reach it directly)."""
-        os.makedirs(os.path.dirname(inst.log), exist_ok=True)
+        """Start ``inst`` as a new session: Ctrl+C in our terminal, or the terminal closing, does
+        not reach it directly, so a foreground ``up`` stops it in order itself (``_shutdown``)."""
+        makedirs(os.path.dirname(inst.log))
         if inst.ready and os.path.exists(inst.ready):
             os.unlink(inst.ready)
-        log = open(inst.log, "ab")
+        log = open_private(inst.log, "ab")
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(inst.argv)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(
-            inst.argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-            cwd=self.run_dir,
-        )
-        log.close()
-        inst.pid = proc.pid
-        inst.started_at = time.time()
-        self.instances[inst.name] = inst
-        self.save()
+        with _STOP.deferred():  # from fork to registry: a stop now would miss this instance
+            proc = subprocess.Popen(
+                inst.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                cwd=self.run_dir,
+            )
+            log.close()
+            inst.pid = proc.pid
+            inst.started_at = time.time()
+            self.instances[inst.name] = inst
+            self.save()
         return inst
 
     def wait_ready(self, inst: Instance, timeout_s: float = 30.0) -> dict[str, Any]:
@@ -163,6 +251,47 @@ def _tail(path: str, lines: int = 15) -> str:
         return "(no log)"
 
 
+#: Central's HTTP API port when none is asked for, unless it is taken (docs/central.md).
+DEFAULT_HTTP_PORT = 8000
+
+
+class _Unavailable(click.ClickException):
+    """Something the network needs is not there (a port): one line, exit 69 (EX_UNAVAILABLE)."""
+
+    exit_code = EXIT_UNAVAILABLE
+
+
+def _port_problem(port: int) -> str | None:
+    """Why Central could not listen on ``port``, or None. Central listens on every address,
+    so any listener on the port is in its way; TIME_WAIT leftovers are not (SO_REUSEADDR,
+    as asyncio's servers set it)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError as exc:
+            return "already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+    return None
+
+
+def _central_ports(central_port: int, http_port: int | None) -> tuple[int, int]:
+    """The ports to give Central, checked before anything starts: an explicit port that is
+    taken is an error (nothing is left running); the default HTTP port, if taken, gives way
+    to a free one (0), and we say so."""
+    for option, port in (("--port", central_port), ("--http-port", http_port)):
+        if port and (problem := _port_problem(port)):
+            raise _Unavailable(f"{option} {port}: Central cannot listen there ({problem}); "
+                               "choose another port, or 0 for a free one")
+    if central_port and central_port == http_port:
+        raise click.BadParameter("Central needs two different ports", param_hint="'--port' / '--http-port'")
+    if http_port is not None:
+        return central_port, http_port
+    if _port_problem(DEFAULT_HTTP_PORT) is None:
+        return central_port, DEFAULT_HTTP_PORT
+    _say(f"port {DEFAULT_HTTP_PORT} is taken: Central's HTTP API gets a free port instead (see below)")
+    return central_port, 0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -196,7 +325,7 @@ def write_requests_file(path: str, cp_ids: list[str], count: int, rng: random.Ra
             lines.append(f"{cp} {rng.choice([6, 8, 12])}s")
         else:
             lines.append(cp)
-    with open(path, "w", encoding="utf-8") as fh:
+    with open_private(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
@@ -231,61 +360,74 @@ def main() -> None:
 @click.option("--kafka", default=None, metavar="HOST:PORT", help="Use this Kafka instead of starting the embedded broker.")
 @click.option("--port", "central_port", type=click.IntRange(0, 65535), default=0, show_default=True,
               help="Central's port for monitors (0: pick a free one).")
-@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True,
-              help="Central's HTTP API port (0: pick a free one).")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
+              help=f"Central's HTTP API port (0: pick a free one).  [default: {DEFAULT_HTTP_PORT}, or a free one "
+              f"when {DEFAULT_HTTP_PORT} is taken]")
 @click.option("--run-dir", default="evcharging-run", show_default=True, help="Where logs, state and the registry go.")
 @click.option("--time-scale", type=click.FloatRange(min=0.01, max=3600), default=30.0, show_default=True,
               help="Speed-up of the simulated meters (energy only; supplies still last seconds).")
 @click.option("--power-kw", type=click.FloatRange(min=0.1, max=1000), default=22.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for the demo's request files.")
 @click.option("--detach", is_flag=True, help="Start everything and return; stop later with `evcharging down`.")
-def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, central_port: int, http_port: int,
+def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, central_port: int, http_port: int | None,
        run_dir: str, time_scale: float, power_kw: float, seed: int | None, detach: bool) -> None:
     """Start a network: broker, Central, CPs and drivers, then show Central's panel (Ctrl+C stops all)."""
     reg = Registry(run_dir)
     if reg.alive():
         raise click.ClickException(f"a network already runs from {reg.run_dir} ({len(reg.alive())} processes); "
                                    "`evcharging down` first, or use another --run-dir")
+    central_port, http_port = _central_ports(central_port, http_port)
     reg.instances.clear()
     rng = random.Random(seed)
-    os.makedirs(reg.run_dir, exist_ok=True)
-
-    def interrupted(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # as Ctrl+C: what was started goes down with the launcher
-
-    # `kill`, or the terminal closed, while starting or showing the panel: stop the network.
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, interrupted)
+    makedirs(reg.run_dir)
+    # `kill`, Ctrl+C, or the terminal closed, while starting or showing the panel: stop the network.
+    _STOP.install()
+    detached = panel_shown = False
     try:
-        bootstrap = kafka or _start_broker(reg)
-        reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw}
-        _ensure_topics(bootstrap)
-        driver_ids = [f"D{i:03d}" for i in range(1, drivers + 1)]
-        central = _start_central(reg, bootstrap, central_port, http_port, driver_ids)
-        central_addr = central["listen"].replace("0.0.0.0", "127.0.0.1")
-        http_addr = central["http"].replace("0.0.0.0", "127.0.0.1")
-        reg.meta.update(central=central_addr, http=http_addr)
-        reg.save()
-        cp_ids = [f"CP{i:03d}" for i in range(1, cps + 1)]
-        for n, cp_id in enumerate(cp_ids):
-            add_cp(reg, cp_id, _LOCATIONS[n % len(_LOCATIONS)], round(rng.uniform(0.25, 0.55), 2))
-        for d in driver_ids:
-            add_driver(reg, d, rng, requests_per_driver, cp_ids)
-    except BaseException:
-        reg.stop()
-        raise
-    click.echo(f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP http://{http_addr}/api/v1/cps, "
-               f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}")
-    if detach:
-        return
-    try:
-        asyncio.run(_show_panel(http_addr))
+        try:
+            bootstrap = kafka or _start_broker(reg)
+            reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw}
+            _ensure_topics(bootstrap)
+            driver_ids = [f"D{i:03d}" for i in range(1, drivers + 1)]
+            central = _start_central(reg, bootstrap, central_port, http_port, driver_ids)
+            central_addr = central["listen"].replace("0.0.0.0", "127.0.0.1")
+            http_addr = central["http"].replace("0.0.0.0", "127.0.0.1")
+            reg.meta.update(central=central_addr, http=http_addr)
+            reg.save()
+            cp_ids = [f"CP{i:03d}" for i in range(1, cps + 1)]
+            for n, cp_id in enumerate(cp_ids):
+                add_cp(reg, cp_id, _LOCATIONS[n % len(_LOCATIONS)], round(rng.uniform(0.25, 0.55), 2))
+            for d in driver_ids:
+                add_driver(reg, d, rng, requests_per_driver, cp_ids)
+            _say(f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP http://{http_addr}/api/v1/cps, "
+                 f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}")
+            if detach:
+                detached = True
+                return
+            panel_shown = True
+            asyncio.run(_show_panel(http_addr))
+        finally:
+            if not detached:
+                _shutdown(reg)
     except KeyboardInterrupt:
-        pass
-    finally:
-        click.echo("stopping the network...")
-        stopped = _stop_in_order(reg)
-        click.echo(f"stopped {len(stopped)} processes")
+        if not panel_shown:  # interrupted while starting: say so (exit 1); during the panel it is the way out
+            raise click.Abort() from None
+
+
+def _shutdown(reg: Registry) -> None:
+    """Stop a foreground network in order. Nothing cuts this short: more signals are ignored,
+    and a dead terminal or pipe is muted rather than allowed to raise (the panel's screen
+    may be gone: that is often why we stop)."""
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    _mute_dead_outputs()
+    _say(f"stopping the network ({len(reg.alive())} processes)...")
+    stopped = _stop_in_order(reg)
+    _say(f"stopped {len(stopped)} processes")
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _mute(1)
 
 
 def _start_broker(reg: Registry) -> str:
@@ -363,7 +505,7 @@ def add_cp(reg: Registry, cp_id: str, location: str, price: float) -> None:
 def add_driver(reg: Registry, driver_id: str, rng: random.Random, count: int, cp_ids: list[str]) -> None:
     """Start driver ``driver_id`` with a fresh requests file of ``count`` supplies."""
     base = os.path.join(reg.run_dir, "drivers", driver_id)
-    os.makedirs(base, exist_ok=True)
+    makedirs(base)
     requests = os.path.join(base, "requests.txt")
     if not os.path.exists(requests):
         write_requests_file(requests, cp_ids, count, rng)
@@ -393,7 +535,9 @@ async def _show_panel(http_addr: str) -> None:
     from .central.view import CentralView, CpView, MessageView, SessionView
 
     base = f"http://{http_addr}/api/v1"
-    latest = {"view": CentralView(central_id="(connecting)")}
+    # No timestamp: nothing from Central yet; the panel says it is connecting, with no date.
+    latest = {"view": CentralView(central_id="", http=http_addr)}
+    reachable: bool | None = None  # the last poll's outcome, once there was one
 
     def parse_iso(text: str | None) -> int | None:
         if not text:
@@ -405,6 +549,7 @@ async def _show_panel(http_addr: str) -> None:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
 
         async def poll() -> None:
+            nonlocal reachable
             while True:
                 try:
                     cps = await (await http.get(f"{base}/cps")).json()
@@ -426,12 +571,20 @@ async def _show_panel(http_addr: str) -> None:
                         http=status.get("http", ""), kafka=status.get("kafka", ""), kafka_ok=status.get("kafka_ok", False),
                         now_ts_ms=int(time.time() * 1000), counters=status.get("counters", {}),
                     )
+                    reachable = True
                 except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
                     old = latest["view"]
-                    note = MessageView(ts_ms=int(time.time() * 1000), level="error", text="cannot reach Central's HTTP API")
-                    latest["view"] = CentralView(cps=tuple(CpView(**{**c.to_json(), "state": "DISCONNECTED"}) for c in old.cps),
-                                                 messages=old.messages[-20:] + (note,), central_id=old.central_id,
-                                                 kafka=old.kafka, kafka_ok=False, now_ts_ms=int(time.time() * 1000))
+                    notes = () if reachable is False else (  # said once per outage, not every poll
+                        MessageView(ts_ms=int(time.time() * 1000), level="error",
+                                    text=f"cannot reach Central's HTTP API at http://{http_addr}"),)
+                    reachable = False
+                    if not old.now_ts_ms:  # never reached yet: still connecting, nothing else is known
+                        latest["view"] = dataclasses.replace(old, messages=old.messages[-20:] + notes)
+                    else:
+                        latest["view"] = CentralView(
+                            cps=tuple(CpView(**{**c.to_json(), "state": "DISCONNECTED"}) for c in old.cps),
+                            messages=old.messages[-20:] + notes, central_id=old.central_id,
+                            kafka=old.kafka, kafka_ok=False, now_ts_ms=int(time.time() * 1000))
                 await asyncio.sleep(0.5)
 
         async def on_command(cmd: Command) -> str:
@@ -539,9 +692,9 @@ def add_driver_cmd(driver_id: str | None, requests_file: str | None, run_dir: st
     db = central.argv[central.argv.index("--db") + 1]
     subprocess.run(_daemon("central", "--db", db, "drivers", "add", driver_id), check=True, capture_output=True)
     base = os.path.join(reg.run_dir, "drivers", driver_id)
-    os.makedirs(base, exist_ok=True)
+    makedirs(base)
     if requests_file:
-        with open(requests_file, encoding="utf-8") as src, open(os.path.join(base, "requests.txt"), "w", encoding="utf-8") as dst:
+        with open(requests_file, encoding="utf-8") as src, open_private(os.path.join(base, "requests.txt"), "w") as dst:
             dst.write(src.read())
     cps = sorted(i.id for i in reg.instances.values() if i.role == "engine" and i.id)
     time.sleep(1.5)  # Central picks up new registrations every second
@@ -627,7 +780,7 @@ def chaos(interval: float, duration: float, roles: str, down_min: float, down_ma
     def note(text: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {text}"
         click.echo(line)
-        with open(log_path, "a", encoding="utf-8") as fh:
+        with open_private(log_path, "a") as fh:
             fh.write(line + "\n")
 
     dead: dict[str, float] = {}  # name -> time to restart it
@@ -665,28 +818,61 @@ def chaos(interval: float, duration: float, roles: str, down_min: float, down_ma
 
 
 @main.command()
-@click.option("--run-dir", default="evcharging-run", show_default=True)
+@click.option("--run-dir", default=None, metavar="DIR",
+              help="A network started by `evcharging up` (its run directory).  [default: evcharging-run]")
+@click.option("--db", default=None, metavar="FILE",
+              help="Central's database (its --db): audit a network not started by `evcharging up`, "
+              "with --engine-state and --driver-state.")
+@click.option("--engine-state", "engine_states", multiple=True, metavar="DIR",
+              help="An engine's --state-dir, or the engine-state.json in it; once per CP.")
+@click.option("--driver-state", "driver_states", multiple=True, metavar="DIR",
+              help="A driver's --state-dir (default ./driver-state-ID where it ran), or the "
+              "driver-state.json in it; once per driver.")
+@click.option("--central-http", default=None, metavar="HOST:PORT",
+              help="Central's HTTP API, to compare its CP states with the engines'  "
+              "[default with a run directory: the network's]")
 @click.option("--in-progress", is_flag=True, help="The network is still busy: in-flight work is not a violation.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
-def audit(run_dir: str, in_progress: bool, as_json: bool) -> None:
+def audit(run_dir: str | None, db: str | None, engine_states: tuple[str, ...], driver_states: tuple[str, ...],
+          central_http: str | None, in_progress: bool, as_json: bool) -> None:
     """Check the books: one ticket per supply, tickets equal what the engines metered.
+
+    \b
+    A network started here:     evcharging audit [--run-dir DIR]
+    One started by hand (files copied from its hosts, or shared):
+      evcharging audit --db central.db --engine-state cp001/ --engine-state cp002/ \\
+                       --driver-state driver-state-D001/ [--central-http HOST:8000]
 
     Exit status 1 when an invariant is violated (docs/resilience.md lists them).
     """
-    from .audit import audit as run_audit
+    from .audit import AuditSourceError, AuditSources, audit_sources, cp_states_from
 
-    reg = Registry(run_dir)
-    states = None
-    http = reg.meta.get("http")
-    if http:
-        import urllib.request
-
+    # Exit 1 means violations: a wrong path is a usage error (2), not a failed audit.
+    asked_http = central_http is not None
+    if db is None:
+        if engine_states or driver_states:
+            raise click.UsageError("--engine-state and --driver-state go with --db (Central's database)")
+        reg = Registry(run_dir or "evcharging-run")
+        sources = AuditSources.from_run_dir(reg.run_dir)
+        if not os.path.isfile(sources.db):
+            raise click.UsageError(f"no network in {reg.run_dir} (no {sources.db}); for a network not started "
+                                   "by `evcharging up`: --db, --engine-state, --driver-state")
+        central_http = central_http or reg.meta.get("http")
+    else:
+        if run_dir is not None:
+            raise click.UsageError("--run-dir or --db, not both")
         try:
-            with urllib.request.urlopen(f"http://{http}/api/v1/cps", timeout=3) as resp:
-                states = {c["id"]: c["state"] for c in json.load(resp)}
-        except OSError:
-            states = None
-    report = run_audit(reg.run_dir, quiesced=not in_progress, cp_states=states)
+            sources = AuditSources.from_paths(db, engine_states, driver_states)
+        except AuditSourceError as exc:
+            raise click.UsageError(str(exc)) from None
+    states = None
+    if central_http:
+        try:
+            states = cp_states_from(central_http)
+        except (OSError, ValueError, KeyError) as exc:
+            if asked_http:  # a run directory's own address may be gone with its network: then skip it
+                raise _Unavailable(f"--central-http {central_http}: no answer from Central ({exc})") from None
+    report = audit_sources(sources, quiesced=not in_progress, cp_states=states)
     click.echo(json.dumps(report.as_dict()) if as_json else report.text())
     if not report.ok:
         sys.exit(1)

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import os
 import pty
+import contextlib
 import select
 import shutil
 import signal
+import socket
+import stat
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
+from evproto.daemons.common import makedirs, open_private, save_json_atomic, write_ready_file
 from netharness import wait_for
 
 pytestmark = pytest.mark.slow
@@ -183,3 +188,184 @@ def test_add_kill_start_in_a_running_network(tmp_path) -> None:
         assert run(ev, "kill", "nobody", "--run-dir", run_dir).returncode != 0
     finally:
         run(ev, "down", "--run-dir", run_dir, timeout=60)
+
+
+# -- ports -----------------------------------------------------------------------------------
+
+
+def hold_port(port: int) -> socket.socket | None:
+    """Listen on ``port`` on every address, as another program would; None when something
+    on this machine holds it already (then it is just as taken)."""
+    sock = socket.socket()
+    try:
+        sock.bind(("0.0.0.0", port))
+    except OSError:
+        sock.close()
+        return None
+    sock.listen()
+    return sock
+
+
+def test_up_with_the_default_http_port_taken_uses_a_free_one_and_says_so(tmp_path) -> None:
+    ev = os.path.join(BIN, "evcharging")
+    run_dir = str(tmp_path / "run")
+    holder = hold_port(8000)
+    try:
+        up = run(ev, "up", "--cps", "1", "--drivers", "0", "--run-dir", run_dir, "--detach", timeout=120)
+        try:
+            assert up.returncode == 0, up.stderr
+            assert "port 8000 is taken" in up.stdout
+            http = json.load(open(os.path.join(run_dir, "instances.json")))["meta"]["http"]
+            assert not http.endswith(":8000") and f"http://{http}/api/v1/cps" in up.stdout
+            with urllib.request.urlopen(f"http://{http}/api/v1/cps", timeout=5) as resp:
+                assert resp.status == 200
+        finally:
+            run(ev, "down", "--run-dir", run_dir, timeout=60)
+    finally:
+        if holder is not None:
+            holder.close()
+
+
+@pytest.mark.parametrize("option", ["--http-port", "--port"])
+def test_up_on_an_explicit_port_that_is_taken_is_one_clear_line_and_exit_69(tmp_path, option) -> None:
+    ev = os.path.join(BIN, "evcharging")
+    run_dir = str(tmp_path / "run")
+    holder = hold_port(0)
+    assert holder is not None
+    port = holder.getsockname()[1]
+    try:
+        args = [option, str(port)] + (["--http-port", "0"] if option == "--port" else [])
+        up = run(ev, "up", "--cps", "1", "--drivers", "0", "--run-dir", run_dir, *args, "--detach", timeout=120)
+    finally:
+        holder.close()
+        run(ev, "down", "--run-dir", run_dir, timeout=60)
+    assert up.returncode == 69, (up.returncode, up.stderr)  # EX_UNAVAILABLE
+    assert "Traceback" not in up.stderr and len(up.stderr.strip().splitlines()) == 1, up.stderr
+    assert str(port) in up.stderr and option in up.stderr
+    rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout or "[]")
+    assert not any(r["alive"] for r in rows)  # nothing was left running
+
+
+# -- file permissions ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """The usual umask (022 makes files world-readable): children inherit it."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_state_and_ready_files_and_their_folders_are_private_whatever_the_umask(tmp_path) -> None:
+    with umask(0o022):
+        save_json_atomic(str(tmp_path / "a" / "b" / "state.json"), {"x": 1})
+        assert mode(tmp_path / "a") == mode(tmp_path / "a" / "b") == 0o700
+        assert mode(tmp_path / "a" / "b" / "state.json") == 0o600
+        (tmp_path / "old.json").write_text("{}")
+        os.chmod(tmp_path / "old.json", 0o644)
+        save_json_atomic(str(tmp_path / "old.json"), {"x": 2})  # replacing a readable file
+        assert mode(tmp_path / "old.json") == 0o600
+        write_ready_file(str(tmp_path / "ready.json"), listen="127.0.0.1:1")
+        assert mode(tmp_path / "ready.json") == 0o600
+        makedirs(str(tmp_path / "c" / "d"))
+        assert mode(tmp_path / "c") == mode(tmp_path / "c" / "d") == 0o700
+        makedirs(str(tmp_path / "c" / "d"))  # exists: fine
+        with open_private(str(tmp_path / "c" / "log"), "ab") as fh:
+            fh.write(b"x")
+        assert mode(tmp_path / "c" / "log") == 0o600
+        os.mkdir(tmp_path / "e", 0o755)
+        makedirs(str(tmp_path / "e" / "f"))
+        assert (mode(tmp_path / "e"), mode(tmp_path / "e" / "f")) == (0o755, 0o700)  # existing ones stay as they are
+
+
+def test_a_network_keeps_its_files_private(tmp_path) -> None:
+    """Logs, the registry, ready files, state files and request files hold drivers' charging
+    history: 0600, in 0700 folders, even under umask 022."""
+    ev = os.path.join(BIN, "evcharging")
+    run_dir = tmp_path / "run"
+    with umask(0o022):
+        up = run(ev, "up", "--cps", "1", "--drivers", "1", "--run-dir", str(run_dir), "--http-port", "0", "--detach",
+                 timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        wait_for(lambda: (run_dir / "cp" / "CP001" / "engine-state" / "engine-state.json").exists()
+                 and (run_dir / "drivers" / "D001" / "state" / "driver-state.json").exists(), "state files", 60)
+    finally:
+        run(ev, "down", "--run-dir", str(run_dir), timeout=60)
+    seen = []
+    for path, _dirs, files in os.walk(run_dir):
+        assert mode(path) == 0o700, path
+        for name in files:
+            if name.startswith("central.db"):
+                continue  # Central's database: its own business (docs/central.md)
+            seen.append(os.path.relpath(os.path.join(path, name), run_dir))
+            assert mode(os.path.join(path, name)) == 0o600, seen[-1]
+    assert {"instances.json", "central/central.log", "central/ready.json", "cp/CP001/engine.log",
+            "cp/CP001/engine-state/engine-state.json", "cp/CP001/monitor.ready.json", "drivers/D001/requests.txt",
+            "drivers/D001/state/driver-state.json", "broker/broker.log"} <= set(seen), seen
+
+
+# -- audit of a network the launcher did not start -------------------------------------------
+
+
+def test_audit_of_a_network_started_by_hand_from_files_gathered_anywhere(tmp_path) -> None:
+    """A grader's run: programs started one by one (as on several hosts), then their files
+    copied to one place under names of the grader's choosing, and audited there."""
+    from evproto.bus.broker import EmbeddedBroker
+    from netharness import Network
+
+    ev = os.path.join(BIN, "evcharging")
+    hosts = tmp_path / "hosts"
+    hosts.mkdir()
+    with EmbeddedBroker() as broker:
+        net = Network(str(hosts), broker.bootstrap)
+        try:
+            net.start_central("D001")
+            net.start_cp("CP001", auto=True, engine_args=("--plug-delay-s", "0.5", "--time-scale", "60"))
+            net.wait_state("CP001", "ACTIVATED")
+            driver = net.start_driver("D001", "CP001 3s\n", "--pause-s", "0.5", "--exit-when-done")
+            wait_for(lambda: driver.popen.poll() is not None, "the driver to finish its requests", timeout_s=90)
+            # While Central runs, its CP states can be compared with the engines'.
+            live = run(ev, "audit", "--db", str(hosts / "central.db"), "--engine-state", str(hosts / "state-CP001"),
+                       "--driver-state", str(hosts / "dstate-D001"), "--central-http", net.http.removeprefix("http://"),
+                       "--in-progress")
+            assert live.returncode == 0, live.stdout + live.stderr
+            assert "CP states 1 compared with Central's" in live.stdout
+        finally:
+            net.close()
+    grader = tmp_path / "grader"
+    (grader / "host3-cp-a").mkdir(parents=True)
+    for f in hosts.glob("central.db*"):
+        shutil.copy(f, grader / f.name.replace("central", "host2"))
+    shutil.copy(hosts / "state-CP001" / "engine-state.json", grader / "host3-cp-a")
+    shutil.copy(hosts / "dstate-D001" / "driver-state.json", grader / "host1-d1.json")
+    args = ["--db", str(grader / "host2.db"), "--driver-state", str(grader / "host1-d1.json")]
+
+    books = run(ev, "audit", *args, "--engine-state", str(grader / "host3-cp-a"), "--json")
+    assert books.returncode == 0, books.stdout + books.stderr
+    report = json.loads(books.stdout)
+    assert report["ok"] and report["tickets"] == 1 and report["engine_supplies"] == 1
+    assert (report["engine_files"], report["driver_files"], report["cp_states_compared"]) == (1, 1, None)
+    assert report["ticket_energy_kwh"] > 0
+    assert report["metered_energy_kwh"] == pytest.approx(report["ticket_energy_kwh"])
+
+    # The audit reads what it is given: a forgotten engine, or a tampered ledger, is caught.
+    forgot = run(ev, "audit", *args)
+    assert forgot.returncode == 1 and "CP001 but no engine state file covers" in forgot.stdout, forgot.stdout
+    ledger = json.loads((grader / "host3-cp-a" / "engine-state.json").read_text())
+    ledger["finished"][0]["energy_kwh"] += 0.5
+    (grader / "host3-cp-a" / "engine-state.json").write_text(json.dumps(ledger))
+    tampered = run(ev, "audit", *args, "--engine-state", str(grader / "host3-cp-a" / "engine-state.json"))
+    assert tampered.returncode == 1 and "the ticket says" in tampered.stdout, tampered.stdout
+
+    wrong = run(ev, "audit", *args, "--engine-state", str(grader / "nowhere"))
+    assert wrong.returncode == 2 and "nowhere" in wrong.stderr and "Traceback" not in wrong.stderr
+    both = run(ev, "audit", "--run-dir", str(tmp_path), *args)
+    assert both.returncode == 2 and "not both" in both.stderr

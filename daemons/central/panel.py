@@ -207,7 +207,9 @@ def _plan_tiles(n: int, width: int, budget: int, *,
     return size, cols, tile_w, shown
 
 
-def _summary(cps: Sequence[CpView]) -> Text:
+def _summary(cps: Sequence[CpView], *, waiting: bool = False) -> Text:
+    if waiting and not cps:
+        return Text("No figures from Central yet", style="dim", no_wrap=True)
     if not cps:
         return Text("No charge points registered yet", style="dim", no_wrap=True)
     text = Text(no_wrap=True, overflow="ellipsis").append(f"{len(cps)} CPs ", style="bold")
@@ -220,10 +222,11 @@ def _summary(cps: Sequence[CpView]) -> Text:
 
 
 def _tiles(cps: Sequence[CpView], width: int, budget: int, *,
-           truncate: bool) -> tuple[RenderableType, int]:
-    """The summary line and the tile grid, and how many lines they take."""
+           truncate: bool, waiting: bool = False) -> tuple[RenderableType, int]:
+    """The summary line and the tile grid, and how many lines they take (``waiting``: the
+    view holds nothing from Central yet)."""
     if not cps:
-        return _summary(cps), 1
+        return _summary(cps, waiting=waiting), 1
     size, cols, tile_w, shown = _plan_tiles(len(cps), width, budget, truncate=truncate)
     build = _BUILDERS[size]
     grid = Table.grid(padding=(0, 1, 0, 0), pad_edge=False)
@@ -253,6 +256,10 @@ def _header(view: CentralView, width: int) -> tuple[RenderableType, int]:
     top.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
     top.add_column(justify="right", no_wrap=True)
     top.add_row(title, Text(_stamp(view.now_ts_ms) if view.now_ts_ms else "", style=bar))
+    if not view.now_ts_ms:  # nothing from Central yet (a remote panel): no addresses or states to show
+        waiting = Text(f" connecting to Central at http://{_clean(view.http or '?')} ...", style="dim",
+                       no_wrap=True, overflow="ellipsis")
+        return Group(top, waiting), 2
     addresses = Text(no_wrap=True, overflow="ellipsis")
     addresses.append("socket ", style="dim").append(_clean(view.listen or "–"))
     addresses.append(" · HTTP ", style="dim").append(_clean(view.http or "–"))
@@ -352,13 +359,14 @@ def render(view: CentralView, *, width: int = 120, input_line: str = "",
     header, header_h = _header(view, width)
     footer = _footer(input_line, notice, width)
     if height is None:
-        tiles, _ = _tiles(view.cps, width, _NATURAL_TILE_LINES, truncate=False)
+        tiles, _ = _tiles(view.cps, width, _NATURAL_TILE_LINES, truncate=False, waiting=not view.now_ts_ms)
         return Constrain(Group(header, tiles, _requests(view.requests, 10),
                                _messages(view.messages), footer), width)
     avail = max(0, height - header_h - 2)
     req_full = 3 + len(view.requests) if view.requests else 1
     msg_min = 3
-    tiles, tiles_h = _tiles(view.cps, width, avail - 1 - min(req_full, 6) - msg_min, truncate=True)
+    tiles, tiles_h = _tiles(view.cps, width, avail - 1 - min(req_full, 6) - msg_min, truncate=True,
+                            waiting=not view.now_ts_ms)
     rest = max(0, avail - tiles_h)
     req_h = max(0, min(req_full, rest - msg_min))
     msg_h = rest - req_h

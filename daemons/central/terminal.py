@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -249,9 +250,17 @@ class PlainReporter:
         self._requests: dict[int, SessionView] = {}
         self._last_message: MessageView | None = None
         self._kafka_ok = True
+        self._said_connecting = False
 
     def update(self, view: CentralView) -> list[str]:
-        """The lines for ``view``; the first view reports the initial state."""
+        """The lines for ``view``; the first view taken from Central reports the initial state.
+
+        A view without a timestamp holds nothing from Central yet (a remote panel still
+        connecting): it is said once, with no made-up date, and only its messages follow."""
+        if not view.now_ts_ms:
+            said = [] if self._said_connecting else [f"connecting to Central at http://{_clean(view.http or '?')} ..."]
+            self._said_connecting = True
+            return said + self._message_lines(view.messages)
         now = _stamp(view.now_ts_ms)
         out: list[str] = []
         if self._cps is None:
@@ -334,7 +343,7 @@ async def run_panel(
     stdin: int | IO[str] | None = None,
     notice_s: float = 5.0,
 ) -> None:
-    """Show the panel until the operator types ``q``.
+    """Show the panel until the operator types ``q``, or until its screen is gone.
 
     When ``console`` is a terminal: a full-screen rich display redrawn ``refresh_hz`` times a
     second (fewer when a redraw is costly, see PANEL_CPU_SHARE; and on each key), whatever
@@ -343,6 +352,11 @@ async def run_panel(
     read line by line. Each submitted line is parsed; stop/resume go to ``on_command``, whose
     answer (or the error) shows in the footer for ``notice_s`` seconds (plain mode: a ``CMD``
     line). ``stdin`` defaults to sys.stdin; quit and help are handled here.
+
+    The screen is gone when writing to the console fails: the terminal was closed (EIO) or
+    nobody reads the pipe any more (EPIPE, ``| tee`` after Ctrl+C). Nobody is left to watch
+    or to type ``q``, so the panel returns as if ``q`` had been typed, never raising: the
+    caller's orderly shutdown must not be cut short by a dead screen.
     """
     if refresh_hz <= 0:
         raise ValueError("refresh_hz must be positive")
@@ -354,8 +368,17 @@ async def run_panel(
     wake, done = asyncio.Event(), asyncio.Event()
     feedback = _Feedback()
 
+    def on_screen(draw: Callable[[], object]) -> None:
+        """Run ``draw``; a failed write ends the panel (see above) instead of raising."""
+        try:
+            draw()
+        except OSError as exc:
+            if not done.is_set():
+                log.info("the panel's screen is gone (%s): leaving the panel", exc.strerror or exc)
+            done.set()
+
     def write(line: str) -> None:
-        print(line, file=console.file, flush=True)
+        on_screen(lambda: print(line, file=console.file, flush=True))
 
     async def execute(line: str) -> tuple[str, bool] | None:
         """Run one submitted line: (feedback, is_error), None if there is nothing to say."""
@@ -389,7 +412,8 @@ async def run_panel(
                 feedback.until = loop.time() + notice_s
                 wake.set()
             else:
-                write(f"{_stamp(get_view().now_ts_ms)} CMD {said}")
+                now_ts_ms = get_view().now_ts_ms  # no date rather than a made-up one
+                write(f"{_stamp(now_ts_ms)} CMD {said}" if now_ts_ms else f"CMD {said}")
 
     async def tick(event: asyncio.Event, wait_s: float = period) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -401,17 +425,24 @@ async def run_panel(
         worker.add_done_callback(lambda _: (done.set(), wake.set()))
         try:
             if full_screen:
-                with Live(console=console, screen=True, auto_refresh=False,
-                          redirect_stdout=False, redirect_stderr=False) as live:
+                live = Live(console=console, screen=True, auto_refresh=False,
+                            redirect_stdout=False, redirect_stderr=False)
+                on_screen(live.start)
+                try:
                     while not done.is_set():
                         started = time.perf_counter()
                         size = console.size
                         shown = feedback.text if loop.time() < feedback.until else ""
-                        live.update(render(get_view(), width=size.width, height=size.height,
-                                           input_line=keys.buffer, notice=shown), refresh=True)
+                        frame = render(get_view(), width=size.width, height=size.height,
+                                       input_line=keys.buffer, notice=shown)
+                        on_screen(functools.partial(live.update, frame, refresh=True))
+                        if done.is_set():
+                            break
                         # Bounded cost on a big network: keys still redraw at once.
                         await tick(wake, redraw_wait(period, time.perf_counter() - started))
                         wake.clear()
+                finally:
+                    on_screen(live.stop)  # leaves the alternate screen, if there still is one
             else:
                 reporter = PlainReporter()
                 while not done.is_set():

@@ -31,6 +31,7 @@ def quiet(run_dir: str, requests: int) -> bool:
     return True
 
 
+@pytest.mark.timeout(300)  # a minute of chaos plus start, catch-up and audit: ~110 s here
 def test_chaos_then_every_invariant_holds(tmp_path) -> None:
     run_dir = str(tmp_path / "run")
     requests = 8

@@ -312,3 +312,22 @@ def test_a_flapping_cp_costs_one_state_record_a_second_and_bounded_log(net: Netw
     assert os.path.getsize(central.log) - log_before < 20_000  # was 32 MB for 10 s
     assert sum("CPFLAP" in m["text"] for m in net.get("/api/v1/messages")) < 20
     full_supply(net, KafkaDriver(net, "D001"), "CP002", engines["CP002"])
+
+
+@pytest.mark.parametrize("which", ["--port", "--http-port"])
+def test_a_taken_port_is_one_line_and_exit_69_not_a_traceback(net: Network, tmp_path, which: str) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        ports = {"--port": "0", "--http-port": "0", which: str(port)}
+        run = subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", str(tmp_path / "c.db"),
+                              "--kafka", net.bootstrap, "--host", "127.0.0.1", *(x for kv in ports.items() for x in kv),
+                              "--no-panel", "--topic-prefix", net.prefix], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 69, run.stderr
+    assert "Traceback" not in run.stderr and str(port) in run.stderr and "in use" in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1

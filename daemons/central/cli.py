@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import sys
@@ -125,6 +126,12 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
         sys.exit(asyncio.run(run()))
     except (BusError, TransportError) as exc:
         click.echo(f"ev-central: {exc}", err=True)
+        sys.exit(EXIT_UNAVAILABLE)
+    except OSError as exc:  # a port taken or not ours to bind: one line, not a traceback
+        if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise
+        click.echo(f"ev-central: cannot listen on {host} (--port {port}, --http-port {http_port}): "
+                   f"{exc.strerror}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
 
 

@@ -404,9 +404,10 @@ async def test_consumer_from_end_sees_only_new(settings, counts, producer) -> No
 
 
 async def test_events_roundtrip(settings, counts, producer) -> None:
+    T = 1_764_295_200_000
     events = {
         Topic.DRIVER_REQUESTS: SupplyRequest(
-            request_id="r1", driver_id="d1", cp_id="cp1", ts_ms=1, target_energy_kwh=12.5
+            request_id="r1", driver_id="d1", cp_id="cp1", ts_ms=T + 1, target_energy_kwh=12.5
         ),
         Topic.CP_COMMANDS: AuthorizeCommand(
             cp_id="cp1",
@@ -414,8 +415,8 @@ async def test_events_roundtrip(settings, counts, producer) -> None:
             driver_id="d1",
             request_id="r1",
             price_eur_kwh=0.3,
-            expires_ts_ms=99,
-            ts_ms=2,
+            expires_ts_ms=T + 99,
+            ts_ms=T + 2,
         ),
         Topic.CP_EVENTS: SupplyProgress(
             cp_id="cp1",
@@ -425,7 +426,7 @@ async def test_events_roundtrip(settings, counts, producer) -> None:
             amount_eur=0.375,
             power_kw=7.4,
             elapsed_s=60.0,
-            ts_ms=3,
+            ts_ms=T + 3,
         ),
         Topic.DRIVER_EVENTS: Ticket(
             driver_id="d1",
@@ -435,22 +436,22 @@ async def test_events_roundtrip(settings, counts, producer) -> None:
             energy_kwh=3.0,
             amount_eur=0.9,
             price_eur_kwh=0.3,
-            started_ts_ms=1,
-            ended_ts_ms=4,
+            started_ts_ms=T - 3_600_000,
+            ended_ts_ms=T + 4,
             status="completed",
             end_reason="unplugged",
-            ts_ms=5,
+            ts_ms=T + 5,
         ),
         Topic.CP_STATE: CpStateRecord(
             cp_id="cp1",
             location="Ñandú street",
             price_eur_kwh=0.3,
-            state="supplying",
-            ts_ms=6,
+            state="SUPPLYING",
+            ts_ms=T + 6,
             driver_id="d1",
         ),
         Topic.CENTRAL_HEARTBEAT: Heartbeat(
-            instance_id="c1", started_ts_ms=0, interval_s=1.0, ts_ms=7
+            instance_id="c1", started_ts_ms=T, interval_s=1.0, ts_ms=T + 7
         ),
     }
     keys = {

@@ -352,7 +352,10 @@ async def test_posted_record_that_fails_is_counted_and_logged(
         p.post(Topic.CP_EVENTS, "cp-3", b"x", partition=999)  # no such partition
         await until(lambda: p.failed == 1)
         assert p.delivered == 0
-    assert any("delivery to" in r.getMessage() and "failed" in r.getMessage() for r in caplog.records)
+    # librdkafka refuses the partition at once when it already has the topic's metadata,
+    # or in the delivery report when it fetches it later: either way it is counted and logged.
+    assert any(("delivery to" in r.getMessage() and "failed" in r.getMessage())
+               or "cannot produce to" in r.getMessage() for r in caplog.records)
 
 
 async def test_next_batch_takes_what_is_queued_in_order(settings, counts, producer) -> None:

@@ -24,6 +24,8 @@ import click
 
 from evproto import __version__
 from evproto.bus.events import (
+    MAX_TARGET_DURATION_S,
+    MAX_TARGET_ENERGY_KWH,
     CpStateRecord,
     DriverTelemetry,
     EventDecodeError,
@@ -45,6 +47,7 @@ from evproto.bus.kafka import (
     ensure_topics,
 )
 from evproto.bus.topics import Topic, partition_for
+from evproto.idents import InvalidTextError, check_id, id_problem
 
 from .common import EXIT_UNAVAILABLE, EXIT_USAGE, load_json, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
 
@@ -73,23 +76,39 @@ class RequestLine:
         return self.cp_id
 
 
+def _brief(text: str) -> str:
+    """``text`` fit for an error message: bounded, invisible characters made visible."""
+    return ascii(text[:40]) + ("..." if len(text) > 40 else "")
+
+
 def parse_target(text: str) -> tuple[float | None, float | None]:
-    """``"2.5kWh"`` -> (2.5, None); ``"30s"`` / ``"2min"`` -> (None, seconds)."""
+    """``"2.5kWh"`` -> (2.5, None); ``"30s"`` / ``"2min"`` -> (None, seconds).
+
+    Energy must be above 0 and at most MAX_TARGET_ENERGY_KWH, a duration above 0 and
+    at most MAX_TARGET_DURATION_S (what Central accepts); ValueError otherwise.
+    """
     m = _TARGET.match(text.strip())
     if not m:
-        raise ValueError(f"target {text!r} is not like 2.5kWh, 800Wh, 30s or 2min")
-    num, unit = float(m.group("num")), m.group("unit").lower()
-    if num <= 0:
-        raise ValueError(f"target {text!r} must be positive")
-    if unit == "kwh":
-        return num, None
-    if unit == "wh":
-        return num / 1000.0, None
-    return None, num * 60.0 if unit in ("min", "m") else num
+        raise ValueError(f"target {_brief(text)} is not like 2.5kWh, 800Wh, 30s or 2min")
+    num, unit = float(m.group("num")), m.group("unit").lower()  # 400 digits make inf: refused below
+    if unit in ("kwh", "wh"):
+        energy_kwh = num if unit == "kwh" else num / 1000.0
+        if not 0 < energy_kwh <= MAX_TARGET_ENERGY_KWH:
+            raise ValueError(f"target {_brief(text)} must be above 0 and at most {MAX_TARGET_ENERGY_KWH:g} kWh")
+        return energy_kwh, None
+    duration_s = num * 60.0 if unit in ("min", "m") else num
+    if not 0 < duration_s <= MAX_TARGET_DURATION_S:
+        raise ValueError(f"target {_brief(text)} must be above 0 and at most {MAX_TARGET_DURATION_S:g} s "
+                         f"({MAX_TARGET_DURATION_S / 3600:g} h)")
+    return None, duration_s
 
 
 def parse_requests(text: str, *, source: str = "requests") -> list[RequestLine]:
-    """Parse a requests file: one ``CP_ID [TARGET]`` per line; blank lines and ``#`` comments ignored."""
+    """Parse a requests file: one ``CP_ID [TARGET]`` per line; blank lines and ``#`` comments ignored.
+
+    ValueError naming ``source`` and the line for a line that is not valid (CP ids
+    follow the id rule of evproto.idents, targets the bounds of :func:`parse_target`).
+    """
     out = []
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -97,7 +116,10 @@ def parse_requests(text: str, *, source: str = "requests") -> list[RequestLine]:
             continue
         parts = line.split()
         if len(parts) > 2:
-            raise ValueError(f"{source}:{n}: expected 'CP_ID [TARGET]', got {raw.strip()!r}")
+            raise ValueError(f"{source}:{n}: expected 'CP_ID [TARGET]', got {_brief(raw.strip())}")
+        problem = id_problem(parts[0])
+        if problem is not None:
+            raise ValueError(f"{source}:{n}: CP id {problem}")
         energy = duration = None
         if len(parts) == 2:
             try:
@@ -418,6 +440,11 @@ def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, 
     each supply. Commands (type them; on a pipe, one per line): r CP_ID [TARGET]
     request a supply, l list the available charge points, q quit.
     """
+    try:
+        check_id(driver_id, what="--id")
+    except InvalidTextError as exc:
+        click.echo(f"ev-driver: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     setup_logging(driver_id, level=log_level, fmt=log_format)
     requests = None
     if requests_file is not None:

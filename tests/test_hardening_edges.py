@@ -1,0 +1,63 @@
+"""Edges of the driver, the engine and the monitor: bad arguments, bad records, silence, crashes.
+
+Command lines run as a user runs them; records are forged with a real producer on the
+real embedded broker and read by real daemons; crashes are real signals.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from evproto.bus.events import MAX_TARGET_DURATION_S, MAX_TARGET_ENERGY_KWH
+from evproto.daemons.driver import parse_requests
+
+BIN = os.path.dirname(sys.executable)
+
+
+def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+# -- a driver's requests: bounds -------------------------------------------------------------
+
+@pytest.mark.parametrize("line", [
+    "CP002 " + "9" * 400 + "kWh",  # a float of 400 digits is infinite
+    "CP002 100000000000000000000000000kWh",
+    f"CP002 {MAX_TARGET_ENERGY_KWH + 0.5}kWh",
+    f"CP002 {(MAX_TARGET_ENERGY_KWH + 1) * 1000:g}Wh",
+    f"CP002 {MAX_TARGET_DURATION_S + 1:g}s",
+    f"CP002 {MAX_TARGET_DURATION_S / 60 + 1:g}min",
+    "CP002 0kWh",
+    "CP\u200b002 2kWh",  # looks like CP002 on a screen
+    "CP" + "0" * 70 + " 2kWh",
+])
+def test_a_requests_file_line_out_of_bounds_is_a_usage_error_naming_the_line(tmp_path, line: str) -> None:
+    f = tmp_path / "req.txt"
+    f.write_text(f"CP001 1kWh\n# fine so far\n{line}\n", encoding="utf-8")
+    r = run(os.path.join(BIN, "ev-driver"), "--kafka", "127.0.0.1:1", "--id", "D1", "--requests", str(f),
+            "--state-dir", str(tmp_path / "state"), timeout=30)
+    assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
+    assert "req.txt:3:" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr) < 1000, "the error must not echo a huge line whole"
+
+
+def test_targets_at_the_bounds_are_accepted() -> None:
+    (energy, duration, small) = parse_requests(
+        f"CP1 {MAX_TARGET_ENERGY_KWH:g}kWh\nCP1 {MAX_TARGET_DURATION_S / 60:g}min\nCP1 1Wh\n")
+    assert energy.target_energy_kwh == MAX_TARGET_ENERGY_KWH
+    assert duration.target_duration_s == MAX_TARGET_DURATION_S
+    assert small.target_energy_kwh == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="request:1:"):
+        parse_requests(f"CP1 {MAX_TARGET_DURATION_S + 0.5}s", source="request")
+
+
+@pytest.mark.parametrize("driver_id", ["", "D\u200b1", "D 1", "D" * 65])
+def test_a_driver_id_nobody_can_address_is_a_usage_error(tmp_path, driver_id: str) -> None:
+    r = run(os.path.join(BIN, "ev-driver"), "--kafka", "127.0.0.1:1", "--id", driver_id,
+            "--state-dir", str(tmp_path / "state"), timeout=30)
+    assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
+    assert "--id" in r.stderr and "Traceback" not in r.stderr

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from evproto.bus.events import MAX_TARGET_DURATION_S, MAX_TARGET_ENERGY_KWH
+from evproto.bus.events import MAX_POWER_KW, MAX_TARGET_DURATION_S, MAX_TARGET_ENERGY_KWH
 from evproto.daemons.driver import parse_requests
 
 BIN = os.path.dirname(sys.executable)
@@ -61,3 +61,35 @@ def test_a_driver_id_nobody_can_address_is_a_usage_error(tmp_path, driver_id: st
             "--state-dir", str(tmp_path / "state"), timeout=30)
     assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
     assert "--id" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- a monitor's registration: bounds --------------------------------------------------------
+
+@pytest.mark.parametrize(("option", "value"), [
+    ("--id", ""),
+    ("--id", "CP001\u200b"),
+    ("--id", "CP 001"),
+    ("--location", "Ali\u202ecante"),  # a bidi override would reverse what the panel shows
+    ("--location", "x" * 200),
+    ("--location", " Alicante"),
+])
+def test_a_monitor_refuses_an_id_or_location_nobody_could_use(option: str, value: str) -> None:
+    args = {"--id": "CP001", "--location": "Alicante", option: value}
+    r = run(os.path.join(BIN, "evcp-monitor"), "--engine", "127.0.0.1:1", "--central", "127.0.0.1:1",
+            *(a for kv in args.items() for a in kv), "--price", "0.3", timeout=30)
+    assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
+    assert option in r.stderr and "Traceback" not in r.stderr
+
+
+# -- a simulated meter's speed ---------------------------------------------------------------
+
+def test_the_engine_refuses_a_simulated_meter_faster_than_central_accepts(tmp_path) -> None:
+    engine = os.path.join(BIN, "evcp-engine")
+    power_kw = 100.0
+    time_scale = MAX_POWER_KW / power_kw * 1.5
+    r = run(engine, "--kafka", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
+            "--power-kw", str(power_kw), "--time-scale", str(time_scale), timeout=30)
+    assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
+    assert "--time-scale" in r.stderr and f"{MAX_POWER_KW:g} kW" in r.stderr and "Traceback" not in r.stderr
+    helped = " ".join(run(engine, "--help").stdout.split())
+    assert f"{MAX_POWER_KW:g} kW" in helped

@@ -795,10 +795,29 @@ def test_restore_supplying_reports_power_loss_with_persisted_energy() -> None:
     assert fin.reason == "power_loss"
     assert fin.energy_kwh == pytest.approx(0.040)
     assert fin.amount_eur == pytest.approx(0.040 * PRICE)
-    assert (fin.session_id, fin.driver_id, fin.started_ts_ms, fin.ended_ts_ms) == (1, "D1", T0 + 200, T0 + 60_000)
+    # It ended when its energy was last read, not when the engine came back a minute later.
+    assert (fin.session_id, fin.driver_id, fin.started_ts_ms, fin.ended_ts_ms) == (1, "D1", T0 + 200, T0 + 1100)
+    assert fin.ts_ms == T0 + 60_000  # reported now
     assert Persist() in fx
     assert fresh.phase is Phase.IDLE and fresh.supply is None
     assert fresh.snapshot()["supply"] is None
+
+
+def test_restore_of_a_snapshot_without_reading_times_ends_at_the_last_progress() -> None:
+    """State files written before readings were timed: the last progress report is the best known end."""
+    cp = supplying_cp()
+    cp.tick(T0 + 1400)
+    snap = _through_json(cp.snapshot())
+    del snap["supply"]["last_reading_ts_ms"]
+    (fin,) = emitted(ChargePoint(cp_id=CP_ID).restore(snap, T0 + 60_000), SupplyFinished)
+    assert fin.ended_ts_ms == T0 + 1400
+
+
+def test_restore_right_after_the_plug_in_ends_when_it_started() -> None:
+    cp = authorized_cp()
+    cp.plug(T0 + 200)
+    (fin,) = emitted(ChargePoint(cp_id=CP_ID).restore(_through_json(cp.snapshot()), T0 + 60_000), SupplyFinished)
+    assert fin.ended_ts_ms == fin.started_ts_ms == T0 + 200 and fin.energy_kwh == 0
 
 
 def test_restore_authorized_withdraws_with_power_loss() -> None:
@@ -829,7 +848,8 @@ def _durable(cp: ChargePoint) -> tuple:
     sup = s["supply"]
     key = None
     if sup is not None:
-        key = tuple(sorted((k, v) for k, v in sup.items() if k not in ("energy_wh", "power_w", "last_progress_ts_ms")))
+        key = tuple(sorted((k, v) for k, v in sup.items() if k not in ("energy_wh", "power_w", "last_progress_ts_ms",
+                                                                            "last_reading_ts_ms")))
     return (s["stopped"], s["phase"], key)
 
 

@@ -6,14 +6,18 @@ real embedded broker and read by real daemons; crashes are real signals.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
-from evproto.bus.events import MAX_POWER_KW, MAX_TARGET_DURATION_S, MAX_TARGET_ENERGY_KWH
+from evproto.bus.broker import EmbeddedBroker
+from evproto.bus.events import MAX_POWER_KW, MAX_TARGET_DURATION_S, MAX_TARGET_ENERGY_KWH, DriverTelemetry
 from evproto.daemons.driver import parse_requests
+from netharness import KafkaDriver, Network, wait_for
 
 BIN = os.path.dirname(sys.executable)
 
@@ -93,3 +97,56 @@ def test_the_engine_refuses_a_simulated_meter_faster_than_central_accepts(tmp_pa
     assert "--time-scale" in r.stderr and f"{MAX_POWER_KW:g} kW" in r.stderr and "Traceback" not in r.stderr
     helped = " ".join(run(engine, "--help").stdout.split())
     assert f"{MAX_POWER_KW:g} kW" in helped
+
+
+# =============================================================================================
+# Real networks on the embedded broker
+# =============================================================================================
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def net(tmp_path, broker):
+    n = Network(str(tmp_path), broker.bootstrap)
+    yield n
+    n.close()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def ledger(net: Network, cp_id: str) -> list[dict]:
+    with open(os.path.join(net.tmp, f"state-{cp_id}", "engine-state.json"), encoding="utf-8") as fh:
+        return json.load(fh).get("finished", [])
+
+
+# -- an engine's crash: when the supply ended ------------------------------------------------
+
+@pytest.mark.slow
+def test_an_engine_killed_mid_supply_ends_it_at_its_last_reading_not_at_its_restart(net: Network) -> None:
+    net.start_central("D001")
+    engine, _ = net.start_cp("CP001", engine_args=("--time-scale", "60"))
+    net.wait_state("CP001", "ACTIVATED")
+    driver = KafkaDriver(net, "D001")
+    rid = driver.request("CP001")
+    driver.wait_status(rid, "authorized")
+    engine.send("p")
+    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0 for e in driver.events()), "energy to flow")
+
+    net.kill(engine)
+    killed_ms = now_ms()
+    time.sleep(2.0)  # the engine comes back visibly later than the supply's end
+    restarted_ms = now_ms()
+    net.restart(engine)
+    driver.wait_status(rid, "interrupted")
+    (ticket,) = driver.tickets()
+    assert ticket.end_reason == "power_loss"
+    assert ticket.started_ts_ms < ticket.ended_ts_ms <= killed_ms < restarted_ms
+    (metered,) = ledger(net, "CP001")
+    assert metered["ended_ts_ms"] == ticket.ended_ts_ms

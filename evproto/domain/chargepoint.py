@@ -174,6 +174,8 @@ class Supply:
     energy_wh: float = 0.0
     power_w: float = 0.0
     last_progress_ts_ms: int = 0
+    #: When the meter was last read during the supply (0: not yet): how far ``energy_wh`` is known.
+    last_reading_ts_ms: int = 0
 
     @property
     def energy_kwh(self) -> float:
@@ -302,8 +304,10 @@ class ChargePoint:
     def restore(self, snap: dict[str, Any], now_ms: int) -> list[Effect]:
         """Reload a snapshot written before a crash; a supply it held ends as ``power_loss``.
 
-        The energy reported is what the meter showed at the last persisted reading:
-        the engine cannot know about energy after its crash.
+        The energy reported is what the meter showed at the last persisted reading,
+        and the supply ends at that reading's time (not at ``now_ms``, the restart):
+        the engine cannot know about energy after its crash. ``now_ms`` is when it is
+        reported.
         """
         self.stopped = bool(snap.get("stopped", False))
         phase = Phase(snap.get("phase", "idle"))
@@ -316,7 +320,11 @@ class ChargePoint:
         self.phase = phase
         self._fx = []
         if phase is Phase.SUPPLYING:
-            self._finish("power_loss", now_ms)
+            s = self.supply
+            assert s.started_ts_ms is not None
+            # Snapshots written before readings were timed know the last progress report.
+            known_ts_ms = s.last_reading_ts_ms or s.last_progress_ts_ms
+            self._finish("power_loss", now_ms, ended_ts_ms=max(s.started_ts_ms, known_ts_ms))
         else:
             self._withdraw("power_loss", now_ms)
         return self._take()
@@ -343,7 +351,7 @@ class ChargePoint:
         if not self._fx or not isinstance(self._fx[-1], Persist):
             self._fx.append(Persist())
 
-    def _finish(self, reason: str, now_ms: int) -> None:
+    def _finish(self, reason: str, now_ms: int, *, ended_ts_ms: int | None = None) -> None:
         s = self.supply
         assert s is not None and s.started_ts_ms is not None
         self._emit(
@@ -355,7 +363,7 @@ class ChargePoint:
                 amount_eur=s.amount_eur,
                 price_eur_kwh=s.price_eur_kwh,
                 started_ts_ms=s.started_ts_ms,
-                ended_ts_ms=now_ms,
+                ended_ts_ms=now_ms if ended_ts_ms is None else ended_ts_ms,
                 reason=reason,
                 ts_ms=now_ms,
                 offline=s.session_id == 0,
@@ -512,6 +520,9 @@ class ChargePoint:
         previous = self.meter_energy_wh
         self.meter_energy_wh = energy_wh
         self.meter_power_w = power_w
+        if self.phase is Phase.SUPPLYING:
+            assert self.supply is not None
+            self.supply.last_reading_ts_ms = now_ms
         if previous is not None and energy_wh < previous:
             self.meter_resets += 1
             self._say(f"meter register went back ({previous:.1f} -> {energy_wh:.1f} Wh): meter reset, counting on", "warning")

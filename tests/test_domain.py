@@ -753,6 +753,15 @@ def test_manual_request_refused_when_central_never_reached() -> None:
     assert emitted(cp.manual_request("D7", "r", NOW)) == []
 
 
+def test_central_never_heard_after_the_start_is_said_once() -> None:
+    cp = ChargePoint(cp_id=CP_ID)
+    assert cp.central_up is None  # too early to say
+    fx = cp.central_reachable(False, T0)
+    assert [e.text for e in fx if isinstance(e, Say)] == ["cannot reach Central: no new supplies until it is back"]
+    assert cp.central_reachable(False, T0 + 1000) == []
+    assert [e.text for e in cp.central_reachable(True, T0 + 2000) if isinstance(e, Say)] == ["Central reachable"]
+
+
 # -- snapshot / restore ----------------------------------------------------------------------
 
 

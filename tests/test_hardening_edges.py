@@ -6,8 +6,10 @@ real embedded broker and read by real daemons; crashes are real signals.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,8 +17,21 @@ import time
 import pytest
 
 from evproto.bus.broker import EmbeddedBroker
-from evproto.bus.events import MAX_POWER_KW, MAX_TARGET_DURATION_S, MAX_TARGET_ENERGY_KWH, DriverTelemetry
+from evproto.bus.events import (
+    MAX_POWER_KW,
+    MAX_TARGET_DURATION_S,
+    MAX_TARGET_ENERGY_KWH,
+    CpStateRecord,
+    DriverTelemetry,
+    ResumeCommand,
+    StopCommand,
+    encode_event,
+)
+from evproto.bus.kafka import BusProducer, ensure_topics
+from evproto.bus.topics import Topic, partition_for
 from evproto.daemons.driver import parse_requests
+from evproto.daemons.quarantine import CrashGuard
+from evproto.daemons.readers import CENTRAL_SILENCE_S, CentralWatch
 from netharness import KafkaDriver, Network, wait_for
 
 BIN = os.path.dirname(sys.executable)
@@ -99,6 +114,44 @@ def test_the_engine_refuses_a_simulated_meter_faster_than_central_accepts(tmp_pa
     assert f"{MAX_POWER_KW:g} kW" in helped
 
 
+# -- hearing Central ------------------------------------------------------------------------
+
+class Clock:
+    """Monotonic seconds, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_central_watch_gives_the_first_heartbeat_time_then_says_each_change_once() -> None:
+    clock = Clock()
+    watch = CentralWatch(clock=clock)
+    clock.now += CENTRAL_SILENCE_S - 0.1
+    assert watch.state() is None and watch.news() is None and not watch.reachable  # too early to complain
+    watch.heard()
+    assert watch.reachable and watch.news() is None  # in time: nothing to say
+    clock.now += CENTRAL_SILENCE_S - 0.1
+    assert watch.news() is None
+    clock.now += 0.2
+    assert not watch.reachable and watch.news() is False
+    clock.now += 30
+    assert watch.news() is None  # said once, not every poll
+    watch.heard()
+    assert watch.news() is True and watch.news() is None
+
+
+def test_central_watch_complains_when_central_never_speaks() -> None:
+    clock = Clock()
+    watch = CentralWatch(clock=clock)
+    clock.now += CENTRAL_SILENCE_S
+    assert watch.news() is False and watch.news() is None
+    watch.heard()
+    assert watch.news() is True
+
+
 # =============================================================================================
 # Real networks on the embedded broker
 # =============================================================================================
@@ -150,3 +203,93 @@ def test_an_engine_killed_mid_supply_ends_it_at_its_last_reading_not_at_its_rest
     assert ticket.started_ts_ms < ticket.ended_ts_ms <= killed_ms < restarted_ms
     (metered,) = ledger(net, "CP001")
     assert metered["ended_ts_ms"] == ticket.ended_ts_ms
+
+
+# -- records that cannot be applied never stop or loop a reader ------------------------------
+
+def forge(net: Network, topic: Topic, key: str, values: list[bytes]) -> tuple[int, list[int]]:
+    """Produce ``values`` (keyed ``key``, on the key's partition) as anyone with access to the
+    broker could; returns the partition and each record's offset."""
+    async def send() -> tuple[int, list[int]]:
+        partition = partition_for(key, (await ensure_topics(net.settings))[topic])
+        async with BusProducer(net.settings) as producer:
+            return partition, [(await producer.send(topic, key, v, partition=partition))[1] for v in values]
+
+    return asyncio.run(send())
+
+
+def dead_letters(state_dir: str) -> list[dict]:
+    try:
+        with open(os.path.join(state_dir, "dead-letters.jsonl"), encoding="ascii") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def raw(**fields) -> bytes:
+    return json.dumps({"v": 1, **fields}, ensure_ascii=False).encode()
+
+
+def mark_crashes(state_dir: str, topic: Topic, partition: int, offset: int, deaths: int) -> None:
+    """Leave the crash mark that ``deaths`` runs dying while applying this record would leave."""
+    for _ in range(deaths):
+        guard = CrashGuard(os.path.join(state_dir, "crash-mark"))
+        guard.applying([(topic.value, partition, offset, offset)])
+        guard.close()
+
+
+@pytest.mark.slow
+def test_an_engine_quarantines_commands_it_cannot_apply_and_applies_the_next(net: Network) -> None:
+    net.start_central("D001")
+    engine, _ = net.start_cp("CP001")
+    net.wait_state("CP001", "ACTIVATED")
+    state_dir = os.path.join(net.tmp, "state-CP001")
+    t = now_ms()
+    bad = [
+        raw(type="stop", cp_id="CP001\u200b", ts_ms=t),  # a zero-width character: not CP001
+        raw(type="authorize", cp_id="CP001", session_id=5, driver_id="D001", request_id="r5", price_eur_kwh=1e6,
+            expires_ts_ms=t + 60_000, ts_ms=t),
+        b'{"v":1,"type":"stop",',
+        b"[" + b" " * 900_000 + b"]",
+        raw(type="stop", cp_id="CP001", ts_ms=t + 10 * 86_400_000),  # ten days ahead of every clock
+        encode_event(StopCommand(cp_id="CP002", ts_ms=t)),  # another CP's command, keyed to this one
+        encode_event(CpStateRecord(cp_id="CP001", location="x", price_eur_kwh=0.3, state="ACTIVATED", ts_ms=t)),
+    ]
+    _, offsets = forge(net, Topic.CP_COMMANDS, "CP001", [*bad, encode_event(StopCommand(cp_id="CP001", ts_ms=t))])
+    wait_for(lambda: net.log_has(engine, "STOP from Central"), "the valid command after the bad ones")
+    assert engine.alive()
+    letters = dead_letters(state_dir)
+    assert [d["offset"] for d in letters] == offsets[:-1]
+    reasons = [d["reason"] for d in letters]
+    for reason, word in zip(reasons, ["cp_id", "price_eur_kwh", "not JSON", "bytes", "ahead", "CP002", "not a command"]):
+        assert word in reason, reasons
+    assert letters[3]["size"] == 900_002 and len(letters[3]["value_b64"]) < 6000
+    assert net.log_has(engine, "quarantined cp-commands")
+
+    # Restarted, it does not read them again: its offset moved past them.
+    net.kill(engine)
+    engine = net.restart(engine)
+    net.wait_state("CP001", "ACTIVATED", timeout_s=20)
+    forge(net, Topic.CP_COMMANDS, "CP001", [encode_event(ResumeCommand(cp_id="CP001", ts_ms=now_ms()))])
+    wait_for(lambda: net.log_has(engine, "RESUME from Central"), "the next command after a restart")
+    assert len(dead_letters(state_dir)) == len(bad)
+
+
+@pytest.mark.slow
+def test_an_engine_sets_aside_a_command_it_died_on_three_times(net: Network) -> None:
+    net.start_central("D001")
+    engine, _ = net.start_cp("CP001")
+    net.wait_state("CP001", "ACTIVATED")
+    state_dir = os.path.join(net.tmp, "state-CP001")
+    net.kill(engine, signal.SIGTERM)  # its commands offset is stored
+    partition, (deadly,) = forge(net, Topic.CP_COMMANDS, "CP001", [encode_event(StopCommand(cp_id="CP001", ts_ms=now_ms()))])
+    mark_crashes(state_dir, Topic.CP_COMMANDS, partition, deadly, 3)
+
+    engine = net.restart(engine)
+    wait_for(lambda: [d["offset"] for d in dead_letters(state_dir)] == [deadly], "the record set aside")
+    assert "died 3 times" in dead_letters(state_dir)[0]["reason"]
+    forge(net, Topic.CP_COMMANDS, "CP001", [encode_event(ResumeCommand(cp_id="CP001", ts_ms=now_ms())),
+                                            encode_event(StopCommand(cp_id="CP001", ts_ms=now_ms()))])
+    wait_for(lambda: net.log_has(engine, "STOP from Central"), "the next command")
+    with open(engine.log, encoding="utf-8") as fh:
+        assert fh.read().count("STOP from Central") == 1, "the deadly record was not applied"

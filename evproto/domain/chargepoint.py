@@ -207,7 +207,8 @@ class ChargePoint:
         self.progress_interval_ms = progress_interval_ms
         self.phase = Phase.IDLE
         self.monitor_up = False
-        self.central_up = False
+        #: Whether Central's heartbeats are heard; None until the engine knows either way.
+        self.central_up: bool | None = None
         #: Active faults by source ("key": the KO key, "meter": a failing meter) and what they say.
         self.faults: dict[str, str] = {}
         self._fresh_reading = False
@@ -410,7 +411,7 @@ class ChargePoint:
             self._say("Central reachable")
 
     def _a_central_down(self, inp: CpInput, now_ms: int) -> None:
-        if self.central_up:
+        if self.central_up is not False:  # up, or never heard since the start: say it once
             self.central_up = False
             self._say("cannot reach Central: no new supplies until it is back", "warning")
 

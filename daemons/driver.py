@@ -29,7 +29,6 @@ from evproto.bus.events import (
     CpStateRecord,
     DriverTelemetry,
     EventDecodeError,
-    Heartbeat,
     RequestUpdate,
     SupplyRequest,
     Ticket,
@@ -43,20 +42,24 @@ from evproto.bus.kafka import (
     BusError,
     BusProducer,
     KafkaSettings,
+    Record,
     end_offsets,
     ensure_topics,
 )
 from evproto.bus.topics import Topic, partition_for
 from evproto.idents import InvalidTextError, check_id, id_problem
+from evproto.ratelog import RateLimitedLog
 
 from .common import EXIT_UNAVAILABLE, EXIT_USAGE, load_json, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
+from .readers import CentralWatch, RecordGuard
 
 __all__ = ["RequestLine", "parse_requests", "Driver", "main"]
 
 log = logging.getLogger("evproto.driver")
 
-CENTRAL_SILENCE_S = 3.5
 _FINAL = ("denied", "completed", "interrupted")
+#: What Central sends a driver on driver-events.
+_DRIVER_EVENTS = (RequestUpdate, DriverTelemetry, Ticket)
 _TARGET = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>kwh|wh|s|sec|min|m)$", re.I)
 
 
@@ -150,6 +153,7 @@ class Driver:
         self.kafka = kafka
         self.requests = requests
         self.requests_source = requests_source
+        self.state_dir = state_dir
         self.state_path = os.path.join(state_dir, "driver-state.json")
         self.pause_s = pause_s
         self.answer_timeout_s = answer_timeout_s
@@ -157,7 +161,12 @@ class Driver:
         self.ready_file = ready_file
         self.state: dict[str, Any] = {}
         self.cps: dict[str, CpStateRecord] = {}
-        self.last_heartbeat = 0.0
+        self.central = CentralWatch()
+        #: Events of ours that could not be applied (made in run(): it reads the state directory).
+        self.records: RecordGuard | None = None
+        #: cp_state records that were not valid (skipped: the topic is read again at every start).
+        self.cp_states_skipped = 0
+        self._warn = RateLimitedLog(log)
         self.producer: BusProducer | None = None
         self.partitions: dict[Topic, int] = {}
         self._waiters: dict[str, asyncio.Future[RequestUpdate]] = {}
@@ -174,6 +183,7 @@ class Driver:
             log.error("%s belongs to driver %s", self.state_path, self.state.get("driver_id"))
             return EXIT_USAGE
         self.state["driver_id"] = self.driver_id
+        self.records = RecordGuard(self.state_dir, role="app")
         self._tickets = {int(k): v for k, v in (self.state.get("tickets") or {}).items()} \
             if isinstance(self.state.get("tickets"), dict) else {}
         self.partitions = await ensure_topics(self.kafka)
@@ -188,7 +198,8 @@ class Driver:
         tasks = [
             asyncio.ensure_future(self._events_loop()),
             asyncio.ensure_future(self._cp_state_loop()),
-            asyncio.ensure_future(self._heartbeat_loop()),
+            asyncio.ensure_future(self.central.listen(self.kafka)),
+            asyncio.ensure_future(self._central_news_loop()),
         ]
         work: list[asyncio.Future[Any]] = []
         if self.requests is not None:
@@ -213,6 +224,9 @@ class Driver:
             await asyncio.gather(*tasks, *work, stopper, return_exceptions=True)
             self._save()
             await self.producer.close(timeout_s=5.0)
+            self.records.close()
+            if self.records.count:
+                log.warning("%d event(s) quarantined in %s", self.records.count, self.records.letters.path)
         return 0
 
     def _save(self) -> None:
@@ -222,16 +236,23 @@ class Driver:
 
     # -- requests --------------------------------------------------------------------------
 
-    def central_reachable(self) -> bool:
-        return time.monotonic() - self.last_heartbeat < CENTRAL_SILENCE_S
+    async def _central_news_loop(self) -> None:
+        """Say when Central falls silent and when it is back, whatever the app is doing."""
+        while True:
+            await asyncio.sleep(0.25)
+            news = self.central.news()
+            if news is False:
+                log.warning("cannot reach Central (no heartbeat for %g s): requests wait until it is back",
+                            self.central.silence_s)
+            elif news:
+                log.info("Central reachable again")
 
-    async def _wait_for_central(self) -> None:
-        if self.central_reachable():
-            return
-        log.warning("cannot reach Central: waiting for it before sending the next request")
-        while not self.central_reachable():
-            await asyncio.sleep(0.5)
-        log.info("Central reachable again")
+    async def _wait_for_central(self, line: RequestLine) -> None:
+        # Just started: the first heartbeat may take a second. Silent: the news loop said so.
+        if self.central.state() is False:
+            log.info("the request at %s waits until Central is reachable", line.describe())
+        while not self.central.reachable:
+            await asyncio.sleep(0.1)
 
     async def request(self, line: RequestLine, *, index: int | None = None) -> RequestUpdate | None:
         """Ask for one supply and wait for its outcome (None: no answer in time).
@@ -239,7 +260,7 @@ class Driver:
         ``index`` is the line of the requests file, remembered so that a restart
         shows this request's outcome and continues after it.
         """
-        await self._wait_for_central()
+        await self._wait_for_central(line)
         request_id = uuid.uuid4().hex
         self.state["pending"] = {"request_id": request_id, "cp_id": line.cp_id, "line": index}
         self._save()
@@ -265,7 +286,7 @@ class Driver:
                     return await asyncio.wait_for(asyncio.shield(fut), 1.0)
                 except asyncio.TimeoutError:
                     pass
-                if not self.central_reachable():
+                if not self.central.reachable:
                     self._last_update[request_id] = time.monotonic()  # Central's silence is not the CP's
                     continue
                 if time.monotonic() - self._last_update[request_id] > self.answer_timeout_s:
@@ -316,12 +337,18 @@ class Driver:
                 self.state["events_offset"] = record.offset + 1
                 if record.key != self.driver_id:
                     continue  # another driver's record in the same partition
-                try:
-                    ev = decode_event(record.value)
-                except EventDecodeError as exc:
-                    log.warning("skipped a malformed event at offset %d: %s", record.offset, exc)
-                    continue
-                self._on_event(ev)
+                assert self.records is not None
+                self.records.take(record, self._on_record)
+
+    def _on_record(self, record: Record) -> str | None:
+        """Apply one record keyed to this driver; why it cannot be applied, or None once applied."""
+        ev = decode_event(record.value, now_ms=now_ms())
+        if not isinstance(ev, _DRIVER_EVENTS):
+            return f"a {ev.TYPE} event is not a driver event"
+        if ev.driver_id != self.driver_id:
+            return f"an event for driver {ev.driver_id}, keyed to {self.driver_id}"
+        self._on_event(ev)
+        return None
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, RequestUpdate):
@@ -362,21 +389,22 @@ class Driver:
         async with BusConsumer(self.kafka, assignments=[(Topic.CP_STATE, p, OFFSET_BEGINNING)
                                                         for p in range(self.partitions.get(Topic.CP_STATE, 1))]) as consumer:
             async for record in consumer:
-                try:
-                    ev = decode_event(record.value)
-                except EventDecodeError:
+                if record.value is None:  # a tombstone: the CP is gone
+                    self.cps.pop(record.key or "", None)
                     continue
-                if isinstance(ev, CpStateRecord):
+                try:
+                    ev = decode_event(record.value, now_ms=now_ms())
+                    if not isinstance(ev, CpStateRecord):
+                        problem: str | None = f"a {ev.TYPE} event is not a cp_state"
+                    else:
+                        problem = None if ev.cp_id == record.key else f"the state of {ev.cp_id}, keyed to another CP"
+                except EventDecodeError as exc:
+                    problem = str(exc)
+                if problem is None:
                     self.cps[ev.cp_id] = ev
-
-    async def _heartbeat_loop(self) -> None:
-        async with BusConsumer(self.kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)]) as consumer:
-            async for record in consumer:
-                try:
-                    if isinstance(decode_event(record.value), Heartbeat):
-                        self.last_heartbeat = time.monotonic()
-                except EventDecodeError:
                     continue
+                self.cp_states_skipped += 1
+                self._warn.log(logging.WARNING, f"skipped a record on cp-state ({record.partition}@{record.offset}): {problem}")
 
     # -- keys ------------------------------------------------------------------------------
 

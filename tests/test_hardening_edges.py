@@ -25,6 +25,7 @@ from evproto.bus.events import (
     DriverTelemetry,
     ResumeCommand,
     StopCommand,
+    Ticket,
     encode_event,
 )
 from evproto.bus.kafka import BusProducer, ensure_topics
@@ -238,6 +239,21 @@ def mark_crashes(state_dir: str, topic: Topic, partition: int, offset: int, deat
         guard.close()
 
 
+def bad_ticket(**change) -> bytes:
+    t = now_ms()
+    fields = dict(type="ticket", driver_id="D001", session_id=7, request_id="r7", cp_id="CP001", energy_kwh=1.0,
+                  amount_eur=0.3, price_eur_kwh=0.3, started_ts_ms=t - 60_000, ended_ts_ms=t, status="completed",
+                  end_reason="completed", ts_ms=t)
+    return raw(**{**fields, **change})
+
+
+def good_ticket(session_id: int) -> bytes:
+    t = now_ms()
+    return encode_event(Ticket(driver_id="D001", session_id=session_id, request_id=f"r{session_id}", cp_id="CP001",
+                               energy_kwh=1.0, amount_eur=0.3, price_eur_kwh=0.3, started_ts_ms=t - 60_000,
+                               ended_ts_ms=t, status="completed", end_reason="completed", ts_ms=t))
+
+
 @pytest.mark.slow
 def test_an_engine_quarantines_commands_it_cannot_apply_and_applies_the_next(net: Network) -> None:
     net.start_central("D001")
@@ -293,3 +309,74 @@ def test_an_engine_sets_aside_a_command_it_died_on_three_times(net: Network) -> 
     wait_for(lambda: net.log_has(engine, "STOP from Central"), "the next command")
     with open(engine.log, encoding="utf-8") as fh:
         assert fh.read().count("STOP from Central") == 1, "the deadly record was not applied"
+
+
+def start_app(net: Network, driver_id: str = "D001", *args: str, stdin: bool = False):
+    """``ev-driver`` with no requests file: it stays, reads its events and takes commands."""
+    return net.spawn(f"driver-{driver_id}", "driver", "--kafka", net.bootstrap, "--id", driver_id,
+                     "--state-dir", os.path.join(net.tmp, f"dstate-{driver_id}"), *args, stdin=stdin)
+
+
+@pytest.mark.slow
+def test_a_driver_quarantines_events_it_cannot_apply_and_applies_the_next(net: Network) -> None:
+    app = start_app(net)
+    state_dir = os.path.join(net.tmp, "dstate-D001")
+    t = now_ms()
+    bad = [
+        bad_ticket(energy_kwh=1e9, amount_eur=3e8),  # absurd
+        bad_ticket(ended_ts_ms=t + 30 * 86_400_000),  # a month ahead
+        bad_ticket(driver_id="D001\u200b"),
+        b"\xff\xfe not even UTF-8",
+        bad_ticket(driver_id="D002"),  # another driver's ticket, keyed to this one
+        encode_event(ResumeCommand(cp_id="CP001", ts_ms=t)),
+    ]
+    _, offsets = forge(net, Topic.DRIVER_EVENTS, "D001", [*bad, good_ticket(41)])
+    wait_for(lambda: net.log_has(app, "TICKET session 41"), "the valid ticket after the bad ones")
+    assert app.alive()
+    letters = dead_letters(state_dir)
+    assert [d["offset"] for d in letters] == offsets[:-1]
+    reasons = [d["reason"] for d in letters]
+    for reason, word in zip(reasons, ["energy_kwh", "ahead", "driver_id", "not JSON", "D002", "not a driver event"]):
+        assert word in reason, reasons
+    assert not net.log_has(app, "TICKET session 7")
+
+
+@pytest.mark.slow
+def test_a_driver_sets_aside_an_event_it_died_on_three_times(net: Network) -> None:
+    app = start_app(net)
+    state_dir = os.path.join(net.tmp, "dstate-D001")
+    net.kill(app, signal.SIGTERM)
+    partition, (deadly,) = forge(net, Topic.DRIVER_EVENTS, "D001", [good_ticket(51)])
+    mark_crashes(state_dir, Topic.DRIVER_EVENTS, partition, deadly, 3)
+    app = net.restart(app)
+    forge(net, Topic.DRIVER_EVENTS, "D001", [good_ticket(52)])
+    wait_for(lambda: net.log_has(app, "TICKET session 52"), "the next ticket")
+    assert [d["offset"] for d in dead_letters(state_dir)] == [deadly]
+    assert not net.log_has(app, "TICKET session 51")
+
+
+@pytest.mark.slow
+def test_a_typed_request_out_of_bounds_is_a_warning(net: Network) -> None:
+    app = start_app(net, stdin=True)
+    app.send("r CP002 " + "9" * 400 + "kWh")
+    app.send("r CP\u200b002")
+    wait_for(lambda: net.log_has(app, "request:1: target") and net.log_has(app, "request:1: CP id"),
+             "both warnings")
+    assert app.alive() and not net.log_has(app, "Traceback") and not net.log_has(app, "requesting a supply")
+
+
+# -- a driver hears Central's silence whatever it is doing -----------------------------------
+
+@pytest.mark.slow
+def test_a_driver_says_when_central_falls_silent_and_when_it_is_back_never_at_its_start(net: Network) -> None:
+    central = net.start_central("D001")
+    app = net.start_driver("D001", "CP404\n", "--stay")  # an unknown CP: a quick denial, then idle
+    wait_for(lambda: net.log_has(app, "CP404: DENIED"), "the request's answer")
+    assert not net.log_has(app, "cannot reach Central"), "a false alarm before the first heartbeat"
+
+    net.kill(central)  # the app is idle: nothing to send, yet it must say so
+    wait_for(lambda: net.log_has(app, "cannot reach Central"), "the app to say Central is silent", timeout_s=20)
+    net.start_central(same_ports=True)
+    wait_for(lambda: net.log_has(app, "Central reachable again"), "the app to say Central is back", timeout_s=30)
+    with open(app.log, encoding="utf-8") as fh:
+        assert fh.read().count("cannot reach Central") == 1

@@ -53,7 +53,7 @@ from evproto.ratelog import RateLimitedLog
 from .common import EXIT_UNAVAILABLE, EXIT_USAGE, load_json, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
 from .readers import CentralWatch, RecordGuard
 
-__all__ = ["RequestLine", "parse_requests", "Driver", "main"]
+__all__ = ["RequestLine", "parse_requests", "LiveFigures", "Driver", "main"]
 
 log = logging.getLogger("evproto.driver")
 
@@ -133,6 +133,63 @@ def parse_requests(text: str, *, source: str = "requests") -> list[RequestLine]:
     return out
 
 
+class LiveFigures:
+    """Which live readings a driver is shown: the newest of each burst, at most one every
+    ``every_s``, never one older than a reading already shown for its session, and none of
+    a session that has ended.
+
+    Telemetry is interim and may come late: after an outage Central relays, in one
+    burst, what the CP metered while it was away, and then the ticket. So a reading
+    waits ``settle_s`` before it is shown, and newer readings or the session's end
+    replace it meanwhile. Times are the caller's monotonic seconds.
+    """
+
+    def __init__(self, *, every_s: float = 2.0, settle_s: float = 0.5, remember: int = 200) -> None:
+        self.every_s = every_s
+        self.settle_s = settle_s
+        self._remember = remember
+        self._pending: DriverTelemetry | None = None
+        self._pending_since = 0.0
+        self._shown_at: float | None = None
+        #: Session id -> produced_ts_ms of the last reading shown (the last ``remember`` sessions).
+        self._shown: dict[int, int] = {}
+        self._ended: dict[int, None] = {}
+
+    def offer(self, ev: DriverTelemetry, now: float) -> None:
+        """A reading arrived."""
+        if ev.session_id in self._ended or ev.produced_ts_ms <= self._shown.get(ev.session_id, -1):
+            return
+        p = self._pending
+        if p is not None and p.session_id == ev.session_id and p.produced_ts_ms >= ev.produced_ts_ms:
+            return  # older than the one already waiting
+        if p is None:
+            self._pending_since = now
+        self._pending = ev
+
+    def ended(self, session_id: int) -> None:
+        """The session's ticket or final update arrived: none of its readings is shown any more."""
+        self._ended[session_id] = None
+        self._shown.pop(session_id, None)
+        if len(self._ended) > self._remember:
+            del self._ended[next(iter(self._ended))]
+        if self._pending is not None and self._pending.session_id == session_id:
+            self._pending = None
+
+    def due(self, now: float) -> DriverTelemetry | None:
+        """The reading to show now, if any."""
+        p = self._pending
+        if p is None or now - self._pending_since < self.settle_s:
+            return None
+        if self._shown_at is not None and now - self._shown_at < self.every_s:
+            return None
+        self._pending = None
+        self._shown_at = now
+        self._shown[p.session_id] = p.produced_ts_ms
+        if len(self._shown) > self._remember:
+            del self._shown[next(iter(self._shown))]
+        return p
+
+
 class Driver:
     """One driver app; ``await Driver(...).run(stop)``."""
 
@@ -171,7 +228,7 @@ class Driver:
         self.partitions: dict[Topic, int] = {}
         self._waiters: dict[str, asyncio.Future[RequestUpdate]] = {}
         self._last_update: dict[str, float] = {}
-        self._last_telemetry_print = 0.0
+        self.figures = LiveFigures()
         #: Tickets received (session id -> request id and the text shown), the last few hundred.
         self._tickets: dict[int, dict[str, str]] = {}
 
@@ -200,6 +257,7 @@ class Driver:
             asyncio.ensure_future(self._cp_state_loop()),
             asyncio.ensure_future(self.central.listen(self.kafka)),
             asyncio.ensure_future(self._central_news_loop()),
+            asyncio.ensure_future(self._figures_loop()),
         ]
         work: list[asyncio.Future[Any]] = []
         if self.requests is not None:
@@ -363,6 +421,8 @@ class Driver:
                 log.warning("%s: %s", ev.cp_id, text)
             else:
                 log.info("%s: %s", ev.cp_id, text)
+            if ev.status in _FINAL and ev.session_id is not None:
+                self.figures.ended(ev.session_id)
             if ev.status in _FINAL and ev.request_id in self._waiters:
                 key = "completed" if ev.status == "completed" else "not_completed"
                 self.state[key] = int(self.state.get(key, 0)) + 1
@@ -370,11 +430,10 @@ class Driver:
                 if fut is not None and not fut.done():
                     fut.set_result(ev)
         elif isinstance(ev, DriverTelemetry):
-            now = time.monotonic()
-            if now - self._last_telemetry_print >= 2.0:
-                self._last_telemetry_print = now
-                log.info("charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw)
+            if ev.session_id not in self._tickets:  # a reading relayed late, or read again after a restart
+                self.figures.offer(ev, time.monotonic())
         elif isinstance(ev, Ticket):
+            self.figures.ended(ev.session_id)
             if ev.session_id in self._tickets:
                 return  # the same ticket again (Central re-sent its outbox after a restart)
             minutes = max(0.0, (ev.ended_ts_ms - ev.started_ts_ms) / 60000)
@@ -384,6 +443,13 @@ class Driver:
             # Remembered after it was shown: a crash in between shows it again, never not at all.
             self._tickets[ev.session_id] = {"request_id": ev.request_id, "text": text}
             self._save()
+
+    async def _figures_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            ev = self.figures.due(time.monotonic())
+            if ev is not None:
+                log.info("charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw)
 
     async def _cp_state_loop(self) -> None:
         async with BusConsumer(self.kafka, assignments=[(Topic.CP_STATE, p, OFFSET_BEGINNING)

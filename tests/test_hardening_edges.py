@@ -30,7 +30,7 @@ from evproto.bus.events import (
 )
 from evproto.bus.kafka import BusProducer, ensure_topics
 from evproto.bus.topics import Topic, partition_for
-from evproto.daemons.driver import parse_requests
+from evproto.daemons.driver import LiveFigures, parse_requests
 from evproto.daemons.quarantine import CrashGuard
 from evproto.daemons.readers import CENTRAL_SILENCE_S, CentralWatch
 from netharness import KafkaDriver, Network, wait_for
@@ -151,6 +151,53 @@ def test_central_watch_complains_when_central_never_speaks() -> None:
     assert watch.news() is False and watch.news() is None
     watch.heard()
     assert watch.news() is True
+
+
+# -- which live readings a driver is shown ---------------------------------------------------
+
+def reading(session_id: int, produced_s: float, energy_kwh: float) -> DriverTelemetry:
+    t = 1_800_000_000_000 + int(produced_s * 1000)
+    return DriverTelemetry(driver_id="D1", session_id=session_id, cp_id="CP1", energy_kwh=energy_kwh,
+                           amount_eur=energy_kwh * 0.3, power_kw=22.0, produced_ts_ms=t, ts_ms=t)
+
+
+def test_a_burst_of_late_readings_shows_its_newest_and_none_once_the_ticket_follows() -> None:
+    figures = LiveFigures(every_s=2.0, settle_s=0.5)
+    for n in range(10):  # relayed in one go after an outage
+        figures.offer(reading(1, n, 0.1 * n), 50.0)
+    assert figures.due(50.4) is None  # still settling
+    assert figures.due(50.5).energy_kwh == pytest.approx(0.9)
+    for n in range(10, 20):
+        figures.offer(reading(1, n, 0.1 * n), 60.0)
+    figures.ended(1)  # the ticket, right behind them
+    assert figures.due(61.0) is None and figures.due(70.0) is None
+    figures.offer(reading(1, 25, 2.5), 71.0)  # re-sent after the ticket
+    assert figures.due(80.0) is None
+
+
+def test_a_reading_older_than_one_shown_is_never_shown() -> None:
+    figures = LiveFigures(every_s=2.0, settle_s=0.5)
+    figures.offer(reading(1, 10, 1.0), 0.0)
+    assert figures.due(1.0).energy_kwh == 1.0
+    figures.offer(reading(1, 9, 0.9), 5.0)  # out of order, or read again after a restart
+    figures.offer(reading(1, 10, 1.0), 5.0)
+    assert figures.due(10.0) is None
+    figures.offer(reading(2, 3, 0.3), 11.0)  # the next session starts afresh
+    assert figures.due(12.0).session_id == 2
+
+
+def test_live_readings_are_paced() -> None:
+    figures = LiveFigures(every_s=2.0, settle_s=0.5)
+    shown = []
+    for n in range(10):  # one a second
+        figures.offer(reading(1, n, 0.1 * n), float(n))
+        for tenth in range(10):
+            ev = figures.due(n + tenth / 10)
+            if ev is not None:
+                shown.append((n + tenth / 10, ev.produced_ts_ms))
+    times = [t for t, _ in shown]
+    assert len(shown) >= 4 and all(b - a >= 2.0 for a, b in zip(times, times[1:]))
+    assert [p for _, p in shown] == sorted(p for _, p in shown)
 
 
 # =============================================================================================
@@ -380,3 +427,30 @@ def test_a_driver_says_when_central_falls_silent_and_when_it_is_back_never_at_it
     wait_for(lambda: net.log_has(app, "Central reachable again"), "the app to say Central is back", timeout_s=30)
     with open(app.log, encoding="utf-8") as fh:
         assert fh.read().count("cannot reach Central") == 1
+
+
+# -- live figures after an outage ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_after_central_s_outage_a_driver_shows_the_ticket_not_a_stale_reading_of_that_supply(net: Network) -> None:
+    central = net.start_central("D001")
+    engine, _ = net.start_cp("CP001", engine_args=("--time-scale", "60"))
+    net.wait_state("CP001", "ACTIVATED")
+    app = net.start_driver("D001", "CP001\n", "--stay")  # no target: it runs until unplugged
+    wait_for(lambda: net.log_has(app, "plug in at CP001"), "the authorisation")
+    engine.send("p")
+    wait_for(lambda: net.log_has(app, "charging at CP001"), "live figures")
+
+    net.kill(central)
+    time.sleep(3.0)  # the engine goes on reporting progress into Kafka, which nobody relays
+    engine.send("u")
+    wait_for(lambda: ledger(net, "CP001"), "the engine to finish the supply while Central is down")
+    with open(app.log, encoding="utf-8") as fh:
+        before = len(fh.read())
+    net.start_central(same_ports=True)  # it relays the backlog: progress reports, then the end
+    wait_for(lambda: net.log_has(app, "TICKET session"), "the ticket", timeout_s=30)
+    wait_for(lambda: net.log_has(app, "all 1 requests done"), "the final update")
+    time.sleep(1.0)  # anything late would show by now
+    with open(app.log, encoding="utf-8") as fh:
+        after = fh.read()[before:]
+    assert "charging at" not in after, after

@@ -454,3 +454,28 @@ def test_after_central_s_outage_a_driver_shows_the_ticket_not_a_stale_reading_of
     with open(app.log, encoding="utf-8") as fh:
         after = fh.read()[before:]
     assert "charging at" not in after, after
+
+
+@pytest.mark.slow
+def test_bad_heartbeat_and_cp_state_records_are_skipped_never_applied_never_fatal(net: Network) -> None:
+    net.start_central("D001")
+    engine, _ = net.start_cp("CP001")
+    net.wait_state("CP001", "ACTIVATED")
+    app = start_app(net, stdin=True)
+    t = now_ms()
+    ahead = t + 10 * 86_400_000
+    forge(net, Topic.CENTRAL_HEARTBEAT, "central", [
+        b"\x00garbage", raw(type="heartbeat", instance_id="x", started_ts_ms=t, interval_s=1.0, ts_ms=ahead),
+        encode_event(ResumeCommand(cp_id="CP001", ts_ms=t))])
+    forge(net, Topic.CP_STATE, "CP001", [
+        b"[", raw(type="cp_state", cp_id="CP001", location="x", price_eur_kwh=0.3, state="BROKEN", ts_ms=ahead)])
+    forge(net, Topic.CP_STATE, "CP009", [  # CP001's state under another key
+        encode_event(CpStateRecord(cp_id="CP001", location="x", price_eur_kwh=0.3, state="BROKEN", ts_ms=t))])
+    forge(net, Topic.CP_STATE, "CP007", [
+        encode_event(CpStateRecord(cp_id="CP007", location="Elche", price_eur_kwh=0.3, state="ACTIVATED", ts_ms=t))])
+    wait_for(lambda: net.log_has(app, "skipped a record on cp-state") and net.log_has(app, "heartbeat topic"),
+             "the app to skip the bad records")
+    app.send("l")
+    wait_for(lambda: net.log_has(app, "available: CP001, CP007"), "the CPs as Central published them")
+    assert app.alive() and engine.alive()
+    assert not net.log_has(app, "cannot reach Central") and not net.log_has(engine, "cannot reach Central")

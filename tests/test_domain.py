@@ -22,6 +22,7 @@ from evproto.bus.events import (
     SupplyProgress,
     SupplyRequest,
     SupplyStarted,
+    encode_event,
 )
 from evproto.domain.chargepoint import (
     CP_TABLE,
@@ -607,9 +608,59 @@ def test_meter_readings_outside_a_supply_add_nothing() -> None:
     cp.authorize(cmd(1, now=T0 + 2), T0 + 2)
     cp.meter(900.0, 0.0, T0 + 3)  # authorised, not plugged: not this supply's energy
     cp.plug(T0 + 4)
-    cp.meter(950.0, 0.0, T0 + 5)
-    (fin,) = emitted(cp.unplug(T0 + 6), SupplyFinished)
+    cp.meter(950.0, 0.0, T0 + 1004)  # a second later
+    (fin,) = emitted(cp.unplug(T0 + 1005), SupplyFinished)
     assert fin.energy_kwh == pytest.approx(0.050)
+
+
+#: A time the event schemas accept (T0 is not an epoch time), for tests that encode what is emitted.
+EPOCH_T0 = 1_800_000_000_000
+
+
+def supplying_at(t0: int) -> ChargePoint:
+    """A supply started at ``t0`` + 200 that has metered 10 Wh by ``t0`` + 300."""
+    cp = ChargePoint(cp_id=CP_ID)
+    cp.monitor_connected(t0)
+    cp.central_reachable(True, t0)
+    cp.authorize(cmd(1, now=t0 + 100), t0 + 100)
+    cp.meter(1000.0, 0.0, t0 + 150)
+    cp.plug(t0 + 200)
+    cp.meter(1010.0, 7000.0, t0 + 300)
+    return cp
+
+
+def test_a_register_jump_beyond_what_any_charger_delivers_adds_nothing() -> None:
+    t0 = EPOCH_T0
+    cp = supplying_at(t0)
+    fx = cp.meter(5_000_000.0, 7000.0, t0 + 1300)  # 5 MWh in a second: a glitch or a swapped meter
+    assert [e.level for e in fx if isinstance(e, Say)] == ["warning"] and cp.meter_jumps == 1
+    assert cp.supply.energy_wh == pytest.approx(10.0)
+    cp.meter(5_000_002.0, 7000.0, t0 + 2300)  # counting on from the new register
+    assert cp.supply.energy_wh == pytest.approx(12.0)
+    # What the CP reports stays within the schemas: its own writer never refuses it.
+    for ev in emitted(cp.tick(t0 + 2400)) + emitted(ChargePoint(cp_id=CP_ID).restore(cp.snapshot(), t0 + 9000)):
+        encode_event(ev)
+
+
+def test_a_jump_after_a_quiet_hour_is_a_jump_too() -> None:
+    cp = supplying_cp()
+    cp.meter(1010.0, 0.0, T0 + 3_600_000)  # an hour plugged in, nothing drawn
+    cp.meter(3_000_000.0, 0.0, T0 + 3_601_000)  # 3 MWh in the next second
+    assert cp.supply.energy_wh == pytest.approx(10.0) and cp.meter_jumps == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(readings=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
+                                   st.integers(min_value=0, max_value=2000)), max_size=40))
+def test_whatever_the_meter_reads_every_event_encodes(readings: list[tuple[float, int]]) -> None:
+    cp = supplying_at(EPOCH_T0)
+    t = EPOCH_T0 + 300
+    for value, dt in readings:
+        t += dt
+        for ev in emitted(cp.meter(value, 7000.0, t)) + emitted(cp.tick(t)):
+            encode_event(ev)
+    for ev in emitted(ChargePoint(cp_id=CP_ID).restore(_through_json(cp.snapshot()), t + 5000)) + emitted(cp.unplug(t + 1)):
+        encode_event(ev)
 
 
 register_values = st.floats(min_value=0.0, max_value=1e7, allow_nan=False, allow_infinity=False)
@@ -634,7 +685,7 @@ def test_meter_energy_is_sum_of_positive_increments(before: list[float], during:
     last = before[-1] if before else None
     expected = 0.0
     for value in during:
-        t += 10
+        t += 3 * 3_600_000  # three hours: MAX_POWER_KW delivers more than any increment drawn here
         cp.meter(value, 0.0, t)
         if last is not None and value > last:
             expected += value - last

@@ -10,7 +10,9 @@ transition table is keyed by.
 Energy is metered, not assumed: the supply's energy is the sum of positive
 increments of the meter's register since the plug-in. A register that goes
 backwards (a meter reset) adds nothing, so a reset can never produce negative
-or double-counted energy.
+or double-counted energy; nor does one that jumps further than MAX_POWER_KW
+could deliver since the previous reading (a glitch, a swapped meter), so the
+figures always stay within what the event schemas accept.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..bus.events import (
+    ENERGY_SLACK_KWH,
+    MAX_POWER_KW,
     AuthorizationAnswer,
     AuthorizeCommand,
     Event,
@@ -216,8 +220,12 @@ class ChargePoint:
         self.supply: Supply | None = None
         #: Last meter register value (Wh) and power (W), None before the first reading.
         self.meter_energy_wh: float | None = None
+        #: When the last reading was taken (not persisted: after a restart no supply is running).
+        self.meter_ts_ms: int | None = None
         self.meter_power_w = 0.0
         self.meter_resets = 0
+        #: Readings that jumped beyond what MAX_POWER_KW delivers (not counted).
+        self.meter_jumps = 0
         self._fx: list[Effect] = []
         self._arg: Any = None
 
@@ -518,21 +526,36 @@ class ChargePoint:
 
     def _a_meter(self, inp: CpInput, now_ms: int) -> None:
         energy_wh, power_w = self._arg
-        previous = self.meter_energy_wh
+        previous, previous_ts_ms = self.meter_energy_wh, self.meter_ts_ms
         self.meter_energy_wh = energy_wh
+        self.meter_ts_ms = now_ms
         self.meter_power_w = power_w
-        if self.phase is Phase.SUPPLYING:
-            assert self.supply is not None
-            self.supply.last_reading_ts_ms = now_ms
+        s = self.supply if self.phase is Phase.SUPPLYING else None
+        if s is not None:
+            s.last_reading_ts_ms = now_ms
         if previous is not None and energy_wh < previous:
             self.meter_resets += 1
             self._say(f"meter register went back ({previous:.1f} -> {energy_wh:.1f} Wh): meter reset, counting on", "warning")
             return
+        if s is None or previous is None:
+            self._fresh_reading = True
+            return
+        assert s.started_ts_ms is not None
+        # Only the supply's own time counts (the reading before the plug-in may be older). In
+        # Wh: MAX_POWER_KW x ms / 3600. The step's bound catches a jump after a quiet hour; the
+        # total's is the rule of the event schemas, with half their slack for rounding.
+        since_ms = max(s.started_ts_ms, previous_ts_ms if previous_ts_ms is not None else s.started_ts_ms)
+        gained_wh = energy_wh - previous
+        slack_wh = ENERGY_SLACK_KWH * 1000.0
+        if (gained_wh > MAX_POWER_KW * max(0, now_ms - since_ms) / 3600.0 + slack_wh
+                or s.energy_wh + gained_wh > MAX_POWER_KW * max(0, now_ms - s.started_ts_ms) / 3600.0 + slack_wh / 2):
+            self.meter_jumps += 1
+            self._say(f"meter register jumped {gained_wh:.1f} Wh in {max(0, now_ms - since_ms) / 1000:g} s, more than "
+                      f"{MAX_POWER_KW:g} kW deliver: not counted, counting on from there", "warning")
+            return
         self._fresh_reading = True
-        if self.phase is Phase.SUPPLYING and previous is not None:
-            assert self.supply is not None
-            self.supply.energy_wh += energy_wh - previous
-            self.supply.power_w = power_w
+        s.energy_wh += gained_wh
+        s.power_w = power_w
 
     def _a_tick_authorized(self, inp: CpInput, now_ms: int) -> None:
         s = self.supply

@@ -617,9 +617,9 @@ def test_meter_readings_outside_a_supply_add_nothing() -> None:
 EPOCH_T0 = 1_800_000_000_000
 
 
-def supplying_at(t0: int) -> ChargePoint:
+def supplying_at(t0: int, **kw) -> ChargePoint:
     """A supply started at ``t0`` + 200 that has metered 10 Wh by ``t0`` + 300."""
-    cp = ChargePoint(cp_id=CP_ID)
+    cp = ChargePoint(cp_id=CP_ID, **kw)
     cp.monitor_connected(t0)
     cp.central_reachable(True, t0)
     cp.authorize(cmd(1, now=t0 + 100), t0 + 100)
@@ -661,6 +661,24 @@ def test_whatever_the_meter_reads_every_event_encodes(readings: list[tuple[float
             encode_event(ev)
     for ev in emitted(ChargePoint(cp_id=CP_ID).restore(_through_json(cp.snapshot()), t + 5000)) + emitted(cp.unplug(t + 1)):
         encode_event(ev)
+
+
+def test_an_offline_supply_reports_only_its_end_and_every_event_encodes() -> None:
+    t0 = EPOCH_T0
+    cp = supplying_at(t0, offline_supply=True)
+    cp.unplug(t0 + 1000)  # Central taught the CP its price
+    cp.central_reachable(False, t0 + 2000)
+    fx = cp.manual_request("D7", "m1", t0 + 3000)
+    fx += cp.meter(2000.0, 0.0, t0 + 3100)
+    fx += cp.plug(t0 + 3200)
+    for step in range(1, 6):
+        fx += cp.meter(2000.0 + 5 * step, 7000.0, t0 + 3200 + 1000 * step) + cp.tick(t0 + 3250 + 1000 * step)
+    assert cp.snapshot()["supply"]["energy_wh"] == pytest.approx(25.0)  # persisted as it goes
+    fx += cp.unplug(t0 + 9000)
+    (fin,) = emitted(fx)  # no start or progress for a session Central has not numbered
+    assert isinstance(fin, SupplyFinished) and fin.offline and fin.session_id == 0
+    assert fin.energy_kwh == pytest.approx(0.025)
+    encode_event(fin)
 
 
 register_values = st.floats(min_value=0.0, max_value=1e7, allow_nan=False, allow_infinity=False)

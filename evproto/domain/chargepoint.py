@@ -520,8 +520,11 @@ class ChargePoint:
         s.started_ts_ms = now_ms
         s.last_progress_ts_ms = now_ms
         self.phase = Phase.SUPPLYING
-        self._emit(SupplyStarted(cp_id=self.cp_id, session_id=s.session_id, driver_id=s.driver_id, started_ts_ms=now_ms, ts_ms=now_ms))
-        self._say(f"vehicle plugged in: supply {s.session_id} for {s.driver_id} started")
+        # An offline supply (session 0) has no session at Central yet: only its end is reported.
+        if s.session_id:
+            self._emit(SupplyStarted(cp_id=self.cp_id, session_id=s.session_id, driver_id=s.driver_id,
+                                     started_ts_ms=now_ms, ts_ms=now_ms))
+        self._say(f"vehicle plugged in: supply {s.session_id or 'offline'} for {s.driver_id} started")
         self._persist()
 
     def _a_meter(self, inp: CpInput, now_ms: int) -> None:
@@ -582,18 +585,19 @@ class ChargePoint:
         if now_ms - s.last_progress_ts_ms >= self.progress_interval_ms and self._fresh_reading:
             self._fresh_reading = False
             s.last_progress_ts_ms = now_ms
-            self._emit(
-                SupplyProgress(
-                    cp_id=self.cp_id,
-                    session_id=s.session_id,
-                    driver_id=s.driver_id,
-                    energy_kwh=s.energy_kwh,
-                    amount_eur=s.amount_eur,
-                    power_kw=s.power_w / 1000.0,
-                    elapsed_s=elapsed_s,
-                    ts_ms=now_ms,
+            if s.session_id:  # offline: persisted only, reported with the supply's end
+                self._emit(
+                    SupplyProgress(
+                        cp_id=self.cp_id,
+                        session_id=s.session_id,
+                        driver_id=s.driver_id,
+                        energy_kwh=s.energy_kwh,
+                        amount_eur=s.amount_eur,
+                        power_kw=s.power_w / 1000.0,
+                        elapsed_s=elapsed_s,
+                        ts_ms=now_ms,
+                    )
                 )
-            )
             self._persist()
 
     def _a_manual_request(self, inp: CpInput, now_ms: int) -> None:

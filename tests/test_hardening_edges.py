@@ -479,3 +479,17 @@ def test_bad_heartbeat_and_cp_state_records_are_skipped_never_applied_never_fata
     wait_for(lambda: net.log_has(app, "available: CP001, CP007"), "the CPs as Central published them")
     assert app.alive() and engine.alive()
     assert not net.log_has(app, "cannot reach Central") and not net.log_has(engine, "cannot reach Central")
+
+
+@pytest.mark.slow
+def test_an_engine_refuses_a_typed_driver_id_nobody_could_be_and_keeps_taking_keys(net: Network) -> None:
+    net.start_central("D001")
+    engine, _ = net.start_cp("CP001")
+    net.wait_state("CP001", "ACTIVATED")
+    engine.send("m D\u200b001")
+    engine.send("m " + "D" * 100)
+    engine.send("s")
+    wait_for(lambda: net.log_has(engine, "CP001: idle"), "the status line after the bad ids")
+    with open(engine.log, encoding="utf-8") as fh:
+        assert fh.read().count("driver id") == 2
+    assert engine.alive() and not net.log_has(engine, "Traceback")

@@ -37,6 +37,7 @@ from evproto.aio import Link, serve
 from evproto.bus.events import (
     AuthorizeCommand,
     CancelAuthorization,
+    EventEncodeError,
     ResumeCommand,
     StopCommand,
     SupplyFinished,
@@ -48,6 +49,8 @@ from evproto.bus.events import (
 from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, BusError, BusProducer, KafkaSettings, Record, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Persist, Phase, Say
+from evproto.idents import id_problem
+from evproto.ratelog import RateLimitedLog
 
 from ..common import load_json, now_ms, save_json_atomic, stdin_lines, write_ready_file
 from ..readers import CentralWatch, RecordGuard
@@ -104,6 +107,7 @@ class Engine:
         self._tasks: list[asyncio.Task[Any]] = []
         self._commands_task: asyncio.Task[Any] | None = None
         self._stop: asyncio.Event | None = None
+        self._errors = RateLimitedLog(log)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -207,7 +211,12 @@ class Engine:
                     topic, key = Topic.DRIVER_REQUESTS, ev.driver_id
                 else:
                     topic, key = Topic.CP_EVENTS, ev.cp_id  # type: ignore[attr-defined]
-                value = encode_event(ev)
+                try:
+                    value = encode_event(ev)
+                except EventEncodeError as exc:
+                    # Our own rules refuse it: a bug to fix, never a reason to stop the engine's loops.
+                    self._errors.log(logging.ERROR, f"not sending a {ev.TYPE} event the schemas refuse: {exc}")
+                    continue
                 if isinstance(ev, SupplyProgress):
                     sends.append((topic, key, value, None))  # interim figures: best effort
                     continue
@@ -402,8 +411,11 @@ class Engine:
                 self._apply(cp.recover(now))
             elif word in ("m", "manual"):
                 driver = arg.strip()
+                problem = id_problem(driver) if driver else None
                 if not driver:
                     log.warning("usage: m DRIVER_ID")
+                elif problem is not None:
+                    log.warning("manual supply refused: driver id %s", problem)
                 else:
                     self._apply(cp.manual_request(driver, uuid.uuid4().hex, now))
             elif word in ("s", "status"):

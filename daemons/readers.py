@@ -44,12 +44,16 @@ class CentralWatch:
     def __init__(self, *, silence_s: float = CENTRAL_SILENCE_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.silence_s = silence_s
         self._clock = clock
-        self._since = clock()
+        self._since: float | None = None
         self._heard: float | None = None
         self._told: bool | None = None
         #: Records on the heartbeat topic that were not valid heartbeats (skipped).
         self.skipped = 0
         self._warn = RateLimitedLog(log)
+
+    def listening(self) -> None:
+        """We can hear heartbeats from now on: the first one has ``silence_s`` to arrive."""
+        self._since = self._clock()
 
     def heard(self) -> None:
         """A heartbeat arrived just now."""
@@ -61,11 +65,11 @@ class CentralWatch:
         return self._heard is not None and self._clock() - self._heard < self.silence_s
 
     def state(self) -> bool | None:
-        """True: heard lately; False: silent; None: no heartbeat yet, but we only started
-        listening less than ``silence_s`` ago (too early to say)."""
+        """True: heard lately; False: silent; None: no heartbeat yet, and not listening for
+        ``silence_s`` yet (too early to say)."""
         if self.reachable:
             return True
-        if self._heard is None and self._clock() - self._since < self.silence_s:
+        if self._heard is None and (self._since is None or self._clock() - self._since < self.silence_s):
             return None
         return False
 
@@ -79,8 +83,9 @@ class CentralWatch:
         return None if state and told is None else state  # the first heartbeat in time: nothing to say
 
     async def listen(self, kafka: KafkaSettings) -> None:
+        # start() waits for the broker at most a few seconds: a broker that is down counts as silence.
         async with BusConsumer(kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)]) as consumer:
-            self._since = self._clock()  # the first heartbeat's time counts from when we can hear it
+            self.listening()
             async for record in consumer:
                 try:
                     if isinstance(decode_event(record.value, now_ms=now_ms()), Heartbeat):

@@ -130,6 +130,9 @@ class Clock:
 def test_central_watch_gives_the_first_heartbeat_time_then_says_each_change_once() -> None:
     clock = Clock()
     watch = CentralWatch(clock=clock)
+    clock.now += 60  # connecting to the broker: nothing can be heard yet
+    assert watch.state() is None and watch.news() is None
+    watch.listening()
     clock.now += CENTRAL_SILENCE_S - 0.1
     assert watch.state() is None and watch.news() is None and not watch.reachable  # too early to complain
     watch.heard()
@@ -147,6 +150,7 @@ def test_central_watch_gives_the_first_heartbeat_time_then_says_each_change_once
 def test_central_watch_complains_when_central_never_speaks() -> None:
     clock = Clock()
     watch = CentralWatch(clock=clock)
+    watch.listening()
     clock.now += CENTRAL_SILENCE_S
     assert watch.news() is False and watch.news() is None
     watch.heard()

@@ -24,10 +24,11 @@ import click
 
 from evproto import __version__
 from evproto.bus.events import (
+    MAX_TARGET_DURATION_S,
+    MAX_TARGET_ENERGY_KWH,
     CpStateRecord,
     DriverTelemetry,
     EventDecodeError,
-    Heartbeat,
     RequestUpdate,
     SupplyRequest,
     Ticket,
@@ -41,19 +42,24 @@ from evproto.bus.kafka import (
     BusError,
     BusProducer,
     KafkaSettings,
+    Record,
     end_offsets,
     ensure_topics,
 )
 from evproto.bus.topics import Topic, partition_for
+from evproto.idents import InvalidTextError, check_id, id_problem
+from evproto.ratelog import RateLimitedLog
 
 from .common import EXIT_UNAVAILABLE, EXIT_USAGE, load_json, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
+from .readers import CentralWatch, RecordGuard
 
-__all__ = ["RequestLine", "parse_requests", "Driver", "main"]
+__all__ = ["RequestLine", "parse_requests", "LiveFigures", "Driver", "main"]
 
 log = logging.getLogger("evproto.driver")
 
-CENTRAL_SILENCE_S = 3.5
 _FINAL = ("denied", "completed", "interrupted")
+#: What Central sends a driver on driver-events.
+_DRIVER_EVENTS = (RequestUpdate, DriverTelemetry, Ticket)
 _TARGET = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>kwh|wh|s|sec|min|m)$", re.I)
 
 
@@ -73,23 +79,39 @@ class RequestLine:
         return self.cp_id
 
 
+def _brief(text: str) -> str:
+    """``text`` fit for an error message: bounded, invisible characters made visible."""
+    return ascii(text[:40]) + ("..." if len(text) > 40 else "")
+
+
 def parse_target(text: str) -> tuple[float | None, float | None]:
-    """``"2.5kWh"`` -> (2.5, None); ``"30s"`` / ``"2min"`` -> (None, seconds)."""
+    """``"2.5kWh"`` -> (2.5, None); ``"30s"`` / ``"2min"`` -> (None, seconds).
+
+    Energy must be above 0 and at most MAX_TARGET_ENERGY_KWH, a duration above 0 and
+    at most MAX_TARGET_DURATION_S (what Central accepts); ValueError otherwise.
+    """
     m = _TARGET.match(text.strip())
     if not m:
-        raise ValueError(f"target {text!r} is not like 2.5kWh, 800Wh, 30s or 2min")
-    num, unit = float(m.group("num")), m.group("unit").lower()
-    if num <= 0:
-        raise ValueError(f"target {text!r} must be positive")
-    if unit == "kwh":
-        return num, None
-    if unit == "wh":
-        return num / 1000.0, None
-    return None, num * 60.0 if unit in ("min", "m") else num
+        raise ValueError(f"target {_brief(text)} is not like 2.5kWh, 800Wh, 30s or 2min")
+    num, unit = float(m.group("num")), m.group("unit").lower()  # 400 digits make inf: refused below
+    if unit in ("kwh", "wh"):
+        energy_kwh = num if unit == "kwh" else num / 1000.0
+        if not 0 < energy_kwh <= MAX_TARGET_ENERGY_KWH:
+            raise ValueError(f"target {_brief(text)} must be above 0 and at most {MAX_TARGET_ENERGY_KWH:g} kWh")
+        return energy_kwh, None
+    duration_s = num * 60.0 if unit in ("min", "m") else num
+    if not 0 < duration_s <= MAX_TARGET_DURATION_S:
+        raise ValueError(f"target {_brief(text)} must be above 0 and at most {MAX_TARGET_DURATION_S:g} s "
+                         f"({MAX_TARGET_DURATION_S / 3600:g} h)")
+    return None, duration_s
 
 
 def parse_requests(text: str, *, source: str = "requests") -> list[RequestLine]:
-    """Parse a requests file: one ``CP_ID [TARGET]`` per line; blank lines and ``#`` comments ignored."""
+    """Parse a requests file: one ``CP_ID [TARGET]`` per line; blank lines and ``#`` comments ignored.
+
+    ValueError naming ``source`` and the line for a line that is not valid (CP ids
+    follow the id rule of evproto.idents, targets the bounds of :func:`parse_target`).
+    """
     out = []
     for n, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
@@ -97,7 +119,10 @@ def parse_requests(text: str, *, source: str = "requests") -> list[RequestLine]:
             continue
         parts = line.split()
         if len(parts) > 2:
-            raise ValueError(f"{source}:{n}: expected 'CP_ID [TARGET]', got {raw.strip()!r}")
+            raise ValueError(f"{source}:{n}: expected 'CP_ID [TARGET]', got {_brief(raw.strip())}")
+        problem = id_problem(parts[0])
+        if problem is not None:
+            raise ValueError(f"{source}:{n}: CP id {problem}")
         energy = duration = None
         if len(parts) == 2:
             try:
@@ -106,6 +131,63 @@ def parse_requests(text: str, *, source: str = "requests") -> list[RequestLine]:
                 raise ValueError(f"{source}:{n}: {exc}") from None
         out.append(RequestLine(parts[0], energy, duration))
     return out
+
+
+class LiveFigures:
+    """Which live readings a driver is shown: the newest of each burst, at most one every
+    ``every_s``, never one older than a reading already shown for its session, and none of
+    a session that has ended.
+
+    Telemetry is interim and may come late: after an outage Central relays, in one
+    burst, what the CP metered while it was away, and then the ticket. So a reading
+    waits ``settle_s`` before it is shown, and newer readings or the session's end
+    replace it meanwhile. Times are the caller's monotonic seconds.
+    """
+
+    def __init__(self, *, every_s: float = 2.0, settle_s: float = 0.5, remember: int = 200) -> None:
+        self.every_s = every_s
+        self.settle_s = settle_s
+        self._remember = remember
+        self._pending: DriverTelemetry | None = None
+        self._pending_since = 0.0
+        self._shown_at: float | None = None
+        #: Session id -> produced_ts_ms of the last reading shown (the last ``remember`` sessions).
+        self._shown: dict[int, int] = {}
+        self._ended: dict[int, None] = {}
+
+    def offer(self, ev: DriverTelemetry, now: float) -> None:
+        """A reading arrived."""
+        if ev.session_id in self._ended or ev.produced_ts_ms <= self._shown.get(ev.session_id, -1):
+            return
+        p = self._pending
+        if p is not None and p.session_id == ev.session_id and p.produced_ts_ms >= ev.produced_ts_ms:
+            return  # older than the one already waiting
+        if p is None:
+            self._pending_since = now
+        self._pending = ev
+
+    def ended(self, session_id: int) -> None:
+        """The session's ticket or final update arrived: none of its readings is shown any more."""
+        self._ended[session_id] = None
+        self._shown.pop(session_id, None)
+        if len(self._ended) > self._remember:
+            del self._ended[next(iter(self._ended))]
+        if self._pending is not None and self._pending.session_id == session_id:
+            self._pending = None
+
+    def due(self, now: float) -> DriverTelemetry | None:
+        """The reading to show now, if any."""
+        p = self._pending
+        if p is None or now - self._pending_since < self.settle_s:
+            return None
+        if self._shown_at is not None and now - self._shown_at < self.every_s:
+            return None
+        self._pending = None
+        self._shown_at = now
+        self._shown[p.session_id] = p.produced_ts_ms
+        if len(self._shown) > self._remember:
+            del self._shown[next(iter(self._shown))]
+        return p
 
 
 class Driver:
@@ -128,6 +210,7 @@ class Driver:
         self.kafka = kafka
         self.requests = requests
         self.requests_source = requests_source
+        self.state_dir = state_dir
         self.state_path = os.path.join(state_dir, "driver-state.json")
         self.pause_s = pause_s
         self.answer_timeout_s = answer_timeout_s
@@ -135,12 +218,17 @@ class Driver:
         self.ready_file = ready_file
         self.state: dict[str, Any] = {}
         self.cps: dict[str, CpStateRecord] = {}
-        self.last_heartbeat = 0.0
+        self.central = CentralWatch()
+        #: Events of ours that could not be applied (made in run(): it reads the state directory).
+        self.records: RecordGuard | None = None
+        #: cp_state records that were not valid (skipped: the topic is read again at every start).
+        self.cp_states_skipped = 0
+        self._warn = RateLimitedLog(log)
         self.producer: BusProducer | None = None
         self.partitions: dict[Topic, int] = {}
         self._waiters: dict[str, asyncio.Future[RequestUpdate]] = {}
         self._last_update: dict[str, float] = {}
-        self._last_telemetry_print = 0.0
+        self.figures = LiveFigures()
         #: Tickets received (session id -> request id and the text shown), the last few hundred.
         self._tickets: dict[int, dict[str, str]] = {}
 
@@ -152,6 +240,7 @@ class Driver:
             log.error("%s belongs to driver %s", self.state_path, self.state.get("driver_id"))
             return EXIT_USAGE
         self.state["driver_id"] = self.driver_id
+        self.records = RecordGuard(self.state_dir, role="app")
         self._tickets = {int(k): v for k, v in (self.state.get("tickets") or {}).items()} \
             if isinstance(self.state.get("tickets"), dict) else {}
         self.partitions = await ensure_topics(self.kafka)
@@ -166,7 +255,9 @@ class Driver:
         tasks = [
             asyncio.ensure_future(self._events_loop()),
             asyncio.ensure_future(self._cp_state_loop()),
-            asyncio.ensure_future(self._heartbeat_loop()),
+            asyncio.ensure_future(self.central.listen(self.kafka)),
+            asyncio.ensure_future(self._central_news_loop()),
+            asyncio.ensure_future(self._figures_loop()),
         ]
         work: list[asyncio.Future[Any]] = []
         if self.requests is not None:
@@ -191,6 +282,9 @@ class Driver:
             await asyncio.gather(*tasks, *work, stopper, return_exceptions=True)
             self._save()
             await self.producer.close(timeout_s=5.0)
+            self.records.close()
+            if self.records.count:
+                log.warning("%d event(s) quarantined in %s", self.records.count, self.records.letters.path)
         return 0
 
     def _save(self) -> None:
@@ -200,16 +294,23 @@ class Driver:
 
     # -- requests --------------------------------------------------------------------------
 
-    def central_reachable(self) -> bool:
-        return time.monotonic() - self.last_heartbeat < CENTRAL_SILENCE_S
+    async def _central_news_loop(self) -> None:
+        """Say when Central falls silent and when it is back, whatever the app is doing."""
+        while True:
+            await asyncio.sleep(0.25)
+            news = self.central.news()
+            if news is False:
+                log.warning("cannot reach Central (no heartbeat for %g s): requests wait until it is back",
+                            self.central.silence_s)
+            elif news:
+                log.info("Central reachable again")
 
-    async def _wait_for_central(self) -> None:
-        if self.central_reachable():
-            return
-        log.warning("cannot reach Central: waiting for it before sending the next request")
-        while not self.central_reachable():
-            await asyncio.sleep(0.5)
-        log.info("Central reachable again")
+    async def _wait_for_central(self, line: RequestLine) -> None:
+        # Just started: the first heartbeat may take a second. Silent: the news loop said so.
+        if self.central.state() is False:
+            log.info("the request at %s waits until Central is reachable", line.describe())
+        while not self.central.reachable:
+            await asyncio.sleep(0.1)
 
     async def request(self, line: RequestLine, *, index: int | None = None) -> RequestUpdate | None:
         """Ask for one supply and wait for its outcome (None: no answer in time).
@@ -217,7 +318,7 @@ class Driver:
         ``index`` is the line of the requests file, remembered so that a restart
         shows this request's outcome and continues after it.
         """
-        await self._wait_for_central()
+        await self._wait_for_central(line)
         request_id = uuid.uuid4().hex
         self.state["pending"] = {"request_id": request_id, "cp_id": line.cp_id, "line": index}
         self._save()
@@ -243,7 +344,7 @@ class Driver:
                     return await asyncio.wait_for(asyncio.shield(fut), 1.0)
                 except asyncio.TimeoutError:
                     pass
-                if not self.central_reachable():
+                if not self.central.reachable:
                     self._last_update[request_id] = time.monotonic()  # Central's silence is not the CP's
                     continue
                 if time.monotonic() - self._last_update[request_id] > self.answer_timeout_s:
@@ -294,12 +395,18 @@ class Driver:
                 self.state["events_offset"] = record.offset + 1
                 if record.key != self.driver_id:
                     continue  # another driver's record in the same partition
-                try:
-                    ev = decode_event(record.value)
-                except EventDecodeError as exc:
-                    log.warning("skipped a malformed event at offset %d: %s", record.offset, exc)
-                    continue
-                self._on_event(ev)
+                assert self.records is not None
+                self.records.take(record, self._on_record)
+
+    def _on_record(self, record: Record) -> str | None:
+        """Apply one record keyed to this driver; why it cannot be applied, or None once applied."""
+        ev = decode_event(record.value, now_ms=now_ms())
+        if not isinstance(ev, _DRIVER_EVENTS):
+            return f"a {ev.TYPE} event is not a driver event"
+        if ev.driver_id != self.driver_id:
+            return f"an event for driver {ev.driver_id}, keyed to {self.driver_id}"
+        self._on_event(ev)
+        return None
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, RequestUpdate):
@@ -314,6 +421,8 @@ class Driver:
                 log.warning("%s: %s", ev.cp_id, text)
             else:
                 log.info("%s: %s", ev.cp_id, text)
+            if ev.status in _FINAL and ev.session_id is not None:
+                self.figures.ended(ev.session_id)
             if ev.status in _FINAL and ev.request_id in self._waiters:
                 key = "completed" if ev.status == "completed" else "not_completed"
                 self.state[key] = int(self.state.get(key, 0)) + 1
@@ -321,11 +430,10 @@ class Driver:
                 if fut is not None and not fut.done():
                     fut.set_result(ev)
         elif isinstance(ev, DriverTelemetry):
-            now = time.monotonic()
-            if now - self._last_telemetry_print >= 2.0:
-                self._last_telemetry_print = now
-                log.info("charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw)
+            if ev.session_id not in self._tickets:  # a reading relayed late, or read again after a restart
+                self.figures.offer(ev, time.monotonic())
         elif isinstance(ev, Ticket):
+            self.figures.ended(ev.session_id)
             if ev.session_id in self._tickets:
                 return  # the same ticket again (Central re-sent its outbox after a restart)
             minutes = max(0.0, (ev.ended_ts_ms - ev.started_ts_ms) / 60000)
@@ -336,25 +444,33 @@ class Driver:
             self._tickets[ev.session_id] = {"request_id": ev.request_id, "text": text}
             self._save()
 
+    async def _figures_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            ev = self.figures.due(time.monotonic())
+            if ev is not None:
+                log.info("charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw)
+
     async def _cp_state_loop(self) -> None:
         async with BusConsumer(self.kafka, assignments=[(Topic.CP_STATE, p, OFFSET_BEGINNING)
                                                         for p in range(self.partitions.get(Topic.CP_STATE, 1))]) as consumer:
             async for record in consumer:
-                try:
-                    ev = decode_event(record.value)
-                except EventDecodeError:
+                if record.value is None:  # a tombstone: the CP is gone
+                    self.cps.pop(record.key or "", None)
                     continue
-                if isinstance(ev, CpStateRecord):
+                try:
+                    ev = decode_event(record.value, now_ms=now_ms())
+                    if not isinstance(ev, CpStateRecord):
+                        problem: str | None = f"a {ev.TYPE} event is not a cp_state"
+                    else:
+                        problem = None if ev.cp_id == record.key else f"the state of {ev.cp_id}, keyed to another CP"
+                except EventDecodeError as exc:
+                    problem = str(exc)
+                if problem is None:
                     self.cps[ev.cp_id] = ev
-
-    async def _heartbeat_loop(self) -> None:
-        async with BusConsumer(self.kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)]) as consumer:
-            async for record in consumer:
-                try:
-                    if isinstance(decode_event(record.value), Heartbeat):
-                        self.last_heartbeat = time.monotonic()
-                except EventDecodeError:
                     continue
+                self.cp_states_skipped += 1
+                self._warn.log(logging.WARNING, f"skipped a record on cp-state ({record.partition}@{record.offset}): {problem}")
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -418,6 +534,11 @@ def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, 
     each supply. Commands (type them; on a pipe, one per line): r CP_ID [TARGET]
     request a supply, l list the available charge points, q quit.
     """
+    try:
+        check_id(driver_id, what="--id")
+    except InvalidTextError as exc:
+        click.echo(f"ev-driver: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     setup_logging(driver_id, level=log_level, fmt=log_format)
     requests = None
     if requests_file is not None:

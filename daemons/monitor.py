@@ -38,6 +38,8 @@ from evproto import (
 )
 from evproto.aio import Link, open_link
 from evproto.backoff import Backoff
+from evproto.bus.events import MAX_PRICE_EUR_KWH
+from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
 
 from .common import EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
 
@@ -243,10 +245,11 @@ class Monitor:
 @click.option("--central", envvar="EVPROTO_CENTRAL", required=True, metavar="HOST:PORT",
               help="Central's socket for monitors. [env EVPROTO_CENTRAL]")
 @click.option("--id", "cp_id", envvar="EVPROTO_CP_ID", required=True, metavar="CP_ID",
-              help="The charge point's id. [env EVPROTO_CP_ID]")
+              help=f"The charge point's id: 1-{MAX_ID_LEN} printable characters, no spaces. [env EVPROTO_CP_ID]")
 @click.option("--location", envvar="EVPROTO_LOCATION", default="", metavar="TEXT",
-              help="Where the CP is (needed to register a new CP). [env EVPROTO_LOCATION]")
-@click.option("--price", envvar="EVPROTO_PRICE", type=click.FloatRange(min=0, max=100), default=None,
+              help=f"Where the CP is (needed to register a new CP): printable text, at most {MAX_TEXT_LEN} characters. "
+              "[env EVPROTO_LOCATION]")
+@click.option("--price", envvar="EVPROTO_PRICE", type=click.FloatRange(min=0, max=MAX_PRICE_EUR_KWH), default=None,
               metavar="EUR", help="Price in EUR/kWh (needed to register a new CP). [env EVPROTO_PRICE]")
 @click.option("--interval-s", type=click.FloatRange(min=0.1, max=60), default=1.0, show_default=True,
               help="Seconds between health checks of the engine.")
@@ -261,8 +264,16 @@ def main(engine: str, central: str, cp_id: str, location: str, price: float | No
     Registers the CP with Central (a new id needs --location and --price) or
     authenticates a known one, passes the confirmed id to the engine, checks the
     engine's health every second and reports faults and recoveries to Central.
-    Exit status 64 when Central refuses the id for good.
+    Exit status 64 when Central refuses the id for good, or when --id or --location
+    could not be registered at all.
     """
+    # Checked here, once: an id nobody can type or tell apart must not reach Central.
+    try:
+        check_id(cp_id, what="--id")
+        check_text(location, what="--location")
+    except InvalidTextError as exc:
+        click.echo(f"evcp-monitor: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
     setup_logging(cp_id, level=log_level, fmt=log_format)
 
     async def run() -> int:

@@ -22,6 +22,7 @@ from evproto.bus.events import (
     SupplyProgress,
     SupplyRequest,
     SupplyStarted,
+    encode_event,
 )
 from evproto.domain.chargepoint import (
     CP_TABLE,
@@ -607,9 +608,77 @@ def test_meter_readings_outside_a_supply_add_nothing() -> None:
     cp.authorize(cmd(1, now=T0 + 2), T0 + 2)
     cp.meter(900.0, 0.0, T0 + 3)  # authorised, not plugged: not this supply's energy
     cp.plug(T0 + 4)
-    cp.meter(950.0, 0.0, T0 + 5)
-    (fin,) = emitted(cp.unplug(T0 + 6), SupplyFinished)
+    cp.meter(950.0, 0.0, T0 + 1004)  # a second later
+    (fin,) = emitted(cp.unplug(T0 + 1005), SupplyFinished)
     assert fin.energy_kwh == pytest.approx(0.050)
+
+
+#: A time the event schemas accept (T0 is not an epoch time), for tests that encode what is emitted.
+EPOCH_T0 = 1_800_000_000_000
+
+
+def supplying_at(t0: int, **kw) -> ChargePoint:
+    """A supply started at ``t0`` + 200 that has metered 10 Wh by ``t0`` + 300."""
+    cp = ChargePoint(cp_id=CP_ID, **kw)
+    cp.monitor_connected(t0)
+    cp.central_reachable(True, t0)
+    cp.authorize(cmd(1, now=t0 + 100), t0 + 100)
+    cp.meter(1000.0, 0.0, t0 + 150)
+    cp.plug(t0 + 200)
+    cp.meter(1010.0, 7000.0, t0 + 300)
+    return cp
+
+
+def test_a_register_jump_beyond_what_any_charger_delivers_adds_nothing() -> None:
+    t0 = EPOCH_T0
+    cp = supplying_at(t0)
+    fx = cp.meter(5_000_000.0, 7000.0, t0 + 1300)  # 5 MWh in a second: a glitch or a swapped meter
+    assert [e.level for e in fx if isinstance(e, Say)] == ["warning"] and cp.meter_jumps == 1
+    assert cp.supply.energy_wh == pytest.approx(10.0)
+    cp.meter(5_000_002.0, 7000.0, t0 + 2300)  # counting on from the new register
+    assert cp.supply.energy_wh == pytest.approx(12.0)
+    # What the CP reports stays within the schemas: its own writer never refuses it.
+    for ev in emitted(cp.tick(t0 + 2400)) + emitted(ChargePoint(cp_id=CP_ID).restore(cp.snapshot(), t0 + 9000)):
+        encode_event(ev)
+
+
+def test_a_jump_after_a_quiet_hour_is_a_jump_too() -> None:
+    cp = supplying_cp()
+    cp.meter(1010.0, 0.0, T0 + 3_600_000)  # an hour plugged in, nothing drawn
+    cp.meter(3_000_000.0, 0.0, T0 + 3_601_000)  # 3 MWh in the next second
+    assert cp.supply.energy_wh == pytest.approx(10.0) and cp.meter_jumps == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(readings=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
+                                   st.integers(min_value=0, max_value=2000)), max_size=40))
+def test_whatever_the_meter_reads_every_event_encodes(readings: list[tuple[float, int]]) -> None:
+    cp = supplying_at(EPOCH_T0)
+    t = EPOCH_T0 + 300
+    for value, dt in readings:
+        t += dt
+        for ev in emitted(cp.meter(value, 7000.0, t)) + emitted(cp.tick(t)):
+            encode_event(ev)
+    for ev in emitted(ChargePoint(cp_id=CP_ID).restore(_through_json(cp.snapshot()), t + 5000)) + emitted(cp.unplug(t + 1)):
+        encode_event(ev)
+
+
+def test_an_offline_supply_reports_only_its_end_and_every_event_encodes() -> None:
+    t0 = EPOCH_T0
+    cp = supplying_at(t0, offline_supply=True)
+    cp.unplug(t0 + 1000)  # Central taught the CP its price
+    cp.central_reachable(False, t0 + 2000)
+    fx = cp.manual_request("D7", "m1", t0 + 3000)
+    fx += cp.meter(2000.0, 0.0, t0 + 3100)
+    fx += cp.plug(t0 + 3200)
+    for step in range(1, 6):
+        fx += cp.meter(2000.0 + 5 * step, 7000.0, t0 + 3200 + 1000 * step) + cp.tick(t0 + 3250 + 1000 * step)
+    assert cp.snapshot()["supply"]["energy_wh"] == pytest.approx(25.0)  # persisted as it goes
+    fx += cp.unplug(t0 + 9000)
+    (fin,) = emitted(fx)  # no start or progress for a session Central has not numbered
+    assert isinstance(fin, SupplyFinished) and fin.offline and fin.session_id == 0
+    assert fin.energy_kwh == pytest.approx(0.025)
+    encode_event(fin)
 
 
 register_values = st.floats(min_value=0.0, max_value=1e7, allow_nan=False, allow_infinity=False)
@@ -634,7 +703,7 @@ def test_meter_energy_is_sum_of_positive_increments(before: list[float], during:
     last = before[-1] if before else None
     expected = 0.0
     for value in during:
-        t += 10
+        t += 3 * 3_600_000  # three hours: MAX_POWER_KW delivers more than any increment drawn here
         cp.meter(value, 0.0, t)
         if last is not None and value > last:
             expected += value - last
@@ -753,6 +822,15 @@ def test_manual_request_refused_when_central_never_reached() -> None:
     assert emitted(cp.manual_request("D7", "r", NOW)) == []
 
 
+def test_central_never_heard_after_the_start_is_said_once() -> None:
+    cp = ChargePoint(cp_id=CP_ID)
+    assert cp.central_up is None  # too early to say
+    fx = cp.central_reachable(False, T0)
+    assert [e.text for e in fx if isinstance(e, Say)] == ["cannot reach Central: no new supplies until it is back"]
+    assert cp.central_reachable(False, T0 + 1000) == []
+    assert [e.text for e in cp.central_reachable(True, T0 + 2000) if isinstance(e, Say)] == ["Central reachable"]
+
+
 # -- snapshot / restore ----------------------------------------------------------------------
 
 
@@ -795,10 +873,29 @@ def test_restore_supplying_reports_power_loss_with_persisted_energy() -> None:
     assert fin.reason == "power_loss"
     assert fin.energy_kwh == pytest.approx(0.040)
     assert fin.amount_eur == pytest.approx(0.040 * PRICE)
-    assert (fin.session_id, fin.driver_id, fin.started_ts_ms, fin.ended_ts_ms) == (1, "D1", T0 + 200, T0 + 60_000)
+    # It ended when its energy was last read, not when the engine came back a minute later.
+    assert (fin.session_id, fin.driver_id, fin.started_ts_ms, fin.ended_ts_ms) == (1, "D1", T0 + 200, T0 + 1100)
+    assert fin.ts_ms == T0 + 60_000  # reported now
     assert Persist() in fx
     assert fresh.phase is Phase.IDLE and fresh.supply is None
     assert fresh.snapshot()["supply"] is None
+
+
+def test_restore_of_a_snapshot_without_reading_times_ends_at_the_last_progress() -> None:
+    """State files written before readings were timed: the last progress report is the best known end."""
+    cp = supplying_cp()
+    cp.tick(T0 + 1400)
+    snap = _through_json(cp.snapshot())
+    del snap["supply"]["last_reading_ts_ms"]
+    (fin,) = emitted(ChargePoint(cp_id=CP_ID).restore(snap, T0 + 60_000), SupplyFinished)
+    assert fin.ended_ts_ms == T0 + 1400
+
+
+def test_restore_right_after_the_plug_in_ends_when_it_started() -> None:
+    cp = authorized_cp()
+    cp.plug(T0 + 200)
+    (fin,) = emitted(ChargePoint(cp_id=CP_ID).restore(_through_json(cp.snapshot()), T0 + 60_000), SupplyFinished)
+    assert fin.ended_ts_ms == fin.started_ts_ms == T0 + 200 and fin.energy_kwh == 0
 
 
 def test_restore_authorized_withdraws_with_power_loss() -> None:
@@ -829,7 +926,8 @@ def _durable(cp: ChargePoint) -> tuple:
     sup = s["supply"]
     key = None
     if sup is not None:
-        key = tuple(sorted((k, v) for k, v in sup.items() if k not in ("energy_wh", "power_w", "last_progress_ts_ms")))
+        key = tuple(sorted((k, v) for k, v in sup.items() if k not in ("energy_wh", "power_w", "last_progress_ts_ms",
+                                                                            "last_reading_ts_ms")))
     return (s["stopped"], s["phase"], key)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -37,8 +36,7 @@ from evproto.aio import Link, serve
 from evproto.bus.events import (
     AuthorizeCommand,
     CancelAuthorization,
-    EventDecodeError,
-    Heartbeat,
+    EventEncodeError,
     ResumeCommand,
     StopCommand,
     SupplyFinished,
@@ -47,11 +45,14 @@ from evproto.bus.events import (
     decode_event,
     encode_event,
 )
-from evproto.bus.kafka import OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusError, BusProducer, KafkaSettings, ensure_topics
+from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, BusError, BusProducer, KafkaSettings, Record, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Persist, Phase, Say
+from evproto.idents import id_problem
+from evproto.ratelog import RateLimitedLog
 
 from ..common import load_json, now_ms, save_json_atomic, stdin_lines, write_ready_file
+from ..readers import CentralWatch, RecordGuard
 from evproto.hw.base import MeterDriver
 from evproto.hw.supervisor import MeterSupervisor
 
@@ -59,11 +60,11 @@ __all__ = ["EngineOptions", "Engine"]
 
 log = logging.getLogger("evproto.engine")
 
-#: Central counts as unreachable after this long without a heartbeat.
-CENTRAL_SILENCE_S = 3.5
 _TICK_S = 0.2
 #: Finished supplies kept in the state file's ledger.
 LEDGER_SIZE = 1000
+#: What Central may send on cp-commands.
+_COMMANDS = (AuthorizeCommand, StopCommand, ResumeCommand, CancelAuthorization)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,16 +100,20 @@ class Engine:
         self.partitions: dict[Topic, int] = {}
         self.producer: BusProducer | None = None
         self.monitor: Link | None = None
-        self.last_heartbeat = 0.0
+        self.central = CentralWatch()
+        #: Commands this engine could not apply (made in run(): it reads the state directory).
+        self.records: RecordGuard | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._commands_task: asyncio.Task[Any] | None = None
         self._stop: asyncio.Event | None = None
+        self._errors = RateLimitedLog(log)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
         self._stop = stop
         state = load_json(self.state_path) or {}
+        self.records = RecordGuard(self.opts.state_dir, role="engine")
         self.outbox = list(state.get("outbox", []))
         self.finished = list(state.get("finished", []))
         self._outbox_seq = max((e["id"] for e in self.outbox), default=0)
@@ -125,7 +130,7 @@ class Engine:
         await self.supervisor.start()
         self._tasks = [
             asyncio.ensure_future(self._tick_loop()),
-            asyncio.ensure_future(self._heartbeat_loop()),
+            asyncio.ensure_future(self.central.listen(self.opts.kafka)),
             asyncio.ensure_future(self._outbox_loop()),
         ]
         if self.opts.interactive:
@@ -144,6 +149,7 @@ class Engine:
             self._save()
             await self.producer.close(timeout_s=5.0)
             await self.supervisor.close()
+            self.records.close()
         return 0
 
     # -- state -----------------------------------------------------------------------------
@@ -184,7 +190,7 @@ class Engine:
         if self._commands_task is not None:
             self._commands_task.cancel()
         self._commands_task = asyncio.ensure_future(self._commands_loop(cp_id))
-        self.cp.central_reachable(self._central_reachable(), now)
+        self._apply(self._central_news(now))
 
     # -- effects ---------------------------------------------------------------------------
 
@@ -204,7 +210,12 @@ class Engine:
                     topic, key = Topic.DRIVER_REQUESTS, ev.driver_id
                 else:
                     topic, key = Topic.CP_EVENTS, ev.cp_id  # type: ignore[attr-defined]
-                value = encode_event(ev)
+                try:
+                    value = encode_event(ev)
+                except EventEncodeError as exc:
+                    # Our own rules refuse it: a bug to fix, never a reason to stop the engine's loops.
+                    self._errors.log(logging.ERROR, f"not sending a {ev.TYPE} event the schemas refuse: {exc}")
+                    continue
                 if isinstance(ev, SupplyProgress):
                     sends.append((topic, key, value, None))  # interim figures: best effort
                     continue
@@ -313,35 +324,36 @@ class Engine:
                 self.commands_offset = record.offset + 1
                 if record.key != cp_id or self.cp is None:
                     continue
-                try:
-                    ev = decode_event(record.value)
-                except EventDecodeError as exc:
-                    log.warning("skipped a malformed command at offset %d: %s", record.offset, exc)
-                    continue
-                now = now_ms()
-                if isinstance(ev, AuthorizeCommand):
-                    if ev.expires_ts_ms <= now:
-                        continue  # an old authorisation (replayed history): Central expired it already
-                    self._apply(self.cp.authorize(ev, now))
-                elif isinstance(ev, StopCommand):
-                    self._apply(self.cp.stop(now))
-                elif isinstance(ev, ResumeCommand):
-                    self._apply(self.cp.resume(now))
-                elif isinstance(ev, CancelAuthorization):
-                    self._apply(self.cp.cancel(ev.session_id, now))
+                assert self.records is not None
+                self.records.take(record, self._on_command)
                 self._save()
 
-    async def _heartbeat_loop(self) -> None:
-        async with BusConsumer(self.opts.kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)]) as consumer:
-            async for record in consumer:
-                try:
-                    if isinstance(decode_event(record.value), Heartbeat):
-                        self.last_heartbeat = time.monotonic()
-                except EventDecodeError:
-                    continue
+    def _on_command(self, record: Record) -> str | None:
+        """Apply one command for this CP; why it cannot be applied, or None once applied."""
+        cp = self.cp
+        assert cp is not None
+        now = now_ms()
+        ev = decode_event(record.value, now_ms=now)
+        if not isinstance(ev, _COMMANDS):
+            return f"a {ev.TYPE} event is not a command"
+        if ev.cp_id != cp.cp_id:
+            return f"a command for {ev.cp_id}, not for {cp.cp_id}"
+        if isinstance(ev, AuthorizeCommand):
+            if ev.expires_ts_ms <= now:
+                return None  # an old authorisation (replayed history): Central expired it already
+            self._apply(cp.authorize(ev, now))
+        elif isinstance(ev, StopCommand):
+            self._apply(cp.stop(now))
+        elif isinstance(ev, ResumeCommand):
+            self._apply(cp.resume(now))
+        else:
+            self._apply(cp.cancel(ev.session_id, now))
+        return None
 
-    def _central_reachable(self) -> bool:
-        return time.monotonic() - self.last_heartbeat < CENTRAL_SILENCE_S
+    def _central_news(self, now: int) -> list[Effect]:
+        """Tell the CP whether Central is reachable (nothing while it is too early to say)."""
+        state = self.central.state()
+        return [] if state is None or self.cp is None else self.cp.central_reachable(state, now)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -353,7 +365,7 @@ class Engine:
             if cp is None:
                 continue
             now = now_ms()
-            fx: list[Effect] = list(cp.central_reachable(self._central_reachable(), now))
+            fx: list[Effect] = self._central_news(now)
             if set_load is not None:
                 set_load(cp.phase is Phase.SUPPLYING)
             # Only fresh readings go in: a stalled meter's last values are never re-used.
@@ -398,8 +410,11 @@ class Engine:
                 self._apply(cp.recover(now))
             elif word in ("m", "manual"):
                 driver = arg.strip()
+                problem = id_problem(driver) if driver else None
                 if not driver:
                     log.warning("usage: m DRIVER_ID")
+                elif problem is not None:
+                    log.warning("manual supply refused: driver id %s", problem)
                 else:
                     self._apply(cp.manual_request(driver, uuid.uuid4().hex, now))
             elif word in ("s", "status"):
@@ -417,5 +432,7 @@ class Engine:
         if cp.supply is not None:
             s = cp.supply
             text += f" session {s.session_id} driver {s.driver_id}: {s.energy_kwh:.3f} kWh {s.amount_eur:.2f} EUR"
-        return text + (f"; {len(self.outbox)} event(s) waiting for Kafka" if self.outbox else "")
+        text += f"; {len(self.outbox)} event(s) waiting for Kafka" if self.outbox else ""
+        quarantined = self.records.count if self.records is not None else 0
+        return text + (f"; {quarantined} command(s) quarantined (dead-letters.jsonl)" if quarantined else "")
 

@@ -9,11 +9,12 @@ import sys
 import click
 
 from evproto import __version__
+from evproto.bus.events import MAX_POWER_KW
 from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.domain.chargepoint import AutoMode
 from evproto.errors import TransportError
 
-from ..common import EXIT_UNAVAILABLE, setup_logging, shutdown_event
+from ..common import EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event
 from .app import Engine, EngineOptions
 from .meter import SimulatedMeter
 
@@ -41,7 +42,9 @@ from .meter import SimulatedMeter
 @click.option("--power-kw", type=click.FloatRange(min=0.1, max=1000), default=22.0, show_default=True,
               help="Power of the simulated meter while a vehicle charges.")
 @click.option("--time-scale", type=click.FloatRange(min=0.001, max=3600), default=1.0, show_default=True,
-              help="Speed-up of the simulated meter only (60: one minute of charging per second).")
+              help="Speed-up of the simulated meter only (60: one minute of charging per second). Its "
+              f"meter then delivers --power-kw x --time-scale, which must stay within {MAX_POWER_KW:g} kW: "
+              "Central refuses energy beyond that power over a supply's duration.")
 @click.option("--auto/--manual", default=False, show_default=True,
               help="Unattended mode: plug in by itself after authorisation and end after the request's "
               "target (or --supply-s).")
@@ -76,6 +79,12 @@ def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, b
     Keys (type them and press Enter; on a pipe, one per line): p plug, u unplug,
     k KO (simulate a fault), r recover, m DRIVER manual supply, s status, q quit.
     """
+    if not meter_port and power_kw * time_scale > MAX_POWER_KW:
+        # Refused here rather than by Central, supply after supply, once the figures arrive.
+        click.echo(f"evcp-engine: --power-kw {power_kw:g} x --time-scale {time_scale:g} makes a simulated meter of "
+                   f"{power_kw * time_scale:g} kW; Central accepts at most {MAX_POWER_KW:g} kW: lower one of them",
+                   err=True)
+        sys.exit(EXIT_USAGE)
     setup_logging("engine", level=log_level, fmt=log_format)
     port = listen.rsplit(":", 1)[-1]
     opts = EngineOptions(

@@ -10,7 +10,9 @@ transition table is keyed by.
 Energy is metered, not assumed: the supply's energy is the sum of positive
 increments of the meter's register since the plug-in. A register that goes
 backwards (a meter reset) adds nothing, so a reset can never produce negative
-or double-counted energy.
+or double-counted energy; nor does one that jumps further than MAX_POWER_KW
+could deliver since the previous reading (a glitch, a swapped meter), so the
+figures always stay within what the event schemas accept.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..bus.events import (
+    ENERGY_SLACK_KWH,
+    MAX_POWER_KW,
     AuthorizationAnswer,
     AuthorizeCommand,
     Event,
@@ -174,6 +178,8 @@ class Supply:
     energy_wh: float = 0.0
     power_w: float = 0.0
     last_progress_ts_ms: int = 0
+    #: When the meter was last read during the supply (0: not yet): how far ``energy_wh`` is known.
+    last_reading_ts_ms: int = 0
 
     @property
     def energy_kwh(self) -> float:
@@ -205,7 +211,8 @@ class ChargePoint:
         self.progress_interval_ms = progress_interval_ms
         self.phase = Phase.IDLE
         self.monitor_up = False
-        self.central_up = False
+        #: Whether Central's heartbeats are heard; None until the engine knows either way.
+        self.central_up: bool | None = None
         #: Active faults by source ("key": the KO key, "meter": a failing meter) and what they say.
         self.faults: dict[str, str] = {}
         self._fresh_reading = False
@@ -213,8 +220,12 @@ class ChargePoint:
         self.supply: Supply | None = None
         #: Last meter register value (Wh) and power (W), None before the first reading.
         self.meter_energy_wh: float | None = None
+        #: When the last reading was taken (not persisted: after a restart no supply is running).
+        self.meter_ts_ms: int | None = None
         self.meter_power_w = 0.0
         self.meter_resets = 0
+        #: Readings that jumped beyond what MAX_POWER_KW delivers (not counted).
+        self.meter_jumps = 0
         self._fx: list[Effect] = []
         self._arg: Any = None
 
@@ -302,8 +313,10 @@ class ChargePoint:
     def restore(self, snap: dict[str, Any], now_ms: int) -> list[Effect]:
         """Reload a snapshot written before a crash; a supply it held ends as ``power_loss``.
 
-        The energy reported is what the meter showed at the last persisted reading:
-        the engine cannot know about energy after its crash.
+        The energy reported is what the meter showed at the last persisted reading,
+        and the supply ends at that reading's time (not at ``now_ms``, the restart):
+        the engine cannot know about energy after its crash. ``now_ms`` is when it is
+        reported.
         """
         self.stopped = bool(snap.get("stopped", False))
         phase = Phase(snap.get("phase", "idle"))
@@ -316,7 +329,11 @@ class ChargePoint:
         self.phase = phase
         self._fx = []
         if phase is Phase.SUPPLYING:
-            self._finish("power_loss", now_ms)
+            s = self.supply
+            assert s.started_ts_ms is not None
+            # Snapshots written before readings were timed know the last progress report.
+            known_ts_ms = s.last_reading_ts_ms or s.last_progress_ts_ms
+            self._finish("power_loss", now_ms, ended_ts_ms=max(s.started_ts_ms, known_ts_ms))
         else:
             self._withdraw("power_loss", now_ms)
         return self._take()
@@ -343,7 +360,7 @@ class ChargePoint:
         if not self._fx or not isinstance(self._fx[-1], Persist):
             self._fx.append(Persist())
 
-    def _finish(self, reason: str, now_ms: int) -> None:
+    def _finish(self, reason: str, now_ms: int, *, ended_ts_ms: int | None = None) -> None:
         s = self.supply
         assert s is not None and s.started_ts_ms is not None
         self._emit(
@@ -355,7 +372,7 @@ class ChargePoint:
                 amount_eur=s.amount_eur,
                 price_eur_kwh=s.price_eur_kwh,
                 started_ts_ms=s.started_ts_ms,
-                ended_ts_ms=now_ms,
+                ended_ts_ms=now_ms if ended_ts_ms is None else ended_ts_ms,
                 reason=reason,
                 ts_ms=now_ms,
                 offline=s.session_id == 0,
@@ -402,7 +419,7 @@ class ChargePoint:
             self._say("Central reachable")
 
     def _a_central_down(self, inp: CpInput, now_ms: int) -> None:
-        if self.central_up:
+        if self.central_up is not False:  # up, or never heard since the start: say it once
             self.central_up = False
             self._say("cannot reach Central: no new supplies until it is back", "warning")
 
@@ -503,24 +520,45 @@ class ChargePoint:
         s.started_ts_ms = now_ms
         s.last_progress_ts_ms = now_ms
         self.phase = Phase.SUPPLYING
-        self._emit(SupplyStarted(cp_id=self.cp_id, session_id=s.session_id, driver_id=s.driver_id, started_ts_ms=now_ms, ts_ms=now_ms))
-        self._say(f"vehicle plugged in: supply {s.session_id} for {s.driver_id} started")
+        # An offline supply (session 0) has no session at Central yet: only its end is reported.
+        if s.session_id:
+            self._emit(SupplyStarted(cp_id=self.cp_id, session_id=s.session_id, driver_id=s.driver_id,
+                                     started_ts_ms=now_ms, ts_ms=now_ms))
+        self._say(f"vehicle plugged in: supply {s.session_id or 'offline'} for {s.driver_id} started")
         self._persist()
 
     def _a_meter(self, inp: CpInput, now_ms: int) -> None:
         energy_wh, power_w = self._arg
-        previous = self.meter_energy_wh
+        previous, previous_ts_ms = self.meter_energy_wh, self.meter_ts_ms
         self.meter_energy_wh = energy_wh
+        self.meter_ts_ms = now_ms
         self.meter_power_w = power_w
+        s = self.supply if self.phase is Phase.SUPPLYING else None
+        if s is not None:
+            s.last_reading_ts_ms = now_ms
         if previous is not None and energy_wh < previous:
             self.meter_resets += 1
             self._say(f"meter register went back ({previous:.1f} -> {energy_wh:.1f} Wh): meter reset, counting on", "warning")
             return
+        if s is None or previous is None:
+            self._fresh_reading = True
+            return
+        assert s.started_ts_ms is not None
+        # Only the supply's own time counts (the reading before the plug-in may be older). In
+        # Wh: MAX_POWER_KW x ms / 3600. The step's bound catches a jump after a quiet hour; the
+        # total's is the rule of the event schemas, with half their slack for rounding.
+        since_ms = max(s.started_ts_ms, previous_ts_ms if previous_ts_ms is not None else s.started_ts_ms)
+        gained_wh = energy_wh - previous
+        slack_wh = ENERGY_SLACK_KWH * 1000.0
+        if (gained_wh > MAX_POWER_KW * max(0, now_ms - since_ms) / 3600.0 + slack_wh
+                or s.energy_wh + gained_wh > MAX_POWER_KW * max(0, now_ms - s.started_ts_ms) / 3600.0 + slack_wh / 2):
+            self.meter_jumps += 1
+            self._say(f"meter register jumped {gained_wh:.1f} Wh in {max(0, now_ms - since_ms) / 1000:g} s, more than "
+                      f"{MAX_POWER_KW:g} kW deliver: not counted, counting on from there", "warning")
+            return
         self._fresh_reading = True
-        if self.phase is Phase.SUPPLYING and previous is not None:
-            assert self.supply is not None
-            self.supply.energy_wh += energy_wh - previous
-            self.supply.power_w = power_w
+        s.energy_wh += gained_wh
+        s.power_w = power_w
 
     def _a_tick_authorized(self, inp: CpInput, now_ms: int) -> None:
         s = self.supply
@@ -547,18 +585,19 @@ class ChargePoint:
         if now_ms - s.last_progress_ts_ms >= self.progress_interval_ms and self._fresh_reading:
             self._fresh_reading = False
             s.last_progress_ts_ms = now_ms
-            self._emit(
-                SupplyProgress(
-                    cp_id=self.cp_id,
-                    session_id=s.session_id,
-                    driver_id=s.driver_id,
-                    energy_kwh=s.energy_kwh,
-                    amount_eur=s.amount_eur,
-                    power_kw=s.power_w / 1000.0,
-                    elapsed_s=elapsed_s,
-                    ts_ms=now_ms,
+            if s.session_id:  # offline: persisted only, reported with the supply's end
+                self._emit(
+                    SupplyProgress(
+                        cp_id=self.cp_id,
+                        session_id=s.session_id,
+                        driver_id=s.driver_id,
+                        energy_kwh=s.energy_kwh,
+                        amount_eur=s.amount_eur,
+                        power_kw=s.power_w / 1000.0,
+                        elapsed_s=elapsed_s,
+                        ts_ms=now_ms,
+                    )
                 )
-            )
             self._persist()
 
     def _a_manual_request(self, inp: CpInput, now_ms: int) -> None:

@@ -57,6 +57,9 @@ __all__ = ["RequestLine", "parse_requests", "LiveFigures", "Driver", "main"]
 
 log = logging.getLogger("evproto.driver")
 
+#: Largest requests file read (about 10,000 lines of supplies).
+MAX_REQUESTS_FILE_BYTES = 1 << 20
+
 _FINAL = ("denied", "completed", "interrupted")
 #: What Central sends a driver on driver-events.
 _DRIVER_EVENTS = (RequestUpdate, DriverTelemetry, Ticket)
@@ -544,8 +547,12 @@ def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, 
     if requests_file is not None:
         try:
             with open(requests_file, encoding="utf-8") as fh:
-                requests = parse_requests(fh.read(), source=requests_file)
-        except ValueError as exc:
+                text = fh.read(MAX_REQUESTS_FILE_BYTES + 1)
+            if len(text) > MAX_REQUESTS_FILE_BYTES:
+                raise ValueError(f"{requests_file}: more than {MAX_REQUESTS_FILE_BYTES} characters; "
+                                 "a requests file holds one short line per supply")
+            requests = parse_requests(text, source=requests_file)
+        except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
             click.echo(f"ev-driver: {exc}", err=True)
             sys.exit(EXIT_USAGE)
     stay = not exit_when_done if exit_when_done is not None else (sys.stdin is not None and sys.stdin.isatty())

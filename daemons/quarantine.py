@@ -211,6 +211,14 @@ class CrashGuard:
             self._write("")
             self._marked = False
 
+    def forget(self, topic: str, partition: int, below: int) -> None:
+        """Records of ``topic[partition]`` before ``below`` are settled: stop suspecting them."""
+        if self.suspect is None:
+            return
+        ranges, crashes = self.suspect
+        left = [r for r in ranges if not (r[0] == topic and r[1] == partition and r[3] < below)]
+        self.suspect = (left, crashes) if left else None
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

@@ -65,6 +65,15 @@ def test_a_requests_file_line_out_of_bounds_is_a_usage_error_naming_the_line(tmp
     assert len(r.stderr) < 1000, "the error must not echo a huge line whole"
 
 
+@pytest.mark.parametrize("content", [b"CP001\n" * 300_000, b"CP001 2kWh\n\xff\xfe\n"], ids=["2 MB", "not UTF-8"])
+def test_a_requests_file_too_big_or_not_text_is_a_usage_error(tmp_path, content: bytes) -> None:
+    f = tmp_path / "req.txt"
+    f.write_bytes(content)
+    r = run(os.path.join(BIN, "ev-driver"), "--kafka", "127.0.0.1:1", "--id", "D1", "--requests", str(f),
+            "--state-dir", str(tmp_path / "state"), timeout=30)
+    assert r.returncode == 64 and "Traceback" not in r.stderr and len(r.stderr) < 1000, r.stderr[-2000:]
+
+
 def test_targets_at_the_bounds_are_accepted() -> None:
     (energy, duration, small) = parse_requests(
         f"CP1 {MAX_TARGET_ENERGY_KWH:g}kWh\nCP1 {MAX_TARGET_DURATION_S / 60:g}min\nCP1 1Wh\n")

@@ -16,7 +16,6 @@ import time
 
 import pytest
 
-from evproto.bus.broker import EmbeddedBroker
 from evproto.bus.events import (
     MAX_POWER_KW,
     MAX_TARGET_DURATION_S,
@@ -216,19 +215,6 @@ def test_live_readings_are_paced() -> None:
 # =============================================================================================
 # Real networks on the embedded broker
 # =============================================================================================
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def net(tmp_path, broker):
-    n = Network(str(tmp_path), broker.bootstrap)
-    yield n
-    n.close()
 
 
 def now_ms() -> int:

@@ -7,24 +7,10 @@ import os
 
 import pytest
 
-from evproto.bus.broker import EmbeddedBroker
 from evproto.bus.events import DriverTelemetry
 from netharness import KafkaDriver, Network, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def net(tmp_path, broker):
-    n = Network(str(tmp_path), broker.bootstrap)
-    yield n
-    n.close()
 
 
 def engine_with_meter(net: Network, sim, protocol: str, price: float = 0.30):

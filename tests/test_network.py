@@ -7,23 +7,9 @@ import collections
 import pytest
 
 from evproto.bus.events import DriverTelemetry, RequestUpdate, Ticket
-from evproto.bus.broker import EmbeddedBroker
 from netharness import KafkaDriver, Network, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def net(tmp_path, broker):
-    n = Network(str(tmp_path), broker.bootstrap)
-    yield n
-    n.close()
 
 
 def _started_supply(net: Network, driver: KafkaDriver, cp_id: str, engine) -> str:

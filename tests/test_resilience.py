@@ -15,19 +15,6 @@ from netharness import KafkaDriver, Network, wait_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def broker():
-    with EmbeddedBroker() as b:
-        yield b
-
-
-@pytest.fixture
-def net(tmp_path, broker):
-    n = Network(str(tmp_path), broker.bootstrap)
-    yield n
-    n.close()
-
-
 def engine_state(net: Network, cp_id: str) -> dict:
     with open(os.path.join(net.tmp, f"state-{cp_id}", "engine-state.json"), encoding="utf-8") as fh:
         return json.load(fh)

@@ -26,7 +26,7 @@ from typing import Any
 
 from evproto.errors import EvprotoError
 
-from .common import load_json
+from .common import StateFileError, load_json
 
 __all__ = ["AuditReport", "AuditSourceError", "AuditSources", "audit", "audit_sources"]
 
@@ -74,13 +74,26 @@ class AuditSources:
                    drivers=_by_id(driver_states, DRIVER_STATE_FILE, "driver_id"))
 
 
+def _state(path: str, rep: Any) -> dict[str, Any]:
+    """A state file's object; an unreadable one is a violation, not a crash of the audit."""
+    try:
+        state = load_json(path) or {}
+    except StateFileError as exc:
+        rep.violations.append(str(exc))
+        return {}
+    if not isinstance(state, dict):
+        rep.violations.append(f"{path} is not a state file (a JSON {type(state).__name__})")
+        return {}
+    return state
+
+
 def _by_id(paths: Sequence[str], name: str, id_key: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for path in paths:
         file = os.path.join(path, name) if os.path.isdir(path) else path
         try:
             state = load_json(file)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, StateFileError) as exc:
             raise AuditSourceError(f"{file}: cannot read it ({exc})") from None
         if state is None:
             raise AuditSourceError(f"{file}: no such file (is {path} a --state-dir?)")
@@ -180,7 +193,7 @@ def audit_sources(sources: AuditSources, *, quiesced: bool = True,
     # The engines' own records.
     engines: dict[str, dict[str, Any]] = {}
     for cp_id, path in sorted(sources.engines.items()):
-        state = load_json(path) or {}
+        state = _state(path, rep)
         engines[cp_id] = state
         rep.engine_files += bool(state)
         seen: set[tuple[str, Any]] = set()
@@ -229,7 +242,7 @@ def audit_sources(sources: AuditSources, *, quiesced: bool = True,
 
     # Drivers.
     for driver_id, path in sorted(sources.drivers.items()):
-        state = load_json(path) or {}
+        state = _state(path, rep)
         rep.driver_files += bool(state)
         if state.get("pending"):
             rep.pending_drivers.append(driver_id)

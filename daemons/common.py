@@ -24,6 +24,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import IO, Any
 
+from evproto.errors import EvprotoError
+
 __all__ = [
     "setup_logging",
     "shutdown_event",
@@ -42,13 +44,17 @@ __all__ = [
     "GC_YOUNG_THRESHOLD",
     "EXIT_OK",
     "EXIT_USAGE",
+    "EXIT_DATAERR",
     "EXIT_UNAVAILABLE",
+    "StateFileError",
+    "load_state",
     "EXIT_SOFTWARE",
 ]
 
 # Exit codes (sysexits.h): scripts and the launcher tell failures apart by them.
 EXIT_OK = 0
 EXIT_USAGE = 64
+EXIT_DATAERR = 65  # our own state file cannot be read
 EXIT_UNAVAILABLE = 69  # a service we need (broker, Central, port) is not there
 EXIT_SOFTWARE = 70
 
@@ -308,10 +314,28 @@ def save_json_atomic(path: str, obj: Any) -> None:
         os.close(fd)
 
 
+class StateFileError(EvprotoError):
+    """A daemon's own state file cannot be read (hand-edited, from another program, a
+    disk error). The daemon refuses to start (exit 65) rather than guess: the file may
+    hold a supply in progress or events owed to Central."""
+
+
 def load_json(path: str) -> Any:
-    """The JSON at ``path``, or None when there is no such file."""
+    """The JSON at ``path``, or None when there is no such file; StateFileError if it is not JSON."""
     try:
         with open(path, encoding="utf-8") as fh:
             return json.load(fh)
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:  # ValueError: bad JSON or not UTF-8
+        raise StateFileError(f"{path} cannot be read: {exc}") from None
+
+
+def load_state(path: str) -> dict[str, Any]:
+    """A state file's JSON object ({} when there is none yet); StateFileError otherwise."""
+    data = load_json(path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise StateFileError(f"{path} holds a JSON {type(data).__name__}, not the object this program writes")
+    return data

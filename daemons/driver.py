@@ -50,7 +50,7 @@ from evproto.bus.topics import Topic, partition_for
 from evproto.idents import InvalidTextError, check_id, id_problem
 from evproto.ratelog import RateLimitedLog
 
-from .common import EXIT_UNAVAILABLE, EXIT_USAGE, load_json, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
+from .common import EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
 from .readers import CentralWatch, RecordGuard
 
 __all__ = ["RequestLine", "parse_requests", "LiveFigures", "Driver", "main"]
@@ -238,7 +238,7 @@ class Driver:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
-        self.state = load_json(self.state_path) or {}
+        self.state = load_state(self.state_path)
         if self.state.get("driver_id") not in (None, self.driver_id):
             log.error("%s belongs to driver %s", self.state_path, self.state.get("driver_id"))
             return EXIT_USAGE
@@ -574,6 +574,10 @@ def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, 
     except BusError as exc:
         click.echo(f"ev-driver: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
+    except StateFileError as exc:
+        click.echo(f"ev-driver: {exc}; it holds the request in progress and the tickets shown: "
+                   "repair it, or move it aside to start afresh", err=True)
+        sys.exit(EXIT_DATAERR)
 
 
 if __name__ == "__main__":

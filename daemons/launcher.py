@@ -31,7 +31,7 @@ import click
 
 from evproto import __version__
 
-from .common import EXIT_UNAVAILABLE, load_json, makedirs, open_private, save_json_atomic
+from .common import EXIT_UNAVAILABLE, StateFileError, load_json, makedirs, open_private, save_json_atomic
 
 __all__ = ["main", "Registry", "Instance"]
 
@@ -159,9 +159,13 @@ class Registry:
     def __init__(self, run_dir: str) -> None:
         self.run_dir = os.path.abspath(run_dir)
         self.path = os.path.join(self.run_dir, "instances.json")
-        data = load_json(self.path) or {}
-        self.meta: dict[str, Any] = data.get("meta", {})
-        self.instances: dict[str, Instance] = {n: Instance(**d) for n, d in data.get("instances", {}).items()}
+        try:
+            data = load_json(self.path) or {}
+            self.meta: dict[str, Any] = data.get("meta", {})
+            self.instances: dict[str, Instance] = {n: Instance(**d) for n, d in data.get("instances", {}).items()}
+        except (StateFileError, AttributeError, TypeError) as exc:
+            raise click.ClickException(f"{self.path} is not a registry this launcher can read ({exc}); "
+                                       "stop what it started by hand, then remove it") from None
 
     def save(self) -> None:
         save_json_atomic(self.path, {"meta": self.meta, "instances": {n: asdict(i) for n, i in self.instances.items()}})
@@ -200,7 +204,11 @@ class Registry:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if inst.ready and os.path.exists(inst.ready):
-                info = load_json(inst.ready) or {}
+                try:
+                    info = load_json(inst.ready) or {}
+                except StateFileError:  # being written right now: look again
+                    time.sleep(0.05)
+                    continue
                 inst.info = info
                 self.save()
                 return info

@@ -496,3 +496,26 @@ def test_an_engine_refuses_a_typed_driver_id_nobody_could_be_and_keeps_taking_ke
     with open(engine.log, encoding="utf-8") as fh:
         assert fh.read().count("driver id") == 2
     assert engine.alive() and not net.log_has(engine, "Traceback")
+
+
+@pytest.mark.parametrize(("program", "content"), [
+    ("engine", '{"cp_id": "CP001", "cp": {"phase": "supplying", "supply": {"bogus": 1}}}'),
+    ("engine", '{"cp_id": "CP001", "cp": {"phase": "teleporting"}}'),
+    ("engine", "{not json"),
+    ("engine", "[1, 2]"),
+    ("driver", "{not json"),
+    ("driver", '"a string"'),
+    ("driver", "\udcff".encode("utf-8", "surrogateescape").decode("latin-1")),
+])
+def test_an_unreadable_state_file_is_a_clear_refusal_not_a_traceback(net: Network, tmp_path, content: str,
+                                                                       program: str) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    name = "engine-state.json" if program == "engine" else "driver-state.json"
+    (state_dir / name).write_bytes(content.encode("latin-1") if content.startswith("\xff") else content.encode())
+    args = (["evcp-engine", "--kafka", net.bootstrap, "--listen", "127.0.0.1:0"] if program == "engine"
+            else ["ev-driver", "--kafka", net.bootstrap, "--id", "D001", "--exit-when-done"])
+    r = run(os.path.join(BIN, args[0]), *args[1:], "--state-dir", str(state_dir), timeout=60)
+    assert r.returncode == 65, (r.returncode, r.stderr[-2000:])
+    assert name in r.stderr and "move it aside" in r.stderr and "Traceback" not in r.stderr
+    assert (state_dir / name).exists()  # kept as it was, for whoever repairs it

@@ -51,7 +51,7 @@ from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Pers
 from evproto.idents import id_problem
 from evproto.ratelog import RateLimitedLog
 
-from ..common import load_json, now_ms, save_json_atomic, stdin_lines, write_ready_file
+from ..common import StateFileError, load_state, now_ms, save_json_atomic, stdin_lines, write_ready_file
 from ..readers import CentralWatch, RecordGuard
 from evproto.hw.base import MeterDriver
 from evproto.hw.supervisor import MeterSupervisor
@@ -112,7 +112,7 @@ class Engine:
 
     async def run(self, stop: asyncio.Event) -> int:
         self._stop = stop
-        state = load_json(self.state_path) or {}
+        state = load_state(self.state_path)
         self.records = RecordGuard(self.opts.state_dir, role="engine")
         self.outbox = list(state.get("outbox", []))
         self.finished = list(state.get("finished", []))
@@ -181,7 +181,10 @@ class Engine:
             restore = getattr(self.meter, "restore_register", None)
             if register is not None and restore is not None:
                 restore(register)
-            fx = self.cp.restore(state.get("cp") or {}, now)
+            try:
+                fx = self.cp.restore(state.get("cp") or {}, now)
+            except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as exc:
+                raise StateFileError(f"{self.state_path}: the supply it holds cannot be restored ({exc})") from None
             if fx:
                 log.warning("restarted with an unfinished supply: reporting its final state")
             self._apply(fx)
@@ -290,7 +293,7 @@ class Engine:
     async def _session(self, link: Link) -> None:
         assert link.peer_hello is not None
         self.monitor = link
-        self._adopt(link.peer_hello.node_id, load_json(self.state_path) or {})
+        self._adopt(link.peer_hello.node_id, load_state(self.state_path))
         assert self.cp is not None
         cp = self.cp
         self._apply(cp.monitor_connected(now_ms()))

@@ -14,7 +14,7 @@ from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.domain.chargepoint import AutoMode
 from evproto.errors import TransportError
 
-from ..common import EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event
+from ..common import EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
 from .app import Engine, EngineOptions
 from .meter import SimulatedMeter
 
@@ -112,6 +112,11 @@ def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, b
     except (BusError, TransportError) as exc:
         click.echo(f"evcp-engine: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
+    except StateFileError as exc:
+        click.echo(f"evcp-engine: {exc}; it holds the supply in progress and the events owed to Central: "
+                   "repair it, or move it aside to start afresh (`evcharging audit` then shows what was lost)",
+                   err=True)
+        sys.exit(EXIT_DATAERR)
 
 
 if __name__ == "__main__":

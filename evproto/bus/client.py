@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..errors import EvprotoError
@@ -193,6 +193,29 @@ _RETRY_CODES = frozenset(
 
 def _admin(settings: KafkaSettings) -> AdminClient:
     return AdminClient(_client_config(settings))
+
+
+def _topic_ids(admin: AdminClient, names: Iterable[str], timeout_s: float = 3.0) -> dict[str, str]:
+    """Each named topic's id, for those the broker describes (blocking; run it in a thread).
+
+    A topic missing, or a broker away, leaves its name out: callers look again later.
+    A new id for a name means the topic was deleted and created again.
+    """
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    try:
+        found = admin.describe_topics(TopicCollection(wanted), request_timeout=timeout_s)
+    except KafkaException as exc:
+        log.debug("topic ids unavailable: %r", exc)
+        return {}
+    out = {}
+    for name, fut in found.items():
+        try:
+            out[name] = str(fut.result(timeout=timeout_s + 1.0).topic_id)
+        except Exception as exc:  # missing topic, broker away, timeout: try again at the next check
+            log.debug("topic id of %s unavailable: %r", name, exc)
+    return out
 
 
 def _metadata(

@@ -46,6 +46,24 @@ _REBUILD_CODES = frozenset(
     }
 )
 
+# Delivery errors that mean the broker did not write the record: a topic it lost and has
+# not created again yet, a producer identity it forgot, a record purged from a replaced
+# client before it was sent. The record is produced again (in the new client, once the
+# topic is back) until its delivery timeout, so a broker restart does not fail callers.
+_NOT_WRITTEN_CODES = frozenset(
+    {
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError._PURGE_QUEUE,
+    }
+)
+#: Seconds before a record the broker did not write is produced again.
+RETRY_DELAY_S = 0.2
+
 #: Sent before the producer first learnt the topic's id: counts as sent to the first id it learns.
 _UNKNOWN_ID = ""
 
@@ -78,6 +96,7 @@ class _Outgoing(NamedTuple):
     future: asyncio.Future[tuple[int, int]] | None  # None: posted, nobody waits
     queued_at: float
     kept: _Kept | None = None  # to keep once acknowledged, or being sent again
+    last_error: BusError | None = None  # why the broker did not write it last time
 
 
 class BusProducer:
@@ -135,6 +154,8 @@ class BusProducer:
         self._topic_ids: dict[Topic, str] = {}
         self._first_ids: dict[Topic, str] = {}
         self._retry: set[Topic] = set()  # topics with a re-send that failed
+        self._produced_topics: set[Topic] = set()
+        self._look_now = asyncio.Event()
         self._watcher: asyncio.Task[None] | None = None
         self._admin_client: Any = None
         self._producer: confluent_kafka.Producer | None = None
@@ -154,7 +175,7 @@ class BusProducer:
         self.rebuilds = 0
         # Delivery reports from librdkafka's thread, settled on the loop in batches:
         # one wake-up of the loop per poll, not one per record.
-        self._reports: deque[tuple[asyncio.Future[tuple[int, int]] | None, Any, BusError | None, _Kept | None]] = deque()
+        self._reports: deque[tuple[_Outgoing, Any, BusError | None, bool]] = deque()
         self._wake_pending = False
 
     @property
@@ -271,6 +292,9 @@ class BusProducer:
             raise ValueError(f"partition must be an int >= 0 or None, got {partition!r}")
         fut: asyncio.Future[tuple[int, int]] | None = self._loop.create_future() if waited else None
         raw_key = key.encode("utf-8")
+        if topic not in self._produced_topics:
+            self._produced_topics.add(topic)
+            self._look_now.set()  # learn its id before the broker can lose it
         resend = spec_for(topic).resend
         kept = None
         if (resend is Resend.RECENT and waited) or resend is Resend.LATEST_PER_KEY:
@@ -372,7 +396,7 @@ class BusProducer:
             kwargs: dict[str, Any] = {
                 "key": item.key,
                 "value": item.value,
-                "on_delivery": functools.partial(self._on_delivery, item.future, item.kept),
+                "on_delivery": functools.partial(self._on_delivery, item),
             }
             if item.partition is not None:
                 kwargs["partition"] = item.partition
@@ -380,9 +404,10 @@ class BusProducer:
         except BufferError:
             return False
         except KafkaException as exc:
-            self._settle(
-                item.future, None, _bus_error(exc.args[0], f"cannot produce to {item.topic}"), item.kept
-            )
+            err = exc.args[0]
+            failure = _bus_error(err, f"cannot produce to {item.topic}")
+            self._reports.append((item, None, failure, err.code() in _NOT_WRITTEN_CODES))
+            self._settle_reports()
         return True
 
     async def _drain_backlog(self) -> None:
@@ -393,7 +418,7 @@ class BusProducer:
                 self._settle(
                     item.future,
                     None,
-                    BusError(
+                    item.last_error or BusError(
                         f"local producer queue stayed full for {self.delivery_timeout_s:g} s",
                         code="_QUEUE_FULL",
                     ),
@@ -412,20 +437,15 @@ class BusProducer:
                 self._warn.log(logging.ERROR, f"Kafka producer poll failed: {exc!r}")
                 time.sleep(0.1)
 
-    def _on_delivery(
-        self,
-        fut: asyncio.Future[tuple[int, int]] | None,
-        kept: _Kept | None,
-        err: KafkaError | None,
-        msg: Any,
-    ) -> None:
+    def _on_delivery(self, item: _Outgoing, err: KafkaError | None, msg: Any) -> None:
         # librdkafka's thread: only hand the outcome to the loop.
         assert self._loop is not None
         if err is None:
-            done = (msg.partition(), msg.offset()) if fut is not None or kept is not None else None
-            self._reports.append((fut, done, None, kept))
+            done = (msg.partition(), msg.offset()) if item.future is not None or item.kept is not None else None
+            self._reports.append((item, done, None, False))
         else:
-            self._reports.append((fut, None, _bus_error(err, f"delivery to {msg.topic()} failed"), kept))
+            failure = _bus_error(err, f"delivery to {msg.topic()} failed")
+            self._reports.append((item, None, failure, err.code() in _NOT_WRITTEN_CODES))
         if not self._wake_pending:
             # Cleared by the loop before it drains: a report appended after that is
             # either drained by this round or schedules the next one.
@@ -443,7 +463,23 @@ class BusProducer:
         self._wake_pending = False
         reports = self._reports
         while reports:
-            self._settle(*reports.popleft())
+            item, result, exc, not_written = reports.popleft()
+            if (exc is not None and not_written and not self._closing
+                    and time.monotonic() - item.queued_at < self.delivery_timeout_s):
+                assert self._loop is not None
+                self._loop.call_later(RETRY_DELAY_S, self._retry_item, item._replace(last_error=exc))
+                continue
+            self._settle(item.future, result, exc, item.kept)
+
+    def _retry_item(self, item: _Outgoing) -> None:
+        """Produce again a record the broker did not write (behind any backlog)."""
+        if self._closing:
+            self._settle(item.future, None, BusError("producer closed before delivery", code="_STATE"), item.kept)
+            return
+        self._backlog.append(item)
+        if self._drainer is None or self._drainer.done():
+            assert self._loop is not None
+            self._drainer = self._loop.create_task(self._drain_backlog())
 
     def _settle(
         self,
@@ -506,14 +542,18 @@ class BusProducer:
             self._recent_bytes -= recent.popleft().size
 
     async def _watch_topics(self) -> None:
-        """Look up the ids of the topics whose records are kept: at start (records are tagged
-        with the log they go to), then every RESET_CHECK_S while any are kept; send again what
-        went to a log that has been replaced since."""
-        names = {self.settings.topic(t): t for t in Topic if spec_for(t).resend is not Resend.NOTHING}
+        """Look up the ids of the topics: all at start (records are tagged with the log they
+        go to), then every RESET_CHECK_S those written to or with records kept. A new
+        id means the broker lost its data: it forgot this producer too (a new client is
+        made), and kept records that went to the old log are sent again."""
+        kept_topics = {t for t in Topic if spec_for(t).resend is not Resend.NOTHING}
         first = True
         while not self._closing:
             self._trim()
-            if first or self.kept:
+            # At start every topic: one may be written to just before the broker loses it.
+            watched = set(Topic) if first else (kept_topics if self.kept else set()) | self._produced_topics
+            if watched:
+                names = {self.settings.topic(t): t for t in watched}
                 try:
                     found = await _run_in_thread("evproto-producer-topics", lambda: self._lookup_ids(list(names)))
                 except Exception as exc:  # the broker is away: look again later
@@ -522,7 +562,11 @@ class BusProducer:
                 for name, topic_id in found.items():
                     self._topic_seen(names[name], topic_id)
                 first = first and not found
-            await asyncio.sleep(RESET_CHECK_S)
+            self._look_now.clear()
+            try:
+                await asyncio.wait_for(self._look_now.wait(), RESET_CHECK_S)
+            except asyncio.TimeoutError:
+                pass
 
     def _lookup_ids(self, names: list[str]) -> dict[str, str]:
         if self._admin_client is None:
@@ -535,6 +579,8 @@ class BusProducer:
         first = self._first_ids.setdefault(topic, topic_id)
         if before is not None and before != topic_id:
             self.resets += 1
+            # Records stuck in a client whose identity the broker forgot move to a new one.
+            self._request_rebuild(f"topic {self.settings.topic(topic)} was created again (the broker lost its data?)")
         elif before is not None and topic not in self._retry:
             return  # the same log as at the last look, and no failed re-send to try again
         mine = [k for k in (*self._recent, *self._latest.values()) if k.topic is topic]

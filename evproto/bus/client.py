@@ -34,6 +34,7 @@ __all__ = [
     "ensure_topics",
     "all_partitions",
     "end_offsets",
+    "topic_ids",
     "group_settings",
 ]
 
@@ -362,3 +363,14 @@ async def end_offsets(
             consumer.close()
 
     return await _run_in_thread("evproto-watermarks", query)
+
+
+async def topic_ids(settings: KafkaSettings, topics: Iterable[Topic], *, timeout_s: float = 5.0) -> dict[Topic, str]:
+    """The id of each topic's log now (topics the broker does not describe are left out).
+
+    A reader stores it with its position, so that a restart can tell the same log
+    from a new one (a topic created again, a broker that lost its data).
+    """
+    wanted = {settings.topic(t): t for t in topics}
+    found = await _run_in_thread("evproto-topic-ids", lambda: _topic_ids(_admin(settings), wanted, timeout_s))
+    return {wanted[name]: topic_id for name, topic_id in found.items()}

@@ -29,7 +29,7 @@ from .client import (
     log,
 )
 from .resets import CONFIRM_S, RESET_CHECK_S, LogReset, ResetCause
-from .topics import Topic
+from .topics import Topic, spec_for
 
 __all__ = ["Record", "BusConsumer", "Assignment"]
 
@@ -435,7 +435,7 @@ class BusConsumer:
             logging.WARNING,
             f"{self.settings.topic(reset.topic)}[{reset.partition}]: {reset.cause.text} "
             f"(the broker lost its log?): reading the new log from its beginning "
-            f"instead of offset {reset.position}",
+            f"instead of offset {reset.position}; {spec_for(reset.topic).resend.recovery}",
         )
         if self.on_reset is not None:
             self.on_reset(reset)

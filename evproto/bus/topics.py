@@ -50,6 +50,18 @@ class Resend(enum.Enum):
     #: The newest record of each key, posted or waited for: a compacted topic's content.
     LATEST_PER_KEY = "latest_per_key"
 
+    @property
+    def recovery(self) -> str:
+        """What becomes of the records a lost log held, in words for logs and operators."""
+        return _RECOVERY[self]
+
+
+_RECOVERY = {
+    Resend.NOTHING: "the records it held and nobody had read are lost",
+    Resend.RECENT: "its writers send again what they sent in the last minutes; interim figures are lost",
+    Resend.LATEST_PER_KEY: "its writers send again the newest record of each key",
+}
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopicSpec:

@@ -32,12 +32,13 @@ from evproto import (
 )
 from evproto.aio import Link, Server, serve
 from evproto.bus.events import DriverTelemetry, EventDecodeError, Heartbeat, SupplyProgress, decode_event, encode_event
-from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, all_partitions, end_offsets, ensure_topics
-from evproto.bus.topics import Topic, partition_for
+from evproto.bus.kafka import (OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusProducer, KafkaSettings, LogReset,
+                               all_partitions, end_offsets, ensure_topics, topic_ids)
+from evproto.bus.topics import Topic, partition_for, spec_for
 
 from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
 from .core import CentralCore, Effect, Note, Publish, Rules, UnknownCpError
-from .store import OutboxRow, Store
+from .store import OutboxRow, Position, Store
 from .view import CentralView, MessageView, SessionView
 
 __all__ = ["CentralOptions", "Central"]
@@ -93,6 +94,7 @@ class Central:
         self._stop: asyncio.Event | None = None
         self._closing = False
         self._kafka_down_since: float | None = None
+        self._resets_told: set[tuple[Topic, str | None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class Central:
         self.messages.append(MessageView(ts_ms=now_ms(), level=level, text=text))
         getattr(log, level if level in ("warning", "error") else "info")(text)
 
-    def _apply(self, effects: list[Effect], offsets: dict[tuple[str, int], int] | None = None) -> None:
+    def _apply(self, effects: list[Effect], offsets: dict[tuple[str, int], Position] | None = None) -> None:
         rows = iter(self.store.apply(effects, offsets))
         if offsets:
             self.offsets.update(offsets)
@@ -255,21 +257,27 @@ class Central:
 
     async def _consume(self) -> None:
         assignments = []
-        fresh: dict[tuple[str, int], int] = {}
-        for topic in (Topic.DRIVER_REQUESTS, Topic.CP_EVENTS):
+        fresh: dict[tuple[str, int], Position] = {}
+        inputs = (Topic.DRIVER_REQUESTS, Topic.CP_EVENTS)
+        ids = await topic_ids(self.opts.kafka, inputs)
+        for topic in inputs:
             parts = await all_partitions(self.opts.kafka, topic)
             missing = [p for p in parts if (topic.value, p) not in self.offsets]
             if missing:
                 # No stored position: a new database starts from now (never replays an old
-                # network's history), and "now" is written down at once, so that a crash
-                # before the first record cannot make the next start skip what came meanwhile.
+                # network's history), and "now" is written down at once, with the log it
+                # belongs to, so that a crash before the first record cannot make the next
+                # start skip what came meanwhile.
                 for p, end in (await end_offsets(self.opts.kafka, topic, missing)).items():
-                    fresh[(topic.value, p)] = end
+                    fresh[(topic.value, p)] = Position(end, ids.get(topic))
             for p in parts:
-                assignments.append((topic, p, self.offsets.get((topic.value, p), fresh.get((topic.value, p), OFFSET_END))))
+                # The stored position names its log: a broker that lost its data since
+                # is found out by the consumer, which reads the new log from its beginning.
+                pos = self.offsets.get((topic.value, p)) or fresh.get((topic.value, p)) or Position(OFFSET_END)
+                assignments.append((topic, p, pos.offset, pos.topic_id))
         if fresh:
             self._apply([], fresh)
-        async with BusConsumer(self.opts.kafka, assignments=assignments) as consumer:
+        async with BusConsumer(self.opts.kafka, assignments=assignments, on_reset=self._log_reset) as consumer:
             while True:
                 try:
                     batch = await consumer.next_batch(BATCH_SIZE)
@@ -277,10 +285,10 @@ class Central:
                     return
                 # One transaction per batch: decisions, owed events and offsets together.
                 effects: list[Effect] = []
-                offsets: dict[tuple[str, int], int] = {}
+                offsets: dict[tuple[str, int], Position] = {}
                 now = now_ms()
                 for record in batch:
-                    offsets[(record.topic.value, record.partition)] = record.offset + 1
+                    offsets[(record.topic.value, record.partition)] = Position(record.offset + 1, record.topic_id)
                     try:
                         event = decode_event(record.value)
                     except EventDecodeError as exc:
@@ -296,6 +304,18 @@ class Central:
                 self.counters["consumed"] += len(batch)
                 self.counters["batches"] += 1
                 self._apply(effects, offsets)
+
+    def _log_reset(self, reset: LogReset) -> None:
+        """The consumer found one of our input logs replaced (the broker lost its data): it
+        now reads the new log from its beginning. Say so once per log, and store the new
+        position, so a restart does not take the old one for a third log."""
+        self.counters["log_resets"] += 1
+        self._apply([], {(reset.topic.value, reset.partition): Position(OFFSET_BEGINNING, reset.topic_id)})
+        told = (reset.topic, reset.topic_id)
+        if told not in self._resets_told:
+            self._resets_told.add(told)
+            self._note(f"Kafka lost its log of {reset.topic.value} ({reset.cause.text}): reading the new log from "
+                       f"its beginning; {spec_for(reset.topic).resend.recovery}", "warning")
 
     async def _ticker(self) -> None:
         while True:

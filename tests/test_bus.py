@@ -514,6 +514,8 @@ async def test_consumer_lifecycle_and_validation(settings, counts) -> None:
         [(Topic.CP_STATE, -1, 0)],
         [(Topic.CP_STATE, 0, -5)],
         [(Topic.CP_STATE, 0, 0), (Topic.CP_STATE, 0, 3)],
+        [(Topic.CP_STATE, 0, 0, "")],  # a topic id is a name or None
+        [(Topic.CP_STATE, 0)],
     ):
         with pytest.raises(ValueError):
             BusConsumer(settings, bad)

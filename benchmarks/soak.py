@@ -1,13 +1,16 @@
 """The long chaos soak: a network under `evcharging chaos` for many minutes, then an audit.
 
-    python benchmarks/soak.py [--minutes 15] [--cps 5] [--drivers 3] [--interval 5] [--write docs/resilience.md]
+    python benchmarks/soak.py [--minutes 15] [--cps 5] [--drivers 3] [--interval 5] [--broker-kills 3]
+                              [--write docs/resilience.md]
 
 Starts a network with the launcher, lets `evcharging chaos` kill random instances
-(Central included) with SIGKILL and restart them, then waits until every driver
-has worked through its file and runs `evcharging audit`: every started supply has
-exactly one ticket, tickets equal what the engines metered, nothing is left in
-progress, no driver waits. Prints the figures and, with --write, puts them between
-``<!-- bench:soak -->`` markers in the given file.
+(Central included) with SIGKILL and restart them, and between chaos rounds kills
+the in-memory broker (`evcharging kill broker`, then `evcharging start broker` a
+few seconds later: every log is lost, nothing else is restarted). Then it waits
+until every driver has worked through its file and runs `evcharging audit`: every
+started supply has exactly one ticket, tickets equal what the engines metered,
+nothing is left in progress, no driver waits. Prints the figures and, with
+--write, puts them between ``<!-- bench:soak -->`` markers in the given file.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import collections
 import json
 import os
 import platform
+import random
 import re
 import subprocess
 import sys
@@ -48,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drivers", type=int, default=3)
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between kills")
     ap.add_argument("--requests", type=int, default=0, help="per driver (default: enough for the whole soak)")
+    ap.add_argument("--broker-kills", type=int, default=3,
+                    help="broker SIGKILLs, evenly spread between chaos rounds (0: the broker is left alone)")
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--write", metavar="FILE")
@@ -59,11 +65,24 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([EV, "up", "--detach", "--cps", str(args.cps), "--drivers", str(args.drivers), "--requests",
                     str(requests), "--run-dir", run_dir, "--http-port", "0", "--seed", str(args.seed)], check=True)
     try:
-        print(f"network up in {run_dir}; chaos for {args.minutes:g} min, a kill every {args.interval:g} s", flush=True)
-        chaos = subprocess.run([EV, "chaos", "--duration", str(args.minutes * 60), "--interval", str(args.interval),
-                                "--run-dir", run_dir, "--seed", str(args.seed + 1)], capture_output=True, text=True, check=True)
-        kills = collections.Counter(
-            re.sub(r"-(CP|D)\d+$", "", line.split()[2]) for line in chaos.stdout.splitlines() if " killed " in line)
+        print(f"network up in {run_dir}; chaos for {args.minutes:g} min, a kill every {args.interval:g} s, "
+              f"{args.broker_kills} broker kill(s)", flush=True)
+        kills: collections.Counter[str] = collections.Counter()
+        rng = random.Random(args.seed)
+        rounds = args.broker_kills + 1
+        for n in range(rounds):
+            # One writer of the launcher's registry at a time: chaos rounds and broker kills take turns.
+            chaos = subprocess.run([EV, "chaos", "--duration", str(args.minutes * 60 / rounds), "--interval",
+                                    str(args.interval), "--run-dir", run_dir, "--seed", str(args.seed + 1 + n)],
+                                   capture_output=True, text=True, check=True)
+            kills.update(re.sub(r"-(CP|D)\d+$", "", line.split()[2])
+                         for line in chaos.stdout.splitlines() if " killed " in line)
+            if n + 1 < rounds:
+                subprocess.run([EV, "kill", "broker", "--run-dir", run_dir], check=True, capture_output=True)
+                kills["broker"] += 1
+                time.sleep(rng.uniform(1.0, 6.0))  # as long as chaos keeps a victim down
+                subprocess.run([EV, "start", "broker", "--run-dir", run_dir], check=True, capture_output=True)
+                print(f"broker killed and started again ({kills['broker']} of {args.broker_kills})", flush=True)
         print(f"chaos over: {sum(kills.values())} kills {dict(kills)}", flush=True)
         quiesce_start = time.monotonic()
         while not drivers_done(run_dir, requests):
@@ -93,7 +112,8 @@ print(json.dumps(dict(collections.Counter(r[0] for r in db.execute('select statu
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} (2 cores, shared), Python "
         f"{platform.python_version()}: `python benchmarks/soak.py --minutes {args.minutes:g} --cps {args.cps} "
-        f"--drivers {args.drivers} --interval {args.interval:g}` ({requests} requests per driver).",
+        f"--drivers {args.drivers} --interval {args.interval:g} --broker-kills {args.broker_kills}` "
+        f"({requests} requests per driver).",
         "",
         "| figure | value |",
         "| --- | --- |",

@@ -42,11 +42,13 @@ from evproto.bus.kafka import (
     BusError,
     BusProducer,
     KafkaSettings,
+    LogReset,
     Record,
     end_offsets,
     ensure_topics,
+    topic_ids,
 )
-from evproto.bus.topics import Topic, partition_for
+from evproto.bus.topics import Topic, partition_for, spec_for
 from evproto.idents import InvalidTextError, check_id, id_problem
 from evproto.ratelog import RateLimitedLog
 
@@ -251,7 +253,9 @@ class Driver:
             # First start: remember where "now" is before asking for anything, so a crash
             # before the first answer cannot make the next start skip that answer.
             partition = partition_for(self.driver_id, self.partitions[Topic.DRIVER_EVENTS])
+            ids = await topic_ids(self.kafka, [Topic.DRIVER_EVENTS])
             self.state["events_offset"] = (await end_offsets(self.kafka, Topic.DRIVER_EVENTS, [partition]))[partition]
+            self.state["events_topic_id"] = ids.get(Topic.DRIVER_EVENTS)  # the log that offset belongs to
             self._save()
         self.producer = BusProducer(self.kafka)
         await self.producer.start()
@@ -393,9 +397,12 @@ class Driver:
     async def _events_loop(self) -> None:
         partition = partition_for(self.driver_id, self.partitions[Topic.DRIVER_EVENTS])
         start = self.state.get("events_offset")
-        async with BusConsumer(self.kafka, assignments=[(Topic.DRIVER_EVENTS, partition, OFFSET_END if start is None else start)]) as consumer:
+        # With the log it came from: a broker that lost its data since is found out, and the
+        # new log is read from its beginning (Central sends the recent tickets and updates again).
+        position = (Topic.DRIVER_EVENTS, partition, OFFSET_END if start is None else start, self.state.get("events_topic_id"))
+        async with BusConsumer(self.kafka, assignments=[position], on_reset=self._events_reset) as consumer:
             async for record in consumer:
-                self.state["events_offset"] = record.offset + 1
+                self.state["events_offset"], self.state["events_topic_id"] = record.offset + 1, record.topic_id
                 if record.key != self.driver_id:
                     continue  # another driver's record in the same partition
                 assert self.records is not None
@@ -410,6 +417,12 @@ class Driver:
             return f"an event for driver {ev.driver_id}, keyed to {self.driver_id}"
         self._on_event(ev)
         return None
+
+    def _events_reset(self, reset: LogReset) -> None:
+        log.warning("Kafka lost its log of %s (%s): reading the new log from its beginning; %s",
+                    reset.topic.value, reset.cause.text, spec_for(reset.topic).resend.recovery)
+        self.state["events_offset"], self.state["events_topic_id"] = OFFSET_BEGINNING, reset.topic_id
+        self._save()
 
     def _on_event(self, ev: Any) -> None:
         if isinstance(ev, RequestUpdate):

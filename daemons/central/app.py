@@ -34,8 +34,9 @@ from evproto import (
 )
 from evproto.aio import Link, Server, serve
 from evproto.bus.events import DriverTelemetry, Event, EventEncodeError, Heartbeat, SupplyProgress, encode_event
-from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, all_partitions, end_offsets, ensure_topics
-from evproto.bus.topics import Topic, partition_for
+from evproto.bus.kafka import (OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusProducer, KafkaSettings, LogReset,
+                               all_partitions, end_offsets, ensure_topics, topic_ids)
+from evproto.bus.topics import Topic, partition_for, spec_for
 
 from evproto.ratelog import RateLimitedLog
 
@@ -44,7 +45,7 @@ from ..quarantine import CrashGuard, DeadLetter
 from .core import CentralCore, Effect, Forget, Note, Publish, RegistryBusyError, Rules, SaveCp, UnknownCpError
 from .intake import RecordIntake
 from .limits import Coalescer
-from .store import OutboxRow, Store
+from .store import OutboxRow, Position, Store
 from .view import CentralView, MessageView, SessionView
 
 __all__ = ["CentralOptions", "Central"]
@@ -115,6 +116,7 @@ class Central:
         self._stop: asyncio.Event | None = None
         self._closing = False
         self._kafka_down_since: float | None = None
+        self._resets_told: set[tuple[Topic, str | None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -183,7 +185,7 @@ class Central:
         self.messages.append(MessageView(ts_ms=now_ms(), level=level, text=text))
         getattr(log, level if level in ("warning", "error") else "info")(text)
 
-    def _apply(self, effects: list[Effect], offsets: dict[tuple[str, int], int] | None = None,
+    def _apply(self, effects: list[Effect], offsets: dict[tuple[str, int], Position] | None = None,
                dead: list[DeadLetter] | None = None) -> None:
         rows = iter(self.store.apply(effects, offsets, dead or ()))
         if offsets:
@@ -314,21 +316,27 @@ class Central:
 
     async def _consume(self) -> None:
         assignments = []
-        fresh: dict[tuple[str, int], int] = {}
-        for topic in (Topic.DRIVER_REQUESTS, Topic.CP_EVENTS):
+        fresh: dict[tuple[str, int], Position] = {}
+        inputs = (Topic.DRIVER_REQUESTS, Topic.CP_EVENTS)
+        ids = await topic_ids(self.opts.kafka, inputs)
+        for topic in inputs:
             parts = await all_partitions(self.opts.kafka, topic)
             missing = [p for p in parts if (topic.value, p) not in self.offsets]
             if missing:
                 # No stored position: a new database starts from now (never replays an old
-                # network's history), and "now" is written down at once, so that a crash
-                # before the first record cannot make the next start skip what came meanwhile.
+                # network's history), and "now" is written down at once, with the log it
+                # belongs to, so that a crash before the first record cannot make the next
+                # start skip what came meanwhile.
                 for p, end in (await end_offsets(self.opts.kafka, topic, missing)).items():
-                    fresh[(topic.value, p)] = end
+                    fresh[(topic.value, p)] = Position(end, ids.get(topic))
             for p in parts:
-                assignments.append((topic, p, self.offsets.get((topic.value, p), fresh.get((topic.value, p), OFFSET_END))))
+                # The stored position names its log: a broker that lost its data since
+                # is found out by the consumer, which reads the new log from its beginning.
+                pos = self.offsets.get((topic.value, p)) or fresh.get((topic.value, p)) or Position(OFFSET_END)
+                assignments.append((topic, p, pos.offset, pos.topic_id))
         if fresh:
             self._apply([], fresh)
-        async with BusConsumer(self.opts.kafka, assignments=assignments) as consumer:
+        async with BusConsumer(self.opts.kafka, assignments=assignments, on_reset=self._log_reset) as consumer:
             while True:
                 try:
                     batch = await consumer.next_batch(BATCH_SIZE)
@@ -377,6 +385,18 @@ class Central:
         self.core = core
         self.counters["core_rebuilds"] += 1
         log.warning("Central's state was rebuilt from its database")
+
+    def _log_reset(self, reset: LogReset) -> None:
+        """The consumer found one of our input logs replaced (the broker lost its data): it
+        now reads the new log from its beginning. Say so once per log, and store the new
+        position, so a restart does not take the old one for a third log."""
+        self.counters["log_resets"] += 1
+        self._apply([], {(reset.topic.value, reset.partition): Position(OFFSET_BEGINNING, reset.topic_id)})
+        told = (reset.topic, reset.topic_id)
+        if told not in self._resets_told:
+            self._resets_told.add(told)
+            self._note(f"Kafka lost its log of {reset.topic.value} ({reset.cause.text}): reading the new log from "
+                       f"its beginning; {spec_for(reset.topic).resend.recovery}", "warning")
 
     async def _ticker(self) -> None:
         n = 0

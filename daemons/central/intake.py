@@ -26,12 +26,13 @@ from evproto.ratelog import RateLimitedLog
 
 from ..quarantine import CrashGuard, DeadLetter, Verdict
 from .core import Effect, RecordRefused
+from .store import Position
 
 __all__ = ["RecordIntake"]
 
 log = logging.getLogger("evproto.central")
 
-Offsets = dict[tuple[str, int], int]
+Offsets = dict[tuple[str, int], Position]
 
 
 class RecordIntake:
@@ -85,7 +86,7 @@ class RecordIntake:
         self.guard.applied()
 
     def _apply_alone(self, record: Record, now_ms: int) -> None:
-        where = {(record.topic.value, record.partition): record.offset + 1}
+        where = {(record.topic.value, record.partition): Position(record.offset + 1, record.topic_id)}
         verdict = self.guard.verdict(record.topic.value, record.partition, record.offset)
         if verdict is Verdict.QUARANTINE:
             crashes = self.guard.crashes_on(record.topic.value, record.partition, record.offset)
@@ -134,7 +135,7 @@ class RecordIntake:
 def _offsets(batch: list[Record]) -> Offsets:
     out: Offsets = {}
     for r in batch:
-        out[(r.topic.value, r.partition)] = r.offset + 1
+        out[(r.topic.value, r.partition)] = Position(r.offset + 1, r.topic_id)  # with the log it came from
     return out
 
 

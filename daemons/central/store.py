@@ -13,7 +13,7 @@ import os
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 from evproto.bus.events import Ticket, encode_event
 from evproto.domain.session import SessionStatus
@@ -22,9 +22,9 @@ from ..quarantine import DeadLetter
 from .core import CpRecord, Effect, Forget, Publish, SaveCp, SaveSession, SessionRecord
 from .view import SessionView
 
-__all__ = ["Store", "OutboxRow", "Loaded", "MAX_DEAD_LETTERS"]
+__all__ = ["Store", "OutboxRow", "Loaded", "Position", "MAX_DEAD_LETTERS"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: Ended sessions reloaded at start-up (duplicate requests, late CP reports).
 RECENT_SESSIONS = 5000
 #: Dead letters kept (the oldest are dropped); each keeps at most MAX_KEPT_BYTES of its value.
@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS offsets (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
     next_offset INTEGER NOT NULL,
+    topic_id TEXT,
     PRIMARY KEY (topic, partition)
 );
 CREATE TABLE IF NOT EXISTS outbox (
@@ -104,6 +105,24 @@ _SESSION_COLUMNS = (
 )
 
 
+class Position(NamedTuple):
+    """Where Central reads a partition next, and the log that offset belongs to.
+
+    ``topic_id`` None: not known (a database from before topic ids were stored),
+    so only the log's end can tell a replaced log.
+    """
+
+    offset: int
+    topic_id: str | None = None
+
+
+# Schema changes, each from the version before it: (version reached, statements).
+_MIGRATIONS = (
+    # 2: each offset names its log, so a restart can tell the same log from a new one.
+    (2, ("ALTER TABLE offsets ADD COLUMN topic_id TEXT",)),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
     """A durable event Central owes the bus (``topic`` is the logical Topic value)."""
@@ -122,7 +141,7 @@ class Loaded:
     drivers: set[str]
     live_sessions: list[SessionRecord]
     next_session_id: int
-    offsets: dict[tuple[str, int], int]
+    offsets: dict[tuple[str, int], Position]
 
 
 def _now_ms() -> int:
@@ -143,12 +162,32 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
+        row = self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        found = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() if row else None
+        if found is not None and int(found[0]) < SCHEMA_VERSION:
+            self._migrate(int(found[0]))
         self._db.executescript(_SCHEMA)
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) != SCHEMA_VERSION:
             raise RuntimeError(f"{path}: database schema {row[0]}, this Central expects {SCHEMA_VERSION}")
+
+    def _migrate(self, version: int) -> None:
+        """Bring a database of an older schema up to this one, one transaction per step."""
+        for reached, statements in _MIGRATIONS:
+            if reached <= version:
+                continue
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for sql in statements:
+                    self._db.execute(sql)
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(reached),))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         self._db.close()
@@ -209,7 +248,8 @@ class Store:
         ).fetchall()
         sessions = [self._session(r[:-1], ticketed=bool(r[-1])) for r in rows]
         (max_id,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM sessions").fetchone()
-        offsets = {(r[0], r[1]): r[2] for r in self._db.execute("SELECT topic, partition, next_offset FROM offsets")}
+        offsets = {(r[0], r[1]): Position(r[2], r[3])
+                   for r in self._db.execute("SELECT topic, partition, next_offset, topic_id FROM offsets")}
         return Loaded(cps, drivers, sessions, max_id + 1, offsets)
 
     @staticmethod
@@ -220,7 +260,7 @@ class Store:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def apply(self, effects: Iterable[Effect], offsets: dict[tuple[str, int], int] | None = None,
+    def apply(self, effects: Iterable[Effect], offsets: dict[tuple[str, int], Position | int] | None = None,
               dead: Iterable[DeadLetter] = ()) -> list[OutboxRow]:
         """Apply saves, queue durable publishes, keep dead letters and record offsets, all
         in one transaction (nothing at all when there is nothing to write).
@@ -277,10 +317,13 @@ class Store:
                     added.append(OutboxRow(int(cur.lastrowid or 0), fx.topic.value, fx.key, value))
             if dead:
                 self._keep_dead(dead)
-            for (topic, partition), nxt in (offsets or {}).items():
+            for (topic, partition), pos in (offsets or {}).items():
+                # A bare offset keeps the log's id as stored; a Position names the log.
+                nxt, topic_id = (pos, None) if isinstance(pos, int) else pos
                 db.execute(
-                    "INSERT INTO offsets VALUES (?, ?, ?) ON CONFLICT(topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
-                    (topic, partition, nxt),
+                    "INSERT INTO offsets VALUES (?, ?, ?, ?) ON CONFLICT(topic, partition) DO UPDATE SET "
+                    "next_offset = excluded.next_offset, topic_id = COALESCE(excluded.topic_id, topic_id)",
+                    (topic, partition, nxt, topic_id),
                 )
             db.execute("COMMIT")
         except BaseException:

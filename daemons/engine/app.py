@@ -45,8 +45,9 @@ from evproto.bus.events import (
     decode_event,
     encode_event,
 )
-from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, BusError, BusProducer, KafkaSettings, Record, ensure_topics
-from evproto.bus.topics import Topic, partition_for
+from evproto.bus.kafka import (OFFSET_BEGINNING, BusConsumer, BusError, BusProducer, KafkaSettings, LogReset, Record,
+                               ensure_topics)
+from evproto.bus.topics import Topic, partition_for, spec_for
 from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Persist, Phase, Say
 from evproto.idents import id_problem
 from evproto.ratelog import RateLimitedLog
@@ -92,6 +93,8 @@ class Engine:
         self.state_path = os.path.join(opts.state_dir, "engine-state.json")
         self.cp: ChargePoint | None = None
         self.commands_offset: int | None = None
+        #: The log commands_offset belongs to (None: not known yet).
+        self.commands_topic_id: str | None = None
         self.outbox: list[dict[str, Any]] = []
         #: The last LEDGER_SIZE supplies this engine finished (what it metered and reported).
         self.finished: list[dict[str, Any]] = []
@@ -163,6 +166,7 @@ class Engine:
                 "cp_id": self.cp.cp_id,
                 "cp": self.cp.snapshot(),
                 "commands_offset": self.commands_offset,
+                "commands_topic_id": self.commands_topic_id,
                 "outbox": self.outbox,
                 "finished": self.finished,
             },
@@ -173,10 +177,11 @@ class Engine:
         if self.cp is not None and self.cp.cp_id == cp_id:
             return
         self.cp = ChargePoint(cp_id=cp_id, auto=self.opts.auto, offline_supply=self.opts.offline_supply)
-        self.commands_offset = None
+        self.commands_offset = self.commands_topic_id = None
         now = now_ms()
         if state and state.get("cp_id") == cp_id:
             self.commands_offset = state.get("commands_offset")
+            self.commands_topic_id = state.get("commands_topic_id")
             register = (state.get("cp") or {}).get("meter_energy_wh")
             restore = getattr(self.meter, "restore_register", None)
             if register is not None and restore is not None:
@@ -322,9 +327,12 @@ class Engine:
     async def _commands_loop(self, cp_id: str) -> None:
         partition = partition_for(cp_id, self.partitions[Topic.CP_COMMANDS])
         start = self.commands_offset if self.commands_offset is not None else OFFSET_BEGINNING
-        async with BusConsumer(self.opts.kafka, assignments=[(Topic.CP_COMMANDS, partition, start)]) as consumer:
+        # With the log it came from: a broker that lost its data since is found out, and the
+        # new log is read from its beginning (expired authorisations in it are skipped below).
+        position = (Topic.CP_COMMANDS, partition, start, self.commands_topic_id)
+        async with BusConsumer(self.opts.kafka, assignments=[position], on_reset=self._commands_reset) as consumer:
             async for record in consumer:
-                self.commands_offset = record.offset + 1
+                self.commands_offset, self.commands_topic_id = record.offset + 1, record.topic_id
                 if record.key != cp_id or self.cp is None:
                     continue
                 assert self.records is not None
@@ -352,6 +360,13 @@ class Engine:
         else:
             self._apply(cp.cancel(ev.session_id, now))
         return None
+
+    def _commands_reset(self, reset: LogReset) -> None:
+        log.warning("Kafka lost its log of %s (%s): reading the new log from its beginning; %s",
+                    reset.topic.value, reset.cause.text, spec_for(reset.topic).resend.recovery)
+        self.commands_offset, self.commands_topic_id = OFFSET_BEGINNING, reset.topic_id
+        self._save()
+
 
     def _central_news(self, now: int) -> list[Effect]:
         """Tell the CP whether Central is reachable (nothing while it is too early to say)."""

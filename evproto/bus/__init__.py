@@ -1,5 +1,5 @@
 """The Kafka side of the network: topic names, JSON event schemas, and thin adapters.
 
-``topics`` and ``events`` are pure (no I/O); ``kafka`` and ``broker`` talk to a
-real broker (confluent-kafka, and the embedded Tansu broker for development).
+``topics``, ``events`` and ``resets`` are pure (no I/O); ``kafka`` and ``broker`` talk
+to a real broker (confluent-kafka, and the embedded Tansu broker for development).
 """

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ..errors import EvprotoError
@@ -34,6 +34,7 @@ __all__ = [
     "ensure_topics",
     "all_partitions",
     "end_offsets",
+    "topic_ids",
     "group_settings",
 ]
 
@@ -195,6 +196,29 @@ def _admin(settings: KafkaSettings) -> AdminClient:
     return AdminClient(_client_config(settings))
 
 
+def _topic_ids(admin: AdminClient, names: Iterable[str], timeout_s: float = 3.0) -> dict[str, str]:
+    """Each named topic's id, for those the broker describes (blocking; run it in a thread).
+
+    A topic missing, or a broker away, leaves its name out: callers look again later.
+    A new id for a name means the topic was deleted and created again.
+    """
+    wanted = sorted(set(names))
+    if not wanted:
+        return {}
+    try:
+        found = admin.describe_topics(TopicCollection(wanted), request_timeout=timeout_s)
+    except KafkaException as exc:
+        log.debug("topic ids unavailable: %r", exc)
+        return {}
+    out = {}
+    for name, fut in found.items():
+        try:
+            out[name] = str(fut.result(timeout=timeout_s + 1.0).topic_id)
+        except Exception as exc:  # missing topic, broker away, timeout: try again at the next check
+            log.debug("topic id of %s unavailable: %r", name, exc)
+    return out
+
+
 def _metadata(
     admin: AdminClient, settings: KafkaSettings, deadline: float, timeout_s: float
 ) -> Any:
@@ -339,3 +363,14 @@ async def end_offsets(
             consumer.close()
 
     return await _run_in_thread("evproto-watermarks", query)
+
+
+async def topic_ids(settings: KafkaSettings, topics: Iterable[Topic], *, timeout_s: float = 5.0) -> dict[Topic, str]:
+    """The id of each topic's log now (topics the broker does not describe are left out).
+
+    A reader stores it with its position, so that a restart can tell the same log
+    from a new one (a topic created again, a broker that lost its data).
+    """
+    wanted = {settings.topic(t): t for t in topics}
+    found = await _run_in_thread("evproto-topic-ids", lambda: _topic_ids(_admin(settings), wanted, timeout_s))
+    return {wanted[name]: topic_id for name, topic_id in found.items()}

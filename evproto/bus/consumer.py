@@ -7,38 +7,46 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import confluent_kafka
-from confluent_kafka import KafkaError, KafkaException, TopicCollection, TopicPartition
-
-from .topics import Topic
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from .client import (
     OFFSET_BEGINNING,
     OFFSET_END,
     BusError,
     KafkaSettings,
+    _admin,
     _bus_error,
     _client_config,
-    _admin,
     _RateLimitedLog,
     _run_in_thread,
+    _topic_ids,
     log,
 )
+from .resets import CONFIRM_S, RESET_CHECK_S, LogReset, ResetCause
+from .topics import Topic, spec_for
 
-#: Seconds between checks that the broker has not re-created our topics.
-RESET_CHECK_S = 5.0
+__all__ = ["Record", "BusConsumer", "Assignment"]
 
-__all__ = ["Record", "BusConsumer"]
-
+#: (topic, partition, start offset) or (topic, partition, start offset, topic id of that offset's log).
+Assignment = tuple[Topic, int, int] | tuple[Topic, int, int, "str | None"]
+#: LogResets kept in ``BusConsumer.log_resets`` (the newest).
+LOG_RESETS_KEPT = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Record:
-    """One record read from Kafka. ``timestamp_ms`` is -1 when the broker gave none."""
+    """One record read from Kafka. ``timestamp_ms`` is -1 when the broker gave none.
+
+    ``topic_id`` names the log the record came from (None when the broker did not
+    tell): a reader stores it with its offset, so that on its next start the
+    consumer can tell the same log from a new one that grew past that offset.
+    """
 
     topic: Topic
     partition: int
@@ -46,6 +54,25 @@ class Record:
     key: str | None
     value: bytes | None
     timestamp_ms: int
+    topic_id: str | None = None
+
+
+@dataclass(slots=True)
+class _Assigned:
+    """One assigned partition, as the poll thread follows it."""
+
+    topic: Topic
+    name: str
+    partition: int
+    start: int
+    #: The log we believe we read (None: not known yet).
+    topic_id: str | None
+    #: The next offset to read (< 0 while only a logical start is known).
+    next_offset: int
+    #: Consecutive looks that found the log ending before ``next_offset``.
+    suspect: int = 0
+    #: The broker refused our position (Apache Kafka's OFFSET_OUT_OF_RANGE): seek pending.
+    refused: bool = False
 
 
 _END = object()
@@ -62,7 +89,7 @@ _FATAL_CODES = frozenset(
 
 
 class BusConsumer:
-    """Reads the given (topic, partition, start offset) assignments, with no consumer group.
+    """Reads the given (topic, partition, start offset[, topic id]) assignments, with no consumer group.
 
     ``async for record in consumer`` yields :class:`Record` in offset order per
     partition; it raises BusError on a fatal error and ends after ``close()``.
@@ -71,8 +98,17 @@ class BusConsumer:
     not errors: they are counted in ``transient_errors`` and librdkafka reconnects.
     To read from other offsets, make a new consumer.
 
-    A start offset that no longer exists (removed by retention) reads from the
-    oldest record kept (``auto.offset.reset=earliest``).
+    **Log resets.** A reader stores each record's offset *and* ``topic_id``, and passes
+    both back as its start position. When the log is not the one the position came
+    from, the partition is read from its beginning: the topic has another id (checked
+    at start and every ``RESET_CHECK_S``), the log ends before the position (seen
+    twice, ``CONFIRM_S`` apart), or the broker refuses the position (out of range,
+    including records removed by retention). Each reset is a :class:`LogReset`, kept
+    in ``log_resets`` (the newest 100), counted in ``resets``, logged, and handed to
+    ``on_reset`` on the event loop *in stream order*: after every record read from
+    the old log, before any record from the new one. Without a stored topic id only
+    the end check can tell, and a new log already longer than the position cannot be
+    told from the old one.
 
     ``start()`` turns OFFSET_END into the partition's current end offset before it
     returns, so every record produced after ``start()`` is seen; it waits at most
@@ -88,28 +124,42 @@ class BusConsumer:
     def __init__(
         self,
         settings: KafkaSettings,
-        assignments: Iterable[tuple[Topic, int, int]],
+        assignments: Iterable[Assignment],
         *,
         queue_size: int = 1000,
         poll_timeout_s: float = 0.1,
         fetch_wait_s: float = 0.05,
         start_timeout_s: float = 5.0,
+        on_reset: Callable[[LogReset], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.assignments = tuple(assignments)
-        if not self.assignments:
+        given = tuple(assignments)
+        if not given:
             raise ValueError("a consumer needs at least one (topic, partition, offset) assignment")
-        seen = set()
-        for topic, partition, offset in self.assignments:
+        self._assigned: dict[tuple[str, int], _Assigned] = {}
+        for item in given:
+            if not isinstance(item, tuple) or len(item) not in (3, 4):
+                raise ValueError(f"bad assignment {item!r}: (topic, partition, offset[, topic id])")
+            topic, partition, offset = item[:3]
+            topic_id = item[3] if len(item) == 4 else None
             if not isinstance(topic, Topic) or partition < 0:
-                raise ValueError(f"bad assignment {(topic, partition, offset)!r}")
+                raise ValueError(f"bad assignment {item!r}")
             if offset < 0 and offset not in (OFFSET_BEGINNING, OFFSET_END):
                 raise ValueError(
                     f"start offset must be >= 0, OFFSET_BEGINNING or OFFSET_END, got {offset}"
                 )
-            if (topic, partition) in seen:
+            if topic_id is not None and not (isinstance(topic_id, str) and topic_id):
+                raise ValueError(f"topic id must be a non-empty string or None, got {topic_id!r}")
+            name = settings.topic(topic)
+            if (name, partition) in self._assigned:
                 raise ValueError(f"{topic.value} partition {partition} assigned twice")
-            seen.add((topic, partition))
+            self._assigned[(name, partition)] = _Assigned(
+                topic=topic, name=name, partition=partition, start=offset,
+                topic_id=topic_id, next_offset=offset,
+            )
+        #: The (topic, partition, start offset) assignments, as given.
+        self.assignments = tuple((a.topic, a.partition, a.start) for a in self._assigned.values())
+        self.on_reset = on_reset
         if queue_size < 1:
             raise ValueError("queue_size must be >= 1")
         self.queue_size = queue_size
@@ -121,9 +171,15 @@ class BusConsumer:
         self.received = 0
         self.eof_count = 0
         self.transient_errors = 0
-        #: Topics found re-created by the broker (then read again from the beginning).
+        #: Partitions found reading a replaced log (then read again from the beginning).
         self.resets = 0
-        self._topic_ids: dict[str, str] = {}
+        #: The newest LogResets, oldest first (handed over in stream order).
+        self.log_resets: deque[LogReset] = deque(maxlen=LOG_RESETS_KEPT)
+        # Resets to hand to the reader before its next record (found at start, or held
+        # back by next_batch so that a batch never mixes the old log and the new one).
+        self._held: deque[LogReset] = deque()
+        # Partitions the poll thread was told the broker refused (error path, any thread).
+        self._refused: deque[tuple[str, int]] = deque()
         self._admin: Any = None
         self._topics = {settings.topic(t): t for t in Topic}
         self._consumer: confluent_kafka.Consumer | None = None
@@ -149,14 +205,18 @@ class BusConsumer:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": True,
-            "auto.offset.reset": "earliest",
+            # A refused position comes to us (and is read from the beginning, reported)
+            # instead of being reset silently inside librdkafka.
+            "auto.offset.reset": "error",
             "fetch.wait.max.ms": max(1, int(self.fetch_wait_s * 1000)),
         }
         consumer = confluent_kafka.Consumer(
             _client_config(self.settings, config, on_error=self._on_error)
         )
         self._consumer = consumer
-        consumer.assign(await _run_in_thread("evproto-consumer-start", self._start_positions))
+        positions, resets = await _run_in_thread("evproto-consumer-start", self._start_positions)
+        consumer.assign(positions)
+        self._announce(resets)
         self._done = _run_in_thread("evproto-consumer-poll", self._poll_loop)
 
     async def __aenter__(self) -> BusConsumer:
@@ -177,18 +237,24 @@ class BusConsumer:
     async def __anext__(self) -> Record:
         if self._queue is None:
             raise BusError("consumer not started")
-        if self._error is not None:
-            raise self._error
-        if self._ended:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        if item is _END:
-            self._ended = True
-            raise StopAsyncIteration
-        if isinstance(item, BusError):
-            self._error = item
-            raise item
-        return item
+        while True:
+            while self._held:
+                self._hand_over_reset(self._held.popleft())
+            if self._error is not None:
+                raise self._error
+            if self._ended:
+                raise StopAsyncIteration
+            item = await self._queue.get()
+            if item is _END:
+                self._ended = True
+                raise StopAsyncIteration
+            if isinstance(item, BusError):
+                self._error = item
+                raise item
+            if isinstance(item, LogReset):
+                self._hand_over_reset(item)
+                continue
+            return item
 
     async def next_batch(self, max_records: int = 500) -> list[Record]:
         """Wait for the next record, then take whatever else is already here (up to ``max_records``).
@@ -208,8 +274,16 @@ class BusConsumer:
             if isinstance(item, BusError):  # the next call raises it, after this batch
                 self._error = item
                 break
+            if isinstance(item, LogReset):  # handed over by the next call, after this batch
+                self._held.append(item)
+                break
             batch.append(item)
         return batch
+
+    @property
+    def topic_ids(self) -> dict[Topic, str]:
+        """The id of each assigned topic's log as the consumer knows it now (missing: not known yet)."""
+        return {a.topic: a.topic_id for a in self._assigned.values() if a.topic_id is not None}
 
     async def close(self, timeout_s: float = 5.0) -> None:
         """Stop polling and close the client; iteration ends. Bounded even without a broker."""
@@ -227,75 +301,144 @@ class BusConsumer:
             self._queue.get_nowait()
         self._queue.put_nowait(_END)
 
-    def _start_positions(self) -> list[TopicPartition]:
-        """The assignment for librdkafka, with OFFSET_END replaced by the current end offset."""
+    def _start_positions(self) -> tuple[list[TopicPartition], list[LogReset]]:
+        """The assignment for librdkafka (OFFSET_END replaced by the current end offset), and
+        the resets found: a stored position from a log that is not the current one."""
         consumer = self._consumer
         assert consumer is not None
         deadline = time.monotonic() + self.start_timeout_s
         reachable = True
         # Knowing the partition leaders before assign() saves librdkafka's 0.5 s
         # "no leader yet" retry before the first fetch.
-        for name in {self.settings.topic(t) for t, _, _ in self.assignments}:
+        for name in sorted({a.name for a in self._assigned.values()}):
             try:
                 consumer.list_topics(name, timeout=max(deadline - time.monotonic(), 0.1))
             except KafkaException:
                 reachable = False
                 break
-        out = []
-        for topic, partition, offset in self.assignments:
-            name = self.settings.topic(topic)
-            if offset == OFFSET_END and reachable and time.monotonic() < deadline:
-                # Note: Tansu answers with the last batch's base offset + 1, so there
-                # the tail of a multi-record last batch is read again; Kafka is exact.
-                try:
-                    _low, offset = consumer.get_watermark_offsets(
-                        TopicPartition(name, partition),
-                        timeout=max(deadline - time.monotonic(), 0.1),
-                    )
-                except KafkaException:
-                    offset = OFFSET_END
-            out.append(TopicPartition(name, partition, offset))
-        self._topic_ids = self._current_topic_ids()
-        return out
+        ids = self._current_topic_ids() if reachable else {}
+        out, resets = [], []
+        for a in self._assigned.values():
+            offset = a.start
+            current = ids.get(a.name)
+            if current is not None and a.topic_id is not None and current != a.topic_id:
+                resets.append(self._reset_to_beginning(a, ResetCause.TOPIC_RECREATED, current))
+                offset = OFFSET_BEGINNING
+            elif offset >= 0 or offset == OFFSET_END:
+                end = self._end_offset(a, deadline) if reachable and time.monotonic() < deadline else None
+                if offset == OFFSET_END:
+                    # Note: Tansu answers with the last batch's base offset + 1, so there
+                    # the tail of a multi-record last batch is read again; Kafka is exact.
+                    offset = end if end is not None else OFFSET_END
+                    a.next_offset = offset
+                elif end is not None and end < offset:
+                    a.suspect = 1  # looked at again soon: a second look decides
+            if current is not None and a.topic_id is None:
+                a.topic_id = current
+            out.append(TopicPartition(a.name, a.partition, offset))
+        return out, resets
 
-    # -- broker resets
+    def _end_offset(self, a: _Assigned, deadline: float | None = None) -> int | None:
+        """The partition's end offset from the broker now (None when it does not answer)."""
+        assert self._consumer is not None
+        timeout = max((deadline or time.monotonic() + 2.0) - time.monotonic(), 0.1)
+        try:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(a.name, a.partition), timeout=timeout
+            )
+        except KafkaException:
+            return None
+        return int(high)
+
+    # -- log resets (poll thread)
 
     def _current_topic_ids(self) -> dict[str, str]:
-        """Each assigned topic's id (a new id means the topic was deleted and re-created)."""
-        names = sorted({self.settings.topic(t) for t, _, _ in self.assignments})
+        """Each assigned topic's id, for those the broker describes now."""
+        if self._admin is None:
+            self._admin = _admin(self.settings)
+        return _topic_ids(self._admin, {a.name for a in self._assigned.values()}, timeout_s=2.0)
+
+    def _reset_to_beginning(
+        self, a: _Assigned, cause: ResetCause, topic_id: str | None, end_offset: int = -1
+    ) -> LogReset:
+        reset = LogReset(
+            topic=a.topic, partition=a.partition, cause=cause, old_topic_id=a.topic_id,
+            topic_id=topic_id, position=a.next_offset, end_offset=end_offset,
+        )
+        a.topic_id = topic_id if topic_id is not None else a.topic_id
+        a.next_offset = OFFSET_BEGINNING
+        a.suspect = 0
+        a.refused = False
+        self.resets += 1
+        return reset
+
+    def _seek_beginning(self, consumer: confluent_kafka.Consumer, a: _Assigned) -> bool:
         try:
-            if self._admin is None:
-                self._admin = _admin(self.settings)
-            found = self._admin.describe_topics(TopicCollection(names), request_timeout=2.0)
-            return {name: str(fut.result(timeout=3.0).topic_id) for name, fut in found.items()}
-        except Exception as exc:  # the broker is away: try again at the next check
-            log.debug("topic ids unavailable: %r", exc)
-            return {}
+            consumer.seek(TopicPartition(a.name, a.partition, OFFSET_BEGINNING))
+            return True
+        except KafkaException as exc:
+            log.debug("seek to the beginning of %s[%d] failed (will retry): %r", a.name, a.partition, exc)
+            return False
 
-    def _check_resets(self, consumer: confluent_kafka.Consumer) -> None:
-        """Re-read from the beginning any topic the broker has re-created (it lost its data).
+    def _check_resets(self, consumer: confluent_kafka.Consumer) -> bool:
+        """Find partitions whose log was replaced, read them from the beginning, report them.
 
-        A broker with in-memory storage comes back empty: the new logs start at offset
-        0 again, below the positions we hold, so without this their first records
-        would be skipped. Readers de-duplicate, so reading from 0 costs nothing else.
+        Returns True when a partition is still suspect (look again in CONFIRM_S).
         """
-        now_ids = self._current_topic_ids()
-        for name, topic_id in now_ids.items():
-            old = self._topic_ids.get(name)
-            if old is None or old == topic_id:
-                self._topic_ids.setdefault(name, topic_id)
+        found: list[LogReset] = []
+        ids = self._current_topic_ids()
+        for a in self._assigned.values():
+            current = ids.get(a.name)
+            if current is not None and a.topic_id is None:
+                a.topic_id = current
+            if current is not None and current != a.topic_id:
+                if self._seek_beginning(consumer, a):
+                    found.append(self._reset_to_beginning(a, ResetCause.TOPIC_RECREATED, current))
                 continue
+            if a.refused:
+                if self._seek_beginning(consumer, a):
+                    found.append(self._reset_to_beginning(a, ResetCause.OFFSET_OUT_OF_RANGE, current))
+                continue
+            if a.next_offset < 0:
+                continue
+            # The end offset librdkafka learnt from its last fetch costs nothing to read;
+            # the broker is asked only when that one is below our position.
             try:
-                for topic, partition, _ in self.assignments:
-                    if self.settings.topic(topic) == name:
-                        consumer.seek(TopicPartition(name, partition, OFFSET_BEGINNING))
-            except KafkaException as exc:
-                log.debug("seek after the reset of %s failed (will retry): %r", name, exc)
+                _low, high = consumer.get_watermark_offsets(TopicPartition(a.name, a.partition), cached=True)
+            except KafkaException:
+                high = -1
+            if a.suspect == 0 and (high < 0 or high >= a.next_offset):
                 continue
-            self._topic_ids[name] = topic_id
-            self.resets += 1
-            self._warn.log(logging.WARNING, f"topic {name} was re-created (the broker lost its data?): "
-                                            "reading it again from the beginning")
+            end = self._end_offset(a)
+            if end is None or end >= a.next_offset:
+                a.suspect = 0
+                continue
+            a.suspect += 1
+            if a.suspect >= 2 and self._seek_beginning(consumer, a):
+                found.append(self._reset_to_beginning(a, ResetCause.LOG_ENDS_BEFORE_POSITION, current, end))
+        if found:
+            self._put(found)
+        return any(a.suspect for a in self._assigned.values())
+
+    def _on_refused(self, name: str, partition: int) -> None:
+        """The broker refused a partition's position (librdkafka's _AUTO_OFFSET_RESET); any thread."""
+        self._refused.append((name, partition))
+
+    def _announce(self, resets: Sequence[LogReset]) -> None:
+        """Hold resets found at start for the reader (on the loop, before any record)."""
+        self._held.extend(resets)
+
+    def _hand_over_reset(self, reset: LogReset) -> None:
+        """On the loop, in stream order: keep, log and pass on one reset."""
+        self.log_resets.append(reset)
+        self._warn.log(
+            logging.WARNING,
+            f"{self.settings.topic(reset.topic)}[{reset.partition}]: {reset.cause.text} "
+            f"(the broker lost its log?): reading the new log from its beginning "
+            f"instead of offset {reset.position}; {spec_for(reset.topic).resend.recovery}",
+        )
+        if self.on_reset is not None:
+            self.on_reset(reset)
 
     # -- the poll thread
 
@@ -303,11 +446,18 @@ class BusConsumer:
         consumer = self._consumer
         assert consumer is not None
         try:
-            next_check = time.monotonic() + RESET_CHECK_S
+            suspect = any(a.suspect for a in self._assigned.values())
+            next_check = time.monotonic() + (CONFIRM_S if suspect else RESET_CHECK_S)
             while not self._stop.is_set():
+                while self._refused:
+                    name, partition = self._refused.popleft()
+                    a = self._assigned.get((name, partition))
+                    if a is not None and not a.refused:
+                        a.refused = True
+                        next_check = time.monotonic()
                 if time.monotonic() >= next_check:
-                    self._check_resets(consumer)
-                    next_check = time.monotonic() + RESET_CHECK_S
+                    suspect = self._check_resets(consumer)
+                    next_check = time.monotonic() + (CONFIRM_S if suspect else RESET_CHECK_S)
                 # poll() returns on the first record; consume() would wait for a full
                 # batch or the timeout. Whatever else is already fetched comes along.
                 first = consumer.poll(self.poll_timeout_s)  # may call _on_error too
@@ -319,6 +469,8 @@ class BusConsumer:
                         items.append(self._record(msg))
                     elif err.code() == KafkaError._PARTITION_EOF:
                         self.eof_count += 1  # normal: caught up with this partition
+                    elif err.code() == KafkaError._AUTO_OFFSET_RESET:
+                        self._on_refused(msg.topic(), msg.partition())
                     else:
                         self._on_error(err)
                 if self._fatal is not None:
@@ -339,13 +491,18 @@ class BusConsumer:
         key = msg.key()
         ts_type, ts = msg.timestamp()
         self.received += 1
+        name, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        a = self._assigned.get((name, partition))
+        if a is not None:
+            a.next_offset = offset + 1
         return Record(
-            topic=self._topics[msg.topic()],
-            partition=msg.partition(),
-            offset=msg.offset(),
+            topic=self._topics[name],
+            partition=partition,
+            offset=offset,
             key=key.decode("utf-8", "replace") if key is not None else None,
             value=msg.value(),
             timestamp_ms=ts if ts_type != confluent_kafka.TIMESTAMP_NOT_AVAILABLE else -1,
+            topic_id=a.topic_id if a is not None else None,
         )
 
     def _put(self, items: list[Any]) -> bool:

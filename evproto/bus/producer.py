@@ -7,16 +7,28 @@ import functools
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, NamedTuple
 
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
-from .topics import Topic
-
-from .client import BusError, KafkaSettings, _bus_error, _call_soon_threadsafe, _client_config, _RateLimitedLog, _run_in_thread, log
+from .client import (
+    BusError,
+    KafkaSettings,
+    _admin,
+    _bus_error,
+    _call_soon_threadsafe,
+    _client_config,
+    _RateLimitedLog,
+    _run_in_thread,
+    _topic_ids,
+    log,
+)
+from .resets import RESET_CHECK_S
+from .topics import Resend, Topic, spec_for
 
 __all__ = ["BusProducer"]
 
@@ -34,6 +46,47 @@ _REBUILD_CODES = frozenset(
     }
 )
 
+# Delivery errors that mean the broker did not write the record: a topic it lost and has
+# not created again yet, a producer identity it forgot, a record purged from a replaced
+# client before it was sent. The record is produced again (in the new client, once the
+# topic is back) until its delivery timeout, so a broker restart does not fail callers.
+_NOT_WRITTEN_CODES = frozenset(
+    {
+        KafkaError._UNKNOWN_PARTITION,
+        KafkaError._UNKNOWN_TOPIC,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError.UNKNOWN_PRODUCER_ID,
+        KafkaError.INVALID_PRODUCER_EPOCH,
+        KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+        KafkaError._PURGE_QUEUE,
+    }
+)
+#: Seconds before a record the broker did not write is produced again.
+RETRY_DELAY_S = 0.2
+
+#: Sent before the producer first learnt the topic's id: counts as sent to the first id it learns.
+_UNKNOWN_ID = ""
+
+
+@dataclass(slots=True, eq=False)
+class _Kept:
+    """An acknowledged record kept to be sent again if its topic's log is replaced."""
+
+    topic: Topic
+    key: bytes
+    value: bytes | None
+    partition: int | None
+    #: The log it was sent to, as believed when it was handed over (tagged at hand-over:
+    #: a record delivered to a newer log than believed is sent again, never missed).
+    topic_id: str
+    acked_at: float = 0.0
+    #: The id it is being sent again to (None: not in flight).
+    resending_to: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.key) + len(self.value or b"") + 64
+
 
 class _Outgoing(NamedTuple):
     topic: str
@@ -42,6 +95,8 @@ class _Outgoing(NamedTuple):
     partition: int | None
     future: asyncio.Future[tuple[int, int]] | None  # None: posted, nobody waits
     queued_at: float
+    kept: _Kept | None = None  # to keep once acknowledged, or being sent again
+    last_error: BusError | None = None  # why the broker did not write it last time
 
 
 class BusProducer:
@@ -50,6 +105,18 @@ class BusProducer:
     ``delivery_timeout_s`` bounds how long a record may wait for the broker
     (librdkafka's ``message.timeout.ms``); after it, its future fails with
     BusError. Counters: ``produced``, ``delivered``, ``failed``.
+
+    **After a log reset.** An acknowledged record is gone if the broker loses its
+    log before a reader read it. So records to topics whose spec says
+    :class:`~evproto.bus.topics.Resend` RECENT (waited for, not posted) or
+    LATEST_PER_KEY are kept after their acknowledgement: RECENT ones at most
+    ``keep_s`` seconds, ``keep_max`` records and ``keep_max_bytes`` (the oldest go
+    first); the newest record of each key at most ``keep_max`` keys and
+    ``keep_max_bytes``, however old.
+    Every ``RESET_CHECK_S`` the producer looks up the ids of the topics it keeps
+    records for; when one has a new id (the topic was created again), the kept
+    records sent to the old log are produced again, in their order, and logged.
+    Counters: ``resets`` (topics found replaced), ``resent``; ``kept`` records now.
     """
 
     def __init__(
@@ -59,14 +126,38 @@ class BusProducer:
         delivery_timeout_s: float = 30.0,
         linger_ms: int = 2,
         max_backlog: int = 10_000,
+        keep_s: float = 600.0,
+        keep_max: int = 20_000,
+        keep_max_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.settings = settings
         self.delivery_timeout_s = delivery_timeout_s
         self.linger_ms = linger_ms
         self.max_backlog = max_backlog
+        if keep_s < 0 or keep_max < 0 or keep_max_bytes < 0:
+            raise ValueError("keep_s, keep_max and keep_max_bytes must be >= 0")
+        self.keep_s = keep_s
+        self.keep_max = keep_max
+        self.keep_max_bytes = keep_max_bytes
         self.produced = 0
         self.delivered = 0
         self.failed = 0
+        self.resets = 0
+        self.resent = 0
+        # Kept records: RECENT ones in acknowledgement order, LATEST_PER_KEY ones by
+        # (topic, partition, key), least recently updated first.
+        self._recent: deque[_Kept] = deque()
+        self._latest: OrderedDict[tuple[Topic, int | None, bytes], _Kept] = OrderedDict()
+        self._recent_bytes = 0
+        self._latest_bytes = 0
+        # Topic ids as last looked up (name -> id), and the first ones learnt.
+        self._topic_ids: dict[Topic, str] = {}
+        self._first_ids: dict[Topic, str] = {}
+        self._retry: set[Topic] = set()  # topics with a re-send that failed
+        self._produced_topics: set[Topic] = set()
+        self._look_now = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._admin_client: Any = None
         self._producer: confluent_kafka.Producer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._poller: threading.Thread | None = None
@@ -84,7 +175,7 @@ class BusProducer:
         self.rebuilds = 0
         # Delivery reports from librdkafka's thread, settled on the loop in batches:
         # one wake-up of the loop per poll, not one per record.
-        self._reports: deque[tuple[asyncio.Future[tuple[int, int]] | None, Any, BusError | None]] = deque()
+        self._reports: deque[tuple[_Outgoing, Any, BusError | None, bool]] = deque()
         self._wake_pending = False
 
     @property
@@ -92,12 +183,26 @@ class BusProducer:
         """Records produced but not yet delivered or failed."""
         return len(self._pending)
 
+    @property
+    def kept(self) -> int:
+        """Acknowledged records kept to be sent again after a log reset."""
+        return len(self._recent) + len(self._latest)
+
+    @property
+    def resend_pending(self) -> int:
+        """Kept records sent to a log that was replaced and not yet acknowledged by the new one."""
+        return sum(
+            1 for k in (*self._recent, *self._latest.values())
+            if k.topic_id != _UNKNOWN_ID and k.topic_id != self._topic_ids.get(k.topic, k.topic_id)
+        )
+
     async def start(self) -> None:
         """Create the client and its poll thread (it connects in the background: no wait)."""
         if self._producer is not None:
             raise BusError("producer already started")
         self._loop = asyncio.get_running_loop()
         self._new_client()
+        self._watcher = self._loop.create_task(self._watch_topics())
 
     def _new_client(self) -> None:
         config = {
@@ -186,8 +291,16 @@ class BusProducer:
         if partition is not None and not (isinstance(partition, int) and partition >= 0):
             raise ValueError(f"partition must be an int >= 0 or None, got {partition!r}")
         fut: asyncio.Future[tuple[int, int]] | None = self._loop.create_future() if waited else None
+        raw_key = key.encode("utf-8")
+        if topic not in self._produced_topics:
+            self._produced_topics.add(topic)
+            self._look_now.set()  # learn its id before the broker can lose it
+        resend = spec_for(topic).resend
+        kept = None
+        if (resend is Resend.RECENT and waited) or resend is Resend.LATEST_PER_KEY:
+            kept = _Kept(topic, raw_key, value, partition, self._topic_ids.get(topic, _UNKNOWN_ID))
         item = _Outgoing(
-            self.settings.topic(topic), key.encode("utf-8"), value, partition, fut, time.monotonic()
+            self.settings.topic(topic), raw_key, value, partition, fut, time.monotonic(), kept
         )
         self.produced += 1
         if fut is not None:
@@ -233,9 +346,11 @@ class BusProducer:
         self._closing = True
         if self._drainer is not None:
             self._drainer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
         for item in self._backlog:
             self._settle(
-                item.future, None, BusError("producer closed before sending", code="_STATE")
+                item.future, None, BusError("producer closed before sending", code="_STATE"), item.kept
             )
         self._backlog.clear()
         self._stop.set()
@@ -281,7 +396,7 @@ class BusProducer:
             kwargs: dict[str, Any] = {
                 "key": item.key,
                 "value": item.value,
-                "on_delivery": functools.partial(self._on_delivery, item.future),
+                "on_delivery": functools.partial(self._on_delivery, item),
             }
             if item.partition is not None:
                 kwargs["partition"] = item.partition
@@ -289,9 +404,10 @@ class BusProducer:
         except BufferError:
             return False
         except KafkaException as exc:
-            self._settle(
-                item.future, None, _bus_error(exc.args[0], f"cannot produce to {item.topic}")
-            )
+            err = exc.args[0]
+            failure = _bus_error(err, f"cannot produce to {item.topic}")
+            self._reports.append((item, None, failure, err.code() in _NOT_WRITTEN_CODES))
+            self._settle_reports()
         return True
 
     async def _drain_backlog(self) -> None:
@@ -302,10 +418,11 @@ class BusProducer:
                 self._settle(
                     item.future,
                     None,
-                    BusError(
+                    item.last_error or BusError(
                         f"local producer queue stayed full for {self.delivery_timeout_s:g} s",
                         code="_QUEUE_FULL",
                     ),
+                    item.kept,
                 )
             elif self._hand_over(item):
                 self._backlog.popleft()
@@ -320,15 +437,15 @@ class BusProducer:
                 self._warn.log(logging.ERROR, f"Kafka producer poll failed: {exc!r}")
                 time.sleep(0.1)
 
-    def _on_delivery(
-        self, fut: asyncio.Future[tuple[int, int]] | None, err: KafkaError | None, msg: Any
-    ) -> None:
+    def _on_delivery(self, item: _Outgoing, err: KafkaError | None, msg: Any) -> None:
         # librdkafka's thread: only hand the outcome to the loop.
         assert self._loop is not None
         if err is None:
-            self._reports.append((fut, (msg.partition(), msg.offset()) if fut is not None else None, None))
+            done = (msg.partition(), msg.offset()) if item.future is not None or item.kept is not None else None
+            self._reports.append((item, done, None, False))
         else:
-            self._reports.append((fut, None, _bus_error(err, f"delivery to {msg.topic()} failed")))
+            failure = _bus_error(err, f"delivery to {msg.topic()} failed")
+            self._reports.append((item, None, failure, err.code() in _NOT_WRITTEN_CODES))
         if not self._wake_pending:
             # Cleared by the loop before it drains: a report appended after that is
             # either drained by this round or schedules the next one.
@@ -346,17 +463,42 @@ class BusProducer:
         self._wake_pending = False
         reports = self._reports
         while reports:
-            self._settle(*reports.popleft())
+            item, result, exc, not_written = reports.popleft()
+            if (exc is not None and not_written and not self._closing
+                    and time.monotonic() - item.queued_at < self.delivery_timeout_s):
+                assert self._loop is not None
+                self._loop.call_later(RETRY_DELAY_S, self._retry_item, item._replace(last_error=exc))
+                continue
+            self._settle(item.future, result, exc, item.kept)
+
+    def _retry_item(self, item: _Outgoing) -> None:
+        """Produce again a record the broker did not write (behind any backlog)."""
+        if self._closing:
+            self._settle(item.future, None, BusError("producer closed before delivery", code="_STATE"), item.kept)
+            return
+        self._backlog.append(item)
+        if self._drainer is None or self._drainer.done():
+            assert self._loop is not None
+            self._drainer = self._loop.create_task(self._drain_backlog())
 
     def _settle(
-        self, fut: asyncio.Future[tuple[int, int]] | None, result: Any, exc: BusError | None
+        self,
+        fut: asyncio.Future[tuple[int, int]] | None,
+        result: Any,
+        exc: BusError | None,
+        kept: _Kept | None = None,
     ) -> None:
+        if kept is not None and kept.resending_to is not None:
+            self._settle_resend(kept, exc)
+            return
         if fut is not None:
             if fut not in self._pending:
                 return
             self._pending.discard(fut)
         if exc is None:
             self.delivered += 1
+            if kept is not None:
+                self._keep(kept, result[0])
             if fut is not None and not fut.done():
                 fut.set_result(result)
             return
@@ -367,6 +509,124 @@ class BusProducer:
             # Logged above (rate-limited): callers that fire and forget get no
             # "exception was never retrieved" flood while the broker is down.
             fut.exception()
+
+    # -- kept records and log resets (on the loop)
+
+    def _keep(self, kept: _Kept, partition: int) -> None:
+        kept.partition = partition  # where it went: sent again to the same partition
+        kept.acked_at = time.monotonic()
+        if kept.topic_id == _UNKNOWN_ID and kept.topic in self._first_ids:
+            kept.topic_id = self._first_ids[kept.topic]
+        if spec_for(kept.topic).resend is Resend.LATEST_PER_KEY:
+            slot = (kept.topic, partition, kept.key)
+            old = self._latest.pop(slot, None)
+            if old is not None:
+                self._latest_bytes -= old.size
+            self._latest[slot] = kept
+            self._latest_bytes += kept.size
+            while len(self._latest) > self.keep_max or self._latest_bytes > self.keep_max_bytes:
+                _, dropped = self._latest.popitem(last=False)
+                self._latest_bytes -= dropped.size
+        else:
+            self._recent.append(kept)
+            self._recent_bytes += kept.size
+        self._trim()
+
+    def _trim(self) -> None:
+        """Drop the oldest RECENT records beyond the bounds (count, bytes, age). The newest
+        record of each key stays however old: it is still the compacted topic's content."""
+        too_old = time.monotonic() - self.keep_s
+        recent = self._recent
+        while recent and (len(recent) > self.keep_max or self._recent_bytes > self.keep_max_bytes
+                          or recent[0].acked_at < too_old):
+            self._recent_bytes -= recent.popleft().size
+
+    async def _watch_topics(self) -> None:
+        """Look up the ids of the topics: all at start (records are tagged with the log they
+        go to), then every RESET_CHECK_S those written to or with records kept. A new
+        id means the broker lost its data: it forgot this producer too (a new client is
+        made), and kept records that went to the old log are sent again."""
+        kept_topics = {t for t in Topic if spec_for(t).resend is not Resend.NOTHING}
+        first = True
+        while not self._closing:
+            self._trim()
+            # At start every topic: one may be written to just before the broker loses it.
+            watched = set(Topic) if first else (kept_topics if self.kept else set()) | self._produced_topics
+            if watched:
+                names = {self.settings.topic(t): t for t in watched}
+                try:
+                    found = await _run_in_thread("evproto-producer-topics", lambda: self._lookup_ids(list(names)))
+                except Exception as exc:  # the broker is away: look again later
+                    log.debug("topic id look-up failed: %r", exc)
+                    found = {}
+                for name, topic_id in found.items():
+                    self._topic_seen(names[name], topic_id)
+                first = first and not found
+            self._look_now.clear()
+            try:
+                await asyncio.wait_for(self._look_now.wait(), RESET_CHECK_S)
+            except asyncio.TimeoutError:
+                pass
+
+    def _lookup_ids(self, names: list[str]) -> dict[str, str]:
+        if self._admin_client is None:
+            self._admin_client = _admin(self.settings)
+        return _topic_ids(self._admin_client, names)
+
+    def _topic_seen(self, topic: Topic, topic_id: str) -> None:
+        before = self._topic_ids.get(topic)
+        self._topic_ids[topic] = topic_id
+        first = self._first_ids.setdefault(topic, topic_id)
+        if before is not None and before != topic_id:
+            self.resets += 1
+            # Records stuck in a client whose identity the broker forgot move to a new one.
+            self._request_rebuild(f"topic {self.settings.topic(topic)} was created again (the broker lost its data?)")
+        elif before is not None and topic not in self._retry:
+            return  # the same log as at the last look, and no failed re-send to try again
+        mine = [k for k in (*self._recent, *self._latest.values()) if k.topic is topic]
+        for k in mine:
+            if k.topic_id == _UNKNOWN_ID:
+                k.topic_id = first
+        if any(k.resending_to is not None for k in mine):
+            return  # a refill is under way: look again when it has settled
+        self._retry.discard(topic)
+        # From the first record the new log lacks on: a re-send that failed is sent again
+        # with everything after it, so the new log gets them in their order.
+        start = next((i for i, k in enumerate(mine) if k.topic_id != topic_id), len(mine))
+        stale = mine[start:]
+        if not stale:
+            return
+        ages = time.monotonic() - min(k.acked_at for k in stale)
+        self._warn.log(
+            logging.WARNING,
+            f"topic {self.settings.topic(topic)} was created again (the broker lost its log?): "
+            f"sending again {len(stale)} record(s) it had acknowledged in the last {ages:.0f} s",
+        )
+        for kept in stale:
+            self._resend(kept, topic_id)
+
+    def _resend(self, kept: _Kept, topic_id: str) -> None:
+        if self._closing or self._producer is None:
+            return
+        kept.resending_to = topic_id
+        self.resent += 1
+        item = _Outgoing(self.settings.topic(kept.topic), kept.key, kept.value, kept.partition, None,
+                         time.monotonic(), kept)
+        if self._backlog or not self._hand_over(item):
+            self._backlog.append(item)
+            if self._drainer is None or self._drainer.done():
+                assert self._loop is not None
+                self._drainer = self._loop.create_task(self._drain_backlog())
+
+    def _settle_resend(self, kept: _Kept, exc: BusError | None) -> None:
+        if exc is None:
+            self.delivered += 1
+            kept.topic_id = kept.resending_to or kept.topic_id
+        else:
+            self.failed += 1  # still tagged with the old log: the next look sends it again
+            self._retry.add(kept.topic)
+            self._warn.log(logging.WARNING, f"Kafka producer: sending a kept record again failed: {exc}")
+        kept.resending_to = None
 
     def _on_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:

@@ -6,7 +6,7 @@ import enum
 import zlib
 from dataclasses import dataclass, field
 
-__all__ = ["Topic", "TopicSpec", "DEFAULT_PREFIX", "topic_specs", "partition_for"]
+__all__ = ["Topic", "TopicSpec", "Resend", "DEFAULT_PREFIX", "topic_specs", "spec_for", "partition_for"]
 
 #: Prefix of every topic name; one broker can host several networks with different prefixes.
 DEFAULT_PREFIX = "evcharging."
@@ -34,21 +34,51 @@ class Topic(enum.Enum):
         return prefix + self.value
 
 
+class Resend(enum.Enum):
+    """What a producer sends again when it finds the topic re-created (the broker lost its log).
+
+    A property of the topic's readers: whether a record they may already have
+    acted on can be given to them a second time.
+    """
+
+    #: Nothing: its readers would act twice (commands, requests) or the records are stale (heartbeats).
+    NOTHING = "nothing"
+    #: The records the producer waited for that the broker acknowledged in the last few
+    #: minutes, in their order: the readers de-duplicate them (tickets and supply ends by
+    #: session id). Posted records (interim figures) are never sent again.
+    RECENT = "recent"
+    #: The newest record of each key, posted or waited for: a compacted topic's content.
+    LATEST_PER_KEY = "latest_per_key"
+
+    @property
+    def recovery(self) -> str:
+        """What becomes of the records a lost log held, in words for logs and operators."""
+        return _RECOVERY[self]
+
+
+_RECOVERY = {
+    Resend.NOTHING: "the records it held and nobody had read are lost",
+    Resend.RECENT: "its writers send again what they sent in the last minutes; interim figures are lost",
+    Resend.LATEST_PER_KEY: "its writers send again the newest record of each key",
+}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopicSpec:
-    """How a topic is created when missing."""
+    """How a topic is created when missing, and what its producers send again after a reset."""
 
     topic: Topic
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
+    resend: Resend = Resend.NOTHING
 
 
 _SPECS = (
     TopicSpec(topic=Topic.DRIVER_REQUESTS, partitions=4),
     TopicSpec(topic=Topic.CP_COMMANDS, partitions=8),
-    TopicSpec(topic=Topic.CP_EVENTS, partitions=8),
-    TopicSpec(topic=Topic.DRIVER_EVENTS, partitions=8),
-    TopicSpec(topic=Topic.CP_STATE, partitions=1, config={"cleanup.policy": "compact"}),
+    TopicSpec(topic=Topic.CP_EVENTS, partitions=8, resend=Resend.RECENT),
+    TopicSpec(topic=Topic.DRIVER_EVENTS, partitions=8, resend=Resend.RECENT),
+    TopicSpec(topic=Topic.CP_STATE, partitions=1, config={"cleanup.policy": "compact"}, resend=Resend.LATEST_PER_KEY),
     TopicSpec(topic=Topic.CENTRAL_HEARTBEAT, partitions=1, config={"retention.ms": str(3_600_000)}),
 )
 
@@ -56,6 +86,14 @@ _SPECS = (
 def topic_specs() -> tuple[TopicSpec, ...]:
     """Every topic the network uses, with partitions and config."""
     return _SPECS
+
+
+_BY_TOPIC = {spec.topic: spec for spec in _SPECS}
+
+
+def spec_for(topic: Topic) -> TopicSpec:
+    """The spec of ``topic``."""
+    return _BY_TOPIC[topic]
 
 
 def partition_for(key: str, partitions: int) -> int:

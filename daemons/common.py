@@ -32,6 +32,7 @@ __all__ = [
     "stdin_lines",
     "write_ready_file",
     "makedirs",
+    "keep_files_private",
     "open_private",
     "PRIVATE_FILE_MODE",
     "PRIVATE_DIR_MODE",
@@ -256,6 +257,15 @@ def open_private(path: str, mode: str = "w") -> IO[Any]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def keep_files_private() -> None:
+    """From now on every file this process creates is 0600 and every folder 0700 (umask 077).
+
+    Daemons call it first thing: their databases, state files and logs hold drivers'
+    charging history (and soon secrets), whatever library code creates them.
+    """
+    os.umask(0o077)
 
 
 def makedirs(path: str) -> None:

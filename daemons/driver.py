@@ -48,11 +48,12 @@ from evproto.bus.kafka import (
     ensure_topics,
     topic_ids,
 )
+from evproto.backoff import Backoff
 from evproto.bus.topics import Topic, partition_for, spec_for
 from evproto.idents import InvalidTextError, check_id, id_problem
 from evproto.ratelog import RateLimitedLog
 
-from .common import EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
+from .common import keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
 from .readers import CentralWatch, RecordGuard
 
 __all__ = ["RequestLine", "parse_requests", "LiveFigures", "Driver", "main"]
@@ -334,9 +335,23 @@ class Driver:
         event = SupplyRequest(request_id=request_id, driver_id=self.driver_id, cp_id=line.cp_id, ts_ms=now_ms(),
                               target_energy_kwh=line.target_energy_kwh, target_duration_s=line.target_duration_s)
         log.info("requesting a supply at %s", line.describe())
-        await self.producer.send(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(event),
-                                 partition=partition_for(self.driver_id, self.partitions[Topic.DRIVER_REQUESTS]))
+        await self._send_request(event)
         return await self._outcome(request_id, fut)
+
+    async def _send_request(self, event: SupplyRequest) -> None:
+        """Send until the broker has it: a broker that is away (restarting) delays the request,
+        never ends the app. A resend carries the same request id: Central takes it once."""
+        assert self.producer is not None
+        backoff = Backoff(initial_s=1.0, max_s=10.0)
+        partition = partition_for(self.driver_id, self.partitions[Topic.DRIVER_REQUESTS])
+        while True:
+            try:
+                await self.producer.send(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(event), partition=partition)
+                return
+            except BusError as exc:
+                delay = backoff.next_delay()
+                log.warning("cannot hand the request to Kafka (%s): trying again in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
 
     def _watch(self, request_id: str) -> asyncio.Future[RequestUpdate]:
         fut: asyncio.Future[RequestUpdate] = asyncio.get_running_loop().create_future()
@@ -555,6 +570,7 @@ def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, 
     except InvalidTextError as exc:
         click.echo(f"ev-driver: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    keep_files_private()
     setup_logging(driver_id, level=log_level, fmt=log_format)
     requests = None
     if requests_file is not None:

@@ -41,7 +41,7 @@ from evproto.backoff import Backoff
 from evproto.bus.events import MAX_PRICE_EUR_KWH
 from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
 
-from .common import EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
+from .common import keep_files_private, EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
 
 __all__ = ["Monitor", "main"]
 
@@ -274,6 +274,7 @@ def main(engine: str, central: str, cp_id: str, location: str, price: float | No
     except InvalidTextError as exc:
         click.echo(f"evcp-monitor: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    keep_files_private()
     setup_logging(cp_id, level=log_level, fmt=log_format)
 
     async def run() -> int:

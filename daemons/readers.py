@@ -25,7 +25,7 @@ from evproto.bus.kafka import OFFSET_END, BusConsumer, KafkaSettings, Record
 from evproto.bus.topics import Topic
 from evproto.ratelog import RateLimitedLog
 
-from .common import now_ms
+from .common import makedirs, now_ms
 from .quarantine import CrashGuard, DeadLetter, DeadLetterFile, Verdict
 
 __all__ = ["CENTRAL_SILENCE_S", "MAX_CRASHES", "CentralWatch", "RecordGuard"]
@@ -107,7 +107,7 @@ class RecordGuard:
     """
 
     def __init__(self, state_dir: str, *, role: str) -> None:
-        os.makedirs(state_dir, exist_ok=True)
+        makedirs(state_dir)
         self.role = role
         self.letters = DeadLetterFile(os.path.join(state_dir, "dead-letters.jsonl"))
         self.crashes = CrashGuard(os.path.join(state_dir, "crash-mark"), max_crashes=MAX_CRASHES)

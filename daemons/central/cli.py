@@ -14,7 +14,7 @@ from evproto import __version__
 from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.errors import TransportError
 
-from ..common import EXIT_UNAVAILABLE, raise_fd_limit, setup_logging, shutdown_event, tune_gc
+from ..common import keep_files_private, EXIT_UNAVAILABLE, raise_fd_limit, setup_logging, shutdown_event, tune_gc
 from .core import Rules
 from .store import Store
 
@@ -79,9 +79,7 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
       ev-central cps remove CP009
       ev-central cps list
     """
-    # Central's database and logs hold drivers' charging history (and soon secrets):
-    # everything it creates is private to its user (files 0600, folders 0700).
-    os.umask(0o077)
+    keep_files_private()
     ctx.obj = db
     if ctx.invoked_subcommand is not None:
         return

@@ -252,15 +252,15 @@ class Engine:
             return
         partition = partition_for(key, self.partitions.get(topic, 1))
         try:
+            if outbox_id is None:  # interim figures: nobody waits for them, nothing keeps them
+                self.producer.post(topic, key, value, partition=partition)
+                return
             fut = self.producer.produce(topic, key, value, partition=partition)
         except BusError as exc:
             log.warning("cannot queue event for Kafka: %s", exc)
             return
-        if outbox_id is not None:
-            self._in_flight.add(outbox_id)
-            fut.add_done_callback(lambda f, i=outbox_id: self._delivered(i, f))
-        else:
-            fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        self._in_flight.add(outbox_id)
+        fut.add_done_callback(lambda f, i=outbox_id: self._delivered(i, f))
 
     def _delivered(self, outbox_id: int, fut: asyncio.Future[Any]) -> None:
         self._in_flight.discard(outbox_id)

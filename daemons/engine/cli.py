@@ -14,7 +14,7 @@ from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.domain.chargepoint import AutoMode
 from evproto.errors import TransportError
 
-from ..common import EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
+from ..common import keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
 from .app import Engine, EngineOptions
 from .meter import SimulatedMeter
 
@@ -85,6 +85,7 @@ def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, b
                    f"{power_kw * time_scale:g} kW; Central accepts at most {MAX_POWER_KW:g} kW: lower one of them",
                    err=True)
         sys.exit(EXIT_USAGE)
+    keep_files_private()
     setup_logging("engine", level=log_level, fmt=log_format)
     port = listen.rsplit(":", 1)[-1]
     opts = EngineOptions(

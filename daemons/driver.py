@@ -24,6 +24,7 @@ import click
 
 from evproto import __version__
 from evproto.bus.events import (
+    MAX_EVENT_BYTES,
     MAX_TARGET_DURATION_S,
     MAX_TARGET_ENERGY_KWH,
     CpStateRecord,
@@ -415,7 +416,8 @@ class Driver:
         # With the log it came from: a broker that lost its data since is found out, and the
         # new log is read from its beginning (Central sends the recent tickets and updates again).
         position = (Topic.DRIVER_EVENTS, partition, OFFSET_END if start is None else start, self.state.get("events_topic_id"))
-        async with BusConsumer(self.kafka, assignments=[position], on_reset=self._events_reset) as consumer:
+        async with BusConsumer(self.kafka, assignments=[position], on_reset=self._events_reset,
+                               max_value_bytes=MAX_EVENT_BYTES) as consumer:
             async for record in consumer:
                 self.state["events_offset"], self.state["events_topic_id"] = record.offset + 1, record.topic_id
                 if record.key != self.driver_id:
@@ -425,7 +427,7 @@ class Driver:
 
     def _on_record(self, record: Record) -> str | None:
         """Apply one record keyed to this driver; why it cannot be applied, or None once applied."""
-        ev = decode_event(record.value, now_ms=now_ms())
+        ev = decode_event(record.value, now_ms=now_ms(), size=record.size)
         if not isinstance(ev, _DRIVER_EVENTS):
             return f"a {ev.TYPE} event is not a driver event"
         if ev.driver_id != self.driver_id:
@@ -483,14 +485,14 @@ class Driver:
                 log.info("charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw)
 
     async def _cp_state_loop(self) -> None:
-        async with BusConsumer(self.kafka, assignments=[(Topic.CP_STATE, p, OFFSET_BEGINNING)
+        async with BusConsumer(self.kafka, max_value_bytes=MAX_EVENT_BYTES, assignments=[(Topic.CP_STATE, p, OFFSET_BEGINNING)
                                                         for p in range(self.partitions.get(Topic.CP_STATE, 1))]) as consumer:
             async for record in consumer:
                 if record.value is None:  # a tombstone: the CP is gone
                     self.cps.pop(record.key or "", None)
                     continue
                 try:
-                    ev = decode_event(record.value, now_ms=now_ms())
+                    ev = decode_event(record.value, now_ms=now_ms(), size=record.size)
                     if not isinstance(ev, CpStateRecord):
                         problem: str | None = f"a {ev.TYPE} event is not a cp_state"
                     else:

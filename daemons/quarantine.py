@@ -54,22 +54,22 @@ class DeadLetter:
     reason: str
     value: bytes | None
     ts_ms: int
+    #: The value's full size (it may have been cut before it reached us: ``Record.size``).
+    size: int
 
     @classmethod
     def of(cls, *, topic: str, partition: int, offset: int, key: str | None, reason: str, value: bytes | None,
-           ts_ms: int | None = None) -> DeadLetter:
+           ts_ms: int | None = None, size: int | None = None) -> DeadLetter:
         """A dead letter with every part bounded."""
         return cls(topic=topic, partition=partition, offset=offset,
                    key=None if key is None else key[:MAX_KEY_CHARS], reason=reason[:MAX_REASON_CHARS],
-                   value=value, ts_ms=int(time.time() * 1000) if ts_ms is None else ts_ms)
+                   value=None if value is None else value[:MAX_KEPT_BYTES],
+                   ts_ms=int(time.time() * 1000) if ts_ms is None else ts_ms,
+                   size=len(value or b"") if size is None else size)
 
     @property
     def kept(self) -> bytes:
         return (self.value or b"")[:MAX_KEPT_BYTES]
-
-    @property
-    def size(self) -> int:
-        return len(self.value or b"")
 
     def describe(self) -> str:
         """One log line: where and why (never the value: it may be huge or hostile)."""

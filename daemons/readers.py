@@ -20,7 +20,7 @@ import time
 import traceback
 from typing import Callable
 
-from evproto.bus.events import EventDecodeError, Heartbeat, decode_event
+from evproto.bus.events import MAX_EVENT_BYTES, EventDecodeError, Heartbeat, decode_event
 from evproto.bus.kafka import OFFSET_END, BusConsumer, KafkaSettings, Record
 from evproto.bus.topics import Topic
 from evproto.ratelog import RateLimitedLog
@@ -84,11 +84,12 @@ class CentralWatch:
 
     async def listen(self, kafka: KafkaSettings) -> None:
         # start() waits for the broker at most a few seconds: a broker that is down counts as silence.
-        async with BusConsumer(kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)]) as consumer:
+        async with BusConsumer(kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)],
+                               max_value_bytes=MAX_EVENT_BYTES) as consumer:
             self.listening()
             async for record in consumer:
                 try:
-                    if isinstance(decode_event(record.value, now_ms=now_ms()), Heartbeat):
+                    if isinstance(decode_event(record.value, now_ms=now_ms(), size=record.size), Heartbeat):
                         self.heard()
                         continue
                     problem = "not a heartbeat"
@@ -145,7 +146,7 @@ class RecordGuard:
 
     def _quarantine(self, record: Record, reason: str) -> None:
         self.letters.add(DeadLetter.of(topic=record.topic.value, partition=record.partition, offset=record.offset,
-                                       key=record.key, reason=reason, value=record.value))
+                                       key=record.key, reason=reason, value=record.value, size=record.size))
 
     def close(self) -> None:
         self.crashes.close()

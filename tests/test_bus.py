@@ -30,6 +30,7 @@ from evproto.bus.broker import BrokerNotFoundError, EmbeddedBroker, find_broker_
 from evproto.bus.events import (
     AuthorizeCommand,
     CpStateRecord,
+    EventDecodeError,
     Heartbeat,
     SupplyProgress,
     SupplyRequest,
@@ -835,3 +836,17 @@ def test_identical_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -
         "another problem",
         "Connect to 127.0.0.1:1 failed (49 similar in the last 10 s not shown)",
     ]
+
+
+async def test_values_over_the_reader_s_bound_are_cut_and_their_size_kept(settings, counts, producer) -> None:
+    # A reader that bounds values holds at most queue_size x max_value_bytes, whatever a peer writes.
+    big = b"{" + b"x" * 300_000
+    ack = await guard(producer.send(Topic.CP_EVENTS, "cp-5", big, partition=5))
+    await guard(producer.send(Topic.CP_EVENTS, "cp-5", b"small", partition=5))
+    async with BusConsumer(settings, [(Topic.CP_EVENTS, 5, ack[1])], max_value_bytes=1000) as consumer:
+        first = await guard(consumer.__anext__())
+        second = await guard(consumer.__anext__())
+    assert first.value == big[:1000] and first.size == len(big)
+    assert second.value == b"small" and second.size is None
+    with pytest.raises(EventDecodeError, match="record of 300001 bytes"):
+        decode_event(first.value, size=first.size)

@@ -33,7 +33,7 @@ from evproto import (
     Role,
 )
 from evproto.aio import Link, Server, serve
-from evproto.bus.events import DriverTelemetry, Event, EventEncodeError, Heartbeat, SupplyProgress, encode_event
+from evproto.bus.events import MAX_EVENT_BYTES, DriverTelemetry, Event, EventEncodeError, Heartbeat, SupplyProgress, encode_event
 from evproto.bus.kafka import (OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusProducer, KafkaSettings, LogReset,
                                all_partitions, end_offsets, ensure_topics, topic_ids)
 from evproto.bus.topics import Topic, partition_for, spec_for
@@ -336,7 +336,8 @@ class Central:
                 assignments.append((topic, p, pos.offset, pos.topic_id))
         if fresh:
             self._apply([], fresh)
-        async with BusConsumer(self.opts.kafka, assignments=assignments, on_reset=self._log_reset) as consumer:
+        async with BusConsumer(self.opts.kafka, assignments=assignments, on_reset=self._log_reset,
+                               max_value_bytes=MAX_EVENT_BYTES) as consumer:
             while True:
                 try:
                     batch = await consumer.next_batch(BATCH_SIZE)

@@ -109,7 +109,7 @@ class RecordIntake:
 
     def _decide(self, record: Record, now_ms: int, dead: list[DeadLetter]) -> list[Effect]:
         try:
-            event = decode_event(record.value, now_ms=now_ms)
+            event = decode_event(record.value, now_ms=now_ms, size=record.size)
         except EventDecodeError as exc:
             dead.append(self._letter(record, str(exc)))
             return []
@@ -123,7 +123,7 @@ class RecordIntake:
     @staticmethod
     def _letter(record: Record, reason: str) -> DeadLetter:
         return DeadLetter.of(topic=record.topic.value, partition=record.partition, offset=record.offset,
-                             key=record.key, reason=reason, value=record.value)
+                             key=record.key, reason=reason, value=record.value, size=record.size)
 
     def _kept(self, letters: list[DeadLetter]) -> None:
         """Count and log (rate-limited) dead letters once their transaction committed."""

@@ -34,6 +34,7 @@ from evproto import (
 from evproto import FaultCode
 from evproto.aio import Link, serve
 from evproto.bus.events import (
+    MAX_EVENT_BYTES,
     AuthorizeCommand,
     CancelAuthorization,
     EventEncodeError,
@@ -330,7 +331,8 @@ class Engine:
         # With the log it came from: a broker that lost its data since is found out, and the
         # new log is read from its beginning (expired authorisations in it are skipped below).
         position = (Topic.CP_COMMANDS, partition, start, self.commands_topic_id)
-        async with BusConsumer(self.opts.kafka, assignments=[position], on_reset=self._commands_reset) as consumer:
+        async with BusConsumer(self.opts.kafka, assignments=[position], on_reset=self._commands_reset,
+                               max_value_bytes=MAX_EVENT_BYTES) as consumer:
             async for record in consumer:
                 self.commands_offset, self.commands_topic_id = record.offset + 1, record.topic_id
                 if record.key != cp_id or self.cp is None:
@@ -344,7 +346,7 @@ class Engine:
         cp = self.cp
         assert cp is not None
         now = now_ms()
-        ev = decode_event(record.value, now_ms=now)
+        ev = decode_event(record.value, now_ms=now, size=record.size)
         if not isinstance(ev, _COMMANDS):
             return f"a {ev.TYPE} event is not a command"
         if ev.cp_id != cp.cp_id:

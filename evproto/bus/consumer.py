@@ -31,6 +31,9 @@ from .client import (
 from .resets import CONFIRM_S, RESET_CHECK_S, LogReset, ResetCause
 from .topics import Topic, spec_for
 
+#: Keys longer than this are cut (ours are ids of at most 64 characters).
+_MAX_KEY_BYTES = 1024
+
 __all__ = ["Record", "BusConsumer", "Assignment"]
 
 #: (topic, partition, start offset) or (topic, partition, start offset, topic id of that offset's log).
@@ -55,6 +58,9 @@ class Record:
     value: bytes | None
     timestamp_ms: int
     topic_id: str | None = None
+    #: The value's size on the broker when the consumer kept only its first
+    #: ``max_value_bytes`` (None: ``value`` is whole).
+    size: int | None = None
 
 
 @dataclass(slots=True)
@@ -131,8 +137,18 @@ class BusConsumer:
         fetch_wait_s: float = 0.05,
         start_timeout_s: float = 5.0,
         on_reset: Callable[[LogReset], None] | None = None,
+        max_value_bytes: int | None = None,
+        prefetch_kbytes: int = 8192,
     ) -> None:
         self.settings = settings
+        if max_value_bytes is not None and max_value_bytes < 0:
+            raise ValueError("max_value_bytes must be >= 0 or None")
+        if prefetch_kbytes < 1:
+            raise ValueError("prefetch_kbytes must be >= 1")
+        #: Values larger than this are cut to it (``Record.size`` tells the full size): the
+        #: queue then holds at most queue_size x max_value_bytes, whatever a peer writes.
+        self.max_value_bytes = max_value_bytes
+        self.prefetch_kbytes = prefetch_kbytes
         given = tuple(assignments)
         if not given:
             raise ValueError("a consumer needs at least one (topic, partition, offset) assignment")
@@ -209,6 +225,8 @@ class BusConsumer:
             # instead of being reset silently inside librdkafka.
             "auto.offset.reset": "error",
             "fetch.wait.max.ms": max(1, int(self.fetch_wait_s * 1000)),
+            # librdkafka's own read-ahead, bounded in bytes (its default is 64 MiB).
+            "queued.max.messages.kbytes": self.prefetch_kbytes,
         }
         consumer = confluent_kafka.Consumer(
             _client_config(self.settings, config, on_error=self._on_error)
@@ -495,14 +513,20 @@ class BusConsumer:
         a = self._assigned.get((name, partition))
         if a is not None:
             a.next_offset = offset + 1
+        value, size = msg.value(), None
+        if value is not None and self.max_value_bytes is not None and len(value) > self.max_value_bytes:
+            value, size = value[: self.max_value_bytes], len(value)
+        if key is not None and len(key) > _MAX_KEY_BYTES:
+            key = key[:_MAX_KEY_BYTES]
         return Record(
             topic=self._topics[name],
             partition=partition,
             offset=offset,
             key=key.decode("utf-8", "replace") if key is not None else None,
-            value=msg.value(),
+            value=value,
             timestamp_ms=ts if ts_type != confluent_kafka.TIMESTAMP_NOT_AVAILABLE else -1,
             topic_id=a.topic_id if a is not None else None,
+            size=size,
         )
 
     def _put(self, items: list[Any]) -> bool:

@@ -562,18 +562,20 @@ def encode_event(event: Event) -> bytes:
     return data
 
 
-def decode_event(data: bytes | str | None, *, now_ms: int | None = None) -> Event:
+def decode_event(data: bytes | str | None, *, now_ms: int | None = None, size: int | None = None) -> Event:
     """Parse and validate one record value; raises EventDecodeError saying what is wrong.
 
     Every field is checked against its rule (type, range, id and text rules) and
     the figures against each other. With ``now_ms`` (the reader's clock) no time
     stamp may lie more than FUTURE_SLACK_MS ahead of it. A value larger than
-    MAX_EVENT_BYTES is refused before it is parsed.
+    MAX_EVENT_BYTES is refused before it is parsed; ``size`` is the value's full size
+    when the reader kept only the start of it (``Record.size``).
     """
     if data is None:
         raise EventDecodeError("empty record (no value)")
-    if len(data) > MAX_EVENT_BYTES:
-        raise EventDecodeError(f"record of {len(data)} bytes (at most {MAX_EVENT_BYTES})")
+    full = len(data) if size is None else size
+    if full > MAX_EVENT_BYTES:
+        raise EventDecodeError(f"record of {full} bytes (at most {MAX_EVENT_BYTES})")
     try:
         obj = orjson.loads(data)
     except ValueError as exc:  # orjson.JSONDecodeError, invalid UTF-8 included

@@ -208,7 +208,8 @@ class Central:
                     if isinstance(fx.event, DriverTelemetry):
                         self.counters["telemetry_out"] += 1
                     try:
-                        value = encode_event(fx.event)
+                        # A relayed reading is built only from a reading the intake checked.
+                        value = encode_event(fx.event, validate=not isinstance(fx.event, DriverTelemetry))
                     except EventEncodeError as exc:  # stored already: never undo a commit for a best-effort record
                         self.counters["produce_errors"] += 1
                         self._warn.log(logging.ERROR, f"not sent: {exc}")
@@ -449,7 +450,10 @@ class Central:
                 self._kafka_down_since = time.monotonic()
 
     def _sync_registry(self) -> None:
-        """Take in what `ev-central drivers|cps add|remove` changed in the database while we run."""
+        """Take in what `ev-central drivers|cps add|remove` changed in the database while we run
+        (looked at only when another connection wrote to it: free on a busy Central)."""
+        if not self.store.changed_elsewhere():
+            return
         drivers = set(self.store.drivers())
         added = drivers - self.core.drivers
         if added or self.core.drivers - drivers:

@@ -168,6 +168,7 @@ class Store:
         if found is not None and int(found[0]) < SCHEMA_VERSION:
             self._migrate(int(found[0]))
         self._db.executescript(_SCHEMA)
+        self._data_version = -1  # the first look counts as a change
         row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -191,6 +192,16 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def changed_elsewhere(self) -> bool:
+        """True when another connection (the command line) committed since the last call.
+
+        SQLite's data_version moves only for other connections' commits, so Central's
+        own writes never make it look."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
 
     # -- registry (operators' CLI) ---------------------------------------------------------
 

@@ -23,6 +23,7 @@ import orjson
 
 from ..errors import EvprotoError
 from ..idents import MAX_ID_LEN, MAX_TEXT_LEN, id_problem, text_problem
+from ..idents import _SPACE
 
 __all__ = [
     "EVENT_VERSION",
@@ -215,6 +216,7 @@ def _checker(hint: Any, name: str) -> tuple[Callable[[Any], Any], bool]:
         optional = len(args) < len(typing.get_args(hint))
         (hint,) = args
     rules: list[Callable[[Any], None]] = []
+    meta: list[Any] = []
     if typing.get_origin(hint) is Annotated:
         hint, *meta = typing.get_args(hint)
         rules = [_rule_check(m, name) for m in meta]
@@ -251,7 +253,37 @@ def _checker(hint: Any, name: str) -> tuple[Callable[[Any], Any], bool]:
     if not rules:
         return conv, optional
     (rule,) = rules
+    (meta,) = meta
     base = conv
+    # The hottest fields get one function doing the type and the rule's fast path inline
+    # (Central decodes and encodes every reading: docs/performance.md); anything the fast
+    # path does not accept goes to the general check, which also says what is wrong.
+    if isinstance(meta, (_Range, _Time)) and hint in (int, float):
+        lo, hi = (meta.lo, meta.hi) if isinstance(meta, _Range) else (MIN_TS_MS, MAX_TS_MS)
+        lo_open = isinstance(meta, _Range) and meta.lo_open
+        accepted = (int,) if hint is int else (int, float)  # never bool: type(True) is bool
+        as_float = hint is float
+
+        def fast_number(v: Any) -> Any:
+            if type(v) in accepted and (lo < v if lo_open else lo <= v) and v <= hi:
+                return float(v) if as_float else v
+            v = base(v)
+            rule(v)
+            return v
+
+        return fast_number, optional
+    if isinstance(meta, _Ident):
+        max_len, empty_ok, space = meta.max_len, meta.empty_ok, _SPACE
+
+        def fast_id(v: Any) -> Any:
+            if type(v) is str and (0 < len(v) <= max_len and v.isprintable() and space.search(v) is None
+                                   or (empty_ok and v == "")):
+                return v
+            v = base(v)
+            rule(v)
+            return v
+
+        return fast_id, optional
 
     def checked(v: Any) -> Any:
         v = base(v)
@@ -530,7 +562,7 @@ def _validate(event: Event, obj: dict[str, Any]) -> None:
         raise ValueError(problem)
 
 
-def encode_event(event: Event) -> bytes:
+def encode_event(event: Event, *, validate: bool = True) -> bytes:
     """The JSON bytes of ``event`` (compact, UTF-8).
 
     Fields in declaration order, no spaces, non-ASCII as UTF-8. orjson writes it
@@ -541,6 +573,8 @@ def encode_event(event: Event) -> bytes:
     The event is checked against the same rules as :func:`decode_event` (except the
     reader's clock): we never write what a reader would quarantine, and never a value
     over MAX_EVENT_BYTES. Raises EventEncodeError saying what is wrong.
+    ``validate=False`` skips the field rules (not the size and finiteness checks) for
+    an event built only from values already checked, such as Central relaying a reading.
     """
     obj: dict[str, Any] = {"v": EVENT_VERSION, "type": event.TYPE}
     for name, _conv, _opt in _FIELDS[type(event)]:
@@ -550,7 +584,8 @@ def encode_event(event: Event) -> bytes:
         if value is not None and not math.isfinite(value):
             raise EventEncodeError(f"cannot encode {event.TYPE}: {name} is {value!r} (JSON numbers are finite)")
     try:
-        _validate(event, obj)
+        if validate:
+            _validate(event, obj)
     except (TypeError, ValueError) as exc:
         raise EventEncodeError(f"cannot encode {event.TYPE}: {exc}") from None
     try:
@@ -592,9 +627,9 @@ def decode_event(data: bytes | str | None, *, now_ms: int | None = None, size: i
     kwargs: dict[str, Any] = {}
     try:
         for name, conv, optional in _FIELDS[cls]:
-            if name not in obj:
+            value = obj.get(name, _MISSING)
+            if value is _MISSING:
                 continue  # the dataclass raises for a missing required field
-            value = obj[name]
             kwargs[name] = None if value is None and optional else conv(value)
         event = cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -603,9 +638,14 @@ def decode_event(data: bytes | str | None, *, now_ms: int | None = None, size: i
     problem = check(event) if check is not None else None
     if problem is None and now_ms is not None:
         latest = now_ms + FUTURE_SLACK_MS
-        late = next((n for n in _TIMES[cls] if (getattr(event, n) or 0) > latest), None)
-        if late is not None:
-            problem = f"{late} {getattr(event, late)} is more than a day ahead of the reader's clock"
+        for name in _TIMES[cls]:
+            stamp = kwargs.get(name)
+            if stamp is not None and stamp > latest:
+                problem = f"{name} {stamp} is more than a day ahead of the reader's clock"
+                break
     if problem is not None:
         raise EventDecodeError(f"{type_name}: {problem}")
     return event
+
+
+_MISSING = object()

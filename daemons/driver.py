@@ -274,9 +274,9 @@ class Driver:
         if self.interactive:
             tasks.append(asyncio.ensure_future(self._keys(stop)))
             log.info("commands: r CP_ID [2.5kWh|30s] request · l list available CPs · q quit")
-        write_ready_file(self.ready_file, role="driver", driver_id=self.driver_id)
         stopper = asyncio.ensure_future(stop.wait())
-        try:
+        try:  # from here on every way out closes the producer (its threads must not outlive it)
+            write_ready_file(self.ready_file, role="driver", driver_id=self.driver_id)
             await asyncio.wait([stopper, *work], return_when=asyncio.FIRST_COMPLETED)
             if work and work[0].done() and not stop.is_set():
                 exc = work[0].exception()

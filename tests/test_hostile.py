@@ -331,3 +331,24 @@ def test_a_taken_port_is_one_line_and_exit_69_not_a_traceback(net: Network, tmp_
     assert run.returncode == 69, run.stderr
     assert "Traceback" not in run.stderr and str(port) in run.stderr and "in use" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
+
+
+def test_an_engine_whose_listen_port_is_taken_says_so_in_one_line_and_exits_69(net: Network, tmp_path) -> None:
+    """The engine has started its Kafka producer when it finds the port taken: it must close it
+    on that way out too (left open, its threads can crash the interpreter at exit: -11)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        runs = [subprocess.run([sys.executable, "-m", "evproto.daemons.engine", "--kafka", net.bootstrap,
+                                "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / f"e{i}"),
+                                "--topic-prefix", net.prefix], capture_output=True, text=True, timeout=60)
+                for i in range(3)]
+    for run in runs:
+        assert run.returncode == 69, run.stderr
+        assert "Traceback" not in run.stderr and str(port) in run.stderr and "in use" in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr

@@ -121,54 +121,56 @@ class Central:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
+        """Serve until ``stop``. Whatever was started is closed on every way out, a port
+        that is taken included: a Kafka client left open at interpreter exit can take
+        the process down with it (its threads outlive the objects they use)."""
         self._stop = stop
-        self.partitions = await ensure_topics(self.opts.kafka)
-        self.kafka_ok = True
-        self.producer = BusProducer(self.opts.kafka)
-        await self.producer.start()
-        self.server = await serve(self.opts.listen, self._session, node_id="central", on_hello=self._on_hello,
-                                  config=self.opts.link_config)
-        host, port = self.server.addresses[0]
-        self.listen_addr = f"{host}:{port}"
-        runner = None
-        if self.opts.http:
-            from .http_api import start_http
+        async with contextlib.AsyncExitStack() as started:
+            started.callback(self.guard.close)
+            started.callback(self.store.close)
+            self.partitions = await ensure_topics(self.opts.kafka)
+            self.kafka_ok = True
+            self.producer = BusProducer(self.opts.kafka)
+            await self.producer.start()
+            started.push_async_callback(self.producer.close, 5.0)
+            self.server = await serve(self.opts.listen, self._session, node_id="central", on_hello=self._on_hello,
+                                      config=self.opts.link_config)
+            started.push_async_callback(self.server.close)
+            host, port = self.server.addresses[0]
+            self.listen_addr = f"{host}:{port}"
+            if self.opts.http:
+                from .http_api import start_http
 
-            http_host, _, http_port = self.opts.http.rpartition(":")
-            runner, actual = await start_http(_Backend(self), http_host or "0.0.0.0", int(http_port))
-            self.http_addr = f"{http_host or '0.0.0.0'}:{actual}"
-        self._note(f"Central {self.instance_id} up: monitors on {self.listen_addr}, HTTP on {self.http_addr or 'off'}, "
-                   f"Kafka {self.opts.kafka.bootstrap}; {len(self.core.cps)} CP(s), {len(self.core.drivers)} driver(s) known")
-        self._apply(self.core.start(now_ms()) + self.core.state_records(now_ms()))
-        tasks = [
-            asyncio.ensure_future(self._consume()),
-            *(asyncio.ensure_future(self._keep_running(loop)) for loop in
-              (self._ticker, self._heartbeat, self._outbox_loop, self._maintenance, self._loop_watch)),
-        ]
-        write_ready_file(self.opts.ready_file, role="central", listen=self.listen_addr, http=self.http_addr,
-                         instance_id=self.instance_id)
-        panel = asyncio.ensure_future(self._panel() if self.opts.panel else self._stdin_commands())
-        try:
-            waits: list[asyncio.Future[Any]] = [asyncio.ensure_future(stop.wait()), tasks[0]]
-            if panel is not None:
-                waits.append(panel)
-            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                http_host, _, http_port = self.opts.http.rpartition(":")
+                runner, actual = await start_http(_Backend(self), http_host or "0.0.0.0", int(http_port))
+                started.push_async_callback(runner.cleanup)
+                self.http_addr = f"{http_host or '0.0.0.0'}:{actual}"
+            self._note(f"Central {self.instance_id} up: monitors on {self.listen_addr}, HTTP on {self.http_addr or 'off'}, "
+                       f"Kafka {self.opts.kafka.bootstrap}; {len(self.core.cps)} CP(s), {len(self.core.drivers)} driver(s) known")
+            self._apply(self.core.start(now_ms()) + self.core.state_records(now_ms()))
+            tasks = [
+                asyncio.ensure_future(self._consume()),
+                *(asyncio.ensure_future(self._keep_running(loop)) for loop in
+                  (self._ticker, self._heartbeat, self._outbox_loop, self._maintenance, self._loop_watch)),
+            ]
+            panel = asyncio.ensure_future(self._panel() if self.opts.panel else self._stdin_commands())
+            stopped = asyncio.ensure_future(stop.wait())
+            started.push_async_callback(self._cancel, [*tasks, panel, stopped])
+            write_ready_file(self.opts.ready_file, role="central", listen=self.listen_addr, http=self.http_addr,
+                             instance_id=self.instance_id)
+            done, _ = await asyncio.wait([stopped, tasks[0], panel],
+                                         return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
                 if fut is tasks[0] and fut.exception() is not None:
                     raise fut.exception()  # type: ignore[misc]
-        finally:
-            self._closing = True
-            for t in tasks + ([panel] if panel else []):
-                t.cancel()
-            await asyncio.gather(*tasks, *([panel] if panel else []), return_exceptions=True)
-            await self.server.close()
-            if runner is not None:
-                await runner.cleanup()
-            await self.producer.close(timeout_s=5.0)
-            self.store.close()
-            self.guard.close()
-            log.info("Central stopped")
+        log.info("Central stopped")
         return 0
+
+    async def _cancel(self, tasks: list[asyncio.Future[Any]]) -> None:
+        self._closing = True
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- effects ---------------------------------------------------------------------------
 

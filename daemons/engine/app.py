@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -115,46 +116,51 @@ class Engine:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> int:
+        """Serve until ``stop``; whatever was started is closed on every way out (a taken
+        port included: a Kafka client left open at interpreter exit can crash it)."""
         self._stop = stop
         state = load_state(self.state_path)
-        self.records = RecordGuard(self.opts.state_dir, role="engine")
-        self.outbox = list(state.get("outbox", []))
-        self.finished = list(state.get("finished", []))
-        self._outbox_seq = max((e["id"] for e in self.outbox), default=0)
-        self.partitions = await ensure_topics(self.opts.kafka)
-        self.producer = BusProducer(self.opts.kafka)
-        await self.producer.start()
-        server = await serve(self.opts.listen, self._session, node_id="engine", on_hello=self._on_hello,
-                             config=self.opts.link_config)
-        host, port = server.addresses[0]
-        log.info("listening for the monitor on %s:%s; Kafka %s", host, port, self.opts.kafka.bootstrap)
-        if state.get("cp_id"):
-            self._adopt(state["cp_id"], state)
-        write_ready_file(self.opts.ready_file, role="engine", listen=f"{host}:{port}", cp_id=self.cp.cp_id if self.cp else None)
-        await self.supervisor.start()
-        self._tasks = [
-            asyncio.ensure_future(self._tick_loop()),
-            asyncio.ensure_future(self.central.listen(self.opts.kafka)),
-            asyncio.ensure_future(self._outbox_loop()),
-        ]
-        if self.opts.interactive:
-            self._tasks.append(asyncio.ensure_future(self._keys()))
-            log.info("keys: p plug · u unplug · k KO · r recover · m DRIVER manual supply · s status · q quit")
-        try:
+        async with contextlib.AsyncExitStack() as started:
+            self.records = RecordGuard(self.opts.state_dir, role="engine")
+            started.callback(self.records.close)
+            self.outbox = list(state.get("outbox", []))
+            self.finished = list(state.get("finished", []))
+            self._outbox_seq = max((e["id"] for e in self.outbox), default=0)
+            self.partitions = await ensure_topics(self.opts.kafka)
+            self.producer = BusProducer(self.opts.kafka)
+            await self.producer.start()
+            started.push_async_callback(self.producer.close, 5.0)
+            server = await serve(self.opts.listen, self._session, node_id="engine", on_hello=self._on_hello,
+                                 config=self.opts.link_config)
+            started.callback(self._save)
+            started.push_async_callback(server.close)
+            host, port = server.addresses[0]
+            log.info("listening for the monitor on %s:%s; Kafka %s", host, port, self.opts.kafka.bootstrap)
+            if state.get("cp_id"):
+                self._adopt(state["cp_id"], state)
+            write_ready_file(self.opts.ready_file, role="engine", listen=f"{host}:{port}",
+                             cp_id=self.cp.cp_id if self.cp else None)
+            await self.supervisor.start()
+            started.push_async_callback(self.supervisor.close)
+            self._tasks = [
+                asyncio.ensure_future(self._tick_loop()),
+                asyncio.ensure_future(self.central.listen(self.opts.kafka)),
+                asyncio.ensure_future(self._outbox_loop()),
+            ]
+            started.push_async_callback(self._cancel_tasks)
+            if self.opts.interactive:
+                self._tasks.append(asyncio.ensure_future(self._keys()))
+                log.info("keys: p plug · u unplug · k KO · r recover · m DRIVER manual supply · s status · q quit")
             await stop.wait()
-        finally:
             log.info("shutting down")
-            for t in self._tasks + ([self._commands_task] if self._commands_task else []):
-                t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-            if self._commands_task is not None:
-                await asyncio.gather(self._commands_task, return_exceptions=True)
-            await server.close()
-            self._save()
-            await self.producer.close(timeout_s=5.0)
-            await self.supervisor.close()
-            self.records.close()
         return 0
+
+    async def _cancel_tasks(self) -> None:
+        for t in self._tasks + ([self._commands_task] if self._commands_task else []):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._commands_task is not None:
+            await asyncio.gather(self._commands_task, return_exceptions=True)
 
     # -- state -----------------------------------------------------------------------------
 

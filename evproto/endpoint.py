@@ -1,7 +1,15 @@
-"""Transport addresses: ``tcp://host:port`` and ``serial:///dev/ttyUSB0?baudrate=9600``.
+"""Transport addresses: ``tcp://host:port``, ``tls://host:port?ca=FILE`` and
+``serial:///dev/ttyUSB0?baudrate=9600``.
 
 Pure parsing, no I/O. Shorthands accepted everywhere a URL is: ``host:port``
 means TCP and a path starting with ``/`` means a serial device.
+
+TLS options (query string, file paths): ``ca`` the CA bundle that signs the other
+side's certificate (a client checks the server against it; a server given ``ca``
+requires and checks client certificates), ``cert`` and ``key`` this side's own
+certificate chain and private key (a server needs them; a client sends them when
+given), ``server_name`` the name the client expects in the server's certificate
+(default: the host).
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from .errors import TransportError
 
-__all__ = ["Endpoint", "parse_endpoint", "SERIAL_DEFAULTS"]
+__all__ = ["Endpoint", "parse_endpoint", "SERIAL_DEFAULTS", "TLS_OPTIONS"]
 
 #: Serial settings used when the URL does not give them (8N1, the usual meter default).
 SERIAL_DEFAULTS: dict[str, object] = {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}
@@ -20,13 +28,15 @@ _PARITIES = {"N", "E", "O", "M", "S"}
 _BYTESIZES = {5, 6, 7, 8}
 _STOPBITS = {1, 1.5, 2}
 _BOOL_OPTIONS = {"rtscts", "xonxoff", "dsrdtr", "exclusive"}
+#: What a ``tls://`` address may carry in its query string.
+TLS_OPTIONS = ("ca", "cert", "key", "server_name")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Endpoint:
     """A parsed transport address."""
 
-    scheme: str  # "tcp" or "serial"
+    scheme: str  # "tcp", "tls" or "serial"
     host: str = ""
     port: int = 0
     path: str = ""
@@ -35,21 +45,43 @@ class Endpoint:
     @property
     def url(self) -> str:
         """The canonical URL form."""
-        if self.scheme == "tcp":
-            host = f"[{self.host}]" if ":" in self.host else self.host
-            return f"tcp://{host}:{self.port}"
         query = "&".join(f"{k}={v}" for k, v in self.options.items())
+        if self.scheme in ("tcp", "tls"):
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"{self.scheme}://{host}:{self.port}" + (f"?{query}" if query else "")
         return f"serial://{self.path}" + (f"?{query}" if query else "")
 
+    @property
+    def address(self) -> str:
+        """``scheme://host:port`` without options (what messages and logs name)."""
+        if self.scheme in ("tcp", "tls"):
+            host = f"[{self.host}]" if ":" in self.host else self.host
+            return f"{self.scheme}://{host}:{self.port}"
+        return f"serial://{self.path}"
 
-def _tcp(host: str | None, port: int | None, text: str) -> Endpoint:
+
+def _tcp(host: str | None, port: int | None, text: str, scheme: str = "tcp",
+         options: dict[str, object] | None = None) -> Endpoint:
     if not host:
-        raise TransportError(f"{text!r}: missing host (expected tcp://HOST:PORT)")
+        raise TransportError(f"{text!r}: missing host (expected {scheme}://HOST:PORT)")
     if port is None:
-        raise TransportError(f"{text!r}: missing port (expected tcp://HOST:PORT)")
+        raise TransportError(f"{text!r}: missing port (expected {scheme}://HOST:PORT)")
     if not 0 <= port <= 65535:
         raise TransportError(f"{text!r}: port {port} is out of range 0..65535")
-    return Endpoint(scheme="tcp", host=host, port=port)
+    return Endpoint(scheme=scheme, host=host, port=port, options=options or {})
+
+
+def _tls_options(query: str, text: str) -> dict[str, object]:
+    opts: dict[str, object] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key not in TLS_OPTIONS:
+            raise TransportError(f"{text!r}: unknown TLS option {key!r} (known: {', '.join(TLS_OPTIONS)})")
+        if not value:
+            raise TransportError(f"{text!r}: TLS option {key!r} is empty")
+        opts[key] = value
+    if ("cert" in opts) != ("key" in opts):
+        raise TransportError(f"{text!r}: TLS options 'cert' and 'key' go together")
+    return opts
 
 
 def _serial_options(query: str, text: str) -> dict[str, object]:
@@ -100,15 +132,19 @@ def parse_endpoint(text: str) -> Endpoint:
         text_url = text
     parts = urlsplit(text_url)
     scheme = parts.scheme.lower()
-    if scheme == "tcp":
+    if scheme in ("tcp", "tls"):
         try:
             port = parts.port
         except ValueError:
             raise TransportError(f"{text!r}: port is not a number in 0..65535") from None
-        return _tcp(parts.hostname, port, text)
+        if scheme == "tcp":
+            if parts.query:
+                raise TransportError(f"{text!r}: tcp:// addresses take no options (TLS is tls://...)")
+            return _tcp(parts.hostname, port, text)
+        return _tcp(parts.hostname, port, text, "tls", _tls_options(parts.query, text))
     if scheme == "serial":
         path = parts.netloc + parts.path
         if not path:
             raise TransportError(f"{text!r}: missing device path (expected serial:///dev/ttyUSB0)")
         return Endpoint(scheme="serial", path=path, options=_serial_options(parts.query, text))
-    raise TransportError(f"{text!r}: unsupported scheme {parts.scheme!r} (use tcp:// or serial://)")
+    raise TransportError(f"{text!r}: unsupported scheme {parts.scheme!r} (use tcp://, tls:// or serial://)")

@@ -1,7 +1,7 @@
-"""asyncio adapters: transports (TCP, serial) and the async link API."""
+"""asyncio adapters: transports (TCP, TLS, serial) and the async link API."""
 
 from .link import HelloPolicy, Link, Server, connect, open_link, serve, serve_stream
-from .transport import StreamPair, open_fd_stream, open_stream, start_tcp_server
+from .transport import StreamPair, open_fd_stream, open_stream, start_tcp_server, tls_client_context, tls_server_context
 
 __all__ = [
     "Link",
@@ -15,4 +15,6 @@ __all__ = [
     "open_fd_stream",
     "start_tcp_server",
     "StreamPair",
+    "tls_client_context",
+    "tls_server_context",
 ]

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -131,6 +132,28 @@ class Link:
         if isinstance(peer, (tuple, list)) and peer:
             return str(peer[0])
         return ""
+
+    @property
+    def peer_certificate(self) -> dict[str, Any] | None:
+        """The certificate the peer proved it holds over TLS (``ssl.getpeercert()``
+        form: ``subject``, ``issuer``, ``serialNumber``...), None without one."""
+        ssl_object = self._writer.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return None
+        cert = ssl_object.getpeercert()
+        return cert or None
+
+    @property
+    def peer_common_name(self) -> str | None:
+        """The CN of the peer's TLS certificate (the node id under mutual TLS), None without one."""
+        cert = self.peer_certificate
+        if not cert:
+            return None
+        for rdn in cert.get("subject", ()):
+            for name, value in rdn:
+                if name == "commonName":
+                    return str(value)
+        return None
 
     @property
     def is_open(self) -> bool:
@@ -352,13 +375,15 @@ async def open_link(
     *,
     hello: Hello,
     config: LinkConfig | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Link:
     """Open the transport, run the handshake and return an OPEN :class:`Link`.
 
-    Raises TransportError when the address cannot be opened,
-    LinkRejectedError when the server refuses the Hello, LinkDownError otherwise.
+    ``tls`` overrides the context a ``tls://`` address builds from its options.
+    Raises TransportError when the address cannot be opened (or its certificate is
+    refused), LinkRejectedError when the server refuses the Hello, LinkDownError otherwise.
     """
-    reader, writer = address if isinstance(address, tuple) else await open_stream(address)
+    reader, writer = address if isinstance(address, tuple) else await open_stream(address, tls=tls)
     conn = LinkConnection(Side.CLIENT, hello=hello, config=config)
     link = Link(conn, reader, writer)
     conn.start(link._now())
@@ -377,9 +402,10 @@ async def connect(
     *,
     hello: Hello,
     config: LinkConfig | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Link]:
     """``async with connect(url, hello=...) as link:``; closes with EOT on exit."""
-    link = await open_link(address, hello=hello, config=config)
+    link = await open_link(address, hello=hello, config=config, tls=tls)
     try:
         yield link
     finally:
@@ -469,6 +495,7 @@ class Server:
         self._on_hello = on_hello
         self._config = config
         self._server: asyncio.base_events.Server | None = None
+        self._scheme = "tcp"
         self._sessions: set[asyncio.Future[LinkDown]] = set()
 
     @property
@@ -484,12 +511,13 @@ class Server:
 
     @property
     def url(self) -> str:
-        """``tcp://host:port`` of the first listening socket."""
+        """``tcp://host:port`` (or ``tls://``) of the first listening socket."""
         host, port = self.addresses[0]
-        return Endpoint(scheme="tcp", host=host, port=port).url
+        return Endpoint(scheme=self._scheme, host=host, port=port).url
 
-    async def _start(self, address: str | Endpoint) -> None:
-        self._server = await start_tcp_server(address, self._on_connection)
+    async def _start(self, address: Endpoint, tls: ssl.SSLContext | None) -> None:
+        self._scheme = address.scheme
+        self._server = await start_tcp_server(address, self._on_connection, tls=tls)
 
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # The session runs in a task of our own: close() cancels that one, never the
@@ -539,9 +567,12 @@ async def serve(
     node_id: str,
     on_hello: HelloPolicy | None = None,
     config: LinkConfig | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Server:
-    """Listen on ``tcp://host:port`` and run ``handler(link)`` for every accepted client."""
+    """Listen on ``tcp://host:port`` or ``tls://host:port?cert=..&key=..`` and run
+    ``handler(link)`` for every accepted client (``tls`` overrides the address's
+    options; see :func:`evproto.aio.tls_server_context`)."""
     ep = address if isinstance(address, Endpoint) else parse_endpoint(address)
     server = Server(handler, node_id=node_id, on_hello=on_hello, config=config)
-    await server._start(ep)
+    await server._start(ep, tls)
     return server

@@ -75,6 +75,10 @@ from .messages import (
     MeterReadRequest,
     MeterStatus,
     MeterValues,
+    AuthChallenge,
+    AuthProof,
+    AuthResult,
+    CpKey,
     Ping,
     ReasonCode,
     RecoveryReport,
@@ -105,6 +109,7 @@ __all__ = [
     "HealthStatus", "FaultReport", "RecoveryReport", "CpStatus", "Command",
     "AuthorizeSupply", "CommandResult", "SupplyTelemetry", "SupplyEnd",
     "MeterReadRequest", "MeterValues", "encode_body", "decode_body",
+    "AuthChallenge", "AuthProof", "AuthResult", "CpKey",
     # link
     "Side", "LinkConfig", "LinkConnection", "LinkStats", "LinkState", "DownReason",
     "HelloReceived", "Connected", "MessageReceived", "RequestReceived",

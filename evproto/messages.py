@@ -59,6 +59,10 @@ __all__ = [
     "SupplyEnd",
     "MeterReadRequest",
     "MeterValues",
+    "AuthChallenge",
+    "AuthProof",
+    "AuthResult",
+    "CpKey",
     "MESSAGE_CLASSES",
     "BODY_SCHEMA",
     "encode_body",
@@ -79,6 +83,10 @@ class MessageType(enum.IntEnum):
     REJECT = 0x03
     PING = 0x04
     ERROR = 0x05
+    AUTH_CHALLENGE = 0x06
+    AUTH_PROOF = 0x07
+    AUTH_RESULT = 0x08
+    CP_KEY = 0x09
     HEALTH_CHECK = 0x10
     HEALTH_STATUS = 0x11
     FAULT_REPORT = 0x12
@@ -395,6 +403,53 @@ class ErrorReport(Message):
 
     code: ErrorCode = _w(_enum_wire(ErrorCode, cs.Int8ub))
     detail: str = _w(TEXT, "")
+
+
+@_register(MessageType.AUTH_CHALLENGE)
+@_dc
+class AuthChallenge(Message):
+    """Server -> client, right after Accept when the server authenticates: how to salt
+    the credential (scrypt parameters) and the server's nonce (see evproto.auth)."""
+
+    salt: bytes = _w(BLOB)
+    log2_n: int = _w(U8)
+    r: int = _w(U8)
+    p: int = _w(U8)
+    server_nonce: bytes = _w(BLOB)
+
+
+@_register(MessageType.AUTH_PROOF)
+@_dc
+class AuthProof(Message):
+    """Client -> server, the answer to AuthChallenge: proof that it holds the secret."""
+
+    proof: bytes = _w(BLOB)
+
+
+@_register(MessageType.AUTH_RESULT)
+@_dc
+class AuthResult(Message):
+    """Server -> client: ``OK`` with the server's signature and, for a charge point, its
+    record key (wrapped) and the key that verifies what the server signs; or the reason
+    it was refused (the link closes after it)."""
+
+    code: ReasonCode = _w(_enum_wire(ReasonCode, cs.Int8ub))
+    detail: str = _w(TEXT, "")
+    signature: bytes = _w(BLOB, b"")
+    key_id: str = _w(TEXT, "")
+    wrapped_key: bytes = _w(BLOB, b"")
+    verify_key: bytes = _w(BLOB, b"")
+
+
+@_register(MessageType.CP_KEY)
+@_dc
+class CpKey(Message):
+    """Monitor -> engine: the record key Central issued this charge point, and the key
+    that verifies what Central signs. An empty ``key_id`` withdraws the key (revoked)."""
+
+    key_id: str = _w(TEXT, "")
+    key: bytes = _w(BLOB, b"")
+    verify_key: bytes = _w(BLOB, b"")
 
 
 @_register(MessageType.HEALTH_CHECK)

@@ -27,18 +27,15 @@ never carries a traceback: the exception is logged on the ``evproto.central`` lo
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Protocol
 
-from aiohttp import web, web_protocol
-from aiohttp.http_exceptions import LineTooLong
+from aiohttp import web
 
-from evproto.errors import EvprotoError
-from evproto.ratelog import RateLimitedLog
 from evproto.daemons.central.view import CentralView, SessionView, iso_utc
+from evproto.daemons.webjson import BadRequest, HttpError, json_errors, json_response, stop_http
+from evproto.daemons.webjson import start_http as serve_json
 
 __all__ = [
     "API_PREFIX",
@@ -70,24 +67,30 @@ MAX_SESSIONS_LIMIT = 10_000
 _DIGITS = re.compile(r"[0-9]{1,9}")
 
 
-class UnknownCp(EvprotoError, LookupError):
+class UnknownCp(HttpError, LookupError):
     """A command named a charge point Central does not know."""
+
+    http_status = 404
 
     def __init__(self, cp_id: str) -> None:
         super().__init__(f"unknown charge point '{cp_id}'")
         self.cp_id = cp_id
 
 
-class UnknownDriver(EvprotoError, LookupError):
+class UnknownDriver(HttpError, LookupError):
     """A command named a driver Central does not know."""
+
+    http_status = 404
 
     def __init__(self, driver_id: str) -> None:
         super().__init__(f"unknown driver '{driver_id}'")
         self.driver_id = driver_id
 
 
-class Conflict(EvprotoError):
+class Conflict(HttpError):
     """The command cannot be carried out now (answered 409), e.g. removing a CP that is supplying."""
+
+    http_status = 409
 
 
 class CentralBackend(Protocol):
@@ -137,53 +140,8 @@ class CentralBackend(Protocol):
 BACKEND_KEY = web.AppKey("evproto_central_backend", CentralBackend)
 
 
-def _dumps(data: Any) -> str:
-    # NaN/Infinity are not JSON: refuse them (a 500, logged) rather than emit invalid JSON.
-    return json.dumps(data, allow_nan=False)
-
-
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return _json({"error": message}, status=status, headers=headers)
-
-
-class _BadQuery(Exception):
-    """A query parameter with a bad value (answered 400)."""
-
-
-# -- middleware ------------------------------------------------------------------------------
-
-
-@web.middleware
-async def _json_errors(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """Turn every error, including the router's 404/405, into a JSON answer."""
-    try:
-        return await handler(request)
-    except _BadQuery as exc:
-        return _error(400, str(exc))
-    except (UnknownCp, UnknownDriver) as exc:
-        return _error(404, str(exc))
-    except Conflict as exc:
-        return _error(409, str(exc))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if isinstance(exc, web.HTTPMethodNotAllowed):
-            allowed = sorted(exc.allowed_methods)
-            text = (f"method {request.method} not allowed on {request.path}"
-                    f" (allowed: {', '.join(allowed)})")
-            return _error(exc.status, text, headers={"Allow": ",".join(allowed)})
-        if isinstance(exc, web.HTTPNotFound):
-            return _error(exc.status, f"no such endpoint: {request.method} {request.path}")
-        return _error(exc.status, exc.reason)
-    except Exception:
-        log.exception("HTTP %s %s failed", request.method, request.path)
-        return _error(500, "internal error")
+_json = json_response
+_BadQuery = BadRequest
 
 
 # -- handlers --------------------------------------------------------------------------------
@@ -298,7 +256,7 @@ def _command(action: str, *, one: bool) -> Callable[[web.Request], Awaitable[web
 
 def make_app(backend: CentralBackend) -> web.Application:
     """The aiohttp application serving the ``/api/v1`` endpoints from ``backend``."""
-    app = web.Application(middlewares=[_json_errors])
+    app = web.Application(middlewares=[json_errors(log)])
     app[BACKEND_KEY] = backend
     p = API_PREFIX
     app.router.add_get(f"{p}/cps", _get_cps)
@@ -316,43 +274,6 @@ def make_app(backend: CentralBackend) -> web.Application:
     return app
 
 
-_http_errors = RateLimitedLog(log)
-
-
-class _JsonErrorHandler(web_protocol.RequestHandler):
-    """Answers what fails before routing (a 10 kB URL, a 20 kB header, a broken request
-    line) as JSON like every other error, and logs one line for it (rate-limited), never
-    a traceback: a peer sending garbage must not fill the log."""
-
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        what = {400: "bad request", 413: "request too large", 431: "request headers too large"}.get(
-            status, HTTPStatus(status).phrase.lower() if status in HTTPStatus._value2member_map_ else "error")
-        if isinstance(exc, LineTooLong):
-            what = "request line or header too long"
-        _http_errors.log(logging.WARNING, f"HTTP {status} to {request.remote}: {what} ({type(exc).__name__})",
-                         key=f"http:{status}:{type(exc).__name__}")
-        if request.writer.output_size > 0:
-            raise ConnectionError("response already started: the connection is closed")
-        resp = _error(status, what)
-        resp.force_close()
-        return resp
-
-
-class _JsonErrorServer(web.Server):
-    def __call__(self) -> web_protocol.RequestHandler:
-        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
-
-
-class _Runner(web.AppRunner):
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        # Same server, with our answer for requests that fail before routing. Checked by
-        # tests/test_central_http.py (a 10 kB URL gets JSON), so an aiohttp change shows.
-        server.__class__ = _JsonErrorServer
-        return server
-
-
 async def start_http(
     backend: CentralBackend,
     host: str,
@@ -365,19 +286,4 @@ async def start_http(
     Returns the runner (give it to :func:`stop_http`) and the port actually bound.
     Access logging is off unless ``access_log`` is given: the launcher polls often.
     """
-    runner = _Runner(make_app(backend), access_log=access_log, handle_signals=False)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-    except BaseException:
-        await runner.cleanup()
-        raise
-    addresses = runner.addresses
-    actual_port = int(addresses[0][1]) if addresses else port
-    return runner, actual_port
-
-
-async def stop_http(runner: web.AppRunner) -> None:
-    """Stop serving: close the listening sockets and finish the requests in progress."""
-    await runner.cleanup()
+    return await serve_json(make_app(backend), host, port, log=log, access_log=access_log)

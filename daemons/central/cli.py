@@ -14,6 +14,11 @@ from evproto import __version__
 from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.errors import TransportError
 
+from evproto.idents import InvalidTextError
+
+from ..auditlog import AuditLog, read_entries
+from ..auditlog import verify as verify_audit
+from ..tokens import TokenRole, TokenStore
 from ..common import keep_files_private, EXIT_UNAVAILABLE, raise_fd_limit, setup_logging, shutdown_event, tune_gc
 from .core import Rules
 from .store import Store
@@ -78,6 +83,8 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
       ev-central cps add CP001 --location Alicante --price 0.35
       ev-central cps remove CP009
       ev-central cps list
+      ev-central tokens create --role operator --name alice
+      ev-central audit verify
     """
     keep_files_private()
     ctx.obj = db
@@ -219,3 +226,106 @@ def cps_list(db: str) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@main.group(context_settings=_SETTINGS)
+def tokens() -> None:
+    """API tokens for people and services (shown once; only a hash is kept).
+
+    \b
+    Roles: viewer (read), operator (+ stop/resume, revoke CP keys), installer (the
+    registry only), service (a machine client such as the weather service), admin (all,
+    and the audit log).
+    """
+
+
+@tokens.command("create")
+@click.option("--role", type=click.Choice([r.value for r in TokenRole]), required=True)
+@click.option("--name", required=True, help="Who or what holds it (shown in the audit log).")
+@click.pass_obj
+def tokens_create(db: str, role: str, name: str) -> None:
+    """Create a token and print it (this is the only time it is shown)."""
+    store = _open_tokens(db)
+    try:
+        token, principal = store.create(TokenRole(role), name)
+    except InvalidTextError as exc:
+        raise click.BadParameter(str(exc), param_hint="--name") from None
+    finally:
+        store.close()
+    _audit(db).record(actor="cli", source="cli", action="token-create", obj=principal.label, outcome="ok")
+    click.echo(token)
+
+
+@tokens.command("list")
+@click.pass_obj
+def tokens_list(db: str) -> None:
+    """List tokens: id, role, name, created, revoked (never the token itself)."""
+    from .view import iso_utc
+
+    store = _open_tokens(db)
+    for t in store.list():
+        click.echo(f"{t['id']}\t{t['role']}\t{t['name']}\t{iso_utc(int(t['created_ts_ms']))}"  # type: ignore[call-overload]
+                   + ("\tREVOKED" if t["revoked"] else ""))
+    store.close()
+
+
+@tokens.command("revoke")
+@click.argument("token_id")
+@click.pass_obj
+def tokens_revoke(db: str, token_id: str) -> None:
+    """Revoke a token by its id (the 8 hex digits after ``evp_``); it stops working at once."""
+    store = _open_tokens(db)
+    done = store.revoke(token_id)
+    store.close()
+    _audit(db).record(actor="cli", source="cli", action="token-revoke", obj=f"tok {token_id[:16]}",
+                      outcome="ok" if done else "refused")
+    if not done:
+        raise click.ClickException(f"no live token {token_id!r}")
+    click.echo(f"{token_id}: revoked")
+
+
+def _open_tokens(db: str) -> TokenStore:
+    try:
+        return TokenStore(db)
+    except Exception as exc:
+        raise click.ClickException(f"cannot open database {db}: {exc}") from None
+
+
+def _audit(db: str) -> AuditLog:
+    return AuditLog(db + ".audit.jsonl")
+
+
+@main.group("audit", context_settings=_SETTINGS)
+def audit_group() -> None:
+    """The security audit log (DB.audit.jsonl): hash-chained JSON lines."""
+
+
+@audit_group.command("verify")
+@click.option("--log", "path", default=None, metavar="PATH", help="The audit log (default: DB.audit.jsonl).")
+@click.pass_obj
+def audit_verify(db: str, path: str | None) -> None:
+    """Check the chain: exit 0 and print its head when no line was edited, inserted or
+    deleted; exit 1 naming the first line that breaks it."""
+    path = path or db + ".audit.jsonl"
+    if not os.path.exists(path):
+        raise click.ClickException(f"no audit log at {path}")
+    result = verify_audit(path)
+    if not result.ok:
+        click.echo(f"{path}: BROKEN at line {result.bad_line}: {result.reason} "
+                   f"({result.entries} entries verified before it)", err=True)
+        sys.exit(1)
+    click.echo(f"{path}: OK, {result.entries} entries; head #{result.head_seq} {result.head_hash}")
+
+
+@audit_group.command("show")
+@click.option("--log", "path", default=None, metavar="PATH", help="The audit log (default: DB.audit.jsonl).")
+@click.option("-n", "--lines", "limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.pass_obj
+def audit_show(db: str, path: str | None, limit: int) -> None:
+    """The newest entries, one per line: time, outcome, actor, source, action, object."""
+    path = path or db + ".audit.jsonl"
+    if not os.path.exists(path):
+        raise click.ClickException(f"no audit log at {path}")
+    for e in read_entries(path, limit=limit):
+        click.echo(f"{e.get('ts')}  {e.get('outcome', ''):8} {e.get('actor')}  {e.get('source')}  "
+                   f"{e.get('action')}  {e.get('object')}")

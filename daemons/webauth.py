@@ -1,0 +1,89 @@
+"""Who may call an HTTP endpoint: Bearer tokens with roles, and no cross-site requests.
+
+One middleware for every HTTP server of the network (the registry, Central's API):
+
+- ``Authorization: Bearer evp_...`` must name a live token (:mod:`daemons.tokens`):
+  401 without one or with a bad one, 403 when its role does not grant what the
+  endpoint needs. The principal is put on the request (``request[PRINCIPAL]``).
+- A request that carries an ``Origin`` (a browser) must come from the server's own
+  origin, and state-changing methods must send JSON: a page on another site cannot
+  drive the API with a ``text/plain`` form POST (403, whatever the token).
+- Refusals are audited (coalesced per source, so a flood writes a line a second).
+
+Secrets never reach an answer, a log line or the audit log: the token is named by
+its id only.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from .auditlog import AuditLog
+from .tokens import Principal, TokenRole, TokenStore
+from .webjson import HttpError
+
+__all__ = ["PRINCIPAL", "Unauthorized", "Forbidden", "token_auth"]
+
+PRINCIPAL = web.RequestKey("evproto_principal", Principal)
+_UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+class Unauthorized(HttpError):
+    http_status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="evproto"'})
+
+
+class Forbidden(HttpError):
+    http_status = 403
+
+
+def _cross_site(request: web.Request) -> str | None:
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        parts = urlsplit(origin)
+        if origin == "null" or parts.netloc.lower() != request.host.lower():
+            return f"cross-origin request from {origin[:80]!r}"
+    if request.method in _UNSAFE and request.body_exists and request.content_type != "application/json":
+        return "a state-changing request must send application/json"
+    return None
+
+
+def token_auth(tokens: TokenStore, needs: Callable[[web.Request], TokenRole | None], *,
+               audit: AuditLog | None, service: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: ``needs(request)`` says which role the endpoint needs (None: open)."""
+
+    def refuse(request: web.Request, exc: HttpError, actor: str) -> HttpError:
+        if audit is not None:
+            audit.record(actor=actor, source=request.remote or "", action=f"{service}:{request.method}",
+                         obj=request.path[:200], outcome="refused", coalesce=f"{request.remote}:{exc.http_status}",
+                         reason=str(exc), status=exc.http_status)
+        return exc
+
+    @web.middleware
+    async def middleware(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        needed = needs(request)
+        if needed is None:
+            return await handler(request)
+        problem = _cross_site(request)
+        if problem is not None:
+            raise refuse(request, Forbidden(problem), "anonymous")
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise refuse(request, Unauthorized("a Bearer token is required"), "anonymous")
+        principal = tokens.verify(token.strip())
+        if principal is None:
+            raise refuse(request, Unauthorized("the token is not valid"), "anonymous")
+        if not principal.may(needed):
+            raise refuse(request, Forbidden(f"role {principal.role.value} may not do this "
+                                            f"(needs {needed.value})"), principal.label)
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    return middleware

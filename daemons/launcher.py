@@ -567,7 +567,7 @@ async def _show_panel(http_addr: str) -> None:
                     msgs = await (await http.get(f"{base}/messages")).json()
                     status = await (await http.get(f"{base}/status")).json()
                     latest["view"] = CentralView(
-                        cps=tuple(CpView(**c) for c in cps),
+                        cps=tuple(CpView(**{**c, "alerts": tuple(c.get("alerts") or ())}) for c in cps),
                         requests=tuple(
                             SessionView(id=r["id"], cp_id=r["cp_id"], driver_id=r["driver_id"], status=r["status"],
                                         requested_ts_ms=parse_iso(r.get("requested_at")) or 0,
@@ -592,7 +592,7 @@ async def _show_panel(http_addr: str) -> None:
                         latest["view"] = dataclasses.replace(old, messages=old.messages[-20:] + notes)
                     else:
                         latest["view"] = CentralView(
-                            cps=tuple(CpView(**{**c.to_json(), "state": "DISCONNECTED"}) for c in old.cps),
+                            cps=tuple(dataclasses.replace(c, state="DISCONNECTED") for c in old.cps),
                             messages=old.messages[-20:] + notes, central_id=old.central_id,
                             kafka=old.kafka, kafka_ok=False, now_ts_ms=int(time.time() * 1000))
                 await asyncio.sleep(0.5)

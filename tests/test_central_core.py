@@ -1084,3 +1084,28 @@ def test_requests_waiting_for_an_answer_before_a_crash_are_asked_again_when_the_
     assert core.tick(T0 + 9000) == []  # not expired: its CP could not answer while Central was down
     (cmd,) = events(core.monitor_connected("CP1", T0 + 9500), AuthorizeCommand)
     assert cmd.session_id == 7
+
+
+def test_a_late_start_for_a_refused_session_never_gives_a_driver_two_live_sessions(core: CentralCore) -> None:
+    """Found by the state machine: D1 was refused at CP2 and asked at CP1; CP2 then reported
+    a start for the refused session. Reopening it would have given D1 two live supplies."""
+    fx = request(core, "D1", "CP2", T0)
+    first = the_authorize(fx).session_id
+    answer(core, "CP2", first, T0 + 1, accepted=False, reason="busy")
+    second = the_authorize(request(core, "D1", "CP1", T0 + 2)).session_id
+    started(core, "CP2", first, "D1", T0 + 3)
+    live = [s for s in core.sessions.values() if s.driver_id == "D1"]
+    assert [s.id for s in live] == [second]
+    assert core.ignored["late_report"] >= 1
+
+
+def test_revoking_a_cp_ends_its_supply_with_what_it_reported_and_shows_it_not_authenticated(core: CentralCore) -> None:
+    sid = supplying(core, "D1", "CP1", T0)
+    progress(core, "CP1", sid, "D1", T0 + 2000, 1.5, 0.30)
+    fx = core.revoked("CP1", T0 + 3000)
+    (ticket,) = events(fx, Ticket)
+    assert (ticket.session_id, ticket.energy_kwh, ticket.end_reason) == (sid, 1.5, "key_revoked")
+    assert view(core, "CP1").alerts == ("not_authenticated",)
+    core.monitor_lost("CP1", False, "closed", T0 + 3001)
+    connect(core, "CP1", T0 + 5000)
+    assert view(core, "CP1").alerts == ()

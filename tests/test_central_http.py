@@ -32,7 +32,7 @@ from evproto.errors import EvprotoError
 T0 = 1_795_832_400_000  # 2026-11-28T02:20:00Z
 
 CP_KEYS = {"id", "location", "price_eur_kwh", "state", "driver_id", "power_kw", "energy_kwh",
-           "amount_eur"}
+           "amount_eur", "alerts"}
 SESSION_KEYS = {"id", "cp_id", "driver_id", "status", "energy_kwh", "amount_eur", "started_at",
                 "ended_at", "end_reason"}
 

@@ -131,6 +131,8 @@ class CpRecord:
     power_kw: float | None = None
     energy_kwh: float | None = None
     amount_eur: float | None = None
+    #: Its keys were revoked and its monitor has not authenticated since.
+    revoked: bool = False
 
     @property
     def state(self) -> CpState:
@@ -427,6 +429,7 @@ class CentralCore:
         cp = self.cps[cp_id]
         before = cp.state
         cp.connected = True
+        cp.revoked = False  # connected again means authenticated again (when Central authenticates)
         cp.engine_ok = True  # until the monitor's first report says otherwise
         cp.fault = ""
         self._note(f"{cp_id} connected")
@@ -440,6 +443,19 @@ class CentralCore:
             else:
                 self._transition(held, SessionInput.CP_REFUSED, now_ms, reason="cp_not_available",
                                  text=f"{cp_id} is back but {cp.state.name}, not ACTIVATED")
+        return self._take()
+
+    def revoked(self, cp_id: str, now_ms: int) -> list[Effect]:
+        """``cp_id``'s keys were revoked: what it reports from now on is refused, so its
+        supply in progress ends here with what it had reported ("key_revoked")."""
+        self._fx = []
+        cp = self.cps[cp_id]
+        cp.revoked = True
+        s = self.sessions.get(cp.session_id) if cp.session_id is not None else None
+        if s is not None:
+            self._transition(s, SessionInput.FINISHED_EARLY, now_ms, reason="key_revoked",
+                             text=f"{cp_id}'s key was revoked: {s.energy_kwh:.3f} kWh, {s.amount_eur:.2f} EUR")
+        self._note(f"{cp_id}: keys revoked; it must authenticate again", "warning")
         return self._take()
 
     def monitor_lost(self, cp_id: str, clean: bool, detail: str, now_ms: int) -> list[Effect]:
@@ -790,6 +806,8 @@ class CentralCore:
         cp = self.cps.get(cp_id)
         if cp is None or (cp.session_id is not None and cp.session_id != s.id):
             return None
+        if any(live.driver_id == s.driver_id for live in self.sessions.values()):
+            return None  # the driver has moved on to another supply: one live session per driver
         del self.ended[session_id]
         s.status = SessionStatus.AUTHORIZED
         s.end_reason = None
@@ -962,6 +980,7 @@ class CentralCore:
                     power_kw=cp.power_kw if supplying else None,
                     energy_kwh=cp.energy_kwh if supplying else None,
                     amount_eur=cp.amount_eur if supplying else None,
+                    alerts=("not_authenticated",) if cp.revoked else (),
                 )
             )
         return out

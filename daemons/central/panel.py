@@ -151,7 +151,8 @@ def _full_tile(cp: CpView, width: int) -> RenderableType:
         extra = _line(f"{_fig(cp.energy_kwh, '.2f')} kWh",
                       f"{_fig(cp.amount_eur, '.2f')} EUR", inner)
     else:
-        detail, extra = Text(_DETAIL.get(cp.state, ""), style="bold"), Text("")
+        detail = Text(_DETAIL.get(cp.state, ""), style="bold")
+        extra = Text(", ".join(a.replace("_", " ") for a in cp.alerts))
     body = Text("\n", no_wrap=True, overflow="ellipsis").join([
         Text(_clean(cp.location)),
         Text(f"{_price(cp.price_eur_kwh)} EUR/kWh"),

@@ -39,6 +39,9 @@ class CpView:
     power_kw: float | None = None
     energy_kwh: float | None = None
     amount_eur: float | None = None
+    #: Why the CP is not serving besides its state: ``not_authenticated`` (its key was
+    #: revoked; until its monitor authenticates again).
+    alerts: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """The pinned ``GET /api/v1/cps`` item."""
@@ -51,6 +54,7 @@ class CpView:
             "power_kw": self.power_kw,
             "energy_kwh": self.energy_kwh,
             "amount_eur": self.amount_eur,
+            "alerts": list(self.alerts),
         }
 
 

@@ -39,6 +39,7 @@ from .frame import (
     DecoderEvent,
     FrameDecoder,
     FrameError,
+    FrameErrorKind,
     FrameReceived,
     encode_frame,
 )
@@ -496,6 +497,12 @@ class LinkConnection:
                 self._handle(_CONTROL_INPUT[ev.control], now)
             elif isinstance(ev, FrameError):
                 self._note_error(ev.kind.value, ev.detail)
+                if ev.kind is FrameErrorKind.TRUNCATED:
+                    # Found only once the line went quiet: the frame it began may be one the
+                    # sender has moved past since, and a bare NACK sent now would be taken for
+                    # a NACK of its current frame (whose ACK would then be counted twice). The
+                    # sender's own ACK timeout sends again what it still needs.
+                    continue
                 self._handle(LinkInput.RX_BAD, now)
             # Garbage is counted by the decoder and otherwise ignored.
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 from hypothesis import HealthCheck as HC
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from evproto import (
@@ -415,6 +415,10 @@ def test_stray_stx_is_abandoned_after_the_interbyte_timeout() -> None:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HC.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), loss=st.floats(0.0, 0.3), corrupt=st.floats(0.0, 0.3))
+# Found in CI: a damaged LEN held a copy until the line went quiet; the NACK for that
+# truncated copy reached the sender after it had moved on, was counted against the next
+# frame, and that frame's second ACK was then taken for the one after it (lost).
+@example(seed=6047691, loss=0.0, corrupt=0.25)
 def test_lossy_line_delivers_exactly_once_in_order_or_reports_what_is_missing(
     seed: int, loss: float, corrupt: float
 ) -> None:

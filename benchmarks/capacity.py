@@ -376,6 +376,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
                                 "--port", "0", "--http-port", "0", "--host", "127.0.0.1", "--no-panel",
                                 "--ready-file", ready, "--answer-timeout-s", "120", "--plug-timeout-s", "600",
                                 "--registrations-per-min", "1000000",  # the bench registers every CP at once
+                                "--insecure",  # release 1's plaintext: the secure run is not built yet
                                 "--log-format", "text", "--log-level", "warning"],
                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
     procs = [central]
@@ -406,7 +407,8 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         engine_ready = os.path.join(workdir, f"{prefix}engine.json")
         engine = subprocess.Popen([sys.executable, "-m", "evproto.daemons.engine", "--kafka", bootstrap, "--listen",
                                    "127.0.0.1:0", "--auto", "--plug-delay-s", "0.5", "--supply-s", "3600",
-                                   "--state-dir", real_state, "--ready-file", engine_ready, "--log-level", "warning"],
+                                   "--state-dir", real_state, "--ready-file", engine_ready, "--log-level", "warning",
+                                   "--insecure"],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         procs.append(engine)
         while not os.path.exists(engine_ready):
@@ -416,7 +418,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         engine_listen = json.loads(Path(engine_ready).read_text())["listen"]
         monitor = subprocess.Popen([sys.executable, "-m", "evproto.daemons.monitor", "--engine", engine_listen,
                                     "--central", info["listen"], "--id", "CPREAL", "--location", "bench", "--price", "0.3",
-                                    "--log-level", "warning"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    "--log-level", "warning", "--insecure"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, env=env)
         procs.append(monitor)
         tasks = [asyncio.ensure_future(engines.run_engines()), asyncio.ensure_future(engines.telemetry())]

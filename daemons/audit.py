@@ -153,11 +153,16 @@ def audit(run_dir: str, *, quiesced: bool = True, cp_states: dict[str, str] | No
     return audit_sources(AuditSources.from_run_dir(run_dir), quiesced=quiesced, cp_states=cp_states)
 
 
-def cp_states_from(http: str, *, timeout_s: float = 3.0) -> dict[str, str]:
-    """Central's CP states (``GET /api/v1/cps``) from its HTTP API at ``http`` (HOST:PORT or a URL).
+def cp_states_from(http: str, *, timeout_s: float = 3.0, token: str | None = None,
+                   tls: Any = None) -> dict[str, str]:
+    """Central's CP states (``GET /api/v1/cps``) from its HTTP API at ``http`` (HOST:PORT or a URL),
+    with a viewer ``token`` and the network's CA (``tls``) under release 2.
     Raises OSError (URLError) when Central does not answer."""
-    base = http if "://" in http else f"http://{http}"
-    with urllib.request.urlopen(f"{base.rstrip('/')}/api/v1/cps", timeout=timeout_s) as resp:
+    base = http if "://" in http else f"{'https' if tls is not None else 'http'}://{http}"
+    request = urllib.request.Request(f"{base.rstrip('/')}/api/v1/cps")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=timeout_s, context=tls) as resp:
         return {c["id"]: c["state"] for c in json.load(resp)}
 
 

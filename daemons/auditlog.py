@@ -11,7 +11,8 @@ Cutting lines off the end leaves a shorter valid chain: :func:`verify` reports t
 (sequence number and hash), which an operator can keep elsewhere to detect that.
 
 Entries never hold secrets: callers pass ids, addresses and reasons; detail keys that
-name a secret (``secret``, ``token``, ``password``, ``key``) are refused.
+name a secret (``secret``, ``token``, ``password``, ``key``, ``*_key``...) are refused;
+ids of keys and tokens (``key_id``) are fine.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ __all__ = ["AuditLog", "AuditEntry", "VerifyResult", "verify", "read_entries", "
 
 #: ``prev`` of the first entry.
 GENESIS = "0" * 64
-_FORBIDDEN = ("secret", "token", "password", "key")
+_FORBIDDEN = ("secret", "token", "password", "key", "credentials")
+_FORBIDDEN_SUFFIXES = ("_secret", "_token", "_password", "_key")
 #: At most one entry per coalescing key and this many seconds; the rest are counted.
 COALESCE_S = 1.0
 _TAIL = 64 * 1024
@@ -85,7 +87,7 @@ class AuditLog:
         ``action`` what (``auth``, ``register``, ``stop``...), ``obj`` on what, ``outcome``
         ``ok``/``refused``/``failed``. With ``coalesce``, at most one entry per key per
         second is written; the next one says how many were held back (None when held)."""
-        bad = [k for k in details if any(word in k.lower() for word in _FORBIDDEN)]
+        bad = [k for k in details if k.lower() in _FORBIDDEN or k.lower().endswith(_FORBIDDEN_SUFFIXES)]
         if bad:
             raise ValueError(f"audit details must not hold secrets: {bad}")
         now = time.monotonic()

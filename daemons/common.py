@@ -34,6 +34,7 @@ __all__ = [
     "makedirs",
     "keep_files_private",
     "open_private",
+    "connect_private_db",
     "PRIVATE_FILE_MODE",
     "PRIVATE_DIR_MODE",
     "now_ms",
@@ -257,6 +258,19 @@ def open_private(path: str, mode: str = "w") -> IO[Any]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def connect_private_db(path: str) -> Any:
+    """A SQLite connection to ``path``, the file created 0600 (and its folder 0700) whatever
+    the umask when it does not exist yet: the network's database holds keys and hashes."""
+    import sqlite3
+
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        makedirs(directory)
+    if not os.path.exists(path):
+        open_private(path, "ab").close()
+    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
 
 
 def keep_files_private() -> None:

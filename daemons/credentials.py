@@ -16,6 +16,8 @@ from evproto import auth
 from evproto.auth import StoredCredential
 from evproto.idents import check_id, check_text
 
+from .common import connect_private_db
+
 __all__ = ["CredentialStore", "AlreadyRegistered"]
 
 _SCHEMA = """
@@ -37,7 +39,7 @@ class CredentialStore:
     """The ``cp_credentials`` table (its own connection, safe to share across threads)."""
 
     def __init__(self, path: str, *, params: tuple[int, int, int] = auth.SCRYPT_DEFAULT) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = connect_private_db(path)
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)

@@ -33,7 +33,6 @@ from evproto.bus.events import (
     RequestUpdate,
     SupplyRequest,
     Ticket,
-    decode_event,
     encode_event,
 )
 from evproto.bus.kafka import (
@@ -55,6 +54,11 @@ from evproto.idents import InvalidTextError, check_id, id_problem
 from evproto.ratelog import RateLimitedLog
 
 from .common import keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
+from evproto.bus.seal import SealError
+
+from .central.keyring import load_public_key
+from .credentials_file import CredentialsFileError, DriverCredentials, read_driver_credentials
+from .gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, Owner, OwnerKind, RecordGate, RecordSealer
 from .readers import CentralWatch, RecordGuard
 
 __all__ = ["RequestLine", "parse_requests", "LiveFigures", "Driver", "main"]
@@ -212,8 +216,20 @@ class Driver:
         answer_timeout_s: float = 60.0,
         interactive: bool = True,
         ready_file: str | None = None,
+        credentials: DriverCredentials | None = None,
     ) -> None:
         self.driver_id = driver_id
+        # Release 2: our requests are sealed with our key, our news opened with it, and
+        # what Central tells everyone (CP states, heartbeats) checked against its key.
+        keys = MemoryKeyBook()
+        if credentials is not None:
+            keys.keys[credentials.key_id] = (Owner(OwnerKind.DRIVER, driver_id), credentials.key)
+            key_id, public = load_public_key(credentials.central_key)
+            keys.verify_keys[key_id] = public
+        policy = SECURE_POLICY if credentials is not None else PLAIN_POLICY
+        self.gate = RecordGate(keys, policy=policy)
+        self.sealer = RecordSealer(policy=policy, sealing_key=(
+            (lambda topic, record_key: (credentials.key_id, credentials.key)) if credentials is not None else None))
         self.kafka = kafka
         self.requests = requests
         self.requests_source = requests_source
@@ -225,7 +241,7 @@ class Driver:
         self.ready_file = ready_file
         self.state: dict[str, Any] = {}
         self.cps: dict[str, CpStateRecord] = {}
-        self.central = CentralWatch()
+        self.central = CentralWatch(decode=self.gate.decode_value)
         #: Events of ours that could not be applied (made in run(): it reads the state directory).
         self.records: RecordGuard | None = None
         #: cp_state records that were not valid (skipped: the topic is read again at every start).
@@ -248,6 +264,10 @@ class Driver:
             return EXIT_USAGE
         self.state["driver_id"] = self.driver_id
         self.records = RecordGuard(self.state_dir, role="app")
+        try:
+            self.gate.window.load(self.state.get("replay") or {})
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise StateFileError(f"{self.state_path}: its replay counters cannot be read ({exc})") from None
         self._tickets = {int(k): v for k, v in (self.state.get("tickets") or {}).items()} \
             if isinstance(self.state.get("tickets"), dict) else {}
         self.partitions = await ensure_topics(self.kafka)
@@ -299,6 +319,7 @@ class Driver:
     def _save(self) -> None:
         keep = sorted(self._tickets)[-200:]
         self.state["tickets"] = {str(k): self._tickets[k] for k in keep}
+        self.state["replay"] = self.gate.window.state()  # with events_offset: one atomic file
         save_json_atomic(self.state_path, self.state)
 
     # -- requests --------------------------------------------------------------------------
@@ -347,7 +368,9 @@ class Driver:
         partition = partition_for(self.driver_id, self.partitions[Topic.DRIVER_REQUESTS])
         while True:
             try:
-                await self.producer.send(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(event), partition=partition)
+                # Sealed at each attempt (a fresh counter): a resend is not a replay.
+                value = self.sealer.wrap(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(event))
+                await self.producer.send(Topic.DRIVER_REQUESTS, self.driver_id, value, partition=partition)
                 return
             except BusError as exc:
                 delay = backoff.next_delay()
@@ -427,7 +450,7 @@ class Driver:
 
     def _on_record(self, record: Record) -> str | None:
         """Apply one record keyed to this driver; why it cannot be applied, or None once applied."""
-        ev = decode_event(record.value, now_ms=now_ms(), size=record.size)
+        ev = self.gate.decode(record, now_ms())
         if not isinstance(ev, _DRIVER_EVENTS):
             return f"a {ev.TYPE} event is not a driver event"
         if ev.driver_id != self.driver_id:
@@ -492,12 +515,12 @@ class Driver:
                     self.cps.pop(record.key or "", None)
                     continue
                 try:
-                    ev = decode_event(record.value, now_ms=now_ms(), size=record.size)
+                    ev = self.gate.decode(record, now_ms())
                     if not isinstance(ev, CpStateRecord):
                         problem: str | None = f"a {ev.TYPE} event is not a cp_state"
                     else:
                         problem = None if ev.cp_id == record.key else f"the state of {ev.cp_id}, keyed to another CP"
-                except EventDecodeError as exc:
+                except (EventDecodeError, SealError) as exc:
                     problem = str(exc)
                 if problem is None:
                     self.cps[ev.cp_id] = ev
@@ -554,18 +577,29 @@ class Driver:
 @click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True)
 @click.option("--exit-when-done/--stay", default=None,
               help="After the requests file: exit (default when stdin is not a terminal) or keep running.")
+@click.option("--credentials", "credentials_path", envvar="EVPROTO_CREDENTIALS", default=None, metavar="FILE",
+              help="This driver's key file (ev-central drivers add ID --credentials DIR writes it; 0600). "
+              "[env EVPROTO_CREDENTIALS]")
+@click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
+              help="Release 1's plaintext mode: requests not sealed, news not checked. Only on a network you "
+              "trust. [env EVPROTO_INSECURE]")
 @click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file once started.")
 @click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="ev-driver")
 def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, state_dir: str | None,
-         topic_prefix: str, exit_when_done: bool | None, ready_file: str | None, log_format: str, log_level: str) -> None:
+         topic_prefix: str, exit_when_done: bool | None, credentials_path: str | None, insecure: bool,
+         ready_file: str | None, log_format: str, log_level: str) -> None:
     """A driver's app (EV_Driver).
 
     Requests supplies from Central and shows each step, the live figures and the
     ticket. With --requests it works through the file, pausing --pause-s after
     each supply. Commands (type them; on a pipe, one per line): r CP_ID [TARGET]
     request a supply, l list the available charge points, q quit.
+
+    \b
+    Release 2 (the default): requests are sealed with this driver's key (--credentials)
+    and only what Central sealed or signed is believed. --insecure: release 1's plaintext.
     """
     try:
         check_id(driver_id, what="--id")
@@ -586,6 +620,20 @@ def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, 
         except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
             click.echo(f"ev-driver: {exc}", err=True)
             sys.exit(EXIT_USAGE)
+    credentials = None
+    if insecure:
+        if credentials_path:
+            raise click.UsageError("--insecure does not seal: leave out --credentials")
+        click.echo("ev-driver: WARNING: --insecure: requests are not sealed, news not checked", err=True)
+    else:
+        if not credentials_path:
+            raise click.UsageError("Central only serves drivers with a key: give --credentials FILE (ev-central "
+                                   "drivers add ID --credentials DIR), or --insecure for release 1's plaintext")
+        try:
+            credentials = read_driver_credentials(credentials_path, driver_id)
+        except CredentialsFileError as exc:
+            click.echo(f"ev-driver: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
     stay = not exit_when_done if exit_when_done is not None else (sys.stdin is not None and sys.stdin.isatty())
     driver = Driver(
         driver_id=driver_id,
@@ -596,6 +644,7 @@ def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, 
         pause_s=pause_s,
         interactive=stay or requests is None,
         ready_file=ready_file,
+        credentials=credentials,
     )
     async def run() -> int:
         return await driver.run(shutdown_event())

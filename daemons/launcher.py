@@ -31,13 +31,14 @@ import click
 
 from evproto import __version__
 
-from .common import EXIT_UNAVAILABLE, StateFileError, load_json, makedirs, open_private, save_json_atomic
+from .common import (EXIT_UNAVAILABLE, StateFileError, keep_files_private, load_json, makedirs, open_private,
+                     save_json_atomic)
 
 __all__ = ["main", "Registry", "Instance"]
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 _LOCATIONS = ["Alicante", "Valencia", "Murcia", "Elche", "Benidorm", "Madrid", "Sevilla", "Bilbao", "Girona", "Teruel"]
-ROLES = ("broker", "central", "engine", "monitor", "driver")
+ROLES = ("broker", "registry", "central", "engine", "monitor", "driver")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -354,10 +355,12 @@ def main() -> None:
       evcharging kill engine-CP002  SIGKILL one instance (--signal TERM for an orderly stop)
       evcharging start engine-CP002 restart it with the same identity and state
       evcharging chaos --duration 120
+      eval "$(evcharging env)"      EVPROTO_API, EVPROTO_TOKEN, EVPROTO_CA for curl and scripts
       evcharging down               stop everything
 
     Every process logs to RUN/<role>/<id>/*.log (RUN: --run-dir, default ./evcharging-run).
     """
+    keep_files_private()  # what the launcher writes (secrets, registry, logs) is its owner's only
 
 
 @main.command()
@@ -377,9 +380,18 @@ def main() -> None:
 @click.option("--power-kw", type=click.FloatRange(min=0.1, max=1000), default=22.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for the demo's request files.")
 @click.option("--detach", is_flag=True, help="Start everything and return; stop later with `evcharging down`.")
+@click.option("--insecure", is_flag=True,
+              help="Release 1's plaintext network: no registry, no TLS, no credentials, nothing sealed.")
 def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, central_port: int, http_port: int | None,
-       run_dir: str, time_scale: float, power_kw: float, seed: int | None, detach: bool) -> None:
-    """Start a network: broker, Central, CPs and drivers, then show Central's panel (Ctrl+C stops all)."""
+       run_dir: str, time_scale: float, power_kw: float, seed: int | None, detach: bool, insecure: bool) -> None:
+    """Start a network: broker, Central, CPs and drivers, then show Central's panel (Ctrl+C stops all).
+
+    By default it is release 2's secure network: a CA and certificates, the registry
+    (ev-registry) that issues each CP its credentials, tokens for operators, TLS
+    everywhere, records sealed per CP and driver, all under RUN/secrets (0600).
+    `eval "$(evcharging env)"` then gives a shell the API's URL, an operator token
+    and the CA. --insecure starts release 1's plaintext network instead.
+    """
     reg = Registry(run_dir)
     if reg.alive():
         raise click.ClickException(f"a network already runs from {reg.run_dir} ({len(reg.alive())} processes); "
@@ -394,9 +406,12 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
     try:
         try:
             bootstrap = kafka or _start_broker(reg)
-            reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw}
+            reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw,
+                        "secure": not insecure}
             _ensure_topics(bootstrap)
             driver_ids = [f"D{i:03d}" for i in range(1, drivers + 1)]
+            if not insecure:
+                _secure_setup(reg, driver_ids)
             central = _start_central(reg, bootstrap, central_port, http_port, driver_ids)
             central_addr = central["listen"].replace("0.0.0.0", "127.0.0.1")
             http_addr = central["http"].replace("0.0.0.0", "127.0.0.1")
@@ -407,13 +422,18 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
                 add_cp(reg, cp_id, _LOCATIONS[n % len(_LOCATIONS)], round(rng.uniform(0.25, 0.55), 2))
             for d in driver_ids:
                 add_driver(reg, d, rng, requests_per_driver, cp_ids)
-            _say(f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP http://{http_addr}/api/v1/cps, "
+            _say(f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP {_api_base(reg)}/cps, "
                  f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}")
+            if insecure:
+                _say("WARNING: --insecure: plaintext, nothing authenticated; anyone who reaches it can act on it")
+            else:
+                _say(f'the API needs a token: eval "$(evcharging env --run-dir {reg.run_dir})" then curl --cacert '
+                     '"$EVPROTO_CA" -H "Authorization: Bearer $EVPROTO_TOKEN" "$EVPROTO_API/api/v1/cps"')
             if detach:
                 detached = True
                 return
             panel_shown = True
-            asyncio.run(_show_panel(http_addr))
+            asyncio.run(_show_panel(reg))
         finally:
             if not detached:
                 _shutdown(reg)
@@ -463,12 +483,77 @@ def _ensure_topics(bootstrap: str) -> None:
         raise click.ClickException(str(exc)) from None
 
 
+def _db(reg: Registry) -> str:
+    return os.path.join(reg.run_dir, "central", "central.db")
+
+
+def _secure(reg: Registry) -> bool:
+    return bool(reg.meta.get("secure"))
+
+
+def _security_args(reg: Registry) -> list[str]:
+    return [] if _secure(reg) else ["--insecure"]
+
+
+def _api_base(reg: Registry) -> str:
+    return f"{'https' if _secure(reg) else 'http'}://{reg.meta['http']}/api/v1"
+
+
+def _secure_setup(reg: Registry, driver_ids: list[str]) -> None:
+    """The CA, certificates, tokens and the registry; drivers' keys."""
+    from .netsecrets import NetworkSecrets
+    from .tokens import TokenRole
+
+    secrets = NetworkSecrets(reg.run_dir)
+    secrets.ensure_pki()
+    makedirs(os.path.dirname(_db(reg)))
+    for role in (TokenRole.ADMIN, TokenRole.OPERATOR, TokenRole.INSTALLER):
+        secrets.token(_db(reg), role)
+    if driver_ids:
+        _issue_driver_keys(reg, driver_ids)
+    _start_registry(reg)
+
+
+def _issue_driver_keys(reg: Registry, driver_ids: list[str]) -> None:
+    from .netsecrets import NetworkSecrets
+
+    out = subprocess.run(_daemon("central", "--db", _db(reg), "drivers", "add", *driver_ids, "--credentials",
+                                 NetworkSecrets(reg.run_dir).driver_credentials_dir()),
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise click.ClickException(f"cannot register drivers: {out.stderr.strip()}")
+
+
+def _start_registry(reg: Registry) -> dict[str, Any]:
+    from .netsecrets import NetworkSecrets
+
+    cert = NetworkSecrets(reg.run_dir).server_cert("registry")
+    base = os.path.join(reg.run_dir, "registry")
+    ready = os.path.join(base, "ready.json")
+    inst = Instance(name="registry", role="registry", id=None, log=os.path.join(base, "registry.log"), ready=ready,
+                    argv=_daemon("registry", "--db", _db(reg), "--host", "127.0.0.1", "--port", "0",
+                                 "--cert", str(cert.cert), "--key", str(cert.key), "--ready-file", ready))
+    reg.start(inst)
+    info = reg.wait_ready(inst)
+    _pin(inst, "--port", info["url"].rsplit(":", 1)[1])
+    reg.meta["registry"] = info["url"]
+    reg.save()
+    return info
+
+
 def _start_central(reg: Registry, bootstrap: str, port: int, http_port: int, driver_ids: list[str]) -> dict[str, Any]:
     base = os.path.join(reg.run_dir, "central")
-    args = ["--db", os.path.join(base, "central.db"), "--kafka", bootstrap, "--port", str(port),
+    args = ["--db", _db(reg), "--kafka", bootstrap, "--port", str(port),
             "--http-port", str(http_port), "--no-panel", "--ready-file", os.path.join(base, "ready.json"),
             # Every CP of this network is ours and registers at once: no pacing needed.
-            "--registrations-per-min", "1000000"]
+            "--registrations-per-min", "1000000", *_security_args(reg),
+            # Under the launcher everything binds to this machine only.
+            "--host", "127.0.0.1"]
+    if _secure(reg):
+        from .netsecrets import NetworkSecrets
+
+        cert = NetworkSecrets(reg.run_dir).server_cert("central")
+        args += ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)]
     for d in driver_ids:
         args += ["--register-driver", d]
     inst = Instance(name="central", role="central", id=None, argv=_daemon("central", *args),
@@ -496,17 +581,31 @@ def add_cp(reg: Registry, cp_id: str, location: str, price: float) -> None:
         ready=os.path.join(base, "engine.ready.json"),
         argv=_daemon("engine", "--kafka", reg.meta["kafka"], "--listen", "127.0.0.1:0", "--auto",
                      "--time-scale", str(reg.meta.get("time_scale", 1.0)), "--power-kw", str(reg.meta.get("power_kw", 22.0)),
-                     "--state-dir", os.path.join(base, "engine-state"), "--ready-file", os.path.join(base, "engine.ready.json")),
+                     "--state-dir", os.path.join(base, "engine-state"), "--ready-file", os.path.join(base, "engine.ready.json"),
+                     *_security_args(reg)),
     )
     reg.start(engine)
     listen = reg.wait_ready(engine)["listen"]
     _pin(engine, "--listen", listen)  # a restarted engine keeps the port its monitor knows
     reg.save()
+    security = _security_args(reg)
+    if _secure(reg):
+        from .netsecrets import NetworkSecrets, RegistryError
+        from .tokens import TokenRole
+
+        secrets = NetworkSecrets(reg.run_dir)
+        try:
+            creds = secrets.register_cp(reg.meta["registry"], secrets.token(_db(reg), TokenRole.INSTALLER), cp_id,
+                                        location)
+        except RegistryError as exc:
+            raise click.ClickException(f"cannot register {cp_id}: {exc}") from None
+        security = ["--credentials", creds, "--ca", secrets.ca_path]
     monitor = Instance(
         name=f"monitor-{cp_id}", role="monitor", id=cp_id, log=os.path.join(base, "monitor.log"),
         ready=os.path.join(base, "monitor.ready.json"),
         argv=_daemon("monitor", "--engine", listen, "--central", reg.meta["central"], "--id", cp_id,
-                     "--location", location, "--price", str(price), "--ready-file", os.path.join(base, "monitor.ready.json")),
+                     "--location", location, "--price", str(price), "--ready-file", os.path.join(base, "monitor.ready.json"),
+                     *security),
     )
     reg.start(monitor)
     reg.wait_ready(monitor)
@@ -523,20 +622,40 @@ def add_driver(reg: Registry, driver_id: str, rng: random.Random, count: int, cp
         name=f"driver-{driver_id}", role="driver", id=driver_id, log=os.path.join(base, "driver.log"),
         ready=os.path.join(base, "ready.json"),
         argv=_daemon("driver", "--kafka", reg.meta["kafka"], "--id", driver_id, "--requests", requests, "--stay",
-                     "--state-dir", os.path.join(base, "state"), "--ready-file", os.path.join(base, "ready.json")),
+                     "--state-dir", os.path.join(base, "state"), "--ready-file", os.path.join(base, "ready.json"),
+                     *_driver_security(reg, driver_id)),
     )
     reg.start(inst)
     reg.wait_ready(inst)
 
 
+def _driver_security(reg: Registry, driver_id: str) -> list[str]:
+    if not _secure(reg):
+        return ["--insecure"]
+    from .netsecrets import NetworkSecrets
+
+    return ["--credentials", os.path.join(NetworkSecrets(reg.run_dir).driver_credentials_dir(), f"{driver_id}.json")]
+
+
 def _stop_in_order(reg: Registry) -> list[str]:
     stopped = []
-    for role in ("driver", "monitor", "engine", "central", "broker"):
+    for role in ("driver", "monitor", "engine", "central", "registry", "broker"):
         stopped += reg.stop([n for n, i in reg.instances.items() if i.role == role])
     return stopped
 
 
-async def _show_panel(http_addr: str) -> None:
+def _api_client(reg: Registry) -> tuple[dict[str, str], Any]:
+    """Headers and TLS context for Central's API: the network's operator token and CA."""
+    if not _secure(reg):
+        return {}, None
+    from .netsecrets import NetworkSecrets
+    from .tokens import TokenRole
+
+    secrets = NetworkSecrets(reg.run_dir)
+    return {"Authorization": f"Bearer {secrets.token(_db(reg), TokenRole.OPERATOR)}"}, secrets.tls()
+
+
+async def _show_panel(reg: Registry) -> None:
     """Central's panel, drawn here from its HTTP API (Central itself runs without a terminal)."""
     import aiohttp
 
@@ -544,7 +663,9 @@ async def _show_panel(http_addr: str) -> None:
     from .central.terminal import run_panel
     from .central.view import CentralView, CpView, MessageView, SessionView
 
-    base = f"http://{http_addr}/api/v1"
+    base = _api_base(reg)
+    http_addr = base.removesuffix("/api/v1")  # what the panel says it connects to (with its scheme)
+    headers, tls = _api_client(reg)
     # No timestamp: nothing from Central yet; the panel says it is connecting, with no date.
     latest = {"view": CentralView(central_id="", http=http_addr)}
     reachable: bool | None = None  # the last poll's outcome, once there was one
@@ -556,7 +677,8 @@ async def _show_panel(http_addr: str) -> None:
 
         return int(dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp() * 1000)
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), headers=headers,
+                                     connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True)) as http:
 
         async def poll() -> None:
             nonlocal reachable
@@ -586,7 +708,7 @@ async def _show_panel(http_addr: str) -> None:
                     old = latest["view"]
                     notes = () if reachable is False else (  # said once per outage, not every poll
                         MessageView(ts_ms=int(time.time() * 1000), level="error",
-                                    text=f"cannot reach Central's HTTP API at http://{http_addr}"),)
+                                    text=f"cannot reach Central's HTTP API at {base}"),)
                     reachable = False
                     if not old.now_ts_ms:  # never reached yet: still connecting, nothing else is known
                         latest["view"] = dataclasses.replace(old, messages=old.messages[-20:] + notes)
@@ -601,12 +723,16 @@ async def _show_panel(http_addr: str) -> None:
             if cmd.action == "quit":
                 return "bye"
             if cmd.action == "help":
-                return "s CP|all: stop · r CP|all: resume · q: quit (stops the network)"
+                return "s CP|all: stop · r CP|all: resume · v CP: revoke its key · q: quit (stops the network)"
             url = f"{base}/cps/{cmd.target}/{cmd.action}" if cmd.target else f"{base}/cps/{cmd.action}"
             try:
                 async with http.post(url) as resp:
                     body = await resp.json()
-                    return f"{cmd.action.upper()} sent to {', '.join(body.get('cps', []))}" if resp.status == 200 else body.get("error", "failed")
+                    if resp.status != 200:
+                        return str(body.get("error", "failed"))
+                    if cmd.action == "revoke":
+                        return f"{cmd.target}: keys revoked; it must authenticate again"
+                    return f"{cmd.action.upper()} sent to {', '.join(body.get('cps', []))}"
             except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
                 return f"cannot reach Central: {exc}"
 
@@ -625,7 +751,7 @@ def ps(run_dir: str, as_json: bool) -> None:
     reg = Registry(run_dir)
     rows = [
         {"name": i.name, "role": i.role, "id": i.id, "pid": i.pid, "alive": _alive(i.pid), "log": i.log,
-         "address": i.info.get("listen") or i.info.get("bootstrap")}
+         "address": i.info.get("listen") or i.info.get("bootstrap") or i.info.get("url")}
         for i in sorted(reg.instances.values(), key=lambda i: (ROLES.index(i.role), i.name))
     ]
     if as_json:
@@ -638,6 +764,37 @@ def ps(run_dir: str, as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['name']:<18} {r['role']:<8} {r['id'] or '-':<8} {r['pid'] or '-':>7}  "
                    f"{'up' if r['alive'] else 'down':<6} {r['address'] or ''}")
+
+
+@main.command()
+@click.option("--run-dir", default="evcharging-run", show_default=True)
+@click.option("--role", type=click.Choice(["operator", "admin", "viewer"]), default="operator", show_default=True,
+              help="Whose token EVPROTO_TOKEN holds (viewer: a read-only token made on first use).")
+def env(run_dir: str, role: str) -> None:
+    """Shell exports for the running network: `eval "$(evcharging env)"`.
+
+    \b
+      EVPROTO_API    Central's HTTP base URL (the API is under /api/v1)
+      EVPROTO_TOKEN  an operator token (send it as Authorization: Bearer ...)
+      EVPROTO_CA     the network's CA certificate (curl --cacert "$EVPROTO_CA")
+      EVPROTO_KAFKA  the Kafka bootstrap address
+    Then: curl --cacert "$EVPROTO_CA" -H "Authorization: Bearer $EVPROTO_TOKEN" "$EVPROTO_API/api/v1/cps"
+    """
+    import shlex
+
+    reg = _network(run_dir)
+    exports = {"EVPROTO_API": _api_base(reg).removesuffix("/api/v1"), "EVPROTO_KAFKA": reg.meta["kafka"]}
+    if _secure(reg):
+        from .netsecrets import NetworkSecrets
+        from .tokens import TokenRole
+
+        secrets = NetworkSecrets(reg.run_dir)
+        exports["EVPROTO_TOKEN"] = secrets.token(_db(reg), TokenRole(role))
+        exports["EVPROTO_CA"] = secrets.ca_path
+    else:
+        click.echo("# --insecure network: no token or CA needed (plain HTTP)", err=True)
+    for name, value in exports.items():
+        click.echo(f"export {name}={shlex.quote(value)}")
 
 
 @main.command()
@@ -700,7 +857,10 @@ def add_driver_cmd(driver_id: str | None, requests_file: str | None, run_dir: st
         raise click.ClickException(f"{driver_id} already exists in this network")
     central = reg.instances["central"]
     db = central.argv[central.argv.index("--db") + 1]
-    subprocess.run(_daemon("central", "--db", db, "drivers", "add", driver_id), check=True, capture_output=True)
+    if _secure(reg):
+        _issue_driver_keys(reg, [driver_id])
+    else:
+        subprocess.run(_daemon("central", "--db", db, "drivers", "add", driver_id), check=True, capture_output=True)
     base = os.path.join(reg.run_dir, "drivers", driver_id)
     makedirs(base)
     if requests_file:
@@ -868,7 +1028,9 @@ def audit(run_dir: str | None, db: str | None, engine_states: tuple[str, ...], d
             raise click.UsageError(f"no network in {reg.run_dir} (no {sources.db}); for a network not started "
                                    "by `evcharging up`: --db, --engine-state, --driver-state")
         central_http = central_http or reg.meta.get("http")
+        api_headers, api_tls = _api_client(reg) if reg.meta.get("http") else ({}, None)
     else:
+        api_headers, api_tls = {}, None
         if run_dir is not None:
             raise click.UsageError("--run-dir or --db, not both")
         try:
@@ -878,7 +1040,8 @@ def audit(run_dir: str | None, db: str | None, engine_states: tuple[str, ...], d
     states = None
     if central_http:
         try:
-            states = cp_states_from(central_http)
+            token = api_headers.get("Authorization", "").removeprefix("Bearer ") or None
+            states = cp_states_from(central_http, token=token, tls=api_tls)
         except (OSError, ValueError, KeyError) as exc:
             if asked_http:  # a run directory's own address may be gone with its network: then skip it
                 raise _Unavailable(f"--central-http {central_http}: no answer from Central ({exc})") from None

@@ -4,7 +4,9 @@ Two links, each kept up by its own reconnect loop with backoff:
 
 - to Central: Hello(role MONITOR, CP id, location, price) registers or authenticates
   the CP; its keepalive is how Central knows the CP is there at all (DISCONNECTED
-  otherwise). The monitor reports the engine's health: FaultReport on a fault,
+  otherwise). In release 2 (the default) the link is TLS and the monitor proves the
+  CP's registry credential (evproto.auth); Central answers with the CP's record key,
+  which the monitor hands to its engine (CpKey) so it can seal what it reports. The monitor reports the engine's health: FaultReport on a fault,
   RecoveryReport when it clears, HealthStatus right after (re)connecting.
 - to the engine: Hello names the CP; a HealthCheck every second. A KO answer, no
   answer in time, or the link dropping is a fault.
@@ -13,6 +15,7 @@ Two links, each kept up by its own reconnect loop with backoff:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass
@@ -20,6 +23,10 @@ from dataclasses import dataclass
 import click
 
 from evproto import (
+    AuthChallenge,
+    AuthResult,
+    AuthProof,
+    CpKey,
     FaultCode,
     FaultReport,
     HealthCheck,
@@ -29,19 +36,35 @@ from evproto import (
     LinkConfig,
     LinkDownError,
     LinkRejectedError,
+    MessageReceived,
     ReasonCode,
     RecoveryReport,
+    RequestReceived,
     RequestTimeoutError,
     Role,
     TransportError,
     __version__,
 )
+from evproto import auth
 from evproto.aio import Link, open_link
 from evproto.backoff import Backoff
 from evproto.bus.events import MAX_PRICE_EUR_KWH
 from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
 
 from .common import keep_files_private, EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
+from .credentials_file import CpCredentials, CredentialsFileError, read_cp_credentials
+
+#: How long Central has to challenge and answer once the link is open.
+AUTH_TIMEOUT_S = 15.0
+
+
+class CentralRefused(Exception):
+    """Central refused the credentials (or could not prove it is Central)."""
+
+    def __init__(self, code: ReasonCode, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
 
 __all__ = ["Monitor", "main"]
 
@@ -70,8 +93,13 @@ class Monitor:
         keepalive_ms: int = 1000,
         config: LinkConfig | None = None,
         ready_file: str | None = None,
+        credentials: CpCredentials | None = None,
     ) -> None:
         self.cp_id = cp_id
+        #: Release 2: prove these to Central (None: release 1, Central does not ask).
+        self.auth = auth.ClientSession(cp_id, credentials.secret) if credentials is not None else None
+        #: The record key Central granted (key id, key, Central's verify key), for the engine.
+        self.cp_key: CpKey | None = None
         self.central_addr = central
         self.engine_addr = engine
         self.interval_s = interval_s
@@ -114,8 +142,11 @@ class Monitor:
         backoff = Backoff(initial_s=0.5, max_s=5.0)
         reported_down = False
         while True:
+            hello = self.hello_central
+            if self.auth is not None:
+                hello = dataclasses.replace(hello, credentials=self.auth.start())
             try:
-                link = await open_link(self.central_addr, hello=self.hello_central, config=self.config)
+                link = await open_link(self.central_addr, hello=hello, config=self.config)
             except LinkRejectedError as exc:
                 if exc.code in (ReasonCode.DUPLICATE_ID, ReasonCode.BUSY):
                     # Not for good: the old link may not have timed out yet, or Central is
@@ -133,22 +164,79 @@ class Monitor:
                     reported_down = True
                 await asyncio.sleep(delay)
                 continue
+            try:
+                if self.auth is not None:
+                    await self._authenticate(link)
+            except CentralRefused as exc:
+                await link.close()
+                if exc.code in (ReasonCode.DUPLICATE_ID, ReasonCode.BUSY):
+                    log.warning("Central refused %s: %s (retrying)", self.cp_id, exc.detail)
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                log.error("Central refused %s: %s", self.cp_id, exc.detail)
+                self.rejected = LinkRejectedError(None, exc.detail, code=exc.code)  # type: ignore[arg-type]
+                return
+            except (auth.AuthError, LinkDownError, RequestTimeoutError, asyncio.TimeoutError) as exc:
+                # A Central that cannot prove it holds our credential is not ours: never hand
+                # our engine a key from it. Try again later (it may be a restart in progress).
+                log.error("authentication with Central failed: %s; retrying", exc)
+                await link.close()
+                await asyncio.sleep(backoff.next_delay())
+                continue
             backoff.reset()
             reported_down = False
             self.central = link
             self.confirmed.set()
-            log.info("connected to Central %s as %s", link.peer_id, self.cp_id)
+            log.info("connected to Central %s as %s%s", link.peer_id, self.cp_id,
+                     " (authenticated)" if self.auth is not None else "")
             try:
                 h = self.health
                 if h is not None:
                     await link.send(HealthStatus(state=HealthState.OK if h.ok else HealthState.KO, fault=h.fault))
-                async for _event in link.messages:
-                    pass  # Central sends nothing the monitor must act on yet
+                async for event in link.messages:
+                    msg = event.message if isinstance(event, MessageReceived) else None
+                    if isinstance(msg, AuthResult) and msg.code is not ReasonCode.OK:
+                        # Central revoked our key: the engine must stop using it at once.
+                        log.warning("Central: %s", msg.detail or msg.code.name)
+                        await self._hand_key(CpKey())
             except LinkDownError as exc:
                 log.warning("lost Central: %s", exc.reason.value if not exc.clean else "Central signed off")
             finally:
                 self.central = None
                 await link.close()
+
+    async def _authenticate(self, link: Link) -> None:
+        """Answer Central's challenge, check its signature and take the record key."""
+        assert self.auth is not None
+        async with asyncio.timeout(AUTH_TIMEOUT_S):
+            async for event in link.messages:
+                msg = event.message
+                if isinstance(event, RequestReceived) and isinstance(msg, AuthChallenge):
+                    challenge = auth.Challenge(salt=msg.salt, log2_n=msg.log2_n, r=msg.r, p=msg.p,
+                                               server_nonce=msg.server_nonce)
+                    proof = await asyncio.to_thread(self.auth.answer, challenge)  # scrypt: off the loop
+                    await link.respond(event, AuthProof(proof=proof))
+                elif isinstance(msg, AuthResult):
+                    if msg.code is not ReasonCode.OK:
+                        raise CentralRefused(msg.code, msg.detail or msg.code.name)
+                    key = self.auth.finish(msg.signature, key_id=msg.key_id, wrapped_key=msg.wrapped_key,
+                                           verify_key=msg.verify_key)
+                    if key is None:
+                        raise auth.AuthError("Central sent no record key")
+                    log.info("authenticated; record key %s", msg.key_id)
+                    await self._hand_key(CpKey(key_id=msg.key_id, key=key, verify_key=msg.verify_key))
+                    return
+        raise LinkDownError("peer_closed", "Central closed the link during authentication")  # type: ignore[arg-type]
+
+    async def _hand_key(self, key: CpKey) -> None:
+        """Keep the key for the engine and give it to the engine now if its link is up."""
+        self.cp_key = key
+        engine = self.engine
+        if engine is not None and engine.is_open:
+            try:
+                await engine.send(key)
+            except Exception as exc:  # the engine loop handles the link's death; it gets the key on reconnect
+                log.debug("key not handed to the engine: %s", exc)
 
     async def _send_status(self, health: Health) -> None:
         link = self.central
@@ -193,6 +281,11 @@ class Monitor:
             backoff.reset()
             self.engine = link
             log.info("connected to engine at %s", self.engine_addr)
+            if self.cp_key is not None:
+                try:
+                    await link.send(self.cp_key)
+                except LinkDownError:
+                    pass  # the wait below ends at once and the loop reconnects
             try:
                 await link.wait_closed()
             finally:
@@ -253,19 +346,34 @@ class Monitor:
               metavar="EUR", help="Price in EUR/kWh (needed to register a new CP). [env EVPROTO_PRICE]")
 @click.option("--interval-s", type=click.FloatRange(min=0.1, max=60), default=1.0, show_default=True,
               help="Seconds between health checks of the engine.")
+@click.option("--credentials", "credentials_path", envvar="EVPROTO_CREDENTIALS", default=None, metavar="FILE",
+              help="The CP's credentials as the registry issued them (JSON with the secret, 0600). "
+              "[env EVPROTO_CREDENTIALS]")
+@click.option("--ca", envvar="EVPROTO_CA", default=None, metavar="PEM",
+              help="The network's CA certificate: Central's TLS certificate is checked against it "
+              "(default: the system's CAs). [env EVPROTO_CA]")
+@click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
+              help="Release 1's plaintext mode: no TLS, no authentication. Only on a network you trust. "
+              "[env EVPROTO_INSECURE]")
 @click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file once started.")
 @click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="evcp-monitor")
 def main(engine: str, central: str, cp_id: str, location: str, price: float | None, interval_s: float,
-         ready_file: str | None, log_format: str, log_level: str) -> None:
+         credentials_path: str | None, ca: str | None, insecure: bool, ready_file: str | None, log_format: str,
+         log_level: str) -> None:
     """The monitor of a charge point (EV_CP_M).
 
     Registers the CP with Central (a new id needs --location and --price) or
     authenticates a known one, passes the confirmed id to the engine, checks the
     engine's health every second and reports faults and recoveries to Central.
-    Exit status 64 when Central refuses the id for good, or when --id or --location
-    could not be registered at all.
+    Exit status 64 when Central refuses the id or its credentials for good, or when
+    --id or --location could not be registered at all.
+
+    \b
+    Release 2 (the default): Central is reached over TLS and the CP proves the
+    credentials the registry issued (--credentials FILE), then hands its engine the
+    record key Central grants. --insecure: release 1's plaintext.
     """
     # Checked here, once: an id nobody can type or tell apart must not reach Central.
     try:
@@ -274,18 +382,42 @@ def main(engine: str, central: str, cp_id: str, location: str, price: float | No
     except InvalidTextError as exc:
         click.echo(f"evcp-monitor: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    credentials = None
+    if insecure:
+        if credentials_path:
+            raise click.UsageError("--insecure does not authenticate: leave out --credentials")
+        click.echo("evcp-monitor: WARNING: --insecure: plaintext, not authenticated", err=True)
+    else:
+        if not credentials_path:
+            raise click.UsageError("Central authenticates charge points: give --credentials FILE (from the "
+                                   "registry), or --insecure for release 1's plaintext mode")
+        try:
+            credentials = read_cp_credentials(credentials_path, cp_id)
+        except CredentialsFileError as exc:
+            click.echo(f"evcp-monitor: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
+        central = tls_address(central, ca)
     keep_files_private()
     setup_logging(cp_id, level=log_level, fmt=log_format)
 
     async def run() -> int:
         return await Monitor(cp_id=cp_id, central=central, engine=engine, location=location, price=price,
-                             interval_s=interval_s, ready_file=ready_file).run(shutdown_event())
+                             interval_s=interval_s, ready_file=ready_file,
+                             credentials=credentials).run(shutdown_event())
 
     try:
         sys.exit(asyncio.run(run()))
     except TransportError as exc:
         click.echo(f"evcp-monitor: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
+
+
+def tls_address(address: str, ca: str | None) -> str:
+    """``host:port`` (or ``tcp://``) as ``tls://host:port?ca=...``; a tls:// URL is kept."""
+    if address.startswith("tls://"):
+        return address
+    hostport = address.removeprefix("tcp://")
+    return f"tls://{hostport}" + (f"?ca={ca}" if ca else "")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ CERT_DAYS = 825  # the longest a browser accepts for a server certificate
 
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` readable by its owner only (0600 from the first byte)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.fchmod(fd, 0o600)
@@ -83,8 +83,8 @@ class CertificateAuthority:
                 .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
                 .sign(key, hashes.SHA256()))
         write_private(self.key_path, _key_pem(key))
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        # Not secret, but private like every file the network writes (its owner reads it).
+        write_private(self.cert_path, cert.public_bytes(serialization.Encoding.PEM))
 
     def _load(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
@@ -125,6 +125,6 @@ class CertificateAuthority:
         stem = stem or common_name
         cert_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
         write_private(key_path, _key_pem(key))
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return IssuedCertificate(cert=cert_path, key=key_path,
                                  fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex())

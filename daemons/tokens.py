@@ -14,11 +14,12 @@ import enum
 import hashlib
 import hmac
 import secrets
-import sqlite3
 import time
 from dataclasses import dataclass
 
 from evproto.idents import check_id
+
+from .common import connect_private_db
 
 __all__ = ["TokenRole", "Principal", "TokenStore", "ROLE_GRANTS"]
 
@@ -76,7 +77,7 @@ class TokenStore:
     """The ``api_tokens`` table of the network's database (its own connection)."""
 
     def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = connect_private_db(path)
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
 

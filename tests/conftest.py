@@ -370,3 +370,13 @@ def net(tmp_path, broker):
     n = Network(str(tmp_path), broker.bootstrap)
     yield n
     n.close()
+
+
+@pytest.fixture
+def secure_net(tmp_path, broker):
+    """A release-2 :class:`netharness.Network`: TLS, authenticated CPs, sealed and signed records."""
+    from netharness import Network
+
+    n = Network(str(tmp_path), broker.bootstrap, secure=True)
+    yield n
+    n.close()

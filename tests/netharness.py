@@ -70,11 +70,29 @@ class Proc:
 
 
 class Network:
-    """Processes of one test network; ``close()`` kills them all."""
+    """Processes of one test network; ``close()`` kills them all.
 
-    def __init__(self, tmp: str, bootstrap: str) -> None:
+    ``secure``: release 2 as ``evcharging up`` runs it: a CA and Central's certificate
+    in ``tmp/pki``, CPs registered with credentials (cheap scrypt for speed), drivers
+    with keys, Central's API over HTTPS with an admin token. Otherwise release 1's
+    plaintext (``--insecure`` everywhere).
+    """
+
+    def __init__(self, tmp: str, bootstrap: str, *, secure: bool = False) -> None:
         self.tmp = tmp
         self.bootstrap = bootstrap
+        self.secure = secure
+        self.db = os.path.join(tmp, "central.db")
+        self.token = ""
+        self.ssl: Any = None
+        if secure:
+            from evproto.aio import tls_client_context
+            from evproto.daemons.pki import CertificateAuthority
+
+            self.pki = os.path.join(tmp, "pki")
+            self.ca = CertificateAuthority.ensure(self.pki)
+            self.central_cert = self.ca.issue("central", self.pki, hosts=("127.0.0.1", "localhost"))
+            self.ssl = tls_client_context(ca=str(self.ca.cert_path))
         self.prefix = f"t{uuid.uuid4().hex[:8]}."
         self.procs: list[Proc] = []
         self.closers: list[Callable[[], None]] = []
@@ -92,6 +110,8 @@ class Network:
         log = os.path.join(self.tmp, f"{name}.log")
         ready_file = os.path.join(self.tmp, f"{name}.ready.json")
         argv = [*wrap, sys.executable, "-m", f"evproto.daemons.{module}", *args, "--log-format", "text"]
+        if not self.secure and module in ("central", "engine", "monitor", "driver") and "--insecure" not in args:
+            argv.append("--insecure")
         if os.path.exists(ready_file):
             os.unlink(ready_file)  # a restart must not read its predecessor's ports
         if ready:
@@ -121,14 +141,67 @@ class Network:
         port, http_port = ("0", "0")
         if same_ports and self.central_addr:
             port, http_port = self.central_addr.rsplit(":", 1)[1], self.http.rsplit(":", 1)[1]
-        args = ["--db", os.path.join(self.tmp, "central.db"), "--kafka", self.bootstrap, "--port", port,
+        args = ["--db", self.db, "--kafka", self.bootstrap, "--port", port,
                 "--http-port", http_port, "--host", host, "--no-panel", *extra]
         for d in drivers:
             args += ["--register-driver", d]
+        if self.secure:
+            args += ["--tls-cert", str(self.central_cert.cert), "--tls-key", str(self.central_cert.key)]
+            for d in drivers:
+                self.driver_credentials(d)
+            if not self.token:
+                self.token = self.make_token("admin")
         proc = self.spawn("central", "central", *args, stdin=True, wrap=wrap)
         self.central_addr = proc.ready["listen"]
-        self.http = "http://" + proc.ready["http"]
+        self.http = ("https://" if self.secure else "http://") + proc.ready["http"]
         return proc
+
+    # -- release 2: credentials ------------------------------------------------------------
+
+    def make_token(self, role: str, name: str = "tester") -> str:
+        out = subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", self.db, "tokens", "create",
+                              "--role", role, "--name", name], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip()
+
+    def cp_credentials(self, cp_id: str, location: str = "Alicante") -> str:
+        """Register ``cp_id`` as the registry would and write its credentials file; its path."""
+        from pathlib import Path
+
+        from evproto.daemons.credentials import AlreadyRegistered, CredentialStore
+        from evproto.daemons.credentials_file import write_cp_credentials
+
+        path = Path(self.tmp) / "creds" / f"{cp_id}.json"
+        if path.exists():
+            return str(path)
+        store = CredentialStore(self.db, params=(10, 8, 1))
+        try:
+            secret = store.register(cp_id, location, by="test")
+        except AlreadyRegistered:
+            raise AssertionError(f"{cp_id} registered without a credentials file") from None
+        finally:
+            store.close()
+        return str(write_cp_credentials(path, cp_id, secret))
+
+    def driver_credentials(self, driver_id: str) -> str:
+        path = os.path.join(self.tmp, "creds", f"{driver_id}.json")
+        if not os.path.exists(path):
+            out = subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", self.db, "drivers", "add",
+                                  driver_id, "--credentials", os.path.join(self.tmp, "creds")],
+                                 capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stderr
+        return path
+
+    def gate(self) -> Any:
+        """A reader's gate that opens every record of this network (Central's keys)."""
+        from evproto.daemons.central.keyring import KeyRing
+        from evproto.daemons.gate import PLAIN_POLICY, RecordGate
+
+        if not self.secure:
+            from evproto.daemons.gate import MemoryKeyBook
+
+            return RecordGate(MemoryKeyBook(), policy=PLAIN_POLICY)
+        return RecordGate(KeyRing(self.db))
 
     def kill(self, proc: Proc, sig: int = signal.SIGKILL) -> None:
         """Kill a process with a real signal and forget it."""
@@ -169,8 +242,11 @@ class Network:
 
     def start_monitor(self, cp_id: str, engine_addr: str, *, location: str = "Alicante", price: float = 0.30,
                       central: str | None = None, wrap: tuple[str, ...] = ()) -> Proc:
+        extra: list[str] = []
+        if self.secure:
+            extra = ["--credentials", self.cp_credentials(cp_id, location), "--ca", str(self.ca.cert_path)]
         return self.spawn(f"monitor-{cp_id}", "monitor", "--engine", engine_addr, "--central", central or self.central_addr,
-                          "--id", cp_id, "--location", location, "--price", str(price), wrap=wrap)
+                          "--id", cp_id, "--location", location, "--price", str(price), *extra, wrap=wrap)
 
     def start_cp(self, cp_id: str, *, location: str = "Alicante", price: float = 0.30, auto: bool = False,
                  engine_args: tuple[str, ...] = ()) -> tuple[Proc, Proc]:
@@ -182,8 +258,9 @@ class Network:
         path = os.path.join(self.tmp, f"requests-{driver_id}.txt")
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(requests)
+        extra = ["--credentials", self.driver_credentials(driver_id)] if self.secure else []
         return self.spawn(f"driver-{driver_id}", "driver", "--kafka", self.bootstrap, "--id", driver_id,
-                          "--requests", path, "--state-dir", os.path.join(self.tmp, f"dstate-{driver_id}"), *args)
+                          "--requests", path, "--state-dir", os.path.join(self.tmp, f"dstate-{driver_id}"), *extra, *args)
 
     def close(self) -> None:
         for closer in self.closers:
@@ -227,13 +304,15 @@ class Network:
             if not wanted:
                 return found
             left = {p: end for p, end in ends.items() if end > 0}
+            gate = self.gate()
             async with BusConsumer(self.settings, wanted) as consumer:
                 while left:
                     record = await asyncio.wait_for(consumer.__anext__(), HANG_GUARD_S)
                     if record.offset + 1 >= left.get(record.partition, 0):
                         left.pop(record.partition, None)
                     if (key is None or record.key == key) and record.value is not None:  # not tombstones
-                        found.append(decode_event(record.value))
+                        gate.window.load({})  # reading history again is not replaying it
+                        found.append(gate.decode(record, int(time.time() * 1000)))
             return found
 
         return asyncio.run(read())
@@ -244,13 +323,22 @@ class Network:
                               text=True, timeout=60, cwd=self.tmp)
         return done.stdout + done.stderr
 
-    def delete(self, path: str) -> tuple[int, Any]:
-        req = urllib.request.Request(self.http + path, method="DELETE")
+    def _request(self, method: str, path: str, *, token: str | None = None, data: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        req = urllib.request.Request(self.http + path, method=method, data=data)
+        token = self.token if token is None else token
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
+            with urllib.request.urlopen(req, timeout=5, context=self.ssl) as resp:
                 return resp.status, json.load(resp)
         except urllib.error.HTTPError as exc:
             return exc.code, json.load(exc)
+
+    def delete(self, path: str) -> tuple[int, Any]:
+        return self._request("DELETE", path)
 
     def status(self) -> dict[str, Any]:
         """Central's counters (GET /api/v1/status)."""
@@ -259,16 +347,13 @@ class Network:
     # -- Central's HTTP API ----------------------------------------------------------------
 
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.http + path, timeout=5) as resp:
-            return json.load(resp)
+        status, body = self._request("GET", path)
+        if status != 200:
+            raise urllib.error.HTTPError(self.http + path, status, str(body), None, None)  # type: ignore[arg-type]
+        return body
 
-    def post(self, path: str) -> tuple[int, Any]:
-        req = urllib.request.Request(self.http + path, method="POST", data=b"")
-        try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
-                return resp.status, json.load(resp)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
+    def post(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return self._request("POST", path, data=kw.pop("data", b""), **kw)
 
     def cp_state(self, cp_id: str) -> str | None:
         """The CP's state on Central's API, None while Central does not know it yet."""
@@ -288,6 +373,14 @@ class KafkaDriver:
     def __init__(self, net: Network, driver_id: str) -> None:
         self.net = net
         self.driver_id = driver_id
+        self.sealer: Any = None
+        if net.secure:
+            from evproto.daemons.credentials_file import read_driver_credentials
+            from evproto.daemons.gate import RecordSealer
+
+            creds = read_driver_credentials(net.driver_credentials(driver_id), driver_id)
+            self.sealer = RecordSealer(sealing_key=lambda topic, key: (creds.key_id, creds.key))
+        self._gate = net.gate()
         self._events: list[Event] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -306,7 +399,7 @@ class KafkaDriver:
                     continue
                 if record.key == self.driver_id:
                     with self._lock:
-                        self._events.append(decode_event(record.value))
+                        self._events.append(self._gate.decode(record, int(time.time() * 1000)))
 
     def close(self) -> None:
         self._stop.set()
@@ -318,8 +411,11 @@ class KafkaDriver:
                            target_energy_kwh=energy_kwh, target_duration_s=duration_s)
 
         async def send() -> None:
+            value = encode_event(ev)
+            if self.sealer is not None:
+                value = self.sealer.wrap(Topic.DRIVER_REQUESTS, self.driver_id, value)
             async with BusProducer(self.net.settings) as producer:
-                await producer.send(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(ev))
+                await producer.send(Topic.DRIVER_REQUESTS, self.driver_id, value)
 
         asyncio.run(send())
         return request_id
@@ -338,3 +434,24 @@ class KafkaDriver:
 
     def tickets(self) -> list[Ticket]:
         return [e for e in self.events() if isinstance(e, Ticket)]
+
+
+def launcher_api(run_dir: str, path: str, *, method: str = "GET") -> Any:
+    """Call Central's API of a network ``evcharging up`` started, as ``evcharging env``
+    tells a shell to: its base URL, the operator token and the CA, when it is secure."""
+    with open(os.path.join(run_dir, "instances.json"), encoding="utf-8") as fh:
+        meta = json.load(fh)["meta"]
+    secure = bool(meta.get("secure"))
+    request = urllib.request.Request(f"{'https' if secure else 'http'}://{meta['http']}{path}", method=method,
+                                     data=b"" if method == "POST" else None)
+    context = None
+    if secure:
+        from evproto.daemons.netsecrets import NetworkSecrets
+        from evproto.daemons.tokens import TokenRole
+
+        secrets = NetworkSecrets(run_dir)
+        token = secrets.token(os.path.join(run_dir, "central", "central.db"), TokenRole.OPERATOR)
+        request.add_header("Authorization", f"Bearer {token}")
+        context = secrets.tls()
+    with urllib.request.urlopen(request, timeout=5, context=context) as resp:
+        return json.load(resp)

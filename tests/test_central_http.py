@@ -94,10 +94,10 @@ class FakeBackend:
                 and (driver_id is None or s.driver_id == driver_id)]
         return rows[:limit]
 
-    async def stop(self, cp_id: str | None) -> list[str]:
+    async def stop(self, cp_id: str | None, *, actor: str = "", source: str = "") -> list[str]:
         return self._command("stop", cp_id)
 
-    async def resume(self, cp_id: str | None) -> list[str]:
+    async def resume(self, cp_id: str | None, *, actor: str = "", source: str = "") -> list[str]:
         return self._command("resume", cp_id)
 
     def _command(self, action: str, cp_id: str | None) -> list[str]:

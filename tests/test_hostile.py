@@ -325,8 +325,12 @@ def test_a_taken_port_is_one_line_and_exit_69_not_a_traceback(net: Network, tmp_
         held.listen()
         port = held.getsockname()[1]
         ports = {"--port": "0", "--http-port": "0", which: str(port)}
+        from evproto.daemons.pki import CertificateAuthority
+
+        cert = CertificateAuthority.ensure(tmp_path / "pki").issue("central", tmp_path / "pki", hosts=("127.0.0.1",))
         run = subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", str(tmp_path / "c.db"),
                               "--kafka", net.bootstrap, "--host", "127.0.0.1", *(x for kv in ports.items() for x in kv),
+                              "--tls-cert", str(cert.cert), "--tls-key", str(cert.key),
                               "--no-panel", "--topic-prefix", net.prefix], capture_output=True, text=True, timeout=60)
     assert run.returncode == 69, run.stderr
     assert "Traceback" not in run.stderr and str(port) in run.stderr and "in use" in run.stderr

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 
 from evproto.daemons.common import makedirs, open_private, save_json_atomic, write_ready_file
-from netharness import wait_for
+from netharness import launcher_api, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def test_up_ps_down(tmp_path) -> None:
     try:
         rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
         assert {(r["role"], r["id"]) for r in rows} == {
-            ("broker", None), ("central", None), ("engine", "CP001"), ("engine", "CP002"),
+            ("broker", None), ("registry", None), ("central", None), ("engine", "CP001"), ("engine", "CP002"),
             ("monitor", "CP001"), ("monitor", "CP002"), ("driver", "D001"),
         }
         assert all(r["alive"] and r["pid"] for r in rows) and all({"name", "role", "id", "pid", "alive"} <= set(r) for r in rows)
@@ -83,7 +83,7 @@ def test_up_ps_down(tmp_path) -> None:
         assert "engine-CP001" in table and "up" in table
     finally:
         down = run(ev, "down", "--run-dir", run_dir, timeout=60)
-    assert down.returncode == 0 and "stopped 7" in down.stdout
+    assert down.returncode == 0 and "stopped 8" in down.stdout
     rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
     assert rows and not any(r["alive"] for r in rows)
 
@@ -137,7 +137,7 @@ def test_up_in_the_foreground_takes_the_network_down_when_killed(tmp_path, sig) 
     try:
         wait_for(lambda: "network up:" in log.read_text(errors="replace"), "the network to come up", timeout_s=90)
         rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
-        assert len(rows) == 5 and all(r["alive"] for r in rows)
+        assert len(rows) == 6 and all(r["alive"] for r in rows)  # broker, registry, central, engine, monitor, driver
         proc.send_signal(sig)
         proc.wait(timeout=60)
         said = log.read_text(errors="replace")
@@ -156,13 +156,8 @@ def test_add_kill_start_in_a_running_network(tmp_path) -> None:
     assert run(ev, "up", "--cps", "1", "--drivers", "0", "--run-dir", run_dir, "--http-port", "0", "--detach",
                timeout=120).returncode == 0
     try:
-        http = json.load(open(os.path.join(run_dir, "instances.json")))["meta"]["http"]
-
         def state(cp_id: str) -> str | None:
-            import urllib.request
-
-            with urllib.request.urlopen(f"http://{http}/api/v1/cps", timeout=5) as resp:
-                return next((c["state"] for c in json.load(resp) if c["id"] == cp_id), None)
+            return next((c["state"] for c in launcher_api(run_dir, "/api/v1/cps") if c["id"] == cp_id), None)
 
         added = run(ev, "add", "cp", "--location", "Teruel", "--price", "0.33", "--run-dir", run_dir, timeout=120)
         assert added.returncode == 0 and "added CP002" in added.stdout, added.stderr
@@ -216,9 +211,8 @@ def test_up_with_the_default_http_port_taken_uses_a_free_one_and_says_so(tmp_pat
             assert up.returncode == 0, up.stderr
             assert "port 8000 is taken" in up.stdout
             http = json.load(open(os.path.join(run_dir, "instances.json")))["meta"]["http"]
-            assert not http.endswith(":8000") and f"http://{http}/api/v1/cps" in up.stdout
-            with urllib.request.urlopen(f"http://{http}/api/v1/cps", timeout=5) as resp:
-                assert resp.status == 200
+            assert not http.endswith(":8000") and f"https://{http}/api/v1/cps" in up.stdout
+            assert launcher_api(run_dir, "/api/v1/cps")[0]["id"] == "CP001"
         finally:
             run(ev, "down", "--run-dir", run_dir, timeout=60)
     finally:

@@ -118,13 +118,13 @@ def test_closing_the_terminal_stops_every_instance(tmp_path) -> None:
     run_dir = str(tmp_path / "run")
     term = Terminal([EV, "up", "--run-dir", run_dir, "--http-port", "0"])
     try:
-        wait_for(lambda: term.shows(b"EV Charging Network") and len(alive(run_dir)) == 13,
-                 "13 instances and the panel", timeout_s=150)
+        wait_for(lambda: term.shows(b"EV Charging Network") and len(alive(run_dir)) == 14,
+                 "14 instances (with the registry) and the panel", timeout_s=150)
         term.run_for(10)
         term.close_window()
         wait_for(term.exited, "the launcher to exit", timeout_s=120)
         assert alive(run_dir) == [], "still running after the terminal closed"
-        assert len(Registry(run_dir).instances) == 13
+        assert len(Registry(run_dir).instances) == 14
     finally:
         term.close()
         tidy(run_dir)
@@ -140,7 +140,7 @@ def test_ctrl_c_on_up_piped_into_tee_stops_every_instance(tmp_path) -> None:
             f"2>&1 | tee {shlex.quote(log)}")
     term = Terminal(["/bin/sh", "-c", line])
     try:
-        wait_for(lambda: term.shows(b"CP CP002") and len(alive(run_dir)) == 7,
+        wait_for(lambda: term.shows(b"CP CP002") and len(alive(run_dir)) == 8,
                  "the network and its plain panel", timeout_s=120)
         term.run_for(2)
         term.type(b"\x03")  # Ctrl+C: SIGINT to the terminal's foreground process group
@@ -151,14 +151,14 @@ def test_ctrl_c_on_up_piped_into_tee_stops_every_instance(tmp_path) -> None:
 
         wait_for(stopped, "every instance to stop", timeout_s=120)
         wait_for(term.exited, "the shell to exit", timeout_s=60)
-        assert len(Registry(run_dir).instances) == 7
+        assert len(Registry(run_dir).instances) == 8
     finally:
         term.close()
         tidy(run_dir)
     with open(log, encoding="utf-8", errors="replace") as fh:
         seen = fh.read()
     # What the user kept in demo.log: the plain panel, with no date before Central answered.
-    assert "network up:" in seen and "connecting to Central at http://127.0.0.1:" in seen
+    assert "network up:" in seen and "connecting to Central at https://127.0.0.1:" in seen
     assert "1970-01-01" not in seen, seen[:2000]
 
 

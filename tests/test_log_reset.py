@@ -20,7 +20,7 @@ import pytest
 from evproto.daemons.central.store import SCHEMA_VERSION, Position, Store
 from evproto.bus.broker import EmbeddedBroker
 from evproto.bus.events import Ticket
-from netharness import KafkaDriver, Network, wait_for
+from netharness import KafkaDriver, Network, launcher_api, wait_for
 
 BIN = os.path.dirname(sys.executable)
 EV = os.path.join(BIN, "evcharging")
@@ -30,14 +30,14 @@ def ev(*argv: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run([EV, *argv], capture_output=True, text=True, timeout=timeout)
 
 
-def sessions(http: str) -> list[dict]:
-    with urllib.request.urlopen(f"http://{http}/api/v1/sessions", timeout=5) as resp:
-        return json.load(resp)
+def sessions(run_dir: str) -> list[dict]:
+    return launcher_api(run_dir, "/api/v1/sessions")
 
 
 def http_of(run_dir: str) -> str:
-    with open(os.path.join(run_dir, "instances.json"), encoding="utf-8") as fh:
-        return json.load(fh)["meta"]["http"]
+    """How these tests name a launched network's API: by its run directory (the URL, token
+    and CA are looked up there at each call, as ``evcharging env`` does)."""
+    return run_dir
 
 
 def completed_after(http: str, last_id: int) -> list[dict]:

@@ -38,17 +38,21 @@ from evproto.bus.kafka import (OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusPro
                                all_partitions, end_offsets, ensure_topics, topic_ids)
 from evproto.bus.topics import Topic, partition_for, spec_for
 
+from evproto.bus.seal import SealError
 from evproto.ratelog import RateLimitedLog
 
 from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
 from ..quarantine import CrashGuard, DeadLetter
 from .core import CentralCore, Effect, Forget, Note, Publish, RegistryBusyError, Rules, SaveCp, UnknownCpError
+from ..gate import NoKey
+from ..tokens import TokenStore
 from .intake import RecordIntake
+from .security import CentralSecurity, insecure_gate, insecure_sealer
 from .limits import Coalescer
 from .store import OutboxRow, Position, Store
 from .view import CentralView, MessageView, SessionView
 
-__all__ = ["CentralOptions", "Central"]
+__all__ = ["CentralOptions", "Central", "RevokeUnavailable"]
 
 log = logging.getLogger("evproto.central")
 
@@ -68,6 +72,10 @@ _REFUSED_FOR_GOOD = frozenset({"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INV
                                "CORRUPT_MESSAGE", "INVALID_RECORD"})
 
 
+class RevokeUnavailable(Exception):
+    """Revocation asked of a Central that runs without keys (--insecure)."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CentralOptions:
     db: str
@@ -79,6 +87,12 @@ class CentralOptions:
     ready_file: str | None = None
     panel: bool = True
     instance_id: str = ""
+    #: Authenticate monitors, seal and sign records (release 2); False: release 1's plaintext.
+    secure: bool = False
+    #: The socket for monitors and the HTTP API over TLS: (certificate chain, key) PEM files.
+    tls: tuple[str, str] | None = None
+    #: The audit log (default: DB.audit.jsonl).
+    audit_log: str | None = None
 
 
 class Central:
@@ -107,9 +121,16 @@ class Central:
         self._warn = RateLimitedLog(log)
         self._notes_limit = RateLimitedLog(log, interval_s=NOTE_INTERVAL_S)
         self._states = Coalescer(STATE_INTERVAL_S)
+        #: Release 2: who may connect and write what (None under --insecure).
+        self.sec = CentralSecurity(opts.db, audit_path=opts.audit_log) if opts.secure else None
+        self.gate = self.sec.gate if self.sec is not None else insecure_gate()
+        self.gate.window.load(self.store.record_counters())
+        self.sealer = self.sec.sealer if self.sec is not None else insecure_sealer()
+        #: Who may call the HTTP API (None under --insecure: anyone who reaches it).
+        self.tokens = TokenStore(opts.db) if opts.secure else None
         self.intake = RecordIntake(guard=self.guard, decide=lambda ev, now: self.core.on_event(ev, now),
                                    commit=self._apply, recover=self._rebuild_core, seen=self._seen,
-                                   counters=self.counters)
+                                   counters=self.counters, decode=self.gate.decode, refused=self._refused)
         self.server: Server | None = None
         self.listen_addr = ""
         self.http_addr = ""
@@ -128,12 +149,16 @@ class Central:
         async with contextlib.AsyncExitStack() as started:
             started.callback(self.guard.close)
             started.callback(self.store.close)
+            if self.sec is not None:
+                started.callback(self.sec.close)
+            if self.tokens is not None:
+                started.callback(self.tokens.close)
             self.partitions = await ensure_topics(self.opts.kafka)
             self.kafka_ok = True
             self.producer = BusProducer(self.opts.kafka)
             await self.producer.start()
             started.push_async_callback(self.producer.close, 5.0)
-            self.server = await serve(self.opts.listen, self._session, node_id="central", on_hello=self._on_hello,
+            self.server = await serve(self._listen_url(), self._session, node_id="central", on_hello=self._on_hello,
                                       config=self.opts.link_config)
             started.push_async_callback(self.server.close)
             host, port = self.server.addresses[0]
@@ -142,7 +167,9 @@ class Central:
                 from .http_api import start_http
 
                 http_host, _, http_port = self.opts.http.rpartition(":")
-                runner, actual = await start_http(_Backend(self), http_host or "0.0.0.0", int(http_port))
+                runner, actual = await start_http(_Backend(self), http_host or "0.0.0.0", int(http_port),
+                                                  tls=self._http_tls(), tokens=self.tokens,
+                                                  audit=self.sec.audit if self.sec is not None else None)
                 started.push_async_callback(runner.cleanup)
                 self.http_addr = f"{http_host or '0.0.0.0'}:{actual}"
             self._note(f"Central {self.instance_id} up: monitors on {self.listen_addr}, HTTP on {self.http_addr or 'off'}, "
@@ -165,6 +192,20 @@ class Central:
                     raise fut.exception()  # type: ignore[misc]
         log.info("Central stopped")
         return 0
+
+    def _listen_url(self) -> str:
+        host, _, port = self.opts.listen.rpartition(":")
+        if self.opts.tls is None:
+            return self.opts.listen
+        cert, key = self.opts.tls
+        return f"tls://{host}:{port}?cert={cert}&key={key}"
+
+    def _http_tls(self) -> Any:
+        if self.opts.tls is None:
+            return None
+        from evproto.aio import tls_server_context
+
+        return tls_server_context(cert=self.opts.tls[0], key=self.opts.tls[1])
 
     async def _cancel(self, tasks: list[asyncio.Future[Any]]) -> None:
         self._closing = True
@@ -189,7 +230,7 @@ class Central:
 
     def _apply(self, effects: list[Effect], offsets: dict[tuple[str, int], Position] | None = None,
                dead: list[DeadLetter] | None = None) -> None:
-        rows = iter(self.store.apply(effects, offsets, dead or ()))
+        rows = iter(self.store.apply(effects, offsets, dead or (), self.gate.window.take_changes() or None))
         if offsets:
             self.offsets.update(offsets)
         for fx in effects:
@@ -232,6 +273,13 @@ class Central:
         if self.producer is None:
             return None
         send = self.producer.produce if wait else self.producer.post
+        try:
+            # Sealed or signed at send time: a fresh counter each time, even for an owed
+            # record sent again, so a reader never takes a re-send for a replay.
+            value = self.sealer.wrap(topic, key, value)
+        except NoKey:
+            self.counters["held_no_key"] += 1  # the CP has not authenticated yet: owed records wait
+            return None
         try:
             fut = send(topic, key, value, partition=self._partition(topic, key))
         except Exception as exc:
@@ -280,7 +328,20 @@ class Central:
         if hello.role is not Role.MONITOR:
             return Reject(code=ReasonCode.ROLE_NOT_ALLOWED, detail="only monitors connect to Central's socket")
         if hello.node_id in self.links:
+            if self.sec is not None:
+                self.sec.audit.record(actor=f"cp:{hello.node_id[:64]}", source=source or "local", action="auth",
+                                      obj=f"cp:{hello.node_id[:64]}", outcome="refused",
+                                      coalesce=f"dup:{source}", reason="already connected")
             return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"{hello.node_id} is already connected")
+        if self.sec is not None:
+            # Nothing is registered, changed or reserved before the monitor proves who it is.
+            reject = self.sec.check_hello(hello, source)
+            if reject is not None:
+                self.counters["hellos_refused"] += 1
+            return reject
+        return self._register_hello(hello, source)
+
+    def _register_hello(self, hello: Hello, source: str) -> Reject | None:
         reject, fx = self.core.hello(hello.node_id, hello.location, hello.price_eur_kwh, now_ms(), source=source)
         self._apply(fx)
         if reject is not None:
@@ -289,10 +350,39 @@ class Central:
                        "warning", key=f"refused:{source}:{reject.code.name}")
         return reject
 
+    async def _authenticate(self, link: Link) -> bool:
+        """Release 2: the monitor proves its CP's credential; then (and only then) the CP
+        is registered or updated from its Hello and gets a fresh record key."""
+        assert self.sec is not None and link.peer_hello is not None
+        proved = await self.sec.authenticate(link)
+        if proved is None:
+            self.counters["auth_refused"] += 1
+            return False
+        hello = link.peer_hello
+        if hello.node_id in self.links:  # another link proved the same CP first
+            await self.sec.refuse(link, ReasonCode.DUPLICATE_ID, f"{hello.node_id} is already connected")
+            return False
+        reject = self._register_hello(hello, link.peer_address)
+        if reject is not None:
+            await self.sec.refuse(link, reject.code, reject.detail)
+            return False
+        self.links[hello.node_id] = link  # before the next await: a second link for this id is refused
+        try:
+            await self.sec.grant(link, proved)
+        except LinkDownError:
+            del self.links[hello.node_id]
+            return False
+        self.counters["auth_ok"] += 1
+        return True
+
     async def _session(self, link: Link) -> None:
         assert link.peer_hello is not None
         cp_id = link.peer_hello.node_id
-        self.links[cp_id] = link  # before any await: a second hello for this id is refused
+        if self.sec is not None:
+            if not await self._authenticate(link):
+                return
+        else:
+            self.links[cp_id] = link  # before any await: a second hello for this id is refused
         self._apply(self.core.monitor_connected(cp_id, now_ms()))
         clean, detail = False, ""
         try:
@@ -314,6 +404,33 @@ class Central:
                 del self.links[cp_id]
             if not self._closing:  # on our own shutdown the CPs are not "lost"
                 self._apply(self.core.monitor_lost(cp_id, clean, detail, now_ms()))
+
+    def _refused(self, record: Any, exc: SealError) -> None:
+        """A record refused for its envelope: audited (a line per topic, reason and second)."""
+        if self.sec is None:
+            return
+        self.sec.audit.record(actor=f"key:{exc.detail[:64]}" if exc.detail else "unknown",
+                              source=f"kafka:{record.topic.value}", action="record", obj=f"key:{record.key}"[:80],
+                              outcome="refused", coalesce=f"record:{record.topic.value}:{exc.why.name}",
+                              reason=str(exc)[:200], partition=record.partition, offset=record.offset)
+
+    def revoke(self, cp_id: str, *, actor: str, source: str) -> None:
+        """Revoke ``cp_id``'s keys: its records are refused from now on, its supply in
+        progress ends ("key_revoked"), its monitor's link is closed and it shows as not
+        authenticated until the monitor authenticates again. UnknownCpError."""
+        if cp_id not in self.core.cps:
+            raise UnknownCpError(cp_id)
+        if self.sec is None:
+            raise RevokeUnavailable("this Central runs --insecure: there are no keys to revoke")
+        self.sec.revoke(cp_id, actor=actor, source=source)
+        self._apply(self.core.revoked(cp_id, now_ms()))
+        link = self.links.pop(cp_id, None)
+        if link is not None:
+            async def tell_and_close(link: Link = link) -> None:
+                await self.sec.refuse(link, ReasonCode.BAD_CREDENTIALS, "key revoked: authenticate again")  # type: ignore[union-attr]
+                await link.close()
+
+            asyncio.ensure_future(tell_and_close())
 
     # -- Kafka -----------------------------------------------------------------------------
 
@@ -387,6 +504,7 @@ class Central:
                            next_session_id=loaded.next_session_id, rules=self.opts.rules, history=self.store)
         core.carry_over(old)
         self.core = core
+        self.gate.window.load(self.store.record_counters())  # counters of a rolled-back batch are not kept
         self.counters["core_rebuilds"] += 1
         log.warning("Central's state was rebuilt from its database")
 
@@ -539,11 +657,36 @@ class Central:
     def sessions(self, **query: Any) -> list[SessionView]:
         return self.store.sessions(**query)
 
-    def admin(self, stop: bool, cp_id: str | None) -> list[str]:
+    def admin(self, stop: bool, cp_id: str | None, *, actor: str = "console", source: str = "local") -> list[str]:
+        """STOP or RESUME one CP (None: all), audited with who asked and from where."""
         fn = self.core.stop if stop else self.core.resume
-        ids, fx = fn(cp_id, now_ms())
+        try:
+            ids, fx = fn(cp_id, now_ms())
+        except UnknownCpError:
+            self._audit(actor, source, "stop" if stop else "resume", f"cp:{cp_id}", "refused", reason="unknown CP")
+            raise
         self._apply(fx)
+        self._audit(actor, source, "stop" if stop else "resume", f"cp:{cp_id or 'all'}", "ok")
         return ids
+
+    def _audit(self, actor: str, source: str, action: str, obj: str, outcome: str, **details: Any) -> None:
+        if self.sec is not None:
+            self.sec.audit.record(actor=actor, source=source, action=action, obj=obj[:80], outcome=outcome,
+                                  **details)
+
+    def console_command(self, action: str, target: str | None, *, actor: str) -> str:
+        """A command typed at Central's own console (panel or stdin); the answer to show."""
+        try:
+            if action == "revoke":
+                assert target is not None
+                self.revoke(target, actor=actor, source="local")
+                return f"{target}: keys revoked; it must authenticate again"
+            ids = self.admin(action == "stop", target, actor=actor)
+        except UnknownCpError:
+            return f"unknown charge point {target!r}"
+        except RevokeUnavailable as exc:
+            return str(exc)
+        return f"{action.upper()} sent to {', '.join(ids) or 'no charge point'}"
 
     async def _stdin_commands(self) -> None:
         """Without the panel, the same commands are read one per line from stdin (scriptable)."""
@@ -562,12 +705,9 @@ class Central:
                 self._stop.set()
                 return
             if cmd.action == "help":
-                log.info("commands: s CP|all stop · r CP|all resume · q quit")
+                log.info("commands: s CP|all stop · r CP|all resume · v CP revoke its key · q quit")
                 continue
-            try:
-                self.admin(cmd.action == "stop", cmd.target)
-            except UnknownCpError:
-                log.warning("unknown charge point %r", cmd.target)
+            log.info("%s", self.console_command(cmd.action, cmd.target, actor="console:stdin"))
         await asyncio.Event().wait()  # stdin closed: keep running
 
     async def _panel(self) -> None:
@@ -580,12 +720,8 @@ class Central:
                 self._stop.set()
                 return "bye"
             if cmd.action == "help":
-                return "s CP|all: stop · r CP|all: resume · q: quit"
-            try:
-                ids = self.admin(cmd.action == "stop", cmd.target)
-            except UnknownCpError:
-                return f"unknown charge point {cmd.target!r}"
-            return f"{cmd.action.upper()} sent to {', '.join(ids) or 'no charge point'}"
+                return "s CP|all: stop · r CP|all: resume · v CP: revoke its key · q: quit"
+            return self.console_command(cmd.action, cmd.target, actor="console:panel")
 
         await run_panel(self.view, on_command)
         assert self._stop is not None
@@ -632,17 +768,34 @@ class _Backend:
         except RegistryBusyError as exc:
             raise Conflict(str(exc)) from None
 
-    async def stop(self, cp_id: str | None) -> list[str]:
-        return self._admin(True, cp_id)
+    async def stop(self, cp_id: str | None, *, actor: str = "anonymous", source: str = "") -> list[str]:
+        return self._admin(True, cp_id, actor, source)
 
-    async def resume(self, cp_id: str | None) -> list[str]:
-        return self._admin(False, cp_id)
+    async def resume(self, cp_id: str | None, *, actor: str = "anonymous", source: str = "") -> list[str]:
+        return self._admin(False, cp_id, actor, source)
 
-    def _admin(self, stop: bool, cp_id: str | None) -> list[str]:
+    async def revoke(self, cp_id: str, *, actor: str, source: str) -> None:
+        from .http_api import Conflict, UnknownCp
+
+        try:
+            self.central.revoke(cp_id, actor=actor, source=source)
+        except UnknownCpError:
+            raise UnknownCp(cp_id) from None
+        except RevokeUnavailable as exc:
+            raise Conflict(str(exc)) from None
+
+    def audit_entries(self, limit: int) -> list[dict[str, Any]]:
+        from ..auditlog import read_entries
+
+        if self.central.sec is None:
+            return []
+        return read_entries(self.central.sec.audit.path, limit=limit)
+
+    def _admin(self, stop: bool, cp_id: str | None, actor: str, source: str) -> list[str]:
         from .http_api import UnknownCp
 
         try:
-            return self.central.admin(stop, cp_id)
+            return self.central.admin(stop, cp_id, actor=actor, source=source)
         except UnknownCpError:
             raise UnknownCp(cp_id) from None
 

@@ -60,6 +60,15 @@ def _open_store(db: str) -> Store:
 @click.option("--max-cps", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Registered CPs at most; a registration beyond is refused.")
 @click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True)
+@click.option("--tls-cert", envvar="EVPROTO_CENTRAL_CERT", default=None, metavar="PEM",
+              help="Central's TLS certificate (chain) for the monitors' socket and the HTTP API. "
+              "[env EVPROTO_CENTRAL_CERT]")
+@click.option("--tls-key", envvar="EVPROTO_CENTRAL_KEY", default=None, metavar="PEM",
+              help="Its private key. [env EVPROTO_CENTRAL_KEY]")
+@click.option("--audit-log", default=None, metavar="PATH", help="The security audit log (default: DB.audit.jsonl).")
+@click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
+              help="Release 1's plaintext mode: no TLS, monitors not authenticated, records neither sealed nor "
+              "signed. Only on a network you trust. [env EVPROTO_INSECURE]")
 @click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file with the chosen ports once up.")
 @click.option("--log-file", default=None, metavar="PATH",
               help="Where logs go while the panel owns the terminal (default: next to the database).")
@@ -69,7 +78,9 @@ def _open_store(db: str) -> Store:
 @click.pass_context
 def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, http_port: int, panel: bool | None,
          auto_register: bool, register_drivers: tuple[str, ...], answer_timeout_s: float, plug_timeout_s: float,
-         registrations_per_min: float, max_cps: int, topic_prefix: str, ready_file: str | None, log_file: str | None, log_format: str, log_level: str) -> None:
+         registrations_per_min: float, max_cps: int, topic_prefix: str, tls_cert: str | None, tls_key: str | None,
+         audit_log: str | None, insecure: bool, ready_file: str | None, log_file: str | None, log_format: str,
+         log_level: str) -> None:
     """Central (EV_Central): the control centre of the charging network.
 
     Without a subcommand, runs Central: the socket server for monitors, the Kafka
@@ -92,6 +103,11 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
         return
     if not kafka:
         raise click.UsageError("--kafka HOST:PORT (or EVPROTO_KAFKA) is required to run Central")
+    if insecure and (tls_cert or tls_key):
+        raise click.UsageError("--insecure is plaintext: leave out --tls-cert/--tls-key")
+    if not insecure and not (tls_cert and tls_key):
+        raise click.UsageError("Central speaks TLS: give --tls-cert and --tls-key (evcharging up makes them), "
+                               "or --insecure for release 1's plaintext mode")
     from .app import Central, CentralOptions
 
     show_panel = sys.stdout.isatty() if panel is None else panel
@@ -116,7 +132,13 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
                     registrations_per_min=registrations_per_min, max_cps=max_cps),
         ready_file=ready_file,
         panel=show_panel,
+        secure=not insecure,
+        tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
+        audit_log=audit_log,
     )
+    if insecure:
+        click.echo("ev-central: WARNING: --insecure: no TLS, monitors are not authenticated and records are "
+                   "neither sealed nor signed; anyone who reaches the network can act on it", err=True)
 
     tune_gc()  # thousands of links: see GC_YOUNG_THRESHOLD
     fds = raise_fd_limit()
@@ -147,13 +169,33 @@ def drivers() -> None:
 
 @drivers.command("add")
 @click.argument("ids", nargs=-1, required=True)
+@click.option("--credentials", "cred_dir", default=None, metavar="DIR",
+              help="Also issue each driver a key and write it to DIR/ID.json (0600) for its app "
+              "(ev-driver --credentials DIR/ID.json); issuing again replaces the old key.")
 @click.pass_obj
-def drivers_add(db: str, ids: tuple[str, ...]) -> None:
+def drivers_add(db: str, ids: tuple[str, ...], cred_dir: str | None) -> None:
     """Register one or more drivers."""
     store = _open_store(db)
     for d in ids:
         click.echo(f"{d}: {'registered' if store.add_driver(d) else 'already registered'}")
     store.close()
+    if cred_dir:
+        from pathlib import Path
+
+        from ..credentials_file import write_driver_credentials
+        from .keyring import KeyRing
+
+        ring = KeyRing(db)
+        try:
+            for d in ids:
+                grant = ring.issue_driver_key(d)
+                path = write_driver_credentials(Path(cred_dir) / f"{d}.json", d, grant.key_id, grant.key,
+                                                ring.verify_bytes)
+                _audit(db).record(actor="cli", source="cli", action="key-issue", obj=f"driver:{d}", outcome="ok",
+                                  key_id=grant.key_id)
+                click.echo(f"{d}: credentials in {path}")
+        finally:
+            ring.close()
 
 
 @drivers.command("remove")

@@ -13,7 +13,12 @@ Pinned (other tools depend on them; docs/central.md):
 ``DELETE`` ``/api/v1/cps/{id}``       ``{"ok": true, "removed": id}``; 404 unknown, 409 supplying
 ``DELETE`` ``/api/v1/drivers/{id}``   same for a driver (409 while it has a supply in progress)
 ``GET``   ``/api/v1/drivers``         list of registered driver ids
+``POST``  ``/api/v1/cps/{id}/revoke`` ``{"ok": true, "revoked": id}``: its keys stop working
+``GET``   ``/api/v1/audit``           the newest audit log entries (admin); ``limit``
 ========  ==========================  ==================================================
+
+Under TLS (release 2) every call needs ``Authorization: Bearer`` with a token whose role
+grants it (docs/security.md): 401 without, 403 for a role that does not.
 
 Not pinned (the launcher draws the panel remotely with them): ``GET /api/v1/messages``,
 ``GET /api/v1/status``, ``GET /api/v1/requests`` and ``GET /api/v1/dead-letters`` (records
@@ -29,11 +34,15 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
 from evproto.daemons.central.view import CentralView, SessionView, iso_utc
+from evproto.daemons.auditlog import AuditLog
+from evproto.daemons.tokens import TokenRole, TokenStore
+from evproto.daemons.webauth import PRINCIPAL, token_auth
 from evproto.daemons.webjson import BadRequest, HttpError, json_errors, json_response, stop_http
 from evproto.daemons.webjson import start_http as serve_json
 
@@ -127,12 +136,20 @@ class CentralBackend(Protocol):
         """Unregister a driver. Raises :class:`UnknownDriver` or :class:`Conflict`."""
         ...
 
-    async def stop(self, cp_id: str | None) -> list[str]:
+    async def stop(self, cp_id: str | None, *, actor: str, source: str) -> list[str]:
         """Send STOP to one CP (None: all); the affected CP ids. Raises :class:`UnknownCp`."""
         ...
 
-    async def resume(self, cp_id: str | None) -> list[str]:
+    async def resume(self, cp_id: str | None, *, actor: str, source: str) -> list[str]:
         """Send RESUME to one CP (None: all); the affected CP ids. Raises :class:`UnknownCp`."""
+        ...
+
+    async def revoke(self, cp_id: str, *, actor: str, source: str) -> None:
+        """Revoke a CP's keys. Raises :class:`UnknownCp`, :class:`Conflict` (no keys: --insecure)."""
+        ...
+
+    def audit_entries(self, limit: int) -> list[dict[str, Any]]:
+        """The newest audit log entries, oldest first."""
         ...
 
 
@@ -235,13 +252,30 @@ async def _delete_driver(request: web.Request) -> web.Response:
     return _json({"ok": True, "removed": driver_id})
 
 
+def _who(request: web.Request) -> tuple[str, str]:
+    principal = request.get(PRINCIPAL)
+    return (principal.label if principal is not None else "anonymous"), (request.remote or "")
+
+
+async def _post_revoke(request: web.Request) -> web.Response:
+    cp_id = request.match_info["id"]
+    actor, source = _who(request)
+    await _backend(request).revoke(cp_id, actor=actor, source=source)
+    return _json({"ok": True, "revoked": cp_id})
+
+
+async def _get_audit(request: web.Request) -> web.Response:
+    return _json(_backend(request).audit_entries(min(_limit_param(request), 10_000)))
+
+
 def _command(action: str, *, one: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         cp_id = request.match_info["id"] if one else None
         backend = _backend(request)
         call = backend.stop if action == "stop" else backend.resume
+        actor, source = _who(request)
         try:
-            cps = await call(cp_id)
+            cps = await call(cp_id, actor=actor, source=source)
         except UnknownCp:
             # The pinned wording names the id that was asked for.
             raise UnknownCp(cp_id if cp_id is not None else "*") from None
@@ -254,9 +288,29 @@ def _command(action: str, *, one: bool) -> Callable[[web.Request], Awaitable[web
 # -- application -----------------------------------------------------------------------------
 
 
-def make_app(backend: CentralBackend) -> web.Application:
-    """The aiohttp application serving the ``/api/v1`` endpoints from ``backend``."""
-    app = web.Application(middlewares=[json_errors(log)])
+#: Endpoint -> the token role it needs (Central's API under TLS; anyone under --insecure).
+def _needed_role(request: web.Request) -> TokenRole | None:
+    path = request.path
+    if not path.startswith(API_PREFIX):
+        return TokenRole.VIEWER
+    if path == f"{API_PREFIX}/audit":
+        return TokenRole.ADMIN
+    if request.method in ("GET", "HEAD"):
+        return TokenRole.VIEWER
+    if request.method == "DELETE":
+        return TokenRole.ADMIN
+    return TokenRole.OPERATOR
+
+
+def make_app(backend: CentralBackend, *, tokens: TokenStore | None = None,
+             audit: AuditLog | None = None) -> web.Application:
+    """The aiohttp application serving the ``/api/v1`` endpoints from ``backend``; with
+    ``tokens``, every call needs a Bearer token whose role grants it (reads: viewer;
+    stop, resume, revoke: operator; removals and the audit log: admin)."""
+    middlewares = [json_errors(log)]
+    if tokens is not None:
+        middlewares.append(token_auth(tokens, _needed_role, audit=audit, service="api"))
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[BACKEND_KEY] = backend
     p = API_PREFIX
     app.router.add_get(f"{p}/cps", _get_cps)
@@ -268,6 +322,8 @@ def make_app(backend: CentralBackend) -> web.Application:
     app.router.add_get(f"{p}/drivers", _get_drivers)
     app.router.add_delete(f"{p}/cps/{{id}}", _delete_cp)
     app.router.add_delete(f"{p}/drivers/{{id}}", _delete_driver)
+    app.router.add_post(f"{p}/cps/{{id}}/revoke", _post_revoke)
+    app.router.add_get(f"{p}/audit", _get_audit)
     for action in ("stop", "resume"):
         app.router.add_post(f"{p}/cps/{action}", _command(action, one=False))
         app.router.add_post(f"{p}/cps/{{id}}/{action}", _command(action, one=True))
@@ -280,10 +336,14 @@ async def start_http(
     port: int,
     *,
     access_log: logging.Logger | None = None,
+    tls: ssl.SSLContext | None = None,
+    tokens: TokenStore | None = None,
+    audit: AuditLog | None = None,
 ) -> tuple[web.AppRunner, int]:
-    """Serve :func:`make_app` on ``host:port`` (port 0: a free one).
+    """Serve :func:`make_app` on ``host:port`` (port 0: a free one), over TLS when given.
 
     Returns the runner (give it to :func:`stop_http`) and the port actually bound.
     Access logging is off unless ``access_log`` is given: the launcher polls often.
     """
-    return await serve_json(make_app(backend), host, port, log=log, access_log=access_log)
+    return await serve_json(make_app(backend, tokens=tokens, audit=audit), host, port, log=log,
+                            access_log=access_log, tls=tls)

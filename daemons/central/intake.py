@@ -5,6 +5,8 @@ offsets that move past it. A record that cannot be applied is quarantined in tha
 same transaction (a dead letter in the database), never retried:
 
 - it does not decode or breaks a field's rule (``EventDecodeError``),
+- it is not sealed or signed as its topic requires, by the party it speaks for
+  (``SealError``: also audited),
 - it refers to nothing Central knows or contradicts it (``RecordRefused``),
 - applying it raises anything else, or the database refuses its effects: the
   batch is rolled back, the core rebuilt from the database, and the batch applied
@@ -22,6 +24,7 @@ from typing import Callable
 
 from evproto.bus.consumer import Record
 from evproto.bus.events import Event, EventDecodeError, decode_event
+from evproto.bus.seal import SealError
 from evproto.ratelog import RateLimitedLog
 
 from ..quarantine import CrashGuard, DeadLetter, Verdict
@@ -52,6 +55,8 @@ class RecordIntake:
         recover: Callable[[], None],
         seen: Callable[[Event, int], None] = lambda event, now_ms: None,
         counters: collections.Counter[str] | None = None,
+        decode: Callable[[Record, int], Event] | None = None,
+        refused: Callable[[Record, SealError], None] = lambda record, exc: None,
     ) -> None:
         self.guard = guard
         self.decide = decide
@@ -59,6 +64,10 @@ class RecordIntake:
         self.recover = recover
         self.seen = seen
         self.counters = counters if counters is not None else collections.Counter()
+        #: Record -> event: the schema alone, or the gate (envelope, sender, then schema).
+        self.decode = decode or (lambda r, now_ms: decode_event(r.value, now_ms=now_ms, size=r.size))
+        #: Told of every record refused for its envelope (not sealed or signed as it must be).
+        self.refused = refused
         self._warn = RateLimitedLog(log)
 
     def apply(self, batch: list[Record], now_ms: int) -> None:
@@ -109,9 +118,14 @@ class RecordIntake:
 
     def _decide(self, record: Record, now_ms: int, dead: list[DeadLetter]) -> list[Effect]:
         try:
-            event = decode_event(record.value, now_ms=now_ms, size=record.size)
+            event = self.decode(record, now_ms)
         except EventDecodeError as exc:
             dead.append(self._letter(record, str(exc)))
+            return []
+        except SealError as exc:
+            self.counters["records_refused_" + exc.why.name.lower()] += 1
+            dead.append(self._letter(record, f"refused: {exc}"))
+            self.refused(record, exc)
             return []
         self.seen(event, now_ms)
         try:

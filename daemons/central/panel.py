@@ -60,7 +60,8 @@ _STATUS_STYLES = {"requested": "yellow", "authorized": "cyan", "supplying": "gre
 
 COMMAND_HINT = "commands: s <CP|all> stop · r <CP|all> resume · q quit"
 _SHORT_HINT = "s|r <CP|all> · q quit"
-HELP_TEXT = "s <CP|all>: stop (Out of Order) · r <CP|all>: resume · q: quit the panel · ?: help"
+HELP_TEXT = ("s <CP|all>: stop (Out of Order) · r <CP|all>: resume · v <CP>: revoke its key · q: quit the panel"
+             " · ?: help")
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -258,7 +259,7 @@ def _header(view: CentralView, width: int) -> tuple[RenderableType, int]:
     top.add_column(justify="right", no_wrap=True)
     top.add_row(title, Text(_stamp(view.now_ts_ms) if view.now_ts_ms else "", style=bar))
     if not view.now_ts_ms:  # nothing from Central yet (a remote panel): no addresses or states to show
-        waiting = Text(f" connecting to Central at http://{_clean(view.http or '?')} ...", style="dim",
+        waiting = Text(f" connecting to Central at {_url(view.http)} ...", style="dim",
                        no_wrap=True, overflow="ellipsis")
         return Group(top, waiting), 2
     addresses = Text(no_wrap=True, overflow="ellipsis")
@@ -389,15 +390,15 @@ def render(view: CentralView, *, width: int = 120, input_line: str = "",
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """An operator command: ``action`` is stop, resume, quit or help; ``target`` a CP id
-    (as typed) or None for every CP."""
+    """An operator command: ``action`` is stop, resume, revoke, quit or help; ``target`` a
+    CP id (as typed) or None for every CP (not for revoke)."""
 
     action: str
     target: str | None = None
 
 
-_VERBS = {"s": "stop", "stop": "stop", "r": "resume", "resume": "resume", "q": "quit",
-          "quit": "quit", "exit": "quit", "?": "help", "h": "help", "help": "help"}
+_VERBS = {"s": "stop", "stop": "stop", "r": "resume", "resume": "resume", "v": "revoke", "revoke": "revoke",
+          "q": "quit", "quit": "quit", "exit": "quit", "?": "help", "h": "help", "help": "help"}
 
 
 def parse_command(line: str) -> Command | None:
@@ -409,14 +410,24 @@ def parse_command(line: str) -> Command | None:
     action = _VERBS.get(verb)
     if action is None:
         raise ValueError(f"unknown command {_clean(words[0])!r}: "
-                         "try s <CP|all>, r <CP|all>, q or ?")
+                         "try s <CP|all>, r <CP|all>, v <CP>, q or ?")
     if action in ("quit", "help"):
         if args:
             raise ValueError(f"{action} takes no argument")
         return Command(action)
+    if action == "revoke":
+        if len(args) != 1 or args[0].lower() == "all":
+            raise ValueError(f"revoke needs one CP id, e.g. '{verb} CP001'")
+        return Command(action, args[0])
     if len(args) != 1:
         raise ValueError(f"{action} needs one CP id or 'all', e.g. '{verb} CP001' or '{verb} all'")
     return Command(action, None if args[0].lower() == "all" else args[0])
 
 
 # -- keyboard --------------------------------------------------------------------------------
+
+
+def _url(http: str | None) -> str:
+    """Central's HTTP address as a URL (``https://...`` when the view names its scheme)."""
+    text = _clean(http or "?")
+    return text if "://" in text else f"http://{text}"

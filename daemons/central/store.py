@@ -85,6 +85,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     value BLOB NOT NULL,
     created_ts_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS record_counters (
+    slot TEXT PRIMARY KEY,
+    counter INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     ts_ms INTEGER NOT NULL,
@@ -272,16 +276,17 @@ class Store:
     # -- the hot path ----------------------------------------------------------------------
 
     def apply(self, effects: Iterable[Effect], offsets: dict[tuple[str, int], Position | int] | None = None,
-              dead: Iterable[DeadLetter] = ()) -> list[OutboxRow]:
-        """Apply saves, queue durable publishes, keep dead letters and record offsets, all
-        in one transaction (nothing at all when there is nothing to write).
+              dead: Iterable[DeadLetter] = (), counters: dict[str, int] | None = None) -> list[OutboxRow]:
+        """Apply saves, queue durable publishes, keep dead letters and record offsets (and
+        the sealed records' counters read up to them: the replay window), all in one
+        transaction (nothing at all when there is nothing to write).
 
         Returns the outbox rows just added, for the caller to send right away.
         """
         effects = [fx for fx in effects if not isinstance(fx, Publish) or fx.durable]
         effects = [fx for fx in effects if isinstance(fx, (SaveCp, SaveSession, Publish, Forget))]
         dead = list(dead)
-        if not effects and not offsets and not dead:
+        if not effects and not offsets and not dead and not counters:
             return []
         now = _now_ms()
         added: list[OutboxRow] = []
@@ -328,6 +333,9 @@ class Store:
                     added.append(OutboxRow(int(cur.lastrowid or 0), fx.topic.value, fx.key, value))
             if dead:
                 self._keep_dead(dead)
+            if counters:
+                db.executemany("INSERT INTO record_counters VALUES (?, ?) ON CONFLICT(slot) DO UPDATE SET "
+                               "counter = MAX(counter, excluded.counter)", list(counters.items()))
             for (topic, partition), pos in (offsets or {}).items():
                 # A bare offset keeps the log's id as stored; a Position names the log.
                 nxt, topic_id = (pos, None) if isinstance(pos, int) else pos
@@ -341,6 +349,10 @@ class Store:
             db.execute("ROLLBACK")
             raise
         return added
+
+    def record_counters(self) -> dict[str, int]:
+        """The replay window as stored with the offsets."""
+        return {slot: counter for slot, counter in self._db.execute("SELECT slot, counter FROM record_counters")}
 
     def _keep_dead(self, dead: list[DeadLetter]) -> None:
         db = self._db

@@ -26,7 +26,7 @@ from rich.text import Text
 
 from evproto.daemons.central.view import CentralView, CpView, MessageView, SessionView
 
-from .panel import HELP_TEXT, Command, _clean, _price, _stamp, parse_command, render
+from .panel import HELP_TEXT, Command, _clean, _price, _stamp, _url, parse_command, render
 
 try:  # POSIX only; elsewhere KeyReader reads plain lines.
     import termios
@@ -258,7 +258,7 @@ class PlainReporter:
         A view without a timestamp holds nothing from Central yet (a remote panel still
         connecting): it is said once, with no made-up date, and only its messages follow."""
         if not view.now_ts_ms:
-            said = [] if self._said_connecting else [f"connecting to Central at http://{_clean(view.http or '?')} ..."]
+            said = [] if self._said_connecting else [f"connecting to Central at {_url(view.http)} ..."]
             self._said_connecting = True
             return said + self._message_lines(view.messages)
         now = _stamp(view.now_ts_ms)
@@ -453,3 +453,4 @@ async def run_panel(
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
+

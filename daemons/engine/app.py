@@ -21,12 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from evproto import (
+    CpKey,
     HealthCheck,
     HealthState,
     HealthStatus,
     Hello,
     LinkConfig,
     LinkDownError,
+    MessageReceived,
     ReasonCode,
     Reject,
     RequestReceived,
@@ -44,7 +46,6 @@ from evproto.bus.events import (
     SupplyFinished,
     SupplyProgress,
     SupplyRequest,
-    decode_event,
     encode_event,
 )
 from evproto.bus.kafka import (OFFSET_BEGINNING, BusConsumer, BusError, BusProducer, KafkaSettings, LogReset, Record,
@@ -54,7 +55,11 @@ from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Pers
 from evproto.idents import id_problem
 from evproto.ratelog import RateLimitedLog
 
+from evproto.bus import seal
+from evproto.bus.seal import SealError
+
 from ..common import StateFileError, load_state, now_ms, save_json_atomic, stdin_lines, write_ready_file
+from ..gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, NoKey, Owner, OwnerKind, RecordGate, RecordSealer
 from ..readers import CentralWatch, RecordGuard
 from evproto.hw.base import MeterDriver
 from evproto.hw.supervisor import MeterSupervisor
@@ -83,6 +88,14 @@ class EngineOptions:
     offline_supply: bool = False
     #: Seconds between meter readings.
     meter_interval_s: float = 1.0
+    #: Release 2: commands must be sealed with this CP's key and events are sealed with it.
+    secure: bool = False
+
+
+#: Record keys an engine keeps: the current one and those before it (commands in flight).
+KEPT_KEYS = 3
+#: How long a command sealed with a key of ours the engine has not been handed yet waits for it.
+KEY_WAIT_S = 30.0
 
 
 class Engine:
@@ -105,7 +118,15 @@ class Engine:
         self.partitions: dict[Topic, int] = {}
         self.producer: BusProducer | None = None
         self.monitor: Link | None = None
-        self.central = CentralWatch()
+        #: Our CP's record keys (from the monitor) and Central's verify key.
+        self.keys = MemoryKeyBook()
+        self._verify_raw: dict[str, bytes] = {}
+        self._key_order: list[str] = []
+        self._key_arrived = asyncio.Event()
+        policy = SECURE_POLICY if opts.secure else PLAIN_POLICY
+        self.gate = RecordGate(self.keys, policy=policy)
+        self.sealer = RecordSealer(policy=policy, sealing_key=self._sealing_key)
+        self.central = CentralWatch(decode=self.gate.decode_value)
         #: Commands this engine could not apply (made in run(): it reads the state directory).
         self.records: RecordGuard | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -176,6 +197,10 @@ class Engine:
                 "commands_topic_id": self.commands_topic_id,
                 "outbox": self.outbox,
                 "finished": self.finished,
+                # The record keys are secrets: the state file is 0600 like everything we write.
+                "keys": [{"key_id": k, "key": self.keys.keys[k][1].hex()} for k in self._key_order],
+                "verify_keys": {k: v.hex() for k, v in self._verify_raw.items()},
+                "replay": self.gate.window.state(),
             },
         )
 
@@ -189,6 +214,7 @@ class Engine:
         if state and state.get("cp_id") == cp_id:
             self.commands_offset = state.get("commands_offset")
             self.commands_topic_id = state.get("commands_topic_id")
+            self._restore_keys(cp_id, state)
             register = (state.get("cp") or {}).get("meter_energy_wh")
             restore = getattr(self.meter, "restore_register", None)
             if register is not None and restore is not None:
@@ -206,6 +232,61 @@ class Engine:
             self._commands_task.cancel()
         self._commands_task = asyncio.ensure_future(self._commands_loop(cp_id))
         self._apply(self._central_news(now))
+
+    # -- keys ------------------------------------------------------------------------------
+
+    def _restore_keys(self, cp_id: str, state: dict[str, Any]) -> None:
+        try:
+            for k in state.get("keys") or []:
+                self._add_key(cp_id, str(k["key_id"]), bytes.fromhex(k["key"]))
+            for key_id, raw in (state.get("verify_keys") or {}).items():
+                self._add_verify_key(bytes.fromhex(raw))
+            self.gate.window.load(state.get("replay") or {})
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise StateFileError(f"{self.state_path}: its keys cannot be read ({exc})") from None
+
+    def _add_key(self, cp_id: str, key_id: str, key: bytes) -> None:
+        if key_id not in self.keys.keys:
+            self._key_order.append(key_id)
+        self.keys.keys[key_id] = (Owner(OwnerKind.CP, cp_id), key)
+        for old in self._key_order[:-KEPT_KEYS]:
+            self.keys.keys.pop(old, None)
+        del self._key_order[:-KEPT_KEYS]
+        self._key_arrived.set()
+
+    def _add_verify_key(self, raw: bytes) -> None:
+        from ..central.keyring import load_public_key
+
+        key_id, public = load_public_key(raw)
+        self.keys.verify_keys = {key_id: public}
+        self._verify_raw = {key_id: raw}
+
+    def _on_key(self, msg: CpKey) -> None:
+        """The monitor hands over the record key Central granted (or withdraws it)."""
+        cp = self.cp
+        if cp is None:
+            return
+        if not msg.key_id:
+            log.warning("the monitor withdrew the record key (revoked by Central): stopping until a new one")
+            self.keys.keys.clear()
+            self._key_order.clear()
+            self._key_arrived.clear()
+            self._save()
+            self._apply(cp.stop(now_ms()))
+            return
+        if len(msg.key) != 32 or len(msg.verify_key) != 32:
+            log.error("the monitor handed over a key of the wrong size: ignored")
+            return
+        self._add_key(cp.cp_id, msg.key_id, msg.key)
+        self._add_verify_key(msg.verify_key)
+        self._save()
+        log.info("record key %s received", msg.key_id)
+
+    def _sealing_key(self, topic: Topic, record_key: str) -> tuple[str, bytes]:
+        if not self._key_order:
+            raise NoKey("no record key yet (the monitor has not authenticated)")
+        key_id = self._key_order[-1]
+        return key_id, self.keys.keys[key_id][1]
 
     # -- effects ---------------------------------------------------------------------------
 
@@ -258,6 +339,11 @@ class Engine:
         if self.producer is None:
             return
         partition = partition_for(key, self.partitions.get(topic, 1))
+        try:
+            # Sealed at send time, with a fresh counter: an owed event sent again is not a replay.
+            value = self.sealer.wrap(topic, key, value)
+        except NoKey:
+            return  # owed events stay in the outbox until the monitor hands over a key
         try:
             if outbox_id is None:  # interim figures: nobody waits for them, nothing keeps them
                 self.producer.post(topic, key, value, partition=partition)
@@ -313,6 +399,8 @@ class Engine:
             async for event in link.messages:
                 if isinstance(event, RequestReceived) and isinstance(event.message, HealthCheck):
                     await link.respond(event, self._health())
+                elif isinstance(event, MessageReceived) and isinstance(event.message, CpKey):
+                    self._on_key(event.message)
         except LinkDownError as exc:
             log.warning("monitor link lost: %s", exc)
         finally:
@@ -343,16 +431,37 @@ class Engine:
                 self.commands_offset, self.commands_topic_id = record.offset + 1, record.topic_id
                 if record.key != cp_id or self.cp is None:
                     continue
+                await self._await_key_for(record, cp_id)
                 assert self.records is not None
                 self.records.take(record, self._on_command)
                 self._save()
+
+    async def _await_key_for(self, record: Record, cp_id: str) -> None:
+        """A command sealed with a key of ours that the monitor has not handed over yet
+        (Central issued it a moment ago) waits for it, KEY_WAIT_S at most."""
+        if not self.gate.secure:
+            return
+        try:
+            envelope = seal.peek(record.value)
+        except SealError:
+            return
+        if envelope is None or envelope.key_id in self.keys.keys or not envelope.key_id.startswith(f"cp.{cp_id}."):
+            return
+        self._key_arrived.clear()
+        log.info("a command sealed with key %s, which the monitor has not handed over yet: waiting for it",
+                 envelope.key_id[:64])
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._key_arrived.wait(), KEY_WAIT_S)
 
     def _on_command(self, record: Record) -> str | None:
         """Apply one command for this CP; why it cannot be applied, or None once applied."""
         cp = self.cp
         assert cp is not None
         now = now_ms()
-        ev = decode_event(record.value, now_ms=now, size=record.size)
+        try:
+            ev = self.gate.decode(record, now)
+        except SealError as exc:
+            return f"refused: {exc}"
         if not isinstance(ev, _COMMANDS):
             return f"a {ev.TYPE} event is not a command"
         if ev.cp_id != cp.cp_id:

@@ -61,14 +61,17 @@ from .meter import SimulatedMeter
               "[env EVPROTO_STATE_DIR]")
 @click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True,
               help="Prefix of every Kafka topic. [env EVPROTO_TOPIC_PREFIX]")
+@click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
+              help="Release 1's plaintext mode: commands are not checked and events not sealed. Only on a "
+              "network you trust. [env EVPROTO_INSECURE]")
 @click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file with the listening address once up.")
 @click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="evcp-engine")
 def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, baudrate: int | None,
          meter_address: str, meter_interval_s: float, meter_timeout_s: float, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,
-         supply_s: float, offline_supply: bool, state_dir: str | None, topic_prefix: str, ready_file: str | None,
-         log_format: str, log_level: str) -> None:
+         supply_s: float, offline_supply: bool, state_dir: str | None, topic_prefix: str, insecure: bool,
+         ready_file: str | None, log_format: str, log_level: str) -> None:
     """The engine of a charge point (EV_CP_E).
 
     It meters and performs supplies, reading a real meter on --port or
@@ -78,6 +81,11 @@ def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, b
 
     Keys (type them and press Enter; on a pipe, one per line): p plug, u unplug,
     k KO (simulate a fault), r recover, m DRIVER manual supply, s status, q quit.
+
+    \b
+    Release 2 (the default): it acts only on commands sealed with its CP's record key,
+    which its monitor hands over once it has authenticated with Central, and seals
+    what it reports with it. --insecure: release 1's plaintext.
     """
     if not meter_port and power_kw * time_scale > MAX_POWER_KW:
         # Refused here rather than by Central, supply after supply, once the figures arrive.
@@ -96,7 +104,10 @@ def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, b
         ready_file=ready_file,
         offline_supply=offline_supply,
         meter_interval_s=meter_interval_s if meter_port else 0.2,
+        secure=not insecure,
     )
+    if insecure:
+        click.echo("evcp-engine: WARNING: --insecure: commands are not checked, events not sealed", err=True)
     if meter_port:
         from evproto.hw import make_driver
 

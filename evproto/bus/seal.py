@@ -205,6 +205,7 @@ class ReplayWindow:
 
     def __init__(self, *, max_keys: int = 100_000) -> None:
         self._last: dict[str, int] = {}
+        self._dirty: set[str] = set()
         self._max = max_keys
 
     @staticmethod
@@ -220,12 +221,21 @@ class ReplayWindow:
         slot = self._slot(envelope.key_id, topic)
         self._last.pop(slot, None)
         self._last[slot] = envelope.counter  # newest last: eviction takes the oldest
+        self._dirty.add(slot)
         if len(self._last) > self._max:
             for old in list(self._last)[: len(self._last) - self._max]:
                 del self._last[old]
+                self._dirty.discard(old)
 
     def state(self) -> dict[str, int]:
         return dict(self._last)
 
+    def take_changes(self) -> dict[str, int]:
+        """The slots accepted since the last call (what a reader stores with its offsets)."""
+        changes = {slot: self._last[slot] for slot in self._dirty if slot in self._last}
+        self._dirty.clear()
+        return changes
+
     def load(self, state: dict[str, int]) -> None:
         self._last = {str(k): int(v) for k, v in state.items()}
+        self._dirty.clear()

@@ -35,6 +35,9 @@ log = logging.getLogger("evproto.readers")
 
 #: Central counts as unreachable after this long without a heartbeat (it sends one a second).
 CENTRAL_SILENCE_S = 3.5
+#: A heartbeat stamped longer ago than this does not count (a replayed one cannot keep a
+#: dead Central looking alive for longer; generous for hosts whose clocks differ).
+HEARTBEAT_MAX_AGE_MS = 30_000
 #: A record that killed its reader this many times is set aside without being applied.
 MAX_CRASHES = 3
 
@@ -94,11 +97,13 @@ class CentralWatch:
             self.listening()
             async for record in consumer:
                 try:
-                    event = self._decode(record.topic, record.key, record.value, now_ms(), size=record.size)
-                    if isinstance(event, Heartbeat):
+                    now = now_ms()
+                    event = self._decode(record.topic, record.key, record.value, now, size=record.size)
+                    if isinstance(event, Heartbeat) and now - event.ts_ms <= HEARTBEAT_MAX_AGE_MS:
                         self.heard()
                         continue
-                    problem = "not a heartbeat"
+                    problem = "not a heartbeat" if not isinstance(event, Heartbeat) else \
+                        f"a heartbeat {(now - event.ts_ms) / 1000:.0f} s old (replayed, or clocks far apart)"
                 except (EventDecodeError, SealError) as exc:
                     problem = str(exc)
                 self.skipped += 1

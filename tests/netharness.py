@@ -78,7 +78,7 @@ class Network:
     plaintext (``--insecure`` everywhere).
     """
 
-    def __init__(self, tmp: str, bootstrap: str, *, secure: bool = False) -> None:
+    def __init__(self, tmp: str, bootstrap: str, *, secure: bool = False, hosts: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.bootstrap = bootstrap
         self.secure = secure
@@ -91,7 +91,7 @@ class Network:
 
             self.pki = os.path.join(tmp, "pki")
             self.ca = CertificateAuthority.ensure(self.pki)
-            self.central_cert = self.ca.issue("central", self.pki, hosts=("127.0.0.1", "localhost"))
+            self.central_cert = self.ca.issue("central", self.pki, hosts=("127.0.0.1", "localhost", *hosts))
             self.ssl = tls_client_context(ca=str(self.ca.cert_path))
         self.prefix = f"t{uuid.uuid4().hex[:8]}."
         self.procs: list[Proc] = []
@@ -313,6 +313,28 @@ class Network:
                     if (key is None or record.key == key) and record.value is not None:  # not tombstones
                         gate.window.load({})  # reading history again is not replaying it
                         found.append(gate.decode(record, int(time.time() * 1000)))
+            return found
+
+        return asyncio.run(read())
+
+    def raw_records(self, topic: Topic, *, key: str | None = None) -> list[bytes]:
+        """The raw values of ``topic`` so far (all partitions), as an eavesdropper sees them."""
+
+        async def read() -> list[bytes]:
+            partitions = await ensure_topics(self.settings)
+            ends = await end_offsets(self.settings, topic, list(range(partitions[topic])))
+            wanted = [(topic, p, OFFSET_BEGINNING) for p, end in ends.items() if end > 0]
+            found: list[bytes] = []
+            left = {p: end for p, end in ends.items() if end > 0}
+            if not wanted:
+                return found
+            async with BusConsumer(self.settings, wanted) as consumer:
+                while left:
+                    record = await asyncio.wait_for(consumer.__anext__(), HANG_GUARD_S)
+                    if record.offset + 1 >= left.get(record.partition, 0):
+                        left.pop(record.partition, None)
+                    if (key is None or record.key == key) and record.value is not None:
+                        found.append(record.value)
             return found
 
         return asyncio.run(read())

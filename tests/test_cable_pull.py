@@ -51,7 +51,9 @@ def net(tmp_path, hosts, broker):
     for name in hosts.names:  # a failed test must not leave the next one unplugged
         if not hosts.plugged(name):
             hosts.plug(name)
-    n = Network(str(tmp_path), broker.bootstrap)
+    # Release 2, as a real deployment runs: TLS to Central on its own host, authenticated
+    # monitor, sealed records between the engine and Central.
+    n = Network(str(tmp_path), broker.bootstrap, secure=True, hosts=(hosts.addr("central"),))
     yield n
     n.close()
 

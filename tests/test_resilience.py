@@ -12,6 +12,13 @@ from evproto.bus.broker import EmbeddedBroker
 from evproto.bus.events import DriverTelemetry, RequestUpdate, Ticket
 from netharness import KafkaDriver, Network, wait_for
 
+
+@pytest.fixture
+def net(secure_net: Network) -> Network:
+    """The crash cases run on release 2's network: authenticated monitors, sealed records
+    (a killed engine or monitor must come back to the keys it had, or get new ones)."""
+    return secure_net
+
 pytestmark = pytest.mark.slow
 
 
@@ -174,7 +181,7 @@ def test_broker_restart_daemons_reconnect_and_carry_on(tmp_path) -> None:
     broker = EmbeddedBroker()
     broker.start()
     port = broker.port
-    net = Network(str(tmp_path), broker.bootstrap)
+    net = Network(str(tmp_path), broker.bootstrap, secure=True)
     try:
         net.start_central("D001")
         engine, _ = net.start_cp("CP001")

@@ -211,3 +211,63 @@ def test_no_secret_reaches_a_log_the_api_or_the_audit_log(secure_net: Network) -
     audit = open(net.db + ".audit.jsonl", encoding="utf-8").read()
     for secret in secrets_:
         assert secret not in api and secret not in audit
+
+
+def test_replayed_tampered_and_foreign_sealed_records_are_refused(secure_net: Network) -> None:
+    """A captured sealed record replayed, one with a flipped bit, CP001's report sealed with
+    CP002's key, and one sealed with a revoked key: each refused, nothing changes, audited."""
+    from evproto.bus import seal
+    from evproto.bus.events import SupplyProgress
+    from evproto.daemons.central.keyring import KeyRing
+
+    net = secure_net
+    _, engines = two_cps(net)
+    driver = KafkaDriver(net, "D001")
+    full_supply(net, driver, "CP001", engines["CP001"])
+    sessions_before = net.get("/api/v1/sessions")
+    # 1. Replay: every record CP001's engine sent, and D001's request, written again as captured.
+    captured = net.raw_records(Topic.CP_EVENTS, key="CP001")
+    assert captured and all(seal.peek(v) is not None and not seal.peek(v).signed for v in captured)
+    assert all(b"energy_kwh" not in v and b"D001" not in v for v in captured), "cp-events travel sealed"
+    for value in captured:
+        net.forge(Topic.CP_EVENTS, "CP001", value)
+    for value in net.raw_records(Topic.DRIVER_REQUESTS, key="D001"):
+        net.forge(Topic.DRIVER_REQUESTS, "D001", value)
+    wait_for(lambda: net.status().get("records_refused_replayed", 0) >= len(captured) + 1, "replays refused")
+    # 2. Tampered: replayed with its counter pushed past the window (the header is
+    # authenticated), and with one bit of the ciphertext flipped as well.
+    env = seal.peek(captured[-1])
+    pos = len(env.header) - 8
+    bumped = bytearray(captured[-1])
+    bumped[pos:pos + 8] = (env.counter + 10**12).to_bytes(8, "big")
+    net.forge(Topic.CP_EVENTS, "CP001", bytes(bumped))
+    bumped[-20] ^= 0x01
+    bumped[pos:pos + 8] = (env.counter + 2 * 10**12).to_bytes(8, "big")
+    net.forge(Topic.CP_EVENTS, "CP001", bytes(bumped))
+    wait_for(lambda: net.status().get("records_refused_tampered", 0) >= 2, "the tampered records refused")
+    # 3. CP001's report sealed with CP002's (valid) key.
+    ring = KeyRing(net.db)
+    cp2 = ring.current_cp_key("CP002")
+    now = int(time.time() * 1000)
+    fake = SupplyProgress(cp_id="CP001", session_id=1, driver_id="D001", energy_kwh=5.0, amount_eur=1.5,
+                          power_kw=7.0, elapsed_s=10.0, ts_ms=now)
+    for record_key, value in (("CP001", seal.seal(cp2.key, cp2.key_id, encode_event(fake), topic="cp-events",
+                                                   record_key="CP001", event_type="supply_progress",
+                                                   counter=now * 1000)),):
+        net.forge(Topic.CP_EVENTS, record_key, value)
+    wait_for(lambda: net.status().get("records_refused_wrong_sender", 0) >= 1, "the foreign key refused")
+    # 4. A record sealed with a key revoked since.
+    old = ring.current_cp_key("CP002")
+    operator = net.make_token("operator", "olga")
+    assert net._request("POST", "/api/v1/cps/CP002/revoke", token=operator)[0] == 200
+    late = SupplyProgress(cp_id="CP002", session_id=1, driver_id="D001", energy_kwh=1.0, amount_eur=0.4,
+                          power_kw=7.0, elapsed_s=1.0, ts_ms=now)
+    net.forge(Topic.CP_EVENTS, "CP002", seal.seal(old.key, old.key_id, encode_event(late), topic="cp-events",
+                                                  record_key="CP002", event_type="supply_progress",
+                                                  counter=(now + 5000) * 1000))
+    wait_for(lambda: net.status().get("records_refused_revoked_key", 0) >= 1, "the revoked key refused")
+    assert net.get("/api/v1/sessions") == sessions_before
+    text = open(net.db + ".audit.jsonl", encoding="utf-8").read()
+    for why in ("replayed", "does not authenticate", "cannot report for", "revoked key"):
+        assert why in text, why
+    assert verify(net.db + ".audit.jsonl").ok

@@ -53,7 +53,7 @@ from evproto.bus.topics import Topic, partition_for, spec_for
 from evproto.idents import InvalidTextError, check_id, id_problem
 from evproto.ratelog import RateLimitedLog
 
-from .common import keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
+from .common import kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
 from evproto.bus.seal import SealError
 
 from .central.keyring import load_public_key
@@ -577,6 +577,7 @@ class Driver:
 @click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True)
 @click.option("--exit-when-done/--stay", default=None,
               help="After the requests file: exit (default when stdin is not a terminal) or keep running.")
+@kafka_config_options
 @click.option("--credentials", "credentials_path", envvar="EVPROTO_CREDENTIALS", default=None, metavar="FILE",
               help="This driver's key file (ev-central drivers add ID --credentials DIR writes it; 0600). "
               "[env EVPROTO_CREDENTIALS]")
@@ -588,7 +589,8 @@ class Driver:
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="ev-driver")
 def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, state_dir: str | None,
-         topic_prefix: str, exit_when_done: bool | None, credentials_path: str | None, insecure: bool,
+         topic_prefix: str, exit_when_done: bool | None, kafka_config: tuple[str, ...], kafka_config_file: str | None,
+         credentials_path: str | None, insecure: bool,
          ready_file: str | None, log_format: str, log_level: str) -> None:
     """A driver's app (EV_Driver).
 
@@ -637,7 +639,8 @@ def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, 
     stay = not exit_when_done if exit_when_done is not None else (sys.stdin is not None and sys.stdin.isatty())
     driver = Driver(
         driver_id=driver_id,
-        kafka=KafkaSettings(bootstrap=kafka, client_id=f"ev-driver-{driver_id}", prefix=topic_prefix),
+        kafka=KafkaSettings(bootstrap=kafka, client_id=f"ev-driver-{driver_id}", prefix=topic_prefix,
+                            extra=kafka_extra(kafka_config, kafka_config_file)),
         requests=requests,
         requests_source=os.path.abspath(requests_file) if requests_file else "",
         state_dir=state_dir or os.path.join(os.getcwd(), f"driver-state-{driver_id}"),

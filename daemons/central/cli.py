@@ -19,6 +19,7 @@ from evproto.idents import InvalidTextError
 from ..auditlog import AuditLog, read_entries
 from ..auditlog import verify as verify_audit
 from ..tokens import TokenRole, TokenStore
+from ..common import kafka_config_options, kafka_extra
 from ..common import keep_files_private, EXIT_UNAVAILABLE, raise_fd_limit, setup_logging, shutdown_event, tune_gc
 from .core import Rules
 from .store import Store
@@ -60,6 +61,7 @@ def _open_store(db: str) -> Store:
 @click.option("--max-cps", type=click.IntRange(min=1), default=100_000, show_default=True,
               help="Registered CPs at most; a registration beyond is refused.")
 @click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True)
+@kafka_config_options
 @click.option("--tls-cert", envvar="EVPROTO_CENTRAL_CERT", default=None, metavar="PEM",
               help="Central's TLS certificate (chain) for the monitors' socket and the HTTP API. "
               "[env EVPROTO_CENTRAL_CERT]")
@@ -78,7 +80,8 @@ def _open_store(db: str) -> Store:
 @click.pass_context
 def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, http_port: int, panel: bool | None,
          auto_register: bool, register_drivers: tuple[str, ...], answer_timeout_s: float, plug_timeout_s: float,
-         registrations_per_min: float, max_cps: int, topic_prefix: str, tls_cert: str | None, tls_key: str | None,
+         registrations_per_min: float, max_cps: int, topic_prefix: str, kafka_config: tuple[str, ...],
+         kafka_config_file: str | None, tls_cert: str | None, tls_key: str | None,
          audit_log: str | None, insecure: bool, ready_file: str | None, log_file: str | None, log_format: str,
          log_level: str) -> None:
     """Central (EV_Central): the control centre of the charging network.
@@ -125,7 +128,8 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
     store.close()
     opts = CentralOptions(
         db=db,
-        kafka=KafkaSettings(bootstrap=kafka, client_id="ev-central", prefix=topic_prefix),
+        kafka=KafkaSettings(bootstrap=kafka, client_id="ev-central", prefix=topic_prefix,
+                            extra=kafka_extra(kafka_config, kafka_config_file)),
         listen=f"{host}:{port}",
         http=f"{host}:{http_port}" if http_port >= 0 else None,
         rules=Rules(auto_register_cps=auto_register, answer_timeout_s=answer_timeout_s, plug_timeout_s=plug_timeout_s,

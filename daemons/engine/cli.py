@@ -14,7 +14,7 @@ from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.domain.chargepoint import AutoMode
 from evproto.errors import TransportError
 
-from ..common import keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
+from ..common import kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
 from .app import Engine, EngineOptions
 from .meter import SimulatedMeter
 
@@ -61,6 +61,7 @@ from .meter import SimulatedMeter
               "[env EVPROTO_STATE_DIR]")
 @click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True,
               help="Prefix of every Kafka topic. [env EVPROTO_TOPIC_PREFIX]")
+@kafka_config_options
 @click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
               help="Release 1's plaintext mode: commands are not checked and events not sealed. Only on a "
               "network you trust. [env EVPROTO_INSECURE]")
@@ -70,7 +71,8 @@ from .meter import SimulatedMeter
 @click.version_option(__version__, prog_name="evcp-engine")
 def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, baudrate: int | None,
          meter_address: str, meter_interval_s: float, meter_timeout_s: float, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,
-         supply_s: float, offline_supply: bool, state_dir: str | None, topic_prefix: str, insecure: bool,
+         supply_s: float, offline_supply: bool, state_dir: str | None, topic_prefix: str,
+         kafka_config: tuple[str, ...], kafka_config_file: str | None, insecure: bool,
          ready_file: str | None, log_format: str, log_level: str) -> None:
     """The engine of a charge point (EV_CP_E).
 
@@ -97,7 +99,8 @@ def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, b
     setup_logging("engine", level=log_level, fmt=log_format)
     port = listen.rsplit(":", 1)[-1]
     opts = EngineOptions(
-        kafka=KafkaSettings(bootstrap=kafka, client_id=f"evcp-engine-{port}", prefix=topic_prefix),
+        kafka=KafkaSettings(bootstrap=kafka, client_id=f"evcp-engine-{port}", prefix=topic_prefix,
+                            extra=kafka_extra(kafka_config, kafka_config_file)),
         listen=listen,
         state_dir=state_dir or os.path.join(os.getcwd(), f"engine-state-{port}"),
         auto=AutoMode(plug_delay_s=plug_delay_s, default_duration_s=supply_s) if auto else None,

@@ -142,12 +142,25 @@ def peek(value: bytes | None) -> Envelope | None:
     return Envelope(signed, event_type, key_id, counter, value[:pos], value[pos:pos + tail], value[pos + tail:])
 
 
+_AEADS: dict[bytes, AESGCM] = {}
+
+
+def _aead(key: bytes) -> AESGCM:
+    # One cipher object per key (a CP's or a driver's), not one per record; bounded.
+    aead = _AEADS.get(key)
+    if aead is None:
+        if len(_AEADS) >= 100_000:
+            _AEADS.clear()
+        aead = _AEADS[key] = AESGCM(key)
+    return aead
+
+
 def seal(key: bytes, key_id: str, plaintext: bytes, *, topic: str, record_key: str, event_type: str,
          counter: int, nonce: bytes | None = None) -> bytes:
     """Seal ``plaintext`` (an event's JSON) for ``topic``/``record_key`` under ``key``."""
     header = _header(SEALED_MAGIC, event_type, key_id, counter)
     nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
-    return header + nonce + AESGCM(key).encrypt(nonce, plaintext, _aad(header, topic, record_key))
+    return header + nonce + _aead(key).encrypt(nonce, plaintext, _aad(header, topic, record_key))
 
 
 def open_sealed(key: bytes, envelope: Envelope, *, topic: str, record_key: str) -> bytes:
@@ -155,7 +168,7 @@ def open_sealed(key: bytes, envelope: Envelope, *, topic: str, record_key: str) 
     if envelope.signed:
         raise SealError(Why.NOT_SEALED, "signed, not sealed")
     try:
-        return AESGCM(key).decrypt(envelope.nonce_or_signature, envelope.body,
+        return _aead(key).decrypt(envelope.nonce_or_signature, envelope.body,
                                    _aad(envelope.header, topic, record_key))
     except InvalidTag:
         raise SealError(Why.TAMPERED) from None

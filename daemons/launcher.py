@@ -998,13 +998,17 @@ def chaos(interval: float, duration: float, roles: str, down_min: float, down_ma
 @click.option("--driver-state", "driver_states", multiple=True, metavar="DIR",
               help="A driver's --state-dir (default ./driver-state-ID where it ran), or the "
               "driver-state.json in it; once per driver.")
-@click.option("--central-http", default=None, metavar="HOST:PORT",
+@click.option("--central-http", default=None, metavar="HOST:PORT|URL",
               help="Central's HTTP API, to compare its CP states with the engines'  "
               "[default with a run directory: the network's]")
+@click.option("--ca", envvar="EVPROTO_CA", default=None, metavar="PEM",
+              help="With --central-http over HTTPS: the network's CA. [env EVPROTO_CA]")
+@click.option("--token", envvar="EVPROTO_TOKEN", default=None, metavar="TOKEN",
+              help="With --central-http over HTTPS: a viewer (or better) token. [env EVPROTO_TOKEN]")
 @click.option("--in-progress", is_flag=True, help="The network is still busy: in-flight work is not a violation.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
 def audit(run_dir: str | None, db: str | None, engine_states: tuple[str, ...], driver_states: tuple[str, ...],
-          central_http: str | None, in_progress: bool, as_json: bool) -> None:
+          central_http: str | None, ca: str | None, token: str | None, in_progress: bool, as_json: bool) -> None:
     """Check the books: one ticket per supply, tickets equal what the engines metered.
 
     \b
@@ -1030,7 +1034,12 @@ def audit(run_dir: str | None, db: str | None, engine_states: tuple[str, ...], d
         central_http = central_http or reg.meta.get("http")
         api_headers, api_tls = _api_client(reg) if reg.meta.get("http") else ({}, None)
     else:
-        api_headers, api_tls = {}, None
+        api_headers = {"Authorization": f"Bearer {token}"} if token else {}
+        api_tls = None
+        if ca:
+            from evproto.aio import tls_client_context
+
+            api_tls = tls_client_context(ca=ca)
         if run_dir is not None:
             raise click.UsageError("--run-dir or --db, not both")
         try:

@@ -375,3 +375,25 @@ def audit_show(db: str, path: str | None, limit: int) -> None:
     for e in read_entries(path, limit=limit):
         click.echo(f"{e.get('ts')}  {e.get('outcome', ''):8} {e.get('actor')}  {e.get('source')}  "
                    f"{e.get('action')}  {e.get('object')}")
+
+
+@main.command("certs", context_settings=_SETTINGS)
+@click.option("--dir", "directory", required=True, metavar="DIR",
+              help="Where the CA and the certificates go (created 0700; keys 0600). An existing CA there is reused.")
+@click.option("--host", "hosts", multiple=True, required=True, metavar="NAME|IP",
+              help="A name or address clients use to reach Central and the registry (repeatable).")
+def certs(directory: str, hosts: tuple[str, ...]) -> None:
+    """Make the network's CA (once) and certificates for Central and the registry.
+
+    \b
+    Copy DIR/ca.pem to every host that reaches Central (monitors: --ca) or the
+    registry (curl --cacert); the .key files stay on Central's host.
+      ev-central certs --dir pki --host 192.168.1.20 --host central.example
+    """
+    from ..pki import CertificateAuthority
+
+    ca = CertificateAuthority.ensure(directory, name="evcharging network CA")
+    click.echo(f"CA: {ca.cert_path}")
+    for name in ("central", "registry"):
+        issued = ca.issue(name, directory, hosts=tuple(hosts))
+        click.echo(f"{name}: {issued.cert} (key {issued.key}), valid for {', '.join(hosts)}")

@@ -16,9 +16,13 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import Callable, TypeVar
+
 from .pki import write_private
 
-__all__ = ["CredentialsFileError", "CpCredentials", "DriverCredentials", "read_cp_credentials",
+T = TypeVar("T")
+
+__all__ = ["credentials_for_cli", "CredentialsFileError", "CpCredentials", "DriverCredentials", "read_cp_credentials",
            "read_driver_credentials", "write_driver_credentials", "write_cp_credentials"]
 
 
@@ -104,3 +108,27 @@ def read_driver_credentials(path: str, driver_id: str) -> DriverCredentials:
     if len(creds.key) != 32 or len(creds.central_key) != 32:
         raise CredentialsFileError(f"{path} holds keys of the wrong size")
     return creds
+
+
+def credentials_for_cli(prog: str, *, insecure: bool, path: str | None, read: Callable[[str], T], missing: str,
+                        plaintext: str) -> T | None:
+    """A program's ``--credentials`` / ``--insecure`` pair, as every daemon handles it: under
+    --insecure no file (and a warning, ``plaintext`` says what that means); otherwise the
+    file is required (``missing`` says how to get one) and read with ``read``. Exit 2 for a
+    missing option, 64 for a file that cannot be used, with one line each."""
+    import sys
+
+    import click
+
+    if insecure:
+        if path:
+            raise click.UsageError("--insecure uses no credentials: leave out --credentials")
+        click.echo(f"{prog}: WARNING: --insecure: {plaintext}", err=True)
+        return None
+    if not path:
+        raise click.UsageError(f"{missing}, or --insecure for release 1's plaintext mode")
+    try:
+        return read(path)
+    except CredentialsFileError as exc:
+        click.echo(f"{prog}: {exc}", err=True)
+        sys.exit(64)

@@ -57,7 +57,7 @@ from .common import kafka_config_options, kafka_extra, keep_files_private, EXIT_
 from evproto.bus.seal import SealError
 
 from .central.keyring import load_public_key
-from .credentials_file import CredentialsFileError, DriverCredentials, read_driver_credentials
+from .credentials_file import DriverCredentials, credentials_for_cli, read_driver_credentials
 from .gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, Owner, OwnerKind, RecordGate, RecordSealer
 from .readers import CentralWatch, RecordGuard
 
@@ -622,20 +622,11 @@ def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, 
         except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
             click.echo(f"ev-driver: {exc}", err=True)
             sys.exit(EXIT_USAGE)
-    credentials = None
-    if insecure:
-        if credentials_path:
-            raise click.UsageError("--insecure does not seal: leave out --credentials")
-        click.echo("ev-driver: WARNING: --insecure: requests are not sealed, news not checked", err=True)
-    else:
-        if not credentials_path:
-            raise click.UsageError("Central only serves drivers with a key: give --credentials FILE (ev-central "
-                                   "drivers add ID --credentials DIR), or --insecure for release 1's plaintext")
-        try:
-            credentials = read_driver_credentials(credentials_path, driver_id)
-        except CredentialsFileError as exc:
-            click.echo(f"ev-driver: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+    credentials = credentials_for_cli(
+        "ev-driver", insecure=insecure, path=credentials_path, read=lambda p: read_driver_credentials(p, driver_id),
+        missing="Central only serves drivers with a key: give --credentials FILE (ev-central drivers add ID "
+                "--credentials DIR)",
+        plaintext="requests are not sealed, news not checked")
     stay = not exit_when_done if exit_when_done is not None else (sys.stdin is not None and sys.stdin.isatty())
     driver = Driver(
         driver_id=driver_id,

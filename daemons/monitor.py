@@ -52,7 +52,7 @@ from evproto.bus.events import MAX_PRICE_EUR_KWH
 from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
 
 from .common import keep_files_private, EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
-from .credentials_file import CpCredentials, CredentialsFileError, read_cp_credentials
+from .credentials_file import CpCredentials, credentials_for_cli, read_cp_credentials
 
 #: How long Central has to challenge and answer once the link is open.
 AUTH_TIMEOUT_S = 15.0
@@ -382,20 +382,11 @@ def main(engine: str, central: str, cp_id: str, location: str, price: float | No
     except InvalidTextError as exc:
         click.echo(f"evcp-monitor: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    credentials = None
-    if insecure:
-        if credentials_path:
-            raise click.UsageError("--insecure does not authenticate: leave out --credentials")
-        click.echo("evcp-monitor: WARNING: --insecure: plaintext, not authenticated", err=True)
-    else:
-        if not credentials_path:
-            raise click.UsageError("Central authenticates charge points: give --credentials FILE (from the "
-                                   "registry), or --insecure for release 1's plaintext mode")
-        try:
-            credentials = read_cp_credentials(credentials_path, cp_id)
-        except CredentialsFileError as exc:
-            click.echo(f"evcp-monitor: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
+    credentials = credentials_for_cli(
+        "evcp-monitor", insecure=insecure, path=credentials_path, read=lambda p: read_cp_credentials(p, cp_id),
+        missing="Central authenticates charge points: give --credentials FILE (from the registry)",
+        plaintext="plaintext, not authenticated")
+    if credentials is not None:
         central = tls_address(central, ca)
     keep_files_private()
     setup_logging(cp_id, level=log_level, fmt=log_format)

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from evproto.bus.events import Event, RequestUpdate, SupplyRequest, Ticket, decode_event, encode_event
+from evproto.bus.events import Event, RequestUpdate, SupplyRequest, Ticket, encode_event
 from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, BusProducer, KafkaSettings, end_offsets, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 
@@ -477,3 +477,18 @@ def launcher_api(run_dir: str, path: str, *, method: str = "GET") -> Any:
         context = secrets.tls()
     with urllib.request.urlopen(request, timeout=5, context=context) as resp:
         return json.load(resp)
+
+
+def full_supply(net: Network, driver: KafkaDriver, cp_id: str, engine: Proc) -> Ticket:
+    """A request, authorisation, plug, unplug and ticket at ``cp_id``: the CP works."""
+    from evproto.bus.events import DriverTelemetry
+
+    rid = driver.request(cp_id)
+    sid = driver.wait_status(rid, "authorized").session_id
+    engine.send("p")
+    net.wait_state(cp_id, "SUPPLYING")
+    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.session_id == sid and e.energy_kwh > 0
+                         for e in driver.events()), "energy to flow")
+    engine.send("u")
+    driver.wait_status(rid, "completed")
+    return wait_for(lambda: next((t for t in driver.tickets() if t.request_id == rid), None), "the ticket")

@@ -31,7 +31,7 @@ def quiet(run_dir: str, requests: int) -> bool:
     return True
 
 
-@pytest.mark.timeout(300)  # a minute of chaos plus start, catch-up and audit: ~110 s here
+@pytest.mark.timeout(300)  # 40 s of chaos plus start, catch-up and audit: ~100 s here
 def test_chaos_then_every_invariant_holds(tmp_path) -> None:
     run_dir = str(tmp_path / "run")
     requests = 8
@@ -40,11 +40,11 @@ def test_chaos_then_every_invariant_holds(tmp_path) -> None:
                         capture_output=True, text=True, timeout=180)
     assert up.returncode == 0, up.stderr
     try:
-        chaos = subprocess.run([EV, "chaos", "--duration", "60", "--interval", "2.5", "--down-max", "5",
+        chaos = subprocess.run([EV, "chaos", "--duration", "40", "--interval", "1.8", "--down-max", "4",
                                 "--run-dir", run_dir, "--seed", "12"], capture_output=True, text=True, timeout=240)
         assert chaos.returncode == 0, chaos.stderr
         killed = {line.split()[2] for line in chaos.stdout.splitlines() if " killed " in line}
-        assert "central" in killed or len(killed) >= 10, chaos.stdout  # every role gets its share over 60 s
+        assert "central" in killed or len(killed) >= 10, chaos.stdout  # every role gets its share over 40 s
         wait_for(lambda: quiet(run_dir, requests), "the drivers to finish their files", timeout_s=240, interval_s=1)
         # Give the last reports time to reach Central and the outboxes time to drain.
         wait_for(lambda: subprocess.run([EV, "audit", "--run-dir", run_dir], capture_output=True).returncode == 0,

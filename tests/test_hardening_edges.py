@@ -514,7 +514,7 @@ def test_an_unreadable_state_file_is_a_clear_refusal_not_a_traceback(net: Networ
     name = "engine-state.json" if program == "engine" else "driver-state.json"
     (state_dir / name).write_bytes(content.encode("latin-1") if content.startswith("\xff") else content.encode())
     args = (["evcp-engine", "--kafka", net.bootstrap, "--listen", "127.0.0.1:0"] if program == "engine"
-            else ["ev-driver", "--kafka", net.bootstrap, "--id", "D001", "--exit-when-done"])
+            else ["ev-driver", "--kafka", net.bootstrap, "--id", "D001", "--exit-when-done", "--insecure"])
     r = run(os.path.join(BIN, args[0]), *args[1:], "--state-dir", str(state_dir), timeout=60)
     assert r.returncode == 65, (r.returncode, r.stderr[-2000:])
     assert name in r.stderr and "move it aside" in r.stderr and "Traceback" not in r.stderr

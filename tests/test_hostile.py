@@ -14,9 +14,8 @@ import time
 
 import pytest
 
-from evproto.bus.events import DriverTelemetry, Ticket
 from evproto.bus.topics import Topic
-from netharness import KafkaDriver, Network, Proc, wait_for
+from netharness import KafkaDriver, Network, Proc, full_supply, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -31,19 +30,6 @@ def two_cps(net: Network) -> tuple[Proc, dict[str, Proc]]:
     for cp_id in engines:
         net.wait_state(cp_id, "ACTIVATED")
     return central, engines
-
-
-def full_supply(net: Network, driver: KafkaDriver, cp_id: str, engine: Proc) -> Ticket:
-    """A request, authorisation, plug, unplug and ticket at ``cp_id``: the CP works."""
-    rid = driver.request(cp_id)
-    sid = driver.wait_status(rid, "authorized").session_id
-    engine.send("p")
-    net.wait_state(cp_id, "SUPPLYING")
-    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.session_id == sid and e.energy_kwh > 0
-                         for e in driver.events()), "energy to flow")
-    engine.send("u")
-    driver.wait_status(rid, "completed")
-    return wait_for(lambda: next((t for t in driver.tickets() if t.request_id == rid), None), "the ticket")
 
 
 def dead_letter(net: Network, says: str) -> dict:

@@ -120,7 +120,7 @@ def test_closing_the_terminal_stops_every_instance(tmp_path) -> None:
     try:
         wait_for(lambda: term.shows(b"EV Charging Network") and len(alive(run_dir)) == 14,
                  "14 instances (with the registry) and the panel", timeout_s=150)
-        term.run_for(10)
+        term.run_for(4)
         term.close_window()
         wait_for(term.exited, "the launcher to exit", timeout_s=120)
         assert alive(run_dir) == [], "still running after the terminal closed"

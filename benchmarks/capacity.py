@@ -87,8 +87,13 @@ def machine_busy() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
+#: Release 2: the token and CA Central's API wants (set by measure()).
+_API: dict[str, Any] = {"headers": {}, "context": None}
+
+
 def http_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    request = urllib.request.Request(url, headers=_API["headers"])
+    with urllib.request.urlopen(request, timeout=10, context=_API["context"]) as resp:
         return json.load(resp)
 
 
@@ -99,18 +104,34 @@ def http_json(url: str) -> Any:
 # network: one Python process holding all of them would measure its own GIL.
 
 
-def _monitors_main(central: str, cp_ids: list[str], conn: Connection) -> None:
-    """N monitor links to Central (keepalive 1 s), held until told to stop."""
+def _monitors_main(central: str, cp_ids: list[str], secrets: dict[str, str] | None, conn: Connection) -> None:
+    """N monitor links to Central (keepalive 1 s), held until told to stop. With ``secrets``
+    (release 2), each proves its CP's credentials over TLS as the real monitor does."""
     if raise_fd_limit() < len(cp_ids) + 100:
         raise SystemExit(f"open files limit too low for {len(cp_ids)} links: raise it with ulimit -n")
 
     async def run() -> None:
+        from evproto import AuthChallenge, AuthProof, AuthResult, auth
+
         config = LinkConfig(handshake_timeout_s=30.0)
         links: list[Any] = []
 
         async def one(cp_id: str) -> None:
-            hello = Hello(role=Role.MONITOR, node_id=cp_id, keepalive_ms=1000, location="bench", price_eur_kwh=0.30)
-            links.append(await open_link(central, hello=hello, config=config))
+            session = auth.ClientSession(cp_id, secrets[cp_id]) if secrets else None
+            hello = Hello(role=Role.MONITOR, node_id=cp_id, keepalive_ms=1000, location="bench", price_eur_kwh=0.30,
+                          credentials=session.start() if session else b"")
+            link = await open_link(central, hello=hello, config=config)
+            if session is not None:
+                async for event in link.messages:
+                    if isinstance(event.message, AuthChallenge):
+                        m = event.message
+                        await link.respond(event, AuthProof(proof=session.answer(auth.Challenge(
+                            salt=m.salt, log2_n=m.log2_n, r=m.r, p=m.p, server_nonce=m.server_nonce))))
+                    elif isinstance(event.message, AuthResult):
+                        session.finish(event.message.signature, key_id=event.message.key_id,
+                                       wrapped_key=event.message.wrapped_key, verify_key=event.message.verify_key)
+                        break
+            links.append(link)
 
         for i in range(0, len(cp_ids), 100):
             await asyncio.gather(*(one(c) for c in cp_ids[i : i + 100]))
@@ -124,10 +145,13 @@ def _monitors_main(central: str, cp_ids: list[str], conn: Connection) -> None:
     asyncio.run(run())
 
 
-def _drivers_main(settings: KafkaSettings, partitions: int, measuring: Any, conn: Connection) -> None:
-    """Every driver's events (one consumer on all driver-events partitions): telemetry latency."""
+def _drivers_main(settings: KafkaSettings, partitions: int, measuring: Any, db: str | None,
+                  conn: Connection) -> None:
+    """Every driver's events (one consumer on all driver-events partitions): telemetry latency.
+    With ``db`` (release 2) they are opened with the drivers' keys, as each driver's app does."""
 
     async def run() -> None:
+        decode = _decoder(db)
         latencies: list[float] = []
         to_central: list[float] = []  # engine produced -> Central relays (the record's timestamp)
         from_central: list[float] = []  # Central relays -> driver has it
@@ -148,7 +172,7 @@ def _drivers_main(settings: KafkaSettings, partitions: int, measuring: Any, conn
                     continue
                 now = time.time() * 1000
                 for record in batch.result():
-                    ev = decode_event(record.value)
+                    ev = decode(record)
                     if isinstance(ev, DriverTelemetry):
                         latencies.append(now - ev.produced_ts_ms)
                         to_central.append(record.timestamp_ms - ev.produced_ts_ms)
@@ -156,6 +180,17 @@ def _drivers_main(settings: KafkaSettings, partitions: int, measuring: Any, conn
         conn.send((latencies, to_central, from_central))
 
     asyncio.run(run())
+
+
+def _decoder(db: str | None) -> Any:
+    """Record -> event: plain JSON, or (with Central's database) through the release-2 gate."""
+    if db is None:
+        return lambda record: decode_event(record.value)
+    from evproto.daemons.central.keyring import KeyRing
+    from evproto.daemons.gate import RecordGate
+
+    gate = RecordGate(KeyRing(db))
+    return lambda record: gate.decode(record, int(time.time() * 1000))
 
 
 def _bare_main(bootstrap: str, topic: str, partitions: int, measuring: Any, conn: Connection) -> None:
@@ -222,8 +257,31 @@ class Child:
 class Engines:
     """The simulated engines (this process): answer authorisations, report telemetry at 1 Hz."""
 
-    def __init__(self, settings: KafkaSettings, cp_ids: list[str], partitions: dict[Topic, int]) -> None:
+    def __init__(self, settings: KafkaSettings, cp_ids: list[str], partitions: dict[Topic, int],
+                 db: str | None = None) -> None:
         self.settings = settings
+        self.db = db
+        self.decode = _decoder(None)
+        self.sealer: Any = None
+        if db is not None:  # release 2: seal with each CP's key (and each driver's, for requests)
+            from evproto.daemons.central.keyring import KeyRing
+            from evproto.daemons.gate import RecordGate, RecordSealer
+
+            ring = KeyRing(db)
+            gate = RecordGate(ring)
+            self.decode = lambda record: gate.decode(record, int(time.time() * 1000))
+            cache: dict[str, tuple[str, bytes]] = {}
+
+            def key_for(topic: Topic, record_key: str) -> tuple[str, bytes]:
+                got = cache.get(record_key)
+                if got is None:
+                    grant = ring.current_cp_key(record_key) if topic is Topic.CP_EVENTS else ring.driver_key(record_key)
+                    assert grant is not None, record_key
+                    got = cache[record_key] = (grant.key_id, grant.key)
+                return got
+
+            self.ring = ring
+            self.sealer = RecordSealer(sealing_key=key_for)
         self.cp_ids = cp_ids
         self.cp_set = set(cp_ids)
         self.partitions = partitions
@@ -238,7 +296,9 @@ class Engines:
         async with BusConsumer(self.settings, assignments) as consumer:
             while True:
                 for record in await consumer.next_batch(1000):
-                    ev = decode_event(record.value)
+                    if record.key not in self.cp_set:
+                        continue
+                    ev = self.decode(record)
                     if isinstance(ev, AuthorizeCommand) and ev.cp_id in self.cp_set:
                         now = int(time.time() * 1000)
                         self.send(Topic.CP_EVENTS, ev.cp_id, AuthorizationAnswer(
@@ -248,7 +308,10 @@ class Engines:
                         self.supplying[ev.cp_id] = (ev.session_id, ev.driver_id)
 
     def send(self, topic: Topic, key: str, event: Any) -> None:
-        self.producer.post(topic, key, encode_event(event), partition=partition_for(key, self.partitions[topic]))
+        value = encode_event(event)
+        if self.sealer is not None:
+            value = self.sealer.wrap(topic, key, value, event_type=event.TYPE)
+        self.producer.post(topic, key, value, partition=partition_for(key, self.partitions[topic]))
 
     def burst(self, seconds: int) -> int:
         """``seconds`` readings from every supplying CP, posted at once; returns how many."""
@@ -360,6 +423,38 @@ async def catch_up(args: argparse.Namespace, engines: Engines, db: str, settings
             "central_vs_bare": round(central_rate / bare_rate, 3) if bare_rate else None}
 
 
+def _secure_setup(db: str, workdir: str, prefix: str, cp_ids: list[str], drivers: list[str]) -> tuple[list[str], Any]:
+    """Release 2 for a run: a CA and Central's certificate, every CP registered (cheap scrypt:
+    the registry's cost is not what is measured), every driver given a key, a viewer token."""
+    from pathlib import Path as _Path
+
+    from evproto.aio import tls_client_context
+    from evproto.daemons.central.keyring import KeyRing
+    from evproto.daemons.credentials import CredentialStore
+    from evproto.daemons.credentials_file import write_cp_credentials
+    from evproto.daemons.pki import CertificateAuthority
+    from evproto.daemons.tokens import TokenRole, TokenStore
+
+    pki = os.path.join(workdir, f"{prefix}pki")
+    ca = CertificateAuthority.ensure(pki)
+    cert = ca.issue("central", pki, hosts=("127.0.0.1",))
+    creds = CredentialStore(db, params=(10, 8, 1))
+    cps = {cp: creds.register(cp, "bench", by="capacity") for cp in cp_ids}
+    creds.close()
+    ring = KeyRing(db)
+    for d in drivers:
+        ring.issue_driver_key(d)
+    ring.close()
+    tokens = TokenStore(db)
+    token, _ = tokens.create(TokenRole.VIEWER, "capacity")
+    tokens.close()
+    _API["headers"] = {"Authorization": f"Bearer {token}"}
+    _API["context"] = tls_client_context(ca=str(ca.cert_path))
+    real = str(write_cp_credentials(_Path(pki) / "CPREAL.json", "CPREAL", cps.pop("CPREAL")))
+    return (["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)],
+            {"ca": str(ca.cert_path), "cps": cps, "real": real})
+
+
 async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker_pid: int | None) -> dict[str, Any]:
     prefix = f"cap{random.getrandbits(24):06x}."
     settings = KafkaSettings(bootstrap=bootstrap, client_id="capacity", prefix=prefix)
@@ -369,6 +464,10 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
     drivers = [f"D{i:05d}" for i in range(n_drivers)] + ["DREAL"]
     subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", db, "drivers", "add", *drivers],
                    check=True, capture_output=True)
+    security, secrets = ["--insecure"], None
+    if args.secure:
+        security, secrets = _secure_setup(db, workdir, prefix, [f"CP{i:05d}" for i in range(args.cps)] + ["CPREAL"],
+                                          drivers)
     ready = os.path.join(workdir, f"{prefix}ready.json")
     env = {**os.environ, "EVPROTO_TOPIC_PREFIX": prefix}
     log = open(os.path.join(workdir, f"{prefix}central.log"), "wb")
@@ -376,7 +475,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
                                 "--port", "0", "--http-port", "0", "--host", "127.0.0.1", "--no-panel",
                                 "--ready-file", ready, "--answer-timeout-s", "120", "--plug-timeout-s", "600",
                                 "--registrations-per-min", "1000000",  # the bench registers every CP at once
-                                "--insecure",  # release 1's plaintext: the secure run is not built yet
+                                *security,
                                 "--log-format", "text", "--log-level", "warning"],
                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
     procs = [central]
@@ -390,25 +489,29 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
                 raise RuntimeError(f"Central exited; see {log.name}")
             await asyncio.sleep(0.05)
         info = json.loads(Path(ready).read_text())
-        http = f"http://{info['http']}/api/v1"
+        http = f"{'https' if args.secure else 'http'}://{info['http']}/api/v1"
         cp_ids = [f"CP{i:05d}" for i in range(args.cps)]
-        engines = Engines(settings, cp_ids, partitions)
+        engines = Engines(settings, cp_ids, partitions, db if args.secure else None)
         await engines.producer.start()
         t0 = time.monotonic()
         say(args, f"connecting {args.cps} monitors...")
-        monitors = Child(_monitors_main, info["listen"], cp_ids)
-        drivers_proc = Child(_drivers_main, settings, partitions[Topic.DRIVER_EVENTS], measuring)
+        central_url = f"tls://{info['listen']}?ca={secrets['ca']}" if secrets else info["listen"]
+        monitors = Child(_monitors_main, central_url, cp_ids, secrets["cps"] if secrets else None)
+        drivers_proc = Child(_drivers_main, settings, partitions[Topic.DRIVER_EVENTS], measuring,
+                             db if args.secure else None)
         bare = Child(_bare_main, bootstrap, settings.topic(Topic.CP_EVENTS), partitions[Topic.CP_EVENTS], measuring)
         children += [monitors, drivers_proc, bare]
-        connected = await monitors.recv(120)
+        connected = await monitors.recv(300)
         say(args, f"{connected} monitors connected in {time.monotonic() - t0:.1f} s")
+        if args.secure:
+            engines.ring.reload()  # the keys Central granted the monitors just now
         # One real charge point (engine + monitor processes) supplying alongside, for their memory.
         real_state = os.path.join(workdir, f"{prefix}engine-state")
         engine_ready = os.path.join(workdir, f"{prefix}engine.json")
         engine = subprocess.Popen([sys.executable, "-m", "evproto.daemons.engine", "--kafka", bootstrap, "--listen",
                                    "127.0.0.1:0", "--auto", "--plug-delay-s", "0.5", "--supply-s", "3600",
                                    "--state-dir", real_state, "--ready-file", engine_ready, "--log-level", "warning",
-                                   "--insecure"],
+                                   *(["--insecure"] if not args.secure else [])],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         procs.append(engine)
         while not os.path.exists(engine_ready):
@@ -418,7 +521,9 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         engine_listen = json.loads(Path(engine_ready).read_text())["listen"]
         monitor = subprocess.Popen([sys.executable, "-m", "evproto.daemons.monitor", "--engine", engine_listen,
                                     "--central", info["listen"], "--id", "CPREAL", "--location", "bench", "--price", "0.3",
-                                    "--log-level", "warning", "--insecure"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    "--log-level", "warning",
+                                    *(["--credentials", secrets["real"], "--ca", secrets["ca"]] if secrets else
+                                      ["--insecure"])], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, env=env)
         procs.append(monitor)
         tasks = [asyncio.ensure_future(engines.run_engines()), asyncio.ensure_future(engines.telemetry())]
@@ -580,6 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst", type=float, default=20.0, help="after the window: this many seconds of telemetry "
                     "posted at once, drained by Central and by a bare loop (saturated throughput); 0: skip")
     ap.add_argument("--kafka", default=None, help="use this broker instead of starting the embedded one")
+    ap.add_argument("--secure", action="store_true", help="release 2: TLS, authenticated monitors, sealed and "
+                    "signed records (the default network); without it release 1's plaintext")
     ap.add_argument("--sweep", default=None, help="comma-separated CP counts, one run each (the knee)")
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     ap.add_argument("--write", metavar="FILE", help="put the results table between <!-- bench:capacity --> markers")
@@ -629,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}: `python benchmarks/capacity.py "
         + (f"--sweep {args.sweep}" if args.sweep else f"--cps {args.cps}") + f" --duration {args.duration:g}"
         + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (f" --burst {args.burst:g}" if args.burst != 20 else "")
+        + (" --secure" if args.secure else "")
         + "` (a fresh embedded broker for each run).",
         "",
         "| CPs supplying | telemetry in / out per s | latency p50 / p99 | p99 to / from Central | Central CPU | "
@@ -655,7 +763,8 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        write_section(Path(args.write), "capacity", table)
+        write_section(Path(args.write), "capacity-secure" if args.secure else "capacity", table,
+                      intro="## Capacity in release 2 (secure mode)\n\n" if args.secure else "")
     if args.json:
         print(json.dumps(results[-1]))
     return 0

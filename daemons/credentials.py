@@ -77,6 +77,9 @@ class CredentialStore:
         except auth.AuthError:
             return None
 
+    def registered_ids(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT cp_id FROM cp_credentials")}
+
     def get(self, cp_id: str) -> dict[str, object] | None:
         row = self._db.execute("SELECT cp_id, location, registered_ts_ms, registered_by FROM cp_credentials "
                                "WHERE cp_id = ?", (cp_id,)).fetchone()

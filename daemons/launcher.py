@@ -418,10 +418,9 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
             reg.meta.update(central=central_addr, http=http_addr)
             reg.save()
             cp_ids = [f"CP{i:03d}" for i in range(1, cps + 1)]
-            for n, cp_id in enumerate(cp_ids):
-                add_cp(reg, cp_id, _LOCATIONS[n % len(_LOCATIONS)], round(rng.uniform(0.25, 0.55), 2))
-            for d in driver_ids:
-                add_driver(reg, d, rng, requests_per_driver, cp_ids)
+            add_cps(reg, [(cp_id, _LOCATIONS[n % len(_LOCATIONS)], round(rng.uniform(0.25, 0.55), 2))
+                          for n, cp_id in enumerate(cp_ids)])
+            add_drivers(reg, driver_ids, rng, requests_per_driver, cp_ids)
             _say(f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP {_api_base(reg)}/cps, "
                  f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}")
             if insecure:
@@ -575,58 +574,85 @@ def _pin(inst: Instance, option: str, value: str) -> None:
 
 def add_cp(reg: Registry, cp_id: str, location: str, price: float) -> None:
     """Start an engine (on a free port) and its monitor for ``cp_id``."""
-    base = os.path.join(reg.run_dir, "cp", cp_id)
-    engine = Instance(
-        name=f"engine-{cp_id}", role="engine", id=cp_id, log=os.path.join(base, "engine.log"),
-        ready=os.path.join(base, "engine.ready.json"),
-        argv=_daemon("engine", "--kafka", reg.meta["kafka"], "--listen", "127.0.0.1:0", "--auto",
-                     "--time-scale", str(reg.meta.get("time_scale", 1.0)), "--power-kw", str(reg.meta.get("power_kw", 22.0)),
-                     "--state-dir", os.path.join(base, "engine-state"), "--ready-file", os.path.join(base, "engine.ready.json"),
-                     *_security_args(reg)),
-    )
-    reg.start(engine)
-    listen = reg.wait_ready(engine)["listen"]
-    _pin(engine, "--listen", listen)  # a restarted engine keeps the port its monitor knows
-    reg.save()
-    security = _security_args(reg)
-    if _secure(reg):
-        from .netsecrets import NetworkSecrets, RegistryError
-        from .tokens import TokenRole
+    add_cps(reg, [(cp_id, location, price)])
 
-        secrets = NetworkSecrets(reg.run_dir)
-        try:
-            creds = secrets.register_cp(reg.meta["registry"], secrets.token(_db(reg), TokenRole.INSTALLER), cp_id,
-                                        location)
-        except RegistryError as exc:
-            raise click.ClickException(f"cannot register {cp_id}: {exc}") from None
-        security = ["--credentials", creds, "--ca", secrets.ca_path]
-    monitor = Instance(
-        name=f"monitor-{cp_id}", role="monitor", id=cp_id, log=os.path.join(base, "monitor.log"),
-        ready=os.path.join(base, "monitor.ready.json"),
-        argv=_daemon("monitor", "--engine", listen, "--central", reg.meta["central"], "--id", cp_id,
-                     "--location", location, "--price", str(price), "--ready-file", os.path.join(base, "monitor.ready.json"),
-                     *security),
-    )
-    reg.start(monitor)
-    reg.wait_ready(monitor)
+
+def add_cps(reg: Registry, cps: list[tuple[str, str, float]]) -> None:
+    """Start an engine and a monitor for each (id, location, price): every engine at once,
+    then (their ports known) every monitor at once; each phase waits for all of them."""
+    engines = []
+    for cp_id, _, _ in cps:
+        base = os.path.join(reg.run_dir, "cp", cp_id)
+        engine = Instance(
+            name=f"engine-{cp_id}", role="engine", id=cp_id, log=os.path.join(base, "engine.log"),
+            ready=os.path.join(base, "engine.ready.json"),
+            argv=_daemon("engine", "--kafka", reg.meta["kafka"], "--listen", "127.0.0.1:0", "--auto",
+                         "--time-scale", str(reg.meta.get("time_scale", 1.0)),
+                         "--power-kw", str(reg.meta.get("power_kw", 22.0)),
+                         "--state-dir", os.path.join(base, "engine-state"),
+                         "--ready-file", os.path.join(base, "engine.ready.json"), *_security_args(reg)),
+        )
+        engines.append(reg.start(engine))
+    listens = []
+    for engine in engines:
+        listen = reg.wait_ready(engine)["listen"]
+        _pin(engine, "--listen", listen)  # a restarted engine keeps the port its monitor knows
+        listens.append(listen)
+    reg.save()
+    monitors = []
+    for (cp_id, location, price), listen in zip(cps, listens):
+        base = os.path.join(reg.run_dir, "cp", cp_id)
+        monitor = Instance(
+            name=f"monitor-{cp_id}", role="monitor", id=cp_id, log=os.path.join(base, "monitor.log"),
+            ready=os.path.join(base, "monitor.ready.json"),
+            argv=_daemon("monitor", "--engine", listen, "--central", reg.meta["central"], "--id", cp_id,
+                         "--location", location, "--price", str(price),
+                         "--ready-file", os.path.join(base, "monitor.ready.json"), *_monitor_security(reg, cp_id, location)),
+        )
+        monitors.append(reg.start(monitor))
+    for monitor in monitors:
+        reg.wait_ready(monitor)
+
+
+def _monitor_security(reg: Registry, cp_id: str, location: str) -> list[str]:
+    """--insecure, or the CP's credentials (registered at the registry now if need be) and the CA."""
+    if not _secure(reg):
+        return ["--insecure"]
+    from .netsecrets import NetworkSecrets, RegistryError
+    from .tokens import TokenRole
+
+    secrets = NetworkSecrets(reg.run_dir)
+    try:
+        creds = secrets.register_cp(reg.meta["registry"], secrets.token(_db(reg), TokenRole.INSTALLER), cp_id, location)
+    except RegistryError as exc:
+        raise click.ClickException(f"cannot register {cp_id}: {exc}") from None
+    return ["--credentials", creds, "--ca", secrets.ca_path]
 
 
 def add_driver(reg: Registry, driver_id: str, rng: random.Random, count: int, cp_ids: list[str]) -> None:
     """Start driver ``driver_id`` with a fresh requests file of ``count`` supplies."""
-    base = os.path.join(reg.run_dir, "drivers", driver_id)
-    makedirs(base)
-    requests = os.path.join(base, "requests.txt")
-    if not os.path.exists(requests):
-        write_requests_file(requests, cp_ids, count, rng)
-    inst = Instance(
-        name=f"driver-{driver_id}", role="driver", id=driver_id, log=os.path.join(base, "driver.log"),
-        ready=os.path.join(base, "ready.json"),
-        argv=_daemon("driver", "--kafka", reg.meta["kafka"], "--id", driver_id, "--requests", requests, "--stay",
-                     "--state-dir", os.path.join(base, "state"), "--ready-file", os.path.join(base, "ready.json"),
-                     *_driver_security(reg, driver_id)),
-    )
-    reg.start(inst)
-    reg.wait_ready(inst)
+    add_drivers(reg, [driver_id], rng, count, cp_ids)
+
+
+def add_drivers(reg: Registry, driver_ids: list[str], rng: random.Random, count: int, cp_ids: list[str]) -> None:
+    """Start every driver at once, each with a fresh requests file of ``count`` supplies; wait for all."""
+    started = []
+    for driver_id in driver_ids:
+        base = os.path.join(reg.run_dir, "drivers", driver_id)
+        makedirs(base)
+        requests = os.path.join(base, "requests.txt")
+        if not os.path.exists(requests):
+            write_requests_file(requests, cp_ids, count, rng)
+        inst = Instance(
+            name=f"driver-{driver_id}", role="driver", id=driver_id, log=os.path.join(base, "driver.log"),
+            ready=os.path.join(base, "ready.json"),
+            argv=_daemon("driver", "--kafka", reg.meta["kafka"], "--id", driver_id, "--requests", requests, "--stay",
+                         "--state-dir", os.path.join(base, "state"), "--ready-file", os.path.join(base, "ready.json"),
+                         *_driver_security(reg, driver_id)),
+        )
+        started.append(reg.start(inst))
+    for inst in started:
+        reg.wait_ready(inst)
 
 
 def _driver_security(reg: Registry, driver_id: str) -> list[str]:

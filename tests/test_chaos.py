@@ -34,7 +34,7 @@ def quiet(run_dir: str, requests: int) -> bool:
 @pytest.mark.timeout(300)  # 40 s of chaos plus start, catch-up and audit: ~100 s here
 def test_chaos_then_every_invariant_holds(tmp_path) -> None:
     run_dir = str(tmp_path / "run")
-    requests = 8
+    requests = 5
     up = subprocess.run([EV, "up", "--detach", "--cps", "5", "--drivers", "3", "--requests", str(requests),
                          "--run-dir", run_dir, "--http-port", "0", "--seed", "11"],
                         capture_output=True, text=True, timeout=180)

@@ -13,7 +13,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 
@@ -87,17 +86,33 @@ def test_a_database_from_before_topic_ids_is_migrated(tmp_path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_up_again_in_the_same_run_dir_serves_new_requests(tmp_path) -> None:
-    """The user report: up, some supplies, down, up again. The new broker is empty; Central,
-    engines and drivers resume offsets from the old logs and must resync, not wait forever."""
+def test_the_broker_killed_then_the_network_downed_and_upped_again_carries_on(tmp_path) -> None:
+    """Two user reports on one network (one start saved): `evcharging kill broker` then `start
+    broker`, nothing else restarted, supplies go on, every started supply billed once; then
+    down and up again in the same run directory: the new broker is empty, Central, engines and
+    drivers resume offsets from the old logs and must resync, not wait forever."""
     run_dir = str(tmp_path / "run")
     args = ["--detach", "--cps", "2", "--drivers", "2", "--requests", "40", "--run-dir", run_dir,
-            "--http-port", "0", "--seed", "7"]
+            "--http-port", "0", "--seed", "9"]
     up = ev("up", *args)
     assert up.returncode == 0, up.stderr
     try:
         http = http_of(run_dir)
-        wait_for(lambda: len(completed_after(http, 0)) >= 3, "a few completed supplies", timeout_s=120, interval_s=1)
+        wait_for(lambda: len(completed_after(http, 0)) >= 2, "some completed supplies", timeout_s=120, interval_s=1)
+        pids = {r["name"]: r["pid"] for r in json.loads(ev("ps", "--run-dir", run_dir, "--json").stdout)}
+        # The soak benchmark kills it repeatedly (docs/resilience.md); once here.
+        assert ev("kill", "broker", "--run-dir", run_dir).returncode == 0
+        started = ev("start", "broker", "--run-dir", run_dir)
+        assert started.returncode == 0, started.stderr
+        last_id = max(s["id"] for s in sessions(http))
+        wait_for(lambda: len({s["driver_id"] for s in completed_after(http, last_id)}) == 2,
+                 "both drivers' supplies to complete after the broker restart", timeout_s=180, interval_s=1)
+        rows = json.loads(ev("ps", "--run-dir", run_dir, "--json").stdout)
+        assert all(r["alive"] for r in rows)
+        assert {r["name"]: r["pid"] for r in rows if r["role"] != "broker"} == \
+            {n: p for n, p in pids.items() if n != "broker"}, "nothing but the broker was restarted"
+        report = json.loads(ev("audit", "--run-dir", run_dir, "--in-progress", "--json").stdout)
+        assert report["ok"], report["violations"]
     finally:
         down = ev("down", "--run-dir", run_dir)
     assert down.returncode == 0, down.stderr
@@ -110,7 +125,6 @@ def test_up_again_in_the_same_run_dir_serves_new_requests(tmp_path) -> None:
     again = ev("up", *args)
     assert again.returncode == 0, again.stderr
     try:
-        http = http_of(run_dir)
         # New requests reach Central and complete: drivers and engines resynced as well.
         done = wait_for(lambda: len({s["driver_id"] for s in completed_after(http, last_id)}) == 2
                         and completed_after(http, last_id), "both drivers' new supplies to complete",
@@ -120,36 +134,6 @@ def test_up_again_in_the_same_run_dir_serves_new_requests(tmp_path) -> None:
             assert "Kafka lost its log of driver-requests" in fh.read()
         audit = ev("audit", "--run-dir", run_dir, "--in-progress", "--json")
         assert json.loads(audit.stdout)["ok"], audit.stdout
-    finally:
-        ev("down", "--run-dir", run_dir)
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_broker_killed_and_started_again_the_network_carries_on(tmp_path) -> None:
-    """`evcharging kill broker` then `evcharging start broker`, nothing else restarted: supplies
-    go on and every started supply is billed once."""
-    run_dir = str(tmp_path / "run")
-    up = ev("up", "--detach", "--cps", "2", "--drivers", "2", "--requests", "40", "--run-dir", run_dir,
-            "--http-port", "0", "--seed", "9")
-    assert up.returncode == 0, up.stderr
-    try:
-        http = http_of(run_dir)
-        wait_for(lambda: len(completed_after(http, 0)) >= 2, "some completed supplies", timeout_s=120, interval_s=1)
-        pids = {r["name"]: r["pid"] for r in json.loads(ev("ps", "--run-dir", run_dir, "--json").stdout)}
-        for _ in range(1):  # one kill and start; the soak benchmark kills it repeatedly (docs/resilience.md)
-            assert ev("kill", "broker", "--run-dir", run_dir).returncode == 0
-            started = ev("start", "broker", "--run-dir", run_dir)
-            assert started.returncode == 0, started.stderr
-            last_id = max(s["id"] for s in sessions(http))
-            wait_for(lambda: len({s["driver_id"] for s in completed_after(http, last_id)}) == 2,
-                     "both drivers' supplies to complete after the broker restart", timeout_s=180, interval_s=1)
-        rows = json.loads(ev("ps", "--run-dir", run_dir, "--json").stdout)
-        assert all(r["alive"] for r in rows)
-        assert {r["name"]: r["pid"] for r in rows if r["role"] != "broker"} == \
-            {n: p for n, p in pids.items() if n != "broker"}, "nothing but the broker was restarted"
-        report = json.loads(ev("audit", "--run-dir", run_dir, "--in-progress", "--json").stdout)
-        assert report["ok"], report["violations"]
     finally:
         ev("down", "--run-dir", run_dir)
 

@@ -251,3 +251,28 @@ def test_replayed_tampered_and_foreign_sealed_records_are_refused(secure_net: Ne
     for why in ("replayed", "does not authenticate", "cannot report for", "revoked key"):
         assert why in text, why
     assert verify(net.db + ".audit.jsonl").ok
+
+
+def test_unregistering_at_the_registry_ends_a_connected_cp_and_it_cannot_come_back(secure_net: Network) -> None:
+    from evproto.daemons.credentials import CredentialStore
+
+    net = secure_net
+    two_cps(net)
+    store = CredentialStore(net.db)
+    assert store.unregister("CP002")  # what DELETE /api/v1/cps/CP002 at the registry does
+    store.close()
+    net.wait_state("CP002", "DISCONNECTED")
+    audited(net, action="key-revoke", object="cp:CP002")
+    monitor = next(p for p in net.procs if p.name == "monitor-CP002")
+    wait_for(lambda: not monitor.alive(), "its monitor to give up (refused for good)")
+    assert monitor.popen.returncode == 64 and net.log_has(monitor, "not registered")
+    assert net.cp_state("CP001") == "ACTIVATED"
+
+
+def test_a_driver_given_a_key_while_central_runs_is_served(secure_net: Network) -> None:
+    net = secure_net
+    _, engines = two_cps(net)
+    net.run_cli("central", "--db", net.db, "drivers", "add", "D009", "--credentials", os.path.join(net.tmp, "creds"))
+    time.sleep(1.5)  # Central looks at its database once a second
+    ticket = full_supply(net, KafkaDriver(net, "D009"), "CP002", engines["CP002"])
+    assert ticket.driver_id == "D009"

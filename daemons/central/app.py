@@ -589,6 +589,16 @@ class Central:
         for cp_id in stored.keys() - self.core.cps.keys():
             self.core.add_cp(cp_id, *stored[cp_id])
             self._note(f"registered charge point {cp_id} at {stored[cp_id][0]}")
+        if self.sec is not None:
+            # Keys issued by `drivers add --credentials` while we run; CPs the registry unregistered
+            # lose their keys and their link at once (they can no longer authenticate either).
+            self.sec.keys.reload()
+            if self.store.forget_counters(self.sec.keys.key_ids()):
+                self.gate.window.load(self.store.record_counters())
+            registered = self.sec.creds.registered_ids()
+            for cp_id in [c for c in self.links if c not in registered]:
+                self._note(f"{cp_id} was unregistered at the registry: its keys are revoked", "warning")
+                self.revoke(cp_id, actor="registry", source="registry")
 
     def remove_cp(self, cp_id: str) -> None:
         """Unregister a CP; its monitor's link is closed. UnknownCpError, RegistryBusyError."""

@@ -131,7 +131,16 @@ class KeyRing:
     def close(self) -> None:
         self._db.close()
 
+    def key_ids(self) -> set[str]:
+        return set(self._keys)
+
     def reload(self) -> None:
+        """Read every key again (another process may have issued some), dropping first the
+        keys nothing can use any more: retired past their grace, revoked a day ago. Bounded
+        however often monitors reconnect."""
+        now = _now_ms()
+        self._db.execute("DELETE FROM cp_keys WHERE retired_ts_ms < ? OR revoked_ts_ms < ?",
+                         (now - RETIRED_GRACE_MS, now - 86_400_000))
         keys: dict[str, _Key] = {}
         current: dict[str, tuple[int, str]] = {}
         for key_id, cp_id, key, issued, retired, revoked in self._db.execute(

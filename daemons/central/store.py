@@ -350,6 +350,14 @@ class Store:
             raise
         return added
 
+    def forget_counters(self, live_key_ids: set[str]) -> int:
+        """Drop the replay counters of keys that no longer exist (``slot`` is ``topic|key id``)."""
+        stale = [slot for (slot,) in self._db.execute("SELECT slot FROM record_counters")
+                 if slot.split("|", 1)[-1] not in live_key_ids]
+        if stale:
+            self._db.executemany("DELETE FROM record_counters WHERE slot = ?", [(x,) for x in stale])
+        return len(stale)
+
     def record_counters(self) -> dict[str, int]:
         """The replay window as stored with the offsets."""
         return {slot: counter for slot, counter in self._db.execute("SELECT slot, counter FROM record_counters")}

@@ -15,8 +15,12 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,broker]'
 	@touch $@
 
+# Two test processes, one test file at a time each (a file's tests share its broker and
+# fixtures): the end-to-end tests mostly wait on their daemons, so two halve the wall time.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/evcharging up

@@ -4,8 +4,10 @@ Each line carries ``prev`` (the previous line's hash) and ``hash`` (SHA-256 of t
 canonical JSON without ``hash``), so editing, inserting or deleting a line breaks
 :func:`verify` from there on. Several processes (Central, the registry) append to the
 same file: each append takes an exclusive ``flock``, reads the chain's head from the
-file's tail and is fsynced before the lock is released, so the chain stays one line of
-descent and no acknowledged entry is lost to a crash.
+file's tail and writes the line before the lock is released, so the chain stays one
+line of descent and a killed process loses no entry. The file is fsynced at most once
+a second (``SYNC_INTERVAL_S``) and at close: a power cut can cost the last second, and
+a storm of logins does not wait on the disk once per line.
 
 Cutting lines off the end leaves a shorter valid chain: :func:`verify` reports the head
 (sequence number and hash), which an operator can keep elsewhere to detect that.
@@ -34,6 +36,8 @@ _FORBIDDEN = ("secret", "token", "password", "key", "credentials")
 _FORBIDDEN_SUFFIXES = ("_secret", "_token", "_password", "_key")
 #: At most one entry per coalescing key and this many seconds; the rest are counted.
 COALESCE_S = 1.0
+#: The file is fsynced at most this often (and when closed).
+SYNC_INTERVAL_S = 1.0
 _TAIL = 64 * 1024
 
 
@@ -60,9 +64,13 @@ class AuditLog:
         os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
         self._held: dict[str, tuple[float, int]] = {}  # coalescing key -> (last written, held back since)
+        self._synced = time.monotonic()
+        self._unsynced = False
 
     def close(self) -> None:
         if self._fd >= 0:
+            if self._unsynced:
+                os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
 
@@ -114,9 +122,12 @@ class AuditLog:
             entry["prev"] = prev
             entry["hash"] = _digest(entry)
             os.write(self._fd, _canonical(entry) + b"\n")
-            os.fsync(self._fd)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._unsynced = True
+        if now - self._synced >= SYNC_INTERVAL_S:
+            os.fsync(self._fd)
+            self._synced, self._unsynced = now, False
         return entry
 
 

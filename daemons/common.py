@@ -345,7 +345,11 @@ def connect_private_db(path: str) -> Any:
         makedirs(directory)
     if not os.path.exists(path):
         open_private(path, "ab").close()
-    return sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA busy_timeout=5000")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a killed process loses nothing committed
+    return db
 
 
 def keep_files_private() -> None:

@@ -40,8 +40,6 @@ class CredentialStore:
 
     def __init__(self, path: str, *, params: tuple[int, int, int] = auth.SCRYPT_DEFAULT) -> None:
         self._db = connect_private_db(path)
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
         self.params = params
 

@@ -78,7 +78,6 @@ class TokenStore:
 
     def __init__(self, path: str) -> None:
         self._db = connect_private_db(path)
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
 
     def close(self) -> None:

@@ -113,7 +113,6 @@ class KeyRing:
 
     def __init__(self, db_path: str) -> None:
         self._db = connect_private_db(db_path)
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
         self.signer = signing_key(db_path + ".signing.key")
         self.verify_bytes = public_key_bytes(self.signer)

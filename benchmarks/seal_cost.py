@@ -90,7 +90,7 @@ def measure(records: int, rounds: int) -> dict[str, float]:
             gate.decode(r, now)
 
     signer = Ed25519PrivateKey.generate()
-    from evproto.daemons.central.keyring import public_key_bytes, verify_key_id
+    from evproto.daemons.gate import public_key_bytes, verify_key_id
 
     key_id = verify_key_id(public_key_bytes(signer))
     state = encode_event(CpStateRecord(cp_id="CP00042", state="ACTIVATED", location="Alicante", price_eur_kwh=0.35,

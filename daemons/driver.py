@@ -56,7 +56,6 @@ from evproto.ratelog import RateLimitedLog
 from .common import kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
 from evproto.bus.seal import SealError
 
-from .central.keyring import load_public_key
 from .credentials_file import DriverCredentials, credentials_for_cli, read_driver_credentials
 from .gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, Owner, OwnerKind, RecordGate, RecordSealer
 from .readers import CentralWatch, RecordGuard
@@ -224,8 +223,7 @@ class Driver:
         keys = MemoryKeyBook()
         if credentials is not None:
             keys.keys[credentials.key_id] = (Owner(OwnerKind.DRIVER, driver_id), credentials.key)
-            key_id, public = load_public_key(credentials.central_key)
-            keys.verify_keys[key_id] = public
+            keys.trust_central(credentials.central_key)
         policy = SECURE_POLICY if credentials is not None else PLAIN_POLICY
         self.gate = RecordGate(keys, policy=policy)
         self.sealer = RecordSealer(policy=policy, sealing_key=(
@@ -369,7 +367,8 @@ class Driver:
         while True:
             try:
                 # Sealed at each attempt (a fresh counter): a resend is not a replay.
-                value = self.sealer.wrap(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(event))
+                value = self.sealer.wrap(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(event),
+                                         event_type=event.TYPE)
                 await self.producer.send(Topic.DRIVER_REQUESTS, self.driver_id, value, partition=partition)
                 return
             except BusError as exc:

@@ -17,10 +17,12 @@ monitor), a driver's its own key; everyone has Central's verify key.
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Callable, Protocol
 
 import orjson
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from evproto.bus import seal
@@ -39,7 +41,7 @@ from evproto.bus.seal import CounterClock, Envelope, ReplayWindow, SealError, Wh
 from evproto.bus.topics import Topic
 
 __all__ = ["Policy", "SECURE_POLICY", "PLAIN_POLICY", "Owner", "OwnerKind", "KeyBook", "MemoryKeyBook",
-           "RecordGate", "RecordSealer", "NoKey", "CENTRAL", "event_type_of"]
+           "RecordGate", "RecordSealer", "NoKey", "CENTRAL", "event_type_of", "public_key_bytes", "verify_key_id"]
 
 
 class Policy(enum.Enum):
@@ -89,12 +91,34 @@ class KeyBook(Protocol):
         ...
 
 
+def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def verify_key_id(public: bytes) -> str:
+    """The key id that names Central's verify key: ``central.`` + 16 hex digits of its hash."""
+    return "central." + hashlib.sha256(public).hexdigest()[:16]
+
+
 @dataclass
 class MemoryKeyBook:
     """Keys held in memory: an engine's or a driver's own, and Central's verify key."""
 
     keys: dict[str, tuple[Owner, bytes]] = field(default_factory=dict)
     verify_keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+
+    def trust_central(self, raw: bytes) -> None:
+        """Central's verify key (32 raw bytes, as its .pub file, a CpKey or a driver's file give it)
+        becomes the one this book trusts. ValueError for anything else."""
+        if len(raw) != 32:
+            raise ValueError("Central's verify key is 32 bytes")
+        self.verify_keys = {verify_key_id(raw): Ed25519PublicKey.from_public_bytes(raw)}
+
+    @property
+    def central_key(self) -> bytes | None:
+        """The raw verify key trusted now (what a state file keeps), None before one."""
+        return next((public_key_bytes(k) for k in self.verify_keys.values()), None)
 
     def record_key(self, key_id: str) -> tuple[Owner, bytes]:
         try:
@@ -220,7 +244,8 @@ class RecordSealer:
     with Central's key. Each record gets a fresh counter."""
 
     def __init__(self, *, policy: dict[Topic, Policy] = SECURE_POLICY,
-                 sealing_key: object = None, signing: tuple[str, Ed25519PrivateKey] | None = None) -> None:
+                 sealing_key: Callable[[Topic, str], tuple[str, bytes]] | None = None,
+                 signing: tuple[str, Ed25519PrivateKey] | None = None) -> None:
         self.policy = policy
         self._sealing_key = sealing_key
         self._signing = signing
@@ -234,7 +259,7 @@ class RecordSealer:
         if policy is Policy.SEALED:
             if self._sealing_key is None:
                 raise NoKey(f"no key to seal {topic.value} records with")
-            key_id, key = self._sealing_key(topic, record_key)  # type: ignore[operator]
+            key_id, key = self._sealing_key(topic, record_key)
             return seal.seal(key, key_id, value, topic=topic.value, record_key=record_key, event_type=event_type,
                              counter=self.clock.next())
         if self._signing is None:

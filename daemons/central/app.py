@@ -33,7 +33,7 @@ from evproto import (
     Role,
 )
 from evproto.aio import Link, Server, serve
-from evproto.bus.events import MAX_EVENT_BYTES, DriverTelemetry, Event, EventEncodeError, Heartbeat, SupplyProgress, encode_event
+from evproto.bus.events import MAX_EVENT_BYTES, CpStateRecord, DriverTelemetry, Event, EventEncodeError, Heartbeat, SupplyProgress, encode_event
 from evproto.bus.kafka import (OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusProducer, KafkaSettings, LogReset,
                                all_partitions, end_offsets, ensure_topics, topic_ids)
 from evproto.bus.topics import Topic, partition_for, spec_for
@@ -194,11 +194,10 @@ class Central:
         return 0
 
     def _listen_url(self) -> str:
-        host, _, port = self.opts.listen.rpartition(":")
         if self.opts.tls is None:
             return self.opts.listen
         cert, key = self.opts.tls
-        return f"tls://{host}:{port}?cert={cert}&key={key}"
+        return f"tls://{self.opts.listen}?cert={cert}&key={key}"
 
     def _http_tls(self) -> Any:
         if self.opts.tls is None:
@@ -262,12 +261,13 @@ class Central:
                         # CP must not flood the compacted topic and every driver reading it.
                         if self._states.offer(fx.key, value, time.monotonic()) is None:
                             continue
-                    self._produce(fx.topic, fx.key, value, wait=False)
+                    self._produce(fx.topic, fx.key, value, wait=False, event_type=fx.event.TYPE)
 
     def _partition(self, topic: Topic, key: str) -> int:
         return partition_for(key, self.partitions.get(topic, 1))
 
-    def _produce(self, topic: Topic, key: str, value: bytes, *, wait: bool = True) -> asyncio.Future[Any] | None:
+    def _produce(self, topic: Topic, key: str, value: bytes, *, wait: bool = True,
+                 event_type: str | None = None) -> asyncio.Future[Any] | None:
         """Queue one record. ``wait=False`` for records nobody waits for (telemetry, state):
         no future; the producer counts and logs their failures."""
         if self.producer is None:
@@ -276,7 +276,7 @@ class Central:
         try:
             # Sealed or signed at send time: a fresh counter each time, even for an owed
             # record sent again, so a reader never takes a re-send for a replay.
-            value = self.sealer.wrap(topic, key, value)
+            value = self.sealer.wrap(topic, key, value, event_type=event_type)  # (None: read from the value)
         except NoKey:
             self.counters["held_no_key"] += 1  # the CP has not authenticated yet: owed records wait
             return None
@@ -525,7 +525,8 @@ class Central:
         while True:
             await asyncio.sleep(0.25)
             for key, value in self._states.due(time.monotonic()):
-                self._produce(Topic.CP_STATE, key, value, wait=False)  # type: ignore[arg-type]
+                self._produce(Topic.CP_STATE, key, value, wait=False,  # type: ignore[arg-type]
+                              event_type=CpStateRecord.TYPE)
             self.counters["states_coalesced"] = self._states.coalesced
             n += 1
             if n % 4:
@@ -614,7 +615,7 @@ class Central:
         while True:
             hb = Heartbeat(instance_id=self.instance_id, started_ts_ms=self.started_ms,
                            interval_s=HEARTBEAT_INTERVAL_S, ts_ms=now_ms())
-            fut = self._produce(Topic.CENTRAL_HEARTBEAT, "central", encode_event(hb))
+            fut = self._produce(Topic.CENTRAL_HEARTBEAT, "central", encode_event(hb), event_type=hb.TYPE)
             if fut is not None:
                 fut.add_done_callback(self._heartbeat_done)
                 waiting.append((loop.time(), fut))

@@ -16,7 +16,6 @@ and in ``DB.signing.key`` (0600). Lookups are served from memory.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import time
@@ -31,11 +30,10 @@ from evproto.bus.seal import KEY_BYTES, SealError, Why
 from evproto.bus.topics import Topic
 
 from ..common import connect_private_db, open_private
-from ..gate import CENTRAL, NoKey, Owner, OwnerKind
+from ..gate import CENTRAL, NoKey, Owner, OwnerKind, public_key_bytes, verify_key_id
 from ..pki import write_private
 
-__all__ = ["KeyRing", "CpKeyGrant", "RETIRED_GRACE_MS", "signing_key", "public_key_bytes", "load_public_key",
-           "verify_key_id"]
+__all__ = ["KeyRing", "CpKeyGrant", "RETIRED_GRACE_MS", "signing_key"]
 
 #: How long records sealed with a CP's previous key are still accepted after a new one.
 RETIRED_GRACE_MS = 10 * 60 * 1000
@@ -74,24 +72,6 @@ def signing_key(path: str) -> Ed25519PrivateKey:
                       key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                         serialization.NoEncryption()))
         return key
-
-
-def public_key_bytes(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-
-
-def verify_key_id(public: bytes) -> str:
-    """The key id that names Central's verify key: ``central.`` + 16 hex digits of its hash."""
-    return "central." + hashlib.sha256(public).hexdigest()[:16]
-
-
-def load_public_key(text_or_bytes: str | bytes) -> tuple[str, Ed25519PublicKey]:
-    """Central's verify key from its hex text (the ``.pub`` file) or raw bytes."""
-    raw = bytes.fromhex(text_or_bytes.strip()) if isinstance(text_or_bytes, str) else text_or_bytes
-    if len(raw) != 32:
-        raise ValueError("Central's verify key is 32 bytes (64 hex digits)")
-    return verify_key_id(raw), Ed25519PublicKey.from_public_bytes(raw)
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,7 +120,6 @@ class Engine:
         self.monitor: Link | None = None
         #: Our CP's record keys (from the monitor) and Central's verify key.
         self.keys = MemoryKeyBook()
-        self._verify_raw: dict[str, bytes] = {}
         self._key_order: list[str] = []
         self._key_arrived = asyncio.Event()
         policy = SECURE_POLICY if opts.secure else PLAIN_POLICY
@@ -199,7 +198,7 @@ class Engine:
                 "finished": self.finished,
                 # The record keys are secrets: the state file is 0600 like everything we write.
                 "keys": [{"key_id": k, "key": self.keys.keys[k][1].hex()} for k in self._key_order],
-                "verify_keys": {k: v.hex() for k, v in self._verify_raw.items()},
+                "central_key": (self.keys.central_key or b"").hex(),
                 "replay": self.gate.window.state(),
             },
         )
@@ -239,8 +238,8 @@ class Engine:
         try:
             for k in state.get("keys") or []:
                 self._add_key(cp_id, str(k["key_id"]), bytes.fromhex(k["key"]))
-            for key_id, raw in (state.get("verify_keys") or {}).items():
-                self._add_verify_key(bytes.fromhex(raw))
+            if state.get("central_key"):
+                self.keys.trust_central(bytes.fromhex(state["central_key"]))
             self.gate.window.load(state.get("replay") or {})
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
             raise StateFileError(f"{self.state_path}: its keys cannot be read ({exc})") from None
@@ -253,13 +252,6 @@ class Engine:
             self.keys.keys.pop(old, None)
         del self._key_order[:-KEPT_KEYS]
         self._key_arrived.set()
-
-    def _add_verify_key(self, raw: bytes) -> None:
-        from ..central.keyring import load_public_key
-
-        key_id, public = load_public_key(raw)
-        self.keys.verify_keys = {key_id: public}
-        self._verify_raw = {key_id: raw}
 
     def _on_key(self, msg: CpKey) -> None:
         """The monitor hands over the record key Central granted (or withdraws it)."""
@@ -278,7 +270,7 @@ class Engine:
             log.error("the monitor handed over a key of the wrong size: ignored")
             return
         self._add_key(cp.cp_id, msg.key_id, msg.key)
-        self._add_verify_key(msg.verify_key)
+        self.keys.trust_central(msg.verify_key)
         self._save()
         log.info("record key %s received", msg.key_id)
 
@@ -294,7 +286,7 @@ class Engine:
         """Carry out effects write-ahead: the state file (with the outbox) is on disk
         before any event leaves, so a crash can never let Central know more than we do."""
         persist = False
-        sends: list[tuple[Topic, str, bytes, int | None]] = []
+        sends: list[tuple[Topic, str, bytes, int | None, str]] = []
         for fx in effects:
             if isinstance(fx, Say):
                 getattr(log, fx.level if fx.level in ("warning", "error") else "info")(fx.text)
@@ -313,7 +305,7 @@ class Engine:
                     self._errors.log(logging.ERROR, f"not sending a {ev.TYPE} event the schemas refuse: {exc}")
                     continue
                 if isinstance(ev, SupplyProgress):
-                    sends.append((topic, key, value, None))  # interim figures: best effort
+                    sends.append((topic, key, value, None, ev.TYPE))  # interim figures: best effort
                     continue
                 if isinstance(ev, SupplyFinished):
                     self._ledger(ev)
@@ -321,11 +313,11 @@ class Engine:
                 entry = {"id": self._outbox_seq, "topic": topic.value, "key": key, "value": value.decode()}
                 self.outbox.append(entry)
                 persist = True
-                sends.append((topic, key, value, entry["id"]))
+                sends.append((topic, key, value, entry["id"], ev.TYPE))
         if persist:
             self._save()
-        for topic, key, value, outbox_id in sends:
-            self._produce(topic, key, value, outbox_id)
+        for topic, key, value, outbox_id, event_type in sends:
+            self._produce(topic, key, value, outbox_id, event_type)
 
     def _ledger(self, ev: SupplyFinished) -> None:
         """Record the finished supply in the state file's ledger (saved atomically with the
@@ -335,13 +327,14 @@ class Engine:
                               "offline": ev.offline, "ended_ts_ms": ev.ended_ts_ms})
         del self.finished[:-LEDGER_SIZE]
 
-    def _produce(self, topic: Topic, key: str, value: bytes, outbox_id: int | None) -> None:
+    def _produce(self, topic: Topic, key: str, value: bytes, outbox_id: int | None,
+                 event_type: str | None = None) -> None:
         if self.producer is None:
             return
         partition = partition_for(key, self.partitions.get(topic, 1))
         try:
             # Sealed at send time, with a fresh counter: an owed event sent again is not a replay.
-            value = self.sealer.wrap(topic, key, value)
+            value = self.sealer.wrap(topic, key, value, event_type=event_type)  # (None: read from the value)
         except NoKey:
             return  # owed events stay in the outbox until the monitor hands over a key
         try:

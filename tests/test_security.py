@@ -15,7 +15,7 @@ import os
 import time
 
 from evproto import AuthChallenge, AuthProof, AuthResult, Hello, LinkDownError, LinkRejectedError, ReasonCode, Role
-from evproto.bus.events import DriverTelemetry, StopCommand, SupplyFinished, SupplyRequest, encode_event
+from evproto.bus.events import AuthorizeCommand, DriverTelemetry, StopCommand, SupplyFinished, SupplyRequest, encode_event
 from evproto.bus.topics import Topic
 from evproto.daemons.auditlog import read_entries, verify
 from netharness import KafkaDriver, Network, Proc, full_supply, wait_for
@@ -53,16 +53,23 @@ def test_forged_records_are_refused_change_nothing_and_are_audited(secure_net: N
     # 1. A plaintext supply_request as D001 (its app not running): not sealed, refused.
     forged_request = SupplyRequest(request_id="forged-1", driver_id="D001", cp_id="CP002", ts_ms=NOW_MS)
     net.forge(Topic.DRIVER_REQUESTS, "D001", encode_event(forged_request))
-    # 2. A plaintext authorize/stop on cp-commands for CP002: its engine must not act on it.
+    # 2. A plaintext stop for CP002 and a free authorisation at CP001 for a driver Central never
+    # heard of, on cp-commands: neither engine may act on them.
     net.forge(Topic.CP_COMMANDS, "CP002", encode_event(StopCommand(cp_id="CP002", ts_ms=NOW_MS)))
+    net.forge(Topic.CP_COMMANDS, "CP001", encode_event(AuthorizeCommand(
+        cp_id="CP001", session_id=77, driver_id="DX", request_id="forged-2", price_eur_kwh=0.0,
+        expires_ts_ms=NOW_MS + 600_000, ts_ms=NOW_MS)))
     # 3. A plaintext supply_finished on cp-events for a session that does not exist.
     net.forge(Topic.CP_EVENTS, "CP001", encode_event(SupplyFinished(
         cp_id="CP001", session_id=1, driver_id="D001", energy_kwh=1.0, amount_eur=0.3, price_eur_kwh=0.3,
         started_ts_ms=NOW_MS - 60_000, ended_ts_ms=NOW_MS, reason="completed", ts_ms=NOW_MS)))
     wait_for(lambda: net.status().get("records_refused_not_sealed", 0) >= 2, "Central to refuse two forgeries")
     assert not driver.updates("forged-1") and net.get("/api/v1/sessions") == []
-    time.sleep(1.0)  # the engine had its chance to (wrongly) obey the stop
-    assert net.cp_state("CP002") == "ACTIVATED"
+    letters = os.path.join(net.tmp, "state-CP001", "dead-letters.jsonl")
+    wait_for(lambda: os.path.exists(letters) and "not sealed" in open(letters).read(), "CP001 to refuse it")
+    engines["CP001"].send("p")  # plugged in: a supply would start now if the forgery had been taken
+    time.sleep(1.5)  # the engines had their chance to (wrongly) obey
+    assert net.cp_state("CP002") == "ACTIVATED" and net.cp_state("CP001") == "ACTIVATED"
     audited(net, action="record", outcome="refused", source="kafka:driver-requests")
     audited(net, action="record", outcome="refused", source="kafka:cp-events")
     assert engines["CP002"].alive()

@@ -384,6 +384,15 @@ class Network:
     def wait_state(self, cp_id: str, state: str, timeout_s: float = HANG_GUARD_S) -> None:
         wait_for(lambda: self.cp_state(cp_id) == state, f"{cp_id} to be {state}", timeout_s)
 
+    def wait_serving(self, engine: Proc, cp_id: str) -> None:
+        """Wait until ``engine`` serves ``cp_id``: its keys act from then on.
+
+        Central shows a CP ACTIVATED as soon as its monitor registers; the monitor
+        names the CP to its engine only after that, so keys typed between the two
+        find no charge point yet.
+        """
+        wait_for(lambda: self.log_has(engine, f"serving charge point {cp_id}"), f"the engine to serve {cp_id}")
+
 
 class KafkaDriver:
     """The test plays a driver: sends requests and reads its own driver-events partition.

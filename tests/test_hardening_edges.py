@@ -489,6 +489,7 @@ def test_an_engine_refuses_a_typed_driver_id_nobody_could_be_and_keeps_taking_ke
     net.start_central("D001")
     engine, _ = net.start_cp("CP001")
     net.wait_state("CP001", "ACTIVATED")
+    net.wait_serving(engine, "CP001")
     engine.send("m D\u200b001")
     engine.send("m " + "D" * 100)
     engine.send("s")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import json
 import logging
 import os
@@ -24,9 +25,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import IO, Any
 
+from evproto.endpoint import Endpoint
 from evproto.errors import EvprotoError
 
 __all__ = [
+    "engine_link_problem",
     "setup_logging",
     "shutdown_event",
     "stdin_lines",
@@ -133,6 +136,36 @@ def shutdown_event() -> asyncio.Event:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, on_signal, sig)
     return event
+
+
+def engine_link_problem(endpoint: Endpoint, *, listening: bool) -> str | None:
+    """Why release 2 must not run the monitor-engine link on ``endpoint``, or None.
+
+    The monitor hands the engine its CP's record key over this link, and whoever
+    holds the link is the engine's monitor. On a loopback address only this host
+    reaches it; anywhere else it takes mutual TLS: the engine's certificate checked
+    by the monitor, the monitor's (naming its CP) by the engine, both from the
+    network's CA (``ev-central certs --cp``).
+    """
+    if endpoint.scheme == "tls":
+        wanted = ("ca",) if listening else ("ca", "cert", "key")
+        missing = [name for name in wanted if not endpoint.options.get(name)]
+        if missing:
+            return (f"a tls:// address here needs {', '.join(f'{m}=' for m in missing)} too (mutual TLS: "
+                    + ("only a monitor with a certificate from the network's CA may connect)" if listening
+                       else "the engine checks this monitor's certificate, this monitor the engine's)"))
+        return None
+    if endpoint.scheme != "tcp":
+        return "the monitor and its engine talk over tcp:// or tls://"
+    host = endpoint.host
+    if host == "localhost":
+        return None
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    return ("the monitor hands the engine its record key over this link: use a loopback address "
+            "(127.0.0.1:PORT, engine and monitor on one host) or mutual TLS (docs/security.md, "
+            "\"Monitor and engine on different hosts\"), or --insecure")
 
 
 async def stdin_lines() -> AsyncIterator[str]:

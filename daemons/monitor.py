@@ -50,8 +50,9 @@ from evproto.aio import Link, open_link
 from evproto.backoff import Backoff
 from evproto.bus.events import MAX_PRICE_EUR_KWH
 from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
+from evproto.endpoint import parse_endpoint
 
-from .common import keep_files_private, EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
+from .common import engine_link_problem, keep_files_private, EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
 from .credentials_file import CpCredentials, credentials_for_cli, read_cp_credentials
 
 #: How long Central has to challenge and answer once the link is open.
@@ -102,6 +103,8 @@ class Monitor:
         self.cp_key: CpKey | None = None
         self.central_addr = central
         self.engine_addr = engine
+        #: What logs name: the addresses without their certificate options.
+        self.central_name, self.engine_name = _address_only(central), _address_only(engine)
         self.interval_s = interval_s
         self.config = config or LinkConfig()
         self.ready_file = ready_file
@@ -160,7 +163,7 @@ class Monitor:
             except (LinkDownError, TransportError) as exc:
                 delay = backoff.next_delay()
                 if not reported_down:
-                    log.warning("cannot reach Central at %s (%s); retrying", self.central_addr, exc)
+                    log.warning("cannot reach Central at %s (%s); retrying", self.central_name, exc)
                     reported_down = True
                 await asyncio.sleep(delay)
                 continue
@@ -280,7 +283,7 @@ class Monitor:
                 continue
             backoff.reset()
             self.engine = link
-            log.info("connected to engine at %s", self.engine_addr)
+            log.info("connected to engine at %s", self.engine_name)
             if self.cp_key is not None:
                 try:
                     await link.send(self.cp_key)
@@ -334,7 +337,10 @@ class Monitor:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--engine", "engine", envvar="EVPROTO_ENGINE", required=True, metavar="HOST:PORT",
-              help="Where this CP's engine listens. [env EVPROTO_ENGINE]")
+              help="Where this CP's engine listens. The monitor hands the engine its record key over this "
+              "link, so in release 2 HOST is a loopback address, or the link is mutual TLS: "
+              "tls://HOST:PORT?ca=CA.pem&cert=MONITOR.pem&key=MONITOR.key (ev-central certs --cp; "
+              "docs/security.md). [env EVPROTO_ENGINE]")
 @click.option("--central", envvar="EVPROTO_CENTRAL", required=True, metavar="HOST:PORT",
               help="Central's socket for monitors. [env EVPROTO_CENTRAL]")
 @click.option("--id", "cp_id", envvar="EVPROTO_CP_ID", required=True, metavar="CP_ID",
@@ -382,6 +388,13 @@ def main(engine: str, central: str, cp_id: str, location: str, price: float | No
     except InvalidTextError as exc:
         click.echo(f"evcp-monitor: {exc}", err=True)
         sys.exit(EXIT_USAGE)
+    try:
+        problem = None if insecure else engine_link_problem(parse_endpoint(engine), listening=False)
+    except TransportError as exc:
+        problem = str(exc)
+    if problem is not None:
+        click.echo(f"evcp-monitor: --engine {engine}: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
     credentials = credentials_for_cli(
         "evcp-monitor", insecure=insecure, path=credentials_path, read=lambda p: read_cp_credentials(p, cp_id),
         missing="Central authenticates charge points: give --credentials FILE (from the registry)",
@@ -401,6 +414,13 @@ def main(engine: str, central: str, cp_id: str, location: str, price: float | No
     except TransportError as exc:
         click.echo(f"evcp-monitor: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
+
+
+def _address_only(address: str) -> str:
+    try:
+        return parse_endpoint(address).address
+    except TransportError:
+        return address
 
 
 def tls_address(address: str, ca: str | None) -> str:

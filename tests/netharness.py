@@ -10,6 +10,7 @@ through Kafka (:class:`KafkaDriver`) or runs ``ev-driver`` processes.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import signal
@@ -213,7 +214,11 @@ class Network:
         """Start a killed process again with the same command line (same identity and state)."""
         argv = list(proc.popen.args)  # type: ignore[arg-type]
         if "--listen" in argv and proc.ready.get("listen"):
-            argv[argv.index("--listen") + 1] = proc.ready["listen"]  # back on the port its monitor knows
+            # Back on the port its monitor knows (a tls:// address keeps its certificate options).
+            at = argv.index("--listen") + 1
+            scheme, _, rest = argv[at].rpartition("://")
+            options = rest.partition("?")[2]
+            argv[at] = (f"{scheme}://" if scheme else "") + proc.ready["listen"] + (f"?{options}" if options else "")
         ready = os.path.join(self.tmp, f"{proc.name}.ready.json")
         if os.path.exists(ready):
             os.unlink(ready)
@@ -236,6 +241,10 @@ class Network:
 
     def start_engine(self, cp_id: str, *, auto: bool = False, engine_args: tuple[str, ...] = (),
                      listen: str = "127.0.0.1:0", wrap: tuple[str, ...] = ()) -> Proc:
+        if self.secure and "://" not in listen and not _loopback(listen.rpartition(":")[0]):
+            # Release 2 across hosts: the monitor-engine link is mutual TLS (ev-central certs --cp).
+            cert = self.ca.issue(cp_id, self.pki, hosts=(listen.rpartition(":")[0],), stem=f"engine-{cp_id}")
+            listen = f"tls://{listen}?cert={cert.cert}&key={cert.key}&ca={self.ca.cert_path}"
         return self.spawn(f"engine-{cp_id}", "engine", "--kafka", self.bootstrap, "--listen", listen,
                           "--state-dir", os.path.join(self.tmp, f"state-{cp_id}"),
                           *(["--auto"] if auto else []), *engine_args, stdin=True, wrap=wrap)
@@ -245,6 +254,9 @@ class Network:
         extra: list[str] = []
         if self.secure:
             extra = ["--credentials", self.cp_credentials(cp_id, location), "--ca", str(self.ca.cert_path)]
+            if "://" not in engine_addr and not _loopback(engine_addr.rpartition(":")[0]):
+                cert = self.ca.issue(cp_id, self.pki, client=True, stem=f"monitor-{cp_id}")
+                engine_addr = f"tls://{engine_addr}?ca={self.ca.cert_path}&cert={cert.cert}&key={cert.key}"
         return self.spawn(f"monitor-{cp_id}", "monitor", "--engine", engine_addr, "--central", central or self.central_addr,
                           "--id", cp_id, "--location", location, "--price", str(price), *extra, wrap=wrap)
 
@@ -392,6 +404,13 @@ class Network:
         find no charge point yet.
         """
         wait_for(lambda: self.log_has(engine, f"serving charge point {cp_id}"), f"the engine to serve {cp_id}")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class KafkaDriver:

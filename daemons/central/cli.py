@@ -381,19 +381,42 @@ def audit_show(db: str, path: str | None, limit: int) -> None:
 @click.option("--dir", "directory", required=True, metavar="DIR",
               help="Where the CA and the certificates go (created 0700; keys 0600). An existing CA there is reused.")
 @click.option("--host", "hosts", multiple=True, required=True, metavar="NAME|IP",
-              help="A name or address clients use to reach Central and the registry (repeatable).")
-def certs(directory: str, hosts: tuple[str, ...]) -> None:
+              help="A name or address clients use to reach the server (repeatable): Central and the registry, "
+              "or with --cp the engine.")
+@click.option("--cp", "cp_ids", multiple=True, metavar="CP_ID",
+              help="Instead: certificates for a CP whose monitor reaches its engine from another host "
+              "(repeatable): engine-CP_ID (server, for --host) and monitor-CP_ID (client, names the CP).")
+def certs(directory: str, hosts: tuple[str, ...], cp_ids: tuple[str, ...]) -> None:
     """Make the network's CA (once) and certificates for Central and the registry.
 
     \b
     Copy DIR/ca.pem to every host that reaches Central (monitors: --ca) or the
     registry (curl --cacert); the .key files stay on Central's host.
       ev-central certs --dir pki --host 192.168.1.20 --host central.example
+
+    \b
+    A monitor on another host than its engine talks to it over mutual TLS:
+      ev-central certs --dir pki --host 192.168.1.31 --cp CP001
+      evcp-engine --listen 'tls://0.0.0.0:7100?cert=engine-CP001.pem&key=engine-CP001.key&ca=ca.pem' ...
+      evcp-monitor --engine 'tls://192.168.1.31:7100?ca=ca.pem&cert=monitor-CP001.pem&key=monitor-CP001.key' ...
     """
+    from evproto.idents import id_problem
+
     from ..pki import CertificateAuthority
 
+    for cp_id in cp_ids:
+        problem = id_problem(cp_id) or ("it names a file here: no '/' or '\\'" if "/" in cp_id or "\\" in cp_id else None)
+        if problem is not None:
+            raise click.BadParameter(f"{cp_id!r}: {problem}", param_hint="--cp")
     ca = CertificateAuthority.ensure(directory, name="evcharging network CA")
     click.echo(f"CA: {ca.cert_path}")
+    if cp_ids:
+        for cp_id in cp_ids:
+            engine = ca.issue(cp_id, directory, hosts=tuple(hosts), stem=f"engine-{cp_id}")
+            monitor = ca.issue(cp_id, directory, client=True, stem=f"monitor-{cp_id}")
+            click.echo(f"{cp_id}: engine {engine.cert} (key {engine.key}), valid for {', '.join(hosts)}; "
+                       f"monitor {monitor.cert} (key {monitor.key})")
+        return
     for name in ("central", "registry"):
         issued = ca.issue(name, directory, hosts=tuple(hosts))
         click.echo(f"{name}: {issued.cert} (key {issued.key}), valid for {', '.join(hosts)}")

@@ -155,10 +155,12 @@ class Engine:
             started.callback(self._save)
             started.push_async_callback(server.close)
             host, port = server.addresses[0]
-            log.info("listening for the monitor on %s:%s; Kafka %s", host, port, self.opts.kafka.bootstrap)
+            scheme = "tls" if self.opts.listen.startswith("tls://") else "tcp"
+            log.info("listening for the monitor on %s://%s:%s%s; Kafka %s", scheme, host, port,
+                     " (mutual TLS)" if scheme == "tls" else "", self.opts.kafka.bootstrap)
             if state.get("cp_id"):
                 self._adopt(state["cp_id"], state)
-            write_ready_file(self.opts.ready_file, role="engine", listen=f"{host}:{port}",
+            write_ready_file(self.opts.ready_file, role="engine", listen=f"{host}:{port}", scheme=scheme,
                              cp_id=self.cp.cp_id if self.cp else None)
             await self.supervisor.start()
             started.push_async_callback(self.supervisor.close)
@@ -370,11 +372,17 @@ class Engine:
 
     # -- monitor link ----------------------------------------------------------------------
 
-    def _on_hello(self, hello: Hello) -> Reject | None:
+    def _on_hello(self, hello: Hello, link: Link) -> Reject | None:
         if hello.role is not Role.MONITOR:
             return Reject(code=ReasonCode.ROLE_NOT_ALLOWED, detail="only a monitor may connect to an engine")
         if not hello.node_id:
             return Reject(code=ReasonCode.INVALID, detail="the monitor must name the charge point")
+        certified = link.peer_common_name
+        if certified is not None and certified != hello.node_id:
+            # Mutual TLS: the CA vouches for the monitor of one CP only.
+            log.warning("refused a monitor for %s whose certificate is for %s", hello.node_id, certified)
+            return Reject(code=ReasonCode.BAD_CREDENTIALS,
+                          detail=f"the certificate is for {certified}, not {hello.node_id}")
         if self.monitor is not None and self.monitor.is_open:
             return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"this engine already has a monitor for {self.cp.cp_id if self.cp else '?'}")
         if self.cp is not None and self.cp.cp_id != hello.node_id and self.cp.phase is not Phase.IDLE:

@@ -12,9 +12,10 @@ from evproto import __version__
 from evproto.bus.events import MAX_POWER_KW
 from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.domain.chargepoint import AutoMode
+from evproto.endpoint import parse_endpoint
 from evproto.errors import TransportError
 
-from ..common import kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
+from ..common import engine_link_problem, kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
 from .app import Engine, EngineOptions
 from .meter import SimulatedMeter
 
@@ -22,9 +23,12 @@ from .meter import SimulatedMeter
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--kafka", envvar="EVPROTO_KAFKA", required=True, metavar="HOST:PORT",
               help="Kafka bootstrap server(s). [env EVPROTO_KAFKA]")
-@click.option("--listen", envvar="EVPROTO_ENGINE_LISTEN", default="0.0.0.0:7100", show_default=True,
-              metavar="HOST:PORT", help="Where the monitor reaches this engine (port 0: pick a free one). "
-              "[env EVPROTO_ENGINE_LISTEN]")
+@click.option("--listen", envvar="EVPROTO_ENGINE_LISTEN", default=None, metavar="HOST:PORT",
+              help="Where the monitor reaches this engine (port 0: pick a free one). The monitor hands the "
+              "engine its record key over this link, so in release 2 a plain HOST:PORT must be a loopback "
+              "address (default 127.0.0.1:7100); from another host use mutual TLS, "
+              "tls://HOST:PORT?cert=ENGINE.pem&key=ENGINE.key&ca=CA.pem (the monitor's certificate must name "
+              "its CP; docs/security.md). --insecure: default 0.0.0.0:7100. [env EVPROTO_ENGINE_LISTEN]")
 @click.option("--port", "meter_port", envvar="EVPROTO_METER_PORT", default=None, metavar="DEVICE",
               help="The meter's serial device (/dev/ttyUSB0, serial:///dev/ttyS1?baudrate=9600, or "
               "tcp://host:port for a networked meter). Without it the engine simulates its meter. "
@@ -69,7 +73,7 @@ from .meter import SimulatedMeter
 @click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="evcp-engine")
-def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, baudrate: int | None,
+def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol: str, baudrate: int | None,
          meter_address: str, meter_interval_s: float, meter_timeout_s: float, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,
          supply_s: float, offline_supply: bool, state_dir: str | None, topic_prefix: str,
          kafka_config: tuple[str, ...], kafka_config_file: str | None, insecure: bool,
@@ -95,9 +99,19 @@ def main(kafka: str, listen: str, meter_port: str | None, meter_protocol: str, b
                    f"{power_kw * time_scale:g} kW; Central accepts at most {MAX_POWER_KW:g} kW: lower one of them",
                    err=True)
         sys.exit(EXIT_USAGE)
+    if listen is None:
+        listen = "0.0.0.0:7100" if insecure else "127.0.0.1:7100"
+    try:
+        endpoint = parse_endpoint(listen)
+        problem = None if insecure else engine_link_problem(endpoint, listening=True)
+    except TransportError as exc:
+        problem = str(exc)
+    if problem is not None:
+        click.echo(f"evcp-engine: --listen {listen}: {problem}", err=True)
+        sys.exit(EXIT_USAGE)
     keep_files_private()
     setup_logging("engine", level=log_level, fmt=log_format)
-    port = listen.rsplit(":", 1)[-1]
+    port = endpoint.port
     opts = EngineOptions(
         kafka=KafkaSettings(bootstrap=kafka, client_id=f"evcp-engine-{port}", prefix=topic_prefix,
                             extra=kafka_extra(kafka_config, kafka_config_file)),

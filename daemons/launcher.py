@@ -31,8 +31,8 @@ import click
 
 from evproto import __version__
 
-from .common import (EXIT_UNAVAILABLE, StateFileError, keep_files_private, load_json, makedirs, open_private,
-                     save_json_atomic)
+from .common import (EXIT_UNAVAILABLE, StateFileError, kafka_config_options, kafka_extra, keep_files_private, load_json,
+                     makedirs, open_private, save_json_atomic)
 
 __all__ = ["main", "Registry", "Instance"]
 
@@ -382,8 +382,10 @@ def main() -> None:
 @click.option("--detach", is_flag=True, help="Start everything and return; stop later with `evcharging down`.")
 @click.option("--insecure", is_flag=True,
               help="Release 1's plaintext network: no registry, no TLS, no credentials, nothing sealed.")
+@kafka_config_options
 def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, central_port: int, http_port: int | None,
-       run_dir: str, time_scale: float, power_kw: float, seed: int | None, detach: bool, insecure: bool) -> None:
+       run_dir: str, time_scale: float, power_kw: float, seed: int | None, detach: bool, insecure: bool,
+       kafka_config: tuple[str, ...], kafka_config_file: str | None) -> None:
     """Start a network: broker, Central, CPs and drivers, then show Central's panel (Ctrl+C stops all).
 
     By default it is release 2's secure network: a CA and certificates, the registry
@@ -396,6 +398,9 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
     if reg.alive():
         raise click.ClickException(f"a network already runs from {reg.run_dir} ({len(reg.alive())} processes); "
                                    "`evcharging down` first, or use another --run-dir")
+    kafka_settings = kafka_extra(kafka_config, kafka_config_file)
+    if kafka_settings and not kafka:
+        raise click.UsageError("--kafka-config is for a Kafka given with --kafka (the embedded broker is plaintext)")
     central_port, http_port = _central_ports(central_port, http_port)
     reg.instances.clear()
     rng = random.Random(seed)
@@ -408,7 +413,9 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
             bootstrap = kafka or _start_broker(reg)
             reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw,
                         "secure": not insecure}
-            _ensure_topics(bootstrap)
+            if kafka_settings:
+                reg.meta["kafka_config_file"] = _write_kafka_config(reg, kafka_settings)
+            _ensure_topics(bootstrap, kafka_settings)
             driver_ids = [f"D{i:03d}" for i in range(1, drivers + 1)]
             if not insecure:
                 _secure_setup(reg, driver_ids)
@@ -473,11 +480,28 @@ def _start_broker(reg: Registry) -> str:
     return f"127.0.0.1:{port}"
 
 
-def _ensure_topics(bootstrap: str) -> None:
+def _write_kafka_config(reg: Registry, settings: dict[str, str]) -> str:
+    """Keep the Kafka client settings (passwords among them) in RUN/secrets/kafka.conf, 0600,
+    and hand every daemon the file: a setting on a command line is readable in `ps`."""
+    path = os.path.join(reg.run_dir, "secrets", "kafka.conf")
+    makedirs(os.path.dirname(path))
+    with open_private(path) as fh:
+        fh.write("# librdkafka settings given to `evcharging up --kafka-config`\n")
+        fh.writelines(f"{key}={value}\n" for key, value in settings.items())
+    return path
+
+
+def _kafka_args(reg: Registry) -> list[str]:
+    path = reg.meta.get("kafka_config_file")
+    return ["--kafka-config-file", path] if path else []
+
+
+def _ensure_topics(bootstrap: str, extra: dict[str, str] | None = None) -> None:
     from evproto.bus.kafka import BusError, KafkaSettings, ensure_topics
 
     try:
-        asyncio.run(ensure_topics(KafkaSettings(bootstrap=bootstrap, client_id="evcharging"), timeout_s=20.0))
+        asyncio.run(ensure_topics(KafkaSettings(bootstrap=bootstrap, client_id="evcharging", extra=extra or {}),
+                                  timeout_s=20.0))
     except BusError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -545,7 +569,7 @@ def _start_central(reg: Registry, bootstrap: str, port: int, http_port: int, dri
     args = ["--db", _db(reg), "--kafka", bootstrap, "--port", str(port),
             "--http-port", str(http_port), "--no-panel", "--ready-file", os.path.join(base, "ready.json"),
             # Every CP of this network is ours and registers at once: no pacing needed.
-            "--registrations-per-min", "1000000", *_security_args(reg),
+            "--registrations-per-min", "1000000", *_security_args(reg), *_kafka_args(reg),
             # Under the launcher everything binds to this machine only.
             "--host", "127.0.0.1"]
     if _secure(reg):
@@ -590,7 +614,8 @@ def add_cps(reg: Registry, cps: list[tuple[str, str, float]]) -> None:
                          "--time-scale", str(reg.meta.get("time_scale", 1.0)),
                          "--power-kw", str(reg.meta.get("power_kw", 22.0)),
                          "--state-dir", os.path.join(base, "engine-state"),
-                         "--ready-file", os.path.join(base, "engine.ready.json"), *_security_args(reg)),
+                         "--ready-file", os.path.join(base, "engine.ready.json"), *_security_args(reg),
+                         *_kafka_args(reg)),
         )
         engines.append(reg.start(engine))
     listens = []
@@ -648,7 +673,7 @@ def add_drivers(reg: Registry, driver_ids: list[str], rng: random.Random, count:
             ready=os.path.join(base, "ready.json"),
             argv=_daemon("driver", "--kafka", reg.meta["kafka"], "--id", driver_id, "--requests", requests, "--stay",
                          "--state-dir", os.path.join(base, "state"), "--ready-file", os.path.join(base, "ready.json"),
-                         *_driver_security(reg, driver_id)),
+                         *_driver_security(reg, driver_id), *_kafka_args(reg)),
         )
         started.append(reg.start(inst))
     for inst in started:
@@ -810,6 +835,8 @@ def env(run_dir: str, role: str) -> None:
 
     reg = _network(run_dir)
     exports = {"EVPROTO_API": _api_base(reg).removesuffix("/api/v1"), "EVPROTO_KAFKA": reg.meta["kafka"]}
+    if reg.meta.get("kafka_config_file"):
+        exports["EVPROTO_KAFKA_CONFIG_FILE"] = os.path.abspath(reg.meta["kafka_config_file"])
     if _secure(reg):
         from .netsecrets import NetworkSecrets
         from .tokens import TokenRole

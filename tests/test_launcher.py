@@ -363,3 +363,43 @@ def test_audit_of_a_network_started_by_hand_from_files_gathered_anywhere(tmp_pat
     assert wrong.returncode == 2 and "nowhere" in wrong.stderr and "Traceback" not in wrong.stderr
     both = run(ev, "audit", "--run-dir", str(tmp_path), *args)
     assert both.returncode == 2 and "not both" in both.stderr
+
+
+# -- Kafka client settings ----------------------------------------------------------------------
+
+
+def test_up_hands_kafka_client_settings_to_every_daemon_in_a_private_file(tmp_path, broker) -> None:
+    """`up --kafka-config` (for a Kafka with SASL/TLS): the settings (passwords among them) reach
+    Central, engines and drivers through RUN/secrets/kafka.conf (0600), never a command line."""
+    ev = os.path.join(BIN, "evcharging")
+    run_dir = tmp_path / "run"
+    # Without --kafka there is nothing to apply them to: the embedded broker is plaintext.
+    alone = run(ev, "up", "--run-dir", str(run_dir), "--kafka-config", "socket.keepalive.enable=true", "--detach")
+    assert alone.returncode == 2 and "--kafka" in alone.stderr and not (run_dir / "instances.json").exists()
+    bad = run(ev, "up", "--run-dir", str(run_dir), "--kafka", broker.bootstrap, "--kafka-config", "no.such.setting=1",
+              "--detach")
+    assert bad.returncode == 2 and "no.such.setting" in bad.stderr and not (run_dir / "instances.json").exists()
+    up = run(ev, "up", "--cps", "1", "--drivers", "1", "--run-dir", str(run_dir), "--http-port", "0", "--detach",
+             "--kafka", broker.bootstrap, "--kafka-config", "socket.keepalive.enable=true",
+             "--kafka-config", "client.rack=rack-7", timeout=120)
+    try:
+        assert up.returncode == 0, up.stderr
+        conf = run_dir / "secrets" / "kafka.conf"
+        assert mode(str(conf)) == 0o600
+        assert "socket.keepalive.enable=true" in conf.read_text() and "client.rack=rack-7" in conf.read_text()
+        def supplying() -> bool:
+            cps = launcher_api(str(run_dir), "/api/v1/cps")
+            return any(cp["id"] == "CP001" and cp["state"] == "SUPPLYING" for cp in cps)
+
+        wait_for(supplying, "CP001 to supply through the configured Kafka clients", 90)
+        with open(run_dir / "instances.json", encoding="utf-8") as fh:
+            instances = json.load(fh)["instances"]
+        for inst in instances.values():
+            argv = inst["argv"]
+            if inst["role"] in ("central", "engine", "driver"):
+                assert argv[argv.index("--kafka-config-file") + 1] == str(conf), inst["name"]
+            assert not any("rack-7" in a for a in argv), inst["name"]
+        env = run(ev, "env", "--run-dir", str(run_dir))
+        assert f"EVPROTO_KAFKA_CONFIG_FILE={conf}" in env.stdout.replace("'", "")
+    finally:
+        run(ev, "down", "--run-dir", str(run_dir), timeout=60)

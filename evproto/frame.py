@@ -178,7 +178,7 @@ class FrameDecoder:
     frame (``max_body + 5`` bytes).
     """
 
-    __slots__ = ("max_body", "stats", "_buf", "_hunting", "_garbage")
+    __slots__ = ("max_body", "stats", "_buf", "_hunting", "_garbage", "_soft")
 
     def __init__(self, *, max_body: int = DEFAULT_MAX_BODY) -> None:
         if not 0 < max_body <= 0xFFFF:
@@ -188,11 +188,14 @@ class FrameDecoder:
         self._buf = bytearray()
         self._hunting = False
         self._garbage = 0  # length of the garbage run in progress
+        #: True when ``_buf[0]`` is the last frame's LRC byte and an STX: it may also be the
+        #: start of the next frame (see ``_soft_verdict``).
+        self._soft = False
 
     @property
     def buffered(self) -> int:
         """Bytes held back waiting for the rest of a frame."""
-        return len(self._buf)
+        return len(self._buf) - self._soft
 
     @property
     def hunting(self) -> bool:
@@ -202,7 +205,7 @@ class FrameDecoder:
     @property
     def wants_resync(self) -> bool:
         """True when a quiet line should be reported with :meth:`resync`."""
-        return self._hunting or bool(self._buf) or bool(self._garbage)
+        return self._hunting or self.buffered > 0 or bool(self._garbage)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[DecoderEvent]:
         """Consume ``data`` and return the events it completes, in stream order."""
@@ -224,20 +227,54 @@ class FrameDecoder:
         """
         buf = self._buf
         events: list[DecoderEvent] = []
-        if buf:
+        while True:
+            if self._soft:
+                # The quiet line settles it: that byte was the last frame's LRC. What
+                # followed it is read as usual.
+                self._soft = False
+                del buf[:1]
+                del buf[: self._scan(buf, 0, events)]
+                continue
+            if not buf:
+                break
+            # Nothing more is coming: the frame begun at the head is unfinished.
             if self._hunting:
                 self._garbage += 1
             else:
                 self._fail(events, FrameErrorKind.TRUNCATED, f"{len(buf)} bytes of an unfinished frame")
             self._hunting = True
-            pos = self._scan(buf, 1, events)
-            del buf[:pos]
-        if not buf:
-            self._hunting = False
+            del buf[: self._scan(buf, 1, events)]
+        self._hunting = False
         self._flush_garbage(events)
         return events
 
     # -- internals -------------------------------------------------------------------------
+
+    def _soft_verdict(self, buf: bytearray, view: memoryview, pos: int, n: int) -> bool | None:
+        """Whether the STX at ``pos``, which is also the last frame's LRC, starts a frame.
+
+        True when it starts a valid frame that ends before anything read from the byte
+        after it could (the next frame swallowed by a damaged one that a stray byte
+        made one byte too long); False when the byte after it begins a control byte or
+        a valid frame that ends first (the usual case: it was just an LRC); None when
+        the bytes so far cannot tell. The answer depends on the bytes only, never on
+        how they were split into chunks, and waits for nothing the stream's next
+        event would not wait for anyway.
+        """
+        r = pos + 1
+        soft_end = _valid_frame_end(buf, view, pos, n, self.max_body)
+        if soft_end == 0:
+            return False
+        regular_end = 0
+        if r < n and buf[r] in _CONTROL_EVENTS:
+            regular_end = r + 1
+        elif r < n and buf[r] == STX:
+            regular_end = _valid_frame_end(buf, view, r, n, self.max_body)
+            if regular_end < 0:  # the regular reading cannot be settled yet
+                return None if soft_end < 0 or -regular_end <= soft_end else True
+        if regular_end > 0 and (soft_end < 0 or regular_end <= soft_end):
+            return False
+        return None if soft_end < 0 else True
 
     def _fail(self, events: list[DecoderEvent], kind: FrameErrorKind, detail: str) -> None:
         self._flush_garbage(events)
@@ -265,6 +302,14 @@ class FrameDecoder:
         view = memoryview(buf)
         try:
             while pos < n:
+                if self._soft:
+                    verdict = self._soft_verdict(buf, view, pos, n)
+                    if verdict is None:
+                        break
+                    self._soft = False
+                    if not verdict:
+                        pos += 1
+                        continue
                 b = buf[pos]
                 if b == STX:
                     if n - pos < _HEADER:
@@ -294,12 +339,27 @@ class FrameDecoder:
                         )
                         pos += 1
                         continue
+                    if length >= _OVERHEAD and (_hides_frame(buf, view, pos, end)
+                                                or self._hunting and _ends_with_frame(buf, view, pos, end)):
+                        # A stray STX (or one inside a damaged frame) read as a start: the
+                        # candidate ends exactly where a valid frame that starts inside it
+                        # ends. Take this byte for garbage and read what follows it.
+                        self._hunting = True
+                        self._garbage += 1
+                        pos += 1
+                        continue
                     if self._garbage:
                         self._flush_garbage(events)
                     events.append(FrameReceived(bytes(view[pos + _HEADER : end - 2])))
                     stats.frames += 1
                     self._hunting = False
-                    pos = end
+                    if buf[end - 1] == STX:
+                        # This LRC is also an STX: if a stray byte made a damaged frame
+                        # look one byte longer than it is, it is the next frame's start.
+                        self._soft = True
+                        pos = end - 1
+                    else:
+                        pos = end
                 elif b in _CONTROL_EVENTS and not self._hunting:
                     if self._garbage:
                         self._flush_garbage(events)
@@ -318,3 +378,62 @@ class FrameDecoder:
         finally:
             view.release()
         return pos
+
+
+def _hides_frame(buf: bytearray, view: memoryview, pos: int, end: int) -> bool:
+    """True when the candidate ``buf[pos:end]`` (whose envelope checks out) is a stray STX
+    followed by whole valid frames: from ``pos + 1`` to ``end`` they tile it exactly.
+
+    The LRC is linear: a frame XORs to STX as a whole, so a false start followed by
+    an even number of whole frames passes its LEN-ETX-LRC checks whenever the LEN
+    it reads lands on a frame boundary (one stray 0x02 before 12 frames of 43
+    bytes gives a "512-byte body" that swallows all 12). A genuine frame is read so
+    only if its LEN field and body themselves form a chain of valid frames ending
+    exactly with it, which no encoder produces.
+    """
+    q = pos + 1
+    if buf[q] != STX:
+        return False
+    while q < end:
+        if buf[q] != STX or end - q < _OVERHEAD:
+            return False
+        inner_end = q + ((buf[q + 1] << 8) | buf[q + 2]) + _OVERHEAD
+        if inner_end > end or buf[inner_end - 2] != ETX or lrc(view[q + 1 : inner_end - 1]) != buf[inner_end - 1]:
+            return False
+        q = inner_end
+    return True
+
+
+def _ends_with_frame(buf: bytearray, view: memoryview, pos: int, end: int) -> bool:
+    """True when a valid frame that starts inside the candidate ``buf[pos:end]`` ends
+    exactly where it ends.
+
+    Asked only while hunting (right after damage): an STX among the damaged bytes
+    whose LEN happens to land on the end of the next whole frame passes the
+    envelope checks more often than chance, since whole frames XOR to STX. The
+    candidate is then taken for garbage and the frame inside it read on its own.
+    """
+    limit = end - 4  # the inner frame needs STX, LEN (2), ETX and LRC before ``end``
+    lrc_byte = buf[end - 1]
+    q = buf.find(STX, pos + 1, limit)
+    while q >= 0:
+        if ((buf[q + 1] << 8) | buf[q + 2]) == end - q - _OVERHEAD and lrc(view[q + 1 : end - 1]) == lrc_byte:
+            return True
+        q = buf.find(STX, q + 1, limit)
+    return False
+
+
+def _valid_frame_end(buf: bytearray, view: memoryview, pos: int, n: int, max_body: int) -> int:
+    """For an STX at ``pos``: the end of the valid frame it starts (> 0), 0 when it starts
+    none, or minus the end it would need (< 0) while its bytes have not all arrived."""
+    if n - pos < _HEADER:
+        return -(pos + _OVERHEAD)
+    length = (buf[pos + 1] << 8) | buf[pos + 2]
+    if length > max_body:
+        return 0
+    end = pos + length + _OVERHEAD
+    if end > n:
+        return -end
+    if buf[end - 2] != ETX or lrc(view[pos + 1 : end - 1]) != buf[end - 1]:
+        return 0
+    return end

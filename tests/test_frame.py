@@ -500,13 +500,14 @@ def test_resync_truncated_stalled_frame_then_recovers() -> None:
     assert not dec.hunting and not dec.wants_resync
 
 
-def test_resync_twice_on_nested_stalls() -> None:
+def test_one_resync_settles_nested_stalls() -> None:
     good = encode_frame(b"ok")
     script = (b"\x02\x10\x00\x02\x0f\x00" + good, RESYNC, RESYNC)
     events, dec = decode_all_modes(*script)
-    # resync() ends a garbage run; the second stall began while hunting, so its
-    # STX is garbage, not a second error.
-    assert kinds(events) == [FrameErrorKind.TRUNCATED, Garbage(2), Garbage(1 + 2), F(b"ok")]
+    # A quiet line means nothing more is coming for any frame begun in the buffer: one
+    # resync() abandons them all. The second stall began while hunting, so its STX is
+    # garbage, not a second error; the frame behind both arrives at once.
+    assert kinds(events) == [FrameErrorKind.TRUNCATED, Garbage(2 + 1 + 2), F(b"ok")]
     assert dec.stats.errors[FrameErrorKind.TRUNCATED] == 1
     assert dec.buffered == 0
 
@@ -762,3 +763,78 @@ def test_fuzz_decoder_and_decode_body() -> None:
     assert result["controls"] > 0 and result["garbage_bytes"] > 0
     for kind in FrameErrorKind:
         assert result["errors"][kind.value] > 0, kind
+
+
+# -- a stray byte costs at most the frame it hits --------------------------------------------
+
+
+def _bodies_received(stream: bytes, chunks: list[int] | None = None) -> list[bytes]:
+    dec = FrameDecoder()
+    events = []
+    if chunks:
+        at = 0
+        for size in chunks:
+            events += dec.feed(stream[at : at + size])
+            at += size
+        events += dec.feed(stream[at:])
+    else:
+        events += dec.feed(stream)
+    events += dec.resync()
+    return [e.body for e in events if isinstance(e, FrameReceived)]
+
+
+def _lost(sent: list[bytes], got: list[bytes]) -> int:
+    """How many of ``sent`` are missing from ``got``, in order (extra bodies in ``got`` are
+    not counted here): ``len(sent)`` minus their longest common subsequence."""
+    row = [0] * (len(got) + 1)
+    for body in sent:
+        prev_diag = 0
+        for j, candidate in enumerate(got, 1):
+            prev_diag, row[j] = row[j], (prev_diag + 1 if body == candidate else max(row[j], row[j - 1]))
+    return len(sent) - row[-1]
+
+
+def test_one_stray_stx_before_back_to_back_frames_loses_none() -> None:
+    # The linear LRC: 12 whole frames XOR to 0, so "STX + the first frame's STX and LEN"
+    # read as a 512-byte body passed every check and swallowed all 12 frames.
+    rng = random.Random(12)
+    for _ in range(50):
+        bodies = [bytes(rng.randrange(256) for _ in range(38)) for _ in range(12)]
+        assert len(encode_frame(bodies[0])) == 43
+        assert _bodies_received(b"\x02" + b"".join(encode_frame(b) for b in bodies)) == bodies
+
+
+@pytest.mark.parametrize("stray", [0x02, 0x03, 0x00, 0x06, 0xFF])
+def test_a_stray_byte_at_every_position_costs_at_most_the_frame_it_hits(stray: int) -> None:
+    rng = random.Random(stray)
+    bodies = [bytes(rng.randrange(256) for _ in range(rng.choice((0, 1, 5, 38, 38, 38, 120)))) for _ in range(10)]
+    bodies[3] = b"\x02\x00\x05" + bodies[3]  # an STX and a plausible LEN inside a body
+    stream = b"".join(encode_frame(b) for b in bodies)
+    for at in range(len(stream) + 1):
+        damaged = stream[:at] + bytes([stray]) + stream[at:]
+        got = _bodies_received(damaged)
+        assert _lost(bodies, got) <= 1, (at, got)
+
+
+@given(
+    bodies=st.lists(st.binary(max_size=80), min_size=2, max_size=14),
+    stray=st.integers(0, 255),
+    where=st.floats(0, 1),
+    chunks=st.lists(st.integers(1, 64), max_size=20),
+)
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+def test_property_a_stray_byte_anywhere_costs_at_most_one_frame(bodies: list[bytes], stray: int, where: float,
+                                                                 chunks: list[int]) -> None:
+    stream = b"".join(encode_frame(b) for b in bodies)
+    at = int(where * len(stream))
+    damaged = stream[:at] + bytes([stray]) + stream[at:]
+    assert _lost(bodies, _bodies_received(damaged, chunks)) <= 1
+
+
+@given(bodies=st.lists(st.binary(max_size=700), min_size=1, max_size=6))
+@settings(max_examples=200)
+def test_frames_that_carry_frames_in_their_bodies_arrive_whole(bodies: list[bytes]) -> None:
+    # A body may itself hold encoded frames (a relay, a tunnel): the false-start rule
+    # must not split the carrier.
+    carriers = [b + encode_frame(b[:40]) for b in bodies]
+    assert _bodies_received(b"".join(encode_frame(c) for c in carriers)) == carriers

@@ -12,6 +12,7 @@ from .errors import (
     LinkDownError,
     LinkError,
     LinkRejectedError,
+    IncomingOverflowError,
     LocalProtocolError,
     MessageDecodeError,
     MessageEncodeError,
@@ -86,6 +87,7 @@ from .messages import (
     Role,
     SupplyEnd,
     SupplyTelemetry,
+    clip_text,
     decode_body,
     encode_body,
 )
@@ -98,7 +100,7 @@ __all__ = [
     # errors
     "EvprotoError", "ProtocolError", "LocalProtocolError", "RemoteProtocolError",
     "MessageDecodeError", "MessageEncodeError", "SendQueueFull", "LinkError",
-    "LinkDownError", "LinkRejectedError", "RequestTimeoutError", "TransportError",
+    "LinkDownError", "LinkRejectedError", "IncomingOverflowError", "RequestTimeoutError", "TransportError",
     # frames
     "DEFAULT_MAX_BODY", "Control", "lrc", "encode_frame", "FrameDecoder", "DecoderStats",
     "FrameReceived", "ControlReceived", "FrameError", "FrameErrorKind", "Garbage",
@@ -108,7 +110,7 @@ __all__ = [
     "Message", "Envelope", "Hello", "Accept", "Reject", "Ping", "ErrorReport", "HealthCheck",
     "HealthStatus", "FaultReport", "RecoveryReport", "CpStatus", "Command",
     "AuthorizeSupply", "CommandResult", "SupplyTelemetry", "SupplyEnd",
-    "MeterReadRequest", "MeterValues", "encode_body", "decode_body",
+    "MeterReadRequest", "MeterValues", "encode_body", "decode_body", "clip_text",
     "AuthChallenge", "AuthProof", "AuthResult", "CpKey",
     # link
     "Side", "LinkConfig", "LinkConnection", "LinkStats", "LinkState", "DownReason",

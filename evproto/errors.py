@@ -13,6 +13,7 @@ __all__ = [
     "LinkError",
     "LinkDownError",
     "LinkRejectedError",
+    "IncomingOverflowError",
     "RequestTimeoutError",
     "TransportError",
 ]
@@ -87,6 +88,17 @@ class LinkRejectedError(LinkDownError):
     def __init__(self, reason: object, detail: str = "", *, code: object = None) -> None:
         super().__init__(reason, detail)
         self.code = code
+
+
+class IncomingOverflowError(LinkDownError):
+    """The application left more received messages unread than ``LinkConfig.max_incoming``
+    allows; the link was closed (with EOT) rather than stall or drop them. Read
+    ``link.messages`` (or raise the limit)."""
+
+    def __init__(self, detail: str) -> None:
+        from .link import DownReason  # errors is imported by link: import late
+
+        super().__init__(DownReason.CLOSED, detail)
 
 
 class RequestTimeoutError(LinkError, TimeoutError):

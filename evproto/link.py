@@ -54,6 +54,7 @@ from .messages import (
     Ping,
     ReasonCode,
     Reject,
+    clip_text,
     decode_body,
     encode_body,
 )
@@ -151,13 +152,19 @@ class LinkConfig:
     max_consecutive_errors: int = 8
     #: Default time a request waits for its answer.
     request_timeout_s: float = 5.0
+    #: Received messages the application has not read yet that an adapter keeps
+    #: (``evproto.aio``: ``link.messages``). One more closes the link with
+    #: :class:`~evproto.errors.IncomingOverflowError`: reading never stops, so
+    #: acknowledgements, keepalives and answers to requests are never held up
+    #: behind unread messages.
+    max_incoming: int = 256
 
     def __post_init__(self) -> None:
         for name in ("ack_timeout_s", "handshake_timeout_s", "interbyte_timeout_s", "request_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive")
-        if self.missed_probes < 1 or self.max_retries < 0 or self.max_queue < 1:
-            raise ValueError("missed_probes >= 1, max_retries >= 0 and max_queue >= 1 are required")
+        if self.missed_probes < 1 or self.max_retries < 0 or self.max_queue < 1 or self.max_incoming < 1:
+            raise ValueError("missed_probes >= 1, max_retries >= 0, max_queue >= 1 and max_incoming >= 1 are required")
         if not 0 < self.min_keepalive_s <= self.max_keepalive_s <= 65.535:
             raise ValueError("keepalive bounds must satisfy 0 < min <= max <= 65.535 s")
 
@@ -348,7 +355,7 @@ class LinkConnection:
     def reject(self, now: float, code: ReasonCode, detail: str = "") -> None:
         """Server: refuse the pending Hello with ``code``; sends Reject then EOT."""
         self._call_code = code
-        self._call_detail = detail
+        self._call_detail = clip_text(detail)  # the reason must fit, or the peer sees no Reject at all
         self._handle(LinkInput.CALL_REJECT, now)
 
     def send(self, message: Message, now: float) -> int:
@@ -686,7 +693,7 @@ class LinkConnection:
 
     def _a_do_reject(self, now: float, inp: LinkInput) -> None:
         wire = encode_frame(
-            encode_body(Reject(code=self._call_code, detail=self._call_detail[:255]), seq=self._alloc_seq()),
+            encode_body(Reject(code=self._call_code, detail=self._call_detail), seq=self._alloc_seq()),
             max_body=self.config.max_body,
         )
         self.stats.frames_sent += 1

@@ -67,6 +67,8 @@ __all__ = [
     "BODY_SCHEMA",
     "encode_body",
     "decode_body",
+    "clip_text",
+    "MAX_TEXT_BYTES",
 ]
 
 #: Version carried in Hello/Accept. Bumped on any incompatible change of this catalogue.
@@ -322,8 +324,34 @@ def _typed(kind: type) -> Callable[[Any], Any]:
     return check
 
 
+#: Most UTF-8 bytes a text field holds.
+MAX_TEXT_BYTES = 255
+
+
+def clip_text(text: str, max_bytes: int = MAX_TEXT_BYTES) -> str:
+    """``text`` cut to at most ``max_bytes`` of UTF-8, at a character boundary.
+
+    Text fields are limited in bytes, not characters: 200 x "é" is 400 bytes.
+    """
+    if len(text) * 4 <= max_bytes:
+        return text
+    data = text.encode("utf-8")
+    if len(data) <= max_bytes:
+        return text
+    return data[:max_bytes].decode("utf-8", "ignore")  # drops a character cut in half
+
+
+def _text(v: Any) -> Any:
+    if not isinstance(v, str):
+        raise TypeError(f"expected str, got {type(v).__name__}")
+    if len(v) * 4 > MAX_TEXT_BYTES and len(v.encode("utf-8")) > MAX_TEXT_BYTES:
+        raise ValueError(f"text of {len(v.encode('utf-8'))} UTF-8 bytes; a text field holds at most "
+                         f"{MAX_TEXT_BYTES} (evproto.clip_text cuts at a character boundary)")
+    return v
+
+
 #: UTF-8 text of at most 255 bytes.
-TEXT = _Wire(cs.PascalString(cs.Int8ub, "utf8"), to_wire=_typed(str), doc="text (u8 length + UTF-8)", prefix=1, utf8=True)
+TEXT = _Wire(cs.PascalString(cs.Int8ub, "utf8"), to_wire=_text, doc="text (u8 length + UTF-8)", prefix=1, utf8=True)
 #: Opaque bytes, at most 65535.
 BLOB = _Wire(cs.Prefixed(cs.Int16ub, cs.GreedyBytes), to_wire=_typed(bytes), doc="bytes (u16 length + data)", prefix=2)
 

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from ..endpoint import Endpoint, parse_endpoint
-from ..errors import LinkDownError, LinkRejectedError, LocalProtocolError, RequestTimeoutError
+from ..errors import IncomingOverflowError, LinkDownError, LinkRejectedError, LocalProtocolError, RequestTimeoutError
 from ..link import (
     Connected,
     Delivered,
@@ -88,17 +88,15 @@ class Link:
         conn: LinkConnection,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
-        *,
-        max_incoming: int = 256,
     ) -> None:
         self.conn = conn
         self._reader = reader
         self._writer = writer
         self._loop = asyncio.get_running_loop()
-        self._max_incoming = max_incoming
+        self._max_incoming = conn.config.max_incoming
         self._incoming: asyncio.Queue[Any] = asyncio.Queue()
-        self._room = asyncio.Event()
-        self._room.set()
+        #: Why the link was ended on this side for a reason of its own (overflow).
+        self._failure: LinkDownError | None = None
         self._space = asyncio.Event()
         self._space.set()
         self._deliveries: dict[int, asyncio.Future[None]] = {}
@@ -240,6 +238,16 @@ class Link:
             await self._writer.wait_closed()
         return await self._down
 
+    async def abort(self) -> LinkDown:
+        """End the link as a crash would: no EOT, the transport dropped. The peer sees
+        the connection lost (``clean`` False, its "last will" case), never a goodbye."""
+        if self.conn.state is not LinkState.CLOSED:
+            with contextlib.suppress(Exception):
+                self._writer.transport.abort()
+            self.conn.receive_data(b"", self._now())
+            self._pump()
+        return await self.close()
+
     async def wait_closed(self) -> LinkDown:
         """Wait until the link ends, for whatever reason, and return why."""
         return await asyncio.shield(self._down)
@@ -261,22 +269,20 @@ class Link:
             self._incoming.put_nowait(_DOWN)  # every later reader sees the end too
             down = self.conn.down
             assert down is not None
+            if self._failure is not None:
+                raise self._failure
             if down.reason is DownReason.CLOSED:
                 raise StopAsyncIteration
             raise _exception_for(down)
-        if self._incoming.qsize() < self._max_incoming:
-            self._room.set()
         return item  # type: ignore[no-any-return]
 
     async def _read_loop(self) -> None:
         conn = self.conn
         try:
+            # Reading never stops, whatever the application does with link.messages:
+            # ACKs, keepalives and answers to requests must never queue behind unread
+            # messages (the incoming queue is bounded by closing the link instead).
             while conn.state is not LinkState.CLOSED:
-                if self._incoming.qsize() >= self._max_incoming:
-                    # Back-pressure: the application is not consuming; stop reading.
-                    self._room.clear()
-                    await self._room.wait()
-                    continue
                 data = await self._reader.read(_READ_SIZE)
                 conn.receive_data(data, self._now())
                 self._pump()
@@ -310,7 +316,10 @@ class Link:
                 fut.set_result(None)
             self._space.set()
         elif isinstance(ev, (MessageReceived, RequestReceived)):
-            self._incoming.put_nowait(ev)
+            if self._incoming.qsize() >= self._max_incoming:
+                self._overflow()
+            elif self._failure is None:
+                self._incoming.put_nowait(ev)
         elif isinstance(ev, ResponseReceived):
             if self._response is not None and not self._response.done():
                 self._response.set_result(ev.message)
@@ -323,9 +332,20 @@ class Link:
         elif isinstance(ev, LinkDown):
             self._on_down(ev)
 
+    def _overflow(self) -> None:
+        if self._failure is not None:
+            return
+        self._failure = IncomingOverflowError(
+            f"{self._max_incoming} received messages left unread (LinkConfig.max_incoming): "
+            "read link.messages, or raise the limit")
+        log.error("link to %r: %s; closing it", self.peer_id, self._failure.args[0])
+        if self.conn.state is not LinkState.CLOSED:
+            self.conn.close(self._now())
+            self._pump()
+
     def _on_down(self, down: LinkDown) -> None:
         log.debug("link to %r down: %s %s", self.peer_id, down.reason.value, down.detail)
-        exc = _exception_for(down)
+        exc = self._failure or _exception_for(down)
         for fut in self._deliveries.values():
             if not fut.done():
                 fut.set_exception(exc)
@@ -336,7 +356,6 @@ class Link:
             self._handshake.set_exception(exc)
             self._handshake.exception()  # retrieved here; awaiting it re-raises
         self._incoming.put_nowait(_DOWN)
-        self._room.set()
         self._space.set()
         if not self._down.done():
             self._down.set_result(down)
@@ -475,7 +494,9 @@ async def serve_stream(
         await link.close()
         raise
     except Exception:
+        # A crash must never look like a clean goodbye to the peer: no EOT.
         log.exception("handler for %r failed", link.peer_id)
+        return await link.abort()
     return await link.close()
 
 

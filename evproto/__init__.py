@@ -47,6 +47,7 @@ from .link import (
     LinkStats,
     MessageReceived,
     RequestReceived,
+    UnknownMessageReceived,
     RequestTimedOut,
     ResponseReceived,
     Side,
@@ -114,6 +115,6 @@ __all__ = [
     "AuthChallenge", "AuthProof", "AuthResult", "CpKey",
     # link
     "Side", "LinkConfig", "LinkConnection", "LinkStats", "LinkState", "DownReason",
-    "HelloReceived", "Connected", "MessageReceived", "RequestReceived",
+    "HelloReceived", "Connected", "MessageReceived", "RequestReceived", "UnknownMessageReceived",
     "ResponseReceived", "RequestTimedOut", "Delivered", "LinkDown",
 ]

@@ -29,6 +29,7 @@ direction correlated by ``ref``, idle probes (Ping) and dead-peer detection.
 from __future__ import annotations
 
 import enum
+import struct
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -45,9 +46,12 @@ from .frame import (
 )
 from .link_table import TABLE, LinkInput, LinkState, Transition
 from .messages import (
+    HEADER_SIZE,
     PROTOCOL_VERSION,
     Accept,
     Envelope,
+    ErrorCode,
+    ErrorReport,
     Flags,
     Hello,
     Message,
@@ -57,7 +61,11 @@ from .messages import (
     clip_text,
     decode_body,
     encode_body,
+    is_known_type,
 )
+
+#: Type, flags, seq, ref: read from a body whose type is unknown (docs/protocol.md §2).
+_HEADER = struct.Struct(">BBHH")
 
 __all__ = [
     "Side",
@@ -70,6 +78,7 @@ __all__ = [
     "Connected",
     "MessageReceived",
     "RequestReceived",
+    "UnknownMessageReceived",
     "ResponseReceived",
     "RequestTimedOut",
     "Delivered",
@@ -209,6 +218,25 @@ class RequestReceived:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class UnknownMessageReceived:
+    """A frame that arrived intact but whose type this side does not know (a newer
+    peer, or an application type nobody registered here). It was acknowledged and
+    the peer told so with an ``ErrorReport(code=UNKNOWN_TYPE, ref=seq)``; the link
+    stays up."""
+
+    msg_type: int
+    payload: bytes
+    seq: int
+    #: The peer asked for an answer (it got the ErrorReport as that answer).
+    request: bool = False
+
+    @property
+    def message(self) -> None:
+        """None: no catalogue message (code that reads ``event.message`` sees nothing it knows)."""
+        return None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ResponseReceived:
     """The answer to our request ``request_id``."""
 
@@ -250,6 +278,7 @@ LinkEvent = (
     | Connected
     | MessageReceived
     | RequestReceived
+    | UnknownMessageReceived
     | ResponseReceived
     | RequestTimedOut
     | Delivered
@@ -269,6 +298,8 @@ class LinkStats:
     duplicates: int = 0
     stray_controls: int = 0
     late_responses: int = 0
+    #: Frames of a type this side does not know (acknowledged, answered with ErrorReport).
+    unknown_types: int = 0
     bad_frames: int = 0
     resyncs: int = 0
     last_error: str = ""
@@ -333,6 +364,8 @@ class LinkConnection:
         self._consecutive_errors = 0
         # per-input scratch set by the dispatcher for actions that need it
         self._rx: Envelope | None = None
+        #: The frame of an unknown type being handled: (type, flags, seq, ref, payload).
+        self._rx_unknown: tuple[int, int, int, int, bytes] | None = None
         self._call_message: Message | None = None
         self._call_flags = 0
         self._call_ref = 0
@@ -491,6 +524,9 @@ class LinkConnection:
                 try:
                     env = decode_body(ev.body)
                 except MessageDecodeError as exc:
+                    if len(ev.body) >= HEADER_SIZE and not is_known_type(ev.body[0]):
+                        self._on_unknown_type(ev.body, now)
+                        continue
                     self._note_error("bad_message", str(exc))
                     self._handle(LinkInput.RX_BAD, now)
                     continue
@@ -512,6 +548,16 @@ class LinkConnection:
                     continue
                 self._handle(LinkInput.RX_BAD, now)
             # Garbage is counted by the decoder and otherwise ignored.
+
+    def _on_unknown_type(self, body: bytes, now: float) -> None:
+        msg_type, flags, seq, ref = _HEADER.unpack_from(body)
+        if self._last_rx_seq is not None and seq == self._last_rx_seq:
+            self._handle(LinkInput.RX_DUPLICATE, now)
+            return
+        self.stats.frames_received += 1
+        self._rx_unknown = (msg_type, flags, seq, ref, bytes(body[HEADER_SIZE:]))
+        self._handle(LinkInput.RX_UNKNOWN, now)
+        self._rx_unknown = None
 
     def _classify(self, env: Envelope) -> LinkInput:
         if self._last_rx_seq is not None and env.seq == self._last_rx_seq:
@@ -722,6 +768,30 @@ class LinkConnection:
             self._events.append(RequestReceived(message=msg, request_id=env.seq))
         else:
             self._events.append(MessageReceived(message=msg, seq=env.seq))
+
+    def _a_unknown(self, now: float, inp: LinkInput) -> None:
+        assert self._rx_unknown is not None
+        msg_type, flags, seq, ref, payload = self._rx_unknown
+        self._last_rx_seq = seq
+        self._consecutive_errors = 0
+        self._write(_ACK, now)
+        self.stats.unknown_types += 1
+        what = f"message type 0x{msg_type:02x}"
+        if flags & Flags.RESPONSE:
+            # The peer answered our request with a type we do not know: the request ends
+            # with an ErrorReport the caller can handle, rather than a timeout.
+            if self._request is not None and ref == self._request[0]:
+                self._request = None
+                report = ErrorReport(code=ErrorCode.UNKNOWN_TYPE, detail=f"the answer is a {what} unknown here")
+                self._events.append(ResponseReceived(message=report, request_id=ref))
+            else:
+                self.stats.late_responses += 1
+            return
+        if len(self._queue) < self.config.max_queue:
+            report = ErrorReport(code=ErrorCode.UNKNOWN_TYPE, detail=clip_text(f"{what} is unknown to {self.node_id or (self.hello.node_id if self.hello else 'this peer')}"))
+            self._enqueue(report, now, flags=Flags.RESPONSE if flags & Flags.REQUEST else 0, ref=seq)
+        self._events.append(UnknownMessageReceived(msg_type=msg_type, payload=payload, seq=seq,
+                                                   request=bool(flags & Flags.REQUEST)))
 
     def _a_reack(self, now: float, inp: LinkInput) -> None:
         self.stats.duplicates += 1

@@ -51,6 +51,7 @@ class LinkInput(enum.Enum):
     RX_REJECT = "Reject frame"
     RX_DATA = "other frame"
     RX_DUPLICATE = "duplicate frame (same seq)"
+    RX_UNKNOWN = "frame of a type this side does not know"
     RX_BAD = "bad frame or body"
     RX_EOF = "EOF / reset"
     TIMER_RETRANSMIT = "ACK timeout"
@@ -75,6 +76,7 @@ ACTIONS: dict[str, str] = {
     "queue_send": "queue frame (stop-and-wait, bounded)",
     "deliver": "ACK, emit message / request / response",
     "reack": "ACK again, do not deliver",
+    "unknown": "ACK, answer ErrorReport(unknown_type) (as the response to a request), emit UnknownMessageReceived",
     "frame_acked": "complete outstanding frame, send next",
     "frame_nacked": "retransmit outstanding frame (bounded)",
     "retransmit": "retransmit ENQ or frame (bounded), else down: retries_exhausted",
@@ -142,11 +144,14 @@ def _build() -> dict[tuple[LinkState, LinkInput], Transition]:
         row(s, I.RX_REJECT, _T("nack"))
         row(s, I.RX_DATA, _T("nack"))
         row(s, I.RX_DUPLICATE, _T("reack"))
+        row(s, I.RX_UNKNOWN, _T("nack"))
         row(s, I.RX_BAD, _T("nack"))
     row(S.AWAIT_HELLO, I.RX_HELLO, _T("hello_received", S.HELLO_RECEIVED))
     row(S.HELLO_SENT, I.RX_ACCEPT, _T("accepted", S.OPEN))
     row(S.HELLO_SENT, I.RX_REJECT, _T("rejected", S.CLOSED))
     row(S.OPEN, I.RX_DATA, _T("deliver"))
+    # A type added elsewhere in a fleet must never take links down: it arrived intact.
+    row(S.OPEN, I.RX_UNKNOWN, _T("unknown"))
 
     # Transport and timers.
     row(S.IDLE, I.RX_EOF, _T("connection_lost", S.CLOSED))

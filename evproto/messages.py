@@ -69,6 +69,7 @@ __all__ = [
     "decode_body",
     "clip_text",
     "MAX_TEXT_BYTES",
+    "is_known_type",
 ]
 
 #: Version carried in Hello/Accept. Bumped on any incompatible change of this catalogue.
@@ -775,6 +776,11 @@ def encode_body(message: Message, *, seq: int = 0, ref: int = 0, flags: int = 0)
         return codec.encode(message, seq, ref, int(flags))
     except _DECODE_ERRORS as exc:
         raise MessageEncodeError(f"cannot encode {message!r}: {exc}") from exc
+
+
+def is_known_type(msg_type: int) -> bool:
+    """True when this side can decode messages of type ``msg_type``."""
+    return msg_type in _CODECS
 
 
 def decode_body(body: bytes) -> Envelope:

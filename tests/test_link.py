@@ -389,12 +389,16 @@ def test_a_burst_of_damage_is_answered_by_one_nack() -> None:
     assert delivered_messages(p.s.events()) == [status(2)]
 
 
-def test_unknown_message_type_is_nacked_not_fatal() -> None:
+def test_unknown_message_type_is_acked_and_reported_not_nacked() -> None:
+    # It arrived intact (its envelope checks out): a NACK would make the sender resend
+    # it to no avail and take its link down. docs/protocol.md, "Message types".
     p = Pair()
     body = bytes([0x7F, 0, 0, 60, 0, 0])
     p.s.receive_data(encode_frame(body), p.t)
-    assert p.s.data_to_send() == NACK
-    assert p.s.stats.errors_by_kind == {"bad_message": 1}
+    out = p.s.data_to_send()
+    assert out[:1] == ACK and p.s.stats.errors_by_kind == {} and p.s.stats.unknown_types == 1
+    report = decode_body(FrameDecoder().feed(out[1:])[0].body)
+    assert report.ref == 60 and report.message.code.name == "UNKNOWN_TYPE"
     p.s.receive_data(encode_frame(encode_body(status(1), seq=61)), p.t)
     assert delivered_messages(p.s.events()) == [status(1)]
 
@@ -468,3 +472,79 @@ def test_lossy_line_delivers_exactly_once_in_order_or_reports_what_is_missing(
         # covers everything (overlapping by at most the frame in flight).
         assert rest == sent[len(sent) - len(rest) :]
         assert len(got) + len(rest) in (len(sent), len(sent) + 1)
+
+
+# -- a message type this side does not know ----------------------------------------------------
+
+
+def _as_newer_type(new_type: int):
+    """A wire on which the client's CpStatus frames arrive as type ``new_type`` (a peer
+    running a newer catalogue, or an application type only it registered)."""
+    from evproto.frame import ControlReceived, encode_frame
+
+    def wire(direction: str, data: bytes) -> bytes:
+        if direction != "c>s":
+            return data
+        out = b""
+        for ev in FrameDecoder().feed(data):
+            if isinstance(ev, FrameReceived):
+                body = ev.body
+                if body[0] == 0x14:  # CpStatus
+                    body = bytes([new_type]) + body[1:]
+                out += encode_frame(body)
+            elif isinstance(ev, ControlReceived):
+                out += ev.control.byte
+        return out
+
+    return wire
+
+
+def test_an_unknown_type_is_acknowledged_and_answered_never_fatal() -> None:
+    from evproto import ErrorCode, ErrorReport, UnknownMessageReceived
+
+    p = Pair(wire=_as_newer_type(0x7E))
+    for n in range(10):  # far more than max_retries: none of them may count against the link
+        seq = p.c.send(CpStatus(state=CpState.SUPPLYING, session_id=n + 1), p.t)
+        p.pump()
+        unknown = p.take("s", UnknownMessageReceived)
+        assert [(u.msg_type, u.seq, u.request) for u in unknown] == [(0x7E, seq, False)]
+        assert unknown[0].message is None and unknown[0].payload.endswith((n + 1).to_bytes(4, "big") + b"\x00")
+        assert [d.seq for d in p.take("c", Delivered)] == [seq]  # acknowledged: delivered intact
+        reports = p.take("c", MessageReceived)
+        assert [r.message.code for r in reports] == [ErrorCode.UNKNOWN_TYPE]
+        assert isinstance(reports[0].message, ErrorReport) and "0x7e" in reports[0].message.detail
+    # A request of an unknown type gets the ErrorReport as its answer, not a timeout.
+    rid = p.c.request(CpStatus(state=CpState.ACTIVATED), p.t)
+    p.pump()
+    answers = p.take("c", ResponseReceived)
+    assert [(a.request_id, a.message.code) for a in answers] == [(rid, ErrorCode.UNKNOWN_TYPE)]
+    assert [u.request for u in p.take("s", UnknownMessageReceived)] == [True]
+    assert p.c.state is LinkState.OPEN and p.s.state is LinkState.OPEN
+    assert p.s.stats.unknown_types == 11 and p.s.stats.nacks_sent == 0
+    assert p.c.stats.retransmissions == 0
+
+
+def test_a_repeated_frame_of_an_unknown_type_is_reported_once() -> None:
+    from evproto import UnknownMessageReceived
+    from evproto.frame import encode_frame
+
+    p = Pair()
+    frame = encode_frame(bytes([0x7E, 0, 0, 9, 0, 0]) + b"new")
+    for _ in range(3):
+        p.s.receive_data(frame, p.t)
+        p.pump()
+    assert [u.seq for u in p.take("s", UnknownMessageReceived)] == [9]
+    assert p.s.stats.duplicates == 2 and p.s.state is LinkState.OPEN
+
+
+def test_the_unknown_type_vector_of_the_docs() -> None:
+    import pathlib
+    import re
+
+    text = (pathlib.Path(__file__).parent.parent / "docs" / "protocol.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| (in|out): [^|]*\| `([0-9a-f ]+)` \|$", text, re.M)
+    vector = dict(rows)
+    assert set(vector) == {"in", "out"}
+    p = Pair()
+    p.s.receive_data(bytes.fromhex(vector["in"]), p.t)
+    assert p.s.data_to_send() == bytes.fromhex(vector["out"])

@@ -97,6 +97,8 @@ def apply(c: LinkConnection, inp: LinkInput, now: float) -> None:
             c._handle(inp, now)
         else:
             c.receive_data(frame(CpStatus(state=CpState.SUPPLYING), seq=c._last_rx_seq), now)
+    elif inp is LinkInput.RX_UNKNOWN:
+        c.receive_data(encode_frame(bytes([0x7E, 0, 0, fresh, 0, 0]) + b"newer"), now)
     elif inp is LinkInput.RX_BAD:
         bad = bytearray(frame(CpStatus(state=CpState.SUPPLYING), seq=fresh))
         bad[-1] ^= 0xFF
@@ -140,6 +142,9 @@ def _check(action: str, before: LinkState, c: LinkConnection, out: bytes, events
         assert out.startswith(b"\x02") and out[3] == 0x01  # the Hello frame
     elif action in ("hello_received", "accepted", "rejected", "deliver"):
         assert out.startswith(ACK)
+    elif action == "unknown":
+        assert out.startswith(ACK) and c.stats.unknown_types == 1
+        assert any(type(e).__name__ == "UnknownMessageReceived" for e in events)
     elif action in ("ignore", "local_error", "close_quiet", "peer_closed", "connection_lost",
                     "peer_reset", "handshake_timeout", "peer_silent", "start_server"):
         assert out == b""

@@ -42,6 +42,7 @@ from ..link import (
     MessageReceived,
     RequestReceived,
     RequestTimedOut,
+    UnknownMessageReceived,
     ResponseReceived,
     Side,
 )
@@ -60,7 +61,7 @@ _DOWN = object()  # sentinel in the incoming queue
 #: ``link.peer_address``); returns a Reject to refuse, None to accept (or an awaitable of either).
 HelloPolicy = Callable[..., "Reject | None | Awaitable[Reject | None]"]
 
-Incoming = MessageReceived | RequestReceived
+Incoming = MessageReceived | RequestReceived | UnknownMessageReceived
 
 
 def _exception_for(down: LinkDown) -> LinkDownError:
@@ -315,7 +316,7 @@ class Link:
             if fut is not None and not fut.done():
                 fut.set_result(None)
             self._space.set()
-        elif isinstance(ev, (MessageReceived, RequestReceived)):
+        elif isinstance(ev, (MessageReceived, RequestReceived, UnknownMessageReceived)):
             if self._incoming.qsize() >= self._max_incoming:
                 self._overflow()
             elif self._failure is None:

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test demo demo-protocol venv bench fuzz detection soak capacity wheel clean
+.PHONY: test typecheck demo demo-protocol venv bench fuzz detection soak capacity wheel clean
 
 venv: $(STAMP)
 
@@ -19,7 +19,16 @@ $(STAMP): setup.cfg pyproject.toml
 # fixtures): the end-to-end tests mostly wait on their daemons, so two halve the wall time.
 TEST_WORKERS ?= 2
 
+# The protocol core, evproto.aio and a third party's program against them (tests/typecheck)
+# pass `mypy --strict`: the typing the wheel promises with py.typed.
+TYPED := evproto/__init__.py evproto/frame.py evproto/link.py evproto/link_table.py evproto/messages.py \
+         evproto/errors.py evproto/endpoint.py evproto/backoff.py evproto/idents.py evproto/aio tests/typecheck
+
+typecheck: $(STAMP)
+	$(BIN)/python -m mypy --strict $(TYPED)
+
 test: $(STAMP)
+	$(BIN)/python -m mypy --strict $(TYPED)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -34,6 +34,7 @@ from evproto import (
     HealthStatus,
     Hello,
     LinkConfig,
+    DownReason,
     LinkDownError,
     LinkRejectedError,
     MessageReceived,
@@ -177,7 +178,7 @@ class Monitor:
                     await asyncio.sleep(backoff.next_delay())
                     continue
                 log.error("Central refused %s: %s", self.cp_id, exc.detail)
-                self.rejected = LinkRejectedError(None, exc.detail, code=exc.code)  # type: ignore[arg-type]
+                self.rejected = LinkRejectedError(DownReason.REJECTED, exc.detail, code=exc.code)
                 return
             except (auth.AuthError, LinkDownError, RequestTimeoutError, asyncio.TimeoutError) as exc:
                 # A Central that cannot prove it holds our credential is not ours: never hand
@@ -229,7 +230,7 @@ class Monitor:
                     log.info("authenticated; record key %s", msg.key_id)
                     await self._hand_key(CpKey(key_id=msg.key_id, key=key, verify_key=msg.verify_key))
                     return
-        raise LinkDownError("peer_closed", "Central closed the link during authentication")  # type: ignore[arg-type]
+        raise LinkDownError(DownReason.PEER_CLOSED, "Central closed the link during authentication")
 
     async def _hand_key(self, key: CpKey) -> None:
         """Keep the key for the engine and give it to the engine now if its link is up."""

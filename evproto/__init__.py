@@ -26,6 +26,7 @@ from .frame import (
     DEFAULT_MAX_BODY,
     Control,
     ControlReceived,
+    DecoderEvent,
     DecoderStats,
     FrameDecoder,
     FrameError,
@@ -35,6 +36,8 @@ from .frame import (
     encode_frame,
     lrc,
 )
+from .backoff import Backoff
+from .endpoint import Endpoint, parse_endpoint
 from .link import (
     Connected,
     Delivered,
@@ -103,7 +106,7 @@ __all__ = [
     "MessageDecodeError", "MessageEncodeError", "SendQueueFull", "LinkError",
     "LinkDownError", "LinkRejectedError", "IncomingOverflowError", "RequestTimeoutError", "TransportError",
     # frames
-    "DEFAULT_MAX_BODY", "Control", "lrc", "encode_frame", "FrameDecoder", "DecoderStats",
+    "DEFAULT_MAX_BODY", "Control", "lrc", "encode_frame", "FrameDecoder", "DecoderStats", "DecoderEvent", "Backoff", "Endpoint", "parse_endpoint",
     "FrameReceived", "ControlReceived", "FrameError", "FrameErrorKind", "Garbage",
     # messages
     "PROTOCOL_VERSION", "MessageType", "Flags", "Role", "ReasonCode", "HealthState",

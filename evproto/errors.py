@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # errors is imported by the modules that define these
+    from .link import DownReason
+    from .messages import ReasonCode
+
 __all__ = [
     "EvprotoError",
     "ProtocolError",
@@ -66,14 +72,14 @@ class LinkError(EvprotoError):
 
 
 class LinkDownError(LinkError):
-    """The link is down. ``reason`` is a :class:`evproto.link.DownReason`."""
+    """The link is down; ``reason`` says why (:class:`evproto.link.DownReason`)."""
 
-    def __init__(self, reason: object, detail: str = "") -> None:
+    def __init__(self, reason: DownReason, detail: str = "") -> None:
         text = f"link down: {getattr(reason, 'value', reason)}"
         if detail:
             text += f" ({detail})"
         super().__init__(text)
-        self.reason = reason
+        self.reason: DownReason = reason
         self.detail = detail
 
     @property
@@ -83,11 +89,11 @@ class LinkDownError(LinkError):
 
 
 class LinkRejectedError(LinkDownError):
-    """The server refused our hello; ``code`` is a :class:`evproto.messages.RejectCode`."""
+    """The server refused our hello; ``code`` is its :class:`evproto.messages.ReasonCode`."""
 
-    def __init__(self, reason: object, detail: str = "", *, code: object = None) -> None:
+    def __init__(self, reason: DownReason, detail: str = "", *, code: ReasonCode | None = None) -> None:
         super().__init__(reason, detail)
-        self.code = code
+        self.code: ReasonCode | None = code
 
 
 class IncomingOverflowError(LinkDownError):

@@ -453,6 +453,11 @@ class LinkConnection:
         candidates = [d for d in self._deadlines().values() if d is not None]
         return min(candidates) if candidates else None
 
+    @property
+    def is_live(self) -> bool:
+        """False once the link has ended (state CLOSED)."""
+        return self.state is not LinkState.CLOSED
+
     def handle_timer(self, now: float) -> None:
         """Run every timer that is due at ``now``."""
         if self.state is LinkState.CLOSED:
@@ -463,13 +468,13 @@ class LinkConnection:
             self._dispatch_decoded(self.decoder.resync(), now)
         if d["retransmit"] is not None and now >= d["retransmit"]:
             self._handle(LinkInput.TIMER_RETRANSMIT, now)
-        if d["silence"] is not None and now >= d["silence"] and self.state is not LinkState.CLOSED:
+        if d["silence"] is not None and now >= d["silence"] and self.is_live:
             self._handle(LinkInput.TIMER_SILENCE, now)
         if d["request"] is not None and now >= d["request"] and self._request is not None:
             request_id = self._request[0]
             self._request = None
             self._events.append(RequestTimedOut(request_id=request_id))
-        if d["keepalive"] is not None and now >= d["keepalive"] and self.state is not LinkState.CLOSED:
+        if d["keepalive"] is not None and now >= d["keepalive"] and self.is_live:
             self._handle(LinkInput.TIMER_KEEPALIVE, now)
 
     @property

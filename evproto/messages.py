@@ -20,7 +20,7 @@ import enum
 import math
 import struct
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import construct as cs
 
@@ -243,7 +243,7 @@ class _Wire:
         if isinstance(sub, cs.Enum):
             sub = sub.subcon
         if isinstance(sub, cs.FormatField):
-            return sub.fmtstr[1:]
+            return str(sub.fmtstr[1:])
         return None
 
 
@@ -273,10 +273,10 @@ def _flag_wire(flag_cls: type[enum.IntFlag], subcon: cs.FormatField) -> _Wire:
     limit = 1 << (8 * subcon.sizeof())
 
     def to_wire(v: Any) -> int:
-        v = int(v)
-        if not 0 <= v < limit:
-            raise ValueError(f"{v!r} does not fit {flag_cls.__name__}")
-        return v
+        n = int(v)
+        if not 0 <= n < limit:
+            raise ValueError(f"{n!r} does not fit {flag_cls.__name__}")
+        return n
 
     cache: dict[int, enum.IntFlag] = {}
 
@@ -372,12 +372,12 @@ class Message:
     SCHEMA: ClassVar[cs.Struct]
 
 
-_dc = dataclass(frozen=True, slots=True, kw_only=True)
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {}
+_M = TypeVar("_M", bound="Message")
 
 
-def _register(msg_type: MessageType) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
+def _register(msg_type: MessageType) -> Callable[[type[_M]], type[_M]]:
+    def deco(cls: type[_M]) -> type[_M]:
         cls.TYPE = msg_type
         MESSAGE_CLASSES[msg_type] = cls
         return cls
@@ -386,7 +386,7 @@ def _register(msg_type: MessageType) -> Callable[[type], type]:
 
 
 @_register(MessageType.HELLO)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Hello(Message):
     """First frame of a link: who the client is and the keepalive it wants."""
 
@@ -401,7 +401,7 @@ class Hello(Message):
 
 
 @_register(MessageType.ACCEPT)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Accept(Message):
     """The server's yes to a Hello, with the keepalive both sides will use."""
 
@@ -411,7 +411,7 @@ class Accept(Message):
 
 
 @_register(MessageType.REJECT)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Reject(Message):
     """The server's no to a Hello; the link closes after it."""
 
@@ -420,13 +420,13 @@ class Reject(Message):
 
 
 @_register(MessageType.PING)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Ping(Message):
     """Keepalive probe sent when a side has been idle; its ACK proves the peer alive."""
 
 
 @_register(MessageType.ERROR)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ErrorReport(Message):
     """An application-level error report."""
 
@@ -435,7 +435,7 @@ class ErrorReport(Message):
 
 
 @_register(MessageType.AUTH_CHALLENGE)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthChallenge(Message):
     """Server -> client, right after Accept when the server authenticates: how to salt
     the credential (scrypt parameters) and the server's nonce (see evproto.auth)."""
@@ -448,7 +448,7 @@ class AuthChallenge(Message):
 
 
 @_register(MessageType.AUTH_PROOF)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthProof(Message):
     """Client -> server, the answer to AuthChallenge: proof that it holds the secret."""
 
@@ -456,7 +456,7 @@ class AuthProof(Message):
 
 
 @_register(MessageType.AUTH_RESULT)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthResult(Message):
     """Server -> client: ``OK`` with the server's signature and, for a charge point, its
     record key (wrapped) and the key that verifies what the server signs; or the reason
@@ -471,7 +471,7 @@ class AuthResult(Message):
 
 
 @_register(MessageType.CP_KEY)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CpKey(Message):
     """Monitor -> engine: the record key Central issued this charge point, and the key
     that verifies what Central signs. An empty ``key_id`` withdraws the key (revoked)."""
@@ -482,13 +482,13 @@ class CpKey(Message):
 
 
 @_register(MessageType.HEALTH_CHECK)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthCheck(Message):
     """Monitor -> engine: are you healthy? (answered by HealthStatus)."""
 
 
 @_register(MessageType.HEALTH_STATUS)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthStatus(Message):
     """Engine -> monitor: OK, or KO with a fault code."""
 
@@ -497,7 +497,7 @@ class HealthStatus(Message):
 
 
 @_register(MessageType.FAULT_REPORT)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FaultReport(Message):
     """Monitor -> Central: the charge point has a fault."""
 
@@ -506,7 +506,7 @@ class FaultReport(Message):
 
 
 @_register(MessageType.RECOVERY_REPORT)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class RecoveryReport(Message):
     """Monitor -> Central: the fault ``fault`` has cleared."""
 
@@ -514,7 +514,7 @@ class RecoveryReport(Message):
 
 
 @_register(MessageType.CP_STATUS)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CpStatus(Message):
     """A charge point's current state (session 0 and empty driver when idle)."""
 
@@ -524,7 +524,7 @@ class CpStatus(Message):
 
 
 @_register(MessageType.COMMAND)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Command(Message):
     """Stop, resume, plug or unplug (``session_id`` 0 when not about a session)."""
 
@@ -533,7 +533,7 @@ class Command(Message):
 
 
 @_register(MessageType.AUTHORIZE_SUPPLY)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class AuthorizeSupply(Message):
     """Central -> charge point: serve ``driver_id`` under ``session_id``."""
 
@@ -544,7 +544,7 @@ class AuthorizeSupply(Message):
 
 
 @_register(MessageType.COMMAND_RESULT)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CommandResult(Message):
     """Answer to a command or authorisation: ``OK`` or the reason it was refused."""
 
@@ -553,7 +553,7 @@ class CommandResult(Message):
 
 
 @_register(MessageType.SUPPLY_TELEMETRY)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SupplyTelemetry(Message):
     """Progress of a supply, sent every second while it runs."""
 
@@ -565,7 +565,7 @@ class SupplyTelemetry(Message):
 
 
 @_register(MessageType.SUPPLY_END)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SupplyEnd(Message):
     """Final figures of a supply: the ticket's data."""
 
@@ -579,13 +579,13 @@ class SupplyEnd(Message):
 
 
 @_register(MessageType.METER_READ_REQUEST)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MeterReadRequest(Message):
     """Engine -> meter: send your current values (answered by MeterValues)."""
 
 
 @_register(MessageType.METER_VALUES)
-@_dc
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MeterValues(Message):
     """A meter reading. Voltage and current are None when the meter does not measure them."""
 
@@ -645,7 +645,8 @@ _new = object.__new__
 
 
 def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
-    return cls.__dict__[name].__set__  # the slot descriptor; bypasses the frozen __setattr__
+    setter: Callable[[Any, Any], None] = cls.__dict__[name].__set__  # the slot descriptor; bypasses the frozen __setattr__
+    return setter
 
 
 _ENV_SET = tuple(_slot_setter(Envelope, n) for n in ("message", "seq", "ref", "flags"))
@@ -672,10 +673,9 @@ class _Codec:
             *(n / w.subcon for n, w in wires),
             cs.Terminated,
         ).compile()
+        self._pack: Callable[..., bytes] | None = None
         if self.fixed:
-            self._pack = struct.Struct(">BBHH" + "".join(w.fmt for w in self.wires)).pack  # type: ignore[misc]
-        else:
-            self._pack = None
+            self._pack = struct.Struct(">BBHH" + "".join(w.fmt or "" for w in self.wires)).pack
         self.decode = self._generate_decoder()
 
     def _generate_decoder(self) -> Callable[[bytes], Envelope]:
@@ -748,9 +748,10 @@ class _Codec:
             v = getattr(message, name)
             values.append(w.to_wire(v) if w.to_wire is not None else v)
         if self._pack is not None:
-            return self._pack(self.type, flags, seq, ref, *values)  # type: ignore[no-any-return]
+            return self._pack(self.type, flags, seq, ref, *values)
         kw = dict(zip(self.names, values))
-        return self._build.build(dict(type=self.type, flags=flags, seq=seq, ref=ref, **kw))  # type: ignore[no-any-return]
+        built: bytes = self._build.build(dict(type=self.type, flags=flags, seq=seq, ref=ref, **kw))
+        return built
 
 
 _CODECS: dict[int, _Codec] = {int(t): _Codec(cls) for t, cls in MESSAGE_CLASSES.items()}

@@ -455,7 +455,7 @@ async def _decide(policy: HelloPolicy | None, hello: Hello, link: Link | None = 
     decision = policy(hello, link) if link is not None and _wants_link(policy) else policy(hello)
     if inspect.isawaitable(decision):
         decision = await decision
-    return decision  # type: ignore[return-value]
+    return decision
 
 
 async def serve_stream(

@@ -132,7 +132,9 @@ async def _open_serial(ep: Endpoint) -> StreamPair:
     import serial_asyncio_fast
 
     try:
-        return await serial_asyncio_fast.open_serial_connection(url=ep.path, **ep.options)
+        options: dict[str, Any] = dict(ep.options)
+        pair: StreamPair = await serial_asyncio_fast.open_serial_connection(url=ep.path, **options)
+        return pair
     except serial.SerialException as exc:
         raise TransportError(f"{ep.url}: {exc}") from exc
     except termios.error as exc:  # the port refuses these settings (a pty cannot do 7E1, say)

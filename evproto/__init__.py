@@ -91,10 +91,15 @@ from .messages import (
     Role,
     SupplyEnd,
     SupplyTelemetry,
+    APP_TYPES,
+    Opaque,
     clip_text,
     decode_body,
     encode_body,
+    is_known_type,
+    register_message,
 )
+from . import wire
 
 # A library never configures logging; applications do.
 _logging.getLogger(__name__).addHandler(_logging.NullHandler())
@@ -114,7 +119,7 @@ __all__ = [
     "Message", "Envelope", "Hello", "Accept", "Reject", "Ping", "ErrorReport", "HealthCheck",
     "HealthStatus", "FaultReport", "RecoveryReport", "CpStatus", "Command",
     "AuthorizeSupply", "CommandResult", "SupplyTelemetry", "SupplyEnd",
-    "MeterReadRequest", "MeterValues", "encode_body", "decode_body", "clip_text",
+    "MeterReadRequest", "MeterValues", "encode_body", "decode_body", "clip_text", "Opaque", "register_message", "is_known_type", "APP_TYPES", "wire",
     "AuthChallenge", "AuthProof", "AuthResult", "CpKey",
     # link
     "Side", "LinkConfig", "LinkConnection", "LinkStats", "LinkState", "DownReason",

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import math
 import struct
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, ClassVar, TypeVar
 
 import construct as cs
@@ -70,6 +70,10 @@ __all__ = [
     "clip_text",
     "MAX_TEXT_BYTES",
     "is_known_type",
+    "register_message",
+    "APP_TYPES",
+    "APP_MESSAGE_CLASSES",
+    "Opaque",
 ]
 
 #: Version carried in Hello/Accept. Bumped on any incompatible change of this catalogue.
@@ -102,6 +106,7 @@ class MessageType(enum.IntEnum):
     SUPPLY_END = 0x31
     METER_READ_REQUEST = 0x40
     METER_VALUES = 0x41
+    OPAQUE = 0x50
 
 
 class Flags(enum.IntFlag):
@@ -368,7 +373,8 @@ class Message:
     """Base class of every message. ``TYPE`` is the message's type byte."""
 
     __slots__ = ()
-    TYPE: ClassVar[MessageType]
+    #: The type byte: a MessageType for the catalogue, 0x80-0xef for application messages.
+    TYPE: ClassVar[int]
     SCHEMA: ClassVar[cs.Struct]
 
 
@@ -597,6 +603,16 @@ class MeterValues(Message):
     meter_timestamp_ms: int = _w(U64, 0)
 
 
+@_register(MessageType.OPAQUE)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Opaque(Message):
+    """Application bytes the protocol does not look into: ``channel`` says what they
+    are to the two applications (for typed fields, register a message type instead)."""
+
+    channel: int = _w(U16, 0)
+    payload: bytes = _w(BLOB, b"")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Envelope:
     """A decoded BODY: the link header and the message it carries."""
@@ -756,6 +772,56 @@ class _Codec:
 
 _CODECS: dict[int, _Codec] = {int(t): _Codec(cls) for t, cls in MESSAGE_CLASSES.items()}
 _CODEC_BY_CLASS: dict[type, _Codec] = {c.cls: c for c in _CODECS.values()}
+
+#: Type bytes applications may give messages of their own (:func:`register_message`);
+#: 0x01-0x7f are the protocol's catalogue, 0xf0-0xff reserved for its future use.
+APP_TYPES = range(0x80, 0xF0)
+#: Application messages registered in this process, by type byte.
+APP_MESSAGE_CLASSES: dict[int, type[Message]] = {}
+
+
+def register_message(msg_type: int) -> Callable[[type[_M]], type[_M]]:
+    """Class decorator: make ``cls`` an application message of type ``msg_type``
+    (0x80-0xef), sent, acknowledged and decoded like the catalogue's::
+
+        @evproto.register_message(0x80)
+        @dataclass(frozen=True, slots=True, kw_only=True)
+        class Tariff(evproto.Message):
+            cp_id: str = evproto.wire.text()
+            price_eur_kwh: float = evproto.wire.f64()
+
+    Both peers register it; a peer that has not answers it with
+    ``ErrorReport(UNKNOWN_TYPE)`` and the link stays up (docs/protocol.md).
+    Raises ValueError for a type outside the range or taken by another class,
+    TypeError for a class that is not a frozen, slots dataclass whose fields all
+    come from :mod:`evproto.wire`.
+    """
+    if isinstance(msg_type, bool) or not isinstance(msg_type, int) or msg_type not in APP_TYPES:
+        raise ValueError(f"application message types are 0x80..0xef, not {msg_type!r}")
+
+    def deco(cls: type[_M]) -> type[_M]:
+        name = getattr(cls, "__name__", repr(cls))
+        if not (isinstance(cls, type) and issubclass(cls, Message) and is_dataclass(cls)):
+            raise TypeError(f"{name}: an application message is a dataclass subclass of evproto.Message")
+        params = getattr(cls, "__dataclass_params__", None)
+        if not (params is not None and params.frozen and "__slots__" in cls.__dict__):
+            raise TypeError(f"{name}: declare it @dataclass(frozen=True, slots=True, kw_only=True)")
+        for f in fields(cls):
+            if not isinstance(f.metadata.get("wire"), _Wire):
+                raise TypeError(f"{name}.{f.name}: declare it with an evproto.wire field "
+                                "(wire.text(), wire.u32(), wire.f64() ...)")
+        taken = _CODECS.get(msg_type)
+        if taken is not None and taken.cls is not cls:
+            raise ValueError(f"message type 0x{msg_type:02x} is already {taken.cls.__name__}")
+        cls.TYPE = msg_type
+        cls.SCHEMA = cs.Struct(*(n / w.subcon for n, w in _wires(cls)))
+        codec = _Codec(cls)
+        _CODECS[msg_type] = codec
+        _CODEC_BY_CLASS[cls] = codec
+        APP_MESSAGE_CLASSES[msg_type] = cls
+        return cls
+
+    return deco
 _DECODE_ERRORS = (
     struct.error, cs.ConstructError, UnicodeError, ValueError, KeyError, IndexError, TypeError, OverflowError
 )

@@ -87,6 +87,7 @@ def next_delay() -> float:
 
 def main() -> tuple[CpState, HealthState, float, str]:
     state, _port = asyncio.run(serve_and_ask())
+    assert reading_round_trip().energy_wh == 12.5
     return round_trip(), state, next_delay(), evproto.__version__
 
 
@@ -100,3 +101,24 @@ async def _messages(link: Link) -> list[CpStatus]:
 
 if __name__ == "__main__":
     print(main())
+
+
+# -- an application message of its own ----------------------------------------------------
+
+from dataclasses import dataclass  # noqa: E402
+
+
+@evproto.register_message(0xEE)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reading(evproto.Message):
+    meter: str = evproto.wire.text()
+    energy_wh: float = evproto.wire.f64()
+    note: float | None = evproto.wire.opt_f32()
+
+
+def reading_round_trip() -> Reading:
+    message = decode_body(encode_body(Reading(meter="m1", energy_wh=12.5), seq=3)).message
+    assert isinstance(message, Reading)
+    opaque = evproto.Opaque(channel=1, payload=b"raw")
+    assert decode_body(encode_body(opaque)).message == opaque
+    return message

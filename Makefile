@@ -10,9 +10,12 @@ STAMP  := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+# Two distributions from one tree: evproto (the protocol library, this directory) and
+# evproto-network (network/: the daemons, Kafka, HTTP, the panel), both editable.
+$(STAMP): setup.cfg pyproject.toml network/setup.cfg network/setup.py
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test,broker]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --config-settings editable_mode=compat -e '.[test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e './network[broker]'
 	@touch $@
 
 # Two test processes, one test file at a time each (a file's tests share its broker and
@@ -60,7 +63,7 @@ capacity: $(STAMP)
 	$(BIN)/python benchmarks/capacity.py --sweep 1000,3000,5000,6000,7000,8000 --duration 30 --write docs/performance.md
 
 wheel: $(STAMP)
-	$(BIN)/python -m pip wheel --no-deps -w dist .
+	$(BIN)/python -m pip wheel --no-deps -w dist . ./network
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .hypothesis

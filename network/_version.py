@@ -1,0 +1,1 @@
+../evproto/_version.py

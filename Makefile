@@ -25,7 +25,7 @@ TEST_WORKERS ?= 2
 # The protocol core, evproto.aio and a third party's program against them (tests/typecheck)
 # pass `mypy --strict`: the typing the wheel promises with py.typed.
 TYPED := evproto/__init__.py evproto/frame.py evproto/link.py evproto/link_table.py evproto/messages.py \
-         evproto/errors.py evproto/endpoint.py evproto/backoff.py evproto/idents.py evproto/wire.py evproto/aio \
+         evproto/errors.py evproto/endpoint.py evproto/backoff.py evproto/idents.py evproto/wire.py evproto/sync.py evproto/aio \
          tests/typecheck
 
 typecheck: $(STAMP)

@@ -2,7 +2,11 @@
 ``serial:///dev/ttyUSB0?baudrate=9600``.
 
 Pure parsing, no I/O. Shorthands accepted everywhere a URL is: ``host:port``
-means TCP and a path starting with ``/`` means a serial device.
+means TCP and a path starting with ``/`` (or a Windows port name such as ``COM3``)
+means a serial device. pyserial's URL handlers (``rfc2217://``, ``socket://``,
+``loop://``, ``spy://``, ``alt://``, ``hwgrep://``, ``cp2110://``) are serial
+ports too: the line settings of their query (``baudrate`` ...) are ours, any other
+option stays in the URL for pyserial.
 
 TLS options (query string, file paths): ``ca`` the CA bundle that signs the other
 side's certificate (a client checks the server against it; a server given ``ca``
@@ -14,12 +18,13 @@ given), ``server_name`` the name the client expects in the server's certificate
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from .errors import TransportError
 
-__all__ = ["Endpoint", "parse_endpoint", "SERIAL_DEFAULTS", "TLS_OPTIONS"]
+__all__ = ["Endpoint", "parse_endpoint", "SERIAL_DEFAULTS", "TLS_OPTIONS", "PYSERIAL_SCHEMES"]
 
 #: Serial settings used when the URL does not give them (8N1, the usual meter default).
 SERIAL_DEFAULTS: dict[str, object] = {"baudrate": 9600, "bytesize": 8, "parity": "N", "stopbits": 1}
@@ -28,6 +33,10 @@ _PARITIES = {"N", "E", "O", "M", "S"}
 _BYTESIZES = {5, 6, 7, 8}
 _STOPBITS = {1, 1.5, 2}
 _BOOL_OPTIONS = {"rtscts", "xonxoff", "dsrdtr", "exclusive"}
+#: pyserial URL handlers, passed to ``serial.serial_for_url`` as they are.
+PYSERIAL_SCHEMES = ("rfc2217", "socket", "loop", "spy", "alt", "hwgrep", "cp2110")
+_LINE_OPTIONS = {"baudrate", "bytesize", "parity", "stopbits"} | _BOOL_OPTIONS
+_WINDOWS_PORT = re.compile(r"(?i)COM[0-9]{1,3}")
 #: What a ``tls://`` address may carry in its query string.
 TLS_OPTIONS = ("ca", "cert", "key", "server_name")
 
@@ -46,6 +55,8 @@ class Endpoint:
     def url(self) -> str:
         """The canonical URL form."""
         query = "&".join(f"{k}={v}" for k, v in self.options.items())
+        if "://" in self.path:  # a pyserial URL
+            return self.path + (("&" if "?" in self.path else "?") + query if query else "")
         if self.scheme in ("tcp", "tls"):
             host = f"[{self.host}]" if ":" in self.host else self.host
             return f"{self.scheme}://{host}:{self.port}" + (f"?{query}" if query else "")
@@ -54,6 +65,8 @@ class Endpoint:
     @property
     def address(self) -> str:
         """``scheme://host:port`` without options (what messages and logs name)."""
+        if "://" in self.path:
+            return self.path.split("?", 1)[0]
         if self.scheme in ("tcp", "tls"):
             host = f"[{self.host}]" if ":" in self.host else self.host
             return f"{self.scheme}://{host}:{self.port}"
@@ -126,6 +139,17 @@ def parse_endpoint(text: str) -> Endpoint:
     if text.startswith("/"):
         path, _, query = text.partition("?")
         return Endpoint(scheme="serial", path=path, options=_serial_options(query, text))
+    if _WINDOWS_PORT.fullmatch(text.partition("?")[0]):
+        path, _, query = text.partition("?")
+        return Endpoint(scheme="serial", path=path.upper(), options=_serial_options(query, text))
+    scheme_part = text.partition("://")[0].lower() if "://" in text else ""
+    if scheme_part in PYSERIAL_SCHEMES:
+        base, _, query = text.partition("?")
+        pairs = parse_qsl(query, keep_blank_values=True)
+        ours = urlencode([(k, v) for k, v in pairs if k in _LINE_OPTIONS])
+        theirs = urlencode([(k, v) for k, v in pairs if k not in _LINE_OPTIONS])
+        return Endpoint(scheme="serial", path=base + (f"?{theirs}" if theirs else ""),
+                        options=_serial_options(ours, text))
     if "://" not in text:
         text_url = "tcp://" + text
     else:
@@ -147,4 +171,5 @@ def parse_endpoint(text: str) -> Endpoint:
         if not path:
             raise TransportError(f"{text!r}: missing device path (expected serial:///dev/ttyUSB0)")
         return Endpoint(scheme="serial", path=path, options=_serial_options(parts.query, text))
-    raise TransportError(f"{text!r}: unsupported scheme {parts.scheme!r} (use tcp://, tls:// or serial://)")
+    raise TransportError(f"{text!r}: unsupported scheme {parts.scheme!r} (use tcp://, tls://, serial:// or a "
+                         f"pyserial URL: {', '.join(s + '://' for s in PYSERIAL_SCHEMES)})")

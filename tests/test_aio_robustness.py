@@ -124,3 +124,45 @@ async def test_more_unread_messages_than_allowed_fail_loudly_not_as_a_silent_pee
                 read += 1
         assert read == 50
         await link.close()
+
+
+async def test_a_reconnecting_client_comes_back_after_its_server_does() -> None:
+    import socket
+
+    from evproto import Backoff
+    from evproto.aio import reconnecting
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here yet
+    box: dict = {"server": None, "accepted": 0}
+
+    async def handler(link) -> None:  # one message, then hang up
+        box["accepted"] += 1
+        await link.send(CpStatus(state=CpState.ACTIVATED, session_id=box["accepted"]))
+
+    async def start_later() -> None:
+        await asyncio.sleep(0.3)
+        box["server"] = await serve(f"tcp://127.0.0.1:{port}", handler, node_id="srv")
+
+    retries: list[str] = []
+    sessions: list[list[int]] = []
+    starter = asyncio.create_task(start_later())
+    async for link in reconnecting(f"tcp://127.0.0.1:{port}", hello=HELLO, backoff=Backoff(initial_s=0.02, max_s=0.1),
+                                   on_retry=lambda exc, delay: retries.append(type(exc).__name__)):
+        got = []
+        try:
+            async for event in link.messages:
+                got.append(event.message.session_id)
+        except LinkDownError as exc:
+            assert exc.clean  # the server said goodbye
+        sessions.append(got)
+        if len(sessions) == 2:
+            break
+        await starter
+        await box["server"].close()  # down, and back 0.3 s later
+        starter = asyncio.create_task(start_later())
+    await starter
+    await box["server"].close()
+    assert sessions == [[1], [2]]  # the first server's one session, then the second's
+    assert retries and set(retries) <= {"TransportError", "LinkDownError"}

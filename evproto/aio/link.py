@@ -28,8 +28,16 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from ..backoff import Backoff
 from ..endpoint import Endpoint, parse_endpoint
-from ..errors import IncomingOverflowError, LinkDownError, LinkRejectedError, LocalProtocolError, RequestTimeoutError
+from ..errors import (
+    IncomingOverflowError,
+    LinkDownError,
+    LinkRejectedError,
+    LocalProtocolError,
+    RequestTimeoutError,
+    TransportError,
+)
 from ..link import (
     Connected,
     Delivered,
@@ -49,7 +57,8 @@ from ..link import (
 from ..messages import PROTOCOL_VERSION, Hello, Message, ReasonCode, Reject
 from .transport import StreamPair, open_stream, start_tcp_server
 
-__all__ = ["Link", "Server", "connect", "open_link", "serve", "serve_stream", "HelloPolicy"]
+__all__ = ["Link", "Server", "connect", "open_link", "reconnecting", "serve", "serve_stream", "serve_serial",
+           "HelloPolicy"]
 
 log = logging.getLogger("evproto.aio")
 
@@ -89,8 +98,12 @@ class Link:
         conn: LinkConnection,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        *,
+        keep_transport: bool = False,
     ) -> None:
         self.conn = conn
+        #: The stream outlives the link (a serial line serving one session after another).
+        self._keep_transport = keep_transport
         self._reader = reader
         self._writer = writer
         self._loop = asyncio.get_running_loop()
@@ -235,16 +248,18 @@ class Link:
             self._reader_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._reader_task
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
+        if not self._keep_transport:
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
         return await self._down
 
     async def abort(self) -> LinkDown:
         """End the link as a crash would: no EOT, the transport dropped. The peer sees
         the connection lost (``clean`` False, its "last will" case), never a goodbye."""
         if self.conn.state is not LinkState.CLOSED:
-            with contextlib.suppress(Exception):
-                self._writer.transport.abort()
+            if not self._keep_transport:  # a shared line is not ours to drop: just stop talking
+                with contextlib.suppress(Exception):
+                    self._writer.transport.abort()
             self.conn.receive_data(b"", self._now())
             self._pump()
         return await self.close()
@@ -363,8 +378,9 @@ class Link:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        with contextlib.suppress(Exception):
-            self._writer.close()
+        if not self._keep_transport:
+            with contextlib.suppress(Exception):
+                self._writer.close()
 
     def _rearm_timer(self) -> None:
         deadline = self.conn.get_timer()
@@ -432,6 +448,53 @@ async def connect(
         await link.close()
 
 
+async def reconnecting(
+    address: str | Endpoint,
+    *,
+    hello: Hello,
+    config: LinkConfig | None = None,
+    tls: ssl.SSLContext | None = None,
+    backoff: Backoff | None = None,
+    on_retry: Callable[[BaseException, float], object] | None = None,
+) -> AsyncIterator[Link]:
+    """Yield an OPEN link each time one can be made, for as long as the caller iterates::
+
+        async for link in reconnecting("tcp://central:7000", hello=hello):
+            try:
+                async for event in link.messages:
+                    ...
+            except LinkDownError:
+                continue  # the next iteration reconnects
+
+    A failed attempt (the transport cannot be opened, the handshake fails, or the
+    server answers DUPLICATE_ID or BUSY) waits ``backoff.next_delay()`` (jittered,
+    doubling up to a cap; reset once a link is made) and tries again; ``on_retry``
+    hears each failure and the delay. Any other refusal is for good: its
+    LinkRejectedError is raised. Each link is closed when the caller moves on.
+    """
+    backoff = backoff or Backoff()
+    while True:
+        try:
+            link = await open_link(address, hello=hello, config=config, tls=tls)
+        except LinkRejectedError as exc:
+            if exc.code not in (ReasonCode.DUPLICATE_ID, ReasonCode.BUSY):
+                raise
+            failure: BaseException = exc
+        except (TransportError, LinkDownError) as exc:
+            failure = exc
+        else:
+            backoff.reset()
+            try:
+                yield link
+            finally:
+                await link.close()
+            continue
+        delay = backoff.next_delay()
+        if on_retry is not None:
+            on_retry(failure, delay)
+        await asyncio.sleep(delay)
+
+
 # -- server ----------------------------------------------------------------------------------
 
 
@@ -466,15 +529,17 @@ async def serve_stream(
     node_id: str,
     on_hello: HelloPolicy | None = None,
     config: LinkConfig | None = None,
+    keep_open: bool = False,
 ) -> LinkDown:
     """Run one server-side session on an open stream and return how it ended.
 
     The handler runs once the Hello is accepted; when it returns the link is
-    closed with EOT. Used by :func:`serve` per TCP connection and directly by the
-    device end of a serial line.
+    closed with EOT. Used by :func:`serve` per TCP connection and by the device end
+    of a serial line; with ``keep_open`` the stream stays open for the next session
+    (:func:`serve_serial`).
     """
     conn = LinkConnection(Side.SERVER, node_id=node_id, config=config)
-    link = Link(conn, reader, writer)
+    link = Link(conn, reader, writer, keep_transport=keep_open)
     conn.start(link._now())
     link._pump()
     try:
@@ -499,6 +564,32 @@ async def serve_stream(
         log.exception("handler for %r failed", link.peer_id)
         return await link.abort()
     return await link.close()
+
+
+async def serve_serial(
+    address: str | Endpoint | StreamPair,
+    handler: Callable[[Link], Awaitable[None]],
+    *,
+    node_id: str,
+    on_hello: HelloPolicy | None = None,
+    config: LinkConfig | None = None,
+    on_session_end: Callable[[LinkDown], object] | None = None,
+) -> None:
+    """The device end of a serial line: open it once and serve one session after
+    another (a client that restarts, or a new one, starts again with ENQ) until
+    cancelled; the line is closed only then. ``on_session_end`` hears how each ended.
+    """
+    reader, writer = address if isinstance(address, tuple) else await open_stream(address)
+    try:
+        while True:
+            down = await serve_stream(reader, writer, handler, node_id=node_id, on_hello=on_hello, config=config,
+                                      keep_open=True)
+            if on_session_end is not None:
+                on_session_end(down)
+            if reader.at_eof():
+                return
+    finally:
+        writer.close()
 
 
 class Server:

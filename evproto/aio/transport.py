@@ -133,9 +133,14 @@ async def _open_serial(ep: Endpoint) -> StreamPair:
 
     try:
         options: dict[str, Any] = dict(ep.options)
+        if "://" in ep.path:
+            # pyserial's URL handlers have no descriptor for the loop to watch: threads.
+            from .threaded_serial import open_threaded_serial
+
+            return await open_threaded_serial(ep.path, **options)
         pair: StreamPair = await serial_asyncio_fast.open_serial_connection(url=ep.path, **options)
         return pair
-    except serial.SerialException as exc:
+    except (serial.SerialException, ValueError) as exc:
         raise TransportError(f"{ep.url}: {exc}") from exc
     except termios.error as exc:  # the port refuses these settings (a pty cannot do 7E1, say)
         raise TransportError(f"{ep.url}: the port refuses {ep.options}: {exc.args[-1]}") from exc

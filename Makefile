@@ -23,16 +23,16 @@ $(STAMP): setup.cfg pyproject.toml network/setup.cfg network/setup.py
 TEST_WORKERS ?= 2
 
 # The protocol core, evproto.aio and a third party's program against them (tests/typecheck)
-# pass `mypy --strict`: the typing the wheel promises with py.typed.
+# pass `mypy --strict` and pyright: the typing the wheel promises with py.typed.
 TYPED := evproto/__init__.py evproto/frame.py evproto/link.py evproto/link_table.py evproto/messages.py \
          evproto/errors.py evproto/endpoint.py evproto/backoff.py evproto/idents.py evproto/wire.py evproto/sync.py evproto/aio \
          tests/typecheck
 
 typecheck: $(STAMP)
 	$(BIN)/python -m mypy --strict $(TYPED)
+	$(BIN)/pyright --pythonpath $(BIN)/python $(TYPED)
 
-test: $(STAMP)
-	$(BIN)/python -m mypy --strict $(TYPED)
+test: typecheck
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)

@@ -22,9 +22,13 @@ import struct
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, Callable, ClassVar, TypeVar
 
-import construct as cs
+import construct as _construct
 
 from .errors import MessageDecodeError, MessageEncodeError
+
+#: construct ships no type information, and what a checker infers from its source is
+#: wrong (its integer fields come out as functions): its values stay Any here.
+cs: Any = _construct
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -227,7 +231,7 @@ class MeterStatus(enum.IntFlag):
 class _Wire:
     """How one dataclass field travels: its construct subcon and conversions."""
 
-    subcon: cs.Construct
+    subcon: Any  # a construct Construct
     #: wire value -> python value (None: identity)
     to_py: Callable[[Any], Any] | None = None
     #: python value -> wire value, validating (None: identity)
@@ -255,7 +259,7 @@ class _Wire:
 _INT_DOCS = {cs.Int8ub: "u8", cs.Int16ub: "u16", cs.Int32ub: "u32", cs.Int64ub: "u64"}
 
 
-def _enum_wire(enum_cls: type[enum.IntEnum], subcon: cs.Construct) -> _Wire:
+def _enum_wire(enum_cls: type[enum.IntEnum], subcon: Any) -> _Wire:
     table = {int(m): m for m in enum_cls}
     name = enum_cls.__name__
 
@@ -274,7 +278,7 @@ def _enum_wire(enum_cls: type[enum.IntEnum], subcon: cs.Construct) -> _Wire:
     return _Wire(cs.Enum(subcon, enum_cls), to_py, to_wire, doc=f"{_INT_DOCS[subcon]} {name}")
 
 
-def _flag_wire(flag_cls: type[enum.IntFlag], subcon: cs.FormatField) -> _Wire:
+def _flag_wire(flag_cls: type[enum.IntFlag], subcon: Any) -> _Wire:
     limit = 1 << (8 * subcon.sizeof())
 
     def to_wire(v: Any) -> int:
@@ -375,7 +379,7 @@ class Message:
     __slots__ = ()
     #: The type byte: a MessageType for the catalogue, 0x80-0xef for application messages.
     TYPE: ClassVar[int]
-    SCHEMA: ClassVar[cs.Struct]
+    SCHEMA: ClassVar[Any]  # its construct Struct
 
 
 MESSAGE_CLASSES: dict[MessageType, type[Message]] = {}

@@ -115,7 +115,8 @@ def _open(ep: Endpoint, timeout_s: float, tls: ssl.SSLContext | None) -> _Stream
         import serial
 
         try:
-            return _SerialStream(serial.serial_for_url(ep.path, **dict(ep.options)))
+            options: dict[str, Any] = dict(ep.options)
+            return _SerialStream(serial.serial_for_url(ep.path, **options))
         except (serial.SerialException, ValueError) as exc:
             raise TransportError(f"{ep.url}: {exc}") from exc
     try:

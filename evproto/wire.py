@@ -21,9 +21,11 @@ import enum
 from dataclasses import MISSING
 from typing import Any
 
-import construct as cs
+import construct as _construct
 
 from . import messages as _m
+
+cs: Any = _construct  # untyped library (see evproto.messages)
 
 __all__ = ["u8", "u16", "u32", "u64", "f32", "f64", "opt_f32", "opt_f64", "text", "blob", "enum8", "enum16"]
 

@@ -839,7 +839,8 @@ def encode_body(message: Message, *, seq: int = 0, ref: int = 0, flags: int = 0)
     """
     codec = _CODEC_BY_CLASS.get(type(message))
     if codec is None:
-        raise MessageEncodeError(f"{type(message).__name__} is not a catalogue message")
+        raise MessageEncodeError(f"{type(message).__name__} is neither a catalogue message nor registered: give it "
+                                 "a type of its own with @evproto.register_message(0x80..0xef)")
     try:
         header_ok = all(type(v) is int or isinstance(v, enum.IntFlag) for v in (seq, ref, flags))
         if not (header_ok and 0 <= seq <= 0xFFFF and 0 <= ref <= 0xFFFF and 0 <= flags <= 0xFF):

@@ -126,3 +126,14 @@ def test_classes_that_cannot_be_messages_are_refused_with_the_reason() -> None:
         with pytest.raises(TypeError, match=reason):
             register_message(0xA0)(cls)  # type: ignore[type-var]
     assert not evproto.is_known_type(0xA0)
+
+
+def test_an_unregistered_message_class_says_how_to_register_it() -> None:
+    from evproto import MessageEncodeError
+
+    @dataclass(frozen=True, slots=True, kw_only=True)
+    class Unregistered(Message):
+        x: int = wire.u8()
+
+    with pytest.raises(MessageEncodeError, match="register_message"):
+        encode_body(Unregistered(x=1))

@@ -29,6 +29,7 @@ from evproto.endpoint import Endpoint
 from evproto.errors import EvprotoError
 
 __all__ = [
+    "daemon_options",
     "engine_link_problem",
     "setup_logging",
     "shutdown_event",
@@ -325,6 +326,24 @@ def parse_kafka_config(pairs: tuple[str, ...] | list[str], file: str | None = No
             raise ValueError(f"{where}: give the brokers with --kafka, not bootstrap.servers")
         out[key] = value.strip()
     return out
+
+
+def daemon_options(ready_help: str) -> Any:
+    """``--ready-file``, ``--log-format`` and ``--log-level``, as every daemon takes them;
+    ``ready_help`` says what its ready file holds. The command receives ``ready_file``,
+    ``log_format`` and ``log_level``."""
+    import click
+
+    def deco(command: Any) -> Any:
+        command = click.option(
+            "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
+            show_default=True)(command)
+        command = click.option(
+            "--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True,
+            help="auto: readable text on a terminal, one JSON object a line otherwise.")(command)
+        return click.option("--ready-file", default=None, metavar="PATH", help=ready_help)(command)
+
+    return deco
 
 
 def kafka_config_options(command: Any) -> Any:

@@ -53,7 +53,7 @@ from evproto.bus.topics import Topic, partition_for, spec_for
 from evproto.idents import InvalidTextError, check_id, id_problem
 from evproto.ratelog import RateLimitedLog
 
-from .common import kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
+from .common import daemon_options, kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
 from evproto.bus.seal import SealError
 
 from .credentials_file import DriverCredentials, credentials_for_cli, read_driver_credentials
@@ -583,9 +583,7 @@ class Driver:
 @click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
               help="Release 1's plaintext mode: requests not sealed, news not checked. Only on a network you "
               "trust. [env EVPROTO_INSECURE]")
-@click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file once started.")
-@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@daemon_options("Write a JSON file once started.")
 @click.version_option(__version__, prog_name="ev-driver")
 def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, state_dir: str | None,
          topic_prefix: str, exit_when_done: bool | None, kafka_config: tuple[str, ...], kafka_config_file: str | None,

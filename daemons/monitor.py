@@ -53,7 +53,7 @@ from evproto.bus.events import MAX_PRICE_EUR_KWH
 from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
 from evproto.endpoint import parse_endpoint
 
-from .common import engine_link_problem, keep_files_private, EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
+from .common import daemon_options, engine_link_problem, keep_files_private, EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
 from .credentials_file import CpCredentials, credentials_for_cli, read_cp_credentials
 
 #: How long Central has to challenge and answer once the link is open.
@@ -362,9 +362,7 @@ class Monitor:
 @click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
               help="Release 1's plaintext mode: no TLS, no authentication. Only on a network you trust. "
               "[env EVPROTO_INSECURE]")
-@click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file once started.")
-@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@daemon_options("Write a JSON file once started.")
 @click.version_option(__version__, prog_name="evcp-monitor")
 def main(engine: str, central: str, cp_id: str, location: str, price: float | None, interval_s: float,
          credentials_path: str | None, ca: str | None, insecure: bool, ready_file: str | None, log_format: str,

@@ -31,7 +31,7 @@ from evproto.auth import SCRYPT_DEFAULT
 from evproto.idents import InvalidTextError
 
 from .auditlog import AuditLog
-from .common import EXIT_UNAVAILABLE, keep_files_private, setup_logging, shutdown_event, write_ready_file
+from .common import daemon_options, EXIT_UNAVAILABLE, keep_files_private, setup_logging, shutdown_event, write_ready_file
 from .credentials import AlreadyRegistered, CredentialStore
 from .tokens import TokenRole, TokenStore
 from .webauth import PRINCIPAL, token_auth
@@ -153,10 +153,7 @@ async def _serve(app: web.Application, host: str, port: int, tls: object, ready_
               help="The audit log shared with Central (default: DB.audit.jsonl).")
 @click.option("--scrypt-cost", type=click.IntRange(10, 17), default=SCRYPT_DEFAULT[0], show_default=True,
               metavar="LOG2N", help="scrypt cost of new credentials (N = 2^LOG2N, r=8, p=1).")
-@click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file with the URL once up.")
-@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True)
+@daemon_options("Write a JSON file with the URL once up.")
 @click.version_option(__version__, prog_name="ev-registry")
 def main(db: str, host: str, port: int, cert: str | None, key: str | None, insecure: bool, audit_log: str | None,
          scrypt_cost: int, ready_file: str | None, log_format: str, log_level: str) -> None:

@@ -19,7 +19,7 @@ from evproto.idents import InvalidTextError
 from ..auditlog import AuditLog, read_entries
 from ..auditlog import verify as verify_audit
 from ..tokens import TokenRole, TokenStore
-from ..common import kafka_config_options, kafka_extra
+from ..common import daemon_options, kafka_config_options, kafka_extra
 from ..common import keep_files_private, EXIT_UNAVAILABLE, raise_fd_limit, setup_logging, shutdown_event, tune_gc
 from .core import Rules
 from .store import Store
@@ -71,11 +71,9 @@ def _open_store(db: str) -> Store:
 @click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
               help="Release 1's plaintext mode: no TLS, monitors not authenticated, records neither sealed nor "
               "signed. Only on a network you trust. [env EVPROTO_INSECURE]")
-@click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file with the chosen ports once up.")
 @click.option("--log-file", default=None, metavar="PATH",
               help="Where logs go while the panel owns the terminal (default: next to the database).")
-@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@daemon_options("Write a JSON file with the chosen ports once up.")
 @click.version_option(__version__, prog_name="ev-central")
 @click.pass_context
 def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, http_port: int, panel: bool | None,

@@ -15,7 +15,7 @@ from evproto.domain.chargepoint import AutoMode
 from evproto.endpoint import parse_endpoint
 from evproto.errors import TransportError
 
-from ..common import engine_link_problem, kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
+from ..common import daemon_options, engine_link_problem, kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
 from .app import Engine, EngineOptions
 from .meter import SimulatedMeter
 
@@ -69,9 +69,7 @@ from .meter import SimulatedMeter
 @click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
               help="Release 1's plaintext mode: commands are not checked and events not sealed. Only on a "
               "network you trust. [env EVPROTO_INSECURE]")
-@click.option("--ready-file", default=None, metavar="PATH", help="Write a JSON file with the listening address once up.")
-@click.option("--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True)
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True)
+@daemon_options("Write a JSON file with the listening address once up.")
 @click.version_option(__version__, prog_name="evcp-engine")
 def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol: str, baudrate: int | None,
          meter_address: str, meter_interval_s: float, meter_timeout_s: float, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,

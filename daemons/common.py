@@ -31,6 +31,7 @@ from evproto.errors import EvprotoError
 __all__ = [
     "daemon_options",
     "engine_link_problem",
+    "is_loopback_host",
     "setup_logging",
     "shutdown_event",
     "stdin_lines",
@@ -139,6 +140,16 @@ def shutdown_event() -> asyncio.Event:
     return event
 
 
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address (``127.0.0.1``, ``::1``, bracketed or not)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def engine_link_problem(endpoint: Endpoint, *, listening: bool) -> str | None:
     """Why release 2 must not run the monitor-engine link on ``endpoint``, or None.
 
@@ -158,12 +169,8 @@ def engine_link_problem(endpoint: Endpoint, *, listening: bool) -> str | None:
         return None
     if endpoint.scheme != "tcp":
         return "the monitor and its engine talk over tcp:// or tls://"
-    host = endpoint.host
-    if host == "localhost":
+    if is_loopback_host(endpoint.host):
         return None
-    with contextlib.suppress(ValueError):
-        if ipaddress.ip_address(host).is_loopback:
-            return None
     return ("the monitor hands the engine its record key over this link: use a loopback address "
             "(127.0.0.1:PORT, engine and monitor on one host) or mutual TLS (docs/security.md, "
             "\"Monitor and engine on different hosts\"), or --insecure")

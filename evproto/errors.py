@@ -101,10 +101,12 @@ class IncomingOverflowError(LinkDownError):
     allows; the link was closed (with EOT) rather than stall or drop them. Read
     ``link.messages`` (or raise the limit)."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, limit: int) -> None:
         from .link import DownReason  # errors is imported by link: import late
 
-        super().__init__(DownReason.CLOSED, detail)
+        super().__init__(DownReason.CLOSED, f"{limit} received messages left unread (LinkConfig.max_incoming): "
+                                            "read them, or raise the limit")
+        self.limit = limit
 
 
 class RequestTimeoutError(LinkError, TimeoutError):

@@ -392,15 +392,12 @@ def _hides_frame(buf: bytearray, view: memoryview, pos: int, end: int) -> bool:
     exactly with it, which no encoder produces.
     """
     q = pos + 1
-    if buf[q] != STX:
-        return False
     while q < end:
-        if buf[q] != STX or end - q < _OVERHEAD:
+        if buf[q] != STX:
             return False
-        inner_end = q + ((buf[q + 1] << 8) | buf[q + 2]) + _OVERHEAD
-        if inner_end > end or buf[inner_end - 2] != ETX or lrc(view[q + 1 : inner_end - 1]) != buf[inner_end - 1]:
+        q = _valid_frame_end(buf, view, q, end, 0xFFFF)  # > 0 only for a valid frame inside the candidate
+        if q <= 0:
             return False
-        q = inner_end
     return True
 
 
@@ -414,10 +411,9 @@ def _ends_with_frame(buf: bytearray, view: memoryview, pos: int, end: int) -> bo
     candidate is then taken for garbage and the frame inside it read on its own.
     """
     limit = end - 4  # the inner frame needs STX, LEN (2), ETX and LRC before ``end``
-    lrc_byte = buf[end - 1]
     q = buf.find(STX, pos + 1, limit)
     while q >= 0:
-        if ((buf[q + 1] << 8) | buf[q + 2]) == end - q - _OVERHEAD and lrc(view[q + 1 : end - 1]) == lrc_byte:
+        if _valid_frame_end(buf, view, q, end, 0xFFFF) == end:
             return True
         q = buf.find(STX, q + 1, limit)
     return False

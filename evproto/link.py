@@ -33,7 +33,7 @@ import struct
 from collections import deque
 from dataclasses import dataclass, field
 
-from .errors import LocalProtocolError, MessageDecodeError, SendQueueFull
+from .errors import LinkDownError, LinkRejectedError, LocalProtocolError, MessageDecodeError, SendQueueFull
 from .frame import (
     Control,
     ControlReceived,
@@ -271,6 +271,12 @@ class LinkDown:
     def clean(self) -> bool:
         """True when the link ended with EOT rather than a loss."""
         return self.reason.clean
+
+    def error(self) -> LinkDownError:
+        """The exception an adapter raises for this ending (LinkRejectedError for a Reject)."""
+        if self.reason is DownReason.REJECTED:
+            return LinkRejectedError(self.reason, self.detail, code=self.code)
+        return LinkDownError(self.reason, self.detail)
 
 
 LinkEvent = (

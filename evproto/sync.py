@@ -23,11 +23,10 @@ import time
 from typing import Any, Protocol
 
 from .endpoint import Endpoint, parse_endpoint
-from .errors import IncomingOverflowError, LinkDownError, LinkRejectedError, LocalProtocolError, RequestTimeoutError, TransportError
+from .errors import IncomingOverflowError, LinkDownError, LocalProtocolError, RequestTimeoutError, TransportError
 from .link import (
     Connected,
     Delivered,
-    DownReason,
     HelloReceived,
     LinkConfig,
     LinkConnection,
@@ -246,7 +245,7 @@ class SyncLink:
         if self._failure is not None:
             raise self._failure
         if self.conn.down is not None:
-            raise _exception_for(self.conn.down)
+            raise self.conn.down.error()
         if self.conn.state is not LinkState.OPEN:
             raise LocalProtocolError(f"link is not open (state {self.conn.state.value})")
 
@@ -273,9 +272,7 @@ class SyncLink:
 
     def _overflow(self) -> None:
         if self._failure is None:
-            self._failure = IncomingOverflowError(
-                f"{self.conn.config.max_incoming} received messages left unread (LinkConfig.max_incoming): "
-                "call receive(), or raise the limit")
+            self._failure = IncomingOverflowError(self.conn.config.max_incoming)
             if self.conn.state is not LinkState.CLOSED:
                 self.conn.close(time.monotonic())
                 self._flush()
@@ -293,7 +290,7 @@ class SyncLink:
             if self._failure is not None:
                 raise self._failure
             if conn.down is not None:
-                raise _exception_for(conn.down)
+                raise conn.down.error()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 return False
@@ -313,12 +310,6 @@ class SyncLink:
         if timer is not None and now >= timer:
             conn.handle_timer(now)
         self._flush()
-
-
-def _exception_for(down: LinkDown) -> LinkDownError:
-    if down.reason is DownReason.REJECTED:
-        return LinkRejectedError(down.reason, down.detail, code=down.code)
-    return LinkDownError(down.reason, down.detail)
 
 
 def connect(address: str | Endpoint, *, hello: Hello, config: LinkConfig | None = None, timeout_s: float = 10.0,

@@ -10,7 +10,6 @@ through Kafka (:class:`KafkaDriver`) or runs ``ev-driver`` processes.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from typing import Any, Callable
 from evproto.bus.events import Event, RequestUpdate, SupplyRequest, Ticket, encode_event
 from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, BusProducer, KafkaSettings, end_offsets, ensure_topics
 from evproto.bus.topics import Topic, partition_for
+from evproto.daemons.common import is_loopback_host
 
 HANG_GUARD_S = 45.0
 
@@ -241,7 +241,7 @@ class Network:
 
     def start_engine(self, cp_id: str, *, auto: bool = False, engine_args: tuple[str, ...] = (),
                      listen: str = "127.0.0.1:0", wrap: tuple[str, ...] = ()) -> Proc:
-        if self.secure and "://" not in listen and not _loopback(listen.rpartition(":")[0]):
+        if self.secure and "://" not in listen and not is_loopback_host(listen.rpartition(":")[0]):
             # Release 2 across hosts: the monitor-engine link is mutual TLS (ev-central certs --cp).
             cert = self.ca.issue(cp_id, self.pki, hosts=(listen.rpartition(":")[0],), stem=f"engine-{cp_id}")
             listen = f"tls://{listen}?cert={cert.cert}&key={cert.key}&ca={self.ca.cert_path}"
@@ -254,7 +254,7 @@ class Network:
         extra: list[str] = []
         if self.secure:
             extra = ["--credentials", self.cp_credentials(cp_id, location), "--ca", str(self.ca.cert_path)]
-            if "://" not in engine_addr and not _loopback(engine_addr.rpartition(":")[0]):
+            if "://" not in engine_addr and not is_loopback_host(engine_addr.rpartition(":")[0]):
                 cert = self.ca.issue(cp_id, self.pki, client=True, stem=f"monitor-{cp_id}")
                 engine_addr = f"tls://{engine_addr}?ca={self.ca.cert_path}&cert={cert.cert}&key={cert.key}"
         return self.spawn(f"monitor-{cp_id}", "monitor", "--engine", engine_addr, "--central", central or self.central_addr,
@@ -404,13 +404,6 @@ class Network:
         find no charge point yet.
         """
         wait_for(lambda: self.log_has(engine, f"serving charge point {cp_id}"), f"the engine to serve {cp_id}")
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class KafkaDriver:

@@ -53,9 +53,11 @@ def test_library_installs_only_a_null_handler() -> None:
     assert handlers and all(isinstance(h, logging.NullHandler) for h in handlers)
 
 
-def _build_wheels(tmp_path: Path) -> tuple[Path, Path]:
-    """Both distributions' wheels, built from a copy of the tree (links kept), so no
-    build/ folder left in the repository by an older layout can leak into them."""
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Both distributions' wheels, built once for this file from a copy of the tree (links
+    kept), so no build/ folder left in the repository by an older layout can leak into them."""
+    tmp_path = tmp_path_factory.mktemp("wheels")
     src = tmp_path / "src"
     shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
         ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
@@ -79,8 +81,8 @@ def _metadata(wheel: Path) -> tuple[list[str], list[str], str]:
 
 
 @pytest.mark.slow
-def test_two_wheels_the_library_alone_and_the_network_on_it(tmp_path: Path) -> None:
-    core, network = _build_wheels(tmp_path)
+def test_two_wheels_the_library_alone_and_the_network_on_it(wheels: tuple[Path, Path]) -> None:
+    core, network = wheels
     names, requires, scripts = _metadata(core)
     for expected in ("evproto/__init__.py", "evproto/py.typed", "evproto/aio/__init__.py", "evproto/hw/__init__.py",
                      "evproto/wire.py"):
@@ -105,10 +107,10 @@ def test_two_wheels_the_library_alone_and_the_network_on_it(tmp_path: Path) -> N
 
 
 @pytest.mark.slow
-def test_a_bare_install_is_the_protocol_alone(tmp_path: Path) -> None:
+def test_a_bare_install_is_the_protocol_alone(tmp_path: Path, wheels: tuple[Path, Path]) -> None:
     """`pip install evproto` in a fresh venv: three dependencies, no console scripts, and
     importing evproto and evproto.aio loads nothing of Kafka, HTTP or the terminal UI."""
-    core, _network = _build_wheels(tmp_path)
+    core, _network = wheels
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
     py = venv / "bin" / "python"

@@ -73,12 +73,6 @@ HelloPolicy = Callable[..., "Reject | None | Awaitable[Reject | None]"]
 Incoming = MessageReceived | RequestReceived | UnknownMessageReceived
 
 
-def _exception_for(down: LinkDown) -> LinkDownError:
-    if down.reason is DownReason.REJECTED:
-        return LinkRejectedError(down.reason, down.detail, code=down.code)
-    return LinkDownError(down.reason, down.detail)
-
-
 class _MessageIterator:
     def __init__(self, link: Link) -> None:
         self._link = link
@@ -275,7 +269,7 @@ class Link:
 
     def _check_open(self) -> None:
         if self.conn.down is not None:
-            raise _exception_for(self.conn.down)
+            raise self.conn.down.error()
         if self.conn.state is not LinkState.OPEN:
             raise LocalProtocolError(f"link is not open (state {self.conn.state.value})")
 
@@ -289,7 +283,7 @@ class Link:
                 raise self._failure
             if down.reason is DownReason.CLOSED:
                 raise StopAsyncIteration
-            raise _exception_for(down)
+            raise down.error()
         return item  # type: ignore[no-any-return]
 
     async def _read_loop(self) -> None:
@@ -351,9 +345,7 @@ class Link:
     def _overflow(self) -> None:
         if self._failure is not None:
             return
-        self._failure = IncomingOverflowError(
-            f"{self._max_incoming} received messages left unread (LinkConfig.max_incoming): "
-            "read link.messages, or raise the limit")
+        self._failure = IncomingOverflowError(self._max_incoming)
         log.error("link to %r: %s; closing it", self.peer_id, self._failure.args[0])
         if self.conn.state is not LinkState.CLOSED:
             self.conn.close(self._now())
@@ -361,7 +353,7 @@ class Link:
 
     def _on_down(self, down: LinkDown) -> None:
         log.debug("link to %r down: %s %s", self.peer_id, down.reason.value, down.detail)
-        exc = self._failure or _exception_for(down)
+        exc = self._failure or down.error()
         for fut in self._deliveries.values():
             if not fut.done():
                 fut.set_exception(exc)

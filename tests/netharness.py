@@ -401,9 +401,11 @@ class Network:
 
         Central shows a CP ACTIVATED as soon as its monitor registers; the monitor
         names the CP to its engine only after that, so keys typed between the two
-        find no charge point yet.
+        find no charge point yet, and a cable pulled in between leaves the two
+        without a link to lose.
         """
-        wait_for(lambda: self.log_has(engine, f"serving charge point {cp_id}"), f"the engine to serve {cp_id}")
+        wait_for(lambda: self.log_has(engine, f"serving charge point {cp_id}") and self.log_has(engine, "monitor connected"),
+                 f"the engine to serve {cp_id} with its monitor connected")
 
 
 class KafkaDriver:

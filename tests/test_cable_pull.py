@@ -64,6 +64,7 @@ def _start(net: Network, hosts: Hosts, *drivers: str) -> tuple[Proc, Proc, Proc]
     engine = net.start_engine(CP, listen=f"{hosts.addr('engines')}:0", wrap=hosts.wrap("engines"))
     monitor = net.start_monitor(CP, engine.ready["listen"], wrap=hosts.wrap("monitors"))
     net.wait_state(CP, "ACTIVATED")
+    net.wait_serving(engine, CP)  # ACTIVATED comes first: the monitor reaches its engine after registering
     return central, engine, monitor
 
 

@@ -172,6 +172,24 @@ class FaultCode(enum.IntEnum):
     SIMULATED = 6
     INTERNAL = 0xFFFF
 
+    @property
+    def label(self) -> str:
+        """Words for a screen."""
+        return _FAULT_LABELS[self]
+
+
+_FAULT_LABELS = {
+    FaultCode.NONE: "no fault",
+    FaultCode.ENGINE_KO: "engine reports KO",
+    FaultCode.ENGINE_SILENT: "engine not answering",
+    FaultCode.METER_TIMEOUT: "meter not answering",
+    FaultCode.METER_LOST: "meter device gone",
+    FaultCode.METER_RESET: "meter reset",
+    FaultCode.SIMULATED: "simulated fault",
+    FaultCode.INTERNAL: "internal error",
+}
+assert set(_FAULT_LABELS) == set(FaultCode), "every fault kind needs a label"
+
 
 class CpState(enum.IntEnum):
     """A charge point's state as Central shows it."""
@@ -193,7 +211,12 @@ class CommandAction(enum.IntEnum):
 
 
 class EndReason(enum.IntEnum):
-    """Why a supply ended."""
+    """Why a supply ended: the one list, from the wire to the screen.
+
+    On this link it travels as its number; in Kafka events as its :attr:`token`
+    (``"monitor_lost"``); screens show its :attr:`label`. Adding a reason is
+    adding a member here (and its label below).
+    """
 
     COMPLETED = 1
     UNPLUGGED = 2
@@ -202,6 +225,43 @@ class EndReason(enum.IntEnum):
     MONITOR_LOST = 5
     POWER_LOSS = 6
     CENTRAL_LOST = 7
+    KEY_REVOKED = 8
+
+    @property
+    def token(self) -> str:
+        """The spelling in Kafka events and the HTTP API: the name in lower case."""
+        return self.name.lower()
+
+    @classmethod
+    def from_token(cls, token: str) -> EndReason:
+        """The reason spelled ``token``; ValueError if there is none."""
+        member = cls.__members__.get(token.upper()) if token.islower() else None
+        if member is None:
+            raise ValueError(f"not an end reason: {token[:40]!r}")
+        return member
+
+    @property
+    def normal(self) -> bool:
+        """A normal end (the session is "completed"), not an interruption."""
+        return self in (EndReason.COMPLETED, EndReason.UNPLUGGED)
+
+    @property
+    def label(self) -> str:
+        """Words for a screen."""
+        return _END_REASON_LABELS[self]
+
+
+_END_REASON_LABELS = {
+    EndReason.COMPLETED: "completed",
+    EndReason.UNPLUGGED: "unplugged",
+    EndReason.STOPPED: "stopped by Central",
+    EndReason.FAULT: "charge point fault",
+    EndReason.MONITOR_LOST: "monitor lost",
+    EndReason.POWER_LOSS: "power loss",
+    EndReason.CENTRAL_LOST: "Central lost",
+    EndReason.KEY_REVOKED: "key revoked",
+}
+assert set(_END_REASON_LABELS) == set(EndReason), "every end reason needs a label"
 
 
 class ErrorCode(enum.IntEnum):

@@ -16,10 +16,10 @@ import pytest
 from evproto.daemons.central.http_api import (
     MAX_SESSIONS_LIMIT,
     SESSION_STATUSES,
-    UnknownCp,
     start_http,
     stop_http,
 )
+from evproto.daemons.central.core import UnknownCpError
 from evproto.daemons.central.view import (
     CP_STATES,
     CentralView,
@@ -108,7 +108,7 @@ class FakeBackend:
         if cp_id is None:
             return ids
         if cp_id not in ids:
-            raise UnknownCp(cp_id)
+            raise UnknownCpError(cp_id)
         return [cp_id]
 
 
@@ -357,7 +357,7 @@ async def test_start_http_picks_a_port_and_stop_http_closes_it(backend):
 
 
 def test_unknown_cp_is_a_lookup_error_in_our_tree():
-    exc = UnknownCp("CP9")
+    exc = UnknownCpError("CP9")
     assert isinstance(exc, LookupError) and isinstance(exc, EvprotoError)
     assert str(exc) == "unknown charge point 'CP9'" and exc.cp_id == "CP9"
 

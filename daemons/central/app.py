@@ -606,7 +606,7 @@ class Central:
         self._apply(self.core.remove_cp(cp_id))
 
     def remove_driver(self, driver_id: str) -> None:
-        """Unregister a driver. KeyError, RegistryBusyError."""
+        """Unregister a driver. UnknownDriverError, RegistryBusyError."""
         self._apply(self.core.remove_driver(driver_id))
 
     async def _heartbeat(self) -> None:
@@ -759,25 +759,10 @@ class _Backend:
         return sorted(self.central.core.drivers)
 
     async def remove_cp(self, cp_id: str) -> None:
-        from .http_api import UnknownCp
-
-        self._remove(self.central.remove_cp, cp_id, (UnknownCpError, UnknownCp))
+        self.central.remove_cp(cp_id)
 
     async def remove_driver(self, driver_id: str) -> None:
-        from .http_api import UnknownDriver
-
-        self._remove(self.central.remove_driver, driver_id, (KeyError, UnknownDriver))
-
-    @staticmethod
-    def _remove(remove: Callable[[str], None], key: str, unknown: tuple[type[Exception], type[Exception]]) -> None:
-        from .http_api import Conflict
-
-        try:
-            remove(key)
-        except unknown[0]:
-            raise unknown[1](key) from None
-        except RegistryBusyError as exc:
-            raise Conflict(str(exc)) from None
+        self.central.remove_driver(driver_id)
 
     async def stop(self, cp_id: str | None, *, actor: str = "anonymous", source: str = "") -> list[str]:
         return self._admin(True, cp_id, actor, source)
@@ -786,12 +771,10 @@ class _Backend:
         return self._admin(False, cp_id, actor, source)
 
     async def revoke(self, cp_id: str, *, actor: str, source: str) -> None:
-        from .http_api import Conflict, UnknownCp
+        from .http_api import Conflict
 
         try:
             self.central.revoke(cp_id, actor=actor, source=source)
-        except UnknownCpError:
-            raise UnknownCp(cp_id) from None
         except RevokeUnavailable as exc:
             raise Conflict(str(exc)) from None
 
@@ -803,10 +786,5 @@ class _Backend:
         return read_entries(self.central.sec.audit.path, limit=limit)
 
     def _admin(self, stop: bool, cp_id: str | None, actor: str, source: str) -> list[str]:
-        from .http_api import UnknownCp
-
-        try:
-            return self.central.admin(stop, cp_id, actor=actor, source=source)
-        except UnknownCpError:
-            raise UnknownCp(cp_id) from None
+        return self.central.admin(stop, cp_id, actor=actor, source=source)
 

@@ -54,18 +54,37 @@ __all__ = [
     "Effect",
     "CentralCore",
     "UnknownCpError",
+    "UnknownDriverError",
     "RegistryBusyError",
     "RecordRefused",
     "SessionHistory",
 ]
 
 
-class UnknownCpError(LookupError):
-    """An operator named a charge point Central does not know."""
+class UnknownCpError(EvprotoError, LookupError):
+    """An operator named a charge point Central does not know (the HTTP API answers 404)."""
+
+    http_status = 404
+
+    def __init__(self, cp_id: str) -> None:
+        super().__init__(f"unknown charge point '{cp_id}'")
+        self.cp_id = cp_id
+
+
+class UnknownDriverError(EvprotoError, LookupError):
+    """An operator named a driver Central does not know (the HTTP API answers 404)."""
+
+    http_status = 404
+
+    def __init__(self, driver_id: str) -> None:
+        super().__init__(f"unknown driver '{driver_id}'")
+        self.driver_id = driver_id
 
 
 class RegistryBusyError(EvprotoError):
-    """A CP or driver cannot be removed now: a supply of theirs is in progress."""
+    """A CP or driver cannot be removed now: a supply of theirs is in progress (HTTP 409)."""
+
+    http_status = 409
 
 
 class RecordRefused(EvprotoError):
@@ -328,11 +347,11 @@ class CentralCore:
         return self._take()
 
     def remove_driver(self, driver_id: str) -> list[Effect]:
-        """Unregister a driver (its past sessions stay). KeyError when unknown;
+        """Unregister a driver (its past sessions stay). UnknownDriverError when unknown;
         RegistryBusyError while it has a supply in progress."""
         self._fx = []
         if driver_id not in self.drivers:
-            raise KeyError(driver_id)
+            raise UnknownDriverError(driver_id)
         live = next((s for s in self.sessions.values() if s.driver_id == driver_id), None)
         if live is not None:
             raise RegistryBusyError(f"driver {driver_id} has a supply {live.status.value} at {live.cp_id}; "

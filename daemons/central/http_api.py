@@ -39,6 +39,8 @@ from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
+from evproto.domain.session import SessionStatus
+from evproto.daemons.central.core import UnknownCpError, UnknownDriverError
 from evproto.daemons.central.view import CentralView, SessionView, iso_utc
 from evproto.daemons.auditlog import AuditLog
 from evproto.daemons.tokens import TokenRole, TokenStore
@@ -53,8 +55,6 @@ __all__ = [
     "MAX_SESSIONS_LIMIT",
     "BACKEND_KEY",
     "CentralBackend",
-    "UnknownCp",
-    "UnknownDriver",
     "Conflict",
     "make_app",
     "start_http",
@@ -65,35 +65,15 @@ log = logging.getLogger("evproto.central")
 
 API_PREFIX = "/api/v1"
 
-#: Session statuses accepted by ``GET /api/v1/sessions?status=`` (same spelling as the
-#: Kafka events' ``SESSION_STATUSES``).
-SESSION_STATUSES = ("requested", "authorized", "supplying", "completed", "interrupted", "denied")
+#: Session statuses accepted by ``GET /api/v1/sessions?status=`` (SessionStatus values, as
+#: the Kafka events spell them).
+SESSION_STATUSES = tuple(s.value for s in SessionStatus)
 
 DEFAULT_SESSIONS_LIMIT = 500
 #: A larger ``limit`` is clamped to this: one answer stays bounded.
 MAX_SESSIONS_LIMIT = 10_000
 
 _DIGITS = re.compile(r"[0-9]{1,9}")
-
-
-class UnknownCp(HttpError, LookupError):
-    """A command named a charge point Central does not know."""
-
-    http_status = 404
-
-    def __init__(self, cp_id: str) -> None:
-        super().__init__(f"unknown charge point '{cp_id}'")
-        self.cp_id = cp_id
-
-
-class UnknownDriver(HttpError, LookupError):
-    """A command named a driver Central does not know."""
-
-    http_status = 404
-
-    def __init__(self, driver_id: str) -> None:
-        super().__init__(f"unknown driver '{driver_id}'")
-        self.driver_id = driver_id
 
 
 class Conflict(HttpError):
@@ -129,23 +109,23 @@ class CentralBackend(Protocol):
         ...
 
     async def remove_cp(self, cp_id: str) -> None:
-        """Unregister a CP. Raises :class:`UnknownCp` or :class:`Conflict`."""
+        """Unregister a CP. Raises :class:`UnknownCpError` or :class:`Conflict`."""
         ...
 
     async def remove_driver(self, driver_id: str) -> None:
-        """Unregister a driver. Raises :class:`UnknownDriver` or :class:`Conflict`."""
+        """Unregister a driver. Raises :class:`UnknownDriverError` or :class:`Conflict`."""
         ...
 
     async def stop(self, cp_id: str | None, *, actor: str, source: str) -> list[str]:
-        """Send STOP to one CP (None: all); the affected CP ids. Raises :class:`UnknownCp`."""
+        """Send STOP to one CP (None: all); the affected CP ids. Raises :class:`UnknownCpError`."""
         ...
 
     async def resume(self, cp_id: str | None, *, actor: str, source: str) -> list[str]:
-        """Send RESUME to one CP (None: all); the affected CP ids. Raises :class:`UnknownCp`."""
+        """Send RESUME to one CP (None: all); the affected CP ids. Raises :class:`UnknownCpError`."""
         ...
 
     async def revoke(self, cp_id: str, *, actor: str, source: str) -> None:
-        """Revoke a CP's keys. Raises :class:`UnknownCp`, :class:`Conflict` (no keys: --insecure)."""
+        """Revoke a CP's keys. Raises :class:`UnknownCpError`, :class:`Conflict` (no keys: --insecure)."""
         ...
 
     def audit_entries(self, limit: int) -> list[dict[str, Any]]:
@@ -276,9 +256,9 @@ def _command(action: str, *, one: bool) -> Callable[[web.Request], Awaitable[web
         actor, source = _who(request)
         try:
             cps = await call(cp_id, actor=actor, source=source)
-        except UnknownCp:
+        except UnknownCpError:
             # The pinned wording names the id that was asked for.
-            raise UnknownCp(cp_id if cp_id is not None else "*") from None
+            raise UnknownCpError(cp_id if cp_id is not None else "*") from None
         return _json({"ok": True, "cps": list(cps)})
 
     handler.__name__ = f"_post_{action}_{'one' if one else 'all'}"

@@ -21,7 +21,9 @@ from typing import Annotated, Any, Callable, ClassVar
 
 import orjson
 
+from ..domain.session import SessionStatus
 from ..errors import EvprotoError
+from ..messages import CpState, EndReason
 from ..idents import MAX_ID_LEN, MAX_TEXT_LEN, id_problem, text_problem
 from ..idents import _SPACE
 
@@ -34,6 +36,7 @@ __all__ = [
     "encode_event",
     "decode_event",
     "SESSION_STATUSES",
+    "END_REASONS",
     "CP_STATE_NAMES",
     "REQUEST_ORIGINS",
     "MAX_EVENT_BYTES",
@@ -62,10 +65,12 @@ __all__ = [
 
 EVENT_VERSION = 1
 
-#: Session statuses, as Central's API and the driver events spell them.
-SESSION_STATUSES = ("requested", "authorized", "supplying", "completed", "interrupted", "denied")
-#: CP states, as Central's API and ``cp_state`` spell them (evproto.messages.CpState names).
-CP_STATE_NAMES = ("ACTIVATED", "STOPPED", "SUPPLYING", "BROKEN", "DISCONNECTED")
+#: Session statuses, as Central's API and the driver events spell them (SessionStatus values).
+SESSION_STATUSES = tuple(s.value for s in SessionStatus)
+#: CP states, as Central's API and ``cp_state`` spell them (CpState names).
+CP_STATE_NAMES = tuple(s.name for s in CpState)
+#: Why a supply ended, as SupplyFinished and Ticket spell it (EndReason tokens).
+END_REASONS = tuple(r.token for r in EndReason)
 #: Where a supply request comes from: a driver's app, or the CP's own menu.
 REQUEST_ORIGINS = ("driver", "cp")
 
@@ -155,6 +160,7 @@ class _Time:
 Id = Annotated[str, _Ident()]
 OptionalId = Annotated[str, _Ident(empty_ok=True)]
 Token = Annotated[str, _Ident(empty_ok=True)]  # a reason code such as "power_loss"; "" for none
+EndReasonToken = Annotated[str, _OneOf(END_REASONS)]
 Text = Annotated[str, _Text()]
 Message = Annotated[str, _Text(MAX_MESSAGE_LEN)]
 TsMs = Annotated[int, _Time()]
@@ -460,7 +466,7 @@ class SupplyFinished(Event):
     price_eur_kwh: PriceEurKwh
     started_ts_ms: TsMs
     ended_ts_ms: TsMs
-    reason: Token
+    reason: EndReasonToken
     ts_ms: TsMs
     #: True for a supply served while Central was unreachable (session_id 0 until Central assigns one).
     offline: bool = False
@@ -515,7 +521,7 @@ class Ticket(Event):
     started_ts_ms: TsMs
     ended_ts_ms: TsMs
     status: Annotated[str, _OneOf(SESSION_STATUSES)]
-    end_reason: Token
+    end_reason: EndReasonToken
     ts_ms: TsMs
 
 

@@ -21,6 +21,7 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..messages import EndReason
 from ..bus.events import (
     ENERGY_SLACK_KWH,
     MAX_POWER_KW,
@@ -124,7 +125,8 @@ CP_TABLE.update(
 )
 
 # Why a supply ends, for inputs that end one (SupplyFinished.reason).
-_END_REASONS = {I.MONITOR_DOWN: "monitor_lost", I.STOP: "stopped", I.KO: "fault", I.UNPLUG: "unplugged"}
+_END_REASONS = {I.MONITOR_DOWN: EndReason.MONITOR_LOST, I.STOP: EndReason.STOPPED, I.KO: EndReason.FAULT,
+                I.UNPLUG: EndReason.UNPLUGGED}
 
 
 # -- effects ---------------------------------------------------------------------------------
@@ -333,9 +335,9 @@ class ChargePoint:
             assert s.started_ts_ms is not None
             # Snapshots written before readings were timed know the last progress report.
             known_ts_ms = s.last_reading_ts_ms or s.last_progress_ts_ms
-            self._finish("power_loss", now_ms, ended_ts_ms=max(s.started_ts_ms, known_ts_ms))
+            self._finish(EndReason.POWER_LOSS, now_ms, ended_ts_ms=max(s.started_ts_ms, known_ts_ms))
         else:
-            self._withdraw("power_loss", now_ms)
+            self._withdraw(EndReason.POWER_LOSS.token, now_ms)
         return self._take()
 
     # -- dispatch --------------------------------------------------------------------------
@@ -360,7 +362,7 @@ class ChargePoint:
         if not self._fx or not isinstance(self._fx[-1], Persist):
             self._fx.append(Persist())
 
-    def _finish(self, reason: str, now_ms: int, *, ended_ts_ms: int | None = None) -> None:
+    def _finish(self, reason: EndReason, now_ms: int, *, ended_ts_ms: int | None = None) -> None:
         s = self.supply
         assert s is not None and s.started_ts_ms is not None
         self._emit(
@@ -373,14 +375,14 @@ class ChargePoint:
                 price_eur_kwh=s.price_eur_kwh,
                 started_ts_ms=s.started_ts_ms,
                 ended_ts_ms=now_ms if ended_ts_ms is None else ended_ts_ms,
-                reason=reason,
+                reason=reason.token,
                 ts_ms=now_ms,
                 offline=s.session_id == 0,
                 request_id=s.request_id,
             )
         )
         self._say(
-            f"supply {s.session_id or 'offline'} for {s.driver_id} ended ({reason}): "
+            f"supply {s.session_id or 'offline'} for {s.driver_id} ended ({reason.token}): "
             f"{s.energy_kwh:.3f} kWh, {s.amount_eur:.2f} EUR"
         )
         self.supply = None
@@ -391,8 +393,8 @@ class ChargePoint:
         s = self.supply
         assert s is not None
         if s.session_id:  # an offline authorisation was never Central's: nothing to tell it
-            self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=s.session_id, accepted=False, reason=reason,
-                                           ts_ms=now_ms))
+            self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=s.session_id, accepted=False,
+                                           reason=reason, ts_ms=now_ms))
         self._say(f"authorisation {s.session_id} for {s.driver_id} withdrawn ({reason})")
         self.supply = None
         self.phase = Phase.IDLE
@@ -465,7 +467,7 @@ class ChargePoint:
     def _a_withdraw(self, inp: CpInput, now_ms: int) -> None:
         reason = _END_REASONS[inp]
         self._apply_flag(inp)
-        self._withdraw(reason, now_ms)
+        self._withdraw(reason.token, now_ms)
 
     def _a_finish(self, inp: CpInput, now_ms: int) -> None:
         reason = _END_REASONS[inp]
@@ -578,7 +580,7 @@ class ChargePoint:
         if (s.target_energy_kwh is not None and s.energy_kwh >= s.target_energy_kwh) or (
             target_s is not None and elapsed_s >= target_s
         ):
-            self._finish("completed", now_ms)
+            self._finish(EndReason.COMPLETED, now_ms)
             return
         # Telemetry only from a fresh reading: a meter that stopped answering must not
         # have its last values republished with new timestamps (the fault shows instead).

@@ -18,6 +18,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from ..messages import EndReason
+
 __all__ = ["SessionStatus", "SessionInput", "SessionStep", "SESSION_TABLE", "step", "finish_input", "COMPLETED_REASONS"]
 
 
@@ -36,6 +38,11 @@ class SessionStatus(enum.Enum):
         """Not finished yet."""
         return self in (SessionStatus.REQUESTED, SessionStatus.AUTHORIZED, SessionStatus.SUPPLYING)
 
+    @property
+    def final(self) -> bool:
+        """Finished: denied, completed or interrupted; nothing changes it any more."""
+        return not self.live
+
 
 class SessionInput(enum.Enum):
     """What can happen to a session."""
@@ -49,8 +56,8 @@ class SessionInput(enum.Enum):
     EXPIRED = "expired"
 
 
-#: End reasons (SupplyFinished.reason) that count as a normal end: status "completed".
-COMPLETED_REASONS = frozenset({"completed", "unplugged"})
+#: End reasons (SupplyFinished.reason tokens) that count as a normal end: status "completed".
+COMPLETED_REASONS = frozenset(r.token for r in EndReason if r.normal)
 
 
 @dataclass(frozen=True, slots=True)

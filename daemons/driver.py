@@ -49,6 +49,8 @@ from evproto.bus.kafka import (
     topic_ids,
 )
 from evproto.backoff import Backoff
+from evproto.domain.session import SessionStatus
+from evproto.messages import EndReason
 from evproto.bus.topics import Topic, partition_for, spec_for
 from evproto.idents import InvalidTextError, check_id, id_problem
 from evproto.ratelog import RateLimitedLog
@@ -67,7 +69,6 @@ log = logging.getLogger("evproto.driver")
 #: Largest requests file read (about 10,000 lines of supplies).
 MAX_REQUESTS_FILE_BYTES = 1 << 20
 
-_FINAL = ("denied", "completed", "interrupted")
 #: What Central sends a driver on driver-events.
 _DRIVER_EVENTS = (RequestUpdate, DriverTelemetry, Ticket)
 _TARGET = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>kwh|wh|s|sec|min|m)$", re.I)
@@ -468,18 +469,19 @@ class Driver:
             if ev.request_id in self._last_update:
                 self._last_update[ev.request_id] = time.monotonic()
             text = ev.message or ev.status
-            if ev.status == "denied":
+            final = SessionStatus(ev.status).final
+            if ev.status == SessionStatus.DENIED.value:
                 log.warning("%s: DENIED: %s", ev.cp_id, text)
-            elif ev.status in _FINAL:
+            elif final:
                 log.info("%s: %s", ev.cp_id, text)
             elif ev.reason:
                 log.warning("%s: %s", ev.cp_id, text)
             else:
                 log.info("%s: %s", ev.cp_id, text)
-            if ev.status in _FINAL and ev.session_id is not None:
+            if final and ev.session_id is not None:
                 self.figures.ended(ev.session_id)
-            if ev.status in _FINAL and ev.request_id in self._waiters:
-                key = "completed" if ev.status == "completed" else "not_completed"
+            if final and ev.request_id in self._waiters:
+                key = "completed" if ev.status == SessionStatus.COMPLETED.value else "not_completed"
                 self.state[key] = int(self.state.get(key, 0)) + 1
                 fut = self._waiters.get(ev.request_id)
                 if fut is not None and not fut.done():
@@ -493,7 +495,7 @@ class Driver:
                 return  # the same ticket again (Central re-sent its outbox after a restart)
             minutes = max(0.0, (ev.ended_ts_ms - ev.started_ts_ms) / 60000)
             text = (f"TICKET session {ev.session_id} at {ev.cp_id}: {ev.energy_kwh:.3f} kWh x {ev.price_eur_kwh:.2f} "
-                    f"EUR/kWh = {ev.amount_eur:.2f} EUR, {minutes:.1f} min, {ev.status} ({ev.end_reason})")
+                    f"EUR/kWh = {ev.amount_eur:.2f} EUR, {minutes:.1f} min, {ev.status} ({EndReason.from_token(ev.end_reason).label})")
             log.info("%s", text)
             # Remembered after it was shown: a crash in between shows it again, never not at all.
             self._tickets[ev.session_id] = {"request_id": ev.request_id, "text": text}

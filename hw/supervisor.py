@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass, field
 
 from evproto.backoff import Backoff
+from evproto.messages import FaultCode
 from evproto.ratelog import RateLimitedLog
 
 from .base import MeterDriver, MeterError, MeterGone, MeterProtocolError, MeterReading, MeterTimeout
@@ -27,8 +28,10 @@ log = logging.getLogger("evproto.hw")
 class MeterHealth:
     """The meter's condition as the engine should report it."""
 
-    #: None when fine; else "timeout: ..." (not answering) or "device ...: ..." (gone).
-    fault: str | None = None
+    #: None when fine; else METER_TIMEOUT (not answering, or answering garbage) or METER_LOST (device gone).
+    fault: FaultCode | None = None
+    #: What the last failure said (for logs and the fault report).
+    detail: str = ""
     failed_cycles: int = 0
     counters: dict[str, int] = field(default_factory=lambda: {"readings": 0, "timeouts": 0, "protocol_errors": 0,
                                                                  "gone": 0, "reopened": 0})
@@ -122,20 +125,22 @@ class MeterSupervisor:
                 reading = await self.read_once()
             except MeterGone as exc:
                 self.health.counters["gone"] += 1
-                self._failed(f"device gone: {exc}")
+                self._failed(FaultCode.METER_LOST, f"device gone: {exc}")
                 delay = self.backoff.next_delay()
                 self._warn.log(logging.WARNING, f"meter unavailable ({exc}); retrying in {delay:.1f} s")
                 await asyncio.sleep(delay)
                 next_at = loop.time()
                 continue
             except MeterError as exc:
-                self._failed(f"timeout: {exc}" if isinstance(exc, MeterTimeout) else f"bad answers: {exc}")
+                self._failed(FaultCode.METER_TIMEOUT, f"timeout: {exc}" if isinstance(exc, MeterTimeout)
+                             else f"bad answers: {exc}")
             else:
                 self.backoff.reset()
                 self._fresh = reading
                 if self.health.fault is not None:
                     log.info("meter readings resumed: fault cleared")
                 self.health.fault = None
+                self.health.detail = ""
                 self.health.failed_cycles = 0
             next_at += self.interval_s
             now = loop.time()
@@ -143,11 +148,13 @@ class MeterSupervisor:
                 next_at = now
             await asyncio.sleep(next_at - now)
 
-    def _failed(self, why: str) -> None:
-        self.health.failed_cycles += 1
-        if self.health.failed_cycles >= self.fault_after_cycles and self.health.fault is None:
-            self.health.fault = why
-            log.error("meter fault after %d failed read cycles: %s", self.health.failed_cycles, why)
-        elif self.health.fault is not None and why.startswith("device") != self.health.fault.startswith("device"):
-            self.health.fault = why
+    def _failed(self, fault: FaultCode, why: str) -> None:
+        health = self.health
+        health.failed_cycles += 1
+        health.detail = why
+        if health.failed_cycles >= self.fault_after_cycles and health.fault is None:
+            health.fault = fault
+            log.error("meter fault after %d failed read cycles: %s", health.failed_cycles, why)
+        elif health.fault is not None:
+            health.fault = fault  # a stalled meter may turn out gone, and a reopened one stalled
 

@@ -36,6 +36,7 @@ from evproto.daemons.central.core import (
     CentralCore,
     RecordRefused,
     CpRecord,
+    HealthReport,
     Note,
     Publish,
     Rules,
@@ -47,7 +48,7 @@ from evproto.daemons.central.core import (
 from evproto.daemons.central.view import CP_STATES
 from evproto.domain.chargepoint import ChargePoint, Emit
 from evproto.domain.session import SessionStatus
-from evproto.messages import ReasonCode
+from evproto.messages import FaultCode, ReasonCode
 
 T0 = 1_700_000_000_000
 RULES = Rules(answer_timeout_s=10.0, plug_timeout_s=60.0)
@@ -344,22 +345,22 @@ def test_monitor_lost_disconnects(core: CentralCore) -> None:
 
 
 def test_engine_ko_broken_and_recovery(core: CentralCore) -> None:
-    fx = core.engine_health("CP1", False, "ENGINE_KO", T0 + 1)
+    fx = core.engine_health("CP1", HealthReport(False, FaultCode.ENGINE_KO), T0 + 1)
     assert states(fx) == ["BROKEN"] and state_of(core, "CP1") == "BROKEN"
-    assert states(core.engine_health("CP1", False, "ENGINE_KO", T0 + 2)) == []  # a repeated report: no change
-    fx = core.engine_health("CP1", True, "", T0 + 3)
+    assert states(core.engine_health("CP1", HealthReport(False, FaultCode.ENGINE_KO), T0 + 2)) == []  # a repeated report: no change
+    fx = core.engine_health("CP1", HealthReport(True), T0 + 3)
     assert states(fx) == ["ACTIVATED"] and state_of(core, "CP1") == "ACTIVATED"
-    assert core.engine_health("NOPE", False, "x", T0 + 4) == []
+    assert core.engine_health("NOPE", HealthReport(False, FaultCode.ENGINE_KO), T0 + 4) == []
 
 
 def test_monitor_down_wins_over_broken(core: CentralCore) -> None:
-    core.engine_health("CP1", False, "ENGINE_SILENT", T0 + 1)
+    core.engine_health("CP1", HealthReport(False, FaultCode.ENGINE_SILENT), T0 + 1)
     fx = core.monitor_lost("CP1", False, "", T0 + 2)
     assert states(fx) == ["DISCONNECTED"]
     fx = core.monitor_connected("CP1", T0 + 3)
     # Connected again: ACTIVATED until the monitor's first report says otherwise (documented).
     assert states(fx) == ["ACTIVATED"]
-    assert states(core.engine_health("CP1", False, "ENGINE_SILENT", T0 + 4)) == ["BROKEN"]
+    assert states(core.engine_health("CP1", HealthReport(False, FaultCode.ENGINE_SILENT), T0 + 4)) == ["BROKEN"]
 
 
 def _last_saved_cps(fxs: list[list]) -> dict[str, CpRecord]:
@@ -544,7 +545,7 @@ def test_deny_unknown_cp(core: CentralCore) -> None:
 @pytest.mark.parametrize(
     "make_unavailable",
     [
-        lambda c: c.engine_health("CP1", False, "ENGINE_KO", T0 + 1),
+        lambda c: c.engine_health("CP1", HealthReport(False, FaultCode.ENGINE_KO), T0 + 1),
         lambda c: c.stop("CP1", T0 + 1),
         lambda c: c.monitor_lost("CP1", False, "", T0 + 1),
     ],
@@ -728,7 +729,7 @@ def test_stop_a_disconnected_cp_is_remembered(core: CentralCore) -> None:
 
 def test_engine_ko_during_supply(core: CentralCore) -> None:
     sid = supplying(core, "D1", "CP1")
-    fx = core.engine_health("CP1", False, "ENGINE_KO", T0 + 1000)
+    fx = core.engine_health("CP1", HealthReport(False, FaultCode.ENGINE_KO), T0 + 1000)
     assert states(fx) == ["BROKEN"]
     (u,) = pubs(fx, RequestUpdate)
     assert u.key == "D1" and u.event.reason == "cp_fault" and u.event.session_id == sid
@@ -736,7 +737,7 @@ def test_engine_ko_during_supply(core: CentralCore) -> None:
     (t,) = events(fx, Ticket)
     assert (t.status, t.end_reason, t.energy_kwh) == ("interrupted", "fault", 0.4)
     assert state_of(core, "CP1") == "BROKEN"
-    assert states(core.engine_health("CP1", True, "", T0 + 2000)) == ["ACTIVATED"]
+    assert states(core.engine_health("CP1", HealthReport(True), T0 + 2000)) == ["ACTIVATED"]
 
 
 def test_monitor_lost_during_supply(core: CentralCore) -> None:
@@ -963,7 +964,7 @@ class CentralMachine(RuleBasedStateMachine):
 
     @rule(cp=st.sampled_from(CP_IDS), ok=st.booleans())
     def health(self, cp: str, ok: bool) -> None:
-        self._absorb(self.core.engine_health(cp, ok, "" if ok else "ENGINE_KO", self.now))
+        self._absorb(self.core.engine_health(cp, HealthReport(ok, FaultCode.NONE if ok else FaultCode.ENGINE_KO), self.now))
 
     # -- invariants
 

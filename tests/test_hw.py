@@ -12,6 +12,7 @@ import pytest
 
 from evproto.hw import MeterGone, MeterProtocolError, MeterTimeout, make_driver
 from evproto.hw.supervisor import MeterSupervisor
+from evproto.messages import FaultCode
 
 PROTOCOLS = ["evproto", "iec62056-21"]
 BIN = os.path.dirname(sys.executable)
@@ -98,14 +99,14 @@ async def test_supervisor_raises_a_fault_after_two_cycles_and_clears_it(sim_fact
         await asyncio.wait_for(_until(lambda: sup.take() is not None), 10)
         sim.send("stall 3")
         await asyncio.wait_for(_until(lambda: sup.health.fault is not None), 10)
-        assert sup.health.fault.startswith("timeout") and sup.health.failed_cycles >= 2
+        assert sup.health.fault is FaultCode.METER_TIMEOUT and sup.health.failed_cycles >= 2
         sup.take()
         await asyncio.sleep(0.5)
         assert sup.take() is None  # while stalled, nothing fresh: the last values are not handed out again
         await asyncio.wait_for(_until(lambda: sup.health.fault is None), 15)  # the stall ends by itself
         await _eventually(sup)
         sim.send("unplug")
-        await asyncio.wait_for(_until(lambda: (sup.health.fault or "").startswith("device")), 10)
+        await asyncio.wait_for(_until(lambda: sup.health.fault is FaultCode.METER_LOST), 10)
         sim.send("plug")
         await asyncio.wait_for(_until(lambda: sup.health.fault is None), 30)
         assert sup.health.counters["gone"] >= 1 and sup.health.counters["reopened"] >= 2

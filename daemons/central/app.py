@@ -43,7 +43,7 @@ from evproto.ratelog import RateLimitedLog
 
 from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
 from ..quarantine import CrashGuard, DeadLetter
-from .core import CentralCore, Effect, Forget, Note, Publish, RegistryBusyError, Rules, SaveCp, UnknownCpError
+from .core import CentralCore, Effect, HealthReport, Forget, Note, Publish, RegistryBusyError, Rules, SaveCp, UnknownCpError
 from ..gate import NoKey
 from ..tokens import TokenStore
 from .intake import RecordIntake
@@ -391,12 +391,9 @@ class Central:
                     continue
                 msg = event.message
                 now = now_ms()
-                if isinstance(msg, HealthStatus):
-                    self._apply(self.core.engine_health(cp_id, msg.state is HealthState.OK, msg.fault.name, now))
-                elif isinstance(msg, FaultReport):
-                    self._apply(self.core.engine_health(cp_id, False, msg.fault.name, now))
-                elif isinstance(msg, RecoveryReport):
-                    self._apply(self.core.engine_health(cp_id, True, "", now))
+                report = HealthReport.of(msg)
+                if report is not None:
+                    self._apply(self.core.engine_health(cp_id, report, now))
         except LinkDownError as exc:
             clean, detail = exc.clean, exc.reason.value
         finally:

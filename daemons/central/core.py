@@ -37,7 +37,7 @@ from evproto.domain.session import SessionInput, SessionStatus, finish_input, st
 from evproto.bus.events import MAX_PRICE_EUR_KWH
 from evproto.errors import EvprotoError
 from evproto.idents import id_problem, text_problem
-from evproto.messages import CpState, ReasonCode, Reject
+from evproto.messages import CpState, FaultCode, FaultReport, HealthState, HealthStatus, Message, ReasonCode, RecoveryReport, Reject
 
 from .limits import KeyedLimiter
 from .view import CpView, SessionView
@@ -54,6 +54,7 @@ __all__ = [
     "Effect",
     "CentralCore",
     "UnknownCpError",
+    "HealthReport",
     "UnknownDriverError",
     "RegistryBusyError",
     "RecordRefused",
@@ -133,6 +134,27 @@ class Rules:
     restart_grace_s: float = 15.0
 
 
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """A monitor's report on its engine, whichever of the three messages carried it."""
+
+    ok: bool
+    fault: FaultCode = FaultCode.NONE
+    detail: str = ""
+
+    @classmethod
+    def of(cls, msg: Message) -> HealthReport | None:
+        """The report ``msg`` makes (HealthStatus, FaultReport, RecoveryReport), else None."""
+        if isinstance(msg, HealthStatus):
+            ok = msg.state is HealthState.OK
+            return cls(ok, FaultCode.NONE if ok else msg.fault)
+        if isinstance(msg, FaultReport):
+            return cls(False, msg.fault, msg.detail)
+        if isinstance(msg, RecoveryReport):
+            return cls(True)
+        return None
+
+
 @dataclass(slots=True, kw_only=True)
 class CpRecord:
     """What Central knows about a CP (persisted: id, location, price, stopped)."""
@@ -143,7 +165,8 @@ class CpRecord:
     stopped: bool = False
     connected: bool = False
     engine_ok: bool = True
-    fault: str = ""
+    #: The engine's fault while it is not OK (NONE otherwise).
+    fault: FaultCode = FaultCode.NONE
     session_id: int | None = None
     supplying: bool = False
     driver_id: str | None = None
@@ -450,7 +473,7 @@ class CentralCore:
         cp.connected = True
         cp.revoked = False  # connected again means authenticated again (when Central authenticates)
         cp.engine_ok = True  # until the monitor's first report says otherwise
-        cp.fault = ""
+        cp.fault = FaultCode.NONE
         self._note(f"{cp_id} connected")
         command = StopCommand(cp_id=cp_id, ts_ms=now_ms) if cp.stopped else ResumeCommand(cp_id=cp_id, ts_ms=now_ms)
         self._fx.append(Publish(Topic.CP_COMMANDS, cp_id, command))
@@ -490,16 +513,18 @@ class CentralCore:
         self._state_changed(cp, before, now_ms)
         return self._take()
 
-    def engine_health(self, cp_id: str, ok: bool, fault: str, now_ms: int) -> list[Effect]:
-        """The monitor's report on its engine: OK, or KO/silent with a fault name."""
+    def engine_health(self, cp_id: str, report: HealthReport, now_ms: int) -> list[Effect]:
+        """The monitor's report on its engine: OK, or KO/silent with a fault."""
         self._fx = []
         cp = self.cps.get(cp_id)
         if cp is None:
             return []
         before = cp.state
+        ok = report.ok
+        fault = report.fault.name + (f": {report.detail}" if report.detail else "")
         if ok != cp.engine_ok:
             cp.engine_ok = ok
-            cp.fault = "" if ok else fault
+            cp.fault = FaultCode.NONE if ok else report.fault
             if ok:
                 self._note(f"{cp_id} engine recovered", key=f"health:{cp_id}")
             else:

@@ -28,10 +28,13 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
+from evproto.messages import CpState
 from evproto.daemons.central.view import CP_STATES, CentralView, CpView, MessageView, SessionView
 
 __all__ = [
     "STATE_STYLES",
+    "STATE_LOOKS",
+    "StateLook",
     "COMMAND_HINT",
     "HELP_TEXT",
     "Command",
@@ -41,19 +44,32 @@ __all__ = [
 
 log = logging.getLogger("evproto.central")
 
-#: Tile colours by CP state (the spec's table): green, orange, green, red, grey.
-STATE_STYLES: dict[str, Style] = {
-    "ACTIVATED": Style.parse("#ffffff on #2e7d32"),
-    "STOPPED": Style.parse("#000000 on #ff9800"),
-    "SUPPLYING": Style.parse("#000000 on #4cd964"),
-    "BROKEN": Style.parse("#ffffff on #d32f2f"),
-    "DISCONNECTED": Style.parse("#ffffff on #616161"),
+@dataclass(frozen=True, slots=True)
+class StateLook:
+    """How one CP state looks on the panel."""
+
+    #: Tile colours (the spec's table: green, orange, green, red, grey).
+    style: Style
+    #: The tile's words under the id ("" for SUPPLYING, whose tile shows the live figures).
+    detail: str
+    #: The word in the compact grid of a large network.
+    mini: str
+
+
+#: One row per CpState: adding a state without its look fails at import.
+STATE_LOOKS: dict[CpState, StateLook] = {
+    CpState.ACTIVATED: StateLook(Style.parse("#ffffff on #2e7d32"), "available", "ready"),
+    CpState.STOPPED: StateLook(Style.parse("#000000 on #ff9800"), "Out of Order", "stopped"),
+    CpState.SUPPLYING: StateLook(Style.parse("#000000 on #4cd964"), "", "supplying"),
+    CpState.BROKEN: StateLook(Style.parse("#ffffff on #d32f2f"), "fault reported", "broken"),
+    CpState.DISCONNECTED: StateLook(Style.parse("#ffffff on #616161"), "no contact", "offline"),
 }
+assert set(STATE_LOOKS) == set(CpState), "every CP state needs its look on the panel"
+#: Tile colours by the state's API spelling.
+STATE_STYLES: dict[str, Style] = {state.name: look.style for state, look in STATE_LOOKS.items()}
 _UNKNOWN_STYLE = Style.parse("#ffffff on #37474f")
-_DETAIL = {"ACTIVATED": "available", "STOPPED": "Out of Order", "BROKEN": "fault reported",
-           "DISCONNECTED": "no contact"}
-_MINI_LABEL = {"ACTIVATED": "ready", "STOPPED": "stopped", "BROKEN": "broken",
-               "DISCONNECTED": "offline"}
+_DETAIL = {state.name: look.detail for state, look in STATE_LOOKS.items() if look.detail}
+_MINI_LABEL = {state.name: look.mini for state, look in STATE_LOOKS.items()}
 _LEVEL_STYLES = {"info": Style(), "warning": Style.parse("yellow"),
                  "error": Style.parse("bold red")}
 _STATUS_STYLES = {"requested": "yellow", "authorized": "cyan", "supplying": "green"}

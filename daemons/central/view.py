@@ -10,10 +10,12 @@ import datetime as _dt
 from dataclasses import dataclass, field
 from typing import Any
 
+from evproto.messages import CpState
+
 __all__ = ["CpView", "SessionView", "MessageView", "CentralView", "iso_utc", "CP_STATES"]
 
-#: The CP states as the API spells them, in panel order of importance.
-CP_STATES = ("ACTIVATED", "STOPPED", "SUPPLYING", "BROKEN", "DISCONNECTED")
+#: The CP states as the API spells them (CpState names), in panel order.
+CP_STATES = tuple(s.name for s in CpState)
 
 
 def iso_utc(ts_ms: int | None) -> str | None:

@@ -412,8 +412,7 @@ class Engine:
     def _health(self) -> HealthStatus:
         faults = self.cp.faults if self.cp is not None else {}
         if "meter" in faults:
-            code = FaultCode.METER_LOST if faults["meter"].startswith("device") else FaultCode.METER_TIMEOUT
-            return HealthStatus(state=HealthState.KO, fault=code)
+            return HealthStatus(state=HealthState.KO, fault=self.supervisor.health.fault or FaultCode.METER_TIMEOUT)
         if faults:
             return HealthStatus(state=HealthState.KO, fault=FaultCode.SIMULATED)
         return HealthStatus(state=HealthState.OK)
@@ -510,7 +509,7 @@ class Engine:
                 fx += cp.meter(reading.energy_wh, reading.power_w, now)
             fault = self.supervisor.health.fault
             if fault is not None and "meter" not in cp.faults:
-                fx += cp.set_ko(now, source="meter", detail=fault)
+                fx += cp.set_ko(now, source="meter", detail=f"{fault.label}: {self.supervisor.health.detail}")
             elif fault is None and "meter" in cp.faults:
                 fx += cp.recover(now, source="meter")
             fx += cp.tick(now)

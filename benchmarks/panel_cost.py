@@ -22,7 +22,7 @@ from rich.console import Console
 
 from evproto.daemons.central.panel import render
 from evproto.daemons.central.terminal import redraw_wait
-from evproto.daemons.central.view import CP_STATES, CentralView, CpView
+from evproto.domain.central.view import CP_STATES, CentralView, CpView
 
 
 def network(n: int) -> CentralView:

@@ -712,7 +712,7 @@ async def _show_panel(reg: Registry) -> None:
 
     from .central.panel import Command
     from .central.terminal import run_panel
-    from .central.view import CentralView, CpView, MessageView, SessionView
+    from evproto.domain.central.view import CentralView, CpView, MessageView, SessionView
 
     base = _api_base(reg)
     http_addr = base.removesuffix("/api/v1")  # what the panel says it connects to (with its scheme)

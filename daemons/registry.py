@@ -54,7 +54,7 @@ class Conflict(HttpError):
 
 
 def _iso(ts_ms: object) -> str:
-    from .central.view import iso_utc
+    from evproto.domain.central.view import iso_utc
 
     return iso_utc(int(ts_ms))  # type: ignore[call-overload]
 

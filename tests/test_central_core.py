@@ -32,7 +32,7 @@ from evproto.bus.events import (
     Ticket,
 )
 from evproto.bus.topics import Topic
-from evproto.daemons.central.core import (
+from evproto.domain.central import (
     CentralCore,
     RecordRefused,
     CpRecord,
@@ -45,7 +45,7 @@ from evproto.daemons.central.core import (
     SessionRecord,
     UnknownCpError,
 )
-from evproto.daemons.central.view import CP_STATES
+from evproto.domain.central.view import CP_STATES
 from evproto.domain.chargepoint import ChargePoint, Emit
 from evproto.domain.session import SessionStatus
 from evproto.messages import FaultCode, ReasonCode

@@ -19,8 +19,8 @@ from evproto.daemons.central.http_api import (
     start_http,
     stop_http,
 )
-from evproto.daemons.central.core import UnknownCpError
-from evproto.daemons.central.view import (
+from evproto.domain.central import UnknownCpError
+from evproto.domain.central.view import (
     CP_STATES,
     CentralView,
     CpView,

@@ -12,7 +12,7 @@ import pytest
 from evproto.bus.consumer import Record
 from evproto.bus.events import AuthorizeCommand, SupplyRequest, encode_event
 from evproto.bus.topics import Topic
-from evproto.daemons.central.core import CentralCore, Publish, Rules
+from evproto.domain.central import CentralCore, Publish, Rules
 from evproto.daemons.central.intake import RecordIntake
 from evproto.daemons.central.store import Store
 from evproto.daemons.quarantine import CrashGuard

@@ -19,7 +19,7 @@ from rich.segment import Segment
 
 from evproto.daemons.central.panel import HELP_TEXT, Command, parse_command, render
 from evproto.daemons.central.terminal import PANEL_CPU_SHARE, KeyReader, PlainReporter, redraw_wait, run_panel
-from evproto.daemons.central.view import CP_STATES, CentralView, CpView, MessageView, SessionView
+from evproto.domain.central.view import CP_STATES, CentralView, CpView, MessageView, SessionView
 
 T0 = 1_795_832_400_000  # 2026-11-28 02:20:00 UTC
 GUARD_S = 10.0  # only stops a hang; never a timing assertion

@@ -14,7 +14,8 @@ import pytest
 
 from evproto.bus.events import RequestUpdate
 from evproto.bus.topics import Topic
-from evproto.daemons.central.core import Publish, SaveSession, SessionRecord, SessionStatus
+from evproto.domain.central import Publish, SaveSession, SessionRecord
+from evproto.domain.session import SessionStatus
 from evproto.daemons.central.store import Position, Store
 
 NOW = int(time.time() * 1000)
@@ -83,7 +84,7 @@ WRITER = r"""
 import sys, time
 from evproto.bus.events import RequestUpdate
 from evproto.bus.topics import Topic
-from evproto.daemons.central.core import Publish
+from evproto.domain.central import Publish
 from evproto.daemons.central.store import Store
 store = Store(sys.argv[1])
 now = int(time.time() * 1000)

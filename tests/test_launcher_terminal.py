@@ -28,7 +28,7 @@ from rich.console import Console
 
 from evproto.daemons.central.panel import render
 from evproto.daemons.central.terminal import PlainReporter, run_panel
-from evproto.daemons.central.view import CentralView, CpView, MessageView
+from evproto.domain.central.view import CentralView, CpView, MessageView
 from evproto.daemons.launcher import Registry
 from netharness import wait_for
 

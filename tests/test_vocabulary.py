@@ -29,10 +29,10 @@ from evproto.bus.events import (
     encode_event,
 )
 from evproto.bus.events import AuthorizeCommand
-from evproto.daemons.central.core import CentralCore, HealthReport, Note, Publish, Rules
+from evproto.domain.central import CentralCore, HealthReport, Note, Publish, Rules
 from evproto.daemons.central.http_api import SESSION_STATUSES as API_SESSION_STATUSES
 from evproto.daemons.central.panel import STATE_LOOKS, render
-from evproto.daemons.central.view import CP_STATES, CentralView, CpView, MessageView
+from evproto.domain.central.view import CP_STATES, CentralView, CpView, MessageView
 from evproto.domain.session import COMPLETED_REASONS, SessionStatus, finish_input, SessionInput
 from evproto.messages import (
     CpState,

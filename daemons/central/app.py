@@ -43,14 +43,14 @@ from evproto.ratelog import RateLimitedLog
 
 from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
 from ..quarantine import CrashGuard, DeadLetter
-from .core import CentralCore, Effect, HealthReport, Forget, Note, Publish, RegistryBusyError, Rules, SaveCp, UnknownCpError
+from evproto.domain.central import CentralCore, Effect, HealthReport, Forget, Note, Publish, RegistryBusyError, Rules, SaveCp, UnknownCpError
 from ..gate import NoKey
 from ..tokens import TokenStore
 from .intake import RecordIntake
 from .security import CentralSecurity, insecure_gate, insecure_sealer
-from .limits import Coalescer
+from evproto.domain.central.limits import Coalescer
 from .store import OutboxRow, Position, Store
-from .view import CentralView, MessageView, SessionView
+from evproto.domain.central.view import CentralView, MessageView, SessionView
 
 __all__ = ["CentralOptions", "Central", "RevokeUnavailable"]
 

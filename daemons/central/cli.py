@@ -21,7 +21,7 @@ from ..auditlog import verify as verify_audit
 from ..tokens import TokenRole, TokenStore
 from ..common import daemon_options, kafka_config_options, kafka_extra
 from ..common import keep_files_private, EXIT_UNAVAILABLE, raise_fd_limit, setup_logging, shutdown_event, tune_gc
-from .core import Rules
+from evproto.domain.central import Rules
 from .store import Store
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -304,7 +304,7 @@ def tokens_create(db: str, role: str, name: str) -> None:
 @click.pass_obj
 def tokens_list(db: str) -> None:
     """List tokens: id, role, name, created, revoked (never the token itself)."""
-    from .view import iso_utc
+    from evproto.domain.central.view import iso_utc
 
     store = _open_tokens(db)
     for t in store.list():

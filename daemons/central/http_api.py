@@ -40,8 +40,8 @@ from typing import Any, Awaitable, Callable, Protocol
 from aiohttp import web
 
 from evproto.domain.session import SessionStatus
-from evproto.daemons.central.core import UnknownCpError, UnknownDriverError
-from evproto.daemons.central.view import CentralView, SessionView, iso_utc
+from evproto.domain.central import UnknownCpError, UnknownDriverError
+from evproto.domain.central.view import CentralView, SessionView, iso_utc
 from evproto.daemons.auditlog import AuditLog
 from evproto.daemons.tokens import TokenRole, TokenStore
 from evproto.daemons.webauth import PRINCIPAL, token_auth

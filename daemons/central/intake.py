@@ -28,7 +28,7 @@ from evproto.bus.seal import SealError
 from evproto.ratelog import RateLimitedLog
 
 from ..quarantine import CrashGuard, DeadLetter, Verdict
-from .core import Effect, RecordRefused
+from evproto.domain.central import Effect, RecordRefused
 from .store import Position
 
 __all__ = ["RecordIntake"]

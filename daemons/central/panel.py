@@ -29,7 +29,7 @@ from rich.table import Table
 from rich.text import Text
 
 from evproto.messages import CpState
-from evproto.daemons.central.view import CP_STATES, CentralView, CpView, MessageView, SessionView
+from evproto.domain.central.view import CP_STATES, CentralView, CpView, MessageView, SessionView
 
 __all__ = [
     "STATE_STYLES",

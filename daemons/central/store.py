@@ -19,8 +19,8 @@ from evproto.bus.events import Ticket, encode_event
 from evproto.domain.session import SessionStatus
 
 from ..quarantine import DeadLetter
-from .core import CpRecord, Effect, Forget, Publish, SaveCp, SaveSession, SessionRecord
-from .view import SessionView
+from evproto.domain.central import CpRecord, Effect, Forget, Publish, SaveCp, SaveSession, SessionRecord
+from evproto.domain.central.view import SessionView
 
 __all__ = ["Store", "OutboxRow", "Loaded", "Position", "MAX_DEAD_LETTERS"]
 

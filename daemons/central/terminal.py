@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from evproto.daemons.central.view import CentralView, CpView, MessageView, SessionView
+from evproto.domain.central.view import CentralView, CpView, MessageView, SessionView
 
 from .panel import HELP_TEXT, Command, _clean, _price, _stamp, _url, parse_command, render
 

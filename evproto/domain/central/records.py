@@ -1,0 +1,151 @@
+"""What Central knows, as records: its rules, a CP, a session, a monitor's health report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from evproto.domain.central.view import SessionView
+from evproto.domain.cp import CpFacts, cp_state
+from evproto.domain.session import SessionStatus
+from evproto.messages import (
+    CpState,
+    FaultCode,
+    FaultReport,
+    HealthState,
+    HealthStatus,
+    Message,
+    RecoveryReport,
+)
+
+__all__ = ["Rules", "HealthReport", "CpRecord", "SessionRecord", "SessionHistory"]
+
+
+class SessionHistory(Protocol):
+    """Sessions older than what the core keeps in memory (Central's database)."""
+
+    def session(self, session_id: int) -> SessionRecord | None:
+        """The session with this id, or None."""
+        ...
+
+    def session_by_request(self, request_id: str) -> SessionRecord | None:
+        """The session a request id created, or None."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Rules:
+    """Central's policy knobs."""
+
+    #: Register a CP the first time its monitor says hello with a location and price.
+    auto_register_cps: bool = True
+    #: Time the CP has to answer an authorisation before the request is denied.
+    answer_timeout_s: float = 10.0
+    #: Time the driver has to plug in once authorised.
+    plug_timeout_s: float = 60.0
+    #: Central waits this much longer than the CP before it gives up on an authorisation,
+    #: so the CP (which knows whether a vehicle plugged in) decides first, clock skew included.
+    expiry_grace_s: float = 15.0
+    #: Ended sessions remembered in memory, for duplicate requests and late CP reports.
+    remember_ended: int = 5000
+    #: New CPs one source address may register per minute (and at once); all sources
+    #: together may register five times that. Known CPs reconnecting are never limited.
+    registrations_per_min: float = 60.0
+    #: Registered CPs at most (each costs memory and a tile): a registration beyond is refused.
+    max_cps: int = 100_000
+    #: After Central (re)starts, a request for a CP it knew, whose monitor has not
+    #: reconnected yet, waits this long for it instead of being denied at once.
+    restart_grace_s: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """A monitor's report on its engine, whichever of the three messages carried it."""
+
+    ok: bool
+    fault: FaultCode = FaultCode.NONE
+    detail: str = ""
+
+    @classmethod
+    def of(cls, msg: Message) -> HealthReport | None:
+        """The report ``msg`` makes (HealthStatus, FaultReport, RecoveryReport), else None."""
+        if isinstance(msg, HealthStatus):
+            ok = msg.state is HealthState.OK
+            return cls(ok, FaultCode.NONE if ok else msg.fault)
+        if isinstance(msg, FaultReport):
+            return cls(False, msg.fault, msg.detail)
+        if isinstance(msg, RecoveryReport):
+            return cls(True)
+        return None
+
+
+@dataclass(slots=True, kw_only=True)
+class CpRecord:
+    """What Central knows about a CP (persisted: id, location, price, stopped)."""
+
+    id: str
+    location: str
+    price_eur_kwh: float
+    stopped: bool = False
+    connected: bool = False
+    engine_ok: bool = True
+    #: The engine's fault while it is not OK (NONE otherwise).
+    fault: FaultCode = FaultCode.NONE
+    session_id: int | None = None
+    supplying: bool = False
+    driver_id: str | None = None
+    power_kw: float | None = None
+    energy_kwh: float | None = None
+    amount_eur: float | None = None
+    #: Its keys were revoked and its monitor has not authenticated since.
+    revoked: bool = False
+
+    @property
+    def state(self) -> CpState:
+        return cp_state(
+            CpFacts(
+                monitor_connected=self.connected,
+                engine_ok=self.engine_ok,
+                stopped=self.stopped,
+                supplying=self.supplying,
+            )
+        )
+
+
+@dataclass(slots=True, kw_only=True)
+class SessionRecord:
+    """A supply session (persisted)."""
+
+    id: int
+    cp_id: str
+    driver_id: str
+    request_id: str
+    origin: str
+    status: SessionStatus
+    requested_ts_ms: int
+    price_eur_kwh: float
+    deadline_ts_ms: int
+    target_energy_kwh: float | None = None
+    target_duration_s: float | None = None
+    authorized_ts_ms: int | None = None
+    started_ts_ms: int | None = None
+    ended_ts_ms: int | None = None
+    energy_kwh: float = 0.0
+    amount_eur: float = 0.0
+    end_reason: str | None = None
+    #: A ticket was issued (kept in the tickets table, not in the sessions row).
+    ticketed: bool = False
+
+    def view(self) -> SessionView:
+        return SessionView(
+            id=self.id,
+            cp_id=self.cp_id,
+            driver_id=self.driver_id,
+            status=self.status.value,
+            requested_ts_ms=self.requested_ts_ms,
+            energy_kwh=self.energy_kwh,
+            amount_eur=self.amount_eur,
+            started_ts_ms=self.started_ts_ms,
+            ended_ts_ms=self.ended_ts_ms,
+            end_reason=self.end_reason,
+        )

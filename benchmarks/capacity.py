@@ -45,24 +45,30 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from _report import nearest_rank, write_section  # benchmarks/_report.py
+from evproto.daemons.common import raise_fd_limit
+
 from evproto import Hello, LinkConfig, Role
 from evproto.aio import open_link
 from evproto.bus.broker import EmbeddedBroker
-from evproto.bus.events import (
+from evproto.bus.events import decode_event, encode_event
+from evproto.bus.kafka import (
+    OFFSET_END,
+    BusConsumer,
+    BusProducer,
+    KafkaSettings,
+    end_offsets,
+    ensure_topics,
+)
+from evproto.bus.topics import Topic, partition_for
+from evproto.domain.events import (
     AuthorizationAnswer,
     AuthorizeCommand,
     DriverTelemetry,
     SupplyProgress,
     SupplyRequest,
     SupplyStarted,
-    decode_event,
-    encode_event,
 )
-from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, end_offsets, ensure_topics
-from evproto.bus.topics import Topic, partition_for
-from evproto.daemons.common import raise_fd_limit
-
-from _report import nearest_rank, write_section  # benchmarks/_report.py
 
 CLK = os.sysconf("SC_CLK_TCK")
 MP = multiprocessing.get_context("spawn")
@@ -428,12 +434,13 @@ def _secure_setup(db: str, workdir: str, prefix: str, cp_ids: list[str], drivers
     the registry's cost is not what is measured), every driver given a key, a viewer token."""
     from pathlib import Path as _Path
 
-    from evproto.aio import tls_client_context
     from evproto.daemons.central.keyring import KeyRing
     from evproto.daemons.credentials import CredentialStore
     from evproto.daemons.credentials_file import write_cp_credentials
     from evproto.daemons.pki import CertificateAuthority
     from evproto.daemons.tokens import TokenRole, TokenStore
+
+    from evproto.aio import tls_client_context
 
     pki = os.path.join(workdir, f"{prefix}pki")
     ca = CertificateAuthority.ensure(pki)

@@ -27,12 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
-
 from _report import write_section  # noqa: E402
-from evproto.bus.consumer import Record  # noqa: E402
-from evproto.bus.events import CpStateRecord, SupplyProgress, encode_event  # noqa: E402
-from evproto.bus.topics import Topic  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 from evproto.daemons.gate import (  # noqa: E402
     CENTRAL,
     PLAIN_POLICY,
@@ -42,6 +38,11 @@ from evproto.daemons.gate import (  # noqa: E402
     RecordGate,
     RecordSealer,
 )
+
+from evproto.bus.consumer import Record  # noqa: E402
+from evproto.bus.events import encode_event
+from evproto.bus.topics import Topic  # noqa: E402
+from evproto.domain.events import CpStateRecord, SupplyProgress
 
 
 def best(fn, n: int, rounds: int) -> float:

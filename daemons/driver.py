@@ -23,18 +23,8 @@ from typing import Any
 import click
 
 from evproto import __version__
-from evproto.bus.events import (
-    MAX_EVENT_BYTES,
-    MAX_TARGET_DURATION_S,
-    MAX_TARGET_ENERGY_KWH,
-    CpStateRecord,
-    DriverTelemetry,
-    EventDecodeError,
-    RequestUpdate,
-    SupplyRequest,
-    Ticket,
-    encode_event,
-)
+from evproto.backoff import Backoff
+from evproto.bus.events import MAX_EVENT_BYTES, EventDecodeError, encode_event
 from evproto.bus.kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -48,18 +38,49 @@ from evproto.bus.kafka import (
     ensure_topics,
     topic_ids,
 )
-from evproto.backoff import Backoff
-from evproto.domain.session import SessionStatus
-from evproto.messages import EndReason
+from evproto.bus.seal import SealError
 from evproto.bus.topics import Topic, partition_for, spec_for
+from evproto.domain.events import (
+    MAX_TARGET_DURATION_S,
+    MAX_TARGET_ENERGY_KWH,
+    CpStateRecord,
+    DriverTelemetry,
+    RequestUpdate,
+    SupplyRequest,
+    Ticket,
+)
+from evproto.domain.session import SessionStatus
 from evproto.idents import InvalidTextError, check_id, id_problem
+from evproto.messages import EndReason
 from evproto.ratelog import RateLimitedLog
 
-from .common import daemon_options, kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, load_state, now_ms, save_json_atomic, setup_logging, shutdown_event, stdin_lines, write_ready_file
-from evproto.bus.seal import SealError
-
+from .common import (
+    EXIT_DATAERR,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    StateFileError,
+    daemon_options,
+    kafka_config_options,
+    kafka_extra,
+    keep_files_private,
+    load_state,
+    now_ms,
+    save_json_atomic,
+    setup_logging,
+    shutdown_event,
+    stdin_lines,
+    write_ready_file,
+)
 from .credentials_file import DriverCredentials, credentials_for_cli, read_driver_credentials
-from .gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, Owner, OwnerKind, RecordGate, RecordSealer
+from .gate import (
+    PLAIN_POLICY,
+    SECURE_POLICY,
+    MemoryKeyBook,
+    Owner,
+    OwnerKind,
+    RecordGate,
+    RecordSealer,
+)
 from .readers import CentralWatch, RecordGuard
 
 __all__ = ["RequestLine", "parse_requests", "LiveFigures", "Driver", "main"]

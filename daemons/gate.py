@@ -27,18 +27,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from evproto.bus import seal
 from evproto.bus.consumer import Record
-from evproto.bus.events import (
+from evproto.bus.events import EventDecodeError, decode_event
+from evproto.bus.seal import CounterClock, Envelope, ReplayWindow, SealError, Why
+from evproto.bus.topics import Topic
+from evproto.domain.events import (
     AuthorizationAnswer,
     Event,
-    EventDecodeError,
     SupplyFinished,
     SupplyProgress,
     SupplyRequest,
     SupplyStarted,
-    decode_event,
 )
-from evproto.bus.seal import CounterClock, Envelope, ReplayWindow, SealError, Why
-from evproto.bus.topics import Topic
 
 __all__ = ["Policy", "SECURE_POLICY", "PLAIN_POLICY", "Owner", "OwnerKind", "KeyBook", "MemoryKeyBook",
            "RecordGate", "RecordSealer", "NoKey", "CENTRAL", "event_type_of", "public_key_bytes", "verify_key_id"]

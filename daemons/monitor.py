@@ -24,9 +24,10 @@ import click
 
 from evproto import (
     AuthChallenge,
-    AuthResult,
     AuthProof,
+    AuthResult,
     CpKey,
+    DownReason,
     FaultCode,
     FaultReport,
     HealthCheck,
@@ -34,7 +35,6 @@ from evproto import (
     HealthStatus,
     Hello,
     LinkConfig,
-    DownReason,
     LinkDownError,
     LinkRejectedError,
     MessageReceived,
@@ -45,15 +45,24 @@ from evproto import (
     Role,
     TransportError,
     __version__,
+    auth,
 )
-from evproto import auth
 from evproto.aio import Link, open_link
 from evproto.backoff import Backoff
-from evproto.bus.events import MAX_PRICE_EUR_KWH
-from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
+from evproto.domain.events import MAX_PRICE_EUR_KWH
 from evproto.endpoint import parse_endpoint
+from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
 
-from .common import daemon_options, engine_link_problem, keep_files_private, EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event, write_ready_file
+from .common import (
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    daemon_options,
+    engine_link_problem,
+    keep_files_private,
+    setup_logging,
+    shutdown_event,
+    write_ready_file,
+)
 from .credentials_file import CpCredentials, credentials_for_cli, read_cp_credentials
 
 #: How long Central has to challenge and answer once the link is open.

@@ -20,10 +20,11 @@ import time
 import traceback
 from typing import Callable
 
-from evproto.bus.events import MAX_EVENT_BYTES, Event, EventDecodeError, Heartbeat, decode_event
-from evproto.bus.seal import SealError
+from evproto.bus.events import MAX_EVENT_BYTES, EventDecodeError, decode_event
 from evproto.bus.kafka import OFFSET_END, BusConsumer, KafkaSettings, Record
+from evproto.bus.seal import SealError
 from evproto.bus.topics import Topic
+from evproto.domain.events import Event, Heartbeat
 from evproto.ratelog import RateLimitedLog
 
 from .common import makedirs, now_ms

@@ -23,10 +23,19 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from evproto.bus.events import Event, RequestUpdate, SupplyRequest, Ticket, encode_event
-from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, BusProducer, KafkaSettings, end_offsets, ensure_topics
-from evproto.bus.topics import Topic, partition_for
 from evproto.daemons.common import is_loopback_host
+
+from evproto.bus.events import encode_event
+from evproto.bus.kafka import (
+    OFFSET_BEGINNING,
+    BusConsumer,
+    BusProducer,
+    KafkaSettings,
+    end_offsets,
+    ensure_topics,
+)
+from evproto.bus.topics import Topic, partition_for
+from evproto.domain.events import Event, RequestUpdate, SupplyRequest, Ticket
 
 HANG_GUARD_S = 45.0
 
@@ -87,8 +96,9 @@ class Network:
         self.token = ""
         self.ssl: Any = None
         if secure:
-            from evproto.aio import tls_client_context
             from evproto.daemons.pki import CertificateAuthority
+
+            from evproto.aio import tls_client_context
 
             self.pki = os.path.join(tmp, "pki")
             self.ca = CertificateAuthority.ensure(self.pki)
@@ -504,7 +514,7 @@ def launcher_api(run_dir: str, path: str, *, method: str = "GET") -> Any:
 
 def full_supply(net: Network, driver: KafkaDriver, cp_id: str, engine: Proc) -> Ticket:
     """A request, authorisation, plug, unplug and ticket at ``cp_id``: the CP works."""
-    from evproto.bus.events import DriverTelemetry
+    from evproto.domain.events import DriverTelemetry
 
     rid = driver.request(cp_id)
     sid = driver.wait_status(rid, "authorized").session_id

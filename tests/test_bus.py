@@ -27,17 +27,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 from evproto.bus import client as bus_client
 from evproto.bus import kafka as bus_kafka
 from evproto.bus.broker import BrokerNotFoundError, EmbeddedBroker, find_broker_binary
-from evproto.bus.events import (
-    AuthorizeCommand,
-    CpStateRecord,
-    EventDecodeError,
-    Heartbeat,
-    SupplyProgress,
-    SupplyRequest,
-    Ticket,
-    decode_event,
-    encode_event,
-)
+from evproto.bus.events import EventDecodeError, decode_event, encode_event
 from evproto.bus.kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -52,6 +42,14 @@ from evproto.bus.kafka import (
 )
 from evproto.bus.resets import LogReset, ResetCause
 from evproto.bus.topics import Resend, Topic, TopicSpec, partition_for, spec_for, topic_specs
+from evproto.domain.events import (
+    AuthorizeCommand,
+    CpStateRecord,
+    Heartbeat,
+    SupplyProgress,
+    SupplyRequest,
+    Ticket,
+)
 from evproto.errors import EvprotoError
 
 REPO = Path(__file__).resolve().parent.parent

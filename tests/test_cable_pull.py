@@ -22,7 +22,7 @@ import pytest
 from netharness import KafkaDriver, Network, Proc, wait_for
 from netns import Broker, Hosts, require_netns
 
-from evproto.bus.events import RequestUpdate, Ticket
+from evproto.domain.events import RequestUpdate, Ticket
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,23 @@ from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from evproto.bus.events import (
+from evproto.bus.topics import Topic
+from evproto.domain.central import (
+    CentralCore,
+    CpRecord,
+    HealthReport,
+    Note,
+    Publish,
+    RecordRefused,
+    Rules,
+    SaveCp,
+    SaveSession,
+    SessionRecord,
+    UnknownCpError,
+)
+from evproto.domain.central.view import CP_STATES
+from evproto.domain.chargepoint import ChargePoint, Emit
+from evproto.domain.events import (
     AuthorizationAnswer,
     AuthorizeCommand,
     CancelAuthorization,
@@ -31,22 +47,6 @@ from evproto.bus.events import (
     SupplyStarted,
     Ticket,
 )
-from evproto.bus.topics import Topic
-from evproto.domain.central import (
-    CentralCore,
-    RecordRefused,
-    CpRecord,
-    HealthReport,
-    Note,
-    Publish,
-    Rules,
-    SaveCp,
-    SaveSession,
-    SessionRecord,
-    UnknownCpError,
-)
-from evproto.domain.central.view import CP_STATES
-from evproto.domain.chargepoint import ChargePoint, Emit
 from evproto.domain.session import SessionStatus
 from evproto.messages import FaultCode, ReasonCode
 

@@ -8,14 +8,15 @@ import json
 import sqlite3
 
 import pytest
-
-from evproto.bus.consumer import Record
-from evproto.bus.events import AuthorizeCommand, SupplyRequest, encode_event
-from evproto.bus.topics import Topic
-from evproto.domain.central import CentralCore, Publish, Rules
 from evproto.daemons.central.intake import RecordIntake
 from evproto.daemons.central.store import Store
 from evproto.daemons.quarantine import CrashGuard
+
+from evproto.bus.consumer import Record
+from evproto.bus.events import encode_event
+from evproto.bus.topics import Topic
+from evproto.domain.central import CentralCore, Publish, Rules
+from evproto.domain.events import AuthorizeCommand, SupplyRequest
 
 T0 = 1_764_295_200_000
 

@@ -11,12 +11,12 @@ import sys
 import time
 
 import pytest
+from evproto.daemons.central.store import Position, Store
 
-from evproto.bus.events import RequestUpdate
 from evproto.bus.topics import Topic
 from evproto.domain.central import Publish, SaveSession, SessionRecord
+from evproto.domain.events import RequestUpdate
 from evproto.domain.session import SessionStatus
-from evproto.daemons.central.store import Position, Store
 
 NOW = int(time.time() * 1000)
 

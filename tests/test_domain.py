@@ -15,15 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evproto.bus.events import (
-    AuthorizationAnswer,
-    AuthorizeCommand,
-    SupplyFinished,
-    SupplyProgress,
-    SupplyRequest,
-    SupplyStarted,
-    encode_event,
-)
+from evproto.bus.events import encode_event
 from evproto.domain.chargepoint import (
     CP_TABLE,
     AutoMode,
@@ -35,6 +27,14 @@ from evproto.domain.chargepoint import (
     Say,
 )
 from evproto.domain.cp import TRUTH_TABLE, CpFacts, cp_state
+from evproto.domain.events import (
+    AuthorizationAnswer,
+    AuthorizeCommand,
+    SupplyFinished,
+    SupplyProgress,
+    SupplyRequest,
+    SupplyStarted,
+)
 from evproto.domain.session import (
     COMPLETED_REASONS,
     SESSION_TABLE,

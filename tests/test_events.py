@@ -13,17 +13,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evproto.bus import events
 from evproto.bus.events import (
-    EVENT_TYPES,
     EVENT_VERSION,
-    Event,
     EventDecodeError,
     EventEncodeError,
-    SupplyProgress,
     decode_event,
     encode_event,
 )
+from evproto.domain import events
+from evproto.domain.events import EVENT_TYPES, Event, SupplyProgress
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "kafka.md"
 

@@ -15,8 +15,15 @@ import sys
 import time
 
 import pytest
+from evproto.daemons.driver import LiveFigures, parse_requests
+from evproto.daemons.quarantine import CrashGuard
+from evproto.daemons.readers import CENTRAL_SILENCE_S, CentralWatch
+from netharness import KafkaDriver, Network, wait_for
 
-from evproto.bus.events import (
+from evproto.bus.events import encode_event
+from evproto.bus.kafka import BusProducer, ensure_topics
+from evproto.bus.topics import Topic, partition_for
+from evproto.domain.events import (
     MAX_POWER_KW,
     MAX_TARGET_DURATION_S,
     MAX_TARGET_ENERGY_KWH,
@@ -25,14 +32,7 @@ from evproto.bus.events import (
     ResumeCommand,
     StopCommand,
     Ticket,
-    encode_event,
 )
-from evproto.bus.kafka import BusProducer, ensure_topics
-from evproto.bus.topics import Topic, partition_for
-from evproto.daemons.driver import LiveFigures, parse_requests
-from evproto.daemons.quarantine import CrashGuard
-from evproto.daemons.readers import CENTRAL_SILENCE_S, CentralWatch
-from netharness import KafkaDriver, Network, wait_for
 
 BIN = os.path.dirname(sys.executable)
 

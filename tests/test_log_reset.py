@@ -15,11 +15,11 @@ import subprocess
 import sys
 
 import pytest
-
 from evproto.daemons.central.store import SCHEMA_VERSION, Position, Store
-from evproto.bus.broker import EmbeddedBroker
-from evproto.bus.events import Ticket
 from netharness import KafkaDriver, Network, launcher_api, wait_for
+
+from evproto.bus.broker import EmbeddedBroker
+from evproto.domain.events import Ticket
 
 BIN = os.path.dirname(sys.executable)
 EV = os.path.join(BIN, "evcharging")

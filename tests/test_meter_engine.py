@@ -6,9 +6,9 @@ import json
 import os
 
 import pytest
-
-from evproto.bus.events import DriverTelemetry
 from netharness import KafkaDriver, Network, wait_for
+
+from evproto.domain.events import DriverTelemetry
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import collections
 
 import pytest
-
-from evproto.bus.events import DriverTelemetry, RequestUpdate, Ticket
 from netharness import KafkaDriver, Network, wait_for
+
+from evproto.domain.events import DriverTelemetry, RequestUpdate, Ticket
 
 pytestmark = pytest.mark.slow
 

@@ -7,10 +7,10 @@ import os
 import signal
 
 import pytest
+from netharness import KafkaDriver, Network, wait_for
 
 from evproto.bus.broker import EmbeddedBroker
-from evproto.bus.events import DriverTelemetry, RequestUpdate, Ticket
-from netharness import KafkaDriver, Network, wait_for
+from evproto.domain.events import DriverTelemetry, RequestUpdate, Ticket
 
 
 @pytest.fixture

@@ -14,11 +14,28 @@ import json
 import os
 import time
 
-from evproto import AuthChallenge, AuthProof, AuthResult, Hello, LinkDownError, LinkRejectedError, ReasonCode, Role
-from evproto.bus.events import AuthorizeCommand, DriverTelemetry, StopCommand, SupplyFinished, SupplyRequest, encode_event
-from evproto.bus.topics import Topic
 from evproto.daemons.auditlog import read_entries, verify
 from netharness import KafkaDriver, Network, Proc, full_supply, wait_for
+
+from evproto import (
+    AuthChallenge,
+    AuthProof,
+    AuthResult,
+    Hello,
+    LinkDownError,
+    LinkRejectedError,
+    ReasonCode,
+    Role,
+)
+from evproto.bus.events import encode_event
+from evproto.bus.topics import Topic
+from evproto.domain.events import (
+    AuthorizeCommand,
+    DriverTelemetry,
+    StopCommand,
+    SupplyFinished,
+    SupplyRequest,
+)
 
 NOW_MS = int(time.time() * 1000)
 
@@ -203,9 +220,10 @@ def test_a_secure_network_serves_a_supply_and_no_secret_reaches_a_log_the_api_or
 def test_replayed_tampered_and_foreign_sealed_records_are_refused(secure_net: Network) -> None:
     """A captured sealed record replayed, one with a flipped bit, CP001's report sealed with
     CP002's key, and one sealed with a revoked key: each refused, nothing changes, audited."""
-    from evproto.bus import seal
-    from evproto.bus.events import SupplyProgress
     from evproto.daemons.central.keyring import KeyRing
+
+    from evproto.bus import seal
+    from evproto.domain.events import SupplyProgress
 
     net = secure_net
     _, engines = two_cps(net)

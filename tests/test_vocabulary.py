@@ -11,13 +11,19 @@ from __future__ import annotations
 import io
 
 import pytest
+from evproto.daemons.central.http_api import SESSION_STATUSES as API_SESSION_STATUSES
+from evproto.daemons.central.panel import STATE_LOOKS, render
 from rich.console import Console
 
-from evproto.bus.events import (
+from evproto.bus.events import decode_event, encode_event
+from evproto.domain.central import CentralCore, HealthReport, Note, Publish, Rules
+from evproto.domain.central.view import CP_STATES, CentralView, CpView, MessageView
+from evproto.domain.events import (
     CP_STATE_NAMES,
     END_REASONS,
     SESSION_STATUSES,
     AuthorizationAnswer,
+    AuthorizeCommand,
     CpStateRecord,
     RequestUpdate,
     SupplyFinished,
@@ -25,15 +31,8 @@ from evproto.bus.events import (
     SupplyRequest,
     SupplyStarted,
     Ticket,
-    decode_event,
-    encode_event,
 )
-from evproto.bus.events import AuthorizeCommand
-from evproto.domain.central import CentralCore, HealthReport, Note, Publish, Rules
-from evproto.daemons.central.http_api import SESSION_STATUSES as API_SESSION_STATUSES
-from evproto.daemons.central.panel import STATE_LOOKS, render
-from evproto.domain.central.view import CP_STATES, CentralView, CpView, MessageView
-from evproto.domain.session import COMPLETED_REASONS, SessionStatus, finish_input, SessionInput
+from evproto.domain.session import COMPLETED_REASONS, SessionInput, SessionStatus, finish_input
 from evproto.messages import (
     CpState,
     EndReason,

@@ -20,37 +20,54 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from evproto import (
-    FaultReport,
-    HealthState,
-    HealthStatus,
     Hello,
     LinkConfig,
     LinkDownError,
     MessageReceived,
     ReasonCode,
-    RecoveryReport,
     Reject,
     Role,
 )
 from evproto.aio import Link, Server, serve
-from evproto.bus.events import MAX_EVENT_BYTES, CpStateRecord, DriverTelemetry, Event, EventEncodeError, Heartbeat, SupplyProgress, encode_event
-from evproto.bus.kafka import (OFFSET_BEGINNING, OFFSET_END, BusConsumer, BusProducer, KafkaSettings, LogReset,
-                               all_partitions, end_offsets, ensure_topics, topic_ids)
-from evproto.bus.topics import Topic, partition_for, spec_for
-
+from evproto.bus.events import MAX_EVENT_BYTES, EventEncodeError, encode_event
+from evproto.bus.kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    BusConsumer,
+    BusProducer,
+    KafkaSettings,
+    LogReset,
+    all_partitions,
+    end_offsets,
+    ensure_topics,
+    topic_ids,
+)
 from evproto.bus.seal import SealError
+from evproto.bus.topics import Topic, partition_for, spec_for
+from evproto.domain.central import (
+    CentralCore,
+    Effect,
+    Forget,
+    HealthReport,
+    Note,
+    Publish,
+    RegistryBusyError,
+    Rules,
+    SaveCp,
+    UnknownCpError,
+)
+from evproto.domain.central.limits import Coalescer
+from evproto.domain.central.view import CentralView, MessageView, SessionView
+from evproto.domain.events import CpStateRecord, DriverTelemetry, Event, Heartbeat, SupplyProgress
 from evproto.ratelog import RateLimitedLog
 
 from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
-from ..quarantine import CrashGuard, DeadLetter
-from evproto.domain.central import CentralCore, Effect, HealthReport, Forget, Note, Publish, RegistryBusyError, Rules, SaveCp, UnknownCpError
 from ..gate import NoKey
+from ..quarantine import CrashGuard, DeadLetter
 from ..tokens import TokenStore
 from .intake import RecordIntake
 from .security import CentralSecurity, insecure_gate, insecure_sealer
-from evproto.domain.central.limits import Coalescer
 from .store import OutboxRow, Position, Store
-from evproto.domain.central.view import CentralView, MessageView, SessionView
 
 __all__ = ["CentralOptions", "Central", "RevokeUnavailable"]
 

@@ -23,12 +23,13 @@ import logging
 from typing import Callable
 
 from evproto.bus.consumer import Record
-from evproto.bus.events import Event, EventDecodeError, decode_event
+from evproto.bus.events import EventDecodeError, decode_event
 from evproto.bus.seal import SealError
+from evproto.domain.central import Effect, RecordRefused
+from evproto.domain.events import Event
 from evproto.ratelog import RateLimitedLog
 
 from ..quarantine import CrashGuard, DeadLetter, Verdict
-from evproto.domain.central import Effect, RecordRefused
 from .store import Position
 
 __all__ = ["RecordIntake"]

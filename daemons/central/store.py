@@ -15,12 +15,21 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
-from evproto.bus.events import Ticket, encode_event
+from evproto.bus.events import encode_event
+from evproto.domain.central import (
+    CpRecord,
+    Effect,
+    Forget,
+    Publish,
+    SaveCp,
+    SaveSession,
+    SessionRecord,
+)
+from evproto.domain.central.view import SessionView
+from evproto.domain.events import Ticket
 from evproto.domain.session import SessionStatus
 
 from ..quarantine import DeadLetter
-from evproto.domain.central import CpRecord, Effect, Forget, Publish, SaveCp, SaveSession, SessionRecord
-from evproto.domain.central.view import SessionView
 
 __all__ = ["Store", "OutboxRow", "Loaded", "Position", "MAX_DEAD_LETTERS"]
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from evproto import (
     CpKey,
+    FaultCode,
     HealthCheck,
     HealthState,
     HealthStatus,
@@ -34,35 +35,55 @@ from evproto import (
     RequestReceived,
     Role,
 )
-from evproto import FaultCode
 from evproto.aio import Link, serve
-from evproto.bus.events import (
-    MAX_EVENT_BYTES,
+from evproto.bus import seal
+from evproto.bus.events import MAX_EVENT_BYTES, EventEncodeError, encode_event
+from evproto.bus.kafka import (
+    OFFSET_BEGINNING,
+    BusConsumer,
+    BusError,
+    BusProducer,
+    KafkaSettings,
+    LogReset,
+    Record,
+    ensure_topics,
+)
+from evproto.bus.seal import SealError
+from evproto.bus.topics import Topic, partition_for, spec_for
+from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Persist, Phase, Say
+from evproto.domain.events import (
     AuthorizeCommand,
     CancelAuthorization,
-    EventEncodeError,
     ResumeCommand,
     StopCommand,
     SupplyFinished,
     SupplyProgress,
     SupplyRequest,
-    encode_event,
 )
-from evproto.bus.kafka import (OFFSET_BEGINNING, BusConsumer, BusError, BusProducer, KafkaSettings, LogReset, Record,
-                               ensure_topics)
-from evproto.bus.topics import Topic, partition_for, spec_for
-from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Persist, Phase, Say
+from evproto.hw.base import MeterDriver
+from evproto.hw.supervisor import MeterSupervisor
 from evproto.idents import id_problem
 from evproto.ratelog import RateLimitedLog
 
-from evproto.bus import seal
-from evproto.bus.seal import SealError
-
-from ..common import StateFileError, load_state, now_ms, save_json_atomic, stdin_lines, write_ready_file
-from ..gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, NoKey, Owner, OwnerKind, RecordGate, RecordSealer
+from ..common import (
+    StateFileError,
+    load_state,
+    now_ms,
+    save_json_atomic,
+    stdin_lines,
+    write_ready_file,
+)
+from ..gate import (
+    PLAIN_POLICY,
+    SECURE_POLICY,
+    MemoryKeyBook,
+    NoKey,
+    Owner,
+    OwnerKind,
+    RecordGate,
+    RecordSealer,
+)
 from ..readers import CentralWatch, RecordGuard
-from evproto.hw.base import MeterDriver
-from evproto.hw.supervisor import MeterSupervisor
 
 __all__ = ["EngineOptions", "Engine"]
 

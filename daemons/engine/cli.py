@@ -9,13 +9,25 @@ import sys
 import click
 
 from evproto import __version__
-from evproto.bus.events import MAX_POWER_KW
 from evproto.bus.kafka import BusError, KafkaSettings
 from evproto.domain.chargepoint import AutoMode
+from evproto.domain.events import MAX_POWER_KW
 from evproto.endpoint import parse_endpoint
 from evproto.errors import TransportError
 
-from ..common import daemon_options, engine_link_problem, kafka_config_options, kafka_extra, keep_files_private, EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, StateFileError, setup_logging, shutdown_event
+from ..common import (
+    EXIT_DATAERR,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    StateFileError,
+    daemon_options,
+    engine_link_problem,
+    kafka_config_options,
+    kafka_extra,
+    keep_files_private,
+    setup_logging,
+    shutdown_event,
+)
 from .app import Engine, EngineOptions
 from .meter import SimulatedMeter
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..messages import EndReason
-from ..bus.events import (
+from .events import (
     ENERGY_SLACK_KWH,
     MAX_POWER_KW,
     AuthorizationAnswer,

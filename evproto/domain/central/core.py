@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import collections
 
-from evproto.bus.events import CpStateRecord
 from evproto.bus.topics import Topic
 from evproto.domain.central.view import CpView, SessionView
+from evproto.domain.events import CpStateRecord
 from evproto.domain.session import SessionStatus
 from evproto.messages import CpState
 

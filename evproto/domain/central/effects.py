@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from evproto.bus.events import Event
 from evproto.bus.topics import Topic
+from evproto.domain.events import Event
 
 from .records import CpRecord, SessionRecord
 

@@ -10,12 +10,8 @@ import copy
 import math
 from typing import TYPE_CHECKING
 
-from evproto.bus.events import (
-    MAX_PRICE_EUR_KWH,
-    ResumeCommand,
-    StopCommand,
-)
 from evproto.bus.topics import Topic
+from evproto.domain.events import MAX_PRICE_EUR_KWH, ResumeCommand, StopCommand
 from evproto.domain.session import SessionInput, SessionStatus
 from evproto.idents import id_problem, text_problem
 from evproto.messages import (

@@ -8,7 +8,8 @@ from __future__ import annotations
 import copy
 import math
 
-from evproto.bus.events import (
+from evproto.bus.topics import Topic
+from evproto.domain.events import (
     AuthorizationAnswer,
     AuthorizeCommand,
     CancelAuthorization,
@@ -21,7 +22,6 @@ from evproto.bus.events import (
     SupplyStarted,
     Ticket,
 )
-from evproto.bus.topics import Topic
 from evproto.domain.session import SessionInput, SessionStatus, finish_input, step
 from evproto.messages import (
     CpState,

@@ -13,20 +13,13 @@ import collections
 import contextlib
 import copy
 import logging
-import math
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from evproto import (
-    Hello,
     LinkConfig,
-    LinkDownError,
-    MessageReceived,
-    ReasonCode,
-    Reject,
-    Role,
 )
 from evproto.aio import Link, Server, serve
 from evproto.bus.events import MAX_EVENT_BYTES, EventEncodeError, encode_event
@@ -42,34 +35,34 @@ from evproto.bus.kafka import (
     ensure_topics,
     topic_ids,
 )
-from evproto.bus.seal import SealError
 from evproto.bus.topics import Topic, partition_for, spec_for
 from evproto.domain.central import (
     CentralCore,
     Effect,
     Forget,
-    HealthReport,
     Note,
     Publish,
     RegistryBusyError,
     Rules,
     SaveCp,
-    UnknownCpError,
 )
 from evproto.domain.central.limits import Coalescer
-from evproto.domain.central.view import CentralView, MessageView, SessionView
+from evproto.domain.central.view import MessageView
 from evproto.domain.events import CpStateRecord, DriverTelemetry, Event, Heartbeat, SupplyProgress
 from evproto.ratelog import RateLimitedLog
 
-from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
+from ..common import now_ms, write_ready_file
 from ..gate import NoKey
 from ..quarantine import CrashGuard, DeadLetter
 from ..tokens import TokenStore
+from .backend import HttpBackend
 from .intake import RecordIntake
+from .monitors import MonitorLinks
+from .operator import OperatorConsole
 from .security import CentralSecurity, insecure_gate, insecure_sealer
 from .store import OutboxRow, Position, Store
 
-__all__ = ["CentralOptions", "Central", "RevokeUnavailable"]
+__all__ = ["CentralOptions", "Central"]
 
 log = logging.getLogger("evproto.central")
 
@@ -87,10 +80,6 @@ BATCH_SIZE = 500
 #: Producer errors (librdkafka names) that re-sending can never fix.
 _REFUSED_FOR_GOOD = frozenset({"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "INVALID_MSG",
                                "CORRUPT_MESSAGE", "INVALID_RECORD"})
-
-
-class RevokeUnavailable(Exception):
-    """Revocation asked of a Central that runs without keys (--insecure)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,7 +101,7 @@ class CentralOptions:
     audit_log: str | None = None
 
 
-class Central:
+class Central(MonitorLinks, OperatorConsole):
     """One Central process; ``await Central(opts).run(stop)``."""
 
     def __init__(self, opts: CentralOptions) -> None:
@@ -184,7 +173,7 @@ class Central:
                 from .http_api import start_http
 
                 http_host, _, http_port = self.opts.http.rpartition(":")
-                runner, actual = await start_http(_Backend(self), http_host or "0.0.0.0", int(http_port),
+                runner, actual = await start_http(HttpBackend(self), http_host or "0.0.0.0", int(http_port),
                                                   tls=self._http_tls(), tokens=self.tokens,
                                                   audit=self.sec.audit if self.sec is not None else None)
                 started.push_async_callback(runner.cleanup)
@@ -337,114 +326,6 @@ class Central:
                 for row in pending:
                     self._send_row(row)
             await asyncio.sleep(2.0)
-
-    # -- monitors --------------------------------------------------------------------------
-
-    def _on_hello(self, hello: Hello, link: Link) -> Reject | None:
-        source = link.peer_address
-        if hello.role is not Role.MONITOR:
-            return Reject(code=ReasonCode.ROLE_NOT_ALLOWED, detail="only monitors connect to Central's socket")
-        if hello.node_id in self.links:
-            if self.sec is not None:
-                self.sec.audit.record(actor=f"cp:{hello.node_id[:64]}", source=source or "local", action="auth",
-                                      obj=f"cp:{hello.node_id[:64]}", outcome="refused",
-                                      coalesce=f"dup:{source}", reason="already connected")
-            return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"{hello.node_id} is already connected")
-        if self.sec is not None:
-            # Nothing is registered, changed or reserved before the monitor proves who it is.
-            reject = self.sec.check_hello(hello, source)
-            if reject is not None:
-                self.counters["hellos_refused"] += 1
-            return reject
-        return self._register_hello(hello, source)
-
-    def _register_hello(self, hello: Hello, source: str) -> Reject | None:
-        reject, fx = self.core.hello(hello.node_id, hello.location, hello.price_eur_kwh, now_ms(), source=source)
-        self._apply(fx)
-        if reject is not None:
-            self.counters["hellos_refused"] += 1
-            self._note(f"refused monitor {ascii(hello.node_id[:64])} from {source or 'a local link'}: {reject.detail}",
-                       "warning", key=f"refused:{source}:{reject.code.name}")
-        return reject
-
-    async def _authenticate(self, link: Link) -> bool:
-        """Release 2: the monitor proves its CP's credential; then (and only then) the CP
-        is registered or updated from its Hello and gets a fresh record key."""
-        assert self.sec is not None and link.peer_hello is not None
-        proved = await self.sec.authenticate(link)
-        if proved is None:
-            self.counters["auth_refused"] += 1
-            return False
-        hello = link.peer_hello
-        if hello.node_id in self.links:  # another link proved the same CP first
-            await self.sec.refuse(link, ReasonCode.DUPLICATE_ID, f"{hello.node_id} is already connected")
-            return False
-        reject = self._register_hello(hello, link.peer_address)
-        if reject is not None:
-            await self.sec.refuse(link, reject.code, reject.detail)
-            return False
-        self.links[hello.node_id] = link  # before the next await: a second link for this id is refused
-        try:
-            await self.sec.grant(link, proved)
-        except LinkDownError:
-            del self.links[hello.node_id]
-            return False
-        self.counters["auth_ok"] += 1
-        return True
-
-    async def _session(self, link: Link) -> None:
-        assert link.peer_hello is not None
-        cp_id = link.peer_hello.node_id
-        if self.sec is not None:
-            if not await self._authenticate(link):
-                return
-        else:
-            self.links[cp_id] = link  # before any await: a second hello for this id is refused
-        self._apply(self.core.monitor_connected(cp_id, now_ms()))
-        clean, detail = False, ""
-        try:
-            async for event in link.messages:
-                if not isinstance(event, MessageReceived):
-                    continue
-                msg = event.message
-                now = now_ms()
-                report = HealthReport.of(msg)
-                if report is not None:
-                    self._apply(self.core.engine_health(cp_id, report, now))
-        except LinkDownError as exc:
-            clean, detail = exc.clean, exc.reason.value
-        finally:
-            if self.links.get(cp_id) is link:
-                del self.links[cp_id]
-            if not self._closing:  # on our own shutdown the CPs are not "lost"
-                self._apply(self.core.monitor_lost(cp_id, clean, detail, now_ms()))
-
-    def _refused(self, record: Any, exc: SealError) -> None:
-        """A record refused for its envelope: audited (a line per topic, reason and second)."""
-        if self.sec is None:
-            return
-        self.sec.audit.record(actor=f"key:{exc.detail[:64]}" if exc.detail else "unknown",
-                              source=f"kafka:{record.topic.value}", action="record", obj=f"key:{record.key}"[:80],
-                              outcome="refused", coalesce=f"record:{record.topic.value}:{exc.why.name}",
-                              reason=str(exc)[:200], partition=record.partition, offset=record.offset)
-
-    def revoke(self, cp_id: str, *, actor: str, source: str) -> None:
-        """Revoke ``cp_id``'s keys: its records are refused from now on, its supply in
-        progress ends ("key_revoked"), its monitor's link is closed and it shows as not
-        authenticated until the monitor authenticates again. UnknownCpError."""
-        if cp_id not in self.core.cps:
-            raise UnknownCpError(cp_id)
-        if self.sec is None:
-            raise RevokeUnavailable("this Central runs --insecure: there are no keys to revoke")
-        self.sec.revoke(cp_id, actor=actor, source=source)
-        self._apply(self.core.revoked(cp_id, now_ms()))
-        link = self.links.pop(cp_id, None)
-        if link is not None:
-            async def tell_and_close(link: Link = link) -> None:
-                await self.sec.refuse(link, ReasonCode.BAD_CREDENTIALS, "key revoked: authenticate again")  # type: ignore[union-attr]
-                await link.close()
-
-            asyncio.ensure_future(tell_and_close())
 
     # -- Kafka -----------------------------------------------------------------------------
 
@@ -648,157 +529,3 @@ class Central:
             self.kafka_ok = ok
             self._kafka_down_since = None if ok else time.monotonic()
             self._note("Kafka reachable again" if ok else "cannot reach Kafka: events are queued", "info" if ok else "error")
-
-    # -- views and operator commands -------------------------------------------------------
-
-    def view(self) -> CentralView:
-        return CentralView(
-            cps=tuple(self.core.cp_views()),
-            requests=tuple(self.core.live_session_views()),
-            messages=tuple(self.messages),
-            central_id=self.instance_id,
-            listen=self.listen_addr,
-            http=self.http_addr,
-            kafka=self.opts.kafka.bootstrap,
-            kafka_ok=self.kafka_ok,
-            now_ts_ms=now_ms(),
-            counters={**self.counters, **GC_PAUSES.counters(), **self._freshness(),
-                      **{f"ignored_{k}": v for k, v in self.core.ignored.items()},
-                      "dead_letters": self.store.dead_letter_count()},
-        )
-
-    def _freshness(self) -> dict[str, int]:
-        """How old the readings were when Central took them in, over the latest ones.
-
-        Engine clocks are trusted (NTP): a reading stamped in the future counts as 0 ms.
-        """
-        if not self._ages:
-            return {}
-        ages = sorted(self._ages)
-        n = len(ages)  # nearest-rank percentiles
-        return {"telemetry_age_p50_ms": max(0, ages[math.ceil(0.50 * n) - 1]),
-                "telemetry_age_p99_ms": max(0, ages[math.ceil(0.99 * n) - 1])}
-
-    def sessions(self, **query: Any) -> list[SessionView]:
-        return self.store.sessions(**query)
-
-    def admin(self, stop: bool, cp_id: str | None, *, actor: str = "console", source: str = "local") -> list[str]:
-        """STOP or RESUME one CP (None: all), audited with who asked and from where."""
-        fn = self.core.stop if stop else self.core.resume
-        try:
-            ids, fx = fn(cp_id, now_ms())
-        except UnknownCpError:
-            self._audit(actor, source, "stop" if stop else "resume", f"cp:{cp_id}", "refused", reason="unknown CP")
-            raise
-        self._apply(fx)
-        self._audit(actor, source, "stop" if stop else "resume", f"cp:{cp_id or 'all'}", "ok")
-        return ids
-
-    def _audit(self, actor: str, source: str, action: str, obj: str, outcome: str, **details: Any) -> None:
-        if self.sec is not None:
-            self.sec.audit.record(actor=actor, source=source, action=action, obj=obj[:80], outcome=outcome,
-                                  **details)
-
-    def console_command(self, action: str, target: str | None, *, actor: str) -> str:
-        """A command typed at Central's own console (panel or stdin); the answer to show."""
-        try:
-            if action == "revoke":
-                assert target is not None
-                self.revoke(target, actor=actor, source="local")
-                return f"{target}: keys revoked; it must authenticate again"
-            ids = self.admin(action == "stop", target, actor=actor)
-        except UnknownCpError:
-            return f"unknown charge point {target!r}"
-        except RevokeUnavailable as exc:
-            return str(exc)
-        return f"{action.upper()} sent to {', '.join(ids) or 'no charge point'}"
-
-    async def _stdin_commands(self) -> None:
-        """Without the panel, the same commands are read one per line from stdin (scriptable)."""
-        from .panel import parse_command
-
-        async for line in stdin_lines():
-            try:
-                cmd = parse_command(line)
-            except ValueError as exc:
-                log.warning("%s", exc)
-                continue
-            if cmd is None:
-                continue
-            if cmd.action == "quit":
-                assert self._stop is not None
-                self._stop.set()
-                return
-            if cmd.action == "help":
-                log.info("commands: s CP|all stop · r CP|all resume · v CP revoke its key · q quit")
-                continue
-            log.info("%s", self.console_command(cmd.action, cmd.target, actor="console:stdin"))
-        await asyncio.Event().wait()  # stdin closed: keep running
-
-    async def _panel(self) -> None:
-        from .panel import Command
-        from .terminal import run_panel
-
-        async def on_command(cmd: Command) -> str:
-            if cmd.action == "quit":
-                assert self._stop is not None
-                self._stop.set()
-                return "bye"
-            if cmd.action == "help":
-                return "s CP|all: stop · r CP|all: resume · v CP: revoke its key · q: quit"
-            return self.console_command(cmd.action, cmd.target, actor="console:panel")
-
-        await run_panel(self.view, on_command)
-        assert self._stop is not None
-        self._stop.set()
-
-
-class _Backend:
-    """The HTTP API's view of Central."""
-
-    def __init__(self, central: Central) -> None:
-        self.central = central
-
-    def view(self) -> CentralView:
-        return self.central.view()
-
-    def sessions(self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None,
-                 limit: int = 500) -> list[SessionView]:
-        return self.central.sessions(status=status, cp_id=cp_id, driver_id=driver_id, limit=limit)
-
-    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
-        return self.central.store.dead_letters(limit)
-
-    def drivers(self) -> list[str]:
-        return sorted(self.central.core.drivers)
-
-    async def remove_cp(self, cp_id: str) -> None:
-        self.central.remove_cp(cp_id)
-
-    async def remove_driver(self, driver_id: str) -> None:
-        self.central.remove_driver(driver_id)
-
-    async def stop(self, cp_id: str | None, *, actor: str = "anonymous", source: str = "") -> list[str]:
-        return self._admin(True, cp_id, actor, source)
-
-    async def resume(self, cp_id: str | None, *, actor: str = "anonymous", source: str = "") -> list[str]:
-        return self._admin(False, cp_id, actor, source)
-
-    async def revoke(self, cp_id: str, *, actor: str, source: str) -> None:
-        from .http_api import Conflict
-
-        try:
-            self.central.revoke(cp_id, actor=actor, source=source)
-        except RevokeUnavailable as exc:
-            raise Conflict(str(exc)) from None
-
-    def audit_entries(self, limit: int) -> list[dict[str, Any]]:
-        from ..auditlog import read_entries
-
-        if self.central.sec is None:
-            return []
-        return read_entries(self.central.sec.audit.path, limit=limit)
-
-    def _admin(self, stop: bool, cp_id: str | None, actor: str, source: str) -> list[str]:
-        return self.central.admin(stop, cp_id, actor=actor, source=source)
-

@@ -12,16 +12,24 @@ import click
 
 from evproto import __version__
 from evproto.bus.kafka import BusError, KafkaSettings
+from evproto.domain.central import Rules
 from evproto.errors import TransportError
-
 from evproto.idents import InvalidTextError
 
 from ..auditlog import AuditLog, read_entries
 from ..auditlog import verify as verify_audit
+from ..common import (
+    EXIT_UNAVAILABLE,
+    daemon_options,
+    kafka_config_options,
+    kafka_extra,
+    keep_files_private,
+    raise_fd_limit,
+    setup_logging,
+    shutdown_event,
+    tune_gc,
+)
 from ..tokens import TokenRole, TokenStore
-from ..common import daemon_options, kafka_config_options, kafka_extra
-from ..common import keep_files_private, EXIT_UNAVAILABLE, raise_fd_limit, setup_logging, shutdown_event, tune_gc
-from evproto.domain.central import Rules
 from .store import Store
 
 _SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}

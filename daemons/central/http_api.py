@@ -38,15 +38,15 @@ import ssl
 from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
-
-from evproto.domain.session import SessionStatus
-from evproto.domain.central import UnknownCpError, UnknownDriverError
-from evproto.domain.central.view import CentralView, SessionView, iso_utc
 from evproto.daemons.auditlog import AuditLog
 from evproto.daemons.tokens import TokenRole, TokenStore
 from evproto.daemons.webauth import PRINCIPAL, token_auth
 from evproto.daemons.webjson import BadRequest, HttpError, json_errors, json_response, stop_http
 from evproto.daemons.webjson import start_http as serve_json
+
+from evproto.domain.central import UnknownCpError
+from evproto.domain.central.view import CentralView, SessionView, iso_utc
+from evproto.domain.session import SessionStatus
 
 __all__ = [
     "API_PREFIX",

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from evproto.bus.seal import KEY_BYTES, SealError, Why
-
 from evproto.bus.topics import Topic
 
 from ..common import connect_private_db, open_private

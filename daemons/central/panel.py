@@ -28,8 +28,8 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from evproto.messages import CpState
 from evproto.domain.central.view import CP_STATES, CentralView, CpView, MessageView, SessionView
+from evproto.messages import CpState
 
 __all__ = [
     "STATE_STYLES",

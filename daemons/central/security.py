@@ -21,8 +21,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from evproto import AuthChallenge, AuthProof, AuthResult, Hello, ReasonCode, Reject
-from evproto import auth
+from evproto import AuthChallenge, AuthProof, AuthResult, Hello, ReasonCode, Reject, auth
 from evproto.aio import Link
 from evproto.errors import LinkDownError, RequestTimeoutError
 

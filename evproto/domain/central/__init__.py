@@ -12,7 +12,13 @@ from __future__ import annotations
 
 from .core import CentralCore
 from .effects import Effect, Forget, Note, Publish, SaveCp, SaveSession
-from .errors import RecordRefused, RegistryBusyError, UnknownCpError, UnknownDriverError
+from .errors import (
+    RecordRefused,
+    RegistryBusyError,
+    RevokeUnavailable,
+    UnknownCpError,
+    UnknownDriverError,
+)
 from .records import CpRecord, HealthReport, Rules, SessionHistory, SessionRecord
 
 __all__ = [
@@ -31,5 +37,6 @@ __all__ = [
     "UnknownCpError",
     "UnknownDriverError",
     "RegistryBusyError",
+    "RevokeUnavailable",
     "RecordRefused",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from evproto.errors import EvprotoError
 
-__all__ = ["UnknownCpError", "UnknownDriverError", "RegistryBusyError", "RecordRefused"]
+__all__ = ["UnknownCpError", "UnknownDriverError", "RegistryBusyError", "RevokeUnavailable", "RecordRefused"]
 
 
 class UnknownCpError(EvprotoError, LookupError):
@@ -33,6 +33,12 @@ class UnknownDriverError(EvprotoError, LookupError):
 
 class RegistryBusyError(EvprotoError):
     """A CP or driver cannot be removed now: a supply of theirs is in progress (HTTP 409)."""
+
+    http_status = 409
+
+
+class RevokeUnavailable(EvprotoError):
+    """Revocation asked of a Central that runs without keys (--insecure; HTTP 409)."""
 
     http_status = 409
 

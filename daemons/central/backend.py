@@ -1,0 +1,57 @@
+"""The HTTP API's view of a running Central (the backend http_api.py serves)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from evproto.domain.central.view import CentralView, SessionView
+
+from ..auditlog import read_entries
+
+if TYPE_CHECKING:
+    from .app import Central
+
+__all__ = ["HttpBackend"]
+
+
+class HttpBackend:
+    """The HTTP API's view of Central."""
+
+    def __init__(self, central: Central) -> None:
+        self.central = central
+
+    def view(self) -> CentralView:
+        return self.central.view()
+
+    def sessions(self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None,
+                 limit: int = 500) -> list[SessionView]:
+        return self.central.sessions(status=status, cp_id=cp_id, driver_id=driver_id, limit=limit)
+
+    def dead_letters(self, limit: int) -> list[dict[str, Any]]:
+        return self.central.store.dead_letters(limit)
+
+    def drivers(self) -> list[str]:
+        return sorted(self.central.core.drivers)
+
+    async def remove_cp(self, cp_id: str) -> None:
+        self.central.remove_cp(cp_id)
+
+    async def remove_driver(self, driver_id: str) -> None:
+        self.central.remove_driver(driver_id)
+
+    async def stop(self, cp_id: str | None, *, actor: str = "anonymous", source: str = "") -> list[str]:
+        return self._admin(True, cp_id, actor, source)
+
+    async def resume(self, cp_id: str | None, *, actor: str = "anonymous", source: str = "") -> list[str]:
+        return self._admin(False, cp_id, actor, source)
+
+    async def revoke(self, cp_id: str, *, actor: str, source: str) -> None:
+        self.central.revoke(cp_id, actor=actor, source=source)
+
+    def audit_entries(self, limit: int) -> list[dict[str, Any]]:
+        if self.central.sec is None:
+            return []
+        return read_entries(self.central.sec.audit.path, limit=limit)
+
+    def _admin(self, stop: bool, cp_id: str | None, actor: str, source: str) -> list[str]:
+        return self.central.admin(stop, cp_id, actor=actor, source=source)

@@ -15,7 +15,8 @@ The pattern, for any table-driven state machine here:
   by hand, so a type checker sees every method's signature), and checks there that
   every action has its method and every action method its action; a test repeats it.
 - Dispatch: look the pair up, call the method with everything it needs as
-  parameters (the time, the input and the input's data), then move to ``next``
+  parameters (the time, the input and what the input carries: a decoded frame,
+  or a call's arguments as a small frozen dataclass), then move to ``next``
   unless the action already moved (to CLOSED). Nothing is found by name at run
   time and no argument travels through a field of the machine.
 """

@@ -31,7 +31,9 @@ from __future__ import annotations
 import enum
 import struct
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from .errors import LinkDownError, LinkRejectedError, LocalProtocolError, MessageDecodeError, SendQueueFull
 from .frame import (
@@ -44,7 +46,7 @@ from .frame import (
     FrameReceived,
     encode_frame,
 )
-from .link_table import TABLE, LinkInput, LinkState, Transition
+from .link_table import TABLE, LinkAction, LinkInput, LinkState
 from .messages import (
     HEADER_SIZE,
     PROTOCOL_VERSION,
@@ -323,6 +325,49 @@ class _InFlight:
     first_sent: float = 0.0
 
 
+# -- what an input carries to its action -------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _AcceptCall:
+    """accept(): the keepalive the server wants (None: the client's, clamped)."""
+
+    keepalive_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _RejectCall:
+    """reject(): why."""
+
+    code: ReasonCode
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _SendCall:
+    """send()/request()/respond(): the message and its header fields."""
+
+    message: Message
+    flags: int
+    ref: int
+
+
+@dataclass(frozen=True, slots=True)
+class _UnknownFrame:
+    """An intact frame of a type this side does not know: its header and payload."""
+
+    msg_type: int
+    flags: int
+    seq: int
+    ref: int
+    payload: bytes
+
+
+#: The data an input brings: a decoded frame (Envelope), an unknown frame, a call's
+#: arguments, or nothing (control bytes, EOF, timers, close()).
+_InputData: TypeAlias = Envelope | _UnknownFrame | _AcceptCall | _RejectCall | _SendCall | None
+
+
 class LinkConnection:
     """One link conversation, client or server side. See the module docstring."""
 
@@ -368,17 +413,6 @@ class LinkConnection:
         self._silence_deadline: float | None = None
         self._request: tuple[int, float] | None = None
         self._consecutive_errors = 0
-        # per-input scratch set by the dispatcher for actions that need it
-        self._rx: Envelope | None = None
-        #: The frame of an unknown type being handled: (type, flags, seq, ref, payload).
-        self._rx_unknown: tuple[int, int, int, int, bytes] | None = None
-        self._call_message: Message | None = None
-        self._call_flags = 0
-        self._call_ref = 0
-        self._call_seq = 0
-        self._call_detail = ""
-        self._call_code = ReasonCode.OK
-        self._call_keepalive_ms: int | None = None
 
     # -- public API ------------------------------------------------------------------------
 
@@ -388,14 +422,12 @@ class LinkConnection:
 
     def accept(self, now: float, *, keepalive_ms: int | None = None) -> None:
         """Server: accept the pending Hello (keepalive defaults to the client's, clamped)."""
-        self._call_keepalive_ms = keepalive_ms
-        self._handle(LinkInput.CALL_ACCEPT, now)
+        self._handle(LinkInput.CALL_ACCEPT, now, _AcceptCall(keepalive_ms))
 
     def reject(self, now: float, code: ReasonCode, detail: str = "") -> None:
         """Server: refuse the pending Hello with ``code``; sends Reject then EOT."""
-        self._call_code = code
-        self._call_detail = clip_text(detail)  # the reason must fit, or the peer sees no Reject at all
-        self._handle(LinkInput.CALL_REJECT, now)
+        # The reason must fit, or the peer sees no Reject at all.
+        self._handle(LinkInput.CALL_REJECT, now, _RejectCall(code, clip_text(detail)))
 
     def send(self, message: Message, now: float) -> int:
         """Queue a one-way message; returns its sequence number (a Delivered event follows)."""
@@ -516,14 +548,16 @@ class LinkConnection:
             "keepalive": keepalive,
         }
 
-    def _handle(self, inp: LinkInput, now: float) -> None:
-        transition: Transition = TABLE[(self.state, inp)]
+    def _handle(self, inp: LinkInput, now: float, data: _InputData = None) -> int | None:
+        """Run the table's action for ``inp`` with ``data``; return what it returns (a seq)."""
+        action, next_state = _DISPATCH[(self.state, inp)]
         before = self.state
-        getattr(self, "_a_" + transition.action)(now, inp)
+        result = action(self, now, inp, data)
         # An action that ended the link has already moved to CLOSED.
-        if transition.next is not None and self.state is before:
-            self.state = transition.next
+        if next_state is not None and self.state is before:
+            self.state = next_state
         self._pump(now)
+        return result
 
     def _dispatch_decoded(self, decoded: list[DecoderEvent], now: float) -> None:
         for ev in decoded:
@@ -542,9 +576,7 @@ class LinkConnection:
                     self._handle(LinkInput.RX_BAD, now)
                     continue
                 self.stats.frames_received += 1
-                self._rx = env
-                self._handle(self._classify(env), now)
-                self._rx = None
+                self._handle(self._classify(env), now, env)
             elif isinstance(ev, ControlReceived):
                 self._last_rx = now
                 self._rearm_silence(now)
@@ -562,13 +594,12 @@ class LinkConnection:
 
     def _on_unknown_type(self, body: bytes, now: float) -> None:
         msg_type, flags, seq, ref = _HEADER.unpack_from(body)
+        frame = _UnknownFrame(msg_type, flags, seq, ref, bytes(body[HEADER_SIZE:]))
         if self._last_rx_seq is not None and seq == self._last_rx_seq:
-            self._handle(LinkInput.RX_DUPLICATE, now)
+            self._handle(LinkInput.RX_DUPLICATE, now, frame)
             return
         self.stats.frames_received += 1
-        self._rx_unknown = (msg_type, flags, seq, ref, bytes(body[HEADER_SIZE:]))
-        self._handle(LinkInput.RX_UNKNOWN, now)
-        self._rx_unknown = None
+        self._handle(LinkInput.RX_UNKNOWN, now, frame)
 
     def _classify(self, env: Envelope) -> LinkInput:
         if self._last_rx_seq is not None and env.seq == self._last_rx_seq:
@@ -613,11 +644,9 @@ class LinkConnection:
             raise LocalProtocolError(f"cannot send {type(message).__name__} in state {self.state.value}")
         if len(self._queue) >= self.config.max_queue:
             raise SendQueueFull(f"{len(self._queue)} frames already queued")
-        self._call_message = message
-        self._call_flags = flags
-        self._call_ref = ref
-        self._handle(LinkInput.CALL_SEND, now)
-        return self._call_seq
+        seq = self._handle(LinkInput.CALL_SEND, now, _SendCall(message, flags, ref))
+        assert seq is not None  # OPEN: the table's action is queue_send
+        return seq
 
     def _pump(self, now: float) -> None:
         """Put the next queued frame on the wire when nothing is in flight."""
@@ -653,30 +682,30 @@ class LinkConnection:
         )
         self._events.append(self.down)
 
-    # -- actions (named in link_table.TABLE) -----------------------------------------------
+    # -- actions (link_table.LinkAction; each resolved to its method in _ACTIONS below) ----
 
-    def _a_ignore(self, now: float, inp: LinkInput) -> None:
+    def _a_ignore(self, now: float, inp: LinkInput, data: _InputData) -> None:
         if inp.name.startswith("RX_") and inp is not LinkInput.RX_EOF:
             self.stats.stray_controls += 1
 
-    def _a_local_error(self, now: float, inp: LinkInput) -> None:
+    def _a_local_error(self, now: float, inp: LinkInput, data: _InputData) -> None:
         raise LocalProtocolError(f"{inp.value} is not allowed in state {self.state.value}")
 
-    def _a_start_client(self, now: float, inp: LinkInput) -> None:
+    def _a_start_client(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._enq_tries = 1
         self._enq_deadline = now + self.config.ack_timeout_s
         self._silence_deadline = now + self.config.handshake_timeout_s
         self._write(_ENQ, now)
 
-    def _a_start_server(self, now: float, inp: LinkInput) -> None:
+    def _a_start_server(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._silence_deadline = now + self.config.handshake_timeout_s
 
-    def _a_enq_acked(self, now: float, inp: LinkInput) -> None:
+    def _a_enq_acked(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._enq_deadline = None
         assert self.hello is not None
         self._enqueue(self.hello, now)
 
-    def _a_enq_nacked(self, now: float, inp: LinkInput) -> None:
+    def _a_enq_nacked(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self.stats.nacks_received += 1
         self._retry_enq(now)
 
@@ -689,27 +718,25 @@ class LinkConnection:
         self._enq_deadline = now + self.config.ack_timeout_s
         self._write(_ENQ, now)
 
-    def _a_answer_enq(self, now: float, inp: LinkInput) -> None:
+    def _a_answer_enq(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._write(_ACK, now)
 
-    def _ack_rx(self, now: float) -> None:
-        assert self._rx is not None
-        self._last_rx_seq = self._rx.seq
+    def _ack_rx(self, seq: int, now: float) -> None:
+        self._last_rx_seq = seq
         self._consecutive_errors = 0
         self._write(_ACK, now)
 
-    def _a_hello_received(self, now: float, inp: LinkInput) -> None:
-        self._ack_rx(now)
-        assert self._rx is not None
-        hello = self._rx.message
-        assert isinstance(hello, Hello)
+    def _a_hello_received(self, now: float, inp: LinkInput, data: _InputData) -> None:
+        assert isinstance(data, Envelope) and isinstance(data.message, Hello)
+        self._ack_rx(data.seq, now)
+        hello = data.message
         self.peer_hello = hello
         self._events.append(HelloReceived(hello=hello))
 
-    def _a_accepted(self, now: float, inp: LinkInput) -> None:
-        self._ack_rx(now)
-        assert self._rx is not None and isinstance(self._rx.message, Accept)
-        accept = self._rx.message
+    def _a_accepted(self, now: float, inp: LinkInput, data: _InputData) -> None:
+        assert isinstance(data, Envelope) and isinstance(data.message, Accept)
+        self._ack_rx(data.seq, now)
+        accept = data.message
         self.peer_accept = accept
         if self._inflight is not None:  # the Accept proves our Hello arrived even if its ACK did not
             self._complete_inflight(now)
@@ -727,16 +754,16 @@ class LinkConnection:
         self.state = LinkState.OPEN
         self._rearm_silence(now)
 
-    def _a_rejected(self, now: float, inp: LinkInput) -> None:
-        self._ack_rx(now)
-        assert self._rx is not None and isinstance(self._rx.message, Reject)
-        rej = self._rx.message
+    def _a_rejected(self, now: float, inp: LinkInput, data: _InputData) -> None:
+        assert isinstance(data, Envelope) and isinstance(data.message, Reject)
+        self._ack_rx(data.seq, now)
+        rej = data.message
         self._go_down(DownReason.REJECTED, rej.detail or rej.code.name.lower(), rej.code)
 
-    def _a_do_accept(self, now: float, inp: LinkInput) -> None:
-        assert self.peer_hello is not None
+    def _a_do_accept(self, now: float, inp: LinkInput, data: _InputData) -> None:
+        assert isinstance(data, _AcceptCall) and self.peer_hello is not None
         cfg = self.config
-        wanted = self._call_keepalive_ms if self._call_keepalive_ms is not None else self.peer_hello.keepalive_ms
+        wanted = data.keepalive_ms if data.keepalive_ms is not None else self.peer_hello.keepalive_ms
         keepalive_ms = int(min(max(wanted, cfg.min_keepalive_s * 1000), cfg.max_keepalive_s * 1000))
         self._enqueue(Accept(node_id=self.node_id, protocol_version=PROTOCOL_VERSION, keepalive_ms=keepalive_ms), now)
         self._open(keepalive_ms, now)
@@ -748,24 +775,24 @@ class LinkConnection:
             )
         )
 
-    def _a_do_reject(self, now: float, inp: LinkInput) -> None:
+    def _a_do_reject(self, now: float, inp: LinkInput, data: _InputData) -> None:
+        assert isinstance(data, _RejectCall)
         wire = encode_frame(
-            encode_body(Reject(code=self._call_code, detail=self._call_detail), seq=self._alloc_seq()),
+            encode_body(Reject(code=data.code, detail=data.detail), seq=self._alloc_seq()),
             max_body=self.config.max_body,
         )
         self.stats.frames_sent += 1
         self._write(wire + _EOT, now)
-        self._go_down(DownReason.REJECTED, self._call_detail or self._call_code.name.lower(), self._call_code)
+        self._go_down(DownReason.REJECTED, data.detail or data.code.name.lower(), data.code)
 
-    def _a_queue_send(self, now: float, inp: LinkInput) -> None:
-        assert self._call_message is not None
-        self._call_seq = self._enqueue(self._call_message, now, flags=self._call_flags, ref=self._call_ref)
-        self._call_message = None
+    def _a_queue_send(self, now: float, inp: LinkInput, data: _InputData) -> int:
+        assert isinstance(data, _SendCall)
+        return self._enqueue(data.message, now, flags=data.flags, ref=data.ref)
 
-    def _a_deliver(self, now: float, inp: LinkInput) -> None:
-        self._ack_rx(now)
-        env = self._rx
-        assert env is not None
+    def _a_deliver(self, now: float, inp: LinkInput, data: _InputData) -> None:
+        assert isinstance(data, Envelope)
+        env = data
+        self._ack_rx(env.seq, now)
         msg = env.message
         if isinstance(msg, Ping):
             return
@@ -780,9 +807,9 @@ class LinkConnection:
         else:
             self._events.append(MessageReceived(message=msg, seq=env.seq))
 
-    def _a_unknown(self, now: float, inp: LinkInput) -> None:
-        assert self._rx_unknown is not None
-        msg_type, flags, seq, ref, payload = self._rx_unknown
+    def _a_unknown(self, now: float, inp: LinkInput, data: _InputData) -> None:
+        assert isinstance(data, _UnknownFrame)
+        msg_type, flags, seq, ref = data.msg_type, data.flags, data.seq, data.ref
         self._last_rx_seq = seq
         self._consecutive_errors = 0
         self._write(_ACK, now)
@@ -801,10 +828,10 @@ class LinkConnection:
         if len(self._queue) < self.config.max_queue:
             report = ErrorReport(code=ErrorCode.UNKNOWN_TYPE, detail=clip_text(f"{what} is unknown to {self.node_id or (self.hello.node_id if self.hello else 'this peer')}"))
             self._enqueue(report, now, flags=Flags.RESPONSE if flags & Flags.REQUEST else 0, ref=seq)
-        self._events.append(UnknownMessageReceived(msg_type=msg_type, payload=payload, seq=seq,
+        self._events.append(UnknownMessageReceived(msg_type=msg_type, payload=data.payload, seq=seq,
                                                    request=bool(flags & Flags.REQUEST)))
 
-    def _a_reack(self, now: float, inp: LinkInput) -> None:
+    def _a_reack(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self.stats.duplicates += 1
         self._write(_ACK, now)
 
@@ -825,7 +852,7 @@ class LinkConnection:
         if not isinstance(item.message, _LINK_MESSAGES):
             self._events.append(Delivered(seq=item.seq))
 
-    def _a_frame_acked(self, now: float, inp: LinkInput) -> None:
+    def _a_frame_acked(self, now: float, inp: LinkInput, data: _InputData) -> None:
         if self._inflight is not None:
             self._complete_inflight(now)
         elif self._dup_acks_expected > 0:
@@ -833,7 +860,7 @@ class LinkConnection:
         else:
             self.stats.stray_controls += 1
 
-    def _a_frame_nacked(self, now: float, inp: LinkInput) -> None:
+    def _a_frame_nacked(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self.stats.nacks_received += 1
         if self._inflight is None:
             self.stats.stray_controls += 1
@@ -867,14 +894,14 @@ class LinkConnection:
         self.stats.retransmissions += 1
         self._write(item.wire, now)
 
-    def _a_retransmit(self, now: float, inp: LinkInput) -> None:
+    def _a_retransmit(self, now: float, inp: LinkInput, data: _InputData) -> None:
         if self.state is LinkState.ENQ_SENT:
             self._retry_enq(now)
         elif self._inflight is not None and now >= self._inflight.deadline:
             self._retransmit(now)
         # otherwise the settle time ended; _pump sends the next frame
 
-    def _a_nack(self, now: float, inp: LinkInput) -> None:
+    def _a_nack(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._consecutive_errors += 1
         self.stats.nacks_sent += 1
         if inp is not LinkInput.RX_BAD:
@@ -883,33 +910,33 @@ class LinkConnection:
         if self._consecutive_errors > self.config.max_consecutive_errors:
             self._go_down(DownReason.PROTOCOL_ERROR, f"{self._consecutive_errors} bad frames in a row: {self.stats.last_error}")
 
-    def _a_keepalive(self, now: float, inp: LinkInput) -> None:
+    def _a_keepalive(self, now: float, inp: LinkInput, data: _InputData) -> None:
         if self._inflight is None and not self._queue:
             self._enqueue(Ping(), now)
         else:
             # Traffic is pending; its ACK is the probe. Push the idle timer forward.
             self._last_tx = now
 
-    def _a_close_local(self, now: float, inp: LinkInput) -> None:
+    def _a_close_local(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._write(_EOT, now)
         self._go_down(DownReason.CLOSED)
 
-    def _a_close_quiet(self, now: float, inp: LinkInput) -> None:
+    def _a_close_quiet(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._go_down(DownReason.CLOSED)
 
-    def _a_peer_closed(self, now: float, inp: LinkInput) -> None:
+    def _a_peer_closed(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._go_down(DownReason.PEER_CLOSED)
 
-    def _a_connection_lost(self, now: float, inp: LinkInput) -> None:
+    def _a_connection_lost(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._go_down(DownReason.CONNECTION_LOST, "transport closed without EOT")
 
-    def _a_peer_reset(self, now: float, inp: LinkInput) -> None:
+    def _a_peer_reset(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._go_down(DownReason.PEER_RESET, "peer sent ENQ in the middle of a session")
 
-    def _a_handshake_timeout(self, now: float, inp: LinkInput) -> None:
+    def _a_handshake_timeout(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self._go_down(DownReason.HANDSHAKE_TIMEOUT, f"no handshake within {self.config.handshake_timeout_s:g} s")
 
-    def _a_peer_silent(self, now: float, inp: LinkInput) -> None:
+    def _a_peer_silent(self, now: float, inp: LinkInput, data: _InputData) -> None:
         limit = self.config.silence_limit_s(self.keepalive_s or 0.0)
         self._go_down(DownReason.PEER_SILENT, f"nothing heard for {limit:g} s")
 
@@ -922,4 +949,64 @@ _CONTROL_INPUT = {
     Control.ACK: LinkInput.RX_ACK,
     Control.NACK: LinkInput.RX_NACK,
     Control.EOT: LinkInput.RX_EOT,
+}
+
+
+# -- actions resolved once, at import ----------------------------------------------------------
+
+#: An action method: (connection, now, input, the input's data) -> a seq for queue_send, else None.
+_Action: TypeAlias = Callable[[LinkConnection, float, LinkInput, _InputData], int | None]
+
+#: Every action of :mod:`evproto.link_table` and the one method that does it.
+_ACTIONS: dict[LinkAction, _Action] = {
+    LinkAction.IGNORE: LinkConnection._a_ignore,
+    LinkAction.LOCAL_ERROR: LinkConnection._a_local_error,
+    LinkAction.START_CLIENT: LinkConnection._a_start_client,
+    LinkAction.START_SERVER: LinkConnection._a_start_server,
+    LinkAction.ENQ_ACKED: LinkConnection._a_enq_acked,
+    LinkAction.ENQ_NACKED: LinkConnection._a_enq_nacked,
+    LinkAction.ANSWER_ENQ: LinkConnection._a_answer_enq,
+    LinkAction.HELLO_RECEIVED: LinkConnection._a_hello_received,
+    LinkAction.ACCEPTED: LinkConnection._a_accepted,
+    LinkAction.REJECTED: LinkConnection._a_rejected,
+    LinkAction.DO_ACCEPT: LinkConnection._a_do_accept,
+    LinkAction.DO_REJECT: LinkConnection._a_do_reject,
+    LinkAction.QUEUE_SEND: LinkConnection._a_queue_send,
+    LinkAction.DELIVER: LinkConnection._a_deliver,
+    LinkAction.UNKNOWN: LinkConnection._a_unknown,
+    LinkAction.REACK: LinkConnection._a_reack,
+    LinkAction.FRAME_ACKED: LinkConnection._a_frame_acked,
+    LinkAction.FRAME_NACKED: LinkConnection._a_frame_nacked,
+    LinkAction.RETRANSMIT: LinkConnection._a_retransmit,
+    LinkAction.NACK: LinkConnection._a_nack,
+    LinkAction.KEEPALIVE: LinkConnection._a_keepalive,
+    LinkAction.CLOSE_LOCAL: LinkConnection._a_close_local,
+    LinkAction.CLOSE_QUIET: LinkConnection._a_close_quiet,
+    LinkAction.PEER_CLOSED: LinkConnection._a_peer_closed,
+    LinkAction.CONNECTION_LOST: LinkConnection._a_connection_lost,
+    LinkAction.PEER_RESET: LinkConnection._a_peer_reset,
+    LinkAction.HANDSHAKE_TIMEOUT: LinkConnection._a_handshake_timeout,
+    LinkAction.PEER_SILENT: LinkConnection._a_peer_silent,
+}
+
+
+def _check_actions() -> None:
+    # Adding an action to the table without its method (or leaving a method no action
+    # names, or pointing an action at another's method) fails here, not on some input.
+    methods = {name for name in vars(LinkConnection) if name.startswith("_a_")}
+    missing = sorted(a.value for a in LinkAction if a not in _ACTIONS)
+    unused = sorted(methods - {f.__name__ for f in _ACTIONS.values()})
+    crossed = sorted(a.value for a, f in _ACTIONS.items() if f.__name__ != "_a_" + a.value)
+    if missing or unused or crossed:
+        raise RuntimeError(
+            f"link actions: without a method {missing}, methods no action names {unused}, "
+            f"mapped to another action's method {crossed}"
+        )
+
+
+_check_actions()
+
+#: ``TABLE`` with each action resolved to its method: (state, input) -> (method, next state).
+_DISPATCH: dict[tuple[LinkState, LinkInput], tuple[_Action, LinkState | None]] = {
+    pair: (_ACTIONS[tr.action], tr.next) for pair, tr in TABLE.items()
 }

@@ -1,8 +1,24 @@
 """The link's transition table: every (state, input) pair and what it does.
 
 Pure data. :class:`evproto.link.LinkConnection` looks each input up here and runs
-the named action; ``docs/protocol.md`` embeds :func:`render_markdown` verbatim
-(a test keeps the two identical) and another test walks every pair.
+the action; ``docs/protocol.md`` embeds :func:`render_markdown` verbatim (a test
+keeps the two identical) and another test walks every pair.
+
+The pattern, for any table-driven state machine here:
+
+- Three enums: the states, the inputs, and the actions (what the machine can do).
+  An action's value is the name the rendered table shows.
+- ``TABLE[(state, input)] -> Transition(action, next)``: complete (every pair has a
+  row, the unlisted ones filled in explicitly), built once at import, rendered into
+  the docs. Checked at import: every action is documented and used by some row.
+- The machine maps each action to one method once, at import (a dict written out
+  by hand, so a type checker sees every method's signature), and checks there that
+  every action has its method and every action method its action; a test repeats it.
+- Dispatch: look the pair up, call the method with everything it needs as
+  parameters (the time, the input and what the input carries: a decoded frame,
+  or a call's arguments as a small frozen dataclass), then move to ``next``
+  unless the action already moved (to CLOSED). Nothing is found by name at run
+  time and no argument travels through a field of the machine.
 """
 
 from __future__ import annotations
@@ -10,7 +26,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["LinkState", "LinkInput", "Transition", "TABLE", "ACTIONS", "render_markdown"]
+__all__ = ["LinkState", "LinkInput", "LinkAction", "Transition", "TABLE", "ACTIONS", "render_markdown"]
 
 
 class LinkState(enum.Enum):
@@ -59,36 +75,72 @@ class LinkInput(enum.Enum):
     TIMER_SILENCE = "silence timer"
 
 
-#: Action name -> what it does (the documentation column).
-ACTIONS: dict[str, str] = {
-    "ignore": "nothing (stray input counted)",
-    "local_error": "raise LocalProtocolError",
-    "start_client": "send ENQ, arm ACK timer",
-    "start_server": "arm handshake timer",
-    "enq_acked": "send Hello frame",
-    "enq_nacked": "resend ENQ (bounded), else down: retries_exhausted",
-    "answer_enq": "send ACK",
-    "hello_received": "ACK, emit HelloReceived",
-    "accepted": "ACK, emit Connected",
-    "rejected": "ACK, emit LinkDown(rejected)",
-    "do_accept": "send Accept frame, emit Connected",
-    "do_reject": "send Reject frame and EOT, emit LinkDown(rejected)",
-    "queue_send": "queue frame (stop-and-wait, bounded)",
-    "deliver": "ACK, emit message / request / response",
-    "reack": "ACK again, do not deliver",
-    "unknown": "ACK, answer ErrorReport(unknown_type) (as the response to a request), emit UnknownMessageReceived",
-    "frame_acked": "complete outstanding frame, send next",
-    "frame_nacked": "retransmit outstanding frame (bounded)",
-    "retransmit": "retransmit ENQ or frame (bounded), else down: retries_exhausted",
-    "nack": "send NACK, count error; too many in a row: down: protocol_error",
-    "keepalive": "send Ping if idle",
-    "close_local": "send EOT, emit LinkDown(closed)",
-    "close_quiet": "emit LinkDown(closed)",
-    "peer_closed": "emit LinkDown(peer_closed)",
-    "connection_lost": "emit LinkDown(connection_lost)",
-    "peer_reset": "emit LinkDown(peer_reset)",
-    "handshake_timeout": "emit LinkDown(handshake_timeout)",
-    "peer_silent": "emit LinkDown(peer_silent)",
+class LinkAction(str, enum.Enum):
+    """What the link does for an input. The value is the name the rendered table shows
+    (a str enum, so it also compares equal to that name)."""
+
+    IGNORE = "ignore"
+    LOCAL_ERROR = "local_error"
+    START_CLIENT = "start_client"
+    START_SERVER = "start_server"
+    ENQ_ACKED = "enq_acked"
+    ENQ_NACKED = "enq_nacked"
+    ANSWER_ENQ = "answer_enq"
+    HELLO_RECEIVED = "hello_received"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    DO_ACCEPT = "do_accept"
+    DO_REJECT = "do_reject"
+    QUEUE_SEND = "queue_send"
+    DELIVER = "deliver"
+    REACK = "reack"
+    UNKNOWN = "unknown"
+    FRAME_ACKED = "frame_acked"
+    FRAME_NACKED = "frame_nacked"
+    RETRANSMIT = "retransmit"
+    NACK = "nack"
+    KEEPALIVE = "keepalive"
+    CLOSE_LOCAL = "close_local"
+    CLOSE_QUIET = "close_quiet"
+    PEER_CLOSED = "peer_closed"
+    CONNECTION_LOST = "connection_lost"
+    PEER_RESET = "peer_reset"
+    HANDSHAKE_TIMEOUT = "handshake_timeout"
+    PEER_SILENT = "peer_silent"
+
+
+#: Action -> what it does (the documentation column).
+ACTIONS: dict[LinkAction, str] = {
+    LinkAction.IGNORE: "nothing (stray input counted)",
+    LinkAction.LOCAL_ERROR: "raise LocalProtocolError",
+    LinkAction.START_CLIENT: "send ENQ, arm ACK timer",
+    LinkAction.START_SERVER: "arm handshake timer",
+    LinkAction.ENQ_ACKED: "send Hello frame",
+    LinkAction.ENQ_NACKED: "resend ENQ (bounded), else down: retries_exhausted",
+    LinkAction.ANSWER_ENQ: "send ACK",
+    LinkAction.HELLO_RECEIVED: "ACK, emit HelloReceived",
+    LinkAction.ACCEPTED: "ACK, emit Connected",
+    LinkAction.REJECTED: "ACK, emit LinkDown(rejected)",
+    LinkAction.DO_ACCEPT: "send Accept frame, emit Connected",
+    LinkAction.DO_REJECT: "send Reject frame and EOT, emit LinkDown(rejected)",
+    LinkAction.QUEUE_SEND: "queue frame (stop-and-wait, bounded)",
+    LinkAction.DELIVER: "ACK, emit message / request / response",
+    LinkAction.REACK: "ACK again, do not deliver",
+    LinkAction.UNKNOWN: (
+        "ACK, answer ErrorReport(unknown_type) (as the response to a request), emit UnknownMessageReceived"
+    ),
+    LinkAction.FRAME_ACKED: "complete outstanding frame, send next",
+    LinkAction.FRAME_NACKED: "retransmit outstanding frame (bounded)",
+    LinkAction.RETRANSMIT: "retransmit ENQ or frame (bounded), else down: retries_exhausted",
+    LinkAction.NACK: "send NACK, count error; too many in a row: down: protocol_error",
+    LinkAction.KEEPALIVE: "send Ping if idle",
+    LinkAction.CLOSE_LOCAL: "send EOT, emit LinkDown(closed)",
+    LinkAction.CLOSE_QUIET: "emit LinkDown(closed)",
+    LinkAction.PEER_CLOSED: "emit LinkDown(peer_closed)",
+    LinkAction.CONNECTION_LOST: "emit LinkDown(connection_lost)",
+    LinkAction.PEER_RESET: "emit LinkDown(peer_reset)",
+    LinkAction.HANDSHAKE_TIMEOUT: "emit LinkDown(handshake_timeout)",
+    LinkAction.PEER_SILENT: "emit LinkDown(peer_silent)",
 }
 
 
@@ -96,12 +148,13 @@ ACTIONS: dict[str, str] = {
 class Transition:
     """Run ``action``, then move to ``next`` (None: stay)."""
 
-    action: str
+    action: LinkAction
     next: LinkState | None = None
 
 
 S = LinkState
 I = LinkInput  # noqa: E741
+A = LinkAction
 _T = Transition
 _PRE_OPEN = (S.ENQ_SENT, S.HELLO_SENT, S.AWAIT_ENQ, S.AWAIT_HELLO, S.HELLO_RECEIVED)
 _LIVE = _PRE_OPEN + (S.OPEN,)
@@ -115,63 +168,77 @@ def _build() -> dict[tuple[LinkState, LinkInput], Transition]:
             t[(s, inp)] = tr
 
     # Calls. Anything not listed for a state is a LocalProtocolError.
-    row(S.IDLE, I.CALL_START, _T("start_client", S.ENQ_SENT))
-    row(S.AWAIT_ENQ, I.CALL_START, _T("start_server"))
-    row(S.HELLO_RECEIVED, I.CALL_ACCEPT, _T("do_accept", S.OPEN))
-    row(S.HELLO_RECEIVED, I.CALL_REJECT, _T("do_reject", S.CLOSED))
-    row(S.OPEN, I.CALL_SEND, _T("queue_send"))
-    row(S.IDLE, I.CALL_CLOSE, _T("close_quiet", S.CLOSED))
-    row(_LIVE, I.CALL_CLOSE, _T("close_local", S.CLOSED))
-    row(S.CLOSED, I.CALL_CLOSE, _T("ignore"))
+    row(S.IDLE, I.CALL_START, _T(A.START_CLIENT, S.ENQ_SENT))
+    row(S.AWAIT_ENQ, I.CALL_START, _T(A.START_SERVER))
+    row(S.HELLO_RECEIVED, I.CALL_ACCEPT, _T(A.DO_ACCEPT, S.OPEN))
+    row(S.HELLO_RECEIVED, I.CALL_REJECT, _T(A.DO_REJECT, S.CLOSED))
+    row(S.OPEN, I.CALL_SEND, _T(A.QUEUE_SEND))
+    row(S.IDLE, I.CALL_CLOSE, _T(A.CLOSE_QUIET, S.CLOSED))
+    row(_LIVE, I.CALL_CLOSE, _T(A.CLOSE_LOCAL, S.CLOSED))
+    row(S.CLOSED, I.CALL_CLOSE, _T(A.IGNORE))
 
     # Control bytes.
-    row(S.ENQ_SENT, I.RX_ENQ, _T("nack"))
-    row(S.HELLO_SENT, I.RX_ENQ, _T("nack"))
-    row(S.AWAIT_ENQ, I.RX_ENQ, _T("answer_enq", S.AWAIT_HELLO))
-    row(S.AWAIT_HELLO, I.RX_ENQ, _T("answer_enq"))  # our ACK was lost; the client asks again
-    row((S.HELLO_RECEIVED, S.OPEN), I.RX_ENQ, _T("peer_reset", S.CLOSED))
-    row(S.ENQ_SENT, I.RX_ACK, _T("enq_acked", S.HELLO_SENT))
-    row(S.ENQ_SENT, I.RX_NACK, _T("enq_nacked"))
+    row(S.ENQ_SENT, I.RX_ENQ, _T(A.NACK))
+    row(S.HELLO_SENT, I.RX_ENQ, _T(A.NACK))
+    row(S.AWAIT_ENQ, I.RX_ENQ, _T(A.ANSWER_ENQ, S.AWAIT_HELLO))
+    row(S.AWAIT_HELLO, I.RX_ENQ, _T(A.ANSWER_ENQ))  # our ACK was lost; the client asks again
+    row((S.HELLO_RECEIVED, S.OPEN), I.RX_ENQ, _T(A.PEER_RESET, S.CLOSED))
+    row(S.ENQ_SENT, I.RX_ACK, _T(A.ENQ_ACKED, S.HELLO_SENT))
+    row(S.ENQ_SENT, I.RX_NACK, _T(A.ENQ_NACKED))
     for s in (S.HELLO_SENT, S.AWAIT_ENQ, S.AWAIT_HELLO, S.HELLO_RECEIVED, S.OPEN):
-        row(s, I.RX_ACK, _T("frame_acked"))
-        row(s, I.RX_NACK, _T("frame_nacked"))
-    row(_LIVE, I.RX_EOT, _T("peer_closed", S.CLOSED))
+        row(s, I.RX_ACK, _T(A.FRAME_ACKED))
+        row(s, I.RX_NACK, _T(A.FRAME_NACKED))
+    row(_LIVE, I.RX_EOT, _T(A.PEER_CLOSED, S.CLOSED))
 
     # Frames. A duplicate is recognised by seq before its type is looked at.
     for s in _LIVE:
-        row(s, I.RX_HELLO, _T("nack"))
-        row(s, I.RX_ACCEPT, _T("nack"))
-        row(s, I.RX_REJECT, _T("nack"))
-        row(s, I.RX_DATA, _T("nack"))
-        row(s, I.RX_DUPLICATE, _T("reack"))
-        row(s, I.RX_UNKNOWN, _T("nack"))
-        row(s, I.RX_BAD, _T("nack"))
-    row(S.AWAIT_HELLO, I.RX_HELLO, _T("hello_received", S.HELLO_RECEIVED))
-    row(S.HELLO_SENT, I.RX_ACCEPT, _T("accepted", S.OPEN))
-    row(S.HELLO_SENT, I.RX_REJECT, _T("rejected", S.CLOSED))
-    row(S.OPEN, I.RX_DATA, _T("deliver"))
+        row(s, I.RX_HELLO, _T(A.NACK))
+        row(s, I.RX_ACCEPT, _T(A.NACK))
+        row(s, I.RX_REJECT, _T(A.NACK))
+        row(s, I.RX_DATA, _T(A.NACK))
+        row(s, I.RX_DUPLICATE, _T(A.REACK))
+        row(s, I.RX_UNKNOWN, _T(A.NACK))
+        row(s, I.RX_BAD, _T(A.NACK))
+    row(S.AWAIT_HELLO, I.RX_HELLO, _T(A.HELLO_RECEIVED, S.HELLO_RECEIVED))
+    row(S.HELLO_SENT, I.RX_ACCEPT, _T(A.ACCEPTED, S.OPEN))
+    row(S.HELLO_SENT, I.RX_REJECT, _T(A.REJECTED, S.CLOSED))
+    row(S.OPEN, I.RX_DATA, _T(A.DELIVER))
     # A type added elsewhere in a fleet must never take links down: it arrived intact.
-    row(S.OPEN, I.RX_UNKNOWN, _T("unknown"))
+    row(S.OPEN, I.RX_UNKNOWN, _T(A.UNKNOWN))
 
     # Transport and timers.
-    row(S.IDLE, I.RX_EOF, _T("connection_lost", S.CLOSED))
-    row(_LIVE, I.RX_EOF, _T("connection_lost", S.CLOSED))
-    row(S.ENQ_SENT, I.TIMER_RETRANSMIT, _T("retransmit"))
-    row((S.HELLO_SENT, S.OPEN), I.TIMER_RETRANSMIT, _T("retransmit"))
-    row(S.OPEN, I.TIMER_KEEPALIVE, _T("keepalive"))
-    row(_PRE_OPEN, I.TIMER_SILENCE, _T("handshake_timeout", S.CLOSED))
-    row(S.OPEN, I.TIMER_SILENCE, _T("peer_silent", S.CLOSED))
+    row(S.IDLE, I.RX_EOF, _T(A.CONNECTION_LOST, S.CLOSED))
+    row(_LIVE, I.RX_EOF, _T(A.CONNECTION_LOST, S.CLOSED))
+    row(S.ENQ_SENT, I.TIMER_RETRANSMIT, _T(A.RETRANSMIT))
+    row((S.HELLO_SENT, S.OPEN), I.TIMER_RETRANSMIT, _T(A.RETRANSMIT))
+    row(S.OPEN, I.TIMER_KEEPALIVE, _T(A.KEEPALIVE))
+    row(_PRE_OPEN, I.TIMER_SILENCE, _T(A.HANDSHAKE_TIMEOUT, S.CLOSED))
+    row(S.OPEN, I.TIMER_SILENCE, _T(A.PEER_SILENT, S.CLOSED))
 
     # Fill the rest explicitly so that every pair has a documented meaning.
     for s in LinkState:
         for i in LinkInput:
             if (s, i) not in t:
-                t[(s, i)] = _T("local_error" if i.name.startswith("CALL_") else "ignore")
+                t[(s, i)] = _T(A.LOCAL_ERROR if i.name.startswith("CALL_") else A.IGNORE)
     return t
 
 
 #: The complete table: ``TABLE[(state, input)]`` exists for every pair.
 TABLE: dict[tuple[LinkState, LinkInput], Transition] = _build()
+
+
+def _check() -> None:
+    # An action nobody documents, or one no row uses, is a mistake to catch at import.
+    undocumented = set(LinkAction) - set(ACTIONS)
+    unused = set(LinkAction) - {tr.action for tr in TABLE.values()}
+    if undocumented or unused:
+        raise RuntimeError(
+            f"link table: actions without documentation {sorted(a.value for a in undocumented)}, "
+            f"actions no row uses {sorted(a.value for a in unused)}"
+        )
+
+
+_check()
 
 
 def render_markdown() -> str:
@@ -185,7 +252,7 @@ def render_markdown() -> str:
         cells = []
         for s in states:
             tr = TABLE[(s, inp)]
-            cell = tr.action
+            cell = tr.action.value
             if tr.next is not None and tr.next is not s:
                 cell += f" &rarr; {tr.next.value}"
             cells.append(cell)
@@ -193,6 +260,6 @@ def render_markdown() -> str:
     lines.append("")
     lines.append("| action | what it does |")
     lines.append("| --- | --- |")
-    for name, text in ACTIONS.items():
-        lines.append(f"| {name} | {text} |")
+    for action, text in ACTIONS.items():
+        lines.append(f"| {action.value} | {text} |")
     return "\n".join(lines) + "\n"

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Generic, TypeVar
 
 from evproto.errors import LocalProtocolError
 from evproto.frame import lrc
@@ -205,12 +207,63 @@ def parse_identification(line: bytes | bytearray | memoryview) -> Identification
     )
 
 
+_Result = TypeVar("_Result")
+
+
+class _SingleUseDecoder(ABC, Generic[_Result]):
+    """What the identification reader and the data block decoder share: bytes go in through
+    :meth:`feed` until one result or one error, after which the decoder is finished.
+
+    A subclass's ``_scan`` looks at everything buffered so far and returns the result, None
+    for "not yet", or raises :class:`MeterProtocolError`; it drops noise with ``_skip`` and
+    keeps what followed the result in :attr:`remainder`.
+    """
+
+    __slots__ = ("_buf", "_finished", "remainder", "skipped")
+
+    def __init__(self) -> None:
+        #: Bytes discarded before the result (noise, echoes, abandoned starts).
+        self.skipped = 0
+        #: Bytes after the result in the chunk that completed it.
+        self.remainder = b""
+        self._buf = bytearray()
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        """True once the decoder has returned its result or raised."""
+        return self._finished
+
+    def feed(self, data: bytes | bytearray | memoryview) -> _Result | None:
+        """Consume ``data``; return the result once it is complete, else None."""
+        if self._finished:
+            raise LocalProtocolError(f"{type(self).__name__} already finished; make a new one")
+        buf = self._buf
+        buf += data
+        try:
+            return self._scan(buf)
+        except MeterProtocolError:
+            self._finish()
+            raise
+
+    @abstractmethod
+    def _scan(self, buf: bytearray) -> _Result | None: ...
+
+    def _skip(self, n: int) -> None:
+        del self._buf[:n]
+        self.skipped += n
+
+    def _finish(self) -> None:
+        self._buf.clear()
+        self._finished = True
+
+
 def _shortest_line(partial_len: int, ends_with_cr: bool) -> int:
     """Length of the shortest complete line (CR LF included) that can grow from a partial one."""
     return partial_len + (1 if ends_with_cr else 2)
 
 
-class IdentificationReader:
+class IdentificationReader(_SingleUseDecoder[Identification]):
     """Incremental reader of the identification line: ``feed(bytes) -> Identification | None``.
 
     Bytes before a ``/`` are noise and skipped (counted in :attr:`skipped`), and so is an echo
@@ -226,37 +279,15 @@ class IdentificationReader:
     right away).
     """
 
-    __slots__ = ("_buf", "_finished", "echoes", "max_line", "remainder", "skipped")
+    __slots__ = ("echoes", "max_line")
 
     def __init__(self, *, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 7:
             raise ValueError(f"max_line must be at least 7, not {max_line}")
+        super().__init__()
         self.max_line = max_line
-        #: Bytes discarded as noise (echoes included).
-        self.skipped = 0
-        #: Sign-on echoes seen and skipped.
+        #: Sign-on echoes seen and skipped (their bytes count in :attr:`skipped`).
         self.echoes = 0
-        #: Bytes after the identification line in the chunk that completed it.
-        self.remainder = b""
-        self._buf = bytearray()
-        self._finished = False
-
-    @property
-    def finished(self) -> bool:
-        """True once the reader has returned an identification or raised."""
-        return self._finished
-
-    def feed(self, data: bytes | bytearray | memoryview) -> Identification | None:
-        """Consume ``data``; return the identification once its line is complete."""
-        if self._finished:
-            raise LocalProtocolError("IdentificationReader already finished; make a new one")
-        buf = self._buf
-        buf += data
-        try:
-            return self._scan(buf)
-        except MeterProtocolError:
-            self._finish()
-            raise
 
     def _scan(self, buf: bytearray) -> Identification | None:
         max_line = self.max_line
@@ -291,14 +322,6 @@ class IdentificationReader:
     def _check_partial(self, length: int, ends_with_cr: bool) -> None:
         if _shortest_line(length, ends_with_cr) > self.max_line:
             raise MeterProtocolError(f"identification line longer than {self.max_line} bytes")
-
-    def _skip(self, n: int) -> None:
-        del self._buf[:n]
-        self.skipped += n
-
-    def _finish(self) -> None:
-        self._buf.clear()
-        self._finished = True
 
 
 # -- data block ----------------------------------------------------------------------------------
@@ -337,7 +360,7 @@ def _block_from_data(data: bytes, check: int) -> DataBlock:
     return DataBlock(lines=tuple(lines), bcc=check)
 
 
-class DataBlockDecoder:
+class DataBlockDecoder(_SingleUseDecoder[DataBlock]):
     """Incremental decoder of the readout data block ``STX data ETX BCC``.
 
     ``feed(bytes)`` returns the :class:`DataBlock` once its BCC has arrived and checked, else
@@ -351,41 +374,19 @@ class DataBlockDecoder:
     the block are kept in :attr:`remainder`.
     """
 
-    __slots__ = ("_buf", "_finished", "_seen", "max_block", "remainder", "skipped")
+    __slots__ = ("_seen", "max_block")
 
     def __init__(self, *, max_block: int = DEFAULT_MAX_BLOCK) -> None:
         if max_block < 5:
             raise ValueError(f"max_block must be at least 5 (STX ! CR LF ETX BCC), not {max_block}")
+        super().__init__()
         self.max_block = max_block
-        #: Bytes discarded before the block (noise, echoes, abandoned starts).
-        self.skipped = 0
-        #: Bytes after the BCC in the chunk that completed the block.
-        self.remainder = b""
-        self._buf = bytearray()
         self._seen = 1  # buf[1:_seen] of a started block holds neither STX nor ETX
-        self._finished = False
-
-    @property
-    def finished(self) -> bool:
-        """True once the decoder has returned a block or raised."""
-        return self._finished
 
     @property
     def buffered(self) -> int:
         """Bytes of an unfinished block held (at most ``max_block``)."""
         return len(self._buf)
-
-    def feed(self, data: bytes | bytearray | memoryview) -> DataBlock | None:
-        """Consume ``data``; return the block once it is complete and its BCC matches."""
-        if self._finished:
-            raise LocalProtocolError("DataBlockDecoder already finished; make a new one")
-        buf = self._buf
-        buf += data
-        try:
-            return self._scan(buf)
-        except MeterProtocolError:
-            self._finish()
-            raise
 
     def _scan(self, buf: bytearray) -> DataBlock | None:
         while buf:
@@ -427,13 +428,8 @@ class DataBlockDecoder:
             raise MeterProtocolError(f"data block longer than {self.max_block} bytes")
 
     def _skip(self, n: int) -> None:
-        del self._buf[:n]
-        self.skipped += n
+        super()._skip(n)
         self._seen = 1
-
-    def _finish(self) -> None:
-        self._buf.clear()
-        self._finished = True
 
 
 def readout_bytes(lines: Iterable[str]) -> bytes:

@@ -641,6 +641,28 @@ async def test_cancelled_request_does_not_block_later_requests(central, link_con
         assert link.is_open
 
 
+async def test_an_answer_waits_for_room_in_the_send_queue_as_a_send_does(make_config, link_config):
+    # The async API holds at most max_queue unacknowledged frames and waits for room
+    # (docs/protocol.md). With room for one, the server's answer comes right behind a
+    # one-way message still waiting for its ACK: respond() waits for that ACK first.
+    status = CpStatus(state=CpState.SUPPLYING, session_id=1)
+
+    async def handler(link: aio.Link) -> None:
+        async for ev in link.messages:
+            if isinstance(ev, RequestReceived):
+                await link.send(status, wait=False)
+                assert link.conn.queued == link.conn.config.max_queue
+                await link.respond(ev, OK)
+                assert link.conn.queued <= link.conn.config.max_queue
+
+    async with await aio.serve(LOCAL, handler, node_id="central", config=make_config(max_queue=1)) as server:
+        async with aio.connect(server.url, hello=hello(), config=link_config) as link:
+            assert await guard(link.request(HealthCheck())) == OK
+            received = await guard(link.messages.__anext__())
+            assert isinstance(received, MessageReceived) and received.message == status
+            assert link.is_open
+
+
 # -- 10. transport errors --------------------------------------------------------------------
 
 

@@ -22,7 +22,8 @@ from evproto import (
     encode_body,
     encode_frame,
 )
-from evproto.link_table import ACTIONS, TABLE, LinkInput, LinkState, Transition
+from evproto import link as link_module
+from evproto.link_table import ACTIONS, TABLE, LinkAction, LinkInput, LinkState, Transition
 
 ENQ, ACK, NACK, EOT = b"\x05", b"\x06", b"\x15", b"\x04"
 HELLO = Hello(role=Role.MONITOR, node_id="CP1", keepalive_ms=1000)
@@ -158,6 +159,33 @@ def test_table_is_complete_and_names_real_actions() -> None:
     for tr in TABLE.values():
         assert tr.action in ACTIONS
         assert hasattr(LinkConnection, "_a_" + tr.action), tr.action
+
+
+def test_every_action_is_used_documented_and_resolved_to_its_own_method() -> None:
+    assert {tr.action for tr in TABLE.values()} == set(LinkAction) == set(ACTIONS)
+    resolved = link_module._ACTIONS
+    assert set(resolved) == set(LinkAction)
+    for action, method in resolved.items():
+        assert method is getattr(LinkConnection, "_a_" + action.value), action
+    # Every action method is one the table uses: none is left over.
+    methods = {name for name in vars(LinkConnection) if name.startswith("_a_")}
+    assert methods == {"_a_" + action.value for action in LinkAction}
+    for pair, tr in TABLE.items():
+        assert link_module._DISPATCH[pair] == (resolved[tr.action], tr.next)
+
+
+def test_the_import_check_refuses_an_action_without_its_method_or_a_method_without_its_action(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    link_module._check_actions()
+    with monkeypatch.context() as m:
+        m.delitem(link_module._ACTIONS, LinkAction.REACK)
+        with pytest.raises(RuntimeError, match="without a method \\['reack'\\].*no action names \\['_a_reack'\\]"):
+            link_module._check_actions()
+    with monkeypatch.context() as m:
+        m.setitem(link_module._ACTIONS, LinkAction.REACK, LinkConnection._a_nack)
+        with pytest.raises(RuntimeError, match="another action's method \\['reack'\\]"):
+            link_module._check_actions()
 
 
 @pytest.mark.parametrize("state,inp", PAIRS, ids=[f"{s.name}-{i.name}" for s, i in PAIRS])

@@ -184,20 +184,7 @@ class Link:
 
     async def send(self, message: Message, *, wait: bool = True) -> int:
         """Send a one-way message; with ``wait`` return once the peer ACKed it."""
-        self._check_open()
-        while self.conn.queued >= self.conn.config.max_queue:
-            self._space.clear()
-            await self._space.wait()
-            self._check_open()
-        seq = self.conn.send(message, self._now())
-        fut: asyncio.Future[None] | None = None
-        if wait:
-            fut = self._loop.create_future()
-            self._deliveries[seq] = fut
-        self._pump()
-        if fut is not None:
-            await fut
-        return seq
+        return await self._queue_frame(message, None, wait=wait)
 
     async def request(self, message: Message, *, timeout_s: float | None = None) -> Message:
         """Send ``message`` and return the peer's answer.
@@ -220,18 +207,9 @@ class Link:
                     self.conn.cancel_request()
 
     async def respond(self, request: RequestReceived | int, message: Message, *, wait: bool = False) -> int:
-        """Answer a request received from the peer."""
-        self._check_open()
+        """Answer a request received from the peer; with ``wait`` return once the peer ACKed it."""
         request_id = request if isinstance(request, int) else request.request_id
-        seq = self.conn.respond(request_id, message, self._now())
-        fut: asyncio.Future[None] | None = None
-        if wait:
-            fut = self._loop.create_future()
-            self._deliveries[seq] = fut
-        self._pump()
-        if fut is not None:
-            await fut
-        return seq
+        return await self._queue_frame(message, request_id, wait=wait)
 
     async def close(self) -> LinkDown:
         """Say goodbye (EOT) and close the transport. Safe to call more than once."""
@@ -263,6 +241,28 @@ class Link:
         return await asyncio.shield(self._down)
 
     # -- internals -------------------------------------------------------------------------
+
+    async def _queue_frame(self, message: Message, request_id: int | None, *, wait: bool) -> int:
+        """Queue ``message`` (the answer to ``request_id``, or one-way when None) once the
+        send queue has room; with ``wait`` return once the peer ACKed it."""
+        self._check_open()
+        while self.conn.queued >= self.conn.config.max_queue:
+            self._space.clear()
+            await self._space.wait()
+            self._check_open()
+        now = self._now()
+        if request_id is None:
+            seq = self.conn.send(message, now)
+        else:
+            seq = self.conn.respond(request_id, message, now)
+        fut: asyncio.Future[None] | None = None
+        if wait:
+            fut = self._loop.create_future()
+            self._deliveries[seq] = fut
+        self._pump()
+        if fut is not None:
+            await fut
+        return seq
 
     def _now(self) -> float:
         return self._loop.time()

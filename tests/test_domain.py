@@ -993,3 +993,13 @@ def test_persist_whenever_durable_state_changes(script: list[tuple[str, int]], a
             assert ev.session_id not in finished_sessions  # one final report per supply
             finished_sessions.add(ev.session_id)
             assert ev.energy_kwh >= 0
+
+
+def test_the_session_table_in_the_docs_is_the_code_s() -> None:
+    from pathlib import Path
+
+    from evproto.domain.session import render_markdown
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "central.md").read_text(encoding="utf-8")
+    assert render_markdown() in docs, "docs/central.md: paste evproto.domain.session.render_markdown() again"
+

@@ -16,11 +16,23 @@ a second ticket.
 from __future__ import annotations
 
 import enum
+import itertools
 from dataclasses import dataclass
 
 from ..messages import EndReason
 
-__all__ = ["SessionStatus", "SessionInput", "SessionStep", "SESSION_TABLE", "step", "finish_input", "COMPLETED_REASONS"]
+__all__ = [
+    "SessionStatus",
+    "SessionInput",
+    "SessionAction",
+    "SessionTransition",
+    "ACTIONS",
+    "SESSION_TABLE",
+    "step",
+    "render_markdown",
+    "finish_input",
+    "COMPLETED_REASONS",
+]
 
 
 class SessionStatus(enum.Enum):
@@ -60,39 +72,70 @@ class SessionInput(enum.Enum):
 COMPLETED_REASONS = frozenset(r.token for r in EndReason if r.normal)
 
 
-@dataclass(frozen=True, slots=True)
-class SessionStep:
-    """Where an input leads: the next status (None: ignore) and whether a ticket is issued."""
+class SessionAction(str, enum.Enum):
+    """What an input does to a session. The value is the name the rendered table shows."""
 
-    next: SessionStatus | None
-    ticket: bool = False
+    IGNORE = "ignore"
+    MOVE = "move"
+    TICKET = "move, ticket"
+
+
+#: What each action means (the legend of the rendered table).
+ACTIONS = {
+    SessionAction.IGNORE: "nothing changes (a repeat, or a session that already ended)",
+    SessionAction.MOVE: "the session moves to the next status",
+    SessionAction.TICKET: "the session ends in the next status and its driver gets exactly one ticket",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTransition:
+    """What an input does to a session in a status (the table's pattern: evproto/link_table.py)."""
+
+    action: SessionAction
+    next: SessionStatus | None = None
+
+    @property
+    def ticket(self) -> bool:
+        """A ticket is issued."""
+        return self.action is SessionAction.TICKET
 
 
 S = SessionStatus
 I = SessionInput  # noqa: E741
-_IGNORE = SessionStep(None)
+A = SessionAction
+_IGNORE = SessionTransition(A.IGNORE)
 
-SESSION_TABLE: dict[tuple[SessionStatus, SessionInput], SessionStep] = {
-    (S.REQUESTED, I.CP_ACCEPTED): SessionStep(S.AUTHORIZED),
-    (S.REQUESTED, I.CP_REFUSED): SessionStep(S.DENIED),
-    (S.REQUESTED, I.STARTED): SessionStep(S.SUPPLYING),
-    (S.REQUESTED, I.PROGRESS): SessionStep(S.SUPPLYING),
-    (S.REQUESTED, I.FINISHED_OK): SessionStep(S.COMPLETED, ticket=True),
-    (S.REQUESTED, I.FINISHED_EARLY): SessionStep(S.INTERRUPTED, ticket=True),
-    (S.REQUESTED, I.EXPIRED): SessionStep(S.DENIED),
+
+def _move(status: SessionStatus) -> SessionTransition:
+    return SessionTransition(A.MOVE, status)
+
+
+def _ticket(status: SessionStatus) -> SessionTransition:
+    return SessionTransition(A.TICKET, status)
+
+
+SESSION_TABLE: dict[tuple[SessionStatus, SessionInput], SessionTransition] = {
+    (S.REQUESTED, I.CP_ACCEPTED): _move(S.AUTHORIZED),
+    (S.REQUESTED, I.CP_REFUSED): _move(S.DENIED),
+    (S.REQUESTED, I.STARTED): _move(S.SUPPLYING),
+    (S.REQUESTED, I.PROGRESS): _move(S.SUPPLYING),
+    (S.REQUESTED, I.FINISHED_OK): _ticket(S.COMPLETED),
+    (S.REQUESTED, I.FINISHED_EARLY): _ticket(S.INTERRUPTED),
+    (S.REQUESTED, I.EXPIRED): _move(S.DENIED),
     (S.AUTHORIZED, I.CP_ACCEPTED): _IGNORE,
-    (S.AUTHORIZED, I.CP_REFUSED): SessionStep(S.INTERRUPTED),
-    (S.AUTHORIZED, I.STARTED): SessionStep(S.SUPPLYING),
-    (S.AUTHORIZED, I.PROGRESS): SessionStep(S.SUPPLYING),
-    (S.AUTHORIZED, I.FINISHED_OK): SessionStep(S.COMPLETED, ticket=True),
-    (S.AUTHORIZED, I.FINISHED_EARLY): SessionStep(S.INTERRUPTED, ticket=True),
-    (S.AUTHORIZED, I.EXPIRED): SessionStep(S.INTERRUPTED),
+    (S.AUTHORIZED, I.CP_REFUSED): _move(S.INTERRUPTED),
+    (S.AUTHORIZED, I.STARTED): _move(S.SUPPLYING),
+    (S.AUTHORIZED, I.PROGRESS): _move(S.SUPPLYING),
+    (S.AUTHORIZED, I.FINISHED_OK): _ticket(S.COMPLETED),
+    (S.AUTHORIZED, I.FINISHED_EARLY): _ticket(S.INTERRUPTED),
+    (S.AUTHORIZED, I.EXPIRED): _move(S.INTERRUPTED),
     (S.SUPPLYING, I.CP_ACCEPTED): _IGNORE,
     (S.SUPPLYING, I.CP_REFUSED): _IGNORE,
     (S.SUPPLYING, I.STARTED): _IGNORE,
     (S.SUPPLYING, I.PROGRESS): _IGNORE,
-    (S.SUPPLYING, I.FINISHED_OK): SessionStep(S.COMPLETED, ticket=True),
-    (S.SUPPLYING, I.FINISHED_EARLY): SessionStep(S.INTERRUPTED, ticket=True),
+    (S.SUPPLYING, I.FINISHED_OK): _ticket(S.COMPLETED),
+    (S.SUPPLYING, I.FINISHED_EARLY): _ticket(S.INTERRUPTED),
     # A supply that started is never expired by Central: only the CP knows the
     # energy, and it reports the end even after a crash (its state is on disk).
     (S.SUPPLYING, I.EXPIRED): _IGNORE,
@@ -102,9 +145,40 @@ for _status in (S.COMPLETED, S.INTERRUPTED, S.DENIED):
         SESSION_TABLE[(_status, _inp)] = _IGNORE
 
 
-def step(status: SessionStatus, inp: SessionInput) -> SessionStep:
+def _check_table() -> None:
+    # Complete, every action used and documented, and moves only where an action moves.
+    missing = set(itertools.product(SessionStatus, SessionInput)) - set(SESSION_TABLE)
+    if missing:
+        raise AssertionError(f"session table lacks {sorted((s.value, i.value) for s, i in missing)}")
+    used = {tr.action for tr in SESSION_TABLE.values()}
+    if used != set(SessionAction) or set(ACTIONS) != set(SessionAction):
+        raise AssertionError("every session action must be used by the table and documented")
+    if any((tr.next is None) != (tr.action is A.IGNORE) for tr in SESSION_TABLE.values()):
+        raise AssertionError("only IGNORE leaves the status as it is")
+
+
+_check_table()
+
+
+def step(status: SessionStatus, inp: SessionInput) -> SessionTransition:
     """Look up what ``inp`` does to a session in ``status``."""
     return SESSION_TABLE[(status, inp)]
+
+
+def render_markdown() -> str:
+    """The table as Markdown, one row per input and one column per status (docs/central.md)."""
+    statuses = list(SessionStatus)
+    lines = ["| input | " + " | ".join(s.value for s in statuses) + " |",
+             "| --- | " + " | ".join("---" for _ in statuses) + " |"]
+    for inp in SessionInput:
+        cells = []
+        for s in statuses:
+            tr = SESSION_TABLE[(s, inp)]
+            cells.append(tr.action.value + (f" &rarr; {tr.next.value}" if tr.next is not None else ""))
+        lines.append(f"| {inp.value} | " + " | ".join(cells) + " |")
+    lines += ["", "| action | what it does |", "| --- | --- |"]
+    lines += [f"| {action.value} | {text} |" for action, text in ACTIONS.items()]
+    return "\n".join(lines) + "\n"
 
 
 def finish_input(reason: str) -> SessionInput:

@@ -18,13 +18,15 @@ import re
 
 from .errors import EvprotoError
 
-__all__ = ["MAX_ID_LEN", "MAX_TEXT_LEN", "InvalidTextError", "id_problem", "text_problem", "check_id", "check_text"]
+__all__ = ["MAX_ID_LEN", "MAX_TEXT_LEN", "WHITESPACE", "InvalidTextError", "id_problem", "text_problem", "check_id",
+           "check_text"]
 
 #: Longest id, in characters.
 MAX_ID_LEN = 64
 #: Longest display text (a location), in characters.
 MAX_TEXT_LEN = 128
-_SPACE = re.compile(r"\s")
+#: Any whitespace character: never in an id (the bus's fast validators search with it too).
+WHITESPACE = re.compile(r"\s")
 
 
 class InvalidTextError(EvprotoError, ValueError):
@@ -44,7 +46,7 @@ def id_problem(value: object, *, max_len: int = MAX_ID_LEN) -> str | None:
         return "is empty"
     if len(value) > max_len:
         return f"is {len(value)} characters long (at most {max_len})"
-    if not value.isprintable() or _SPACE.search(value) is not None:
+    if not value.isprintable() or WHITESPACE.search(value) is not None:
         return f"{_shown(value)} holds a space, control, invisible or unassigned character"
     return None
 

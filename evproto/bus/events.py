@@ -22,8 +22,7 @@ from typing import Annotated, Any, Callable, ClassVar
 import orjson
 
 from ..errors import EvprotoError
-from ..idents import MAX_ID_LEN, MAX_TEXT_LEN, id_problem, text_problem
-from ..idents import _SPACE
+from ..idents import MAX_ID_LEN, MAX_TEXT_LEN, WHITESPACE, id_problem, text_problem
 
 __all__ = [
     "EVENT_VERSION",
@@ -273,7 +272,7 @@ def _checker(hint: Any, name: str) -> tuple[Callable[[Any], Any], bool]:
 
         return fast_number, optional
     if isinstance(meta, _Ident):
-        max_len, empty_ok, space = meta.max_len, meta.empty_ok, _SPACE
+        max_len, empty_ok, space = meta.max_len, meta.empty_ok, WHITESPACE
 
         def fast_id(v: Any) -> Any:
             if type(v) is str and (0 < len(v) <= max_len and v.isprintable() and space.search(v) is None

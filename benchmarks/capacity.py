@@ -61,8 +61,9 @@ from evproto.bus.events import (
 from evproto.bus.kafka import OFFSET_END, BusConsumer, BusProducer, KafkaSettings, end_offsets, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 from evproto.daemons.common import raise_fd_limit
+from evproto.daemons.stats import nearest_rank
 
-from _report import nearest_rank, write_section  # benchmarks/_report.py
+from _report import write_section  # benchmarks/_report.py
 
 CLK = os.sysconf("SC_CLK_TCK")
 MP = multiprocessing.get_context("spawn")

@@ -13,7 +13,6 @@ import collections
 import contextlib
 import copy
 import logging
-import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from evproto.ratelog import RateLimitedLog
 
 from ..common import GC_PAUSES, now_ms, stdin_lines, write_ready_file
 from ..quarantine import CrashGuard, DeadLetter
+from ..stats import nearest_rank
 from .core import CentralCore, Effect, Forget, Note, Publish, RegistryBusyError, Rules, SaveCp, UnknownCpError
 from ..gate import NoKey
 from ..tokens import TokenStore
@@ -660,10 +660,8 @@ class Central:
         """
         if not self._ages:
             return {}
-        ages = sorted(self._ages)
-        n = len(ages)  # nearest-rank percentiles
-        return {"telemetry_age_p50_ms": max(0, ages[math.ceil(0.50 * n) - 1]),
-                "telemetry_age_p99_ms": max(0, ages[math.ceil(0.99 * n) - 1])}
+        return {"telemetry_age_p50_ms": max(0, int(nearest_rank(self._ages, 50))),
+                "telemetry_age_p99_ms": max(0, int(nearest_rank(self._ages, 99)))}
 
     def sessions(self, **query: Any) -> list[SessionView]:
         return self.store.sessions(**query)

@@ -1,4 +1,4 @@
-"""What the benchmarks share: nearest-rank percentiles and their sections in docs/.
+"""What the benchmarks share: their sections in docs/ (percentiles: evproto.daemons.stats).
 
 Each benchmark's ``--write FILE`` replaces the text between
 ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in FILE, leaving the prose
@@ -7,20 +7,10 @@ around it alone.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
-from typing import Sequence
 
-__all__ = ["nearest_rank", "write_section"]
-
-
-def nearest_rank(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0 < q <= 100) by nearest rank; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+__all__ = ["write_section"]
 
 
 def write_section(path: Path, name: str, body: str, *, append: bool = True, intro: str = "") -> bool:

@@ -45,9 +45,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from _report import nearest_rank, write_section  # benchmarks/_report.py
-from evproto.daemons.common import raise_fd_limit
-
 from evproto import Hello, LinkConfig, Role
 from evproto.aio import open_link
 from evproto.bus.broker import EmbeddedBroker
@@ -69,6 +66,10 @@ from evproto.domain.events import (
     SupplyRequest,
     SupplyStarted,
 )
+from evproto.daemons.common import raise_fd_limit
+from evproto.daemons.stats import nearest_rank
+
+from _report import write_section  # benchmarks/_report.py
 
 CLK = os.sysconf("SC_CLK_TCK")
 MP = multiprocessing.get_context("spawn")

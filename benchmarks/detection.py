@@ -44,9 +44,10 @@ sys.path.insert(0, str(REPO / "tests"))
 from netharness import Network, Proc, wait_for
 from netns import Broker, Hosts, unavailable_reason
 
-from _report import nearest_rank, write_section  # benchmarks/_report.py
+from _report import write_section  # benchmarks/_report.py
 
 from evproto.bus.broker import EmbeddedBroker
+from evproto.daemons.stats import nearest_rank
 
 CP = "CP001"
 POLL_S = 0.02

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _report import nearest_rank, write_section  # benchmarks/_report.py
+from _report import write_section  # benchmarks/_report.py
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,13 +18,14 @@ import re
 
 from .errors import EvprotoError
 
-__all__ = ["MAX_ID_LEN", "MAX_TEXT_LEN", "WHITESPACE", "InvalidTextError", "id_problem", "text_problem", "check_id", "check_text"]
+__all__ = ["MAX_ID_LEN", "MAX_TEXT_LEN", "WHITESPACE", "InvalidTextError", "id_problem", "text_problem", "check_id",
+           "check_text"]
 
 #: Longest id, in characters.
 MAX_ID_LEN = 64
 #: Longest display text (a location), in characters.
 MAX_TEXT_LEN = 128
-#: Any whitespace character: an id holds none.
+#: Any whitespace character: never in an id (the bus's fast validators search with it too).
 WHITESPACE = re.compile(r"\s")
 
 

@@ -78,6 +78,9 @@ __all__ = [
     "APP_TYPES",
     "APP_MESSAGE_CLASSES",
     "Opaque",
+    # How evproto.wire builds the field types it offers:
+    "wire_field",
+    "enum_wire",
 ]
 
 #: Version carried in Hello/Accept. Bumped on any incompatible change of this catalogue.
@@ -319,7 +322,8 @@ class _Wire:
 _INT_DOCS = {cs.Int8ub: "u8", cs.Int16ub: "u16", cs.Int32ub: "u32", cs.Int64ub: "u64"}
 
 
-def _enum_wire(enum_cls: type[enum.IntEnum], subcon: Any) -> _Wire:
+def enum_wire(enum_cls: type[enum.IntEnum], subcon: Any) -> _Wire:
+    """``enum_cls`` on the wire as the integer ``subcon`` (``cs.Int8ub``...); an unknown value is refused."""
     table = {int(m): m for m in enum_cls}
     name = enum_cls.__name__
 
@@ -426,7 +430,8 @@ TEXT = _Wire(cs.PascalString(cs.Int8ub, "utf8"), to_wire=_text, doc="text (u8 le
 BLOB = _Wire(cs.Prefixed(cs.Int16ub, cs.GreedyBytes), to_wire=_typed(bytes), doc="bytes (u16 length + data)", prefix=2)
 
 
-def _w(wire: _Wire, default: Any = MISSING) -> Any:
+def wire_field(wire: _Wire, default: Any = MISSING) -> Any:
+    """A dataclass field that travels as ``wire`` (the catalogue below, and :mod:`evproto.wire`)."""
     return field(default=default, metadata={"wire": wire})
 
 
@@ -460,14 +465,14 @@ def _register(msg_type: MessageType) -> Callable[[type[_M]], type[_M]]:
 class Hello(Message):
     """First frame of a link: who the client is and the keepalive it wants."""
 
-    role: Role = _w(_enum_wire(Role, cs.Int8ub))
-    node_id: str = _w(TEXT)
-    protocol_version: int = _w(U8, PROTOCOL_VERSION)
-    keepalive_ms: int = _w(U16, 1000)
-    location: str = _w(TEXT, "")
-    price_eur_kwh: float | None = _w(OPT_F64, None)
-    software: str = _w(TEXT, "")
-    credentials: bytes = _w(BLOB, b"")
+    role: Role = wire_field(enum_wire(Role, cs.Int8ub))
+    node_id: str = wire_field(TEXT)
+    protocol_version: int = wire_field(U8, PROTOCOL_VERSION)
+    keepalive_ms: int = wire_field(U16, 1000)
+    location: str = wire_field(TEXT, "")
+    price_eur_kwh: float | None = wire_field(OPT_F64, None)
+    software: str = wire_field(TEXT, "")
+    credentials: bytes = wire_field(BLOB, b"")
 
 
 @_register(MessageType.ACCEPT)
@@ -475,9 +480,9 @@ class Hello(Message):
 class Accept(Message):
     """The server's yes to a Hello, with the keepalive both sides will use."""
 
-    node_id: str = _w(TEXT)
-    protocol_version: int = _w(U8, PROTOCOL_VERSION)
-    keepalive_ms: int = _w(U16, 1000)
+    node_id: str = wire_field(TEXT)
+    protocol_version: int = wire_field(U8, PROTOCOL_VERSION)
+    keepalive_ms: int = wire_field(U16, 1000)
 
 
 @_register(MessageType.REJECT)
@@ -485,8 +490,8 @@ class Accept(Message):
 class Reject(Message):
     """The server's no to a Hello; the link closes after it."""
 
-    code: ReasonCode = _w(_enum_wire(ReasonCode, cs.Int8ub))
-    detail: str = _w(TEXT, "")
+    code: ReasonCode = wire_field(enum_wire(ReasonCode, cs.Int8ub))
+    detail: str = wire_field(TEXT, "")
 
 
 @_register(MessageType.PING)
@@ -500,8 +505,8 @@ class Ping(Message):
 class ErrorReport(Message):
     """An application-level error report."""
 
-    code: ErrorCode = _w(_enum_wire(ErrorCode, cs.Int8ub))
-    detail: str = _w(TEXT, "")
+    code: ErrorCode = wire_field(enum_wire(ErrorCode, cs.Int8ub))
+    detail: str = wire_field(TEXT, "")
 
 
 @_register(MessageType.AUTH_CHALLENGE)
@@ -510,11 +515,11 @@ class AuthChallenge(Message):
     """Server -> client, right after Accept when the server authenticates: how to salt
     the credential (scrypt parameters) and the server's nonce (see evproto.auth)."""
 
-    salt: bytes = _w(BLOB)
-    log2_n: int = _w(U8)
-    r: int = _w(U8)
-    p: int = _w(U8)
-    server_nonce: bytes = _w(BLOB)
+    salt: bytes = wire_field(BLOB)
+    log2_n: int = wire_field(U8)
+    r: int = wire_field(U8)
+    p: int = wire_field(U8)
+    server_nonce: bytes = wire_field(BLOB)
 
 
 @_register(MessageType.AUTH_PROOF)
@@ -522,7 +527,7 @@ class AuthChallenge(Message):
 class AuthProof(Message):
     """Client -> server, the answer to AuthChallenge: proof that it holds the secret."""
 
-    proof: bytes = _w(BLOB)
+    proof: bytes = wire_field(BLOB)
 
 
 @_register(MessageType.AUTH_RESULT)
@@ -532,12 +537,12 @@ class AuthResult(Message):
     record key (wrapped) and the key that verifies what the server signs; or the reason
     it was refused (the link closes after it)."""
 
-    code: ReasonCode = _w(_enum_wire(ReasonCode, cs.Int8ub))
-    detail: str = _w(TEXT, "")
-    signature: bytes = _w(BLOB, b"")
-    key_id: str = _w(TEXT, "")
-    wrapped_key: bytes = _w(BLOB, b"")
-    verify_key: bytes = _w(BLOB, b"")
+    code: ReasonCode = wire_field(enum_wire(ReasonCode, cs.Int8ub))
+    detail: str = wire_field(TEXT, "")
+    signature: bytes = wire_field(BLOB, b"")
+    key_id: str = wire_field(TEXT, "")
+    wrapped_key: bytes = wire_field(BLOB, b"")
+    verify_key: bytes = wire_field(BLOB, b"")
 
 
 @_register(MessageType.CP_KEY)
@@ -546,9 +551,9 @@ class CpKey(Message):
     """Monitor -> engine: the record key Central issued this charge point, and the key
     that verifies what Central signs. An empty ``key_id`` withdraws the key (revoked)."""
 
-    key_id: str = _w(TEXT, "")
-    key: bytes = _w(BLOB, b"")
-    verify_key: bytes = _w(BLOB, b"")
+    key_id: str = wire_field(TEXT, "")
+    key: bytes = wire_field(BLOB, b"")
+    verify_key: bytes = wire_field(BLOB, b"")
 
 
 @_register(MessageType.HEALTH_CHECK)
@@ -562,8 +567,8 @@ class HealthCheck(Message):
 class HealthStatus(Message):
     """Engine -> monitor: OK, or KO with a fault code."""
 
-    state: HealthState = _w(_enum_wire(HealthState, cs.Int8ub))
-    fault: FaultCode = _w(_enum_wire(FaultCode, cs.Int16ub), FaultCode.NONE)
+    state: HealthState = wire_field(enum_wire(HealthState, cs.Int8ub))
+    fault: FaultCode = wire_field(enum_wire(FaultCode, cs.Int16ub), FaultCode.NONE)
 
 
 @_register(MessageType.FAULT_REPORT)
@@ -571,8 +576,8 @@ class HealthStatus(Message):
 class FaultReport(Message):
     """Monitor -> Central: the charge point has a fault."""
 
-    fault: FaultCode = _w(_enum_wire(FaultCode, cs.Int16ub))
-    detail: str = _w(TEXT, "")
+    fault: FaultCode = wire_field(enum_wire(FaultCode, cs.Int16ub))
+    detail: str = wire_field(TEXT, "")
 
 
 @_register(MessageType.RECOVERY_REPORT)
@@ -580,7 +585,7 @@ class FaultReport(Message):
 class RecoveryReport(Message):
     """Monitor -> Central: the fault ``fault`` has cleared."""
 
-    fault: FaultCode = _w(_enum_wire(FaultCode, cs.Int16ub))
+    fault: FaultCode = wire_field(enum_wire(FaultCode, cs.Int16ub))
 
 
 @_register(MessageType.CP_STATUS)
@@ -588,9 +593,9 @@ class RecoveryReport(Message):
 class CpStatus(Message):
     """A charge point's current state (session 0 and empty driver when idle)."""
 
-    state: CpState = _w(_enum_wire(CpState, cs.Int8ub))
-    session_id: int = _w(U32, 0)
-    driver_id: str = _w(TEXT, "")
+    state: CpState = wire_field(enum_wire(CpState, cs.Int8ub))
+    session_id: int = wire_field(U32, 0)
+    driver_id: str = wire_field(TEXT, "")
 
 
 @_register(MessageType.COMMAND)
@@ -598,8 +603,8 @@ class CpStatus(Message):
 class Command(Message):
     """Stop, resume, plug or unplug (``session_id`` 0 when not about a session)."""
 
-    action: CommandAction = _w(_enum_wire(CommandAction, cs.Int8ub))
-    session_id: int = _w(U32, 0)
+    action: CommandAction = wire_field(enum_wire(CommandAction, cs.Int8ub))
+    session_id: int = wire_field(U32, 0)
 
 
 @_register(MessageType.AUTHORIZE_SUPPLY)
@@ -607,10 +612,10 @@ class Command(Message):
 class AuthorizeSupply(Message):
     """Central -> charge point: serve ``driver_id`` under ``session_id``."""
 
-    session_id: int = _w(U32)
-    driver_id: str = _w(TEXT)
-    max_energy_wh: float | None = _w(OPT_F64, None)
-    max_duration_s: float | None = _w(OPT_F32, None)
+    session_id: int = wire_field(U32)
+    driver_id: str = wire_field(TEXT)
+    max_energy_wh: float | None = wire_field(OPT_F64, None)
+    max_duration_s: float | None = wire_field(OPT_F32, None)
 
 
 @_register(MessageType.COMMAND_RESULT)
@@ -618,8 +623,8 @@ class AuthorizeSupply(Message):
 class CommandResult(Message):
     """Answer to a command or authorisation: ``OK`` or the reason it was refused."""
 
-    code: ReasonCode = _w(_enum_wire(ReasonCode, cs.Int8ub))
-    detail: str = _w(TEXT, "")
+    code: ReasonCode = wire_field(enum_wire(ReasonCode, cs.Int8ub))
+    detail: str = wire_field(TEXT, "")
 
 
 @_register(MessageType.SUPPLY_TELEMETRY)
@@ -627,11 +632,11 @@ class CommandResult(Message):
 class SupplyTelemetry(Message):
     """Progress of a supply, sent every second while it runs."""
 
-    session_id: int = _w(U32)
-    energy_wh: float = _w(F64)
-    power_w: float = _w(F32)
-    amount_eur: float = _w(F64)
-    elapsed_s: float = _w(F32, 0.0)
+    session_id: int = wire_field(U32)
+    energy_wh: float = wire_field(F64)
+    power_w: float = wire_field(F32)
+    amount_eur: float = wire_field(F64)
+    elapsed_s: float = wire_field(F32, 0.0)
 
 
 @_register(MessageType.SUPPLY_END)
@@ -639,13 +644,13 @@ class SupplyTelemetry(Message):
 class SupplyEnd(Message):
     """Final figures of a supply: the ticket's data."""
 
-    session_id: int = _w(U32)
-    driver_id: str = _w(TEXT)
-    energy_wh: float = _w(F64)
-    amount_eur: float = _w(F64)
-    started_at_ms: int = _w(U64)
-    ended_at_ms: int = _w(U64)
-    reason: EndReason = _w(_enum_wire(EndReason, cs.Int8ub))
+    session_id: int = wire_field(U32)
+    driver_id: str = wire_field(TEXT)
+    energy_wh: float = wire_field(F64)
+    amount_eur: float = wire_field(F64)
+    started_at_ms: int = wire_field(U64)
+    ended_at_ms: int = wire_field(U64)
+    reason: EndReason = wire_field(enum_wire(EndReason, cs.Int8ub))
 
 
 @_register(MessageType.METER_READ_REQUEST)
@@ -659,12 +664,12 @@ class MeterReadRequest(Message):
 class MeterValues(Message):
     """A meter reading. Voltage and current are None when the meter does not measure them."""
 
-    energy_wh: float = _w(F64)
-    power_w: float = _w(F32)
-    voltage_v: float | None = _w(OPT_F32, None)
-    current_a: float | None = _w(OPT_F32, None)
-    status: MeterStatus = _w(_flag_wire(MeterStatus, cs.Int16ub), MeterStatus.NONE)
-    meter_timestamp_ms: int = _w(U64, 0)
+    energy_wh: float = wire_field(F64)
+    power_w: float = wire_field(F32)
+    voltage_v: float | None = wire_field(OPT_F32, None)
+    current_a: float | None = wire_field(OPT_F32, None)
+    status: MeterStatus = wire_field(_flag_wire(MeterStatus, cs.Int16ub), MeterStatus.NONE)
+    meter_timestamp_ms: int = wire_field(U64, 0)
 
 
 @_register(MessageType.OPAQUE)
@@ -673,8 +678,8 @@ class Opaque(Message):
     """Application bytes the protocol does not look into: ``channel`` says what they
     are to the two applications (for typed fields, register a message type instead)."""
 
-    channel: int = _w(U16, 0)
-    payload: bytes = _w(BLOB, b"")
+    channel: int = wire_field(U16, 0)
+    payload: bytes = wire_field(BLOB, b"")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

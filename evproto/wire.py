@@ -32,59 +32,59 @@ __all__ = ["u8", "u16", "u32", "u64", "f32", "f64", "opt_f32", "opt_f64", "text"
 
 def u8(default: Any = MISSING) -> Any:
     """An integer 0..255."""
-    return _m._w(_m.U8, default)
+    return _m.wire_field(_m.U8, default)
 
 
 def u16(default: Any = MISSING) -> Any:
     """An integer 0..65535."""
-    return _m._w(_m.U16, default)
+    return _m.wire_field(_m.U16, default)
 
 
 def u32(default: Any = MISSING) -> Any:
     """An integer 0..2**32-1."""
-    return _m._w(_m.U32, default)
+    return _m.wire_field(_m.U32, default)
 
 
 def u64(default: Any = MISSING) -> Any:
     """An integer 0..2**64-1."""
-    return _m._w(_m.U64, default)
+    return _m.wire_field(_m.U64, default)
 
 
 def f32(default: Any = MISSING) -> Any:
     """A float, single precision."""
-    return _m._w(_m.F32, default)
+    return _m.wire_field(_m.F32, default)
 
 
 def f64(default: Any = MISSING) -> Any:
     """A float, double precision."""
-    return _m._w(_m.F64, default)
+    return _m.wire_field(_m.F64, default)
 
 
 def opt_f32(default: Any = None) -> Any:
     """A float or None (NaN on the wire), single precision."""
-    return _m._w(_m.OPT_F32, default)
+    return _m.wire_field(_m.OPT_F32, default)
 
 
 def opt_f64(default: Any = None) -> Any:
     """A float or None (NaN on the wire), double precision."""
-    return _m._w(_m.OPT_F64, default)
+    return _m.wire_field(_m.OPT_F64, default)
 
 
 def text(default: Any = MISSING) -> Any:
     """UTF-8 text of at most 255 bytes (u8 length)."""
-    return _m._w(_m.TEXT, default)
+    return _m.wire_field(_m.TEXT, default)
 
 
 def blob(default: Any = MISSING) -> Any:
     """Bytes, at most 65535 (u16 length)."""
-    return _m._w(_m.BLOB, default)
+    return _m.wire_field(_m.BLOB, default)
 
 
 def enum8(enum_cls: type[enum.IntEnum], default: Any = MISSING) -> Any:
     """A member of ``enum_cls`` as one byte; an unknown value is a malformed body."""
-    return _m._w(_m._enum_wire(enum_cls, cs.Int8ub), default)
+    return _m.wire_field(_m.enum_wire(enum_cls, cs.Int8ub), default)
 
 
 def enum16(enum_cls: type[enum.IntEnum], default: Any = MISSING) -> Any:
     """A member of ``enum_cls`` as two bytes."""
-    return _m._w(_m._enum_wire(enum_cls, cs.Int16ub), default)
+    return _m.wire_field(_m.enum_wire(enum_cls, cs.Int16ub), default)

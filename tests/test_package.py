@@ -94,7 +94,7 @@ def test_two_wheels_the_library_alone_and_the_network_on_it(wheels: tuple[Path, 
     assert scripts == ""  # no console scripts of the network
     names, requires, scripts = _metadata(network)
     for expected in ("evproto/daemons/__init__.py", "evproto/daemons/central/cli.py", "evproto/bus/kafka.py",
-                     "evproto/domain/chargepoint.py", "evproto/firmware_sim/cli.py"):
+                     "evproto/domain/chargepoint.py", "evproto/firmware_sim/cli.py", "evproto/daemons/launcher/cli.py"):
         assert expected in names
     assert "evproto/__init__.py" not in names  # the library's, not twice
     assert f"evproto=={evproto.__version__}" in requires

@@ -189,18 +189,7 @@ async def _get_messages(request: web.Request) -> web.Response:
 
 
 async def _get_status(request: web.Request) -> web.Response:
-    view = _backend(request).view()
-    return _json(
-        {
-            "central_id": view.central_id,
-            "listen": view.listen,
-            "http": view.http,
-            "kafka": view.kafka,
-            "kafka_ok": view.kafka_ok,
-            "now": iso_utc(view.now_ts_ms),
-            "counters": dict(view.counters),
-        }
-    )
+    return _json(_backend(request).view().status_json())
 
 
 async def _get_dead_letters(request: web.Request) -> web.Response:
@@ -208,12 +197,8 @@ async def _get_dead_letters(request: web.Request) -> web.Response:
     return _json([{**{k: v for k, v in d.items() if k != "ts_ms"}, "at": iso_utc(d["ts_ms"])} for d in letters])
 
 
-def _request_json(session: SessionView) -> dict[str, Any]:
-    return {**session.to_json(), "requested_at": iso_utc(session.requested_ts_ms)}
-
-
 async def _get_requests(request: web.Request) -> web.Response:
-    return _json([_request_json(s) for s in _backend(request).view().requests])
+    return _json([s.to_request_json() for s in _backend(request).view().requests])
 
 
 async def _get_drivers(request: web.Request) -> web.Response:

@@ -16,6 +16,7 @@ from evproto.domain.central import (
 )
 from evproto.domain.central.view import CentralView, SessionView
 
+from ..stats import nearest_rank
 from ..common import GC_PAUSES, now_ms, stdin_lines
 
 __all__ = ["OperatorConsole"]
@@ -49,10 +50,8 @@ class OperatorConsole:
         """
         if not self._ages:
             return {}
-        ages = sorted(self._ages)
-        n = len(ages)  # nearest-rank percentiles
-        return {"telemetry_age_p50_ms": max(0, ages[math.ceil(0.50 * n) - 1]),
-                "telemetry_age_p99_ms": max(0, ages[math.ceil(0.99 * n) - 1])}
+        return {"telemetry_age_p50_ms": max(0, int(nearest_rank(self._ages, 50))),
+                "telemetry_age_p99_ms": max(0, int(nearest_rank(self._ages, 99)))}
 
     def sessions(self, **query: Any) -> list[SessionView]:
         return self.store.sessions(**query)

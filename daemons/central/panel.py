@@ -3,6 +3,8 @@
 - :func:`render`: header, one coloured tile per CP, driver requests in progress, application
   messages and a command footer. Tiles shrink (bordered, 3-line, 1-line) as CPs multiply.
 - :func:`parse_command`: ``s CP001``, ``r all``, ``q``... into a :class:`Command`.
+- :func:`safe_text`, :func:`local_time_text`, :func:`price_text`, :func:`central_url`: how a
+  view's values are written on a screen, here and in the plain reporter (terminal.py).
 - :class:`KeyReader`: a small line editor on a TTY in cbreak mode; plain lines otherwise.
 - :class:`PlainReporter`: change-only plain log lines, for when stdout is not a terminal.
 - :func:`run_panel`: the refresh loop tying these together.
@@ -40,6 +42,10 @@ __all__ = [
     "Command",
     "parse_command",
     "render",
+    "safe_text",
+    "local_time_text",
+    "price_text",
+    "central_url",
 ]
 
 log = logging.getLogger("evproto.central")
@@ -82,7 +88,7 @@ HELP_TEXT = ("s <CP|all>: stop (Out of Order) · r <CP|all>: resume · v <CP>: r
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
-def _clean(value: object) -> str:
+def safe_text(value: object) -> str:
     """Text from the network, with control characters (escape sequences...) neutralised."""
     return _CONTROL_CHARS.sub("?", str(value))
 
@@ -94,11 +100,13 @@ def _when(ts_ms: int) -> _dt.datetime:
         return _dt.datetime.fromtimestamp(0)
 
 
-def _stamp(ts_ms: int) -> str:
+def local_time_text(ts_ms: int) -> str:
+    """Epoch milliseconds as the operator's local date and time, to the second."""
     return _when(ts_ms).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _price(eur_kwh: float) -> str:
+def price_text(eur_kwh: float) -> str:
+    """A price per kWh with two or three decimals (``0.35``, ``0.349``)."""
     text = f"{eur_kwh:.3f}"
     return text[:-1] if text.endswith("0") else text
 
@@ -161,9 +169,9 @@ def _style(state: str) -> Style:
 
 def _full_tile(cp: CpView, width: int) -> RenderableType:
     inner = width - 4
-    state = _clean(cp.state)
+    state = safe_text(cp.state)
     if cp.state == "SUPPLYING":
-        detail = _line(f"driver {_clean(cp.driver_id or '–')}",
+        detail = _line(f"driver {safe_text(cp.driver_id or '–')}",
                        f"{_fig(cp.power_kw, '.1f')} kW", inner)
         extra = _line(f"{_fig(cp.energy_kwh, '.2f')} kWh",
                       f"{_fig(cp.amount_eur, '.2f')} EUR", inner)
@@ -171,29 +179,29 @@ def _full_tile(cp: CpView, width: int) -> RenderableType:
         detail = Text(_DETAIL.get(cp.state, ""), style="bold")
         extra = Text(", ".join(a.replace("_", " ") for a in cp.alerts))
     body = Text("\n", no_wrap=True, overflow="ellipsis").join([
-        Text(_clean(cp.location)),
-        Text(f"{_price(cp.price_eur_kwh)} EUR/kWh"),
+        Text(safe_text(cp.location)),
+        Text(f"{price_text(cp.price_eur_kwh)} EUR/kWh"),
         Text(state, style="bold"),
         detail,
         extra,
     ])
     style = _style(cp.state)
-    return Panel(body, title=Text(_clean(cp.id), style="bold"), title_align="left",
+    return Panel(body, title=Text(safe_text(cp.id), style="bold"), title_align="left",
                  box=box.ROUNDED, style=style, border_style=style, width=width, height=7,
                  padding=(0, 1))
 
 
 def _compact_tile(cp: CpView, width: int) -> RenderableType:
     inner = width - 2
-    cp_id = _clean(cp.id)
+    cp_id = safe_text(cp.id)
     if cp.state == "SUPPLYING":
         top = _line(cp_id, f"{_fig(cp.power_kw, '.1f')} kW", inner, left_style="bold")
-        last = _line(_clean(cp.driver_id or "–"),
+        last = _line(safe_text(cp.driver_id or "–"),
                      f"{_fig(cp.energy_kwh, '.2f')}kWh {_fig(cp.amount_eur, '.2f')}€", inner)
     else:
-        top = _line(cp_id, _clean(cp.state), inner, left_style="bold")
+        top = _line(cp_id, safe_text(cp.state), inner, left_style="bold")
         last = Text(_DETAIL.get(cp.state, ""), style="bold")
-    mid = _line(_clean(cp.location), f"{_price(cp.price_eur_kwh)}€/kWh", inner, keep_left=False)
+    mid = _line(safe_text(cp.location), f"{price_text(cp.price_eur_kwh)}€/kWh", inner, keep_left=False)
     body = Text("\n", no_wrap=True, overflow="ellipsis").join([top, mid, last])
     return Padding(body, (0, 1), style=_style(cp.state), expand=True)
 
@@ -202,8 +210,8 @@ def _mini_tile(cp: CpView, width: int) -> RenderableType:
     if cp.state == "SUPPLYING":
         label = f"{_fig(cp.power_kw, '.1f')} kW"
     else:
-        label = _MINI_LABEL.get(cp.state, _clean(cp.state).lower())
-    text = _line(_clean(cp.id), label, width - 2, left_style="bold")
+        label = _MINI_LABEL.get(cp.state, safe_text(cp.state).lower())
+    text = _line(safe_text(cp.id), label, width - 2, left_style="bold")
     return Padding(text, (0, 1), style=_style(cp.state), expand=True)
 
 
@@ -268,20 +276,20 @@ def _tiles(cps: Sequence[CpView], width: int, budget: int, *,
 def _header(view: CentralView, width: int) -> tuple[RenderableType, int]:
     bar = Style.parse("bold #ffffff on #1f3a5f")
     title = Text("EV Charging Network: Central", style=bar)
-    title.append(f"  {_clean(view.central_id)}", style=Style.parse("#9ecbff on #1f3a5f"))
+    title.append(f"  {safe_text(view.central_id)}", style=Style.parse("#9ecbff on #1f3a5f"))
     top = Table.grid(expand=True, padding=(0, 1), pad_edge=True)
     top.style = bar
     top.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
     top.add_column(justify="right", no_wrap=True)
-    top.add_row(title, Text(_stamp(view.now_ts_ms) if view.now_ts_ms else "", style=bar))
+    top.add_row(title, Text(local_time_text(view.now_ts_ms) if view.now_ts_ms else "", style=bar))
     if not view.now_ts_ms:  # nothing from Central yet (a remote panel): no addresses or states to show
-        waiting = Text(f" connecting to Central at {_url(view.http)} ...", style="dim",
+        waiting = Text(f" connecting to Central at {central_url(view.http)} ...", style="dim",
                        no_wrap=True, overflow="ellipsis")
         return Group(top, waiting), 2
     addresses = Text(no_wrap=True, overflow="ellipsis")
-    addresses.append("socket ", style="dim").append(_clean(view.listen or "–"))
-    addresses.append(" · HTTP ", style="dim").append(_clean(view.http or "–"))
-    kafka = Text().append("Kafka ", style="dim").append(_clean(view.kafka or "–"))
+    addresses.append("socket ", style="dim").append(safe_text(view.listen or "–"))
+    addresses.append(" · HTTP ", style="dim").append(safe_text(view.http or "–"))
+    kafka = Text().append("Kafka ", style="dim").append(safe_text(view.kafka or "–"))
     kafka.append(" ● reachable" if view.kafka_ok else " ● UNREACHABLE",
                  style="green" if view.kafka_ok else "bold red")
     if "telemetry_age_p99_ms" in view.counters:  # how fresh the figures below are
@@ -308,9 +316,9 @@ def _requests(requests: Sequence[SessionView], max_rows: int | None) -> Renderab
         shown = shown[: max_rows - 1]
     for s in shown:
         when = _when(s.requested_ts_ms)
-        status = Text(_clean(s.status), style=_STATUS_STYLES.get(s.status, ""))
-        table.add_row(when.strftime("%Y-%m-%d"), when.strftime("%H:%M:%S"), _clean(s.driver_id),
-                      _clean(s.cp_id), status)
+        status = Text(safe_text(s.status), style=_STATUS_STYLES.get(s.status, ""))
+        table.add_row(when.strftime("%Y-%m-%d"), when.strftime("%H:%M:%S"), safe_text(s.driver_id),
+                      safe_text(s.cp_id), status)
     if len(shown) < len(requests):
         table.add_row("", "", Text(f"+{len(requests) - len(shown)} more", style="dim"))
     return table
@@ -330,7 +338,7 @@ class _MessageLines:
         lines = []
         for m in self.messages[-room:] if room > 0 else ():
             line = Text().append(_when(m.ts_ms).strftime("%H:%M:%S "), style="dim")
-            line.append(_clean(m.text), style=_LEVEL_STYLES.get(m.level, ""))
+            line.append(safe_text(m.text), style=_LEVEL_STYLES.get(m.level, ""))
             lines.append(line)
         yield Text("\n", no_wrap=True, overflow="ellipsis").join(lines)
 
@@ -341,13 +349,13 @@ def _messages(messages: Sequence[MessageView], default: int = 8) -> RenderableTy
 
 
 def _footer(input_line: str, notice: str | Text, width: int) -> RenderableType:
-    note = notice if isinstance(notice, Text) else Text(_clean(notice), style="bold cyan")
+    note = notice if isinstance(notice, Text) else Text(safe_text(notice), style="bold cyan")
     note.no_wrap, note.overflow = True, "ellipsis"
     hint = next((h for h in (COMMAND_HINT, _SHORT_HINT) if len(h) + 24 <= width), "")
     prompt = Text(no_wrap=True).append(hint, style="dim")
     prompt.append("   > " if hint else "> ", style="bold")
     room = max(1, width - prompt.cell_len - 1)
-    typed = _clean(input_line)
+    typed = safe_text(input_line)
     if cell_len(typed) > room:  # keep the end of a long line visible, where the typing is
         typed = "…" + typed[-(room - 1):]
     prompt.append(typed, style="bold").append(" ", style="reverse")
@@ -425,7 +433,7 @@ def parse_command(line: str) -> Command | None:
     verb, args = words[0].lower(), words[1:]
     action = _VERBS.get(verb)
     if action is None:
-        raise ValueError(f"unknown command {_clean(words[0])!r}: "
+        raise ValueError(f"unknown command {safe_text(words[0])!r}: "
                          "try s <CP|all>, r <CP|all>, v <CP>, q or ?")
     if action in ("quit", "help"):
         if args:
@@ -443,7 +451,7 @@ def parse_command(line: str) -> Command | None:
 # -- keyboard --------------------------------------------------------------------------------
 
 
-def _url(http: str | None) -> str:
+def central_url(http: str | None) -> str:
     """Central's HTTP address as a URL (``https://...`` when the view names its scheme)."""
-    text = _clean(http or "?")
+    text = safe_text(http or "?")
     return text if "://" in text else f"http://{text}"

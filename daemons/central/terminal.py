@@ -26,7 +26,7 @@ from rich.text import Text
 
 from evproto.domain.central.view import CentralView, CpView, MessageView, SessionView
 
-from .panel import HELP_TEXT, Command, _clean, _price, _stamp, _url, parse_command, render
+from .panel import HELP_TEXT, Command, central_url, local_time_text, parse_command, price_text, render, safe_text
 
 try:  # POSIX only; elsewhere KeyReader reads plain lines.
     import termios
@@ -258,18 +258,18 @@ class PlainReporter:
         A view without a timestamp holds nothing from Central yet (a remote panel still
         connecting): it is said once, with no made-up date, and only its messages follow."""
         if not view.now_ts_ms:
-            said = [] if self._said_connecting else [f"connecting to Central at {_url(view.http)} ..."]
+            said = [] if self._said_connecting else [f"connecting to Central at {central_url(view.http)} ..."]
             self._said_connecting = True
             return said + self._message_lines(view.messages)
-        now = _stamp(view.now_ts_ms)
+        now = local_time_text(view.now_ts_ms)
         out: list[str] = []
         if self._cps is None:
-            out.append(f"{now} CENTRAL {_clean(view.central_id)}"
-                       f" socket {_clean(view.listen or '-')}"
-                       f" HTTP {_clean(view.http or '-')} Kafka {_clean(view.kafka or '-')}"
+            out.append(f"{now} CENTRAL {safe_text(view.central_id)}"
+                       f" socket {safe_text(view.listen or '-')}"
+                       f" HTTP {safe_text(view.http or '-')} Kafka {safe_text(view.kafka or '-')}"
                        f" {'reachable' if view.kafka_ok else 'UNREACHABLE'}")
         elif view.kafka_ok != self._kafka_ok:
-            out.append(f"{now} KAFKA {_clean(view.kafka)} "
+            out.append(f"{now} KAFKA {safe_text(view.kafka)} "
                        f"{'reachable again' if view.kafka_ok else 'UNREACHABLE'}")
         self._kafka_ok = view.kafka_ok
         out += self._cp_lines(now, view.cps)
@@ -281,30 +281,30 @@ class PlainReporter:
         old, out = self._cps or {}, []
         for cp in cps:
             prev = old.get(cp.id)
-            extra = (f" (driver {_clean(cp.driver_id)})" if cp.state == "SUPPLYING" and cp.driver_id
+            extra = (f" (driver {safe_text(cp.driver_id)})" if cp.state == "SUPPLYING" and cp.driver_id
                      else " (Out of Order)" if cp.state == "STOPPED" else "")
             if prev is None:
-                out.append(f"{now} CP {_clean(cp.id)} {_clean(cp.state)}{extra} at "
-                           f"{_clean(cp.location)}, {_price(cp.price_eur_kwh)} EUR/kWh")
+                out.append(f"{now} CP {safe_text(cp.id)} {safe_text(cp.state)}{extra} at "
+                           f"{safe_text(cp.location)}, {price_text(cp.price_eur_kwh)} EUR/kWh")
             elif prev.state != cp.state:
-                out.append(f"{now} CP {_clean(cp.id)} {_clean(prev.state)} -> "
-                           f"{_clean(cp.state)}{extra}")
+                out.append(f"{now} CP {safe_text(cp.id)} {safe_text(prev.state)} -> "
+                           f"{safe_text(cp.state)}{extra}")
         self._cps = {cp.id: cp for cp in cps}
-        out += [f"{now} CP {_clean(cp_id)} removed" for cp_id in old if cp_id not in self._cps]
+        out += [f"{now} CP {safe_text(cp_id)} removed" for cp_id in old if cp_id not in self._cps]
         return out
 
     def _request_lines(self, now: str, requests: Sequence[SessionView]) -> list[str]:
         old, out = self._requests, []
 
         def who(s: SessionView) -> str:
-            return f"{now} REQ {s.id} driver {_clean(s.driver_id)} at {_clean(s.cp_id)}:"
+            return f"{now} REQ {s.id} driver {safe_text(s.driver_id)} at {safe_text(s.cp_id)}:"
 
         for s in requests:
             prev = old.get(s.id)
             if prev is None:
-                out.append(f"{who(s)} {_clean(s.status)}")
+                out.append(f"{who(s)} {safe_text(s.status)}")
             elif prev.status != s.status:
-                out.append(f"{who(s)} {_clean(prev.status)} -> {_clean(s.status)}")
+                out.append(f"{who(s)} {safe_text(prev.status)} -> {safe_text(s.status)}")
         self._requests = {s.id: s for s in requests}
         out += [f"{who(s)} ended" for sid, s in old.items() if sid not in self._requests]
         return out
@@ -319,7 +319,7 @@ class PlainReporter:
                     break
         if messages:
             self._last_message = messages[-1]
-        return [f"{_stamp(m.ts_ms)} MSG {_clean(m.level)}: {_clean(m.text)}"
+        return [f"{local_time_text(m.ts_ms)} MSG {safe_text(m.level)}: {safe_text(m.text)}"
                 for m in messages[start:]]
 
 
@@ -406,14 +406,14 @@ async def run_panel(
             if result is None:
                 continue
             text, is_error = result
-            said = f"{_clean(line)}: {_clean(text)}"
+            said = f"{safe_text(line)}: {safe_text(text)}"
             if full_screen:
                 feedback.text = Text(said, style="bold red" if is_error else "bold cyan")
                 feedback.until = loop.time() + notice_s
                 wake.set()
             else:
                 now_ts_ms = get_view().now_ts_ms  # no date rather than a made-up one
-                write(f"{_stamp(now_ts_ms)} CMD {said}" if now_ts_ms else f"CMD {said}")
+                write(f"{local_time_text(now_ts_ms)} CMD {said}" if now_ts_ms else f"CMD {said}")
 
     async def tick(event: asyncio.Event, wait_s: float = period) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

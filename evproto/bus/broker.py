@@ -311,10 +311,10 @@ def _wait_metadata(bootstrap: str, deadline: float) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
-    from .client import KafkaSettings, _client_config
+    from .client import KafkaSettings, client_config
 
     admin = AdminClient(
-        _client_config(KafkaSettings(bootstrap=bootstrap, client_id="evproto-broker-check"))
+        client_config(KafkaSettings(bootstrap=bootstrap, client_id="evproto-broker-check"))
     )
     last = "no answer"
     while True:

@@ -36,6 +36,13 @@ __all__ = [
     "end_offsets",
     "topic_ids",
     "group_settings",
+    # For the adapters (producer, consumer, broker check), not for applications:
+    "bus_error",
+    "client_config",
+    "call_soon_threadsafe",
+    "run_in_thread",
+    "admin_client",
+    "topic_ids_blocking",
 ]
 
 log = logging.getLogger("evproto.bus")
@@ -60,7 +67,8 @@ class BusError(EvprotoError):
         self.code = code
 
 
-def _bus_error(err: KafkaError, context: str) -> BusError:
+def bus_error(err: KafkaError, context: str) -> BusError:
+    """librdkafka's ``err`` as a BusError: ``context``, its text, and its name as ``code``."""
     return BusError(f"{context}: {err.str()}", code=err.name())
 
 
@@ -122,12 +130,15 @@ class _LibrdkafkaLogger:
         self._out.log(level, f"{name} {facility}: {text}")
 
 
-def _client_config(
+def client_config(
     settings: KafkaSettings,
     defaults: dict[str, Any] | None = None,
     *,
     on_error: Callable[[KafkaError], None] | None = None,
 ) -> dict[str, Any]:
+    """A librdkafka configuration for one client of ``settings``: its bootstrap and client id,
+    no auto-created topics, then ``defaults``, then ``settings.extra`` (which win), our logger,
+    and ``on_error`` as its ``error_cb``."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap,
         "client.id": settings.client_id,
@@ -143,9 +154,11 @@ def _client_config(
     return config
 
 
-def _call_soon_threadsafe(
+def call_soon_threadsafe(
     loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any
 ) -> bool:
+    """``loop.call_soon_threadsafe(fn, *args)`` from a librdkafka or worker thread; False (and
+    nothing done) when the loop is already closed."""
     try:
         loop.call_soon_threadsafe(fn, *args)
         return True
@@ -153,7 +166,7 @@ def _call_soon_threadsafe(
         return False
 
 
-def _run_in_thread(name: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
+def run_in_thread(name: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
     """Run a blocking ``fn`` in a fresh daemon thread; a thread that never returns
     (a broker that never answers) cannot then stall the interpreter's exit."""
     loop = asyncio.get_running_loop()
@@ -167,9 +180,9 @@ def _run_in_thread(name: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         try:
             result = fn()
         except BaseException as exc:  # handed to the awaiting task
-            _call_soon_threadsafe(loop, settle, None, exc)
+            call_soon_threadsafe(loop, settle, None, exc)
         else:
-            _call_soon_threadsafe(loop, settle, result, None)
+            call_soon_threadsafe(loop, settle, result, None)
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return fut
@@ -192,11 +205,12 @@ _RETRY_CODES = frozenset(
 )
 
 
-def _admin(settings: KafkaSettings) -> AdminClient:
-    return AdminClient(_client_config(settings))
+def admin_client(settings: KafkaSettings) -> AdminClient:
+    """An admin client for ``settings`` (configured as :func:`client_config` makes it)."""
+    return AdminClient(client_config(settings))
 
 
-def _topic_ids(admin: AdminClient, names: Iterable[str], timeout_s: float = 3.0) -> dict[str, str]:
+def topic_ids_blocking(admin: AdminClient, names: Iterable[str], timeout_s: float = 3.0) -> dict[str, str]:
     """Each named topic's id, for those the broker describes (blocking; run it in a thread).
 
     A topic missing, or a broker away, leaves its name out: callers look again later.
@@ -247,7 +261,7 @@ def _ensure_topics_blocking(
 ) -> dict[Topic, int]:
     deadline = time.monotonic() + timeout_s
     wanted = {settings.topic(spec.topic): spec for spec in specs}
-    admin = _admin(settings)  # kept alive until every future resolved: dropping it cancels them
+    admin = admin_client(settings)  # kept alive until every future resolved: dropping it cancels them
     created: set[str] = set()
     while True:
         md = _metadata(admin, settings, deadline, timeout_s)
@@ -281,7 +295,7 @@ def _ensure_topics_blocking(
                     if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                         created.add(name)  # another process won the race
                     elif err.code() not in _RETRY_CODES and not err.retriable():
-                        raise _bus_error(err, f"cannot create topic {name}") from None
+                        raise bus_error(err, f"cannot create topic {name}") from None
                 except concurrent.futures.TimeoutError:
                     pass
                 else:
@@ -309,7 +323,7 @@ async def ensure_topics(
     Retries while the broker is unreachable; raises BusError after ``timeout_s``.
     """
     specs = tuple(specs)
-    return await _run_in_thread(
+    return await run_in_thread(
         "evproto-ensure-topics", lambda: _ensure_topics_blocking(settings, specs, timeout_s)
     )
 
@@ -324,7 +338,7 @@ async def all_partitions(
     name = settings.topic(topic)
 
     def query() -> list[int]:
-        md = _metadata(_admin(settings), settings, time.monotonic() + timeout_s, timeout_s)
+        md = _metadata(admin_client(settings), settings, time.monotonic() + timeout_s, timeout_s)
         meta = md.topics.get(name)
         if meta is None or meta.error is not None or not meta.partitions:
             raise BusError(
@@ -332,7 +346,7 @@ async def all_partitions(
             )
         return sorted(meta.partitions)
 
-    return await _run_in_thread("evproto-metadata", query)
+    return await run_in_thread("evproto-metadata", query)
 
 
 async def end_offsets(
@@ -348,7 +362,7 @@ async def end_offsets(
 
     def query() -> dict[int, int]:
         consumer = confluent_kafka.Consumer(
-            _client_config(settings, {"group.id": settings.client_id, "enable.auto.commit": False})
+            client_config(settings, {"group.id": settings.client_id, "enable.auto.commit": False})
         )
         try:
             out = {}
@@ -356,13 +370,13 @@ async def end_offsets(
                 try:
                     _low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)
                 except KafkaException as exc:
-                    raise _bus_error(exc.args[0], f"end offset of {name}[{p}]") from None
+                    raise bus_error(exc.args[0], f"end offset of {name}[{p}]") from None
                 out[p] = int(high)
             return out
         finally:
             consumer.close()
 
-    return await _run_in_thread("evproto-watermarks", query)
+    return await run_in_thread("evproto-watermarks", query)
 
 
 async def topic_ids(settings: KafkaSettings, topics: Iterable[Topic], *, timeout_s: float = 5.0) -> dict[Topic, str]:
@@ -372,5 +386,6 @@ async def topic_ids(settings: KafkaSettings, topics: Iterable[Topic], *, timeout
     from a new one (a topic created again, a broker that lost its data).
     """
     wanted = {settings.topic(t): t for t in topics}
-    found = await _run_in_thread("evproto-topic-ids", lambda: _topic_ids(_admin(settings), wanted, timeout_s))
+    found = await run_in_thread("evproto-topic-ids",
+                                lambda: topic_ids_blocking(admin_client(settings), wanted, timeout_s))
     return {wanted[name]: topic_id for name, topic_id in found.items()}

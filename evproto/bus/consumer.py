@@ -15,18 +15,18 @@ from typing import Any, Callable, Iterable, Sequence
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from ..ratelog import RateLimitedLog
 from .client import (
     OFFSET_BEGINNING,
     OFFSET_END,
     BusError,
     KafkaSettings,
-    _admin,
-    _bus_error,
-    _client_config,
-    _RateLimitedLog,
-    _run_in_thread,
-    _topic_ids,
+    admin_client,
+    bus_error,
+    client_config,
     log,
+    run_in_thread,
+    topic_ids_blocking,
 )
 from .resets import CONFIRM_S, RESET_CHECK_S, LogReset, ResetCause
 from .topics import Topic, spec_for
@@ -207,7 +207,7 @@ class BusConsumer:
         self._error: BusError | None = None
         self._closed = False
         self._ended = False
-        self._warn = _RateLimitedLog(log)
+        self._warn = RateLimitedLog(log)
 
     async def start(self) -> None:
         """Create the client, resolve OFFSET_END, assign the partitions, start the poll thread."""
@@ -229,13 +229,13 @@ class BusConsumer:
             "queued.max.messages.kbytes": self.prefetch_kbytes,
         }
         consumer = confluent_kafka.Consumer(
-            _client_config(self.settings, config, on_error=self._on_error)
+            client_config(self.settings, config, on_error=self._on_error)
         )
         self._consumer = consumer
-        positions, resets = await _run_in_thread("evproto-consumer-start", self._start_positions)
+        positions, resets = await run_in_thread("evproto-consumer-start", self._start_positions)
         consumer.assign(positions)
         self._announce(resets)
-        self._done = _run_in_thread("evproto-consumer-poll", self._poll_loop)
+        self._done = run_in_thread("evproto-consumer-poll", self._poll_loop)
 
     async def __aenter__(self) -> BusConsumer:
         await self.start()
@@ -373,8 +373,8 @@ class BusConsumer:
     def _current_topic_ids(self) -> dict[str, str]:
         """Each assigned topic's id, for those the broker describes now."""
         if self._admin is None:
-            self._admin = _admin(self.settings)
-        return _topic_ids(self._admin, {a.name for a in self._assigned.values()}, timeout_s=2.0)
+            self._admin = admin_client(self.settings)
+        return topic_ids_blocking(self._admin, {a.name for a in self._assigned.values()}, timeout_s=2.0)
 
     def _reset_to_beginning(
         self, a: _Assigned, cause: ResetCause, topic_id: str | None, end_offset: int = -1
@@ -557,7 +557,7 @@ class BusConsumer:
         # Called in the poll thread (error_cb and per-partition errors alike).
         if err.fatal() or err.code() in _FATAL_CODES:
             if self._fatal is None:
-                self._fatal = _bus_error(err, f"Kafka consumer ({self.settings.bootstrap}) failed")
+                self._fatal = bus_error(err, f"Kafka consumer ({self.settings.bootstrap}) failed")
             return
         self.transient_errors += 1
         self._warn.log(logging.WARNING, f"Kafka {self.settings.bootstrap}: {err.str()}")

@@ -15,17 +15,17 @@ from typing import Any, NamedTuple
 import confluent_kafka
 from confluent_kafka import KafkaError, KafkaException
 
+from ..ratelog import RateLimitedLog
 from .client import (
     BusError,
     KafkaSettings,
-    _admin,
-    _bus_error,
-    _call_soon_threadsafe,
-    _client_config,
-    _RateLimitedLog,
-    _run_in_thread,
-    _topic_ids,
+    admin_client,
+    bus_error,
+    call_soon_threadsafe,
+    client_config,
     log,
+    run_in_thread,
+    topic_ids_blocking,
 )
 from .resets import RESET_CHECK_S
 from .topics import Resend, Topic, spec_for
@@ -168,7 +168,7 @@ class BusProducer:
         # Records librdkafka's full local queue refused, in order; later records wait behind them.
         self._backlog: deque[_Outgoing] = deque()
         self._drainer: asyncio.Task[None] | None = None
-        self._warn = _RateLimitedLog(log)
+        self._warn = RateLimitedLog(log)
         self._rebuilding = False
         self._broker_was_down = False
         #: Times the underlying client was replaced after the broker forgot it.
@@ -212,7 +212,7 @@ class BusProducer:
             "message.timeout.ms": max(1, int(self.delivery_timeout_s * 1000)),
         }
         self._producer = confluent_kafka.Producer(
-            _client_config(self.settings, config, on_error=self._on_error)
+            client_config(self.settings, config, on_error=self._on_error)
         )
         self._stop = threading.Event()
         self._poller = threading.Thread(
@@ -247,7 +247,7 @@ class BusProducer:
             if close is not None:
                 close()
 
-        done = _run_in_thread("evproto-producer-dispose", dispose)
+        done = run_in_thread("evproto-producer-dispose", dispose)
         done.add_done_callback(lambda f: setattr(self, "_rebuilding", False))
 
     async def __aenter__(self) -> BusProducer:
@@ -373,7 +373,7 @@ class BusProducer:
 
         try:
             undelivered = await asyncio.wait_for(
-                asyncio.shield(_run_in_thread("evproto-producer-close", finish)), timeout_s + 3.0
+                asyncio.shield(run_in_thread("evproto-producer-close", finish)), timeout_s + 3.0
             )
         except asyncio.TimeoutError:
             undelivered = len(self._pending)
@@ -405,7 +405,7 @@ class BusProducer:
             return False
         except KafkaException as exc:
             err = exc.args[0]
-            failure = _bus_error(err, f"cannot produce to {item.topic}")
+            failure = bus_error(err, f"cannot produce to {item.topic}")
             self._reports.append((item, None, failure, err.code() in _NOT_WRITTEN_CODES))
             self._settle_reports()
         return True
@@ -444,20 +444,20 @@ class BusProducer:
             done = (msg.partition(), msg.offset()) if item.future is not None or item.kept is not None else None
             self._reports.append((item, done, None, False))
         else:
-            failure = _bus_error(err, f"delivery to {msg.topic()} failed")
+            failure = bus_error(err, f"delivery to {msg.topic()} failed")
             self._reports.append((item, None, failure, err.code() in _NOT_WRITTEN_CODES))
         if not self._wake_pending:
             # Cleared by the loop before it drains: a report appended after that is
             # either drained by this round or schedules the next one.
             self._wake_pending = True
-            _call_soon_threadsafe(self._loop, self._settle_reports)
+            call_soon_threadsafe(self._loop, self._settle_reports)
         if err is not None and (err.code() in _REBUILD_CODES or err.fatal()):
-            _call_soon_threadsafe(self._loop, self._request_rebuild, err.str())
+            call_soon_threadsafe(self._loop, self._request_rebuild, err.str())
         elif err is not None and err.code() == KafkaError._MSG_TIMED_OUT and self._broker_was_down:
             # Records that time out after the broker went away may be stuck in a client
             # whose idempotence state the (restarted) broker no longer knows: start afresh.
             self._broker_was_down = False
-            _call_soon_threadsafe(self._loop, self._request_rebuild, "records timed out after a broker outage")
+            call_soon_threadsafe(self._loop, self._request_rebuild, "records timed out after a broker outage")
 
     def _settle_reports(self) -> None:
         self._wake_pending = False
@@ -555,7 +555,7 @@ class BusProducer:
             if watched:
                 names = {self.settings.topic(t): t for t in watched}
                 try:
-                    found = await _run_in_thread("evproto-producer-topics", lambda: self._lookup_ids(list(names)))
+                    found = await run_in_thread("evproto-producer-topics", lambda: self._lookup_ids(list(names)))
                 except Exception as exc:  # the broker is away: look again later
                     log.debug("topic id look-up failed: %r", exc)
                     found = {}
@@ -570,8 +570,8 @@ class BusProducer:
 
     def _lookup_ids(self, names: list[str]) -> dict[str, str]:
         if self._admin_client is None:
-            self._admin_client = _admin(self.settings)
-        return _topic_ids(self._admin_client, names)
+            self._admin_client = admin_client(self.settings)
+        return topic_ids_blocking(self._admin_client, names)
 
     def _topic_seen(self, topic: Topic, topic_id: str) -> None:
         before = self._topic_ids.get(topic)
@@ -632,9 +632,9 @@ class BusProducer:
         if err.code() == KafkaError._ALL_BROKERS_DOWN:
             self._broker_was_down = True
         if err.fatal():
-            self._fatal = _bus_error(err, "Kafka producer failed")
+            self._fatal = bus_error(err, "Kafka producer failed")
             log.error("Kafka producer (%s) fatal error: %s", self.settings.bootstrap, err.str())
             if self._loop is not None:
-                _call_soon_threadsafe(self._loop, self._request_rebuild, err.str())
+                call_soon_threadsafe(self._loop, self._request_rebuild, err.str())
         else:
             self._warn.log(logging.WARNING, f"Kafka {self.settings.bootstrap}: {err.str()}")

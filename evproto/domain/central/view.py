@@ -1,18 +1,21 @@
 """What Central shows: plain snapshots shared by the panel, the HTTP API and the launcher.
 
-Pure data. The HTTP API's JSON shapes (``CpView.to_json``, ``SessionView.to_json``)
-are pinned: other tools depend on them (docs/central.md).
+Pure data, and its JSON both ways: the HTTP API answers with ``to_json`` and the
+launcher's panel reads the answers back with ``from_json``, so one module holds
+both spellings. The shapes of ``CpView.to_json`` and ``SessionView.to_json`` are
+pinned: other tools depend on them (docs/central.md).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from evproto.messages import CpState
 
-__all__ = ["CpView", "SessionView", "MessageView", "CentralView", "iso_utc", "CP_STATES"]
+__all__ = ["CpView", "SessionView", "MessageView", "CentralView", "iso_utc", "parse_iso_utc", "CP_STATES"]
 
 #: The CP states as the API spells them (CpState names), in panel order.
 CP_STATES = tuple(s.name for s in CpState)
@@ -27,6 +30,19 @@ def iso_utc(ts_ms: int | None) -> str | None:
     except (ValueError, OverflowError, OSError):  # beyond year 9999 (a row older than our bounds)
         return None
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+_MS = _dt.timedelta(milliseconds=1)
+
+
+def parse_iso_utc(text: str | None) -> int | None:
+    """The inverse of :func:`iso_utc`: ISO 8601 UTC text to epoch milliseconds; None or ""
+    gives None, and text of another shape ValueError."""
+    if not text:
+        return None
+    t = _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=_dt.timezone.utc)
+    return (t - _EPOCH) // _MS  # integer arithmetic: a float timestamp can lose the last millisecond
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +75,13 @@ class CpView:
             "alerts": list(self.alerts),
         }
 
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> CpView:
+        """A CP from its :meth:`to_json` form (KeyError when a field without default is missing)."""
+        return cls(id=obj["id"], location=obj["location"], price_eur_kwh=obj["price_eur_kwh"], state=obj["state"],
+                   driver_id=obj.get("driver_id"), power_kw=obj.get("power_kw"), energy_kwh=obj.get("energy_kwh"),
+                   amount_eur=obj.get("amount_eur"), alerts=tuple(obj.get("alerts") or ()))
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SessionView:
@@ -89,6 +112,19 @@ class SessionView:
             "end_reason": self.end_reason,
         }
 
+    def to_request_json(self) -> dict[str, Any]:
+        """A ``GET /api/v1/requests`` item: :meth:`to_json` and when it was asked for (``requested_at``)."""
+        return {**self.to_json(), "requested_at": iso_utc(self.requested_ts_ms)}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> SessionView:
+        """A session from its :meth:`to_json` or :meth:`to_request_json` form (``requested_ts_ms``
+        0 without ``requested_at``); KeyError for a missing field, ValueError for a bad time."""
+        return cls(id=obj["id"], cp_id=obj["cp_id"], driver_id=obj["driver_id"], status=obj["status"],
+                   requested_ts_ms=parse_iso_utc(obj.get("requested_at")) or 0, energy_kwh=obj["energy_kwh"],
+                   amount_eur=obj["amount_eur"], started_ts_ms=parse_iso_utc(obj["started_at"]),
+                   ended_ts_ms=parse_iso_utc(obj["ended_at"]), end_reason=obj["end_reason"])
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MessageView:
@@ -100,6 +136,11 @@ class MessageView:
 
     def to_json(self) -> dict[str, Any]:
         return {"ts": iso_utc(self.ts_ms), "level": self.level, "text": self.text}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> MessageView:
+        """A message from its :meth:`to_json` form."""
+        return cls(ts_ms=parse_iso_utc(obj["ts"]) or 0, level=obj["level"], text=obj["text"])
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,3 +159,29 @@ class CentralView:
     kafka_ok: bool = True
     now_ts_ms: int = 0
     counters: dict[str, int] = field(default_factory=dict)
+
+    def status_json(self) -> dict[str, Any]:
+        """The ``GET /api/v1/status`` answer: who Central is, where it listens, its counters."""
+        return {
+            "central_id": self.central_id,
+            "listen": self.listen,
+            "http": self.http,
+            "kafka": self.kafka,
+            "kafka_ok": self.kafka_ok,
+            "now": iso_utc(self.now_ts_ms),
+            "counters": dict(self.counters),
+        }
+
+    @classmethod
+    def from_json(cls, *, cps: Sequence[Mapping[str, Any]], requests: Sequence[Mapping[str, Any]],
+                  messages: Sequence[Mapping[str, Any]], status: Mapping[str, Any], now_ts_ms: int) -> CentralView:
+        """The view drawn from the answers of ``/cps``, ``/requests``, ``/messages`` and ``/status``,
+        as seen at ``now_ts_ms`` (the reader's clock, not the answer's ``now``)."""
+        return cls(
+            cps=tuple(CpView.from_json(c) for c in cps),
+            requests=tuple(SessionView.from_json(r) for r in requests),
+            messages=tuple(MessageView.from_json(m) for m in messages),
+            central_id=status.get("central_id", ""), listen=status.get("listen", ""), http=status.get("http", ""),
+            kafka=status.get("kafka", ""), kafka_ok=status.get("kafka_ok", False), now_ts_ms=now_ts_ms,
+            counters=status.get("counters", {}),
+        )

@@ -19,7 +19,7 @@ import tty
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
 
@@ -39,6 +39,11 @@ from evproto import (
     encode_body,
     encode_frame,
 )
+
+if TYPE_CHECKING:
+    from netharness import Network
+
+    from evproto.bus.broker import EmbeddedBroker
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers.py"
@@ -350,33 +355,75 @@ def sim_factory():
         s.close()
 
 
-# -- a real network on the real embedded broker (tests/netharness.py) -------------------------
+# -- the real embedded broker and real networks on it (tests/netharness.py) --------------------
 
 
 @pytest.fixture(scope="module")
-def broker():
-    """The embedded Kafka-compatible broker, one per test module (tests use their own topic prefixes)."""
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The embedded Kafka-compatible broker, one per test module (tests use their own topic
+    prefixes); its output goes to tansu.log in a tmp dir of the module's."""
     from evproto.bus.broker import EmbeddedBroker
 
-    with EmbeddedBroker() as b:
+    with EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log") as b:
         yield b
 
 
+class Brokers:
+    """Brokers a test starts itself, to kill, stop or restart them; :meth:`close` stops them all."""
+
+    def __init__(self) -> None:
+        self.started: list[EmbeddedBroker] = []
+
+    def start(self, port: int = 0) -> EmbeddedBroker:
+        """A new in-memory broker on ``port`` (0: a free one), started."""
+        from evproto.bus.broker import EmbeddedBroker
+
+        self.started.append(EmbeddedBroker(port=port))
+        return self.started[-1].start()
+
+    def restart(self, old: EmbeddedBroker) -> EmbeddedBroker:
+        """Stop ``old`` and start a new one on its port: the same address, empty logs."""
+        port = old.port
+        old.stop()
+        return self.start(port)
+
+    def close(self) -> None:
+        for b in self.started:
+            b.stop()
+
+
 @pytest.fixture
-def net(tmp_path, broker):
-    """A :class:`netharness.Network` of real processes on ``broker``; every process is stopped afterwards."""
+def brokers() -> Iterator[Brokers]:
+    """:class:`Brokers` of the test's own; every one is stopped afterwards."""
+    started = Brokers()
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def make_net(tmp_path: Path) -> Iterator[Callable[..., Network]]:
+    """``make_net(bootstrap, secure=False, hosts=())``: a :class:`netharness.Network` of real processes
+    in the test's tmp dir; every process of every one is stopped afterwards."""
     from netharness import Network
 
-    n = Network(str(tmp_path), broker.bootstrap)
-    yield n
-    n.close()
+    made: list[Network] = []
+
+    def make(bootstrap: str, **options: Any) -> Network:
+        made.append(Network(str(tmp_path), bootstrap, **options))
+        return made[-1]
+
+    yield make
+    for n in made:
+        n.close()
 
 
 @pytest.fixture
-def secure_net(tmp_path, broker):
+def net(make_net: Callable[..., Network], broker: EmbeddedBroker) -> Network:
+    """A :class:`netharness.Network` of real processes on ``broker``."""
+    return make_net(broker.bootstrap)
+
+
+@pytest.fixture
+def secure_net(make_net: Callable[..., Network], broker: EmbeddedBroker) -> Network:
     """A release-2 :class:`netharness.Network`: TLS, authenticated CPs, sealed and signed records."""
-    from netharness import Network
-
-    n = Network(str(tmp_path), broker.bootstrap, secure=True)
-    yield n
-    n.close()
+    return make_net(broker.bootstrap, secure=True)

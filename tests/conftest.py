@@ -1,5 +1,9 @@
-"""Shared fixtures of the integration tests (test_aio_tcp.py, test_aio_serial.py).
+"""Shared fixtures and the test sets (``make test`` runs every test, ``make test-fast`` a subset).
 
+- ``network`` marker: given here, in one place, to every test that starts the broker or real
+  daemons (it uses one of :data:`NETWORK_FIXTURES`, or lives in one of :data:`NETWORK_MODULES`).
+  ``make test-fast`` runs ``-m "not slow and not network"`` with the "fast" Hypothesis profile
+  (tests/hypothesis_budget.py): the pure and in-process tests, loopback links and ptys included.
 - ``link_config`` / ``make_config``: LinkConfigs with short timeouts.
 - ``spawn_peer``: start ``tests/peers.py`` as a real subprocess; every process is
   continued (if stopped) and SIGKILLed at teardown, whatever the test outcome.
@@ -14,6 +18,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import subprocess
 import sys
 import tty
 from collections import deque
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from evproto import (
     Accept,
@@ -47,6 +53,43 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers.py"
+
+# -- the test sets -------------------------------------------------------------------------
+
+#: ``--hypothesis-profile fast`` (make test-fast): a tenth of each property test's examples.
+settings.register_profile("fast", max_examples=10)
+
+#: A test using any of these fixtures, directly or through another fixture, runs real daemons
+#: or the broker: a "network" test. (The few tests of the broker program itself carry the
+#: marker in test_bus.py.)
+NETWORK_FIXTURES = frozenset({"broker", "brokers", "make_net", "net", "secure_net", "hosts", "start_registry",
+                              "run_daemon"})
+#: Modules whose tests start daemons or a broker of their own, through a program (evcharging,
+#: a benchmark, a built wheel) rather than a fixture.
+NETWORK_MODULES = frozenset({"test_capacity", "test_chaos", "test_launcher", "test_package"})
+
+
+@pytest.fixture
+def run_daemon() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_daemon(program, *args, timeout=60, env=None)``: an installed daemon program (ev-driver,
+    evcp-engine, evcp-monitor, ...) run to its end as a real process (stdin empty, output as text)."""
+    bin_dir = os.path.dirname(sys.executable)
+
+    def run(program: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([os.path.join(bin_dir, program), *args], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+
+    return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if NETWORK_FIXTURES & set(getattr(item, "fixturenames", ())) or (
+                module is not None and module.__name__ in NETWORK_MODULES):
+            item.add_marker(pytest.mark.network)
+
 
 #: Upper bound for any single wait in these tests. It only stops a hang; it is
 #: not a timing assertion (the machine is shared and noisy).

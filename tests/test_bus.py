@@ -114,6 +114,7 @@ async def producer(settings: KafkaSettings):
 # -- the embedded broker ---------------------------------------------------------------------
 
 
+@pytest.mark.network  # starts the broker program itself
 def test_broker_start_stop(tmp_path: Path) -> None:
     log = tmp_path / "tansu.log"
     with EmbeddedBroker(log_path=log) as b:
@@ -144,6 +145,7 @@ def test_broker_binary_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         assert "CALF_TANSU_BIN" in str(info.value)
 
 
+@pytest.mark.network  # starts the broker program itself
 async def test_broker_command_line(tmp_path: Path) -> None:
     log = tmp_path / "cli.log"
     proc = await asyncio.create_subprocess_exec(
@@ -560,6 +562,7 @@ async def test_producer_not_started_or_closed(settings) -> None:
 # -- the broker goes away --------------------------------------------------------------------
 
 
+@pytest.mark.network  # starts the broker program itself
 async def test_broker_killed_mid_run(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="evproto.bus")
     with EmbeddedBroker() as b:
@@ -747,7 +750,8 @@ async def test_producer_sends_kept_records_again_into_a_new_log(brokers) -> None
 
         b = brokers.restart(b)
         await guard(ensure_topics(settings, timeout_s=10.0))
-        await until(lambda: p.resets == 4 and p.resent >= 6, timeout=60)  # cp-events, driver-events, cp-state, cp-commands
+        # Four topics reset: cp-events, driver-events, cp-state, cp-commands.
+        await until(lambda: p.resets == 4 and p.resent >= 6, timeout=60)
         await until(lambda: p.kept == 4 + 2 and p.resend_pending == 0, timeout=60)
         resent = p.resent
 

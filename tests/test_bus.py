@@ -788,7 +788,7 @@ async def test_send_rides_through_a_broker_restart(brokers) -> None:
         await guard(p.send(Topic.DRIVER_REQUESTS, "d1", b"before", partition=1))
         b = brokers.restart(b)  # empty: no topics until someone creates them
         late = p.produce(Topic.DRIVER_REQUESTS, "d1", b"during", partition=1)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(2.0)  # the test: for a while nothing fails, the record stays pending
         assert not late.done()
         await guard(ensure_topics(settings, [spec(Topic.DRIVER_REQUESTS)], timeout_s=10.0))
         assert await guard(late, 40) == (1, 0)  # the new log's first record

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import subprocess
-import sys
 
 import pytest
 from netharness import Network, wait_for
@@ -17,9 +15,6 @@ from evproto import Hello, LinkRejectedError, ReasonCode, Role
 from evproto.aio import open_link, tls_client_context
 from evproto.daemons.common import EXIT_USAGE
 from evproto.errors import EvprotoError
-
-BIN = os.path.dirname(sys.executable)
-
 
 #: No EVPROTO_INSECURE from the caller's environment: the programs decide as release 2.
 RELEASE_2 = {**os.environ, "EVPROTO_INSECURE": ""}

@@ -18,7 +18,7 @@ import pytest
 
 from evproto.daemons.central.store import SCHEMA_VERSION, Position, Store
 from evproto.bus.events import Ticket
-from netharness import KafkaDriver, Network, launcher_api, wait_for
+from netharness import KafkaDriver, launcher_api, wait_for
 
 BIN = os.path.dirname(sys.executable)
 EV = os.path.join(BIN, "evcharging")

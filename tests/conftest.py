@@ -9,6 +9,9 @@
   continued (if stopped) and SIGKILLed at teardown, whatever the test outcome.
 - ``pty_pair``: a raw-mode pseudo-terminal pair, closed at teardown.
 - ``raw_peer``: builds a :class:`RawPeer`, one end of a link played by hand.
+- ``broker`` (one per module), ``brokers`` (a test's own, to kill or restart), ``make_net`` /
+  ``net`` / ``secure_net`` (real processes on a broker), ``run_daemon`` (a daemon program run to
+  its end): the one definition of each, used by every test file.
 """
 
 from __future__ import annotations

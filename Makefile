@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test typecheck demo demo-protocol venv bench fuzz detection soak capacity wheel clean
+.PHONY: test test-fast typecheck demo demo-protocol venv bench fuzz detection soak capacity wheel clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,12 @@ typecheck: $(STAMP)
 
 test: typecheck
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The pure and in-process tests (loopback links and ptys included; no broker, no daemons), with
+# a tenth of the property tests' examples: a minute or so. `make test` still runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not network" \
+		--hypothesis-profile fast $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/evcharging up

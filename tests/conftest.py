@@ -1,10 +1,17 @@
-"""Shared fixtures of the integration tests (test_aio_tcp.py, test_aio_serial.py).
+"""Shared fixtures and the test sets (``make test`` runs every test, ``make test-fast`` a subset).
 
+- ``network`` marker: given here, in one place, to every test that starts the broker or real
+  daemons (it uses one of :data:`NETWORK_FIXTURES`, or lives in one of :data:`NETWORK_MODULES`).
+  ``make test-fast`` runs ``-m "not slow and not network"`` with the "fast" Hypothesis profile
+  (tests/hypothesis_budget.py): the pure and in-process tests, loopback links and ptys included.
 - ``link_config`` / ``make_config``: LinkConfigs with short timeouts.
 - ``spawn_peer``: start ``tests/peers.py`` as a real subprocess; every process is
   continued (if stopped) and SIGKILLed at teardown, whatever the test outcome.
 - ``pty_pair``: a raw-mode pseudo-terminal pair, closed at teardown.
 - ``raw_peer``: builds a :class:`RawPeer`, one end of a link played by hand.
+- ``broker`` (one per module), ``brokers`` (a test's own, to kill or restart), ``make_net`` /
+  ``net`` / ``secure_net`` (real processes on a broker), ``run_daemon`` (a daemon program run to
+  its end): the one definition of each, used by every test file.
 """
 
 from __future__ import annotations
@@ -14,14 +21,16 @@ import contextlib
 import dataclasses
 import os
 import signal
+import subprocess
 import sys
 import tty
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from evproto import (
     Accept,
@@ -40,8 +49,50 @@ from evproto import (
     encode_frame,
 )
 
+if TYPE_CHECKING:
+    from netharness import Network
+
+    from evproto.bus.broker import EmbeddedBroker
+
 REPO = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).resolve().parent / "peers.py"
+
+# -- the test sets -------------------------------------------------------------------------
+
+#: ``--hypothesis-profile fast`` (make test-fast): a tenth of each property test's examples.
+settings.register_profile("fast", max_examples=10)
+
+#: A test using any of these fixtures, directly or through another fixture, runs real daemons
+#: or the broker: a "network" test. (The few tests of the broker program itself carry the
+#: marker in test_bus.py.)
+NETWORK_FIXTURES = frozenset({"broker", "brokers", "make_net", "net", "secure_net", "hosts", "start_registry",
+                              "run_daemon"})
+#: Modules whose tests start daemons or a broker of their own, through a program (evcharging,
+#: a benchmark, a built wheel) rather than a fixture.
+NETWORK_MODULES = frozenset({"test_capacity", "test_chaos", "test_launcher", "test_package"})
+
+
+@pytest.fixture
+def run_daemon() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_daemon(program, *args, timeout=60, env=None)``: an installed daemon program (ev-driver,
+    evcp-engine, evcp-monitor, ...) run to its end as a real process (stdin empty, output as text)."""
+    bin_dir = os.path.dirname(sys.executable)
+
+    def run(program: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([os.path.join(bin_dir, program), *args], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+
+    return run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        if NETWORK_FIXTURES & set(getattr(item, "fixturenames", ())) or (
+                module is not None and module.__name__ in NETWORK_MODULES):
+            item.add_marker(pytest.mark.network)
+
 
 #: Upper bound for any single wait in these tests. It only stops a hang; it is
 #: not a timing assertion (the machine is shared and noisy).
@@ -350,33 +401,75 @@ def sim_factory():
         s.close()
 
 
-# -- a real network on the real embedded broker (tests/netharness.py) -------------------------
+# -- the real embedded broker and real networks on it (tests/netharness.py) --------------------
 
 
 @pytest.fixture(scope="module")
-def broker():
-    """The embedded Kafka-compatible broker, one per test module (tests use their own topic prefixes)."""
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
+    """The embedded Kafka-compatible broker, one per test module (tests use their own topic
+    prefixes); its output goes to tansu.log in a tmp dir of the module's."""
     from evproto.bus.broker import EmbeddedBroker
 
-    with EmbeddedBroker() as b:
+    with EmbeddedBroker(log_path=tmp_path_factory.mktemp("tansu") / "tansu.log") as b:
         yield b
 
 
+class Brokers:
+    """Brokers a test starts itself, to kill, stop or restart them; :meth:`close` stops them all."""
+
+    def __init__(self) -> None:
+        self.started: list[EmbeddedBroker] = []
+
+    def start(self, port: int = 0) -> EmbeddedBroker:
+        """A new in-memory broker on ``port`` (0: a free one), started."""
+        from evproto.bus.broker import EmbeddedBroker
+
+        self.started.append(EmbeddedBroker(port=port))
+        return self.started[-1].start()
+
+    def restart(self, old: EmbeddedBroker) -> EmbeddedBroker:
+        """Stop ``old`` and start a new one on its port: the same address, empty logs."""
+        port = old.port
+        old.stop()
+        return self.start(port)
+
+    def close(self) -> None:
+        for b in self.started:
+            b.stop()
+
+
 @pytest.fixture
-def net(tmp_path, broker):
-    """A :class:`netharness.Network` of real processes on ``broker``; every process is stopped afterwards."""
+def brokers() -> Iterator[Brokers]:
+    """:class:`Brokers` of the test's own; every one is stopped afterwards."""
+    started = Brokers()
+    yield started
+    started.close()
+
+
+@pytest.fixture
+def make_net(tmp_path: Path) -> Iterator[Callable[..., Network]]:
+    """``make_net(bootstrap, secure=False, hosts=())``: a :class:`netharness.Network` of real processes
+    in the test's tmp dir; every process of every one is stopped afterwards."""
     from netharness import Network
 
-    n = Network(str(tmp_path), broker.bootstrap)
-    yield n
-    n.close()
+    made: list[Network] = []
+
+    def make(bootstrap: str, **options: Any) -> Network:
+        made.append(Network(str(tmp_path), bootstrap, **options))
+        return made[-1]
+
+    yield make
+    for n in made:
+        n.close()
 
 
 @pytest.fixture
-def secure_net(tmp_path, broker):
+def net(make_net: Callable[..., Network], broker: EmbeddedBroker) -> Network:
+    """A :class:`netharness.Network` of real processes on ``broker``."""
+    return make_net(broker.bootstrap)
+
+
+@pytest.fixture
+def secure_net(make_net: Callable[..., Network], broker: EmbeddedBroker) -> Network:
     """A release-2 :class:`netharness.Network`: TLS, authenticated CPs, sealed and signed records."""
-    from netharness import Network
-
-    n = Network(str(tmp_path), broker.bootstrap, secure=True)
-    yield n
-    n.close()
+    return make_net(broker.bootstrap, secure=True)

@@ -60,7 +60,7 @@ async def run_client(args: argparse.Namespace) -> int:
         try:
             while True:
                 await link.request(evproto.HealthCheck(), timeout_s=2.0)
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.2)  # a monitor's pace of health checks, faster
         except evproto.LinkDownError as exc:
             print(f"link down: {exc}", file=sys.stderr)
             return 3

@@ -141,15 +141,23 @@ async def test_a_reconnecting_client_comes_back_after_its_server_does() -> None:
         box["accepted"] += 1
         await link.send(CpStatus(state=CpState.ACTIVATED, session_id=box["accepted"]))
 
+    retries: list[str] = []
+    retried = asyncio.Event()
+
+    def on_retry(exc: BaseException, delay: float) -> None:
+        retries.append(type(exc).__name__)
+        retried.set()
+
     async def start_later() -> None:
-        await asyncio.sleep(0.3)
+        """Listen again once the client has found nobody listening and is retrying."""
+        retried.clear()
+        await retried.wait()
         box["server"] = await serve(f"tcp://127.0.0.1:{port}", handler, node_id="srv")
 
-    retries: list[str] = []
     sessions: list[list[int]] = []
     starter = asyncio.create_task(start_later())
     async for link in reconnecting(f"tcp://127.0.0.1:{port}", hello=HELLO, backoff=Backoff(initial_s=0.02, max_s=0.1),
-                                   on_retry=lambda exc, delay: retries.append(type(exc).__name__)):
+                                   on_retry=on_retry):
         got = []
         try:
             async for event in link.messages:
@@ -160,7 +168,7 @@ async def test_a_reconnecting_client_comes_back_after_its_server_does() -> None:
         if len(sessions) == 2:
             break
         await starter
-        await box["server"].close()  # down, and back 0.3 s later
+        await box["server"].close()  # down, and back after the client's next retry
         starter = asyncio.create_task(start_later())
     await starter
     await box["server"].close()

@@ -399,7 +399,12 @@ async def test_device_sessions_do_not_leak_descriptors(device, pty_pair, link_co
             assert await guard(link.request(HealthCheck())) == OK
         assert (await guard(device.downs.get())).reason is DownReason.PEER_CLOSED
         await device.ready(n + 1)
-        await asyncio.sleep(0.05)  # let transports finish closing
+
+        async def closed() -> None:  # the transports close a few loop turns after the session ends
+            while master_fds(pty_pair.path) != baseline:
+                await asyncio.sleep(0.01)
+
+        await guard(closed())
     assert master_fds(pty_pair.path) == baseline
 
 

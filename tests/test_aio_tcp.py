@@ -778,5 +778,8 @@ async def test_server_close_makes_asyncio_report_no_errors(central, link_config)
         await guard(server.close())
         assert (await iterate_until_down(link)).reason is DownReason.PEER_CLOSED
         assert await guard(rec.outcomes.get()) == "cancelled"
-        await asyncio.sleep(0.05)  # let the done-callbacks of the session tasks run
+        # Once every other task is done, one loop turn runs the done-callbacks they scheduled.
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        await guard(asyncio.wait(others) if others else asyncio.sleep(0))
+        await asyncio.sleep(0)
     assert [ctx.get("message") for ctx in loop_errors] == []

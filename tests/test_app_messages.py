@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 import evproto
 from evproto import (
@@ -62,7 +63,7 @@ def test_an_application_message_encodes_to_its_documented_bytes() -> None:
 
 @given(cp_id=st.text(max_size=60), price=st.floats(allow_nan=False), valid_s=st.integers(0, 2**32 - 1),
        payload=st.binary(max_size=2000), channel=st.integers(0, 0xFFFF))
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 def test_application_and_opaque_messages_round_trip(cp_id: str, price: float, valid_s: int, payload: bytes,
                                                     channel: int) -> None:
     for msg in (Tariff(cp_id=cp_id, price_eur_kwh=price, valid_s=valid_s), Opaque(channel=channel, payload=payload)):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from evproto import AuthChallenge, AuthProof, AuthResult, CpKey, ReasonCode, decode_body, encode_body
 from evproto import auth
@@ -137,7 +138,7 @@ def test_reconnecting_pays_scrypt_once_per_salt() -> None:
 
 
 @given(proof=st.binary(min_size=0, max_size=64), nonce=st.binary(min_size=16, max_size=64))
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 def test_no_forged_proof_verifies(proof: bytes, nonce: bytes) -> None:
     stored = _FUZZ_STORED
     with pytest.raises(AuthError):

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis_budget import examples
 
 from evproto.bus.topics import Topic
 from evproto.domain.central import (
@@ -994,7 +995,7 @@ class CentralMachine(RuleBasedStateMachine):
 
 
 CentralMachine.TestCase.settings = settings(
-    max_examples=250, stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=examples(250), stateful_step_count=50, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestCentralMachine = CentralMachine.TestCase
 

@@ -105,7 +105,7 @@ def test_a_central_killed_mid_write_leaves_every_batch_whole_or_absent(tmp_path,
     _setup(path).close()
     proc = subprocess.Popen([sys.executable, "-c", WRITER, path], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    time.sleep(after_s)
+    time.sleep(after_s)  # the test: SIGKILL at some moment of the writer's run, wherever it is
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     store = Store(path)

@@ -14,6 +14,7 @@ import json
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from evproto.bus.events import encode_event
 from evproto.domain.chargepoint import (
@@ -174,7 +175,7 @@ def test_completed_reasons_constant() -> None:
     assert COMPLETED_REASONS == {"completed", "unplugged"}
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(start=st.sampled_from(list(SessionStatus)), inputs=st.lists(st.sampled_from(list(SessionInput)), max_size=30))
 def test_any_input_sequence_gives_at_most_one_ticket(start: SessionStatus, inputs: list[SessionInput]) -> None:
     status, tickets = start, 0
@@ -649,7 +650,7 @@ def test_a_jump_after_a_quiet_hour_is_a_jump_too() -> None:
     assert cp.supply.energy_wh == pytest.approx(10.0) and cp.meter_jumps == 1
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(readings=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
                                    st.integers(min_value=0, max_value=2000)), max_size=40))
 def test_whatever_the_meter_reads_every_event_encodes(readings: list[tuple[float, int]]) -> None:
@@ -684,7 +685,7 @@ def test_an_offline_supply_reports_only_its_end_and_every_event_encodes() -> Non
 register_values = st.floats(min_value=0.0, max_value=1e7, allow_nan=False, allow_infinity=False)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     before=st.lists(register_values, max_size=4),
     during=st.lists(register_values, max_size=40),
@@ -937,7 +938,7 @@ ops = st.sampled_from(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(script=st.lists(st.tuples(ops, st.integers(min_value=0, max_value=5000)), max_size=40),
        auto=st.booleans())
 def test_persist_whenever_durable_state_changes(script: list[tuple[str, int]], auto: bool) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
-import subprocess
-import sys
 
 import pytest
 from netharness import Network, wait_for
@@ -18,32 +16,29 @@ from evproto.aio import open_link, tls_client_context
 from evproto.daemons.common import EXIT_USAGE
 from evproto.errors import EvprotoError
 
-BIN = os.path.dirname(sys.executable)
-
-
-def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([os.path.join(BIN, argv[0]), *argv[1:]], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "EVPROTO_INSECURE": ""})
+#: No EVPROTO_INSECURE from the caller's environment: the programs decide as release 2.
+RELEASE_2 = {**os.environ, "EVPROTO_INSECURE": ""}
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:0", "192.0.2.7:7100", "[::]:7100", "engine.example:7100",
                                     "tls://0.0.0.0:0?cert=e.pem&key=e.key"])
-def test_a_release_2_engine_will_not_take_its_key_over_a_link_others_can_reach(listen: str) -> None:
-    r = _run("evcp-engine", "--kafka", "127.0.0.1:1", "--listen", listen)
+def test_a_release_2_engine_will_not_take_its_key_over_a_link_others_can_reach(listen: str, run_daemon) -> None:
+    r = run_daemon("evcp-engine", "--kafka", "127.0.0.1:1", "--listen", listen, env=RELEASE_2)
     assert r.returncode == EXIT_USAGE, r.stderr
     assert "record key" in r.stderr or "ca=" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("engine", ["192.0.2.7:7100", "engine.example:7100", "tls://192.0.2.7:7100?ca=ca.pem"])
-def test_a_release_2_monitor_will_not_hand_its_key_over_a_link_others_can_read(engine: str) -> None:
-    r = _run("evcp-monitor", "--engine", engine, "--central", "127.0.0.1:1", "--id", "CP001")
+def test_a_release_2_monitor_will_not_hand_its_key_over_a_link_others_can_read(engine: str, run_daemon) -> None:
+    r = run_daemon("evcp-monitor", "--engine", engine, "--central", "127.0.0.1:1", "--id", "CP001", env=RELEASE_2)
     assert r.returncode == EXIT_USAGE, r.stderr
     assert "--engine" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_insecure_keeps_release_1_s_plain_link_anywhere() -> None:
-    r = _run("evcp-engine", "--kafka", "127.0.0.1:1", "--listen", "0.0.0.0:0", "--insecure", "--help")
+def test_insecure_keeps_release_1_s_plain_link_anywhere(run_daemon) -> None:
+    r = run_daemon("evcp-engine", "--kafka", "127.0.0.1:1", "--listen", "0.0.0.0:0", "--insecure", "--help",
+                   env=RELEASE_2)
     assert r.returncode == 0  # accepted by the parser; --help: nothing started
 
 

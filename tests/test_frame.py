@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 import evproto
 from evproto import (
@@ -177,7 +178,7 @@ def test_lrc_large_inputs(n: int) -> None:
 
 
 @given(st.binary(max_size=2000))
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 def test_lrc_matches_xor_loop(data: bytes) -> None:
     assert lrc(data) == xor_loop(data)
 
@@ -260,7 +261,7 @@ def test_local_protocol_error_is_an_evproto_error() -> None:
 
 
 @given(st.binary(max_size=600))
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 def test_encode_decode_roundtrip(body: bytes) -> None:
     frame = encode_frame(body)
     for mode in MODES:
@@ -691,7 +692,7 @@ def _drain(decoder: FrameDecoder) -> list:
     max_body=st.sampled_from([64, 100, DEFAULT_MAX_BODY]),
     seed=st.integers(0, 2**32),
 )
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_valid_frames_survive_garbage(items, max_body: int, seed: int) -> None:
     stream, required = _guaranteed_frames(items, max_body)
     results = []
@@ -720,7 +721,7 @@ def test_valid_frames_survive_garbage(items, max_body: int, seed: int) -> None:
 
 
 @given(st.lists(st.binary(max_size=64), max_size=10), st.integers(0, 2**32))
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 def test_clean_stream_gives_exactly_its_frames(bodies: list[bytes], seed: int) -> None:
     stream = b"".join(encode_frame(b) for b in bodies)
     for mode in MODES:
@@ -822,7 +823,7 @@ def test_a_stray_byte_at_every_position_costs_at_most_the_frame_it_hits(stray: i
     where=st.floats(0, 1),
     chunks=st.lists(st.integers(1, 64), max_size=20),
 )
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(400), suppress_health_check=[HealthCheck.too_slow])
 def test_property_a_stray_byte_anywhere_costs_at_most_one_frame(bodies: list[bytes], stray: int, where: float,
                                                                  chunks: list[int]) -> None:
     stream = b"".join(encode_frame(b) for b in bodies)
@@ -832,7 +833,7 @@ def test_property_a_stray_byte_anywhere_costs_at_most_one_frame(bodies: list[byt
 
 
 @given(bodies=st.lists(st.binary(max_size=700), min_size=1, max_size=6))
-@settings(max_examples=200)
+@settings(max_examples=examples(200))
 def test_frames_that_carry_frames_in_their_bodies_arrive_whole(bodies: list[bytes]) -> None:
     # A body may itself hold encoded frames (a relay, a tunnel): the false-start rule
     # must not split the carrier.

@@ -54,22 +54,22 @@ def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     "CP\u200b002 2kWh",  # looks like CP002 on a screen
     "CP" + "0" * 70 + " 2kWh",
 ])
-def test_a_requests_file_line_out_of_bounds_is_a_usage_error_naming_the_line(tmp_path, line: str) -> None:
+def test_a_requests_file_line_out_of_bounds_is_a_usage_error_naming_the_line(tmp_path, line: str, run_daemon) -> None:
     f = tmp_path / "req.txt"
     f.write_text(f"CP001 1kWh\n# fine so far\n{line}\n", encoding="utf-8")
-    r = run(os.path.join(BIN, "ev-driver"), "--kafka", "127.0.0.1:1", "--id", "D1", "--requests", str(f),
-            "--state-dir", str(tmp_path / "state"), timeout=30)
+    r = run_daemon("ev-driver", "--kafka", "127.0.0.1:1", "--id", "D1", "--requests", str(f),
+                   "--state-dir", str(tmp_path / "state"), timeout=30)
     assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
     assert "req.txt:3:" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr) < 1000, "the error must not echo a huge line whole"
 
 
 @pytest.mark.parametrize("content", [b"CP001\n" * 300_000, b"CP001 2kWh\n\xff\xfe\n"], ids=["2 MB", "not UTF-8"])
-def test_a_requests_file_too_big_or_not_text_is_a_usage_error(tmp_path, content: bytes) -> None:
+def test_a_requests_file_too_big_or_not_text_is_a_usage_error(tmp_path, content: bytes, run_daemon) -> None:
     f = tmp_path / "req.txt"
     f.write_bytes(content)
-    r = run(os.path.join(BIN, "ev-driver"), "--kafka", "127.0.0.1:1", "--id", "D1", "--requests", str(f),
-            "--state-dir", str(tmp_path / "state"), timeout=30)
+    r = run_daemon("ev-driver", "--kafka", "127.0.0.1:1", "--id", "D1", "--requests", str(f),
+                   "--state-dir", str(tmp_path / "state"), timeout=30)
     assert r.returncode == 64 and "Traceback" not in r.stderr and len(r.stderr) < 1000, r.stderr[-2000:]
 
 
@@ -84,9 +84,9 @@ def test_targets_at_the_bounds_are_accepted() -> None:
 
 
 @pytest.mark.parametrize("driver_id", ["", "D\u200b1", "D 1", "D" * 65])
-def test_a_driver_id_nobody_can_address_is_a_usage_error(tmp_path, driver_id: str) -> None:
-    r = run(os.path.join(BIN, "ev-driver"), "--kafka", "127.0.0.1:1", "--id", driver_id,
-            "--state-dir", str(tmp_path / "state"), timeout=30)
+def test_a_driver_id_nobody_can_address_is_a_usage_error(tmp_path, driver_id: str, run_daemon) -> None:
+    r = run_daemon("ev-driver", "--kafka", "127.0.0.1:1", "--id", driver_id,
+                   "--state-dir", str(tmp_path / "state"), timeout=30)
     assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
     assert "--id" in r.stderr and "Traceback" not in r.stderr
 
@@ -101,25 +101,25 @@ def test_a_driver_id_nobody_can_address_is_a_usage_error(tmp_path, driver_id: st
     ("--location", "x" * 200),
     ("--location", " Alicante"),
 ])
-def test_a_monitor_refuses_an_id_or_location_nobody_could_use(option: str, value: str) -> None:
+def test_a_monitor_refuses_an_id_or_location_nobody_could_use(option: str, value: str, run_daemon) -> None:
     args = {"--id": "CP001", "--location": "Alicante", option: value}
-    r = run(os.path.join(BIN, "evcp-monitor"), "--engine", "127.0.0.1:1", "--central", "127.0.0.1:1",
-            *(a for kv in args.items() for a in kv), "--price", "0.3", timeout=30)
+    r = run_daemon("evcp-monitor", "--engine", "127.0.0.1:1", "--central", "127.0.0.1:1",
+                   *(a for kv in args.items() for a in kv), "--price", "0.3", timeout=30)
     assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
     assert option in r.stderr and "Traceback" not in r.stderr
 
 
 # -- a simulated meter's speed ---------------------------------------------------------------
 
-def test_the_engine_refuses_a_simulated_meter_faster_than_central_accepts(tmp_path) -> None:
-    engine = os.path.join(BIN, "evcp-engine")
+def test_the_engine_refuses_a_simulated_meter_faster_than_central_accepts(tmp_path, run_daemon) -> None:
+    engine = "evcp-engine"
     power_kw = 100.0
     time_scale = MAX_POWER_KW / power_kw * 1.5
-    r = run(engine, "--kafka", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
+    r = run_daemon(engine, "--kafka", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
             "--power-kw", str(power_kw), "--time-scale", str(time_scale), timeout=30)
     assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
     assert "--time-scale" in r.stderr and f"{MAX_POWER_KW:g} kW" in r.stderr and "Traceback" not in r.stderr
-    helped = " ".join(run(engine, "--help").stdout.split())
+    helped = " ".join(run_daemon(engine, "--help").stdout.split())
     assert f"{MAX_POWER_KW:g} kW" in helped
 
 

@@ -52,14 +52,9 @@ async def test_faults_give_the_expected_errors_and_the_driver_recovers(protocol:
     await driver.open()
     try:
         first = await driver.read()
-        sim.send("split on")
-        sim.send("garbage 0.5")
-        await asyncio.sleep(0.2)
+        await asyncio.to_thread(sim.command, "split on", "garbage 0.5")
         assert (await driver.read()).energy_wh >= first.energy_wh  # pieces and junk are tolerated
-        sim.send("split off")
-        sim.send("garbage 0")
-        sim.send("corrupt 1")
-        await asyncio.sleep(0.2)
+        await asyncio.to_thread(sim.command, "split off", "garbage 0", "corrupt 1")
         if protocol == "iec62056-21":
             with pytest.raises(MeterProtocolError, match="BCC"):
                 await driver.read()
@@ -67,8 +62,7 @@ async def test_faults_give_the_expected_errors_and_the_driver_recovers(protocol:
             await driver.read()
             assert driver.link.conn.stats.nacks_sent >= 1  # type: ignore[attr-defined]
         assert (await driver.read()).energy_wh > first.energy_wh
-        sim.send("drop 1")  # every write loses a byte
-        await asyncio.sleep(0.2)
+        await asyncio.to_thread(sim.command, "drop 1")  # every write loses a byte
         if protocol == "iec62056-21":  # a readout is one write: it always arrives damaged
             with pytest.raises((MeterTimeout, MeterProtocolError)):
                 await driver.read()
@@ -77,13 +71,14 @@ async def test_faults_give_the_expected_errors_and_the_driver_recovers(protocol:
                 await driver.read()
             except (MeterTimeout, MeterProtocolError):
                 pass
-        sim.send("drop 0")
-        await asyncio.sleep(0.2)
+        await asyncio.to_thread(sim.command, "drop 0")
+        if protocol == "evproto":  # until what was sent meanwhile is acknowledged, or the link gave up
+            link = driver.link
+            await asyncio.wait_for(_until(lambda: link is None or not link.is_open or link.conn.queued == 0), 10)
         if protocol == "evproto" and not driver.link.is_open:  # type: ignore[attr-defined]
             await driver.open()  # the link gave up meanwhile: a new session, as the supervisor does
         assert (await driver.read()).energy_wh > first.energy_wh
-        sim.send("stall 4")
-        await asyncio.sleep(0.2)
+        await asyncio.to_thread(sim.command, "stall 4")
         with pytest.raises(MeterTimeout):
             await driver.read()
     finally:
@@ -101,7 +96,8 @@ async def test_supervisor_raises_a_fault_after_two_cycles_and_clears_it(sim_fact
         await asyncio.wait_for(_until(lambda: sup.health.fault is not None), 10)
         assert sup.health.fault is FaultCode.METER_TIMEOUT and sup.health.failed_cycles >= 2
         sup.take()
-        await asyncio.sleep(0.5)
+        failed = sup.health.failed_cycles  # one more read cycle in vain
+        await asyncio.wait_for(_until(lambda: sup.health.failed_cycles > failed), 10)
         assert sup.take() is None  # while stalled, nothing fresh: the last values are not handed out again
         await asyncio.wait_for(_until(lambda: sup.health.fault is None), 15)  # the stall ends by itself
         await _eventually(sup)
@@ -115,6 +111,7 @@ async def test_supervisor_raises_a_fault_after_two_cycles_and_clears_it(sim_fact
 
 
 async def _until(predicate) -> None:
+    """Poll ``predicate`` (the supervisor's state, no event to wait on); callers bound it."""
     while not predicate():
         await asyncio.sleep(0.05)
 

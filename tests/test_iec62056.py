@@ -37,6 +37,7 @@ from evproto.hw.iec62056 import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from evproto import lrc
 from evproto.errors import EvprotoError, LocalProtocolError
@@ -515,7 +516,7 @@ def test_identification_reader_rejects_bad_lines(stream: bytes) -> None:
     _raises_in_all_modes(IdentificationReader, stream, "not an identification")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(
     noise=st.binary(max_size=60).map(lambda b: b.replace(b"/", b"")),
     ident=st.sampled_from([line for line, _ in IDENTIFICATIONS if line.endswith(b"\r\n")]),
@@ -671,7 +672,7 @@ _LINE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=
 )
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     lines=st.lists(_LINE, max_size=20),
     noise=st.binary(max_size=20).map(lambda b: b.replace(b"\x02", b"")),

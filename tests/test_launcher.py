@@ -13,7 +13,6 @@ import socket
 import stat
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 

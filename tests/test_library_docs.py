@@ -30,6 +30,7 @@ def test_each_example_runs(code: str, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow  # two type checkers over every example: half a minute
 def test_the_examples_pass_mypy_strict_and_pyright(tmp_path: Path) -> None:
     files = []
     for name, code in BLOCKS:

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck as HC
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from evproto import (
     Connected,
@@ -417,7 +418,7 @@ def test_stray_stx_is_abandoned_after_the_interbyte_timeout() -> None:
 # -- a lossy, corrupting line ----------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HC.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HC.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), loss=st.floats(0.0, 0.3), corrupt=st.floats(0.0, 0.3))
 # Found in CI: a damaged LEN held a copy until the line went quiet; the NACK for that
 # truncated copy reached the sender after it had moved on, was counted against the next

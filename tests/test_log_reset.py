@@ -16,9 +16,8 @@ import sys
 
 import pytest
 from evproto.daemons.central.store import SCHEMA_VERSION, Position, Store
-from netharness import KafkaDriver, Network, launcher_api, wait_for
+from netharness import KafkaDriver, launcher_api, wait_for
 
-from evproto.bus.broker import EmbeddedBroker
 from evproto.domain.events import Ticket
 
 BIN = os.path.dirname(sys.executable)
@@ -140,75 +139,71 @@ def test_the_broker_killed_then_the_network_downed_and_upped_again_carries_on(tm
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_what_the_lost_log_owed_is_sent_again(tmp_path) -> None:
+def test_what_the_lost_log_owed_is_sent_again(brokers, make_net) -> None:
     """Two records the old broker had acknowledged and nobody had read yet: a ticket for a
     driver not reading at that moment, and a supply end an engine reported while Central was
     paused. The broker alone restarts; both arrive, once, and the network carries on."""
-    broker = EmbeddedBroker().start()
+    broker = brokers.start()
     port = broker.port
-    net = Network(str(tmp_path), broker.bootstrap)
-    try:
-        central = net.start_central("D001", "D002")
-        engine, monitor = net.start_cp("CP001", engine_args=("--time-scale", "60"))
-        net.wait_state("CP001", "ACTIVATED")
+    net = make_net(broker.bootstrap)
+    central = net.start_central("D001", "D002")
+    engine, monitor = net.start_cp("CP001", engine_args=("--time-scale", "60"))
+    net.wait_state("CP001", "ACTIVATED")
 
-        def supply(driver_id: str) -> None:
-            sender = KafkaDriver(net, driver_id)
-            sender.close()  # nobody reads this driver's events from now on
-            rid = sender.request("CP001")
-            wait_for(lambda: any(s["status"] == "authorized" for s in net.get("/api/v1/sessions")
-                                 if s["driver_id"] == driver_id), f"{driver_id} authorised")
-            engine.send("p")
-            net.wait_state("CP001", "SUPPLYING")
-            wait_for(lambda: net.cp_state("CP001") == "SUPPLYING" and
-                     next(c for c in net.get("/api/v1/cps") if c["id"] == "CP001")["energy_kwh"], "energy to flow")
-            assert rid
-
-        # 1. A ticket Central sent while its driver was not reading.
-        supply("D001")
-        engine.send("u")
-        wait_for(lambda: [s for s in net.get("/api/v1/sessions") if s["status"] == "completed"], "the first ticket")
-        # 2. A supply end the engine handed to the broker while Central was paused.
-        supply("D002")
-        central.popen.send_signal(signal.SIGSTOP)
-        try:
-            engine.send("u")
-            state_path = os.path.join(net.tmp, "state-CP001", "engine-state.json")
-
-            def acknowledged() -> bool:
-                with open(state_path, encoding="utf-8") as fh:
-                    state = json.load(fh)
-                return len(state.get("finished", [])) == 2 and not state.get("outbox")
-
-            wait_for(acknowledged, "the broker to acknowledge the supply end")
-            os.kill(broker.pid, signal.SIGKILL)
-            broker.stop()
-            broker = EmbeddedBroker(port=port).start()
-        finally:
-            central.popen.send_signal(signal.SIGCONT)
-
-        with open(os.path.join(net.tmp, "state-CP001", "engine-state.json"), encoding="utf-8") as fh:
-            metered = {f["session_id"]: f["energy_kwh"] for f in json.load(fh)["finished"]}
-        first, second = KafkaDriver(net, "D001"), KafkaDriver(net, "D002")
-        (t1,) = wait_for(lambda: {t.session_id: t for t in first.tickets()}.values(), "D001's ticket, sent again",
-                         timeout_s=90)
-        (t2,) = wait_for(lambda: {t.session_id: t for t in second.tickets()}.values(), "D002's ticket", timeout_s=90)
-        assert t1.energy_kwh == pytest.approx(metered[t1.session_id], abs=1e-9)
-        assert t2.energy_kwh == pytest.approx(metered[t2.session_id], abs=1e-9) and t1.session_id != t2.session_id
-        billed = {s["id"]: s for s in net.get("/api/v1/sessions")}
-        assert sorted(s["status"] for s in billed.values()) == ["completed", "completed"]
-        wait_for(lambda: net.log_has(central, "Kafka lost its log of cp-events"), "Central to report the lost log")
-
-        # The network carries on with nothing restarted.
-        net.wait_state("CP001", "ACTIVATED", timeout_s=60)
-        rid = first.request("CP001")
-        first.wait_status(rid, "authorized", timeout_s=60)
+    def supply(driver_id: str) -> None:
+        sender = KafkaDriver(net, driver_id)
+        sender.close()  # nobody reads this driver's events from now on
+        rid = sender.request("CP001")
+        wait_for(lambda: any(s["status"] == "authorized" for s in net.get("/api/v1/sessions")
+                             if s["driver_id"] == driver_id), f"{driver_id} authorised")
         engine.send("p")
         net.wait_state("CP001", "SUPPLYING")
+        wait_for(lambda: net.cp_state("CP001") == "SUPPLYING" and
+                 next(c for c in net.get("/api/v1/cps") if c["id"] == "CP001")["energy_kwh"], "energy to flow")
+        assert rid
+
+    # 1. A ticket Central sent while its driver was not reading.
+    supply("D001")
+    engine.send("u")
+    wait_for(lambda: [s for s in net.get("/api/v1/sessions") if s["status"] == "completed"], "the first ticket")
+    # 2. A supply end the engine handed to the broker while Central was paused.
+    supply("D002")
+    central.popen.send_signal(signal.SIGSTOP)
+    try:
         engine.send("u")
-        first.wait_status(rid, "completed")
-        assert len({t.session_id for t in first.tickets() if isinstance(t, Ticket)}) == 2
-        assert all(p.alive() for p in (central, engine, monitor))
-    finally:
-        net.close()
+        state_path = os.path.join(net.tmp, "state-CP001", "engine-state.json")
+
+        def acknowledged() -> bool:
+            with open(state_path, encoding="utf-8") as fh:
+                state = json.load(fh)
+            return len(state.get("finished", [])) == 2 and not state.get("outbox")
+
+        wait_for(acknowledged, "the broker to acknowledge the supply end")
+        os.kill(broker.pid, signal.SIGKILL)
         broker.stop()
+        broker = brokers.start(port)
+    finally:
+        central.popen.send_signal(signal.SIGCONT)
+
+    with open(os.path.join(net.tmp, "state-CP001", "engine-state.json"), encoding="utf-8") as fh:
+        metered = {f["session_id"]: f["energy_kwh"] for f in json.load(fh)["finished"]}
+    first, second = KafkaDriver(net, "D001"), KafkaDriver(net, "D002")
+    (t1,) = wait_for(lambda: {t.session_id: t for t in first.tickets()}.values(), "D001's ticket, sent again",
+                     timeout_s=90)
+    (t2,) = wait_for(lambda: {t.session_id: t for t in second.tickets()}.values(), "D002's ticket", timeout_s=90)
+    assert t1.energy_kwh == pytest.approx(metered[t1.session_id], abs=1e-9)
+    assert t2.energy_kwh == pytest.approx(metered[t2.session_id], abs=1e-9) and t1.session_id != t2.session_id
+    billed = {s["id"]: s for s in net.get("/api/v1/sessions")}
+    assert sorted(s["status"] for s in billed.values()) == ["completed", "completed"]
+    wait_for(lambda: net.log_has(central, "Kafka lost its log of cp-events"), "Central to report the lost log")
+
+    # The network carries on with nothing restarted.
+    net.wait_state("CP001", "ACTIVATED", timeout_s=60)
+    rid = first.request("CP001")
+    first.wait_status(rid, "authorized", timeout_s=60)
+    engine.send("p")
+    net.wait_state("CP001", "SUPPLYING")
+    engine.send("u")
+    first.wait_status(rid, "completed")
+    assert len({t.session_id for t in first.tickets() if isinstance(t, Ticket)}) == 2
+    assert all(p.alive() for p in (central, engine, monitor))

@@ -19,6 +19,7 @@ import construct as cs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 import evproto
 from evproto import (
@@ -261,7 +262,7 @@ def test_catalogue_is_introspectable() -> None:
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_roundtrip(cls: type, data: st.DataObject) -> None:
     env = data.draw(envelopes(cls))
@@ -370,7 +371,7 @@ def _check_against_schema(cls: type, env: Envelope, body: bytes) -> None:
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_encode_body_agrees_with_body_schema(cls: type, data: st.DataObject) -> None:
     env = data.draw(envelopes(cls))
@@ -386,7 +387,7 @@ def test_encode_body_agrees_with_body_schema(cls: type, data: st.DataObject) -> 
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_decode_body_agrees_with_body_schema_on_any_bytes(cls: type, data: st.DataObject) -> None:
     """Differential: on arbitrary (mostly damaged) bodies, decode_body accepts exactly
@@ -473,7 +474,7 @@ def test_truncated_at_every_length(cls: type) -> None:
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=CLASS_IDS)
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(data=st.data())
 def test_truncated_or_extended_random_bodies(cls: type, data: st.DataObject) -> None:
     body = encode(data.draw(envelopes(cls)))
@@ -535,7 +536,7 @@ _KNOWN_TYPE_THEN_BYTES = st.tuples(
 ).map(lambda t: bytes([t[0]]) + t[1])
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.one_of(st.binary(max_size=120), _KNOWN_TYPE_THEN_BYTES))
 def test_decode_body_raises_only_message_decode_error(body: bytes) -> None:
     try:

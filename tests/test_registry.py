@@ -86,10 +86,22 @@ class Registry:
 
 
 @pytest.fixture
-def registry(tmp_path):
-    reg = Registry(tmp_path)
-    yield reg
-    reg.stop()
+def start_registry(tmp_path):
+    """``start_registry(insecure=False)``: ev-registry as a real process, stopped at teardown."""
+    started: list[Registry] = []
+
+    def start(**kw) -> Registry:
+        started.append(Registry(tmp_path, **kw))
+        return started[-1]
+
+    yield start
+    for reg in started:
+        reg.stop()
+
+
+@pytest.fixture
+def registry(start_registry) -> Registry:
+    return start_registry()
 
 
 def test_an_installer_registers_a_cp_and_gets_a_secret_that_only_the_cp_keeps(registry: Registry) -> None:
@@ -196,13 +208,11 @@ def test_plain_http_to_the_registry_gets_nothing(registry: Registry) -> None:
         urllib.request.urlopen(registry.url.replace("https://", "http://") + "/api/v1/cps", timeout=GUARD_S)
 
 
-def test_insecure_mode_is_plain_http_and_says_so(tmp_path) -> None:
-    reg = Registry(tmp_path, insecure=True)
-    try:
-        assert reg.url.startswith("http://")
-        assert reg.call("POST", "/cps", {"id": "CP1", "location": "A"}, token=reg.token("installer"))[0] == 201
-    finally:
-        reg.stop()
+def test_insecure_mode_is_plain_http_and_says_so(start_registry) -> None:
+    reg = start_registry(insecure=True)
+    assert reg.url.startswith("http://")
+    assert reg.call("POST", "/cps", {"id": "CP1", "location": "A"}, token=reg.token("installer"))[0] == 201
+    reg.stop()
     assert "WARNING: --insecure" in reg.log.read_text()
 
 

@@ -9,7 +9,6 @@ import signal
 import pytest
 from netharness import KafkaDriver, Network, wait_for
 
-from evproto.bus.broker import EmbeddedBroker
 from evproto.domain.events import DriverTelemetry, RequestUpdate, Ticket
 
 
@@ -175,34 +174,28 @@ def test_offline_manual_supply_is_reported_once_when_central_is_back(net: Networ
     assert len(driver.tickets()) == 2
 
 
-def test_broker_restart_daemons_reconnect_and_carry_on(tmp_path) -> None:
+def test_broker_restart_daemons_reconnect_and_carry_on(brokers, make_net) -> None:
     """An in-memory broker restarted on the same port comes back empty: the daemons
     reconnect, Central re-creates the topics, and the next supply works end to end."""
-    broker = EmbeddedBroker()
-    broker.start()
+    broker = brokers.start()
     port = broker.port
-    net = Network(str(tmp_path), broker.bootstrap, secure=True)
-    try:
-        net.start_central("D001")
-        engine, _ = net.start_cp("CP001")
-        net.wait_state("CP001", "ACTIVATED")
-        broker.stop()
-        central = next(p for p in net.procs if p.name == "central")
-        wait_for(lambda: net.log_has(central, "cannot reach Kafka"), "Central to notice the broker is gone")
-        broker = EmbeddedBroker(port=port)
-        broker.start()
-        wait_for(lambda: net.log_has(central, "Kafka reachable again"), "Central to reconnect", timeout_s=60)
-        driver = KafkaDriver(net, "D001")
-        rid = driver.request("CP001")
-        driver.wait_status(rid, "authorized", timeout_s=60)
-        engine.send("p")
-        net.wait_state("CP001", "SUPPLYING")
-        engine.send("u")
-        driver.wait_status(rid, "completed")
-        assert len(driver.tickets()) == 1
-    finally:
-        net.close()
-        broker.stop()
+    net = make_net(broker.bootstrap, secure=True)
+    net.start_central("D001")
+    engine, _ = net.start_cp("CP001")
+    net.wait_state("CP001", "ACTIVATED")
+    broker.stop()
+    central = next(p for p in net.procs if p.name == "central")
+    wait_for(lambda: net.log_has(central, "cannot reach Kafka"), "Central to notice the broker is gone")
+    broker = brokers.start(port)
+    wait_for(lambda: net.log_has(central, "Kafka reachable again"), "Central to reconnect", timeout_s=60)
+    driver = KafkaDriver(net, "D001")
+    rid = driver.request("CP001")
+    driver.wait_status(rid, "authorized", timeout_s=60)
+    engine.send("p")
+    net.wait_state("CP001", "SUPPLYING")
+    engine.send("u")
+    driver.wait_status(rid, "completed")
+    assert len(driver.tickets()) == 1
 
 
 def test_sigterm_is_an_orderly_goodbye(net: Network) -> None:

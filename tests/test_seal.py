@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis_budget import examples
 
 from evproto.bus import seal
 from evproto.bus.seal import CounterClock, ReplayWindow, SealError, Why
@@ -110,7 +111,7 @@ def test_plaintext_is_not_an_envelope() -> None:
 
 
 @given(st.binary(max_size=300))
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 def test_no_bytes_make_peek_or_open_raise_anything_but_seal_error(data: bytes) -> None:
     for value in (data, b"EVS1" + data, b"EVG1" + data):
         try:

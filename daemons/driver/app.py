@@ -1,4 +1,4 @@
-"""``ev-driver`` / ``EV_Driver``: a driver's app.
+"""The driver's app: requests, their steps, live figures and tickets, its state file.
 
 Sends supply requests (one-off, or a file of them) to Central through Kafka and
 shows every step of each: received, authorised or denied (with the reason), live
@@ -13,16 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
-import sys
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
-import click
-
-from evproto import __version__
 from evproto.backoff import Backoff
 from evproto.bus.events import MAX_EVENT_BYTES, EventDecodeError, encode_event
 from evproto.bus.kafka import (
@@ -41,8 +35,6 @@ from evproto.bus.kafka import (
 from evproto.bus.seal import SealError
 from evproto.bus.topics import Topic, partition_for, spec_for
 from evproto.domain.events import (
-    MAX_TARGET_DURATION_S,
-    MAX_TARGET_ENERGY_KWH,
     CpStateRecord,
     DriverTelemetry,
     RequestUpdate,
@@ -50,29 +42,20 @@ from evproto.domain.events import (
     Ticket,
 )
 from evproto.domain.session import SessionStatus
-from evproto.idents import InvalidTextError, check_id, id_problem
 from evproto.messages import EndReason
 from evproto.ratelog import RateLimitedLog
 
-from .common import (
-    EXIT_DATAERR,
-    EXIT_UNAVAILABLE,
+from ..common import (
     EXIT_USAGE,
     StateFileError,
-    daemon_options,
-    kafka_config_options,
-    kafka_extra,
-    keep_files_private,
     load_state,
     now_ms,
     save_json_atomic,
-    setup_logging,
-    shutdown_event,
     stdin_lines,
     write_ready_file,
 )
-from .credentials_file import DriverCredentials, credentials_for_cli, read_driver_credentials
-from .gate import (
+from ..credentials_file import DriverCredentials
+from ..gate import (
     PLAIN_POLICY,
     SECURE_POLICY,
     MemoryKeyBook,
@@ -81,145 +64,16 @@ from .gate import (
     RecordGate,
     RecordSealer,
 )
-from .readers import CentralWatch, RecordGuard
+from ..readers import CentralWatch, RecordGuard
+from .figures import LiveFigures
+from .requests import RequestLine, parse_requests
 
-__all__ = ["RequestLine", "parse_requests", "LiveFigures", "Driver", "main"]
+__all__ = ["Driver"]
 
 log = logging.getLogger("evproto.driver")
 
-#: Largest requests file read (about 10,000 lines of supplies).
-MAX_REQUESTS_FILE_BYTES = 1 << 20
-
 #: What Central sends a driver on driver-events.
 _DRIVER_EVENTS = (RequestUpdate, DriverTelemetry, Ticket)
-_TARGET = re.compile(r"^(?P<num>\d+(?:\.\d+)?)\s*(?P<unit>kwh|wh|s|sec|min|m)$", re.I)
-
-
-@dataclass(frozen=True, slots=True)
-class RequestLine:
-    """One supply to ask for: a CP and, optionally, when to stop."""
-
-    cp_id: str
-    target_energy_kwh: float | None = None
-    target_duration_s: float | None = None
-
-    def describe(self) -> str:
-        if self.target_energy_kwh is not None:
-            return f"{self.cp_id} ({self.target_energy_kwh:g} kWh)"
-        if self.target_duration_s is not None:
-            return f"{self.cp_id} ({self.target_duration_s:g} s)"
-        return self.cp_id
-
-
-def _brief(text: str) -> str:
-    """``text`` fit for an error message: bounded, invisible characters made visible."""
-    return ascii(text[:40]) + ("..." if len(text) > 40 else "")
-
-
-def parse_target(text: str) -> tuple[float | None, float | None]:
-    """``"2.5kWh"`` -> (2.5, None); ``"30s"`` / ``"2min"`` -> (None, seconds).
-
-    Energy must be above 0 and at most MAX_TARGET_ENERGY_KWH, a duration above 0 and
-    at most MAX_TARGET_DURATION_S (what Central accepts); ValueError otherwise.
-    """
-    m = _TARGET.match(text.strip())
-    if not m:
-        raise ValueError(f"target {_brief(text)} is not like 2.5kWh, 800Wh, 30s or 2min")
-    num, unit = float(m.group("num")), m.group("unit").lower()  # 400 digits make inf: refused below
-    if unit in ("kwh", "wh"):
-        energy_kwh = num if unit == "kwh" else num / 1000.0
-        if not 0 < energy_kwh <= MAX_TARGET_ENERGY_KWH:
-            raise ValueError(f"target {_brief(text)} must be above 0 and at most {MAX_TARGET_ENERGY_KWH:g} kWh")
-        return energy_kwh, None
-    duration_s = num * 60.0 if unit in ("min", "m") else num
-    if not 0 < duration_s <= MAX_TARGET_DURATION_S:
-        raise ValueError(f"target {_brief(text)} must be above 0 and at most {MAX_TARGET_DURATION_S:g} s "
-                         f"({MAX_TARGET_DURATION_S / 3600:g} h)")
-    return None, duration_s
-
-
-def parse_requests(text: str, *, source: str = "requests") -> list[RequestLine]:
-    """Parse a requests file: one ``CP_ID [TARGET]`` per line; blank lines and ``#`` comments ignored.
-
-    ValueError naming ``source`` and the line for a line that is not valid (CP ids
-    follow the id rule of evproto.idents, targets the bounds of :func:`parse_target`).
-    """
-    out = []
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) > 2:
-            raise ValueError(f"{source}:{n}: expected 'CP_ID [TARGET]', got {_brief(raw.strip())}")
-        problem = id_problem(parts[0])
-        if problem is not None:
-            raise ValueError(f"{source}:{n}: CP id {problem}")
-        energy = duration = None
-        if len(parts) == 2:
-            try:
-                energy, duration = parse_target(parts[1])
-            except ValueError as exc:
-                raise ValueError(f"{source}:{n}: {exc}") from None
-        out.append(RequestLine(parts[0], energy, duration))
-    return out
-
-
-class LiveFigures:
-    """Which live readings a driver is shown: the newest of each burst, at most one every
-    ``every_s``, never one older than a reading already shown for its session, and none of
-    a session that has ended.
-
-    Telemetry is interim and may come late: after an outage Central relays, in one
-    burst, what the CP metered while it was away, and then the ticket. So a reading
-    waits ``settle_s`` before it is shown, and newer readings or the session's end
-    replace it meanwhile. Times are the caller's monotonic seconds.
-    """
-
-    def __init__(self, *, every_s: float = 2.0, settle_s: float = 0.5, remember: int = 200) -> None:
-        self.every_s = every_s
-        self.settle_s = settle_s
-        self._remember = remember
-        self._pending: DriverTelemetry | None = None
-        self._pending_since = 0.0
-        self._shown_at: float | None = None
-        #: Session id -> produced_ts_ms of the last reading shown (the last ``remember`` sessions).
-        self._shown: dict[int, int] = {}
-        self._ended: dict[int, None] = {}
-
-    def offer(self, ev: DriverTelemetry, now: float) -> None:
-        """A reading arrived."""
-        if ev.session_id in self._ended or ev.produced_ts_ms <= self._shown.get(ev.session_id, -1):
-            return
-        p = self._pending
-        if p is not None and p.session_id == ev.session_id and p.produced_ts_ms >= ev.produced_ts_ms:
-            return  # older than the one already waiting
-        if p is None:
-            self._pending_since = now
-        self._pending = ev
-
-    def ended(self, session_id: int) -> None:
-        """The session's ticket or final update arrived: none of its readings is shown any more."""
-        self._ended[session_id] = None
-        self._shown.pop(session_id, None)
-        if len(self._ended) > self._remember:
-            del self._ended[next(iter(self._ended))]
-        if self._pending is not None and self._pending.session_id == session_id:
-            self._pending = None
-
-    def due(self, now: float) -> DriverTelemetry | None:
-        """The reading to show now, if any."""
-        p = self._pending
-        if p is None or now - self._pending_since < self.settle_s:
-            return None
-        if self._shown_at is not None and now - self._shown_at < self.every_s:
-            return None
-        self._pending = None
-        self._shown_at = now
-        self._shown[p.session_id] = p.produced_ts_ms
-        if len(self._shown) > self._remember:
-            del self._shown[next(iter(self._shown))]
-        return p
 
 
 class Driver:
@@ -582,97 +436,3 @@ class Driver:
                 busy = asyncio.ensure_future(self.request(parsed))
                 continue
             log.warning("unknown command %r: r CP_ID [target] · l · q", line)
-
-
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--kafka", envvar="EVPROTO_KAFKA", required=True, metavar="HOST:PORT",
-              help="Kafka bootstrap server(s). [env EVPROTO_KAFKA]")
-@click.option("--id", "driver_id", envvar="EVPROTO_DRIVER_ID", required=True, metavar="DRIVER_ID",
-              help="This driver's id (must be registered at Central). [env EVPROTO_DRIVER_ID]")
-@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              metavar="FILE", help="Supplies to request in order: one 'CP_ID [TARGET]' per line, TARGET like "
-              "2.5kWh or 30s; blank lines and # comments ignored.")
-@click.option("--pause-s", type=click.FloatRange(min=0), default=4.0, show_default=True,
-              help="Pause after each supply ends, success or not, before the next request.")
-@click.option("--state-dir", envvar="EVPROTO_STATE_DIR", default=None, metavar="DIR",
-              help="Where the app remembers its progress (default ./driver-state-ID). [env EVPROTO_STATE_DIR]")
-@click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True)
-@click.option("--exit-when-done/--stay", default=None,
-              help="After the requests file: exit (default when stdin is not a terminal) or keep running.")
-@kafka_config_options
-@click.option("--credentials", "credentials_path", envvar="EVPROTO_CREDENTIALS", default=None, metavar="FILE",
-              help="This driver's key file (ev-central drivers add ID --credentials DIR writes it; 0600). "
-              "[env EVPROTO_CREDENTIALS]")
-@click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
-              help="Release 1's plaintext mode: requests not sealed, news not checked. Only on a network you "
-              "trust. [env EVPROTO_INSECURE]")
-@daemon_options("Write a JSON file once started.")
-@click.version_option(__version__, prog_name="ev-driver")
-def main(kafka: str, driver_id: str, requests_file: str | None, pause_s: float, state_dir: str | None,
-         topic_prefix: str, exit_when_done: bool | None, kafka_config: tuple[str, ...], kafka_config_file: str | None,
-         credentials_path: str | None, insecure: bool,
-         ready_file: str | None, log_format: str, log_level: str) -> None:
-    """A driver's app (EV_Driver).
-
-    Requests supplies from Central and shows each step, the live figures and the
-    ticket. With --requests it works through the file, pausing --pause-s after
-    each supply. Commands (type them; on a pipe, one per line): r CP_ID [TARGET]
-    request a supply, l list the available charge points, q quit.
-
-    \b
-    Release 2 (the default): requests are sealed with this driver's key (--credentials)
-    and only what Central sealed or signed is believed. --insecure: release 1's plaintext.
-    """
-    try:
-        check_id(driver_id, what="--id")
-    except InvalidTextError as exc:
-        click.echo(f"ev-driver: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    keep_files_private()
-    setup_logging(driver_id, level=log_level, fmt=log_format)
-    requests = None
-    if requests_file is not None:
-        try:
-            with open(requests_file, encoding="utf-8") as fh:
-                text = fh.read(MAX_REQUESTS_FILE_BYTES + 1)
-            if len(text) > MAX_REQUESTS_FILE_BYTES:
-                raise ValueError(f"{requests_file}: more than {MAX_REQUESTS_FILE_BYTES} characters; "
-                                 "a requests file holds one short line per supply")
-            requests = parse_requests(text, source=requests_file)
-        except (ValueError, OSError) as exc:  # UnicodeDecodeError is a ValueError
-            click.echo(f"ev-driver: {exc}", err=True)
-            sys.exit(EXIT_USAGE)
-    credentials = credentials_for_cli(
-        "ev-driver", insecure=insecure, path=credentials_path, read=lambda p: read_driver_credentials(p, driver_id),
-        missing="Central only serves drivers with a key: give --credentials FILE (ev-central drivers add ID "
-                "--credentials DIR)",
-        plaintext="requests are not sealed, news not checked")
-    stay = not exit_when_done if exit_when_done is not None else (sys.stdin is not None and sys.stdin.isatty())
-    driver = Driver(
-        driver_id=driver_id,
-        kafka=KafkaSettings(bootstrap=kafka, client_id=f"ev-driver-{driver_id}", prefix=topic_prefix,
-                            extra=kafka_extra(kafka_config, kafka_config_file)),
-        requests=requests,
-        requests_source=os.path.abspath(requests_file) if requests_file else "",
-        state_dir=state_dir or os.path.join(os.getcwd(), f"driver-state-{driver_id}"),
-        pause_s=pause_s,
-        interactive=stay or requests is None,
-        ready_file=ready_file,
-        credentials=credentials,
-    )
-    async def run() -> int:
-        return await driver.run(shutdown_event())
-
-    try:
-        sys.exit(asyncio.run(run()))
-    except BusError as exc:
-        click.echo(f"ev-driver: {exc}", err=True)
-        sys.exit(EXIT_UNAVAILABLE)
-    except StateFileError as exc:
-        click.echo(f"ev-driver: {exc}; it holds the request in progress and the tickets shown: "
-                   "repair it, or move it aside to start afresh", err=True)
-        sys.exit(EXIT_DATAERR)
-
-
-if __name__ == "__main__":
-    main()

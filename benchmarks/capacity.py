@@ -66,7 +66,7 @@ from evproto.domain.events import (
     SupplyRequest,
     SupplyStarted,
 )
-from evproto.daemons.common import raise_fd_limit
+from evproto.daemons.runtime import raise_fd_limit
 from evproto.daemons.stats import nearest_rank
 
 from _report import write_section  # benchmarks/_report.py

@@ -26,7 +26,7 @@ from typing import Any
 
 from evproto.errors import EvprotoError
 
-from .common import StateFileError, load_json
+from .files import StateFileError, load_json
 
 __all__ = ["AuditReport", "AuditSourceError", "AuditSources", "audit", "audit_sources"]
 

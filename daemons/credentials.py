@@ -16,7 +16,7 @@ from evproto import auth
 from evproto.auth import StoredCredential
 from evproto.idents import check_id, check_text
 
-from .common import connect_private_db
+from .files import connect_private_db
 
 __all__ = ["CredentialStore", "AlreadyRegistered"]
 

@@ -53,16 +53,9 @@ from evproto.domain.events import MAX_PRICE_EUR_KWH
 from evproto.endpoint import parse_endpoint
 from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
 
-from .common import (
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    daemon_options,
-    engine_link_problem,
-    keep_files_private,
-    setup_logging,
-    shutdown_event,
-    write_ready_file,
-)
+from .common import EXIT_UNAVAILABLE, EXIT_USAGE, engine_link_problem, setup_logging, shutdown_event
+from .files import keep_files_private, write_ready_file
+from .options import daemon_options
 from .credentials_file import CpCredentials, credentials_for_cli, read_cp_credentials
 
 #: How long Central has to challenge and answer once the link is open.

@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .common import makedirs
+from .files import makedirs
 from .credentials_file import write_cp_credentials
 from .pki import CertificateAuthority, IssuedCertificate, write_private
 from .tokens import TokenRole, TokenStore

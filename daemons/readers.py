@@ -27,7 +27,8 @@ from evproto.bus.topics import Topic
 from evproto.domain.events import Event, Heartbeat
 from evproto.ratelog import RateLimitedLog
 
-from .common import makedirs, now_ms
+from .common import now_ms
+from .files import makedirs
 from .quarantine import CrashGuard, DeadLetter, DeadLetterFile, Verdict
 
 __all__ = ["CENTRAL_SILENCE_S", "MAX_CRASHES", "CentralWatch", "RecordGuard"]

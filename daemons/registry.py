@@ -31,7 +31,9 @@ from evproto.auth import SCRYPT_DEFAULT
 from evproto.idents import InvalidTextError
 
 from .auditlog import AuditLog
-from .common import daemon_options, EXIT_UNAVAILABLE, keep_files_private, setup_logging, shutdown_event, write_ready_file
+from .common import EXIT_UNAVAILABLE, setup_logging, shutdown_event
+from .files import keep_files_private, write_ready_file
+from .options import daemon_options
 from .credentials import AlreadyRegistered, CredentialStore
 from .tokens import TokenRole, TokenStore
 from .webauth import PRINCIPAL, token_auth

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from evproto.idents import check_id
 
-from .common import connect_private_db
+from .files import connect_private_db
 
 __all__ = ["TokenRole", "Principal", "TokenStore", "ROLE_GRANTS"]
 

@@ -67,7 +67,7 @@ def test_capacity_smoke() -> None:
 def test_tune_gc_freezes_startup_and_measures_pauses() -> None:
     code = (
         "import gc, json\n"
-        "from evproto.daemons.common import GC_PAUSES, GC_YOUNG_THRESHOLD, tune_gc\n"
+        "from evproto.daemons.runtime import GC_PAUSES, GC_YOUNG_THRESHOLD, tune_gc\n"
         "tune_gc()\n"
         "gc.collect()\n"
         "print(json.dumps([gc.get_threshold()[0] == GC_YOUNG_THRESHOLD, gc.get_freeze_count() > 1000,"
@@ -92,7 +92,7 @@ def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
 
     code = (
         "import resource\n"
-        "from evproto.daemons.common import raise_fd_limit\n"
+        "from evproto.daemons.runtime import raise_fd_limit\n"
         "got = raise_fd_limit()\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], got)\n"
     )

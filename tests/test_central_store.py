@@ -82,7 +82,7 @@ def test_delivered_outbox_rows_go_and_the_rest_stay_in_order(tmp_path) -> None:
 
 WRITER = r"""
 import sys, time
-from evproto.bus.events import RequestUpdate
+from evproto.domain.events import RequestUpdate
 from evproto.bus.topics import Topic
 from evproto.domain.central import Publish
 from evproto.daemons.central.store import Store

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from evproto.daemons.common import parse_kafka_config
+from evproto.daemons.options import parse_kafka_config
 
 
 def test_pairs_and_a_properties_file_merge_and_the_pairs_win(tmp_path) -> None:

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from evproto.daemons.common import makedirs, open_private, save_json_atomic, write_ready_file
+from evproto.daemons.files import makedirs, open_private, save_json_atomic, write_ready_file
 from netharness import launcher_api, wait_for
 
 pytestmark = pytest.mark.slow

@@ -51,7 +51,8 @@ from evproto.domain.central.view import MessageView
 from evproto.domain.events import CpStateRecord, DriverTelemetry, Event, Heartbeat, SupplyProgress
 from evproto.ratelog import RateLimitedLog
 
-from ..common import now_ms, write_ready_file
+from ..common import now_ms
+from ..files import write_ready_file
 from ..gate import NoKey
 from ..quarantine import CrashGuard, DeadLetter
 from ..tokens import TokenStore

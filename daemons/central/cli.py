@@ -18,17 +18,10 @@ from evproto.idents import InvalidTextError
 
 from ..auditlog import AuditLog, read_entries
 from ..auditlog import verify as verify_audit
-from ..common import (
-    EXIT_UNAVAILABLE,
-    daemon_options,
-    kafka_config_options,
-    kafka_extra,
-    keep_files_private,
-    raise_fd_limit,
-    setup_logging,
-    shutdown_event,
-    tune_gc,
-)
+from ..common import EXIT_UNAVAILABLE, setup_logging, shutdown_event
+from ..files import keep_files_private
+from ..options import daemon_options, kafka_config_options, kafka_extra
+from ..runtime import raise_fd_limit, tune_gc
 from ..tokens import TokenRole, TokenStore
 from .store import Store
 

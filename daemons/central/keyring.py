@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from evproto.bus.seal import KEY_BYTES, SealError, Why
 from evproto.bus.topics import Topic
 
-from ..common import connect_private_db, open_private
+from ..files import connect_private_db, open_private
 from ..gate import CENTRAL, NoKey, Owner, OwnerKind, public_key_bytes, verify_key_id
 from ..pki import write_private
 

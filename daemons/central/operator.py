@@ -16,7 +16,8 @@ from evproto.domain.central import (
 from evproto.domain.central.view import CentralView, SessionView
 
 from ..stats import nearest_rank
-from ..common import GC_PAUSES, now_ms, stdin_lines
+from ..common import now_ms, stdin_lines
+from ..runtime import GC_PAUSES
 
 __all__ = ["OperatorConsole"]
 

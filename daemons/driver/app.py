@@ -45,15 +45,8 @@ from evproto.domain.session import SessionStatus
 from evproto.messages import EndReason
 from evproto.ratelog import RateLimitedLog
 
-from ..common import (
-    EXIT_USAGE,
-    StateFileError,
-    load_state,
-    now_ms,
-    save_json_atomic,
-    stdin_lines,
-    write_ready_file,
-)
+from ..common import EXIT_USAGE, now_ms, stdin_lines
+from ..files import StateFileError, load_state, save_json_atomic, write_ready_file
 from ..credentials_file import DriverCredentials
 from ..gate import (
     PLAIN_POLICY,

@@ -15,18 +15,9 @@ from evproto.bus.kafka import (
 )
 from evproto.idents import InvalidTextError, check_id
 
-from ..common import (
-    EXIT_DATAERR,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    StateFileError,
-    daemon_options,
-    kafka_config_options,
-    kafka_extra,
-    keep_files_private,
-    setup_logging,
-    shutdown_event,
-)
+from ..common import EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, setup_logging, shutdown_event
+from ..files import StateFileError, keep_files_private
+from ..options import daemon_options, kafka_config_options, kafka_extra
 from ..credentials_file import credentials_for_cli, read_driver_credentials
 from .app import Driver
 from .requests import MAX_REQUESTS_FILE_BYTES, parse_requests

@@ -65,14 +65,8 @@ from evproto.hw.supervisor import MeterSupervisor
 from evproto.idents import id_problem
 from evproto.ratelog import RateLimitedLog
 
-from ..common import (
-    StateFileError,
-    load_state,
-    now_ms,
-    save_json_atomic,
-    stdin_lines,
-    write_ready_file,
-)
+from ..common import now_ms, stdin_lines
+from ..files import StateFileError, load_state, save_json_atomic, write_ready_file
 from ..gate import (
     PLAIN_POLICY,
     SECURE_POLICY,

@@ -15,19 +15,9 @@ from evproto.domain.events import MAX_POWER_KW
 from evproto.endpoint import parse_endpoint
 from evproto.errors import TransportError
 
-from ..common import (
-    EXIT_DATAERR,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
-    StateFileError,
-    daemon_options,
-    engine_link_problem,
-    kafka_config_options,
-    kafka_extra,
-    keep_files_private,
-    setup_logging,
-    shutdown_event,
-)
+from ..common import EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_USAGE, engine_link_problem, setup_logging, shutdown_event
+from ..files import StateFileError, keep_files_private
+from ..options import daemon_options, kafka_config_options, kafka_extra
 from .app import Engine, EngineOptions
 from .meter import SimulatedMeter
 

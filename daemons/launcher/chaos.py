@@ -13,7 +13,7 @@ import time
 
 import click
 
-from ..common import open_private
+from ..files import open_private
 from .processes import ROLES, Registry, pid_alive, reap, restart
 
 __all__ = ["chaos_roles", "run_chaos"]

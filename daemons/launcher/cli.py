@@ -16,7 +16,8 @@ from click.core import ParameterSource
 
 from evproto import __version__
 
-from ..common import kafka_config_options, kafka_extra, keep_files_private, makedirs
+from ..files import keep_files_private, makedirs
+from ..options import kafka_config_options, kafka_extra
 from .auditing import audit_network
 from .chaos import chaos_roles, run_chaos
 from .network import (DEFAULT_HTTP_PORT, add_new_cp, add_new_driver, api_base, central_ports, db_path, is_secure,

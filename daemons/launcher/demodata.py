@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Collection
 
-from ..common import open_private
+from ..files import open_private
 
 __all__ = ["LOCATIONS", "write_requests_file", "next_free_id"]
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import click
 
-from ..common import EXIT_UNAVAILABLE, makedirs, open_private
+from ..common import EXIT_UNAVAILABLE
+from ..files import makedirs, open_private
 from .demodata import LOCATIONS, next_free_id, write_requests_file
 from .processes import Instance, Registry, stop_in_order, wait_port
 from .stopping import STOP_SIGNALS, mute_dead_outputs, mute_output, say

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from ..common import StateFileError, load_json, makedirs, open_private, save_json_atomic
+from ..files import StateFileError, load_json, makedirs, open_private, save_json_atomic
 from .stopping import STOP
 
 __all__ = ["ROLES", "Instance", "Registry", "pid_alive", "reap", "tail", "wait_port", "restart", "stop_in_order"]

@@ -363,13 +363,16 @@ class ChargePoint:
             "offline_price_eur_kwh": self.offline_price_eur_kwh,
         }
 
-    def restore(self, snap: dict[str, Any], now_ms: int) -> list[Effect]:
+    def restore(self, snap: dict[str, Any], now_ms: int, *,
+                register: tuple[float, int] | None = None) -> list[Effect]:
         """Reload a snapshot written before a crash; a supply it held ends as ``power_loss``.
 
         The energy reported is what the meter showed at the last persisted reading,
-        and the supply ends at that reading's time (not at ``now_ms``, the restart):
-        the engine cannot know about energy after its crash. ``now_ms`` is when it is
-        reported.
+        and the supply ends at that reading's time (not at ``now_ms``, the restart).
+        ``register``, the meter's register (Wh) and when it was read (epoch ms), is the
+        truth when it is known: what it gained since the snapshot's reading is counted
+        as a reading then (a reset or an impossible jump is not), and the supply ends at
+        that reading. ``now_ms`` is when it is reported.
         """
         self.stopped = bool(snap.get("stopped", False))
         phase = Phase(snap.get("phase", "idle"))
@@ -386,6 +389,10 @@ class ChargePoint:
             assert s.started_ts_ms is not None
             # Snapshots written before readings were timed know the last progress report.
             known_ts_ms = s.last_reading_ts_ms or s.last_progress_ts_ms
+            if register is not None and self.meter_energy_wh is not None and register[1] > known_ts_ms:
+                self.meter_ts_ms = max(s.started_ts_ms, known_ts_ms)
+                self._a_meter(I.METER, register[1], energy_wh=register[0], power_w=0.0)
+                known_ts_ms = s.last_reading_ts_ms
             self._finish("power_loss", now_ms, ended_ts_ms=max(s.started_ts_ms, known_ts_ms))
         else:
             self._withdraw("power_loss", now_ms)

@@ -21,14 +21,22 @@ import sys
 import threading
 
 import pytest
-
-from evproto.bus.events import AuthorizeCommand, SupplyFinished, SupplyProgress
 from evproto.daemons.common import load_state
 from evproto.daemons.engine.app import progress_interval_ms
 from evproto.daemons.engine.meter import SimulatedMeter
 from evproto.daemons.engine.statefile import StateWriter
+
+from evproto.bus.events import AuthorizeCommand, SupplyFinished, SupplyProgress
 from evproto.domain import chargepoint
-from evproto.domain.chargepoint import CP_ACTIONS, CP_TABLE, ChargePoint, CpInput, Emit, Phase, render_markdown
+from evproto.domain.chargepoint import (
+    CP_ACTIONS,
+    CP_TABLE,
+    ChargePoint,
+    CpInput,
+    Emit,
+    Phase,
+    render_markdown,
+)
 
 CP_ID = "CP001"
 T0 = 1_700_000_000_000
@@ -242,8 +250,9 @@ def test_the_rendered_table_has_every_pair() -> None:
 
 @pytest.mark.slow
 def test_an_owed_event_survives_a_sigkill_of_the_engine_and_is_billed_once(net, broker) -> None:
-    from evproto.bus.events import DriverTelemetry
     from netharness import KafkaDriver, wait_for
+
+    from evproto.bus.events import DriverTelemetry
 
     def state() -> dict:
         return load_state(os.path.join(net.tmp, "state-CP001", "engine-state.json"))

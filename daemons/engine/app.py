@@ -68,7 +68,7 @@ from evproto.ratelog import RateLimitedLog
 from evproto.bus import seal
 from evproto.bus.seal import SealError
 
-from ..common import StateFileError, load_state, now_ms, save_json_atomic, stdin_lines, write_ready_file
+from ..common import StateFileError, load_state, now_ms, stdin_lines, write_ready_file
 from ..gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, NoKey, Owner, OwnerKind, RecordGate, RecordSealer
 from ..readers import CentralWatch, RecordGuard
 from evproto.hw.base import MeterDriver, MeterError
@@ -155,6 +155,9 @@ class Engine:
         #: progress changed since.
         self._written_at = -math.inf
         self._dirty = False
+        #: Batches of events waiting for a write, and the write the last of them waits for.
+        self._held = 0
+        self._last_held: asyncio.Future[None] | None = None
         self.cp: ChargePoint | None = None
         self.commands_offset: int | None = None
         #: The log commands_offset belongs to (None: not known yet).
@@ -419,14 +422,24 @@ class Engine:
         written = self._save() if persist else self._save(checkpoint=True) if checkpoint else None
         if not sends:
             return
-        # Nothing leaves before what was handed to the writer so far is on disk, and in order.
-        durable = written or self.writer.durable()
-        if durable is None:
-            self._send(sends, None)
+        if any(outbox_id is not None for _, _, _, outbox_id, _ in sends):
+            # Owed events leave once the state that holds them is on disk.
+            assert written is not None
+            wait: asyncio.Future[None] | None = written
         else:
-            durable.add_done_callback(lambda f, batch=sends: self._send(batch, f))
+            # Progress is best effort and needs no write of its own, but never overtakes
+            # events still waiting for theirs.
+            wait = self._last_held if self._held else None
+        if wait is None:
+            self._send(sends, None)
+            return
+        self._held += 1
+        self._last_held = wait
+        wait.add_done_callback(lambda f, batch=sends: self._send(batch, f))
 
     def _send(self, sends: list[_Send], written: asyncio.Future[None] | None) -> None:
+        if written is not None:
+            self._held -= 1
         failed = written is not None and (written.cancelled() or written.exception() is not None)
         for topic, key, value, outbox_id, event_type in sends:
             if outbox_id is not None:

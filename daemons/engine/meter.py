@@ -13,7 +13,7 @@ from evproto.messages import MeterStatus
 
 from ..common import makedirs
 
-__all__ = ["SimulatedMeter", "ReadingSignal"]
+__all__ = ["ReadingSignal", "SimulatedMeter"]
 
 #: Bytes of the simulated register's record: one write() of a fixed size, overwritten in place.
 _REGISTER_RECORD = 96

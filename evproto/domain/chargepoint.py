@@ -551,7 +551,7 @@ class ChargePoint:
             self._say("RESUME from Central: back in service")
             self._persist()
 
-    def _a_ko(self, inp: CpInput, now_ms: int, *, source: str = "key", detail: str = "") -> None:
+    def _a_ko(self, inp: CpInput, now_ms: int, *, source: str, detail: str) -> None:
         was_ko = self.ko
         if source in self.faults:
             return
@@ -560,7 +560,7 @@ class ChargePoint:
             what = "KO key" if source == "key" else f"{source}: {detail}" if detail else source
             self._say(f"engine KO ({what}): health checks now answer KO", "error")
 
-    def _a_recover(self, inp: CpInput, now_ms: int, *, source: str = "key") -> None:
+    def _a_recover(self, inp: CpInput, now_ms: int, *, source: str) -> None:
         if self.faults.pop(source, None) is None:
             return
         if not self.ko:

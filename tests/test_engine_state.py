@@ -119,11 +119,11 @@ def test_a_writer_killed_mid_write_leaves_the_old_state_or_the_new_one(tmp_path,
     durable = 0
     for _ in range(writes):
         durable = int(proc.stdout.readline())
-    os.kill(proc.pid, signal.SIGKILL)  # it is writing state durable + 1 by now
+    os.kill(proc.pid, signal.SIGKILL)  # it writes without pause: most likely mid-write
     proc.wait(10)
     state = load_state(path)
     n = state["n"]
-    assert n in (durable, durable + 1, durable + 2)  # never older than what was reported on disk
+    assert n >= durable  # never older than what was reported on disk (the writer may be further on)
     assert [e["n"] for e in state["outbox"]] == [n] * 200
     assert [e["n"] for e in state["finished"]] == [n] * 1000
 

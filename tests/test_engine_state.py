@@ -193,7 +193,8 @@ def test_the_simulated_meter_keeps_its_register_across_a_restart(tmp_path) -> No
 
 @pytest.mark.parametrize("meter_interval_s", [0.2, 0.3, 1.0, 2.0])
 def test_progress_goes_out_with_readings_at_most_once_a_second(meter_interval_s: float) -> None:
-    cp = ChargePoint(cp_id=CP_ID, progress_interval_ms=progress_interval_ms(meter_interval_s))
+    cp = ChargePoint(cp_id=CP_ID, progress_interval_ms=progress_interval_ms(meter_interval_s),
+                     progress_with_reading=True)
     cp.monitor_connected(T0)
     cp.central_reachable(True, T0)
     cp.authorize(AuthorizeCommand(cp_id=CP_ID, session_id=1, driver_id="D1", request_id="r1", price_eur_kwh=0.5,
@@ -205,6 +206,8 @@ def test_progress_goes_out_with_readings_at_most_once_a_second(meter_interval_s:
     for k in range(1, 61):
         # Readings on their schedule, each a few ms late by a varying amount (never early).
         now = T0 + int(k * interval_ms) + (k * 7) % 23
+        # Ticks in between (the engine's, every 0.2 s) never report an older reading.
+        assert not any(isinstance(e, Emit) for e in cp.tick(now - int(interval_ms / 2)) + cp.tick(now - 1))
         fx = cp.meter(k * 10.0, 7000.0, now) + cp.tick(now)  # what the engine does as a reading arrives
         sent += [now for e in fx if isinstance(e, Emit) and isinstance(e.event, SupplyProgress)]
     every = math.ceil(1000 / interval_ms)  # readings per report: each k-th, never a reading left waiting

@@ -306,7 +306,8 @@ class Engine:
         if self.cp is not None and self.cp.cp_id == cp_id:
             return
         self.cp = ChargePoint(cp_id=cp_id, auto=self.opts.auto, offline_supply=self.opts.offline_supply,
-                              progress_interval_ms=progress_interval_ms(self.opts.meter_interval_s))
+                              progress_interval_ms=progress_interval_ms(self.opts.meter_interval_s),
+                              progress_with_reading=True)
         self.commands_offset = self.commands_topic_id = None
         now = now_ms()
         if state and state.get("cp_id") == cp_id:

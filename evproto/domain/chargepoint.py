@@ -102,7 +102,8 @@ CP_ACTIONS: dict[str, str] = {
     "central_down": "note Central is silent: no new supplies (said once)",
     "resume": "clear STOP, persist",
     "recover": "clear the fault from its source; OK once none is left",
-    "meter": "count the reading's positive increment (resets and impossible jumps are not counted)",
+    "meter": "count the reading's positive increment (resets and impossible jumps are not counted); with "
+             "progress_with_reading, report progress when due",
     "withdraw": "set the flag, answer the authorisation withdrawn, persist &rarr; idle",
     "finish": "set the flag, report SupplyFinished with the metered energy, persist &rarr; idle",
     "authorize": "accept (answer, persist &rarr; authorized) unless refused (answer with why)",
@@ -114,7 +115,7 @@ CP_ACTIONS: dict[str, str] = {
     "plug": "report SupplyStarted, persist &rarr; supplying",
     "tick_authorized": "withdraw once expired (&rarr; idle); plug in by itself in auto mode",
     "tick_supplying": "finish at the target (&rarr; idle); else report progress from a fresh reading at most "
-                      "once per progress interval, persist",
+                      "once per progress interval (unless progress goes with readings), persist",
     "manual_request": "ask Central for a supply (or serve it offline when allowed), unless refused",
     "manual_busy": "say a supply is already authorised or running",
 }
@@ -255,6 +256,7 @@ class ChargePoint:
         progress_interval_ms: int = 1000,
         offline_supply: bool = False,
         offline_price_eur_kwh: float = 0.0,
+        progress_with_reading: bool = False,
     ) -> None:
         self.cp_id = cp_id
         self.auto = auto
@@ -263,6 +265,10 @@ class ChargePoint:
         #: Price used offline: the last price Central authorised at this CP.
         self.offline_price_eur_kwh = offline_price_eur_kwh
         self.progress_interval_ms = progress_interval_ms
+        #: Report progress with the reading that makes it due (the meter input), not at the
+        #: next tick: no reading waits for a tick, and a tick never reports an older reading
+        #: just before a new one arrives.
+        self.progress_with_reading = progress_with_reading
         self.phase = Phase.IDLE
         self.monitor_up = False
         #: Whether Central's heartbeats are heard; None until the engine knows either way.
@@ -391,7 +397,7 @@ class ChargePoint:
             known_ts_ms = s.last_reading_ts_ms or s.last_progress_ts_ms
             if register is not None and self.meter_energy_wh is not None and register[1] > known_ts_ms:
                 self.meter_ts_ms = max(s.started_ts_ms, known_ts_ms)
-                self._a_meter(I.METER, register[1], energy_wh=register[0], power_w=0.0)
+                self._read(register[1], register[0], 0.0)
                 known_ts_ms = s.last_reading_ts_ms
             self._finish("power_loss", now_ms, ended_ts_ms=max(s.started_ts_ms, known_ts_ms))
         else:
@@ -585,6 +591,11 @@ class ChargePoint:
         self._persist()
 
     def _a_meter(self, inp: CpInput, now_ms: int, *, energy_wh: float, power_w: float) -> None:
+        if self._read(now_ms, energy_wh, power_w) and self.progress_with_reading and not self._target_reached(now_ms):
+            self._progress(now_ms)  # (a target reached is the tick's to end)
+
+    def _read(self, now_ms: int, energy_wh: float, power_w: float) -> bool:
+        """Take a reading; whether it added to the supply's energy."""
         previous, previous_ts_ms = self.meter_energy_wh, self.meter_ts_ms
         self.meter_energy_wh = energy_wh
         self.meter_ts_ms = now_ms
@@ -595,10 +606,10 @@ class ChargePoint:
         if previous is not None and energy_wh < previous:
             self.meter_resets += 1
             self._say(f"meter register went back ({previous:.1f} -> {energy_wh:.1f} Wh): meter reset, counting on", "warning")
-            return
+            return False
         if s is None or previous is None:
             self._fresh_reading = True
-            return
+            return False
         assert s.started_ts_ms is not None
         # Only the supply's own time counts (the reading before the plug-in may be older). In
         # Wh: MAX_POWER_KW x ms / 3600. The step's bound catches a jump after a quiet hour; the
@@ -611,10 +622,11 @@ class ChargePoint:
             self.meter_jumps += 1
             self._say(f"meter register jumped {gained_wh:.1f} Wh in {max(0, now_ms - since_ms) / 1000:g} s, more than "
                       f"{MAX_POWER_KW:g} kW deliver: not counted, counting on from there", "warning")
-            return
+            return False
         self._fresh_reading = True
         s.energy_wh += gained_wh
         s.power_w = power_w
+        return True
 
     def _a_tick_authorized(self, inp: CpInput, now_ms: int) -> None:
         s = self.supply
@@ -624,18 +636,28 @@ class ChargePoint:
         elif self.auto is not None and now_ms - s.authorized_ts_ms >= self.auto.plug_delay_s * 1000:
             self._a_plug(inp, now_ms)
 
-    def _a_tick_supplying(self, inp: CpInput, now_ms: int) -> None:
+    def _target_reached(self, now_ms: int) -> bool:
         s = self.supply
         assert s is not None and s.started_ts_ms is not None
         elapsed_s = (now_ms - s.started_ts_ms) / 1000.0
         target_s = s.target_duration_s
         if target_s is None and s.target_energy_kwh is None and self.auto is not None:
             target_s = self.auto.default_duration_s
-        if (s.target_energy_kwh is not None and s.energy_kwh >= s.target_energy_kwh) or (
+        return (s.target_energy_kwh is not None and s.energy_kwh >= s.target_energy_kwh) or (
             target_s is not None and elapsed_s >= target_s
-        ):
+        )
+
+    def _a_tick_supplying(self, inp: CpInput, now_ms: int) -> None:
+        if self._target_reached(now_ms):
             self._finish("completed", now_ms)
             return
+        if not self.progress_with_reading:
+            self._progress(now_ms)
+
+    def _progress(self, now_ms: int) -> None:
+        s = self.supply
+        assert s is not None and s.started_ts_ms is not None
+        elapsed_s = (now_ms - s.started_ts_ms) / 1000.0
         # Telemetry only from a fresh reading: a meter that stopped answering must not
         # have its last values republished with new timestamps (the fault shows instead).
         if now_ms - s.last_progress_ts_ms >= self.progress_interval_ms and self._fresh_reading:

@@ -8,6 +8,14 @@
   nothing, it only delays.
 - The state file (atomic write + fsync) also holds the supply in progress, so an engine
   that is killed reports the final figures of the interrupted supply when it restarts.
+  It is written ahead of acting at every session boundary (authorised, started, ended)
+  and whenever an owed event enters or leaves the outbox; the energy so far only every
+  ``checkpoint_s``. After a crash the meter's register is the truth for the energy of the
+  interrupted supply (the checkpoint's figures plus what the register gained since); the
+  checkpoint bounds what is lost only when the register cannot be read. Writes run in a
+  worker thread, one at a time, newest last (statefile.StateWriter).
+- A meter reading is handled the moment it arrives: its progress report goes out at once
+  (at most one per ``progress_interval_ms``).
 """
 
 from __future__ import annotations
@@ -15,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -65,19 +75,15 @@ from evproto.hw.supervisor import MeterSupervisor
 from evproto.idents import id_problem
 from evproto.ratelog import RateLimitedLog
 
+from evproto.hw.base import MeterError
+
 from ..common import now_ms, stdin_lines
-from ..files import StateFileError, load_state, save_json_atomic, write_ready_file
-from ..gate import (
-    PLAIN_POLICY,
-    SECURE_POLICY,
-    MemoryKeyBook,
-    NoKey,
-    Owner,
-    OwnerKind,
-    RecordGate,
-    RecordSealer,
-)
+from ..files import StateFileError, load_state, write_ready_file
+from ..gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, NoKey, Owner, OwnerKind, RecordGate, RecordSealer
 from ..readers import CentralWatch, RecordGuard
+
+from .meter import ReadingSignal
+from .statefile import StateWriter
 
 __all__ = ["EngineOptions", "Engine"]
 
@@ -105,6 +111,34 @@ class EngineOptions:
     meter_interval_s: float = 1.0
     #: Release 2: commands must be sealed with this CP's key and events are sealed with it.
     secure: bool = False
+    #: Seconds between checkpoints of a supply's progress (energy so far) in the state file.
+    checkpoint_s: float = 10.0
+    #: How long a meter reading at restart, to end the interrupted supply with, may take.
+    restart_read_timeout_s: float = 2.0
+
+
+#: Progress reports (telemetry for the driver and Central) at most once a second.
+PROGRESS_INTERVAL_MS = 1000
+
+
+def progress_interval_ms(meter_interval_s: float) -> int:
+    """The bar between two progress reports for readings every ``meter_interval_s``.
+
+    Progress goes out with the reading that makes it due. Readings arrive on a fixed
+    schedule plus a little delay that varies, so the bar sits half an interval below the
+    k-th reading that reaches PROGRESS_INTERVAL_MS: every k-th reading is reported, never
+    two in one interval, and none waits for the next because it came a millisecond early.
+    """
+    interval_ms = max(1.0, meter_interval_s * 1000.0)
+    k = max(1, math.ceil(PROGRESS_INTERVAL_MS / interval_ms))
+    return int((k - 0.5) * interval_ms)
+
+
+#: An event to produce: topic, key, value, its outbox id (None: best effort), its type.
+_Send = tuple[Topic, str, bytes, int | None, str]
+
+# Supply fields that change with every reading: written on the checkpoint's schedule, not at once.
+_PROGRESS_FIELDS = ("energy_wh", "power_w", "last_progress_ts_ms", "last_reading_ts_ms")
 
 
 #: Record keys an engine keeps: the current one and those before it (commands in flight).
@@ -119,8 +153,19 @@ class Engine:
     def __init__(self, opts: EngineOptions, meter: MeterDriver) -> None:
         self.opts = opts
         self.meter = meter
-        self.supervisor = MeterSupervisor(meter, interval_s=opts.meter_interval_s)
+        self.readings = ReadingSignal(meter)
+        self.supervisor = MeterSupervisor(self.readings, interval_s=opts.meter_interval_s)
         self.state_path = os.path.join(opts.state_dir, "engine-state.json")
+        self.writer = StateWriter(self.state_path)
+        #: The durable part of the CP's snapshot last handed to the writer (progress aside).
+        self._written_key: tuple[Any, ...] | None = None
+        #: When a snapshot was last handed to the writer (time.monotonic()), and whether
+        #: progress changed since.
+        self._written_at = -math.inf
+        self._dirty = False
+        #: Batches of events waiting for a write, and the write the last of them waits for.
+        self._held = 0
+        self._last_held: asyncio.Future[None] | None = None
         self.cp: ChargePoint | None = None
         self.commands_offset: int | None = None
         #: The log commands_offset belongs to (None: not known yet).
@@ -167,20 +212,21 @@ class Engine:
             started.push_async_callback(self.producer.close, 5.0)
             server = await serve(self.opts.listen, self._session, node_id="engine", on_hello=self._on_hello,
                                  config=self.opts.link_config)
-            started.callback(self._save)
+            started.push_async_callback(self._final_save)
             started.push_async_callback(server.close)
             host, port = server.addresses[0]
             scheme = "tls" if self.opts.listen.startswith("tls://") else "tcp"
             log.info("listening for the monitor on %s://%s:%s%s; Kafka %s", scheme, host, port,
                      " (mutual TLS)" if scheme == "tls" else "", self.opts.kafka.bootstrap)
             if state.get("cp_id"):
-                self._adopt(state["cp_id"], state)
+                self._adopt(state["cp_id"], state, await self._register_at_restart(state))
             write_ready_file(self.opts.ready_file, role="engine", listen=f"{host}:{port}", scheme=scheme,
                              cp_id=self.cp.cp_id if self.cp else None)
             await self.supervisor.start()
             started.push_async_callback(self.supervisor.close)
             self._tasks = [
                 asyncio.ensure_future(self._tick_loop()),
+                asyncio.ensure_future(self._readings_loop()),
                 asyncio.ensure_future(self.central.listen(self.opts.kafka)),
                 asyncio.ensure_future(self._outbox_loop()),
             ]
@@ -201,30 +247,75 @@ class Engine:
 
     # -- state -----------------------------------------------------------------------------
 
-    def _save(self) -> None:
-        if self.cp is None:
-            return
-        save_json_atomic(
-            self.state_path,
-            {
-                "cp_id": self.cp.cp_id,
-                "cp": self.cp.snapshot(),
-                "commands_offset": self.commands_offset,
-                "commands_topic_id": self.commands_topic_id,
-                "outbox": self.outbox,
-                "finished": self.finished,
-                # The record keys are secrets: the state file is 0600 like everything we write.
-                "keys": [{"key_id": k, "key": self.keys.keys[k][1].hex()} for k in self._key_order],
-                "central_key": (self.keys.central_key or b"").hex(),
-                "replay": self.gate.window.state(),
-            },
-        )
+    def _state(self) -> dict[str, Any]:
+        """The whole state file, as copies the writer's thread can read while the loop goes on."""
+        assert self.cp is not None
+        return {
+            "cp_id": self.cp.cp_id,
+            "cp": self.cp.snapshot(),
+            "commands_offset": self.commands_offset,
+            "commands_topic_id": self.commands_topic_id,
+            "outbox": list(self.outbox),  # entries and ledger rows are never changed once made
+            "finished": list(self.finished),
+            # The record keys are secrets: the state file is 0600 like everything we write.
+            "keys": [{"key_id": k, "key": self.keys.keys[k][1].hex()} for k in self._key_order],
+            "central_key": (self.keys.central_key or b"").hex(),
+            "replay": self.gate.window.state(),
+        }
 
-    def _adopt(self, cp_id: str, state: dict[str, Any] | None = None) -> None:
+    def _durable_key(self) -> tuple[Any, ...] | None:
+        """The CP's snapshot minus the figures every reading changes: what must be written at once."""
+        if self.cp is None:
+            return None
+        snap = self.cp.snapshot()
+        supply = snap["supply"]
+        fields = None if supply is None else tuple(sorted((k, v) for k, v in supply.items()
+                                                          if k not in _PROGRESS_FIELDS))
+        return (snap["stopped"], snap["phase"], snap["offline_price_eur_kwh"], fields)
+
+    def _save(self, *, checkpoint: bool = False) -> asyncio.Future[None] | None:
+        """Hand the state to the writer: now, or with ``checkpoint`` (only progress changed)
+        once ``checkpoint_s`` have passed since the last write. The future resolves once it is
+        on disk (None: nothing handed over)."""
+        if self.cp is None:
+            return None
+        now = time.monotonic()
+        if checkpoint and now - self._written_at < self.opts.checkpoint_s:
+            self._dirty = True
+            return None
+        self._written_at, self._dirty = now, False
+        self._written_key = self._durable_key()
+        return self.writer.submit(self._state())
+
+    async def _final_save(self) -> None:
+        await self.writer.flush()
+        if self.cp is not None:
+            self.writer.save_now(self._state())
+
+    async def _register_at_restart(self, state: dict[str, Any]) -> tuple[float, int] | None:
+        """The meter's register (Wh) and when it was read, to end a supply the engine was
+        killed in: the register, not the last checkpoint, says what was delivered."""
+        if (state.get("cp") or {}).get("phase") != "supplying":
+            return None
+        kept = getattr(self.meter, "last_register", None)
+        if kept is not None:
+            register: tuple[float, int] | None = kept()  # the simulated meter's own memory
+            return register
+        try:
+            reading = await asyncio.wait_for(self.supervisor.read_once(), self.opts.restart_read_timeout_s)
+        except (MeterError, OSError, asyncio.TimeoutError) as exc:
+            log.warning("cannot read the meter to end the interrupted supply (%s): its last checkpoint counts", exc)
+            return None
+        return reading.energy_wh, now_ms()
+
+    def _adopt(self, cp_id: str, state: dict[str, Any] | None = None,
+               meter_register: tuple[float, int] | None = None) -> None:
         """Become charge point ``cp_id`` (from the state file, or named by the monitor)."""
         if self.cp is not None and self.cp.cp_id == cp_id:
             return
-        self.cp = ChargePoint(cp_id=cp_id, auto=self.opts.auto, offline_supply=self.opts.offline_supply)
+        self.cp = ChargePoint(cp_id=cp_id, auto=self.opts.auto, offline_supply=self.opts.offline_supply,
+                              progress_interval_ms=progress_interval_ms(self.opts.meter_interval_s),
+                              progress_with_reading=True)
         self.commands_offset = self.commands_topic_id = None
         now = now_ms()
         if state and state.get("cp_id") == cp_id:
@@ -236,7 +327,7 @@ class Engine:
             if register is not None and restore is not None:
                 restore(register)
             try:
-                fx = self.cp.restore(state.get("cp") or {}, now)
+                fx = self.cp.restore(state.get("cp") or {}, now, register=meter_register)
             except (TypeError, ValueError, KeyError, AttributeError, AssertionError) as exc:
                 raise StateFileError(f"{self.state_path}: the supply it holds cannot be restored ({exc})") from None
             if fx:
@@ -301,14 +392,18 @@ class Engine:
 
     def _apply(self, effects: list[Effect]) -> None:
         """Carry out effects write-ahead: the state file (with the outbox) is on disk
-        before any event leaves, so a crash can never let Central know more than we do."""
-        persist = False
-        sends: list[tuple[Topic, str, bytes, int | None, str]] = []
+        before any event leaves, so a crash can never let Central know more than we do.
+        A change of progress alone is checkpointed on its schedule (see _save)."""
+        persist = checkpoint = False
+        sends: list[_Send] = []
         for fx in effects:
             if isinstance(fx, Say):
                 getattr(log, fx.level if fx.level in ("warning", "error") else "info")(fx.text)
             elif isinstance(fx, Persist):
-                persist = True
+                if self._durable_key() != self._written_key:
+                    persist = True  # a session boundary, STOP/RESUME, the price: write ahead
+                else:
+                    checkpoint = True
             elif isinstance(fx, Emit):
                 ev = fx.event
                 if isinstance(ev, SupplyRequest):
@@ -329,11 +424,37 @@ class Engine:
                 self._outbox_seq += 1
                 entry = {"id": self._outbox_seq, "topic": topic.value, "key": key, "value": value.decode()}
                 self.outbox.append(entry)
+                # Not re-sent by the outbox loop while its write is under way.
+                self._in_flight.add(entry["id"])
                 persist = True
                 sends.append((topic, key, value, entry["id"], ev.TYPE))
-        if persist:
-            self._save()
+        written = self._save() if persist else self._save(checkpoint=True) if checkpoint else None
+        if not sends:
+            return
+        if any(outbox_id is not None for _, _, _, outbox_id, _ in sends):
+            # Owed events leave once the state that holds them is on disk.
+            assert written is not None
+            wait: asyncio.Future[None] | None = written
+        else:
+            # Progress is best effort and needs no write of its own, but never overtakes
+            # events still waiting for theirs.
+            wait = self._last_held if self._held else None
+        if wait is None:
+            self._send(sends, None)
+            return
+        self._held += 1
+        self._last_held = wait
+        wait.add_done_callback(lambda f, batch=sends: self._send(batch, f))
+
+    def _send(self, sends: list[_Send], written: asyncio.Future[None] | None) -> None:
+        if written is not None:
+            self._held -= 1
+        failed = written is not None and (written.cancelled() or written.exception() is not None)
         for topic, key, value, outbox_id, event_type in sends:
+            if outbox_id is not None:
+                self._in_flight.discard(outbox_id)
+            if failed:
+                continue  # not on disk: owed events stay in the outbox, the outbox loop tries again
             self._produce(topic, key, value, outbox_id, event_type)
 
     def _ledger(self, ev: SupplyFinished) -> None:
@@ -370,7 +491,7 @@ class Engine:
         if fut.cancelled() or fut.exception() is not None:
             return  # stays in the outbox; the outbox loop sends it again
         self.outbox = [e for e in self.outbox if e["id"] != outbox_id]
-        self._save()
+        self._save()  # an owed event left the outbox
 
     async def _outbox_loop(self) -> None:
         # On start-up and after failures: send again whatever the broker never acknowledged.
@@ -508,29 +629,42 @@ class Engine:
     # -- time ------------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
-        set_load = getattr(self.meter, "set_load", None)
         while True:
             await asyncio.sleep(_TICK_S)
-            cp = self.cp
-            if cp is None:
-                continue
-            now = now_ms()
-            fx: list[Effect] = self._central_news(now)
-            if set_load is not None:
-                set_load(cp.phase is Phase.SUPPLYING)
-            # Only fresh readings go in: a stalled meter's last values are never re-used.
-            reading = self.supervisor.take()
-            if reading is not None:
-                fx += cp.meter(reading.energy_wh, reading.power_w, now)
-            fault = self.supervisor.health.fault
-            if fault is not None and "meter" not in cp.faults:
-                fx += cp.set_ko(now, source="meter", detail=f"{fault.label}: {self.supervisor.health.detail}")
-            elif fault is None and "meter" in cp.faults:
-                fx += cp.recover(now, source="meter")
-            fx += cp.tick(now)
-            self._apply(fx)
-            if set_load is not None:
-                set_load(cp.phase is Phase.SUPPLYING)
+            self._step()
+            if self._dirty:
+                self._save(checkpoint=True)  # progress not yet checkpointed: once it is due
+
+    async def _readings_loop(self) -> None:
+        # A reading is handled as it arrives, not at the next tick: its progress goes out now.
+        while True:
+            await self.readings.arrived.wait()
+            self.readings.arrived.clear()
+            self._step()
+
+    def _step(self) -> None:
+        """Take the news (Central, a fresh reading, the meter's health) and let time pass."""
+        cp = self.cp
+        if cp is None:
+            return
+        set_load = getattr(self.meter, "set_load", None)
+        now = now_ms()
+        fx: list[Effect] = self._central_news(now)
+        if set_load is not None:
+            set_load(cp.phase is Phase.SUPPLYING)
+        # Only fresh readings go in: a stalled meter's last values are never re-used.
+        reading = self.supervisor.take()
+        if reading is not None:
+            fx += cp.meter(reading.energy_wh, reading.power_w, now)
+        fault = self.supervisor.health.fault
+        if fault is not None and "meter" not in cp.faults:
+            fx += cp.set_ko(now, source="meter", detail=f"{fault.label}: {self.supervisor.health.detail}")
+        elif fault is None and "meter" in cp.faults:
+            fx += cp.recover(now, source="meter")
+        fx += cp.tick(now)
+        self._apply(fx)
+        if set_load is not None:
+            set_load(cp.phase is Phase.SUPPLYING)
 
     # -- keys ------------------------------------------------------------------------------
 

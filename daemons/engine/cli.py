@@ -62,6 +62,12 @@ from .meter import SimulatedMeter
               help="While Central is unreachable, serve manual supplies (m DRIVER) anyway and report them "
               "when it is back, billed exactly once (the OCPP 1.6 offline rule). Off: refuse them, as the "
               "assignment says.")
+@click.option("--checkpoint-s", envvar="EVPROTO_CHECKPOINT_S", type=click.FloatRange(min=0, max=300), default=10.0,
+              show_default=True,
+              help="Seconds between checkpoints of a supply's energy so far in the state file. Session boundaries "
+              "and events owed to Central are written at once; after a crash the meter's register says what was "
+              "delivered, so this bounds only what a meter that keeps no register of its own can lose. "
+              "[env EVPROTO_CHECKPOINT_S]")
 @click.option("--state-dir", envvar="EVPROTO_STATE_DIR", default=None, metavar="DIR",
               help="Where the engine keeps its durable state (default: ./engine-state-PORT). "
               "[env EVPROTO_STATE_DIR]")
@@ -75,7 +81,7 @@ from .meter import SimulatedMeter
 @click.version_option(__version__, prog_name="evcp-engine")
 def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol: str, baudrate: int | None,
          meter_address: str, meter_interval_s: float, meter_timeout_s: float, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,
-         supply_s: float, offline_supply: bool, state_dir: str | None, topic_prefix: str,
+         supply_s: float, offline_supply: bool, checkpoint_s: float, state_dir: str | None, topic_prefix: str,
          kafka_config: tuple[str, ...], kafka_config_file: str | None, insecure: bool,
          ready_file: str | None, log_format: str, log_level: str) -> None:
     """The engine of a charge point (EV_CP_E).
@@ -122,6 +128,8 @@ def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol:
         offline_supply=offline_supply,
         meter_interval_s=meter_interval_s if meter_port else 0.2,
         secure=not insecure,
+        checkpoint_s=checkpoint_s,
+        restart_read_timeout_s=meter_timeout_s,
     )
     if insecure:
         click.echo("evcp-engine: WARNING: --insecure: commands are not checked, events not sealed", err=True)
@@ -131,7 +139,8 @@ def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol:
         meter = make_driver(meter_protocol, meter_port, baudrate=baudrate, address=meter_address,
                             timeout_s=meter_timeout_s)
     else:
-        meter = SimulatedMeter(power_kw=power_kw, time_scale=time_scale)
+        meter = SimulatedMeter(power_kw=power_kw, time_scale=time_scale,
+                               register_path=os.path.join(opts.state_dir, "simulated-meter-register.json"))
 
     async def run() -> int:
         return await Engine(opts, meter).run(shutdown_event())

@@ -18,6 +18,8 @@ figures always stay within what the event schemas accept.
 from __future__ import annotations
 
 import enum
+import inspect
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,6 +40,9 @@ __all__ = [
     "Phase",
     "CpInput",
     "CP_TABLE",
+    "CP_ACTIONS",
+    "INPUT_ARGS",
+    "render_markdown",
     "Emit",
     "Say",
     "Persist",
@@ -78,6 +83,43 @@ class CpInput(enum.Enum):
 
 P = Phase
 I = CpInput  # noqa: E741
+
+#: What each input carries: the keyword arguments its action receives (checked at import).
+INPUT_ARGS: dict[CpInput, tuple[str, ...]] = {
+    I.AUTHORIZE: ("cmd",),
+    I.CANCEL: ("session_id",),
+    I.KO: ("source", "detail"),
+    I.RECOVER: ("source",),
+    I.METER: ("energy_wh", "power_w"),
+    I.MANUAL_REQUEST: ("driver_id", "request_id"),
+}
+
+#: Action name -> what it does (the documentation column). ``ChargePoint._a_<name>`` carries it out.
+CP_ACTIONS: dict[str, str] = {
+    "ignore": "nothing",
+    "monitor_up": "note the monitor is linked (said once)",
+    "monitor_down": "note the monitor is lost: refuse every supply until it is back",
+    "central_up": "note Central is heard (said once)",
+    "central_down": "note Central is silent: no new supplies (said once)",
+    "resume": "clear STOP, persist",
+    "recover": "clear the fault from its source; OK once none is left",
+    "meter": "count the reading's positive increment (resets and impossible jumps are not counted); with "
+             "progress_with_reading, report progress when due",
+    "withdraw": "set the flag, answer the authorisation withdrawn, persist &rarr; idle",
+    "finish": "set the flag, report SupplyFinished with the metered energy, persist &rarr; idle",
+    "authorize": "accept (answer, persist &rarr; authorized) unless refused (answer with why)",
+    "refuse_busy": "answer a repeated command again, refuse another as busy",
+    "cancel": "drop the authorisation Central cancelled, persist &rarr; idle",
+    "stop": "set STOP (out of order), persist",
+    "ko": "note the fault from its source; health checks answer KO",
+    "plug_refused": "say no supply is authorised",
+    "plug": "report SupplyStarted, persist &rarr; supplying",
+    "tick_authorized": "withdraw once expired (&rarr; idle); plug in by itself in auto mode",
+    "tick_supplying": "finish at the target (&rarr; idle); else report progress from a fresh reading at most "
+                      "once per progress interval (unless progress goes with readings), persist",
+    "manual_request": "ask Central for a supply (or serve it offline when allowed), unless refused",
+    "manual_busy": "say a supply is already authorised or running",
+}
 
 #: (phase, input) -> action. Every pair is listed; a test walks them all.
 CP_TABLE: dict[tuple[Phase, CpInput], str] = {}
@@ -127,6 +169,19 @@ CP_TABLE.update(
 # Why a supply ends, for inputs that end one (SupplyFinished.reason).
 _END_REASONS = {I.MONITOR_DOWN: EndReason.MONITOR_LOST, I.STOP: EndReason.STOPPED, I.KO: EndReason.FAULT,
                 I.UNPLUG: EndReason.UNPLUGGED}
+
+
+def render_markdown() -> str:
+    """The table as Markdown, one row per input and one column per phase, then the actions."""
+    lines = [
+        "| input | " + " | ".join(p.value for p in Phase) + " |",
+        "| --- | " + " | ".join("---" for _ in Phase) + " |",
+    ]
+    for inp in CpInput:
+        lines.append(f"| {inp.value} | " + " | ".join(CP_TABLE[(p, inp)] for p in Phase) + " |")
+    lines += ["", "| action | what it does |", "| --- | --- |"]
+    lines += [f"| {name} | {text} |" for name, text in CP_ACTIONS.items()]
+    return "\n".join(lines) + "\n"
 
 
 # -- effects ---------------------------------------------------------------------------------
@@ -203,6 +258,7 @@ class ChargePoint:
         progress_interval_ms: int = 1000,
         offline_supply: bool = False,
         offline_price_eur_kwh: float = 0.0,
+        progress_with_reading: bool = False,
     ) -> None:
         self.cp_id = cp_id
         self.auto = auto
@@ -211,6 +267,10 @@ class ChargePoint:
         #: Price used offline: the last price Central authorised at this CP.
         self.offline_price_eur_kwh = offline_price_eur_kwh
         self.progress_interval_ms = progress_interval_ms
+        #: Report progress with the reading that makes it due (the meter input), not at the
+        #: next tick: no reading waits for a tick, and a tick never reports an older reading
+        #: just before a new one arrives.
+        self.progress_with_reading = progress_with_reading
         self.phase = Phase.IDLE
         self.monitor_up = False
         #: Whether Central's heartbeats are heard; None until the engine knows either way.
@@ -229,7 +289,6 @@ class ChargePoint:
         #: Readings that jumped beyond what MAX_POWER_KW delivers (not counted).
         self.meter_jumps = 0
         self._fx: list[Effect] = []
-        self._arg: Any = None
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -243,10 +302,10 @@ class ChargePoint:
         return self._run(I.CENTRAL_UP if reachable else I.CENTRAL_DOWN, now_ms)
 
     def authorize(self, cmd: AuthorizeCommand, now_ms: int) -> list[Effect]:
-        return self._run(I.AUTHORIZE, now_ms, cmd)
+        return self._run(I.AUTHORIZE, now_ms, cmd=cmd)
 
     def cancel(self, session_id: int, now_ms: int) -> list[Effect]:
-        return self._run(I.CANCEL, now_ms, session_id)
+        return self._run(I.CANCEL, now_ms, session_id=session_id)
 
     def stop(self, now_ms: int) -> list[Effect]:
         return self._run(I.STOP, now_ms)
@@ -256,11 +315,11 @@ class ChargePoint:
 
     def set_ko(self, now_ms: int, *, source: str = "key", detail: str = "") -> list[Effect]:
         """A fault from ``source``: the KO key, or the meter failing. Health checks answer KO."""
-        return self._run(I.KO, now_ms, (source, detail))
+        return self._run(I.KO, now_ms, source=source, detail=detail)
 
     def recover(self, now_ms: int, *, source: str = "key") -> list[Effect]:
         """The fault from ``source`` cleared (the CP is OK again once no fault is left)."""
-        return self._run(I.RECOVER, now_ms, source)
+        return self._run(I.RECOVER, now_ms, source=source)
 
     @property
     def ko(self) -> bool:
@@ -274,13 +333,13 @@ class ChargePoint:
         return self._run(I.UNPLUG, now_ms)
 
     def meter(self, energy_wh: float, power_w: float, now_ms: int) -> list[Effect]:
-        return self._run(I.METER, now_ms, (energy_wh, power_w))
+        return self._run(I.METER, now_ms, energy_wh=energy_wh, power_w=power_w)
 
     def tick(self, now_ms: int) -> list[Effect]:
         return self._run(I.TICK, now_ms)
 
     def manual_request(self, driver_id: str, request_id: str, now_ms: int) -> list[Effect]:
-        return self._run(I.MANUAL_REQUEST, now_ms, (driver_id, request_id))
+        return self._run(I.MANUAL_REQUEST, now_ms, driver_id=driver_id, request_id=request_id)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -312,13 +371,16 @@ class ChargePoint:
             "offline_price_eur_kwh": self.offline_price_eur_kwh,
         }
 
-    def restore(self, snap: dict[str, Any], now_ms: int) -> list[Effect]:
+    def restore(self, snap: dict[str, Any], now_ms: int, *,
+                register: tuple[float, int] | None = None) -> list[Effect]:
         """Reload a snapshot written before a crash; a supply it held ends as ``power_loss``.
 
         The energy reported is what the meter showed at the last persisted reading,
-        and the supply ends at that reading's time (not at ``now_ms``, the restart):
-        the engine cannot know about energy after its crash. ``now_ms`` is when it is
-        reported.
+        and the supply ends at that reading's time (not at ``now_ms``, the restart).
+        ``register``, the meter's register (Wh) and when it was read (epoch ms), is the
+        truth when it is known: what it gained since the snapshot's reading is counted
+        as a reading then (a reset or an impossible jump is not), and the supply ends at
+        that reading. ``now_ms`` is when it is reported.
         """
         self.stopped = bool(snap.get("stopped", False))
         phase = Phase(snap.get("phase", "idle"))
@@ -335,6 +397,10 @@ class ChargePoint:
             assert s.started_ts_ms is not None
             # Snapshots written before readings were timed know the last progress report.
             known_ts_ms = s.last_reading_ts_ms or s.last_progress_ts_ms
+            if register is not None and self.meter_energy_wh is not None and register[1] > known_ts_ms:
+                self.meter_ts_ms = max(s.started_ts_ms, known_ts_ms)
+                self._read(register[1], register[0], 0.0)
+                known_ts_ms = s.last_reading_ts_ms
             self._finish(EndReason.POWER_LOSS, now_ms, ended_ts_ms=max(s.started_ts_ms, known_ts_ms))
         else:
             self._withdraw(EndReason.POWER_LOSS.token, now_ms)
@@ -342,10 +408,10 @@ class ChargePoint:
 
     # -- dispatch --------------------------------------------------------------------------
 
-    def _run(self, inp: CpInput, now_ms: int, arg: Any = None) -> list[Effect]:
+    def _run(self, inp: CpInput, now_ms: int, **args: Any) -> list[Effect]:
+        """Carry out the table's action for ``inp``; ``args`` are the input's (INPUT_ARGS)."""
         self._fx = []
-        self._arg = arg
-        getattr(self, "_a_" + CP_TABLE[(self.phase, inp)])(inp, now_ms)
+        _DISPATCH[(self.phase, inp)](self, inp, now_ms, **args)
         return self._take()
 
     def _take(self) -> list[Effect]:
@@ -402,7 +468,7 @@ class ChargePoint:
 
     # -- actions (named in CP_TABLE) -------------------------------------------------------
 
-    def _a_ignore(self, inp: CpInput, now_ms: int) -> None:
+    def _a_ignore(self, inp: CpInput, now_ms: int, **_unused: object) -> None:
         pass
 
     def _a_monitor_up(self, inp: CpInput, now_ms: int) -> None:
@@ -425,8 +491,7 @@ class ChargePoint:
             self.central_up = False
             self._say("cannot reach Central: no new supplies until it is back", "warning")
 
-    def _a_authorize(self, inp: CpInput, now_ms: int) -> None:
-        cmd: AuthorizeCommand = self._arg
+    def _a_authorize(self, inp: CpInput, now_ms: int, *, cmd: AuthorizeCommand) -> None:
         reason = self.refusal() or ("expired" if now_ms >= cmd.expires_ts_ms else "")
         if reason:
             self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=False, reason=reason, ts_ms=now_ms))
@@ -448,37 +513,37 @@ class ChargePoint:
         self._say(f"authorised supply {cmd.session_id} for driver {cmd.driver_id}: waiting for the vehicle to plug in")
         self._persist()
 
-    def _a_refuse_busy(self, inp: CpInput, now_ms: int) -> None:
-        cmd: AuthorizeCommand = self._arg
+    def _a_refuse_busy(self, inp: CpInput, now_ms: int, *, cmd: AuthorizeCommand) -> None:
         assert self.supply is not None
         if cmd.session_id == self.supply.session_id:  # a repeated command: answer the same again
             self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=True, ts_ms=now_ms))
             return
         self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=False, reason="busy", ts_ms=now_ms))
 
-    def _a_cancel(self, inp: CpInput, now_ms: int) -> None:
+    def _a_cancel(self, inp: CpInput, now_ms: int, *, session_id: int) -> None:
         assert self.supply is not None
-        if self._arg == self.supply.session_id:
+        if session_id == self.supply.session_id:
             self._say(f"authorisation {self.supply.session_id} cancelled by Central")
             self.supply = None
             self.phase = Phase.IDLE
             self._persist()
 
-    def _a_withdraw(self, inp: CpInput, now_ms: int) -> None:
+    def _a_withdraw(self, inp: CpInput, now_ms: int, **fault: str) -> None:
+        """``fault``: the KO input's source and detail (the other inputs that end a supply carry none)."""
         reason = _END_REASONS[inp]
-        self._apply_flag(inp)
+        self._apply_flag(inp, fault)
         self._withdraw(reason.token, now_ms)
 
-    def _a_finish(self, inp: CpInput, now_ms: int) -> None:
+    def _a_finish(self, inp: CpInput, now_ms: int, **fault: str) -> None:
         reason = _END_REASONS[inp]
-        self._apply_flag(inp)
+        self._apply_flag(inp, fault)
         self._finish(reason, now_ms)
 
-    def _apply_flag(self, inp: CpInput) -> None:
+    def _apply_flag(self, inp: CpInput, fault: dict[str, str]) -> None:
         if inp is I.STOP:
             self._a_stop(inp, 0)
         elif inp is I.KO:
-            self._a_ko(inp, 0)
+            self._a_ko(inp, 0, **fault)
         elif inp is I.MONITOR_DOWN:
             self._a_monitor_down(inp, 0)
 
@@ -494,8 +559,7 @@ class ChargePoint:
             self._say("RESUME from Central: back in service")
             self._persist()
 
-    def _a_ko(self, inp: CpInput, now_ms: int) -> None:
-        source, detail = self._arg if isinstance(self._arg, tuple) else ("key", "")
+    def _a_ko(self, inp: CpInput, now_ms: int, *, source: str, detail: str) -> None:
         was_ko = self.ko
         if source in self.faults:
             return
@@ -504,8 +568,7 @@ class ChargePoint:
             what = "KO key" if source == "key" else f"{source}: {detail}" if detail else source
             self._say(f"engine KO ({what}): health checks now answer KO", "error")
 
-    def _a_recover(self, inp: CpInput, now_ms: int) -> None:
-        source = self._arg if isinstance(self._arg, str) else "key"
+    def _a_recover(self, inp: CpInput, now_ms: int, *, source: str) -> None:
         if self.faults.pop(source, None) is None:
             return
         if not self.ko:
@@ -529,8 +592,12 @@ class ChargePoint:
         self._say(f"vehicle plugged in: supply {s.session_id or 'offline'} for {s.driver_id} started")
         self._persist()
 
-    def _a_meter(self, inp: CpInput, now_ms: int) -> None:
-        energy_wh, power_w = self._arg
+    def _a_meter(self, inp: CpInput, now_ms: int, *, energy_wh: float, power_w: float) -> None:
+        if self._read(now_ms, energy_wh, power_w) and self.progress_with_reading and not self._target_reached(now_ms):
+            self._progress(now_ms)  # (a target reached is the tick's to end)
+
+    def _read(self, now_ms: int, energy_wh: float, power_w: float) -> bool:
+        """Take a reading; whether it added to the supply's energy."""
         previous, previous_ts_ms = self.meter_energy_wh, self.meter_ts_ms
         self.meter_energy_wh = energy_wh
         self.meter_ts_ms = now_ms
@@ -541,10 +608,10 @@ class ChargePoint:
         if previous is not None and energy_wh < previous:
             self.meter_resets += 1
             self._say(f"meter register went back ({previous:.1f} -> {energy_wh:.1f} Wh): meter reset, counting on", "warning")
-            return
+            return False
         if s is None or previous is None:
             self._fresh_reading = True
-            return
+            return False
         assert s.started_ts_ms is not None
         # Only the supply's own time counts (the reading before the plug-in may be older). In
         # Wh: MAX_POWER_KW x ms / 3600. The step's bound catches a jump after a quiet hour; the
@@ -557,10 +624,11 @@ class ChargePoint:
             self.meter_jumps += 1
             self._say(f"meter register jumped {gained_wh:.1f} Wh in {max(0, now_ms - since_ms) / 1000:g} s, more than "
                       f"{MAX_POWER_KW:g} kW deliver: not counted, counting on from there", "warning")
-            return
+            return False
         self._fresh_reading = True
         s.energy_wh += gained_wh
         s.power_w = power_w
+        return True
 
     def _a_tick_authorized(self, inp: CpInput, now_ms: int) -> None:
         s = self.supply
@@ -570,18 +638,28 @@ class ChargePoint:
         elif self.auto is not None and now_ms - s.authorized_ts_ms >= self.auto.plug_delay_s * 1000:
             self._a_plug(inp, now_ms)
 
-    def _a_tick_supplying(self, inp: CpInput, now_ms: int) -> None:
+    def _target_reached(self, now_ms: int) -> bool:
         s = self.supply
         assert s is not None and s.started_ts_ms is not None
         elapsed_s = (now_ms - s.started_ts_ms) / 1000.0
         target_s = s.target_duration_s
         if target_s is None and s.target_energy_kwh is None and self.auto is not None:
             target_s = self.auto.default_duration_s
-        if (s.target_energy_kwh is not None and s.energy_kwh >= s.target_energy_kwh) or (
+        return (s.target_energy_kwh is not None and s.energy_kwh >= s.target_energy_kwh) or (
             target_s is not None and elapsed_s >= target_s
-        ):
+        )
+
+    def _a_tick_supplying(self, inp: CpInput, now_ms: int) -> None:
+        if self._target_reached(now_ms):
             self._finish(EndReason.COMPLETED, now_ms)
             return
+        if not self.progress_with_reading:
+            self._progress(now_ms)
+
+    def _progress(self, now_ms: int) -> None:
+        s = self.supply
+        assert s is not None and s.started_ts_ms is not None
+        elapsed_s = (now_ms - s.started_ts_ms) / 1000.0
         # Telemetry only from a fresh reading: a meter that stopped answering must not
         # have its last values republished with new timestamps (the fault shows instead).
         if now_ms - s.last_progress_ts_ms >= self.progress_interval_ms and self._fresh_reading:
@@ -602,8 +680,7 @@ class ChargePoint:
                 )
             self._persist()
 
-    def _a_manual_request(self, inp: CpInput, now_ms: int) -> None:
-        driver_id, request_id = self._arg
+    def _a_manual_request(self, inp: CpInput, now_ms: int, *, driver_id: str, request_id: str) -> None:
         reason = self.refusal()
         if not reason and not self.central_up:
             if self.offline_supply:
@@ -632,6 +709,32 @@ class ChargePoint:
                   f"({self.offline_price_eur_kwh:.2f} EUR/kWh); it will be reported when Central is back")
         self._persist()
 
-    def _a_manual_busy(self, inp: CpInput, now_ms: int) -> None:
+    def _a_manual_busy(self, inp: CpInput, now_ms: int, *, driver_id: str, request_id: str) -> None:
         self._say("manual supply refused: a supply is already authorised or running", "warning")
 
+
+
+# -- dispatch, resolved once at import ---------------------------------------------------------
+
+_Action = Callable[..., None]
+
+
+def _resolve() -> dict[tuple[Phase, CpInput], _Action]:
+    """CP_TABLE's action names bound to ChargePoint's methods, each checked to take what its input carries."""
+    if set(CP_TABLE) != {(p, i) for p in Phase for i in CpInput}:
+        raise AssertionError("CP_TABLE must list every (phase, input) pair")
+    dispatch: dict[tuple[Phase, CpInput], _Action] = {}
+    for (phase, inp), name in CP_TABLE.items():
+        method = getattr(ChargePoint, "_a_" + name, None)
+        if name not in CP_ACTIONS or not callable(method):
+            raise AssertionError(f"CP_TABLE[{phase.name}, {inp.name}] names {name!r}, which is no action")
+        args = INPUT_ARGS.get(inp, ())
+        try:
+            inspect.signature(method).bind(None, inp, 0, **dict.fromkeys(args))
+        except TypeError as exc:
+            raise AssertionError(f"action {name!r} cannot take what {inp.name} carries {args}: {exc}") from None
+        dispatch[(phase, inp)] = method
+    return dispatch
+
+
+_DISPATCH = _resolve()

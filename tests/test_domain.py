@@ -1004,3 +1004,12 @@ def test_the_session_table_in_the_docs_is_the_code_s() -> None:
     docs = (Path(__file__).resolve().parent.parent / "docs" / "central.md").read_text(encoding="utf-8")
     assert render_markdown() in docs, "docs/central.md: paste evproto.domain.session.render_markdown() again"
 
+
+def test_the_charge_point_table_in_the_docs_is_the_code_s() -> None:
+    from pathlib import Path
+
+    from evproto.domain.chargepoint import render_markdown
+
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "resilience.md").read_text(encoding="utf-8")
+    assert render_markdown() in docs, "docs/resilience.md: paste evproto.domain.chargepoint.render_markdown() again"
+

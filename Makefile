@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast typecheck demo demo-protocol venv bench fuzz detection soak capacity wheel clean
+.PHONY: test test-fast lint fmt typecheck demo demo-protocol venv bench fuzz detection soak capacity wheel clean
 
 venv: $(STAMP)
 
@@ -32,12 +32,21 @@ typecheck: $(STAMP)
 	$(BIN)/python -m mypy --strict $(TYPED)
 	$(BIN)/pyright --pythonpath $(BIN)/python $(TYPED)
 
-test: typecheck
+# Style: ruff's lint rules and its formatter (settings in pyproject.toml); `make fmt` applies both.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint typecheck
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The pure and in-process tests (loopback links and ptys included; no broker, no daemons), with
 # a tenth of the property tests' examples: a minute or so. `make test` still runs everything.
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not network" \
 		--hypothesis-profile fast $(PYTEST_ARGS)
 

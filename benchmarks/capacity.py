@@ -45,6 +45,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from _report import write_section  # benchmarks/_report.py
+
 from evproto import Hello, LinkConfig, Role
 from evproto.aio import open_link
 from evproto.bus.broker import EmbeddedBroker
@@ -58,6 +60,8 @@ from evproto.bus.kafka import (
     ensure_topics,
 )
 from evproto.bus.topics import Topic, partition_for
+from evproto.daemons.runtime import raise_fd_limit
+from evproto.daemons.stats import nearest_rank
 from evproto.domain.events import (
     AuthorizationAnswer,
     AuthorizeCommand,
@@ -66,10 +70,6 @@ from evproto.domain.events import (
     SupplyRequest,
     SupplyStarted,
 )
-from evproto.daemons.runtime import raise_fd_limit
-from evproto.daemons.stats import nearest_rank
-
-from _report import write_section  # benchmarks/_report.py
 
 CLK = os.sysconf("SC_CLK_TCK")
 MP = multiprocessing.get_context("spawn")
@@ -125,18 +125,36 @@ def _monitors_main(central: str, cp_ids: list[str], secrets: dict[str, str] | No
 
         async def one(cp_id: str) -> None:
             session = auth.ClientSession(cp_id, secrets[cp_id]) if secrets else None
-            hello = Hello(role=Role.MONITOR, node_id=cp_id, keepalive_ms=1000, location="bench", price_eur_kwh=0.30,
-                          credentials=session.start() if session else b"")
+            hello = Hello(
+                role=Role.MONITOR,
+                node_id=cp_id,
+                keepalive_ms=1000,
+                location="bench",
+                price_eur_kwh=0.30,
+                credentials=session.start() if session else b"",
+            )
             link = await open_link(central, hello=hello, config=config)
             if session is not None:
                 async for event in link.messages:
                     if isinstance(event.message, AuthChallenge):
                         m = event.message
-                        await link.respond(event, AuthProof(proof=session.answer(auth.Challenge(
-                            salt=m.salt, log2_n=m.log2_n, r=m.r, p=m.p, server_nonce=m.server_nonce))))
+                        await link.respond(
+                            event,
+                            AuthProof(
+                                proof=session.answer(
+                                    auth.Challenge(
+                                        salt=m.salt, log2_n=m.log2_n, r=m.r, p=m.p, server_nonce=m.server_nonce
+                                    )
+                                )
+                            ),
+                        )
                     elif isinstance(event.message, AuthResult):
-                        session.finish(event.message.signature, key_id=event.message.key_id,
-                                       wrapped_key=event.message.wrapped_key, verify_key=event.message.verify_key)
+                        session.finish(
+                            event.message.signature,
+                            key_id=event.message.key_id,
+                            wrapped_key=event.message.wrapped_key,
+                            verify_key=event.message.verify_key,
+                        )
                         break
             links.append(link)
 
@@ -152,8 +170,7 @@ def _monitors_main(central: str, cp_ids: list[str], secrets: dict[str, str] | No
     asyncio.run(run())
 
 
-def _drivers_main(settings: KafkaSettings, partitions: int, measuring: Any, db: str | None,
-                  conn: Connection) -> None:
+def _drivers_main(settings: KafkaSettings, partitions: int, measuring: Any, db: str | None, conn: Connection) -> None:
     """Every driver's events (one consumer on all driver-events partitions): telemetry latency.
     With ``db`` (release 2) they are opened with the drivers' keys, as each driver's app does."""
 
@@ -204,8 +221,14 @@ def _bare_main(bootstrap: str, topic: str, partitions: int, measuring: Any, conn
     """A bare confluent-kafka consume loop on the live telemetry topic: the comparison point."""
     import confluent_kafka
 
-    c = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": "capacity-bare",
-                                  "enable.auto.commit": False, "fetch.wait.max.ms": 50})
+    c = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "capacity-bare",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 50,
+        }
+    )
     c.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_END) for p in range(partitions)])
     conn.send("ready")
     count = 0
@@ -225,8 +248,14 @@ def _drain_main(bootstrap: str, topic: str, start: dict[int, int], end: dict[int
     """A bare confluent-kafka loop reading exactly [start, end) of every partition, timed."""
     import confluent_kafka
 
-    c = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": "capacity-drain",
-                                  "enable.auto.commit": False, "enable.partition.eof": False})
+    c = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "capacity-drain",
+            "enable.auto.commit": False,
+            "enable.partition.eof": False,
+        }
+    )
     c.list_topics(topic, timeout=10)  # connected before the clock starts
     left = {p: end[p] - start[p] for p in start if end[p] > start[p]}
     count = 0
@@ -264,8 +293,9 @@ class Child:
 class Engines:
     """The simulated engines (this process): answer authorisations, report telemetry at 1 Hz."""
 
-    def __init__(self, settings: KafkaSettings, cp_ids: list[str], partitions: dict[Topic, int],
-                 db: str | None = None) -> None:
+    def __init__(
+        self, settings: KafkaSettings, cp_ids: list[str], partitions: dict[Topic, int], db: str | None = None
+    ) -> None:
         self.settings = settings
         self.db = db
         self.decode = _decoder(None)
@@ -308,10 +338,22 @@ class Engines:
                     ev = self.decode(record)
                     if isinstance(ev, AuthorizeCommand) and ev.cp_id in self.cp_set:
                         now = int(time.time() * 1000)
-                        self.send(Topic.CP_EVENTS, ev.cp_id, AuthorizationAnswer(
-                            cp_id=ev.cp_id, session_id=ev.session_id, accepted=True, ts_ms=now))
-                        self.send(Topic.CP_EVENTS, ev.cp_id, SupplyStarted(
-                            cp_id=ev.cp_id, session_id=ev.session_id, driver_id=ev.driver_id, started_ts_ms=now, ts_ms=now))
+                        self.send(
+                            Topic.CP_EVENTS,
+                            ev.cp_id,
+                            AuthorizationAnswer(cp_id=ev.cp_id, session_id=ev.session_id, accepted=True, ts_ms=now),
+                        )
+                        self.send(
+                            Topic.CP_EVENTS,
+                            ev.cp_id,
+                            SupplyStarted(
+                                cp_id=ev.cp_id,
+                                session_id=ev.session_id,
+                                driver_id=ev.driver_id,
+                                started_ts_ms=now,
+                                ts_ms=now,
+                            ),
+                        )
                         self.supplying[ev.cp_id] = (ev.session_id, ev.driver_id)
 
     def send(self, topic: Topic, key: str, event: Any) -> None:
@@ -328,9 +370,20 @@ class Engines:
             for cp_id, (session, driver) in list(self.supplying.items()):
                 e = self.energy.get(cp_id, 0.0) + 0.002
                 self.energy[cp_id] = e
-                self.send(Topic.CP_EVENTS, cp_id, SupplyProgress(
-                    cp_id=cp_id, session_id=session, driver_id=driver, energy_kwh=e, amount_eur=e * 0.3,
-                    power_kw=7.4, elapsed_s=1.0, ts_ms=now))
+                self.send(
+                    Topic.CP_EVENTS,
+                    cp_id,
+                    SupplyProgress(
+                        cp_id=cp_id,
+                        session_id=session,
+                        driver_id=driver,
+                        energy_kwh=e,
+                        amount_eur=e * 0.3,
+                        power_kw=7.4,
+                        elapsed_s=1.0,
+                        ts_ms=now,
+                    ),
+                )
                 n += 1
         return n
 
@@ -347,9 +400,20 @@ class Engines:
                     continue
                 e = energy.get(cp_id, 0.0) + 0.002
                 energy[cp_id] = e
-                self.send(Topic.CP_EVENTS, cp_id, SupplyProgress(
-                    cp_id=cp_id, session_id=session, driver_id=driver, energy_kwh=e, amount_eur=e * 0.3,
-                    power_kw=7.4, elapsed_s=1.0, ts_ms=now))
+                self.send(
+                    Topic.CP_EVENTS,
+                    cp_id,
+                    SupplyProgress(
+                        cp_id=cp_id,
+                        session_id=session,
+                        driver_id=driver,
+                        energy_kwh=e,
+                        amount_eur=e * 0.3,
+                        power_kw=7.4,
+                        elapsed_s=1.0,
+                        ts_ms=now,
+                    ),
+                )
                 if self.measuring:
                     self.produced += 1
             slot = (slot + 1) % 10
@@ -357,9 +421,16 @@ class Engines:
 
     async def request_supplies(self, n_drivers: int) -> None:
         for i in range(n_drivers):
-            self.send(Topic.DRIVER_REQUESTS, f"D{i:05d}", SupplyRequest(
-                request_id=f"bench-{i}-{random.getrandbits(32)}", driver_id=f"D{i:05d}", cp_id=self.cp_ids[i],
-                ts_ms=int(time.time() * 1000)))
+            self.send(
+                Topic.DRIVER_REQUESTS,
+                f"D{i:05d}",
+                SupplyRequest(
+                    request_id=f"bench-{i}-{random.getrandbits(32)}",
+                    driver_id=f"D{i:05d}",
+                    cp_id=self.cp_ids[i],
+                    ts_ms=int(time.time() * 1000),
+                ),
+            )
             if i % 200 == 199:
                 await asyncio.sleep(0.05)
 
@@ -391,8 +462,9 @@ def central_lag(db: str, bootstrap_settings: KafkaSettings, partitions: int) -> 
     return sum(max(0, ends[p] - stored.get(p, ends[p])) for p in range(partitions))
 
 
-async def catch_up(args: argparse.Namespace, engines: Engines, db: str, settings: KafkaSettings, bootstrap: str,
-                   partitions: int) -> dict[str, Any]:
+async def catch_up(
+    args: argparse.Namespace, engines: Engines, db: str, settings: KafkaSettings, bootstrap: str, partitions: int
+) -> dict[str, Any]:
     """Saturate Central's telemetry path, then drain the same records with a bare consume loop.
 
     The engines post ``--burst`` seconds' worth of readings at once (for the real
@@ -426,8 +498,12 @@ async def catch_up(args: argparse.Namespace, engines: Engines, db: str, settings
     count, bare_s = await drain.recv(600)
     drain.stop()
     bare_rate = count / bare_s if bare_s > 0 else float("nan")
-    return {"records": posted, "central_per_s": round(central_rate), "bare_per_s": round(bare_rate),
-            "central_vs_bare": round(central_rate / bare_rate, 3) if bare_rate else None}
+    return {
+        "records": posted,
+        "central_per_s": round(central_rate),
+        "bare_per_s": round(bare_rate),
+        "central_vs_bare": round(central_rate / bare_rate, 3) if bare_rate else None,
+    }
 
 
 def _secure_setup(db: str, workdir: str, prefix: str, cp_ids: list[str], drivers: list[str]) -> tuple[list[str], Any]:
@@ -435,13 +511,12 @@ def _secure_setup(db: str, workdir: str, prefix: str, cp_ids: list[str], drivers
     the registry's cost is not what is measured), every driver given a key, a viewer token."""
     from pathlib import Path as _Path
 
+    from evproto.aio import tls_client_context
     from evproto.daemons.central.keyring import KeyRing
     from evproto.daemons.credentials import CredentialStore
     from evproto.daemons.credentials_file import write_cp_credentials
     from evproto.daemons.pki import CertificateAuthority
     from evproto.daemons.tokens import TokenRole, TokenStore
-
-    from evproto.aio import tls_client_context
 
     pki = os.path.join(workdir, f"{prefix}pki")
     ca = CertificateAuthority.ensure(pki)
@@ -459,8 +534,10 @@ def _secure_setup(db: str, workdir: str, prefix: str, cp_ids: list[str], drivers
     _API["headers"] = {"Authorization": f"Bearer {token}"}
     _API["context"] = tls_client_context(ca=str(ca.cert_path))
     real = str(write_cp_credentials(_Path(pki) / "CPREAL.json", "CPREAL", cps.pop("CPREAL")))
-    return (["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)],
-            {"ca": str(ca.cert_path), "cps": cps, "real": real})
+    return (
+        ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)],
+        {"ca": str(ca.cert_path), "cps": cps, "real": real},
+    )
 
 
 async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker_pid: int | None) -> dict[str, Any]:
@@ -470,22 +547,54 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
     db = os.path.join(workdir, f"{prefix}central.db")
     n_drivers = min(args.drivers, args.cps)
     drivers = [f"D{i:05d}" for i in range(n_drivers)] + ["DREAL"]
-    subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", db, "drivers", "add", *drivers],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "evproto.daemons.central", "--db", db, "drivers", "add", *drivers],
+        check=True,
+        capture_output=True,
+    )
     security, secrets = ["--insecure"], None
     if args.secure:
-        security, secrets = _secure_setup(db, workdir, prefix, [f"CP{i:05d}" for i in range(args.cps)] + ["CPREAL"],
-                                          drivers)
+        security, secrets = _secure_setup(
+            db, workdir, prefix, [f"CP{i:05d}" for i in range(args.cps)] + ["CPREAL"], drivers
+        )
     ready = os.path.join(workdir, f"{prefix}ready.json")
     env = {**os.environ, "EVPROTO_TOPIC_PREFIX": prefix}
     log = open(os.path.join(workdir, f"{prefix}central.log"), "wb")
-    central = subprocess.Popen([sys.executable, "-m", "evproto.daemons.central", "--db", db, "--kafka", bootstrap,
-                                "--port", "0", "--http-port", "0", "--host", "127.0.0.1", "--no-panel",
-                                "--ready-file", ready, "--answer-timeout-s", "120", "--plug-timeout-s", "600",
-                                "--registrations-per-min", "1000000",  # the bench registers every CP at once
-                                *security,
-                                "--log-format", "text", "--log-level", "warning"],
-                               stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env)
+    central = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "evproto.daemons.central",
+            "--db",
+            db,
+            "--kafka",
+            bootstrap,
+            "--port",
+            "0",
+            "--http-port",
+            "0",
+            "--host",
+            "127.0.0.1",
+            "--no-panel",
+            "--ready-file",
+            ready,
+            "--answer-timeout-s",
+            "120",
+            "--plug-timeout-s",
+            "600",
+            "--registrations-per-min",
+            "1000000",  # the bench registers every CP at once
+            *security,
+            "--log-format",
+            "text",
+            "--log-level",
+            "warning",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     procs = [central]
     children: list[Child] = []
     engines: Engines | None = None
@@ -505,8 +614,9 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         say(args, f"connecting {args.cps} monitors...")
         central_url = f"tls://{info['listen']}?ca={secrets['ca']}" if secrets else info["listen"]
         monitors = Child(_monitors_main, central_url, cp_ids, secrets["cps"] if secrets else None)
-        drivers_proc = Child(_drivers_main, settings, partitions[Topic.DRIVER_EVENTS], measuring,
-                             db if args.secure else None)
+        drivers_proc = Child(
+            _drivers_main, settings, partitions[Topic.DRIVER_EVENTS], measuring, db if args.secure else None
+        )
         bare = Child(_bare_main, bootstrap, settings.topic(Topic.CP_EVENTS), partitions[Topic.CP_EVENTS], measuring)
         children += [monitors, drivers_proc, bare]
         connected = await monitors.recv(300)
@@ -516,31 +626,79 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         # One real charge point (engine + monitor processes) supplying alongside, for their memory.
         real_state = os.path.join(workdir, f"{prefix}engine-state")
         engine_ready = os.path.join(workdir, f"{prefix}engine.json")
-        engine = subprocess.Popen([sys.executable, "-m", "evproto.daemons.engine", "--kafka", bootstrap, "--listen",
-                                   "127.0.0.1:0", "--auto", "--plug-delay-s", "0.5", "--supply-s", "3600",
-                                   "--state-dir", real_state, "--ready-file", engine_ready, "--log-level", "warning",
-                                   *(["--insecure"] if not args.secure else [])],
-                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        engine = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "evproto.daemons.engine",
+                "--kafka",
+                bootstrap,
+                "--listen",
+                "127.0.0.1:0",
+                "--auto",
+                "--plug-delay-s",
+                "0.5",
+                "--supply-s",
+                "3600",
+                "--state-dir",
+                real_state,
+                "--ready-file",
+                engine_ready,
+                "--log-level",
+                "warning",
+                *(["--insecure"] if not args.secure else []),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         procs.append(engine)
         while not os.path.exists(engine_ready):
             if engine.poll() is not None:
                 raise RuntimeError("the real engine exited")
             await asyncio.sleep(0.05)
         engine_listen = json.loads(Path(engine_ready).read_text())["listen"]
-        monitor = subprocess.Popen([sys.executable, "-m", "evproto.daemons.monitor", "--engine", engine_listen,
-                                    "--central", info["listen"], "--id", "CPREAL", "--location", "bench", "--price", "0.3",
-                                    "--log-level", "warning",
-                                    *(["--credentials", secrets["real"], "--ca", secrets["ca"]] if secrets else
-                                      ["--insecure"])], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL, env=env)
+        monitor = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "evproto.daemons.monitor",
+                "--engine",
+                engine_listen,
+                "--central",
+                info["listen"],
+                "--id",
+                "CPREAL",
+                "--location",
+                "bench",
+                "--price",
+                "0.3",
+                "--log-level",
+                "warning",
+                *(["--credentials", secrets["real"], "--ca", secrets["ca"]] if secrets else ["--insecure"]),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         procs.append(monitor)
         tasks = [asyncio.ensure_future(engines.run_engines()), asyncio.ensure_future(engines.telemetry())]
         await drivers_proc.recv(60)
         await bare.recv(60)
         await asyncio.sleep(1.0)  # let the consumers settle at the end of their partitions
         await engines.request_supplies(n_drivers)
-        engines.send(Topic.DRIVER_REQUESTS, "DREAL", SupplyRequest(
-            request_id=f"real-{random.getrandbits(32)}", driver_id="DREAL", cp_id="CPREAL", ts_ms=int(time.time() * 1000)))
+        engines.send(
+            Topic.DRIVER_REQUESTS,
+            "DREAL",
+            SupplyRequest(
+                request_id=f"real-{random.getrandbits(32)}",
+                driver_id="DREAL",
+                cp_id="CPREAL",
+                ts_ms=int(time.time() * 1000),
+            ),
+        )
         ramp_deadline = time.monotonic() + args.ramp
         while len(engines.supplying) < n_drivers and time.monotonic() < ramp_deadline:
             await asyncio.sleep(0.25)
@@ -558,10 +716,24 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
         load_pids = [os.getpid()] + [c.proc.pid for c in children]
         profiler = None
         if args.profile:
-            profiler = subprocess.Popen([args.py_spy, "record", "--pid", str(central.pid), "--duration",
-                                         str(int(args.duration)), "--format", "raw", "--output", args.profile,
-                                         "--nonblocking"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+            profiler = subprocess.Popen(
+                [
+                    args.py_spy,
+                    "record",
+                    "--pid",
+                    str(central.pid),
+                    "--duration",
+                    str(int(args.duration)),
+                    "--format",
+                    "raw",
+                    "--output",
+                    args.profile,
+                    "--nonblocking",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         status0 = http_json(f"{http}/status")["counters"]
         lag0 = await asyncio.to_thread(central_lag, db, settings, partitions[Topic.CP_EVENTS])
         broker0 = proc_cpu_s(broker_pid) if broker_pid else 0.0
@@ -613,21 +785,33 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
             "supplying": supplying_now,
             "telemetry_in_per_s": round(in_rate, 1),
             "telemetry_out_per_s": round(out_rate, 1),
-            "latency_ms": {"p50": round(nearest_rank(latencies, 50), 1), "p99": round(nearest_rank(latencies, 99), 1),
-                           "max": round(max(latencies, default=float("nan")), 1)},
-            "latency_split_ms": {"to_central_p50": round(nearest_rank(to_central, 50), 1),
-                                 "to_central_p99": round(nearest_rank(to_central, 99), 1),
-                                 "from_central_p50": round(nearest_rank(from_central, 50), 1),
-                                 "from_central_p99": round(nearest_rank(from_central, 99), 1)},
+            "latency_ms": {
+                "p50": round(nearest_rank(latencies, 50), 1),
+                "p99": round(nearest_rank(latencies, 99), 1),
+                "max": round(max(latencies, default=float("nan")), 1),
+            },
+            "latency_split_ms": {
+                "to_central_p50": round(nearest_rank(to_central, 50), 1),
+                "to_central_p99": round(nearest_rank(to_central, 99), 1),
+                "from_central_p50": round(nearest_rank(from_central, 50), 1),
+                "from_central_p99": round(nearest_rank(from_central, 99), 1),
+            },
             "central_cpu_percent": round((cpu1 - cpu0) / window * 100, 1),
             "central_rss_mb": round(max(rss_samples, default=proc_rss_mb(central.pid)), 1),
             # Growing: the backlog's trend (least squares over one sample a second) says Central
             # falls behind by more than 1 % of what arrives; a snapshot alone catches a batch in flight.
             "lag_growing": bool(lag_slope > max(10.0, 0.01 * in_rate)),
-            "lag": {"start": lag0, "end": lag1, "max": max(v for _, v in lag_samples),
-                    "trend_per_s": round(lag_slope, 1)},
+            "lag": {
+                "start": lag0,
+                "end": lag1,
+                "max": max(v for _, v in lag_samples),
+                "trend_per_s": round(lag_slope, 1),
+            },
             "bare_consumer_per_s": round(bare_rate, 1),
-            "bare_latency_ms": {"p50": round(nearest_rank(bare_ages, 50), 1), "p99": round(nearest_rank(bare_ages, 99), 1)},
+            "bare_latency_ms": {
+                "p50": round(nearest_rank(bare_ages, 50), 1),
+                "p99": round(nearest_rank(bare_ages, 99), 1),
+            },
             "central_vs_bare": round(in_rate / bare_rate, 3) if bare_rate else None,
             "catch_up": caught,
             "monitor_links_up": still_up,
@@ -639,14 +823,18 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
             "engine_rss_mb": round(proc_rss_mb(engine.pid), 1),
             "monitor_rss_mb": round(proc_rss_mb(monitor.pid), 1),
             # Central's own view: age of the latest readings when it took them in (status API).
-            "central_telemetry_age_ms": {"p50": status1.get("telemetry_age_p50_ms"),
-                                         "p99": status1.get("telemetry_age_p99_ms")},
-            "central_loop_stalls": {k: status1.get(f"loop_stalls_{k}", 0) - status0.get(f"loop_stalls_{k}", 0)
-                                    for k in ("50ms", "200ms")},
-            "central_gc": {"full_collections": status1.get("gc_full_collections", 0)
-                           - status0.get("gc_full_collections", 0),
-                           "full_pause_max_ms": status1.get("gc_full_pause_max_ms"),
-                           "young_pause_max_ms": status1.get("gc_young_pause_max_ms")},
+            "central_telemetry_age_ms": {
+                "p50": status1.get("telemetry_age_p50_ms"),
+                "p99": status1.get("telemetry_age_p99_ms"),
+            },
+            "central_loop_stalls": {
+                k: status1.get(f"loop_stalls_{k}", 0) - status0.get(f"loop_stalls_{k}", 0) for k in ("50ms", "200ms")
+            },
+            "central_gc": {
+                "full_collections": status1.get("gc_full_collections", 0) - status0.get("gc_full_collections", 0),
+                "full_pause_max_ms": status1.get("gc_full_pause_max_ms"),
+                "young_pause_max_ms": status1.get("gc_young_pause_max_ms"),
+            },
             "window_s": round(window, 1),
             "telemetry_sent_per_s": round(engines.produced / window, 1),
             "telemetry_received_per_s": round(len(latencies) / window, 1),
@@ -690,16 +878,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=20.0, help="measurement window, seconds")
     ap.add_argument("--ramp", type=float, default=120.0, help="max seconds to get every supply running")
     ap.add_argument("--repeat", type=int, default=1, help="runs per size (one table row each)")
-    ap.add_argument("--burst", type=float, default=20.0, help="after the window: this many seconds of telemetry "
-                    "posted at once, drained by Central and by a bare loop (saturated throughput); 0: skip")
+    ap.add_argument(
+        "--burst",
+        type=float,
+        default=20.0,
+        help="after the window: this many seconds of telemetry "
+        "posted at once, drained by Central and by a bare loop (saturated throughput); 0: skip",
+    )
     ap.add_argument("--kafka", default=None, help="use this broker instead of starting the embedded one")
-    ap.add_argument("--secure", action="store_true", help="release 2: TLS, authenticated monitors, sealed and "
-                    "signed records (the default network); without it release 1's plaintext")
+    ap.add_argument(
+        "--secure",
+        action="store_true",
+        help="release 2: TLS, authenticated monitors, sealed and "
+        "signed records (the default network); without it release 1's plaintext",
+    )
     ap.add_argument("--sweep", default=None, help="comma-separated CP counts, one run each (the knee)")
     ap.add_argument("--json", action="store_true", help="last line: one JSON object")
     ap.add_argument("--write", metavar="FILE", help="put the results table between <!-- bench:capacity --> markers")
-    ap.add_argument("--profile", metavar="FILE", help="sample Central with py-spy during the window (raw "
-                    "collapsed stacks; pip install 'evproto[profile]')")
+    ap.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="sample Central with py-spy during the window (raw collapsed stacks; pip install 'evproto[profile]')",
+    )
     args = ap.parse_args(argv)
     if args.profile:
         args.py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -742,8 +942,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} (2 cores, shared, broker on the same machine), "
         f"Python {platform.python_version()}: `python benchmarks/capacity.py "
-        + (f"--sweep {args.sweep}" if args.sweep else f"--cps {args.cps}") + f" --duration {args.duration:g}"
-        + (f" --repeat {args.repeat}" if args.repeat > 1 else "") + (f" --burst {args.burst:g}" if args.burst != 20 else "")
+        + (f"--sweep {args.sweep}" if args.sweep else f"--cps {args.cps}")
+        + f" --duration {args.duration:g}"
+        + (f" --repeat {args.repeat}" if args.repeat > 1 else "")
+        + (f" --burst {args.burst:g}" if args.burst != 20 else "")
         + (" --secure" if args.secure else "")
         + "` (a fresh embedded broker for each run).",
         "",
@@ -758,21 +960,30 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['supplying']} of {r['cps']} | {r['telemetry_in_per_s']:.0f} / {r['telemetry_out_per_s']:.0f} | "
             f"{r['latency_ms']['p50']:.0f} / {r['latency_ms']['p99']:.0f} ms | "
             f"{split['to_central_p99']:.0f} / {split['from_central_p99']:.0f} ms | {r['central_cpu_percent']:.0f} % | "
-            f"{r['central_rss_mb']:.0f} MB | {'yes' if r['lag_growing'] else 'no'} ({r['lag']['trend_per_s']:+.0f}/s) | "
+            f"{r['central_rss_mb']:.0f} MB | "
+            f"{'yes' if r['lag_growing'] else 'no'} ({r['lag']['trend_per_s']:+.0f}/s) | "
             f"{r['central_vs_bare']} | {catch(r)} | "
-            f"{r['central_gc']['full_collections']} | {r['machine_busy_percent']:.0f} % |")
+            f"{r['central_gc']['full_collections']} | {r['machine_busy_percent']:.0f} % |"
+        )
     last = results[-1]
-    lines += ["", f"One real engine and monitor pair ran alongside the simulated CPs: engine RSS "
-              f"{last['engine_rss_mb']:.0f} MB, monitor RSS {last['monitor_rss_mb']:.0f} MB. Bare consumer's own "
-              f"latency (engine produced -> a bare loop has it) at {last['cps']} CPs: p50 "
-              f"{last['bare_latency_ms']['p50']:.0f} / p99 {last['bare_latency_ms']['p99']:.0f} ms."]
+    lines += [
+        "",
+        f"One real engine and monitor pair ran alongside the simulated CPs: engine RSS "
+        f"{last['engine_rss_mb']:.0f} MB, monitor RSS {last['monitor_rss_mb']:.0f} MB. Bare consumer's own "
+        f"latency (engine produced -> a bare loop has it) at {last['cps']} CPs: p50 "
+        f"{last['bare_latency_ms']['p50']:.0f} / p99 {last['bare_latency_ms']['p99']:.0f} ms.",
+    ]
     if failed:
         lines += ["", failed]
     table = "\n".join(lines) + "\n"
     print(table)
     if args.write:
-        write_section(Path(args.write), "capacity-secure" if args.secure else "capacity", table,
-                      intro="## Capacity in release 2 (secure mode)\n\n" if args.secure else "")
+        write_section(
+            Path(args.write),
+            "capacity-secure" if args.secure else "capacity",
+            table,
+            intro="## Capacity in release 2 (secure mode)\n\n" if args.secure else "",
+        )
     if args.json:
         print(json.dumps(results[-1]))
     return 0
@@ -780,4 +991,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

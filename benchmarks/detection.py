@@ -41,10 +41,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
+from _report import write_section  # benchmarks/_report.py
 from netharness import Network, Proc, wait_for
 from netns import Broker, Hosts, unavailable_reason
-
-from _report import write_section  # benchmarks/_report.py
 
 from evproto.bus.broker import EmbeddedBroker
 from evproto.daemons.stats import nearest_rank
@@ -107,8 +106,11 @@ def count(proc: Proc, text: str) -> int:
 def record(row: Row, i: int, trials: int, value: float | None, net: Network) -> None:
     if value is None:
         row.misses += 1
-        print(f"  {row.key} trial {i + 1}/{trials}: no state change within {DETECT_GUARD_S:g} s "
-              f"(Central shows {net.cp_state(CP)}); logs in {net.tmp}", flush=True)
+        print(
+            f"  {row.key} trial {i + 1}/{trials}: no state change within {DETECT_GUARD_S:g} s "
+            f"(Central shows {net.cp_state(CP)}); logs in {net.tmp}",
+            flush=True,
+        )
     else:
         row.samples.append(value)
         print(f"  {row.key} trial {i + 1}/{trials}: {value:.3f} s", flush=True)
@@ -160,8 +162,10 @@ def run_kills(rows: dict[str, Row], trials: int, tmp: str) -> None:
 
 def run_cables(rows: dict[str, Row], trials: int, tmp: str) -> None:
     """Cables pulled between simulated hosts (network namespaces)."""
-    with Hosts(["central", "monitors", "engines"]) as hosts, \
-            Broker(hosts.addr("central"), wrap=hosts.wrap("central"), log_path=os.path.join(tmp, "broker.log")) as broker:
+    with (
+        Hosts(["central", "monitors", "engines"]) as hosts,
+        Broker(hosts.addr("central"), wrap=hosts.wrap("central"), log_path=os.path.join(tmp, "broker.log")) as broker,
+    ):
         net = Network(tmp, broker.bootstrap)
         try:
             net.start_central(host=hosts.addr("central"), wrap=hosts.wrap("central"))
@@ -171,8 +175,12 @@ def run_cables(rows: dict[str, Row], trials: int, tmp: str) -> None:
             pids = [p.popen.pid for p in net.procs]
             plan: list[tuple[Row, str, str, Callable[[], int]]] = [
                 # (row, cable, state, "the far ends noticed" counter)
-                (rows["cable-monitor"], "monitors", "DISCONNECTED",
-                 lambda: min(count(monitor, "lost Central"), count(engine, "monitor link lost"))),
+                (
+                    rows["cable-monitor"],
+                    "monitors",
+                    "DISCONNECTED",
+                    lambda: min(count(monitor, "lost Central"), count(engine, "monitor link lost")),
+                ),
                 (rows["cable-engine"], "engines", "BROKEN", lambda: count(engine, "monitor link lost")),
             ]
             for row, cable, state, noticed in plan:
@@ -183,7 +191,11 @@ def run_cables(rows: dict[str, Row], trials: int, tmp: str) -> None:
                         t0 = time.monotonic()
                         hosts.pull(cable)
                         record(row, i, trials, detect(net, state, t0), net)
-                        wait_for(lambda n=noticed, b=before: n() > b, f"the far ends to notice the {cable} cable", RECOVER_GUARD_S)
+                        wait_for(
+                            lambda n=noticed, b=before: n() > b,
+                            f"the far ends to notice the {cable} cable",
+                            RECOVER_GUARD_S,
+                        )
                     net.wait_state(CP, "ACTIVATED", RECOVER_GUARD_S)
             if [p.popen.pid for p in net.procs] != pids or not all(p.alive() for p in net.procs):
                 raise AssertionError(f"a process died or was restarted during the cable trials; logs in {tmp}")
@@ -195,8 +207,10 @@ def run_cables(rows: dict[str, Row], trials: int, tmp: str) -> None:
 
 
 def table(rows: list[Row]) -> str:
-    out = ["| failure -> state on Central's API | trials | min | p50 | p99 | max | target (p99) | met |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    out = [
+        "| failure -> state on Central's API | trials | min | p50 | p99 | max | target (p99) | met |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if r.skipped:
             out.append(f"| {r.label} | - | - | - | - | - | <= {r.target_s:g} s | skipped: {r.skipped} |")
@@ -204,8 +218,10 @@ def table(rows: list[Row]) -> str:
             out.append(f"| {r.label} | 0/{r.misses} | - | - | - | - | <= {r.target_s:g} s | {r.verdict()} |")
         else:
             n = len(r.samples) + r.misses
-            out.append(f"| {r.label} | {len(r.samples)}/{n} | {min(r.samples):.3f} s | {r.pct(50):.3f} s | "
-                       f"{r.pct(99):.3f} s | {max(r.samples):.3f} s | <= {r.target_s:g} s | {r.verdict()} |")
+            out.append(
+                f"| {r.label} | {len(r.samples)}/{n} | {min(r.samples):.3f} s | {r.pct(50):.3f} s | "
+                f"{r.pct(99):.3f} s | {max(r.samples):.3f} s | <= {r.target_s:g} s | {r.verdict()} |"
+            )
     return "\n".join(out) + "\n"
 
 
@@ -235,9 +251,11 @@ What detects each failure:
 
 
 def section(rows: list[Row], trials: int, cases: str) -> str:
-    return (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} ({os.cpu_count()} cores, shared), "
-            f"Python {platform.python_version()}, `python benchmarks/detection.py --trials {trials} --cases {cases}` "
-            f"(nearest-rank percentiles{'; p99 is the slowest trial' if trials < 100 else ''}):\n\n" + table(rows))
+    return (
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()} ({os.cpu_count()} cores, shared), "
+        f"Python {platform.python_version()}, `python benchmarks/detection.py --trials {trials} --cases {cases}` "
+        f"(nearest-rank percentiles{'; p99 is the slowest trial' if trials < 100 else ''}):\n\n" + table(rows)
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

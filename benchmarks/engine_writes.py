@@ -40,17 +40,18 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from _report import nearest_rank, write_section  # benchmarks/_report.py
+from _report import write_section  # benchmarks/_report.py
 from netharness import KafkaDriver, Network  # tests/netharness.py
 
 from evproto.bus.broker import EmbeddedBroker
-from evproto.domain.events import DriverTelemetry
 from evproto.bus.kafka import OFFSET_BEGINNING, BusConsumer, ensure_topics
 from evproto.bus.topics import Topic, partition_for
+from evproto.daemons.stats import nearest_rank
+from evproto.domain.events import DriverTelemetry
 
 #: Runs ``python -m evproto.daemons.engine ...`` from the tree given, with counters: argv is
 #: TREE OUT python -m evproto.daemons.engine ARGS (netharness's ``wrap`` prefix).
-PROBE = r'''
+PROBE = r"""
 import importlib.util, os, runpy, sys, time
 tree, out_path = sys.argv[1], sys.argv[2]
 rest = sys.argv[3:]
@@ -116,7 +117,7 @@ producer.BusProducer.post = post
 out.write(f"T {tree}\n")
 sys.argv = [module, *args]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
-'''
+"""
 
 
 class TimedDriver(KafkaDriver):
@@ -148,12 +149,34 @@ class TimedDriver(KafkaDriver):
 def ledger_state(entries: int) -> dict[str, Any]:
     """An idle engine's state file holding ``entries`` finished supplies."""
     t = int(time.time() * 1000) - 86_400_000
-    finished = [{"session_id": 100_000 + i, "request_id": f"{i:032x}", "driver_id": "D999", "energy_kwh": 12.345678,
-                 "amount_eur": 3.703703, "reason": "completed", "offline": False, "ended_ts_ms": t + i * 60_000}
-                for i in range(entries)]
-    return {"cp_id": "CP001", "cp": {"cp_id": "CP001", "stopped": False, "phase": "idle", "supply": None,
-                                     "meter_energy_wh": None, "offline_price_eur_kwh": 0.30},
-            "commands_offset": None, "commands_topic_id": None, "outbox": [], "finished": finished}
+    finished = [
+        {
+            "session_id": 100_000 + i,
+            "request_id": f"{i:032x}",
+            "driver_id": "D999",
+            "energy_kwh": 12.345678,
+            "amount_eur": 3.703703,
+            "reason": "completed",
+            "offline": False,
+            "ended_ts_ms": t + i * 60_000,
+        }
+        for i in range(entries)
+    ]
+    return {
+        "cp_id": "CP001",
+        "cp": {
+            "cp_id": "CP001",
+            "stopped": False,
+            "phase": "idle",
+            "supply": None,
+            "meter_energy_wh": None,
+            "offline_price_eur_kwh": 0.30,
+        },
+        "commands_offset": None,
+        "commands_topic_id": None,
+        "outbox": [],
+        "finished": finished,
+    }
 
 
 def run_once(label: str, tree: Path, bootstrap: str, work: Path, probe: Path, args: argparse.Namespace) -> dict:
@@ -166,8 +189,11 @@ def run_once(label: str, tree: Path, bootstrap: str, work: Path, probe: Path, ar
     net = Network(str(tmp), bootstrap)
     try:
         net.start_central("D001")
-        engine = net.start_engine("CP001", engine_args=("--time-scale", str(args.time_scale)),
-                                  wrap=(sys.executable, str(probe), str(tree), str(out)))
+        engine = net.start_engine(
+            "CP001",
+            engine_args=("--time-scale", str(args.time_scale)),
+            wrap=(sys.executable, str(probe), str(tree), str(out)),
+        )
         net.start_monitor("CP001", engine.ready["listen"])
         net.wait_state("CP001", "ACTIVATED", timeout_s=60)
         driver = TimedDriver(net, "D001")
@@ -234,8 +260,11 @@ def main(argv: list[str] | None = None) -> int:
         probe = work / "probe.py"
         probe.write_text(PROBE, encoding="utf-8")
         base = work / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
+            check=True,
+            capture_output=True,
+        )
         try:
             for n in range(args.rounds):
                 order = (("before", base), ("after", ROOT)) if n % 2 == 0 else (("after", ROOT), ("before", base))
@@ -243,29 +272,39 @@ def main(argv: list[str] | None = None) -> int:
                     results[label].append(run_once(label, tree, broker.bootstrap, work, probe, args))
                     print(f"round {n + 1} {label}: {json.dumps(results[label][-1])}", flush=True)
         finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True, check=False)
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], capture_output=True, check=False
+            )
 
     def median(label: str, key: str) -> float:
         values = sorted(r[key] for r in results[label])
         return values[len(values) // 2]
 
     rows = []
-    for key, name, fmt in (("fsyncs_per_min", "fsyncs per minute per supplying CP", ",.1f"),
-                           ("state_writes_per_min", "state file writes per minute of supply", ",.1f"),
-                           ("state_kb_per_min", "state file KiB written per minute of supply", ",.0f"),
-                           ("latency_p50_ms", "reading to driver, p50 (ms)", ",.0f"),
-                           ("latency_p99_ms", "reading to driver, p99 (ms)", ",.0f"),
-                           ("engine_p50_ms", "of which reading to produce in the engine, p50 (ms)", ",.1f"),
-                           ("engine_p99_ms", "of which reading to produce in the engine, p99 (ms)", ",.1f")):
+    for key, name, fmt in (
+        ("fsyncs_per_min", "fsyncs per minute per supplying CP", ",.1f"),
+        ("state_writes_per_min", "state file writes per minute of supply", ",.1f"),
+        ("state_kb_per_min", "state file KiB written per minute of supply", ",.0f"),
+        ("latency_p50_ms", "reading to driver, p50 (ms)", ",.0f"),
+        ("latency_p99_ms", "reading to driver, p99 (ms)", ",.0f"),
+        ("engine_p50_ms", "of which reading to produce in the engine, p50 (ms)", ",.1f"),
+        ("engine_p99_ms", "of which reading to produce in the engine, p99 (ms)", ",.1f"),
+    ):
         before, after = median("before", key), median("after", key)
         rows.append(f"| {name} | {before:{fmt}} | {after:{fmt}} | {after / before:.2f} |")
     table = "\n".join(["| figure | before | after | after / before |", "| --- | --- | --- | --- |", *rows])
-    counted = ", ".join(f"{label} {sum(r['telemetry'] for r in results[label])} telemetry records matched "
-                        f"({sum(r['unmatched'] for r in results[label])} not)" for label in ("before", "after"))
-    text = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPUs, Python "
-            f"{platform.python_version()}: `python benchmarks/engine_writes.py --baseline {args.baseline} --rounds "
-            f"{args.rounds} --supply-s {args.supply_s:g} --ledger {args.ledger}` (median of the rounds; {counted}).\n\n"
-            + table + "\n")
+    counted = ", ".join(
+        f"{label} {sum(r['telemetry'] for r in results[label])} telemetry records matched "
+        f"({sum(r['unmatched'] for r in results[label])} not)"
+        for label in ("before", "after")
+    )
+    text = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}: `python benchmarks/engine_writes.py --baseline {args.baseline} --rounds "
+        f"{args.rounds} --supply-s {args.supply_s:g} --ledger {args.ledger}` (median of the rounds; {counted}).\n\n"
+        + table
+        + "\n"
+    )
     print(text)
     if args.write:
         write_section(Path(args.write), "engine-writes", text)

@@ -37,10 +37,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 try:
-    import evproto
+    import evproto  # noqa: F401 (is it installed?)
 except ImportError:  # run from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import evproto
 
 import construct as cs
 
@@ -133,9 +132,7 @@ def _body_pool(rng: random.Random, per_class: int = 24) -> list[bytes]:
     for cls in MESSAGE_CLASSES.values():
         for _ in range(per_class):
             msg = random_message(rng, cls)
-            pool.append(
-                encode_body(msg, seq=rng.getrandbits(16), ref=rng.getrandbits(16), flags=rng.getrandbits(3))
-            )
+            pool.append(encode_body(msg, seq=rng.getrandbits(16), ref=rng.getrandbits(16), flags=rng.getrandbits(3)))
     return pool
 
 
@@ -352,8 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     def progress(c: dict[str, Any]) -> None:
         rate = c["inputs"] / (c["seconds"] or 1e-9)
         print(
-            f"  {c['inputs']:>12,} inputs  {c['frames']:>12,} frames  "
-            f"{c['unexpected']} unexpected  {rate:,.0f}/s",
+            f"  {c['inputs']:>12,} inputs  {c['frames']:>12,} frames  {c['unexpected']} unexpected  {rate:,.0f}/s",
             flush=True,
         )
 

@@ -27,7 +27,7 @@ from _report import write_section  # benchmarks/_report.py
 
 ROOT = Path(__file__).resolve().parent.parent
 
-WORKER = r'''
+WORKER = r"""
 import asyncio, json, os, pty, sys, time, tty
 from evproto import CpState, CpStatus, HealthCheck, HealthState, HealthStatus, Hello, RequestReceived, Role
 from evproto.aio import open_fd_stream, open_link, serve, serve_stream
@@ -78,13 +78,20 @@ async def pty_pair():
         os.close(master); os.close(slave)
 
 print(json.dumps({"tcp": asyncio.run(tcp()), "pty": asyncio.run(pty_pair())}))
-'''
+"""
 
 
 def run_worker(tree: Path, messages: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run([sys.executable, "-c", WORKER, str(messages)], capture_output=True, text=True, env=env,
-                         cwd=tempfile.gettempdir(), timeout=600, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, str(messages)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tempfile.gettempdir(),
+        timeout=600,
+        check=True,
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -98,12 +105,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "baseline"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.baseline],
+            check=True,
+            capture_output=True,
+        )
         try:
             results: dict[str, list[dict]] = {"before": [], "after": []}
             for n in range(args.rounds):
-                for label, tree in (("before", base), ("after", ROOT)) if n % 2 == 0 else (("after", ROOT), ("before", base)):
+                for label, tree in (
+                    (("before", base), ("after", ROOT)) if n % 2 == 0 else (("after", ROOT), ("before", base))
+                ):
                     results[label].append(run_worker(tree, args.messages))
                     print(f"round {n + 1} {label}: {json.dumps(results[label][-1])}", flush=True)
         finally:
@@ -115,22 +127,29 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     for transport in ("tcp", "pty"):
-        for key, name, high in (("msgs_per_s", "acknowledged messages/s", True),
-                                ("rtt_p50_us", "request round trip p50 (µs)", False),
-                                ("rtt_p99_us", "request round trip p99 (µs)", False)):
+        for key, name, high in (
+            ("msgs_per_s", "acknowledged messages/s", True),
+            ("rtt_p50_us", "request round trip p50 (µs)", False),
+            ("rtt_p99_us", "request round trip p99 (µs)", False),
+        ):
             before, after = best("before", transport, key, high), best("after", transport, key, high)
             ratio = after / before
-            rows.append(f"| {transport} | {name} | {before:,.0f} | {after:,.0f} | {ratio:.2f} "
-                        f"({'better' if (ratio > 1) == high and abs(ratio - 1) > 0.03 else 'same' if abs(ratio - 1) <= 0.03 else 'worse'}) |")
-    table = "\n".join([
-        "| transport | figure | before | after | after / before |",
-        "| --- | --- | --- | --- | --- |",
-        *rows,
-    ])
-    text = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, Python {platform.python_version()}: "
-            f"`python benchmarks/link_bench.py --baseline {args.baseline} --rounds {args.rounds} --messages "
-            f"{args.messages}` (best of {args.rounds} rounds each, alternating; one process holds both ends).\n\n"
-            + table + "\n")
+            verdict = "same" if abs(ratio - 1) <= 0.03 else "better" if (ratio > 1) == high else "worse"
+            rows.append(f"| {transport} | {name} | {before:,.0f} | {after:,.0f} | {ratio:.2f} ({verdict}) |")
+    table = "\n".join(
+        [
+            "| transport | figure | before | after | after / before |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+        ]
+    )
+    text = (
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, Python {platform.python_version()}: "
+        f"`python benchmarks/link_bench.py --baseline {args.baseline} --rounds {args.rounds} --messages "
+        f"{args.messages}` (best of {args.rounds} rounds each, alternating; one process holds both ends).\n\n"
+        + table
+        + "\n"
+    )
     print(text)
     if args.write:
         write_section(Path(args.write), "link", text)

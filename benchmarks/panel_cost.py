@@ -53,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=20)
     args = ap.parse_args(argv)
     base = refresh_ms(50, args.rounds)
-    print("| CPs | ms per refresh (best of %d) | vs 50 CPs | refreshes/s (4 Hz asked) | share of a core |"
-          % args.rounds)
+    print(
+        "| CPs | ms per refresh (best of %d) | vs 50 CPs | refreshes/s (4 Hz asked) | share of a core |" % args.rounds
+    )
     print("| --- | --- | --- | --- | --- |")
     for n in (int(x) for x in args.sizes.split(",")):
         ms = base if n == 50 else refresh_ms(n, args.rounds)

@@ -29,6 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _report import write_section  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+from evproto.bus.consumer import Record  # noqa: E402
+from evproto.bus.events import encode_event
+from evproto.bus.topics import Topic  # noqa: E402
 from evproto.daemons.gate import (  # noqa: E402
     CENTRAL,
     PLAIN_POLICY,
@@ -38,10 +42,6 @@ from evproto.daemons.gate import (  # noqa: E402
     RecordGate,
     RecordSealer,
 )
-
-from evproto.bus.consumer import Record  # noqa: E402
-from evproto.bus.events import encode_event
-from evproto.bus.topics import Topic  # noqa: E402
 from evproto.domain.events import CpStateRecord, SupplyProgress
 
 
@@ -57,14 +57,23 @@ def best(fn, n: int, rounds: int) -> float:
 
 def measure(records: int, rounds: int) -> dict[str, float]:
     now = int(time.time() * 1000)
-    reading = SupplyProgress(cp_id="CP00042", session_id=4242, driver_id="D00042", energy_kwh=12.5, amount_eur=4.37,
-                             power_kw=22.0, elapsed_s=2045.0, ts_ms=now)
+    reading = SupplyProgress(
+        cp_id="CP00042",
+        session_id=4242,
+        driver_id="D00042",
+        energy_kwh=12.5,
+        amount_eur=4.37,
+        power_kw=22.0,
+        elapsed_s=2045.0,
+        ts_ms=now,
+    )
     key = os.urandom(32)
     keys = MemoryKeyBook(keys={"cp.CP00042.k1": (Owner(OwnerKind.CP, "CP00042"), key)})
     sealer = RecordSealer(sealing_key=lambda topic, record_key: ("cp.CP00042.k1", key))
     plain_value = encode_event(reading)
-    sealed_values = [sealer.wrap(Topic.CP_EVENTS, "CP00042", plain_value, event_type="supply_progress")
-                     for _ in range(records)]
+    sealed_values = [
+        sealer.wrap(Topic.CP_EVENTS, "CP00042", plain_value, event_type="supply_progress") for _ in range(records)
+    ]
     plain_gate = RecordGate(MemoryKeyBook(), policy=PLAIN_POLICY)
 
     def rec(value: bytes) -> Record:
@@ -94,8 +103,9 @@ def measure(records: int, rounds: int) -> dict[str, float]:
     from evproto.daemons.gate import public_key_bytes, verify_key_id
 
     key_id = verify_key_id(public_key_bytes(signer))
-    state = encode_event(CpStateRecord(cp_id="CP00042", state="ACTIVATED", location="Alicante", price_eur_kwh=0.35,
-                                       ts_ms=now))
+    state = encode_event(
+        CpStateRecord(cp_id="CP00042", state="ACTIVATED", location="Alicante", price_eur_kwh=0.35, ts_ms=now)
+    )
     signing = RecordSealer(signing=(key_id, signer))
     signed = signing.wrap(Topic.CP_STATE, "CP00042", state, event_type="cp_state")
     reader = RecordGate(MemoryKeyBook(verify_keys={key_id: signer.public_key()}))
@@ -134,8 +144,10 @@ def main() -> None:
         ("write a reading", m["write_plain_us"], m["write_sealed_us"]),
         ("read a reading (Central's hot path)", m["read_plain_us"], m["read_sealed_us"]),
     ]
-    lines = ["| per record | plain (µs) | sealed (µs) | sealed / plain | added (µs) |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        "| per record | plain (µs) | sealed (µs) | sealed / plain | added (µs) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name, plain, sealed in rows:
         lines.append(f"| {name} | {plain:.1f} | {sealed:.1f} | {sealed / plain:.2f} | {sealed - plain:.1f} |")
     lines.append(f"| sign a cp_state (Ed25519) | | {m['sign_us']:.1f} | | |")
@@ -146,13 +158,18 @@ def main() -> None:
         f"{(m['read_sealed_us'] - m['read_plain_us']) * 5000 / 1e4:.1f} % of one core more than reading them plain. "
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, Python "
         f"{platform.python_version()}, `python benchmarks/seal_cost.py --records {args.records} "
-        f"--rounds {args.rounds}`.\n")
+        f"--rounds {args.rounds}`.\n"
+    )
     print(body)
     if args.write:
-        write_section(Path(args.write), "seal", body,
-                      intro="## What sealing costs per record (release 2)\n\n"
-                            "`benchmarks/seal_cost.py`: the same reading through the plain and the sealed path, "
-                            "best of several rounds, same process.\n\n")
+        write_section(
+            Path(args.write),
+            "seal",
+            body,
+            intro="## What sealing costs per record (release 2)\n\n"
+            "`benchmarks/seal_cost.py`: the same reading through the plain and the sealed path, "
+            "best of several rounds, same process.\n\n",
+        )
 
 
 if __name__ == "__main__":

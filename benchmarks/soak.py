@@ -52,8 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--drivers", type=int, default=3)
     ap.add_argument("--interval", type=float, default=5.0, help="seconds between kills")
     ap.add_argument("--requests", type=int, default=0, help="per driver (default: enough for the whole soak)")
-    ap.add_argument("--broker-kills", type=int, default=3,
-                    help="broker SIGKILLs, evenly spread between chaos rounds (0: the broker is left alone)")
+    ap.add_argument(
+        "--broker-kills",
+        type=int,
+        default=3,
+        help="broker SIGKILLs, evenly spread between chaos rounds (0: the broker is left alone)",
+    )
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--write", metavar="FILE")
@@ -62,21 +66,57 @@ def main(argv: list[str] | None = None) -> int:
     requests = args.requests or max(10, int(args.minutes * 60 / 14))
     run_dir = args.run_dir or tempfile.mkdtemp(prefix="evsoak-")
     t0 = time.monotonic()
-    subprocess.run([EV, "up", "--detach", "--cps", str(args.cps), "--drivers", str(args.drivers), "--requests",
-                    str(requests), "--run-dir", run_dir, "--http-port", "0", "--seed", str(args.seed)], check=True)
+    subprocess.run(
+        [
+            EV,
+            "up",
+            "--detach",
+            "--cps",
+            str(args.cps),
+            "--drivers",
+            str(args.drivers),
+            "--requests",
+            str(requests),
+            "--run-dir",
+            run_dir,
+            "--http-port",
+            "0",
+            "--seed",
+            str(args.seed),
+        ],
+        check=True,
+    )
     try:
-        print(f"network up in {run_dir}; chaos for {args.minutes:g} min, a kill every {args.interval:g} s, "
-              f"{args.broker_kills} broker kill(s)", flush=True)
+        print(
+            f"network up in {run_dir}; chaos for {args.minutes:g} min, a kill every {args.interval:g} s, "
+            f"{args.broker_kills} broker kill(s)",
+            flush=True,
+        )
         kills: collections.Counter[str] = collections.Counter()
         rng = random.Random(args.seed)
         rounds = args.broker_kills + 1
         for n in range(rounds):
             # One writer of the launcher's registry at a time: chaos rounds and broker kills take turns.
-            chaos = subprocess.run([EV, "chaos", "--duration", str(args.minutes * 60 / rounds), "--interval",
-                                    str(args.interval), "--run-dir", run_dir, "--seed", str(args.seed + 1 + n)],
-                                   capture_output=True, text=True, check=True)
-            kills.update(re.sub(r"-(CP|D)\d+$", "", line.split()[2])
-                         for line in chaos.stdout.splitlines() if " killed " in line)
+            chaos = subprocess.run(
+                [
+                    EV,
+                    "chaos",
+                    "--duration",
+                    str(args.minutes * 60 / rounds),
+                    "--interval",
+                    str(args.interval),
+                    "--run-dir",
+                    run_dir,
+                    "--seed",
+                    str(args.seed + 1 + n),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            kills.update(
+                re.sub(r"-(CP|D)\d+$", "", line.split()[2]) for line in chaos.stdout.splitlines() if " killed " in line
+            )
             if n + 1 < rounds:
                 subprocess.run([EV, "kill", "broker", "--run-dir", run_dir], check=True, capture_output=True)
                 kills["broker"] += 1
@@ -99,11 +139,19 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(2)
         assert report is not None
-        sessions = subprocess.run([sys.executable, "-c", f"""
+        sessions = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"""
 import sqlite3, collections, json
 db = sqlite3.connect('file:{run_dir}/central/central.db?mode=ro', uri=True)
-print(json.dumps(dict(collections.Counter(r[0] for r in db.execute('select status from sessions')))))"""],
-                                  capture_output=True, text=True, check=True)
+print(json.dumps(dict(collections.Counter(r[0] for r in db.execute('select status from sessions')))))""",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         statuses = json.loads(sessions.stdout)
         total_s = time.monotonic() - t0
     finally:
@@ -118,9 +166,11 @@ print(json.dumps(dict(collections.Counter(r[0] for r in db.execute('select statu
         "| figure | value |",
         "| --- | --- |",
         f"| chaos | {args.minutes:g} min, {sum(kills.values())} SIGKILLs: "
-        + ", ".join(f"{role} {n}" for role, n in sorted(kills.items())) + " |",
+        + ", ".join(f"{role} {n}" for role, n in sorted(kills.items()))
+        + " |",
         f"| sessions at Central | {report['sessions']} ("
-        + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items())) + ") |",
+        + ", ".join(f"{k} {v}" for k, v in sorted(statuses.items()))
+        + ") |",
         f"| supplies started / tickets | {report['started']} / {report['tickets']} |",
         f"| energy billed / metered by the engines | {report['ticket_energy_kwh']:.6f} kWh / "
         f"{report['metered_energy_kwh']:.6f} kWh |",

@@ -57,10 +57,14 @@ class AuditSources:
         cp_dir, drivers_dir = os.path.join(run_dir, "cp"), os.path.join(run_dir, "drivers")
         return cls(
             db=os.path.join(run_dir, "central", "central.db"),
-            engines={cp_id: os.path.join(cp_dir, cp_id, "engine-state", ENGINE_STATE_FILE)
-                     for cp_id in (sorted(os.listdir(cp_dir)) if os.path.isdir(cp_dir) else [])},
-            drivers={d: os.path.join(drivers_dir, d, "state", DRIVER_STATE_FILE)
-                     for d in (sorted(os.listdir(drivers_dir)) if os.path.isdir(drivers_dir) else [])},
+            engines={
+                cp_id: os.path.join(cp_dir, cp_id, "engine-state", ENGINE_STATE_FILE)
+                for cp_id in (sorted(os.listdir(cp_dir)) if os.path.isdir(cp_dir) else [])
+            },
+            drivers={
+                d: os.path.join(drivers_dir, d, "state", DRIVER_STATE_FILE)
+                for d in (sorted(os.listdir(drivers_dir)) if os.path.isdir(drivers_dir) else [])
+            },
         )
 
     @classmethod
@@ -70,8 +74,11 @@ class AuditSources:
         may be named anyhow."""
         if not os.path.isfile(db):
             raise AuditSourceError(f"{db}: no such database file")
-        return cls(db=db, engines=_by_id(engine_states, ENGINE_STATE_FILE, "cp_id"),
-                   drivers=_by_id(driver_states, DRIVER_STATE_FILE, "driver_id"))
+        return cls(
+            db=db,
+            engines=_by_id(engine_states, ENGINE_STATE_FILE, "cp_id"),
+            drivers=_by_id(driver_states, DRIVER_STATE_FILE, "driver_id"),
+        )
 
 
 def _state(path: str, rep: Any) -> dict[str, Any]:
@@ -133,15 +140,19 @@ class AuditReport:
         return d
 
     def text(self) -> str:
-        compared = ("not compared with Central's (no --central-http, or no answer)" if self.cp_states_compared is None
-                    else f"{self.cp_states_compared} compared with Central's")
+        compared = (
+            "not compared with Central's (no --central-http, or no answer)"
+            if self.cp_states_compared is None
+            else f"{self.cp_states_compared} compared with Central's"
+        )
         lines = [
             f"read: Central's database, {self.engine_files} engine state file(s), "
             f"{self.driver_files} driver state file(s); CP states {compared}",
             f"sessions {self.sessions}, started {self.started}, tickets {self.tickets}",
             f"energy: tickets {self.ticket_energy_kwh:.6f} kWh, engines metered {self.metered_energy_kwh:.6f} kWh "
             f"over {self.engine_supplies} supplies",
-            f"in progress: {len(self.live_sessions)} session(s), {self.undelivered_reports} report(s) not yet at Kafka, "
+            f"in progress: {len(self.live_sessions)} session(s), "
+            f"{self.undelivered_reports} report(s) not yet at Kafka, "
             f"{len(self.pending_drivers)} driver(s) waiting",
         ]
         lines += [f"VIOLATION: {v}" for v in self.violations] or ["all invariants hold"]
@@ -153,8 +164,7 @@ def audit(run_dir: str, *, quiesced: bool = True, cp_states: dict[str, str] | No
     return audit_sources(AuditSources.from_run_dir(run_dir), quiesced=quiesced, cp_states=cp_states)
 
 
-def cp_states_from(http: str, *, timeout_s: float = 3.0, token: str | None = None,
-                   tls: Any = None) -> dict[str, str]:
+def cp_states_from(http: str, *, timeout_s: float = 3.0, token: str | None = None, tls: Any = None) -> dict[str, str]:
     """Central's CP states (``GET /api/v1/cps``) from its HTTP API at ``http`` (HOST:PORT or a URL),
     with a viewer ``token`` and the network's CA (``tls``) under release 2.
     Raises OSError (URLError) when Central does not answer."""
@@ -166,15 +176,17 @@ def cp_states_from(http: str, *, timeout_s: float = 3.0, token: str | None = Non
         return {c["id"]: c["state"] for c in json.load(resp)}
 
 
-def audit_sources(sources: AuditSources, *, quiesced: bool = True,
-                  cp_states: dict[str, str] | None = None) -> AuditReport:
+def audit_sources(
+    sources: AuditSources, *, quiesced: bool = True, cp_states: dict[str, str] | None = None
+) -> AuditReport:
     """Audit the books in ``sources``. ``quiesced``: the network is quiet, so anything still
     in progress counts as a violation. ``cp_states``: Central's view (GET /api/v1/cps), if known."""
     rep = AuditReport(cp_states_compared=None if cp_states is None else len(cp_states))
     db = sqlite3.connect(f"file:{urllib.request.pathname2url(os.path.abspath(sources.db))}?mode=ro", uri=True)
     try:
         sessions = db.execute(
-            "SELECT id, cp_id, driver_id, request_id, status, started_ts_ms, energy_kwh FROM sessions").fetchall()
+            "SELECT id, cp_id, driver_id, request_id, status, started_ts_ms, energy_kwh FROM sessions"
+        ).fetchall()
         tickets = {r[0]: r[1] for r in db.execute("SELECT session_id, energy_kwh FROM tickets")}
         central_outbox = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
     finally:
@@ -210,30 +222,37 @@ def audit_sources(sources: AuditSources, *, quiesced: bool = True,
             rep.engine_supplies += 1
             rep.metered_energy_kwh += entry["energy_kwh"]
             session = by_request.get(entry["request_id"]) if entry.get("offline") else by_id.get(entry["session_id"])
-            undelivered = any(json.loads(o["value"]).get("type") == "supply_finished"
-                              and json.loads(o["value"]).get("request_id") == entry["request_id"]
-                              for o in state.get("outbox", []))
+            undelivered = any(
+                json.loads(o["value"]).get("type") == "supply_finished"
+                and json.loads(o["value"]).get("request_id") == entry["request_id"]
+                for o in state.get("outbox", [])
+            )
             if session is None or session[0] not in tickets:
                 if undelivered and not quiesced:
                     rep.undelivered_reports += 1
                     continue
                 rep.violations.append(
                     f"{cp_id} metered {entry['energy_kwh']:.6f} kWh for {entry['driver_id']} "
-                    f"(session {entry['session_id'] or 'offline'}) but Central billed nothing")
+                    f"(session {entry['session_id'] or 'offline'}) but Central billed nothing"
+                )
                 continue
             billed = tickets[session[0]]
             if abs(billed - entry["energy_kwh"]) > 1e-9:
-                rep.violations.append(f"session {session[0]}: {cp_id} metered {entry['energy_kwh']:.6f} kWh, "
-                                      f"the ticket says {billed:.6f}")
+                rep.violations.append(
+                    f"session {session[0]}: {cp_id} metered {entry['energy_kwh']:.6f} kWh, the ticket says {billed:.6f}"
+                )
         if quiesced and state.get("outbox"):
             rep.violations.append(f"{cp_id} still holds {len(state['outbox'])} event(s) Kafka never acknowledged")
     unread = sorted({by_id[sid][1] for sid in tickets if sid in by_id} - set(engines))
     if unread:  # their tickets cannot be checked against anything
-        rep.violations.append(f"Central billed supplies at {', '.join(unread)} but no engine state file covers "
-                              "them (evcharging audit --engine-state)")
+        rep.violations.append(
+            f"Central billed supplies at {', '.join(unread)} but no engine state file covers "
+            "them (evcharging audit --engine-state)"
+        )
     if abs(rep.ticket_energy_kwh - rep.metered_energy_kwh) > 1e-6 and not rep.undelivered_reports:
-        rep.violations.append(f"tickets sum to {rep.ticket_energy_kwh:.6f} kWh, the engines metered "
-                              f"{rep.metered_energy_kwh:.6f} kWh")
+        rep.violations.append(
+            f"tickets sum to {rep.ticket_energy_kwh:.6f} kWh, the engines metered {rep.metered_energy_kwh:.6f} kWh"
+        )
     if quiesced and central_outbox:
         rep.violations.append(f"Central still owes the bus {central_outbox} event(s)")
 
@@ -252,6 +271,8 @@ def audit_sources(sources: AuditSources, *, quiesced: bool = True,
         if state.get("pending"):
             rep.pending_drivers.append(driver_id)
             if quiesced:
-                rep.violations.append(f"driver {driver_id} still waits for request {state['pending']['request_id'][:8]} "
-                                      f"at {state['pending']['cp_id']}")
+                rep.violations.append(
+                    f"driver {driver_id} still waits for request {state['pending']['request_id'][:8]} "
+                    f"at {state['pending']['cp_id']}"
+                )
     return rep

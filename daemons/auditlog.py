@@ -88,8 +88,17 @@ class AuditLog:
             # A torn or damaged last line: chain on from a marker that verify() will flag.
             return -1, "damaged"
 
-    def record(self, *, actor: str, source: str, action: str, obj: str, outcome: str,
-               coalesce: str | None = None, **details: Any) -> dict[str, Any] | None:
+    def record(
+        self,
+        *,
+        actor: str,
+        source: str,
+        action: str,
+        obj: str,
+        outcome: str,
+        coalesce: str | None = None,
+        **details: Any,
+    ) -> dict[str, Any] | None:
         """Append one entry (returned). ``actor`` who (``cp:CP001``, ``operator:alice``,
         ``anonymous``), ``source`` from where (an IP address, ``cli``, ``kafka:TOPIC``),
         ``action`` what (``auth``, ``register``, ``stop``...), ``obj`` on what, ``outcome``
@@ -111,7 +120,11 @@ class AuditLog:
                 self._held = {k: v for k, v in self._held.items() if now - v[0] < COALESCE_S}
         entry: dict[str, Any] = {
             "ts": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds"),
-            "actor": actor, "source": source, "action": action, "object": obj, "outcome": outcome,
+            "actor": actor,
+            "source": source,
+            "action": action,
+            "object": obj,
+            "outcome": outcome,
         }
         if details:
             entry["details"] = details
@@ -169,8 +182,14 @@ def verify(path: str) -> VerifyResult:
         if not isinstance(entry, dict) or "hash" not in entry:
             return VerifyResult(False, count, seq, prev, number, "not an audit entry (damaged or inserted)")
         if entry.get("prev") != prev:
-            return VerifyResult(False, count, seq, prev, number, "does not follow the line before it (a line "
-                                                                 "was deleted, inserted or reordered)")
+            return VerifyResult(
+                False,
+                count,
+                seq,
+                prev,
+                number,
+                "does not follow the line before it (a line was deleted, inserted or reordered)",
+            )
         if entry.get("seq") != seq + 1:
             return VerifyResult(False, count, seq, prev, number, f"sequence {entry.get('seq')} after {seq}")
         if _digest(entry) != entry["hash"]:

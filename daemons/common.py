@@ -25,7 +25,19 @@ from typing import Any
 
 from evproto.endpoint import Endpoint
 
-__all__ = ["EXIT_OK", "EXIT_USAGE", "EXIT_DATAERR", "EXIT_UNAVAILABLE", "EXIT_SOFTWARE", "now_ms", "setup_logging", "shutdown_event", "is_loopback_host", "engine_link_problem", "stdin_lines"]
+__all__ = [
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "EXIT_DATAERR",
+    "EXIT_UNAVAILABLE",
+    "EXIT_SOFTWARE",
+    "now_ms",
+    "setup_logging",
+    "shutdown_event",
+    "is_loopback_host",
+    "engine_link_problem",
+    "stdin_lines",
+]
 
 # Exit codes (sysexits.h): scripts and the launcher tell failures apart by them.
 EXIT_OK = 0
@@ -129,17 +141,21 @@ def engine_link_problem(endpoint: Endpoint, *, listening: bool) -> str | None:
         wanted = ("ca",) if listening else ("ca", "cert", "key")
         missing = [name for name in wanted if not endpoint.options.get(name)]
         if missing:
-            return (f"a tls:// address here needs {', '.join(f'{m}=' for m in missing)} too (mutual TLS: "
-                    + ("only a monitor with a certificate from the network's CA may connect)" if listening
-                       else "the engine checks this monitor's certificate, this monitor the engine's)"))
+            return f"a tls:// address here needs {', '.join(f'{m}=' for m in missing)} too (mutual TLS: " + (
+                "only a monitor with a certificate from the network's CA may connect)"
+                if listening
+                else "the engine checks this monitor's certificate, this monitor the engine's)"
+            )
         return None
     if endpoint.scheme != "tcp":
         return "the monitor and its engine talk over tcp:// or tls://"
     if is_loopback_host(endpoint.host):
         return None
-    return ("the monitor hands the engine its record key over this link: use a loopback address "
-            "(127.0.0.1:PORT, engine and monitor on one host) or mutual TLS (docs/security.md, "
-            "\"Monitor and engine on different hosts\"), or --insecure")
+    return (
+        "the monitor hands the engine its record key over this link: use a loopback address "
+        "(127.0.0.1:PORT, engine and monitor on one host) or mutual TLS (docs/security.md, "
+        '"Monitor and engine on different hosts"), or --insecure'
+    )
 
 
 async def stdin_lines() -> AsyncIterator[str]:

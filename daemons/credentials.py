@@ -54,11 +54,12 @@ class CredentialStore:
         secret = auth.new_secret()
         stored = auth.hash_secret(secret, params=self.params)
         try:
-            self._db.execute("INSERT INTO cp_credentials VALUES (?, ?, ?, ?, ?)",
-                             (cp_id, location, stored.to_text(), int(time.time() * 1000), by))
+            self._db.execute(
+                "INSERT INTO cp_credentials VALUES (?, ?, ?, ?, ?)",
+                (cp_id, location, stored.to_text(), int(time.time() * 1000), by),
+            )
         except sqlite3.IntegrityError:
-            raise AlreadyRegistered(f"{cp_id} is already registered (unregister it to issue new credentials)") \
-                from None
+            raise AlreadyRegistered(f"{cp_id} is already registered (unregister it to issue new credentials)") from None
         return secret
 
     def unregister(self, cp_id: str) -> bool:
@@ -79,13 +80,18 @@ class CredentialStore:
         return {r[0] for r in self._db.execute("SELECT cp_id FROM cp_credentials")}
 
     def get(self, cp_id: str) -> dict[str, object] | None:
-        row = self._db.execute("SELECT cp_id, location, registered_ts_ms, registered_by FROM cp_credentials "
-                               "WHERE cp_id = ?", (cp_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT cp_id, location, registered_ts_ms, registered_by FROM cp_credentials WHERE cp_id = ?", (cp_id,)
+        ).fetchone()
         return None if row is None else _row(row)
 
     def list(self) -> list[dict[str, object]]:
-        return [_row(r) for r in self._db.execute(
-            "SELECT cp_id, location, registered_ts_ms, registered_by FROM cp_credentials ORDER BY cp_id")]
+        return [
+            _row(r)
+            for r in self._db.execute(
+                "SELECT cp_id, location, registered_ts_ms, registered_by FROM cp_credentials ORDER BY cp_id"
+            )
+        ]
 
 
 def _row(r: tuple) -> dict[str, object]:

@@ -15,15 +15,22 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-
 from typing import Callable, TypeVar
 
 from .pki import write_private
 
 T = TypeVar("T")
 
-__all__ = ["credentials_for_cli", "CredentialsFileError", "CpCredentials", "DriverCredentials", "read_cp_credentials",
-           "read_driver_credentials", "write_driver_credentials", "write_cp_credentials"]
+__all__ = [
+    "credentials_for_cli",
+    "CredentialsFileError",
+    "CpCredentials",
+    "DriverCredentials",
+    "read_cp_credentials",
+    "read_driver_credentials",
+    "write_driver_credentials",
+    "write_cp_credentials",
+]
 
 
 class CredentialsFileError(Exception):
@@ -54,8 +61,9 @@ def _read_private(path: str) -> str:
     try:
         st = os.stat(path)
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise CredentialsFileError(f"{path} can be read by others (mode {stat.S_IMODE(st.st_mode):o}): "
-                                       f"chmod 600 {path}")
+            raise CredentialsFileError(
+                f"{path} can be read by others (mode {stat.S_IMODE(st.st_mode):o}): chmod 600 {path}"
+            )
         if st.st_size > 64 * 1024:
             raise CredentialsFileError(f"{path} is {st.st_size} bytes: not a credentials file")
         with open(path, encoding="utf-8") as f:
@@ -91,16 +99,22 @@ def write_cp_credentials(path: Path, cp_id: str, secret: str) -> Path:
 
 
 def write_driver_credentials(path: Path, driver_id: str, key_id: str, key: bytes, central_key: bytes) -> Path:
-    write_private(path, (json.dumps({"driver_id": driver_id, "key_id": key_id, "key": key.hex(),
-                                     "central_key": central_key.hex()}) + "\n").encode())
+    write_private(
+        path,
+        (
+            json.dumps({"driver_id": driver_id, "key_id": key_id, "key": key.hex(), "central_key": central_key.hex()})
+            + "\n"
+        ).encode(),
+    )
     return path
 
 
 def read_driver_credentials(path: str, driver_id: str) -> DriverCredentials:
     try:
         obj = json.loads(_read_private(path))
-        creds = DriverCredentials(str(obj["driver_id"]), str(obj["key_id"]), bytes.fromhex(obj["key"]),
-                                  bytes.fromhex(obj["central_key"]))
+        creds = DriverCredentials(
+            str(obj["driver_id"]), str(obj["key_id"]), bytes.fromhex(obj["key"]), bytes.fromhex(obj["central_key"])
+        )
     except (ValueError, KeyError, TypeError, AttributeError):
         raise CredentialsFileError(f"{path} is not a driver's credentials file") from None
     if creds.driver_id != driver_id:
@@ -110,8 +124,9 @@ def read_driver_credentials(path: str, driver_id: str) -> DriverCredentials:
     return creds
 
 
-def credentials_for_cli(prog: str, *, insecure: bool, path: str | None, read: Callable[[str], T], missing: str,
-                        plaintext: str) -> T | None:
+def credentials_for_cli(
+    prog: str, *, insecure: bool, path: str | None, read: Callable[[str], T], missing: str, plaintext: str
+) -> T | None:
     """A program's ``--credentials`` / ``--insecure`` pair, as every daemon handles it: under
     --insecure no file (and a warning, ``plaintext`` says what that means); otherwise the
     file is required (``missing`` says how to get one) and read with ``read``. Exit 2 for a

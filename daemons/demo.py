@@ -27,9 +27,9 @@ from evproto import (
     Role,
     SupplyTelemetry,
     TransportError,
+    aio,
 )
 from evproto import __version__ as version
-from evproto import aio
 from evproto.backoff import Backoff
 
 _T0 = time.monotonic()
@@ -64,8 +64,9 @@ class Proxy:
         except OSError:
             cwriter.close()
             return
-        await asyncio.gather(self._pipe(creader, swriter, True), self._pipe(sreader, cwriter, False),
-                             return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(creader, swriter, True), self._pipe(sreader, cwriter, False), return_exceptions=True
+        )
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, upstream: bool) -> None:
         try:
@@ -104,13 +105,21 @@ class Engine:
             raise
         finally:
             s = link.conn.stats
-            say("engine", f"stats: {s.frames_received} frames in, {s.nacks_sent} NACK sent, "
-                          f"{s.duplicates} duplicate(s) dropped")
+            say(
+                "engine",
+                f"stats: {s.frames_received} frames in, {s.nacks_sent} NACK sent, {s.duplicates} duplicate(s) dropped",
+            )
 
 
 async def monitor_session(url: str, proxy: Proxy, engine: Engine, config: LinkConfig, quick: bool) -> None:
-    hello = Hello(role=Role.MONITOR, node_id="CP001", keepalive_ms=1000, location="Alicante",
-                  price_eur_kwh=0.35, software=f"evproto-demo/{version}")
+    hello = Hello(
+        role=Role.MONITOR,
+        node_id="CP001",
+        keepalive_ms=1000,
+        location="Alicante",
+        price_eur_kwh=0.35,
+        software=f"evproto-demo/{version}",
+    )
     pace = 0.3 if quick else 1.0
     async with aio.connect(url, hello=hello, config=config) as link:
         say("monitor", f"connected to {link.peer_id!r}: ENQ/ACK, Hello, Accept done")
@@ -122,15 +131,29 @@ async def monitor_session(url: str, proxy: Proxy, engine: Engine, config: LinkCo
         say("demo", "the engine supplies a vehicle; the monitor forwards telemetry (acknowledged delivery)")
         for i in range(1, 4):
             engine.energy_wh += 7400 / 3600 * pace
-            await link.send(SupplyTelemetry(session_id=42, energy_wh=round(engine.energy_wh, 2), power_w=7400.0,
-                                            amount_eur=round(engine.energy_wh / 1000 * 0.35, 4), elapsed_s=i * pace))
+            await link.send(
+                SupplyTelemetry(
+                    session_id=42,
+                    energy_wh=round(engine.energy_wh, 2),
+                    power_w=7400.0,
+                    amount_eur=round(engine.energy_wh / 1000 * 0.35, 4),
+                    elapsed_s=i * pace,
+                )
+            )
             say("monitor", f"telemetry {i} delivered (ACKed)")
             await asyncio.sleep(pace / 2)
 
         say("demo", "line noise: one byte of the next frame is damaged on the way")
         proxy.corrupt_next = True
-        await link.send(SupplyTelemetry(session_id=42, energy_wh=round(engine.energy_wh, 2), power_w=7400.0,
-                                        amount_eur=round(engine.energy_wh / 1000 * 0.35, 4), elapsed_s=4 * pace))
+        await link.send(
+            SupplyTelemetry(
+                session_id=42,
+                energy_wh=round(engine.energy_wh, 2),
+                power_w=7400.0,
+                amount_eur=round(engine.energy_wh / 1000 * 0.35, 4),
+                elapsed_s=4 * pace,
+            )
+        )
         s = link.conn.stats
         say("monitor", f"delivered anyway: {s.nacks_received} NACK received, {s.retransmissions} resend")
 
@@ -149,8 +172,11 @@ async def monitor_session(url: str, proxy: Proxy, engine: Engine, config: LinkCo
             async for _ in link.messages:
                 pass
         except LinkDownError as exc:
-            say("monitor", f"link down after {time.monotonic() - t0:.1f} s of silence: {exc.reason.value} "
-                           f"(limit {config.silence_limit_s(link.conn.keepalive_s or 1.0):g} s)")
+            say(
+                "monitor",
+                f"link down after {time.monotonic() - t0:.1f} s of silence: {exc.reason.value} "
+                f"(limit {config.silence_limit_s(link.conn.keepalive_s or 1.0):g} s)",
+            )
 
 
 async def run(quick: bool) -> None:
@@ -187,8 +213,9 @@ async def run(quick: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evproto.daemons.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m evproto.daemons.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="shorter pauses (used by the tests)")
     args = parser.parse_args(argv)
     try:

@@ -9,7 +9,19 @@ from typing import IO, Any
 
 from evproto.errors import EvprotoError
 
-__all__ = ["PRIVATE_FILE_MODE", "PRIVATE_DIR_MODE", "open_private", "connect_private_db", "keep_files_private", "makedirs", "write_ready_file", "save_json_atomic", "StateFileError", "load_json", "load_state"]
+__all__ = [
+    "PRIVATE_FILE_MODE",
+    "PRIVATE_DIR_MODE",
+    "open_private",
+    "connect_private_db",
+    "keep_files_private",
+    "makedirs",
+    "write_ready_file",
+    "save_json_atomic",
+    "StateFileError",
+    "load_json",
+    "load_state",
+]
 
 
 #: Only the owner reads what the programs write: it holds drivers' charging history.
@@ -33,7 +45,6 @@ def open_private(path: str, mode: str = "w") -> IO[Any]:
     except BaseException:
         os.close(fd)
         raise
-
 
 
 def connect_private_db(path: str) -> Any:

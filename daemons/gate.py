@@ -39,8 +39,22 @@ from evproto.domain.events import (
     SupplyStarted,
 )
 
-__all__ = ["Policy", "SECURE_POLICY", "PLAIN_POLICY", "Owner", "OwnerKind", "KeyBook", "MemoryKeyBook",
-           "RecordGate", "RecordSealer", "NoKey", "CENTRAL", "event_type_of", "public_key_bytes", "verify_key_id"]
+__all__ = [
+    "Policy",
+    "SECURE_POLICY",
+    "PLAIN_POLICY",
+    "Owner",
+    "OwnerKind",
+    "KeyBook",
+    "MemoryKeyBook",
+    "RecordGate",
+    "RecordSealer",
+    "NoKey",
+    "CENTRAL",
+    "event_type_of",
+    "public_key_bytes",
+    "verify_key_id",
+]
 
 
 class Policy(enum.Enum):
@@ -153,8 +167,12 @@ def _speaks_for(owner: Owner, topic: Topic, record_key: str | None, event: Event
             return f"{event.TYPE} is not a request"
         if owner.kind is OwnerKind.DRIVER and owner.id == event.driver_id == record_key and event.origin == "driver":
             return None
-        if owner.kind is OwnerKind.CP and owner.id == event.cp_id and event.origin == "cp" \
-                and record_key == event.driver_id:
+        if (
+            owner.kind is OwnerKind.CP
+            and owner.id == event.cp_id
+            and event.origin == "cp"
+            and record_key == event.driver_id
+        ):
             return None
         return f"{owner} cannot ask on behalf of driver {event.driver_id} at {event.cp_id}"
     if topic is Topic.CP_EVENTS:
@@ -181,8 +199,9 @@ class RecordGate:
     window it stored with its offsets.
     """
 
-    def __init__(self, keys: KeyBook, *, policy: dict[Topic, Policy] = SECURE_POLICY,
-                 window: ReplayWindow | None = None) -> None:
+    def __init__(
+        self, keys: KeyBook, *, policy: dict[Topic, Policy] = SECURE_POLICY, window: ReplayWindow | None = None
+    ) -> None:
         self.keys = keys
         self.policy = policy
         self.window = window if window is not None else ReplayWindow()
@@ -194,8 +213,9 @@ class RecordGate:
     def decode(self, record: Record, now_ms: int) -> Event:
         return self.decode_value(record.topic, record.key, record.value, now_ms, size=record.size)
 
-    def decode_value(self, topic: Topic, record_key: str | None, value: bytes | None, now_ms: int, *,
-                     size: int | None = None) -> Event:
+    def decode_value(
+        self, topic: Topic, record_key: str | None, value: bytes | None, now_ms: int, *, size: int | None = None
+    ) -> Event:
         policy = self.policy.get(topic, Policy.PLAIN)
         if policy is Policy.PLAIN:
             return decode_event(value, now_ms=now_ms, size=size)
@@ -242,9 +262,13 @@ class RecordSealer:
     (``sealing_key(topic, record_key)`` gives (key id, key), or raises NoKey), or signed
     with Central's key. Each record gets a fresh counter."""
 
-    def __init__(self, *, policy: dict[Topic, Policy] = SECURE_POLICY,
-                 sealing_key: Callable[[Topic, str], tuple[str, bytes]] | None = None,
-                 signing: tuple[str, Ed25519PrivateKey] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        policy: dict[Topic, Policy] = SECURE_POLICY,
+        sealing_key: Callable[[Topic, str], tuple[str, bytes]] | None = None,
+        signing: tuple[str, Ed25519PrivateKey] | None = None,
+    ) -> None:
         self.policy = policy
         self._sealing_key = sealing_key
         self._signing = signing
@@ -259,10 +283,24 @@ class RecordSealer:
             if self._sealing_key is None:
                 raise NoKey(f"no key to seal {topic.value} records with")
             key_id, key = self._sealing_key(topic, record_key)
-            return seal.seal(key, key_id, value, topic=topic.value, record_key=record_key, event_type=event_type,
-                             counter=self.clock.next())
+            return seal.seal(
+                key,
+                key_id,
+                value,
+                topic=topic.value,
+                record_key=record_key,
+                event_type=event_type,
+                counter=self.clock.next(),
+            )
         if self._signing is None:
             raise NoKey(f"no key to sign {topic.value} records with")
         key_id, private = self._signing
-        return seal.sign(private, key_id, value, topic=topic.value, record_key=record_key, event_type=event_type,
-                         counter=self.clock.next())
+        return seal.sign(
+            private,
+            key_id,
+            value,
+            topic=topic.value,
+            record_key=record_key,
+            event_type=event_type,
+            counter=self.clock.next(),
+        )

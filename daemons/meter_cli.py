@@ -24,17 +24,34 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--port", required=True, metavar="DEVICE",
-              help="The meter's device (/dev/ttyUSB0, serial:///dev/ttyS1?baudrate=9600) or tcp://host:port.")
+@click.option(
+    "--port",
+    required=True,
+    metavar="DEVICE",
+    help="The meter's device (/dev/ttyUSB0, serial:///dev/ttyS1?baudrate=9600) or tcp://host:port.",
+)
 @click.option("--protocol", type=click.Choice(list(PROTOCOLS)), default="evproto", show_default=True)
-@click.option("--baudrate", type=int, default=None,
-              help="evproto: the line speed (default 9600). iec62056-21: the highest speed to switch to "
-              "(default: what the meter offers); sign-on is always at 300 baud 7E1.")
+@click.option(
+    "--baudrate",
+    type=int,
+    default=None,
+    help="evproto: the line speed (default 9600). iec62056-21: the highest speed to switch to "
+    "(default: what the meter offers); sign-on is always at 300 baud 7E1.",
+)
 @click.option("--address", default="", help="IEC 62056-21 device address (empty: any meter on the line).")
-@click.option("--timeout-s", type=click.FloatRange(min=0.1, max=120), default=5.0, show_default=True,
-              help="Give up after this long; the command never waits longer.")
-@click.option("--json", "as_json", is_flag=True,
-              help="Print one JSON object: energy_wh, power_w, voltage_v, current_a, status, timestamp.")
+@click.option(
+    "--timeout-s",
+    type=click.FloatRange(min=0.1, max=120),
+    default=5.0,
+    show_default=True,
+    help="Give up after this long; the command never waits longer.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object: energy_wh, power_w, voltage_v, current_a, status, timestamp.",
+)
 def read(port: str, protocol: str, baudrate: int | None, address: str, timeout_s: float, as_json: bool) -> None:
     """Take one reading and print it. Exit 69 if the meter does not answer, 65 if it answers garbage."""
     driver = make_driver(protocol, port, baudrate=baudrate, address=address, timeout_s=timeout_s)

@@ -6,8 +6,9 @@ Two links, each kept up by its own reconnect loop with backoff:
   the CP; its keepalive is how Central knows the CP is there at all (DISCONNECTED
   otherwise). In release 2 (the default) the link is TLS and the monitor proves the
   CP's registry credential (evproto.auth); Central answers with the CP's record key,
-  which the monitor hands to its engine (CpKey) so it can seal what it reports. The monitor reports the engine's health: FaultReport on a fault,
-  RecoveryReport when it clears, HealthStatus right after (re)connecting.
+  which the monitor hands to its engine (CpKey) so it can seal what it reports. The
+  monitor reports the engine's health: FaultReport on a fault, RecoveryReport when
+  it clears, HealthStatus right after (re)connecting.
 - to the engine: Hello names the CP; a HealthCheck every second. A KO answer, no
   answer in time, or the link dropping is a fault.
 """
@@ -54,9 +55,9 @@ from evproto.endpoint import parse_endpoint
 from evproto.idents import MAX_ID_LEN, MAX_TEXT_LEN, InvalidTextError, check_id, check_text
 
 from .common import EXIT_UNAVAILABLE, EXIT_USAGE, engine_link_problem, setup_logging, shutdown_event
+from .credentials_file import CpCredentials, credentials_for_cli, read_cp_credentials
 from .files import keep_files_private, write_ready_file
 from .options import daemon_options
-from .credentials_file import CpCredentials, credentials_for_cli, read_cp_credentials
 
 #: How long Central has to challenge and answer once the link is open.
 AUTH_TIMEOUT_S = 15.0
@@ -69,6 +70,7 @@ class CentralRefused(Exception):
         super().__init__(detail)
         self.code = code
         self.detail = detail
+
 
 __all__ = ["Monitor", "main"]
 
@@ -112,8 +114,14 @@ class Monitor:
         self.config = config or LinkConfig()
         self.ready_file = ready_file
         software = f"evproto/{__version__}"
-        self.hello_central = Hello(role=Role.MONITOR, node_id=cp_id, keepalive_ms=keepalive_ms, location=location,
-                                   price_eur_kwh=price, software=software)
+        self.hello_central = Hello(
+            role=Role.MONITOR,
+            node_id=cp_id,
+            keepalive_ms=keepalive_ms,
+            location=location,
+            price_eur_kwh=price,
+            software=software,
+        )
         self.hello_engine = Hello(role=Role.MONITOR, node_id=cp_id, keepalive_ms=keepalive_ms, software=software)
         self.central: Link | None = None
         self.engine: Link | None = None
@@ -193,8 +201,12 @@ class Monitor:
             reported_down = False
             self.central = link
             self.confirmed.set()
-            log.info("connected to Central %s as %s%s", link.peer_id, self.cp_id,
-                     " (authenticated)" if self.auth is not None else "")
+            log.info(
+                "connected to Central %s as %s%s",
+                link.peer_id,
+                self.cp_id,
+                " (authenticated)" if self.auth is not None else "",
+            )
             try:
                 h = self.health
                 if h is not None:
@@ -218,15 +230,17 @@ class Monitor:
             async for event in link.messages:
                 msg = event.message
                 if isinstance(event, RequestReceived) and isinstance(msg, AuthChallenge):
-                    challenge = auth.Challenge(salt=msg.salt, log2_n=msg.log2_n, r=msg.r, p=msg.p,
-                                               server_nonce=msg.server_nonce)
+                    challenge = auth.Challenge(
+                        salt=msg.salt, log2_n=msg.log2_n, r=msg.r, p=msg.p, server_nonce=msg.server_nonce
+                    )
                     proof = await asyncio.to_thread(self.auth.answer, challenge)  # scrypt: off the loop
                     await link.respond(event, AuthProof(proof=proof))
                 elif isinstance(msg, AuthResult):
                     if msg.code is not ReasonCode.OK:
                         raise CentralRefused(msg.code, msg.detail or msg.code.name)
-                    key = self.auth.finish(msg.signature, key_id=msg.key_id, wrapped_key=msg.wrapped_key,
-                                           verify_key=msg.verify_key)
+                    key = self.auth.finish(
+                        msg.signature, key_id=msg.key_id, wrapped_key=msg.wrapped_key, verify_key=msg.verify_key
+                    )
                     if key is None:
                         raise auth.AuthError("Central sent no record key")
                     log.info("authenticated; record key %s", msg.key_id)
@@ -249,7 +263,9 @@ class Monitor:
         if link is None or not link.is_open:
             return
         try:
-            await link.send(HealthStatus(state=HealthState.OK if health.ok else HealthState.KO, fault=health.fault), wait=False)
+            await link.send(
+                HealthStatus(state=HealthState.OK if health.ok else HealthState.KO, fault=health.fault), wait=False
+            )
         except Exception as exc:  # the Central loop handles the link's death
             log.debug("status not sent: %s", exc)
 
@@ -298,8 +314,11 @@ class Monitor:
                 self.engine = None
                 await link.close()
                 down = link.down_event
-                await self._set_health(Health(False, FaultCode.ENGINE_SILENT,
-                                              f"engine link lost ({down.reason.value if down else 'closed'})"))
+                await self._set_health(
+                    Health(
+                        False, FaultCode.ENGINE_SILENT, f"engine link lost ({down.reason.value if down else 'closed'})"
+                    )
+                )
 
     async def _health_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -316,7 +335,9 @@ class Monitor:
                         fault = answer.fault if isinstance(answer, HealthStatus) else FaultCode.ENGINE_KO
                         await self._set_health(Health(False, fault, f"engine answers KO ({fault.name})"))
                 except RequestTimeoutError:
-                    await self._set_health(Health(False, FaultCode.ENGINE_SILENT, "engine did not answer the health check"))
+                    await self._set_health(
+                        Health(False, FaultCode.ENGINE_SILENT, "engine did not answer the health check")
+                    )
                 except LinkDownError:
                     pass  # the engine loop reports it
             await asyncio.sleep(max(0.0, next_at - loop.time()))
@@ -339,36 +360,93 @@ class Monitor:
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--engine", "engine", envvar="EVPROTO_ENGINE", required=True, metavar="HOST:PORT",
-              help="Where this CP's engine listens. The monitor hands the engine its record key over this "
-              "link, so in release 2 HOST is a loopback address, or the link is mutual TLS: "
-              "tls://HOST:PORT?ca=CA.pem&cert=MONITOR.pem&key=MONITOR.key (ev-central certs --cp; "
-              "docs/security.md). [env EVPROTO_ENGINE]")
-@click.option("--central", envvar="EVPROTO_CENTRAL", required=True, metavar="HOST:PORT",
-              help="Central's socket for monitors. [env EVPROTO_CENTRAL]")
-@click.option("--id", "cp_id", envvar="EVPROTO_CP_ID", required=True, metavar="CP_ID",
-              help=f"The charge point's id: 1-{MAX_ID_LEN} printable characters, no spaces. [env EVPROTO_CP_ID]")
-@click.option("--location", envvar="EVPROTO_LOCATION", default="", metavar="TEXT",
-              help=f"Where the CP is (needed to register a new CP): printable text, at most {MAX_TEXT_LEN} characters. "
-              "[env EVPROTO_LOCATION]")
-@click.option("--price", envvar="EVPROTO_PRICE", type=click.FloatRange(min=0, max=MAX_PRICE_EUR_KWH), default=None,
-              metavar="EUR", help="Price in EUR/kWh (needed to register a new CP). [env EVPROTO_PRICE]")
-@click.option("--interval-s", type=click.FloatRange(min=0.1, max=60), default=1.0, show_default=True,
-              help="Seconds between health checks of the engine.")
-@click.option("--credentials", "credentials_path", envvar="EVPROTO_CREDENTIALS", default=None, metavar="FILE",
-              help="The CP's credentials as the registry issued them (JSON with the secret, 0600). "
-              "[env EVPROTO_CREDENTIALS]")
-@click.option("--ca", envvar="EVPROTO_CA", default=None, metavar="PEM",
-              help="The network's CA certificate: Central's TLS certificate is checked against it "
-              "(default: the system's CAs). [env EVPROTO_CA]")
-@click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
-              help="Release 1's plaintext mode: no TLS, no authentication. Only on a network you trust. "
-              "[env EVPROTO_INSECURE]")
+@click.option(
+    "--engine",
+    "engine",
+    envvar="EVPROTO_ENGINE",
+    required=True,
+    metavar="HOST:PORT",
+    help="Where this CP's engine listens. The monitor hands the engine its record key over this "
+    "link, so in release 2 HOST is a loopback address, or the link is mutual TLS: "
+    "tls://HOST:PORT?ca=CA.pem&cert=MONITOR.pem&key=MONITOR.key (ev-central certs --cp; "
+    "docs/security.md). [env EVPROTO_ENGINE]",
+)
+@click.option(
+    "--central",
+    envvar="EVPROTO_CENTRAL",
+    required=True,
+    metavar="HOST:PORT",
+    help="Central's socket for monitors. [env EVPROTO_CENTRAL]",
+)
+@click.option(
+    "--id",
+    "cp_id",
+    envvar="EVPROTO_CP_ID",
+    required=True,
+    metavar="CP_ID",
+    help=f"The charge point's id: 1-{MAX_ID_LEN} printable characters, no spaces. [env EVPROTO_CP_ID]",
+)
+@click.option(
+    "--location",
+    envvar="EVPROTO_LOCATION",
+    default="",
+    metavar="TEXT",
+    help=f"Where the CP is (needed to register a new CP): printable text, at most {MAX_TEXT_LEN} characters. "
+    "[env EVPROTO_LOCATION]",
+)
+@click.option(
+    "--price",
+    envvar="EVPROTO_PRICE",
+    type=click.FloatRange(min=0, max=MAX_PRICE_EUR_KWH),
+    default=None,
+    metavar="EUR",
+    help="Price in EUR/kWh (needed to register a new CP). [env EVPROTO_PRICE]",
+)
+@click.option(
+    "--interval-s",
+    type=click.FloatRange(min=0.1, max=60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between health checks of the engine.",
+)
+@click.option(
+    "--credentials",
+    "credentials_path",
+    envvar="EVPROTO_CREDENTIALS",
+    default=None,
+    metavar="FILE",
+    help="The CP's credentials as the registry issued them (JSON with the secret, 0600). [env EVPROTO_CREDENTIALS]",
+)
+@click.option(
+    "--ca",
+    envvar="EVPROTO_CA",
+    default=None,
+    metavar="PEM",
+    help="The network's CA certificate: Central's TLS certificate is checked against it "
+    "(default: the system's CAs). [env EVPROTO_CA]",
+)
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="EVPROTO_INSECURE",
+    help="Release 1's plaintext mode: no TLS, no authentication. Only on a network you trust. [env EVPROTO_INSECURE]",
+)
 @daemon_options("Write a JSON file once started.")
 @click.version_option(__version__, prog_name="evcp-monitor")
-def main(engine: str, central: str, cp_id: str, location: str, price: float | None, interval_s: float,
-         credentials_path: str | None, ca: str | None, insecure: bool, ready_file: str | None, log_format: str,
-         log_level: str) -> None:
+def main(
+    engine: str,
+    central: str,
+    cp_id: str,
+    location: str,
+    price: float | None,
+    interval_s: float,
+    credentials_path: str | None,
+    ca: str | None,
+    insecure: bool,
+    ready_file: str | None,
+    log_format: str,
+    log_level: str,
+) -> None:
     """The monitor of a charge point (EV_CP_M).
 
     Registers the CP with Central (a new id needs --location and --price) or
@@ -397,18 +475,29 @@ def main(engine: str, central: str, cp_id: str, location: str, price: float | No
         click.echo(f"evcp-monitor: --engine {engine}: {problem}", err=True)
         sys.exit(EXIT_USAGE)
     credentials = credentials_for_cli(
-        "evcp-monitor", insecure=insecure, path=credentials_path, read=lambda p: read_cp_credentials(p, cp_id),
+        "evcp-monitor",
+        insecure=insecure,
+        path=credentials_path,
+        read=lambda p: read_cp_credentials(p, cp_id),
         missing="Central authenticates charge points: give --credentials FILE (from the registry)",
-        plaintext="plaintext, not authenticated")
+        plaintext="plaintext, not authenticated",
+    )
     if credentials is not None:
         central = tls_address(central, ca)
     keep_files_private()
     setup_logging(cp_id, level=log_level, fmt=log_format)
 
     async def run() -> int:
-        return await Monitor(cp_id=cp_id, central=central, engine=engine, location=location, price=price,
-                             interval_s=interval_s, ready_file=ready_file,
-                             credentials=credentials).run(shutdown_event())
+        return await Monitor(
+            cp_id=cp_id,
+            central=central,
+            engine=engine,
+            location=location,
+            price=price,
+            interval_s=interval_s,
+            ready_file=ready_file,
+            credentials=credentials,
+        ).run(shutdown_event())
 
     try:
         sys.exit(asyncio.run(run()))

@@ -22,8 +22,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .files import makedirs
 from .credentials_file import write_cp_credentials
+from .files import makedirs
 from .pki import CertificateAuthority, IssuedCertificate, write_private
 from .tokens import TokenRole, TokenStore
 
@@ -87,9 +87,12 @@ class NetworkSecrets:
         if os.path.exists(path):
             return path
         body = json.dumps({"id": cp_id, "location": location}).encode()
-        request = urllib.request.Request(registry_url + "/api/v1/cps", data=body, method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  "Authorization": f"Bearer {installer_token}"})
+        request = urllib.request.Request(
+            registry_url + "/api/v1/cps",
+            data=body,
+            method="POST",
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {installer_token}"},
+        )
         answer = _call(request, self.tls())
         write_cp_credentials(Path(path), cp_id, answer["secret"])
         return path

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-
 __all__ = ["parse_kafka_config", "daemon_options", "kafka_config_options", "kafka_extra"]
 
 
@@ -48,11 +47,15 @@ def daemon_options(ready_help: str) -> Any:
 
     def deco(command: Any) -> Any:
         command = click.option(
-            "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-            show_default=True)(command)
+            "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+        )(command)
         command = click.option(
-            "--log-format", type=click.Choice(["auto", "text", "json"]), default="auto", show_default=True,
-            help="auto: readable text on a terminal, one JSON object a line otherwise.")(command)
+            "--log-format",
+            type=click.Choice(["auto", "text", "json"]),
+            default="auto",
+            show_default=True,
+            help="auto: readable text on a terminal, one JSON object a line otherwise.",
+        )(command)
         return click.option("--ready-file", default=None, metavar="PATH", help=ready_help)(command)
 
     return deco
@@ -65,13 +68,20 @@ def kafka_config_options(command: Any) -> Any:
     import click
 
     command = click.option(
-        "--kafka-config-file", envvar="EVPROTO_KAFKA_CONFIG_FILE", default=None, metavar="FILE",
+        "--kafka-config-file",
+        envvar="EVPROTO_KAFKA_CONFIG_FILE",
+        default=None,
+        metavar="FILE",
         help="librdkafka settings, one key=value per line (security.protocol, sasl.*, ssl.*). "
-             "[env EVPROTO_KAFKA_CONFIG_FILE]")(command)
+        "[env EVPROTO_KAFKA_CONFIG_FILE]",
+    )(command)
     return click.option(
-        "--kafka-config", multiple=True, metavar="KEY=VALUE",
+        "--kafka-config",
+        multiple=True,
+        metavar="KEY=VALUE",
         help="One librdkafka setting for every Kafka client of this program, e.g. security.protocol=SASL_SSL, "
-             "sasl.mechanism=SCRAM-SHA-512, ssl.ca.location=ca.pem (repeatable; wins over the file).")(command)
+        "sasl.mechanism=SCRAM-SHA-512, ssl.ca.location=ca.pem (repeatable; wins over the file).",
+    )(command)
 
 
 def kafka_extra(pairs: tuple[str, ...], file: str | None) -> dict[str, str]:
@@ -88,8 +98,9 @@ def kafka_extra(pairs: tuple[str, ...], file: str | None) -> dict[str, str]:
         import confluent_kafka
 
         try:
-            confluent_kafka.Producer({"bootstrap.servers": "127.0.0.1:9", "logger": logging.getLogger("nowhere"),
-                                      **extra})
+            confluent_kafka.Producer(
+                {"bootstrap.servers": "127.0.0.1:9", "logger": logging.getLogger("nowhere"), **extra}
+            )
         except confluent_kafka.KafkaException as exc:
             text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
             for key, value in extra.items():

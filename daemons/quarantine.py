@@ -58,14 +58,29 @@ class DeadLetter:
     size: int
 
     @classmethod
-    def of(cls, *, topic: str, partition: int, offset: int, key: str | None, reason: str, value: bytes | None,
-           ts_ms: int | None = None, size: int | None = None) -> DeadLetter:
+    def of(
+        cls,
+        *,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: str | None,
+        reason: str,
+        value: bytes | None,
+        ts_ms: int | None = None,
+        size: int | None = None,
+    ) -> DeadLetter:
         """A dead letter with every part bounded."""
-        return cls(topic=topic, partition=partition, offset=offset,
-                   key=None if key is None else key[:MAX_KEY_CHARS], reason=reason[:MAX_REASON_CHARS],
-                   value=None if value is None else value[:MAX_KEPT_BYTES],
-                   ts_ms=int(time.time() * 1000) if ts_ms is None else ts_ms,
-                   size=len(value or b"") if size is None else size)
+        return cls(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=None if key is None else key[:MAX_KEY_CHARS],
+            reason=reason[:MAX_REASON_CHARS],
+            value=None if value is None else value[:MAX_KEPT_BYTES],
+            ts_ms=int(time.time() * 1000) if ts_ms is None else ts_ms,
+            size=len(value or b"") if size is None else size,
+        )
 
     @property
     def kept(self) -> bytes:
@@ -91,11 +106,22 @@ class DeadLetterFile:
     def add(self, letter: DeadLetter) -> None:
         self.count += 1
         self._warn.log(logging.WARNING, letter.describe())
-        line = json.dumps({
-            "ts_ms": letter.ts_ms, "topic": letter.topic, "partition": letter.partition, "offset": letter.offset,
-            "key": letter.key, "reason": letter.reason, "size": letter.size,
-            "value_b64": base64.b64encode(letter.kept).decode("ascii"),
-        }, ensure_ascii=True) + "\n"
+        line = (
+            json.dumps(
+                {
+                    "ts_ms": letter.ts_ms,
+                    "topic": letter.topic,
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                    "key": letter.key,
+                    "reason": letter.reason,
+                    "size": letter.size,
+                    "value_b64": base64.b64encode(letter.kept).decode("ascii"),
+                },
+                ensure_ascii=True,
+            )
+            + "\n"
+        )
         try:
             if os.path.exists(self.path) and os.path.getsize(self.path) + len(line) > self.max_bytes:
                 os.replace(self.path, self.path + ".1")
@@ -176,8 +202,11 @@ class CrashGuard:
         if ranges:
             self.suspect = (ranges, crashes)
             where = ", ".join(f"{t}[{p}]@{a}" + (f"..{b}" if b != a else "") for t, p, a, b in ranges)
-            log.warning("the previous run died while applying %s (%d time(s)): applying those records one at a time",
-                        where, crashes)
+            log.warning(
+                "the previous run died while applying %s (%d time(s)): applying those records one at a time",
+                where,
+                crashes,
+            )
 
     def verdict(self, topic: str, partition: int, offset: int) -> Verdict:
         if self.suspect is None:

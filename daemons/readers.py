@@ -47,8 +47,13 @@ MAX_CRASHES = 3
 class CentralWatch:
     """Whether Central is reachable, from its heartbeats; ``await watch.listen(kafka)`` feeds it."""
 
-    def __init__(self, *, silence_s: float = CENTRAL_SILENCE_S, clock: Callable[[], float] = time.monotonic,
-                 decode: Callable[..., Event] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        silence_s: float = CENTRAL_SILENCE_S,
+        clock: Callable[[], float] = time.monotonic,
+        decode: Callable[..., Event] | None = None,
+    ) -> None:
         self.silence_s = silence_s
         #: (topic, key, value, now_ms, size=) -> Event: the reader's gate (signed heartbeats
         #: in release 2: a forged one cannot make Central look alive).
@@ -94,8 +99,9 @@ class CentralWatch:
 
     async def listen(self, kafka: KafkaSettings) -> None:
         # start() waits for the broker at most a few seconds: a broker that is down counts as silence.
-        async with BusConsumer(kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)],
-                               max_value_bytes=MAX_EVENT_BYTES) as consumer:
+        async with BusConsumer(
+            kafka, assignments=[(Topic.CENTRAL_HEARTBEAT, 0, OFFSET_END)], max_value_bytes=MAX_EVENT_BYTES
+        ) as consumer:
             self.listening()
             async for record in consumer:
                 try:
@@ -104,8 +110,11 @@ class CentralWatch:
                     if isinstance(event, Heartbeat) and now - event.ts_ms <= HEARTBEAT_MAX_AGE_MS:
                         self.heard()
                         continue
-                    problem = "not a heartbeat" if not isinstance(event, Heartbeat) else \
-                        f"a heartbeat {(now - event.ts_ms) / 1000:.0f} s old (replayed, or clocks far apart)"
+                    problem = (
+                        "not a heartbeat"
+                        if not isinstance(event, Heartbeat)
+                        else f"a heartbeat {(now - event.ts_ms) / 1000:.0f} s old (replayed, or clocks far apart)"
+                    )
                 except (EventDecodeError, SealError) as exc:
                     problem = str(exc)
                 self.skipped += 1
@@ -158,8 +167,17 @@ class RecordGuard:
         return False
 
     def _quarantine(self, record: Record, reason: str) -> None:
-        self.letters.add(DeadLetter.of(topic=record.topic.value, partition=record.partition, offset=record.offset,
-                                       key=record.key, reason=reason, value=record.value, size=record.size))
+        self.letters.add(
+            DeadLetter.of(
+                topic=record.topic.value,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                reason=reason,
+                value=record.value,
+                size=record.size,
+            )
+        )
 
     def close(self) -> None:
         self.crashes.close()

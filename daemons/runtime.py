@@ -5,7 +5,6 @@ from __future__ import annotations
 import gc
 import time
 
-
 __all__ = ["GC_YOUNG_THRESHOLD", "GC_PAUSES", "tune_gc", "raise_fd_limit"]
 
 

@@ -88,9 +88,10 @@ class TokenStore:
         check_id(name, what="token name")
         token_id = secrets.token_hex(4)
         secret = secrets.token_urlsafe(32)
-        self._db.execute("INSERT INTO api_tokens VALUES (?, ?, ?, ?, ?, NULL)",
-                         (token_id, hashlib.sha256(secret.encode()).digest(), role.value, name,
-                          int(time.time() * 1000)))
+        self._db.execute(
+            "INSERT INTO api_tokens VALUES (?, ?, ?, ?, ?, NULL)",
+            (token_id, hashlib.sha256(secret.encode()).digest(), role.value, name, int(time.time() * 1000)),
+        )
         return f"{_PREFIX}{token_id}_{secret}", Principal(token_id, name, role)
 
     def verify(self, token: str) -> Principal | None:
@@ -98,9 +99,10 @@ class TokenStore:
         wrong secret or revoked: the caller cannot tell which)."""
         if not token.startswith(_PREFIX) or len(token) > 200:
             return None
-        token_id, _, secret = token[len(_PREFIX):].partition("_")
-        row = self._db.execute("SELECT secret_sha256, role, name, revoked_ts_ms FROM api_tokens WHERE id = ?",
-                               (token_id,)).fetchone()
+        token_id, _, secret = token[len(_PREFIX) :].partition("_")
+        row = self._db.execute(
+            "SELECT secret_sha256, role, name, revoked_ts_ms FROM api_tokens WHERE id = ?", (token_id,)
+        ).fetchone()
         digest = hashlib.sha256(secret.encode(errors="replace")).digest()
         expected = row[0] if row is not None else bytes(32)  # same work for an unknown id
         if not hmac.compare_digest(digest, expected) or row is None or row[3] is not None:
@@ -111,12 +113,17 @@ class TokenStore:
             return None
 
     def revoke(self, token_id: str) -> bool:
-        cur = self._db.execute("UPDATE api_tokens SET revoked_ts_ms = ? WHERE id = ? AND revoked_ts_ms IS NULL",
-                               (int(time.time() * 1000), token_id))
+        cur = self._db.execute(
+            "UPDATE api_tokens SET revoked_ts_ms = ? WHERE id = ? AND revoked_ts_ms IS NULL",
+            (int(time.time() * 1000), token_id),
+        )
         return cur.rowcount == 1
 
     def list(self) -> list[dict[str, object]]:
         """Every token without its secret: id, name, role, created, revoked."""
-        return [{"id": r[0], "name": r[1], "role": r[2], "created_ts_ms": r[3], "revoked": r[4] is not None}
-                for r in self._db.execute(
-                    "SELECT id, name, role, created_ts_ms, revoked_ts_ms FROM api_tokens ORDER BY created_ts_ms")]
+        return [
+            {"id": r[0], "name": r[1], "role": r[2], "created_ts_ms": r[3], "revoked": r[4] is not None}
+            for r in self._db.execute(
+                "SELECT id, name, role, created_ts_ms, revoked_ts_ms FROM api_tokens ORDER BY created_ts_ms"
+            )
+        ]

@@ -53,20 +53,29 @@ def _cross_site(request: web.Request) -> str | None:
     return None
 
 
-def token_auth(tokens: TokenStore, needs: Callable[[web.Request], TokenRole | None], *,
-               audit: AuditLog | None, service: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+def token_auth(
+    tokens: TokenStore, needs: Callable[[web.Request], TokenRole | None], *, audit: AuditLog | None, service: str
+) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Middleware: ``needs(request)`` says which role the endpoint needs (None: open)."""
 
     def refuse(request: web.Request, exc: HttpError, actor: str) -> HttpError:
         if audit is not None:
-            audit.record(actor=actor, source=request.remote or "", action=f"{service}:{request.method}",
-                         obj=request.path[:200], outcome="refused", coalesce=f"{request.remote}:{exc.http_status}",
-                         reason=str(exc), status=exc.http_status)
+            audit.record(
+                actor=actor,
+                source=request.remote or "",
+                action=f"{service}:{request.method}",
+                obj=request.path[:200],
+                outcome="refused",
+                coalesce=f"{request.remote}:{exc.http_status}",
+                reason=str(exc),
+                status=exc.http_status,
+            )
         return exc
 
     @web.middleware
-    async def middleware(request: web.Request,
-                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         needed = needs(request)
         if needed is None:
             return await handler(request)
@@ -81,8 +90,11 @@ def token_auth(tokens: TokenStore, needs: Callable[[web.Request], TokenRole | No
         if principal is None:
             raise refuse(request, Unauthorized("the token is not valid"), "anonymous")
         if not principal.may(needed):
-            raise refuse(request, Forbidden(f"role {principal.role.value} may not do this "
-                                            f"(needs {needed.value})"), principal.label)
+            raise refuse(
+                request,
+                Forbidden(f"role {principal.role.value} may not do this (needs {needed.value})"),
+                principal.label,
+            )
         request[PRINCIPAL] = principal
         return await handler(request)
 

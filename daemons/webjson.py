@@ -23,8 +23,16 @@ from aiohttp.http_exceptions import LineTooLong
 from evproto.errors import EvprotoError
 from evproto.ratelog import RateLimitedLog
 
-__all__ = ["HttpError", "BadRequest", "json_response", "error_response", "json_errors", "start_http",
-           "stop_http", "read_json"]
+__all__ = [
+    "HttpError",
+    "BadRequest",
+    "json_response",
+    "error_response",
+    "json_errors",
+    "start_http",
+    "stop_http",
+    "read_json",
+]
 
 #: A request body larger than this is refused (413) before it is read.
 MAX_BODY_BYTES = 64 * 1024
@@ -88,8 +96,7 @@ def json_errors(log: logging.Logger) -> Callable[..., Awaitable[web.StreamRespon
                 raise
             if isinstance(exc, web.HTTPMethodNotAllowed):
                 allowed = sorted(exc.allowed_methods)
-                text = (f"method {request.method} not allowed on {request.path}"
-                        f" (allowed: {', '.join(allowed)})")
+                text = f"method {request.method} not allowed on {request.path} (allowed: {', '.join(allowed)})"
                 return error_response(exc.status, text, headers={"Allow": ",".join(allowed)})
             if isinstance(exc, web.HTTPNotFound):
                 return error_response(exc.status, f"no such endpoint: {request.method} {request.path}")
@@ -113,14 +120,19 @@ class _JsonErrorHandler(web_protocol.RequestHandler):
 
     errors: RateLimitedLog
 
-    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
+    def handle_error(
+        self, request: Any, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
         what = {400: "bad request", 413: "request too large", 431: "request headers too large"}.get(
-            status, HTTPStatus(status).phrase.lower() if status in HTTPStatus._value2member_map_ else "error")
+            status, HTTPStatus(status).phrase.lower() if status in HTTPStatus._value2member_map_ else "error"
+        )
         if isinstance(exc, LineTooLong):
             what = "request line or header too long"
-        self.errors.log(logging.WARNING, f"HTTP {status} to {request.remote}: {what} ({type(exc).__name__})",
-                        key=f"http:{status}:{type(exc).__name__}")
+        self.errors.log(
+            logging.WARNING,
+            f"HTTP {status} to {request.remote}: {what} ({type(exc).__name__})",
+            key=f"http:{status}:{type(exc).__name__}",
+        )
         if request.writer.output_size > 0:
             raise ConnectionError("response already started: the connection is closed")
         resp = error_response(status, what)
@@ -151,9 +163,15 @@ class _Runner(web.AppRunner):
         return server
 
 
-async def start_http(app: web.Application, host: str, port: int, *, log: logging.Logger,
-                     tls: ssl.SSLContext | None = None,
-                     access_log: logging.Logger | None = None) -> tuple[web.AppRunner, int]:
+async def start_http(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    log: logging.Logger,
+    tls: ssl.SSLContext | None = None,
+    access_log: logging.Logger | None = None,
+) -> tuple[web.AppRunner, int]:
     """Serve ``app`` on ``host:port`` (port 0: a free one), over TLS when ``tls`` is given.
 
     Returns the runner (give it to :func:`stop_http`) and the port actually bound.

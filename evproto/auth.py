@@ -108,8 +108,17 @@ class StoredCredential:
 
     def to_text(self) -> str:
         """``scrypt$14$8$1$SALT$STORED_KEY$SERVER_KEY`` (URL-safe base64): one database column."""
-        return "$".join([_PREFIX, str(self.log2_n), str(self.r), str(self.p),
-                         _b64(self.salt), _b64(self.stored_key), _b64(self.server_key)])
+        return "$".join(
+            [
+                _PREFIX,
+                str(self.log2_n),
+                str(self.r),
+                str(self.p),
+                _b64(self.salt),
+                _b64(self.stored_key),
+                _b64(self.server_key),
+            ]
+        )
 
     @classmethod
     def from_text(cls, text: str) -> StoredCredential:
@@ -117,8 +126,14 @@ class StoredCredential:
         try:
             if len(parts) != 7 or parts[0] != _PREFIX:
                 raise ValueError
-            cred = cls(log2_n=int(parts[1]), r=int(parts[2]), p=int(parts[3]), salt=_unb64(parts[4]),
-                       stored_key=_unb64(parts[5]), server_key=_unb64(parts[6]))
+            cred = cls(
+                log2_n=int(parts[1]),
+                r=int(parts[2]),
+                p=int(parts[3]),
+                salt=_unb64(parts[4]),
+                stored_key=_unb64(parts[5]),
+                server_key=_unb64(parts[6]),
+            )
         except (ValueError, TypeError):
             raise AuthError("not a stored credential") from None
         _check_params(cred.log2_n, cred.r, cred.p, cred.salt)
@@ -128,8 +143,13 @@ class StoredCredential:
 
     def challenge(self, server_nonce: bytes | None = None) -> Challenge:
         """The challenge a server sends for this credential."""
-        return Challenge(salt=self.salt, log2_n=self.log2_n, r=self.r, p=self.p,
-                         server_nonce=server_nonce if server_nonce is not None else new_nonce())
+        return Challenge(
+            salt=self.salt,
+            log2_n=self.log2_n,
+            r=self.r,
+            p=self.p,
+            server_nonce=server_nonce if server_nonce is not None else new_nonce(),
+        )
 
 
 def _check_params(log2_n: int, r: int, p: int, salt: bytes) -> None:
@@ -137,15 +157,17 @@ def _check_params(log2_n: int, r: int, p: int, salt: bytes) -> None:
         raise AuthError(f"scrypt parameters out of bounds (log2 N {log2_n}, r {r}, p {p}, salt {len(salt)} bytes)")
 
 
-def hash_secret(secret: str, *, params: tuple[int, int, int] = SCRYPT_DEFAULT,
-                salt: bytes | None = None) -> StoredCredential:
+def hash_secret(
+    secret: str, *, params: tuple[int, int, int] = SCRYPT_DEFAULT, salt: bytes | None = None
+) -> StoredCredential:
     """The :class:`StoredCredential` of ``secret`` (a fresh 16-byte salt unless given)."""
     log2_n, r, p = params
     salt = salt if salt is not None else secrets.token_bytes(16)
     _check_params(log2_n, r, p, salt)
     client_key, server_key = _keys(_salted(secret, salt, log2_n, r, p))
-    return StoredCredential(salt=salt, log2_n=log2_n, r=r, p=p,
-                            stored_key=hashlib.sha256(client_key).digest(), server_key=server_key)
+    return StoredCredential(
+        salt=salt, log2_n=log2_n, r=r, p=p, stored_key=hashlib.sha256(client_key).digest(), server_key=server_key
+    )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -169,9 +191,16 @@ def auth_message(node_id: str, client_nonce: bytes, challenge: Challenge) -> byt
     for nonce in (client_nonce, challenge.server_nonce):
         if not _MIN_NONCE <= len(nonce) <= _MAX_NONCE:
             raise AuthError(f"nonce of {len(nonce)} bytes (expected {_MIN_NONCE}..{_MAX_NONCE})")
-    return b"evproto-auth-v1" + b"".join(_field(x) for x in (
-        node_id.encode(), client_nonce, challenge.server_nonce, challenge.salt,
-        bytes([challenge.log2_n, challenge.r, challenge.p])))
+    return b"evproto-auth-v1" + b"".join(
+        _field(x)
+        for x in (
+            node_id.encode(),
+            client_nonce,
+            challenge.server_nonce,
+            challenge.salt,
+            bytes([challenge.log2_n, challenge.r, challenge.p]),
+        )
+    )
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
@@ -192,8 +221,9 @@ def _granted(message: bytes, key_id: str, wrapped_key: bytes, verify_key: bytes)
     return message + _field(key_id.encode()) + _field(wrapped_key) + _field(verify_key)
 
 
-def server_signature(stored: StoredCredential, message: bytes, *, key_id: str = "", wrapped_key: bytes = b"",
-                     verify_key: bytes = b"") -> bytes:
+def server_signature(
+    stored: StoredCredential, message: bytes, *, key_id: str = "", wrapped_key: bytes = b"", verify_key: bytes = b""
+) -> bytes:
     """Server side: proves to the client that the server holds its stored credential,
     and that what it grants (key id, wrapped key, its verify key) comes from it unchanged."""
     return hmac.digest(stored.server_key, _granted(message, key_id, wrapped_key, verify_key), "sha256")
@@ -247,8 +277,9 @@ class ClientSession:
         client_key = keys[0]
         return _xor(client_key, hmac.digest(hashlib.sha256(client_key).digest(), self._message, "sha256"))
 
-    def finish(self, signature: bytes, *, key_id: str = "", wrapped_key: bytes = b"",
-               verify_key: bytes = b"") -> bytes | None:
+    def finish(
+        self, signature: bytes, *, key_id: str = "", wrapped_key: bytes = b"", verify_key: bytes = b""
+    ) -> bytes | None:
         """Check the server's signature over what it grants; return the unwrapped key (None
         when none was sent). AuthError when the server did not prove it holds our stored
         credential, or something it sent was changed on the way."""

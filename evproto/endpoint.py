@@ -73,8 +73,9 @@ class Endpoint:
         return f"serial://{self.path}"
 
 
-def _tcp(host: str | None, port: int | None, text: str, scheme: str = "tcp",
-         options: dict[str, object] | None = None) -> Endpoint:
+def _tcp(
+    host: str | None, port: int | None, text: str, scheme: str = "tcp", options: dict[str, object] | None = None
+) -> Endpoint:
     if not host:
         raise TransportError(f"{text!r}: missing host (expected {scheme}://HOST:PORT)")
     if port is None:
@@ -148,8 +149,9 @@ def parse_endpoint(text: str) -> Endpoint:
         pairs = parse_qsl(query, keep_blank_values=True)
         ours = urlencode([(k, v) for k, v in pairs if k in _LINE_OPTIONS])
         theirs = urlencode([(k, v) for k, v in pairs if k not in _LINE_OPTIONS])
-        return Endpoint(scheme="serial", path=base + (f"?{theirs}" if theirs else ""),
-                        options=_serial_options(ours, text))
+        return Endpoint(
+            scheme="serial", path=base + (f"?{theirs}" if theirs else ""), options=_serial_options(ours, text)
+        )
     if "://" not in text:
         text_url = "tcp://" + text
     else:
@@ -171,5 +173,7 @@ def parse_endpoint(text: str) -> Endpoint:
         if not path:
             raise TransportError(f"{text!r}: missing device path (expected serial:///dev/ttyUSB0)")
         return Endpoint(scheme="serial", path=path, options=_serial_options(parts.query, text))
-    raise TransportError(f"{text!r}: unsupported scheme {parts.scheme!r} (use tcp://, tls://, serial:// or a "
-                         f"pyserial URL: {', '.join(s + '://' for s in PYSERIAL_SCHEMES)})")
+    raise TransportError(
+        f"{text!r}: unsupported scheme {parts.scheme!r} (use tcp://, tls://, serial:// or a "
+        f"pyserial URL: {', '.join(s + '://' for s in PYSERIAL_SCHEMES)})"
+    )

@@ -104,8 +104,10 @@ class IncomingOverflowError(LinkDownError):
     def __init__(self, limit: int) -> None:
         from .link import DownReason  # errors is imported by link: import late
 
-        super().__init__(DownReason.CLOSED, f"{limit} received messages left unread (LinkConfig.max_incoming): "
-                                            "read them, or raise the limit")
+        super().__init__(
+            DownReason.CLOSED,
+            f"{limit} received messages left unread (LinkConfig.max_incoming): read them, or raise the limit",
+        )
         self.limit = limit
 
 

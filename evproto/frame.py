@@ -339,8 +339,9 @@ class FrameDecoder:
                         )
                         pos += 1
                         continue
-                    if length >= _OVERHEAD and (_hides_frame(buf, view, pos, end)
-                                                or self._hunting and _ends_with_frame(buf, view, pos, end)):
+                    if length >= _OVERHEAD and (
+                        _hides_frame(buf, view, pos, end) or self._hunting and _ends_with_frame(buf, view, pos, end)
+                    ):
                         # A stray STX (or one inside a damaged frame) read as a start: the
                         # candidate ends exactly where a valid frame that starts inside it
                         # ends. Take this byte for garbage and read what follows it.

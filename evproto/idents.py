@@ -18,8 +18,16 @@ import re
 
 from .errors import EvprotoError
 
-__all__ = ["MAX_ID_LEN", "MAX_TEXT_LEN", "WHITESPACE", "InvalidTextError", "id_problem", "text_problem", "check_id",
-           "check_text"]
+__all__ = [
+    "MAX_ID_LEN",
+    "MAX_TEXT_LEN",
+    "WHITESPACE",
+    "InvalidTextError",
+    "id_problem",
+    "text_problem",
+    "check_id",
+    "check_text",
+]
 
 #: Longest id, in characters.
 MAX_ID_LEN = 64

@@ -539,9 +539,7 @@ class LinkConnection:
         if self.state is LinkState.OPEN and self.keepalive_s is not None:
             keepalive = self._last_tx + self._probe_after_s
         return {
-            "interbyte": (
-                self._last_byte_rx + self.config.interbyte_timeout_s if self.decoder.wants_resync else None
-            ),
+            "interbyte": (self._last_byte_rx + self.config.interbyte_timeout_s if self.decoder.wants_resync else None),
             "retransmit": retransmit,
             "silence": self._silence_deadline,
             "request": self._request[1] if self._request is not None else None,
@@ -742,7 +740,9 @@ class LinkConnection:
             self._complete_inflight(now)
         self._open(accept.keepalive_ms, now)
         self._events.append(
-            Connected(peer_id=accept.node_id, keepalive_s=self.keepalive_s or 0.0, protocol_version=accept.protocol_version)
+            Connected(
+                peer_id=accept.node_id, keepalive_s=self.keepalive_s or 0.0, protocol_version=accept.protocol_version
+            )
         )
 
     def _open(self, keepalive_ms: int, now: float) -> None:
@@ -826,10 +826,18 @@ class LinkConnection:
                 self.stats.late_responses += 1
             return
         if len(self._queue) < self.config.max_queue:
-            report = ErrorReport(code=ErrorCode.UNKNOWN_TYPE, detail=clip_text(f"{what} is unknown to {self.node_id or (self.hello.node_id if self.hello else 'this peer')}"))
+            report = ErrorReport(
+                code=ErrorCode.UNKNOWN_TYPE,
+                detail=clip_text(
+                    f"{what} is unknown to {self.node_id or (self.hello.node_id if self.hello else 'this peer')}"
+                ),
+            )
             self._enqueue(report, now, flags=Flags.RESPONSE if flags & Flags.REQUEST else 0, ref=seq)
-        self._events.append(UnknownMessageReceived(msg_type=msg_type, payload=data.payload, seq=seq,
-                                                   request=bool(flags & Flags.REQUEST)))
+        self._events.append(
+            UnknownMessageReceived(
+                msg_type=msg_type, payload=data.payload, seq=seq, request=bool(flags & Flags.REQUEST)
+            )
+        )
 
     def _a_reack(self, now: float, inp: LinkInput, data: _InputData) -> None:
         self.stats.duplicates += 1
@@ -908,7 +916,9 @@ class LinkConnection:
             self._note_error("unexpected", f"{inp.value} in state {self.state.value}")
         self._write(_NACK, now)
         if self._consecutive_errors > self.config.max_consecutive_errors:
-            self._go_down(DownReason.PROTOCOL_ERROR, f"{self._consecutive_errors} bad frames in a row: {self.stats.last_error}")
+            self._go_down(
+                DownReason.PROTOCOL_ERROR, f"{self._consecutive_errors} bad frames in a row: {self.stats.last_error}"
+            )
 
     def _a_keepalive(self, now: float, inp: LinkInput, data: _InputData) -> None:
         if self._inflight is None and not self._queue:

@@ -373,6 +373,8 @@ U8 = _Wire(cs.Int8ub, doc="u8")
 U16 = _Wire(cs.Int16ub, doc="u16")
 U32 = _Wire(cs.Int32ub, doc="u32")
 U64 = _Wire(cs.Int64ub, doc="u64")
+
+
 def _real(v: Any) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"expected a number, got {type(v).__name__}")
@@ -389,6 +391,8 @@ F64 = _Wire(cs.Float64b, to_wire=_real, doc="f64")
 _NAN_INLINE = "(None if {0} != {0} else {0})"
 OPT_F32 = _Wire(cs.Float32b, _nan_to_none, _optional_real, inline=_NAN_INLINE, doc="f32 (NaN = absent)")
 OPT_F64 = _Wire(cs.Float64b, _nan_to_none, _optional_real, inline=_NAN_INLINE, doc="f64 (NaN = absent)")
+
+
 def _typed(kind: type) -> Callable[[Any], Any]:
     def check(v: Any) -> Any:
         if not isinstance(v, kind):
@@ -419,8 +423,10 @@ def _text(v: Any) -> Any:
     if not isinstance(v, str):
         raise TypeError(f"expected str, got {type(v).__name__}")
     if len(v) * 4 > MAX_TEXT_BYTES and len(v.encode("utf-8")) > MAX_TEXT_BYTES:
-        raise ValueError(f"text of {len(v.encode('utf-8'))} UTF-8 bytes; a text field holds at most "
-                         f"{MAX_TEXT_BYTES} (evproto.clip_text cuts at a character boundary)")
+        raise ValueError(
+            f"text of {len(v.encode('utf-8'))} UTF-8 bytes; a text field holds at most "
+            f"{MAX_TEXT_BYTES} (evproto.clip_text cuts at a character boundary)"
+        )
     return v
 
 
@@ -730,7 +736,9 @@ _new = object.__new__
 
 
 def _slot_setter(cls: type, name: str) -> Callable[[Any, Any], None]:
-    setter: Callable[[Any, Any], None] = cls.__dict__[name].__set__  # the slot descriptor; bypasses the frozen __setattr__
+    setter: Callable[[Any, Any], None] = cls.__dict__[
+        name
+    ].__set__  # the slot descriptor; bypasses the frozen __setattr__
     return setter
 
 
@@ -782,7 +790,12 @@ class _Codec:
             lines = ["def decode(body):", f"    _t, flags, seq, ref, {''.join(v + ', ' for v in names)}= unpack(body)"]
         else:
             ns["header"] = struct.Struct(">BBHH").unpack_from
-            lines = ["def decode(body):", "    n = len(body)", "    _t, flags, seq, ref = header(body, 0)", "    off = 6"]
+            lines = [
+                "def decode(body):",
+                "    n = len(body)",
+                "    _t, flags, seq, ref = header(body, 0)",
+                "    off = 6",
+            ]
             run: list[int] = []
 
             def flush_run() -> None:
@@ -803,7 +816,8 @@ class _Codec:
                     f"    k = {length}",
                     f"    end = off + {w.prefix} + k",
                     "    if end > n:",
-                    f"        raise ValueError(f'field {self.names[i]} claims {{k}} bytes, {{n - off - {w.prefix}}} left')",
+                    f"        raise ValueError(f'field {self.names[i]} claims {{k}} bytes, "
+                    f"{{n - off - {w.prefix}}} left')",
                     f"    {names[i]} = body[off + {w.prefix}:end]" + (".decode('utf-8')" if w.utf8 else ""),
                     "    off = end",
                 ]
@@ -877,8 +891,9 @@ def register_message(msg_type: int) -> Callable[[type[_M]], type[_M]]:
             raise TypeError(f"{name}: declare it @dataclass(frozen=True, slots=True, kw_only=True)")
         for f in fields(cls):
             if not isinstance(f.metadata.get("wire"), _Wire):
-                raise TypeError(f"{name}.{f.name}: declare it with an evproto.wire field "
-                                "(wire.text(), wire.u32(), wire.f64() ...)")
+                raise TypeError(
+                    f"{name}.{f.name}: declare it with an evproto.wire field (wire.text(), wire.u32(), wire.f64() ...)"
+                )
         taken = _CODECS.get(msg_type)
         if taken is not None and taken.cls is not cls:
             raise ValueError(f"message type 0x{msg_type:02x} is already {taken.cls.__name__}")
@@ -891,8 +906,17 @@ def register_message(msg_type: int) -> Callable[[type[_M]], type[_M]]:
         return cls
 
     return deco
+
+
 _DECODE_ERRORS = (
-    struct.error, cs.ConstructError, UnicodeError, ValueError, KeyError, IndexError, TypeError, OverflowError
+    struct.error,
+    cs.ConstructError,
+    UnicodeError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    OverflowError,
 )
 
 
@@ -904,8 +928,10 @@ def encode_body(message: Message, *, seq: int = 0, ref: int = 0, flags: int = 0)
     """
     codec = _CODEC_BY_CLASS.get(type(message))
     if codec is None:
-        raise MessageEncodeError(f"{type(message).__name__} is neither a catalogue message nor registered: give it "
-                                 "a type of its own with @evproto.register_message(0x80..0xef)")
+        raise MessageEncodeError(
+            f"{type(message).__name__} is neither a catalogue message nor registered: give it "
+            "a type of its own with @evproto.register_message(0x80..0xef)"
+        )
     try:
         header_ok = all(type(v) is int or isinstance(v, enum.IntFlag) for v in (seq, ref, flags))
         if not (header_ok and 0 <= seq <= 0xFFFF and 0 <= ref <= 0xFFFF and 0 <= flags <= 0xFF):
@@ -927,9 +953,7 @@ def decode_body(body: bytes) -> Envelope:
     whose ``reply`` is NACK) for an unknown type or a malformed body.
     """
     if len(body) < HEADER_SIZE:
-        raise MessageDecodeError(
-            f"body of {len(body)} bytes is shorter than the {HEADER_SIZE}-byte header", body=body
-        )
+        raise MessageDecodeError(f"body of {len(body)} bytes is shorter than the {HEADER_SIZE}-byte header", body=body)
     codec = _CODECS.get(body[0])
     if codec is None:
         raise MessageDecodeError(f"unknown message type 0x{body[0]:02x}", msg_type=body[0], body=body)

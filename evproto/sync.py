@@ -312,8 +312,14 @@ class SyncLink:
         self._flush()
 
 
-def connect(address: str | Endpoint, *, hello: Hello, config: LinkConfig | None = None, timeout_s: float = 10.0,
-            tls: ssl.SSLContext | None = None) -> SyncLink:
+def connect(
+    address: str | Endpoint,
+    *,
+    hello: Hello,
+    config: LinkConfig | None = None,
+    timeout_s: float = 10.0,
+    tls: ssl.SSLContext | None = None,
+) -> SyncLink:
     """Open ``tcp://``, ``tls://`` or a serial device / pyserial URL and run the handshake.
 
     Raises TransportError when the address cannot be opened, LinkRejectedError when
@@ -335,8 +341,7 @@ def connect(address: str | Endpoint, *, hello: Hello, config: LinkConfig | None 
 class SyncServer:
     """A listening TCP socket handing out one :class:`SyncLink` per accepted client."""
 
-    def __init__(self, sock: socket.socket, *, node_id: str, config: LinkConfig | None,
-                 on_hello: Any | None) -> None:
+    def __init__(self, sock: socket.socket, *, node_id: str, config: LinkConfig | None, on_hello: Any | None) -> None:
         self.sock = sock
         self._node_id = node_id
         self._config = config
@@ -385,8 +390,9 @@ class SyncServer:
         self.close()
 
 
-def listen(address: str | Endpoint, *, node_id: str, config: LinkConfig | None = None,
-           on_hello: Any | None = None) -> SyncServer:
+def listen(
+    address: str | Endpoint, *, node_id: str, config: LinkConfig | None = None, on_hello: Any | None = None
+) -> SyncServer:
     """Listen on ``tcp://host:port`` (port 0: a free one); :meth:`SyncServer.accept` clients."""
     ep = address if isinstance(address, Endpoint) else parse_endpoint(address)
     if ep.scheme != "tcp":

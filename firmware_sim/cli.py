@@ -66,8 +66,9 @@ class Simulator:
             await self._plugged.wait()
             reader, writer = await open_fd_stream(device.master)
             self._session = asyncio.ensure_future(self._serve(reader, writer))
-            done, _ = await asyncio.wait([self._session, asyncio.ensure_future(stop.wait())],
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                [self._session, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
             if not self._session.done():
                 self._session.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -101,10 +102,12 @@ class Simulator:
     def status(self) -> str:
         energy, power, _v, _a, _s = self.model.read()
         f = self.faults
-        return (f"{self.protocol}: {energy:.1f} Wh, {power:.0f} W, load {'on' if self.model.load_on else 'off'}, "
-                f"resets {self.model.resets}; faults: corrupt {f.corrupt_next}, drop {f.drop:g}, garbage {f.garbage:g}, "
-                f"split {'on' if f.split else 'off'}, stalled {f.stalled}; done {f.counts}"
-                + ("" if self.device is None else f"; {'plugged' if self.device.plugged else 'UNPLUGGED'}"))
+        return (
+            f"{self.protocol}: {energy:.1f} Wh, {power:.0f} W, load {'on' if self.model.load_on else 'off'}, "
+            f"resets {self.model.resets}; faults: corrupt {f.corrupt_next}, drop {f.drop:g}, garbage {f.garbage:g}, "
+            f"split {'on' if f.split else 'off'}, stalled {f.stalled}; done {f.counts}"
+            + ("" if self.device is None else f"; {'plugged' if self.device.plugged else 'UNPLUGGED'}")
+        )
 
     def command(self, line: str) -> str:
         words = line.split()
@@ -148,16 +151,25 @@ class Simulator:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--pty", "use_pty", is_flag=True, help="Serve on a new pseudo-terminal (print its path).")
-@click.option("--link", default=None, metavar="PATH",
-              help="With --pty: a stable symlink to the pty (like /dev/serial/by-id/...); unplug removes it.")
+@click.option(
+    "--link",
+    default=None,
+    metavar="PATH",
+    help="With --pty: a stable symlink to the pty (like /dev/serial/by-id/...); unplug removes it.",
+)
 @click.option("--tcp", default=None, metavar="HOST:PORT", help="Serve over TCP instead (port 0: pick one).")
 @click.option("--protocol", type=click.Choice(["evproto", "iec62056-21"]), default="evproto", show_default=True)
 @click.option("--address", default="", help="IEC 62056-21 device address (empty: answer any sign-on).")
 @click.option("--power-kw", type=click.FloatRange(min=0), default=7.4, show_default=True)
 @click.option("--load/--no-load", default=True, show_default=True, help="Whether a vehicle draws power at start.")
 @click.option("--energy-wh", type=click.FloatRange(min=0), default=0.0, help="The register's value at start.")
-@click.option("--time-scale", type=click.FloatRange(min=0.001), default=1.0, show_default=True,
-              help="Speed-up of the energy only.")
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0.001),
+    default=1.0,
+    show_default=True,
+    help="Speed-up of the energy only.",
+)
 @click.option("--corrupt", type=click.IntRange(min=0), default=0, help="Damage the checksum of the first N frames.")
 @click.option("--drop", type=click.FloatRange(0, 1), default=0.0, help="Probability of losing a byte per write.")
 @click.option("--garbage", type=click.FloatRange(0, 1), default=0.0, help="Probability of junk before a write.")
@@ -165,9 +177,23 @@ class Simulator:
 @click.option("--seed", type=int, default=None, help="Make the random faults repeatable.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="evmeter-sim")
-def main(use_pty: bool, link: str | None, tcp: str | None, protocol: str, address: str, power_kw: float, load: bool,
-         energy_wh: float, time_scale: float, corrupt: int, drop: float, garbage: float, split: bool,
-         seed: int | None, log_level: str) -> None:
+def main(
+    use_pty: bool,
+    link: str | None,
+    tcp: str | None,
+    protocol: str,
+    address: str,
+    power_kw: float,
+    load: bool,
+    energy_wh: float,
+    time_scale: float,
+    corrupt: int,
+    drop: float,
+    garbage: float,
+    split: bool,
+    seed: int | None,
+    log_level: str,
+) -> None:
     """A simulated meter for testing engines without hardware (docs/hardware.md).
 
     The first line of output is the device to open, e.g. `evcp-engine --port
@@ -180,8 +206,12 @@ def main(use_pty: bool, link: str | None, tcp: str | None, protocol: str, addres
     import random
 
     faults = Faults(corrupt_next=corrupt, drop=drop, garbage=garbage, split=split, rng=random.Random(seed))
-    sim = Simulator(protocol=protocol, model=MeterModel(power_kw=power_kw, load_on=load, energy_wh=energy_wh,
-                                                        time_scale=time_scale), faults=faults, address=address)
+    sim = Simulator(
+        protocol=protocol,
+        model=MeterModel(power_kw=power_kw, load_on=load, energy_wh=energy_wh, time_scale=time_scale),
+        faults=faults,
+        address=address,
+    )
 
     async def run() -> int:
         stop = shutdown_event()

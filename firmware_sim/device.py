@@ -59,4 +59,3 @@ class PtyDevice:
 
     def close(self) -> None:
         self.unplug()
-

@@ -8,8 +8,8 @@ import time
 
 from evproto.aio import Link, serve_stream
 from evproto.errors import LinkDownError
-from evproto.messages import MeterReadRequest, MeterValues
 from evproto.link import RequestReceived
+from evproto.messages import MeterReadRequest, MeterValues
 
 from .faults import Faults, FaultyWriter
 from .model import MeterModel
@@ -22,17 +22,26 @@ log = logging.getLogger("evproto.firmware_sim")
 IDENTIFICATION = b"/EVP5EVPROTO-SIM\r\n"
 
 
-async def evproto_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model: MeterModel,
-                          faults: Faults) -> None:
+async def evproto_session(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model: MeterModel, faults: Faults
+) -> None:
     """Serve one evproto session: answer every MeterReadRequest with MeterValues."""
 
     async def handler(link: Link) -> None:
         async for event in link.messages:
             if isinstance(event, RequestReceived) and isinstance(event.message, MeterReadRequest):
                 energy, power, voltage, current, status = model.read()
-                await link.respond(event, MeterValues(energy_wh=energy, power_w=power, voltage_v=voltage,
-                                                      current_a=current, status=status,
-                                                      meter_timestamp_ms=int(time.time() * 1000)))
+                await link.respond(
+                    event,
+                    MeterValues(
+                        energy_wh=energy,
+                        power_w=power,
+                        voltage_v=voltage,
+                        current_a=current,
+                        status=status,
+                        meter_timestamp_ms=int(time.time() * 1000),
+                    ),
+                )
 
     down = await serve_stream(reader, FaultyWriter(writer, faults), handler, node_id="evmeter-sim")  # type: ignore[arg-type]
     log.info("evproto session ended: %s", down.reason.value)
@@ -54,8 +63,15 @@ def readout_lines(model: MeterModel, serial_no: str = "12345678") -> list[str]:
     ]
 
 
-async def iec_session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model: MeterModel, faults: Faults,
-                      *, address: str = "", line_timeout_s: float = 3.0) -> None:
+async def iec_session(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    model: MeterModel,
+    faults: Faults,
+    *,
+    address: str = "",
+    line_timeout_s: float = 3.0,
+) -> None:
     """Serve IEC 62056-21 mode C readouts until the line closes."""
     from evproto.hw.iec62056 import readout_bytes
 

@@ -45,8 +45,9 @@ def _iec(port: str, *, baudrate: int | None, address: str, timeout_s: float) -> 
 PROTOCOLS: dict[str, Callable[..., MeterDriver]] = {"evproto": _evproto, "iec62056-21": _iec}
 
 
-def make_driver(protocol: str, port: str, *, baudrate: int | None = None, address: str = "",
-                timeout_s: float = 2.0) -> MeterDriver:
+def make_driver(
+    protocol: str, port: str, *, baudrate: int | None = None, address: str = "", timeout_s: float = 2.0
+) -> MeterDriver:
     """A driver for ``protocol`` on ``port`` (a device path, ``serial://...`` or ``tcp://host:port``)."""
     try:
         factory = PROTOCOLS[protocol]

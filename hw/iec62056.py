@@ -342,8 +342,7 @@ def _block_from_data(data: bytes, check: int) -> DataBlock:
     bad = _NOT_PRINTABLE.search(data)
     if bad is not None:
         raise MeterProtocolError(
-            f"byte 0x{data[bad.start()]:02x} at offset {bad.start()} of the data block "
-            "is not printable"
+            f"byte 0x{data[bad.start()]:02x} at offset {bad.start()} of the data block is not printable"
         )
     text = data.decode("ascii")
     pairs = text.count("\r\n")
@@ -529,9 +528,7 @@ def parse_data_line(line: str) -> tuple[DataValue, ...]:
         else:
             out.append(dv)
     if pos != len(line):
-        raise MeterProtocolError(
-            f"data line {line[:60]!r}: not address(value*unit) at offset {pos}"
-        )
+        raise MeterProtocolError(f"data line {line[:60]!r}: not address(value*unit) at offset {pos}")
     return tuple(out)
 
 
@@ -582,17 +579,14 @@ def _scaled(dv: DataValue, units: Mapping[str, Decimal], what: str) -> Decimal:
     factor = units.get(dv.unit.lower())
     if factor is None:
         raise MeterProtocolError(
-            f"{dv.raw_address}({dv.value}*{dv.unit}): "
-            f"unit is not one of {', '.join(units)} for {what}"
+            f"{dv.raw_address}({dv.value}*{dv.unit}): unit is not one of {', '.join(units)} for {what}"
         )
     return dv._decimal() * factor
 
 
 def _plain(dv: DataValue, unit: str, what: str) -> float:
     if dv.unit is not None and dv.unit.lower() != unit.lower():
-        raise MeterProtocolError(
-            f"{dv.raw_address}({dv.value}*{dv.unit}): {what} must be in {unit}"
-        )
+        raise MeterProtocolError(f"{dv.raw_address}({dv.value}*{dv.unit}): {what} must be in {unit}")
     return dv.number()
 
 
@@ -609,18 +603,19 @@ def _clock_ms(time_dv: DataValue, date_dv: DataValue) -> int:
     if len(ymd) == 7:
         ymd = ymd[1:]  # ISKRA meters write 0YYMMDD
     if len(hms) != 6 or not hms.isdigit() or len(ymd) != 6 or not ymd.isdigit():
-        raise MeterProtocolError(
-            f"meter clock {date_dv.value!r} {time_dv.value!r}: expected YYMMDD and hhmmss"
-        )
+        raise MeterProtocolError(f"meter clock {date_dv.value!r} {time_dv.value!r}: expected YYMMDD and hhmmss")
     try:
         at = datetime(
-            2000 + int(ymd[:2]), int(ymd[2:4]), int(ymd[4:]),
-            int(hms[:2]), int(hms[2:4]), int(hms[4:]), tzinfo=timezone.utc,
+            2000 + int(ymd[:2]),
+            int(ymd[2:4]),
+            int(ymd[4:]),
+            int(hms[:2]),
+            int(hms[2:4]),
+            int(hms[4:]),
+            tzinfo=timezone.utc,
         )
     except ValueError as exc:
-        raise MeterProtocolError(
-            f"meter clock {date_dv.value!r} {time_dv.value!r}: {exc}"
-        ) from None
+        raise MeterProtocolError(f"meter clock {date_dv.value!r} {time_dv.value!r}: {exc}") from None
     return (at - _EPOCH) // _MS
 
 
@@ -651,8 +646,7 @@ def reading_from_data(values: Mapping[str, DataValue], *, received_ms: int) -> M
         power_w = _scaled(import_power, _POWER_UNITS, "power")
         if power_w < 0:
             raise MeterProtocolError(
-                f"{import_power.raw_address}({import_power.value}): "
-                "import power 1.7.0 cannot be negative"
+                f"{import_power.raw_address}({import_power.value}): import power 1.7.0 cannot be negative"
             )
     elif (sum_power := values.get("16.7.0")) is not None:
         power_w = _scaled(sum_power, _POWER_UNITS, "power")

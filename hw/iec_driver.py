@@ -67,10 +67,14 @@ class Iec62056Meter:
                 raise MeterGone(str(exc)) from exc
             # A port that cannot do 7E1 (a pty, as the simulator uses) gets 8N1: the bytes
             # of a readout are 7-bit ASCII either way. A real line must do 7E1.
-            log.warning("%s cannot do 7E1 framing; using 8N1 (fine for a pty, wrong for a real meter)",
-                        self.endpoint.path)
-            self.endpoint = Endpoint(scheme="serial", path=self.endpoint.path,
-                                     options={**self.endpoint.options, "bytesize": 8, "parity": "N"})
+            log.warning(
+                "%s cannot do 7E1 framing; using 8N1 (fine for a pty, wrong for a real meter)", self.endpoint.path
+            )
+            self.endpoint = Endpoint(
+                scheme="serial",
+                path=self.endpoint.path,
+                options={**self.endpoint.options, "bytesize": 8, "parity": "N"},
+            )
             try:
                 self._reader, self._writer = await open_stream(self.endpoint, timeout_s=self.timeout_s)
             except TransportError as exc2:

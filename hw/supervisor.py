@@ -33,8 +33,9 @@ class MeterHealth:
     #: What the last failure said (for logs and the fault report).
     detail: str = ""
     failed_cycles: int = 0
-    counters: dict[str, int] = field(default_factory=lambda: {"readings": 0, "timeouts": 0, "protocol_errors": 0,
-                                                                 "gone": 0, "reopened": 0})
+    counters: dict[str, int] = field(
+        default_factory=lambda: {"readings": 0, "timeouts": 0, "protocol_errors": 0, "gone": 0, "reopened": 0}
+    )
 
 
 class MeterSupervisor:
@@ -132,8 +133,10 @@ class MeterSupervisor:
                 next_at = loop.time()
                 continue
             except MeterError as exc:
-                self._failed(FaultCode.METER_TIMEOUT, f"timeout: {exc}" if isinstance(exc, MeterTimeout)
-                             else f"bad answers: {exc}")
+                self._failed(
+                    FaultCode.METER_TIMEOUT,
+                    f"timeout: {exc}" if isinstance(exc, MeterTimeout) else f"bad answers: {exc}",
+                )
             else:
                 self.backoff.reset()
                 self._fresh = reading
@@ -157,4 +160,3 @@ class MeterSupervisor:
             log.error("meter fault after %d failed read cycles: %s", health.failed_cycles, why)
         elif health.fault is not None:
             health.fault = fault  # a stalled meter may turn out gone, and a reopened one stalled
-

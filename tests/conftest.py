@@ -65,8 +65,9 @@ settings.register_profile("fast", max_examples=10)
 #: A test using any of these fixtures, directly or through another fixture, runs real daemons
 #: or the broker: a "network" test. (The few tests of the broker program itself carry the
 #: marker in test_bus.py.)
-NETWORK_FIXTURES = frozenset({"broker", "brokers", "make_net", "net", "secure_net", "hosts", "start_registry",
-                              "run_daemon"})
+NETWORK_FIXTURES = frozenset(
+    {"broker", "brokers", "make_net", "net", "secure_net", "hosts", "start_registry", "run_daemon"}
+)
 #: Modules whose tests start daemons or a broker of their own, through a program (evcharging,
 #: a benchmark, a built wheel) rather than a fixture.
 NETWORK_MODULES = frozenset({"test_capacity", "test_chaos", "test_launcher", "test_package"})
@@ -78,10 +79,17 @@ def run_daemon() -> Callable[..., subprocess.CompletedProcess[str]]:
     evcp-engine, evcp-monitor, ...) run to its end as a real process (stdin empty, output as text)."""
     bin_dir = os.path.dirname(sys.executable)
 
-    def run(program: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([os.path.join(bin_dir, program), *args], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, env=env)
+    def run(
+        program: str, *args: str, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [os.path.join(bin_dir, program), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
 
     return run
 
@@ -90,7 +98,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         module = getattr(item, "module", None)
         if NETWORK_FIXTURES & set(getattr(item, "fixturenames", ())) or (
-                module is not None and module.__name__ in NETWORK_MODULES):
+            module is not None and module.__name__ in NETWORK_MODULES
+        ):
             item.add_marker(pytest.mark.network)
 
 
@@ -379,7 +388,6 @@ def corrupt_lrc(wire: bytes) -> bytes:
 def corrupt():
     """``corrupt(wire)``: the frame with its LRC broken."""
     return corrupt_lrc
-
 
 
 # -- the simulated meter (tests/meterharness.py) ----------------------------------------------

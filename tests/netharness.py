@@ -23,8 +23,6 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from evproto.daemons.common import is_loopback_host
-
 from evproto.bus.events import encode_event
 from evproto.bus.kafka import (
     OFFSET_BEGINNING,
@@ -35,6 +33,7 @@ from evproto.bus.kafka import (
     ensure_topics,
 )
 from evproto.bus.topics import Topic, partition_for
+from evproto.daemons.common import is_loopback_host
 from evproto.domain.events import Event, RequestUpdate, SupplyRequest, Ticket
 
 HANG_GUARD_S = 45.0
@@ -96,9 +95,8 @@ class Network:
         self.token = ""
         self.ssl: Any = None
         if secure:
-            from evproto.daemons.pki import CertificateAuthority
-
             from evproto.aio import tls_client_context
+            from evproto.daemons.pki import CertificateAuthority
 
             self.pki = os.path.join(tmp, "pki")
             self.ca = CertificateAuthority.ensure(self.pki)
@@ -114,8 +112,9 @@ class Network:
 
     # -- processes -------------------------------------------------------------------------
 
-    def spawn(self, name: str, module: str, *args: str, stdin: bool = False, ready: bool = True,
-              wrap: tuple[str, ...] = ()) -> Proc:
+    def spawn(
+        self, name: str, module: str, *args: str, stdin: bool = False, ready: bool = True, wrap: tuple[str, ...] = ()
+    ) -> Proc:
         """Start ``python -m evproto.daemons.<module> args``; ``wrap`` prefixes the command
         (e.g. ``("ip", "netns", "exec", "h3")`` to run it on another simulated host)."""
         log = os.path.join(self.tmp, f"{name}.log")
@@ -128,12 +127,18 @@ class Network:
         if ready:
             argv += ["--ready-file", ready_file]
         with open(log, "ab") as fh:
-            popen = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=fh,
-                                     stderr=subprocess.STDOUT, cwd=self.tmp,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "EVPROTO_TOPIC_PREFIX": self.prefix})
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "EVPROTO_TOPIC_PREFIX": self.prefix},
+            )
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         if ready:
+
             def is_ready() -> Any:
                 if not proc.alive():
                     raise AssertionError(f"{name} exited ({popen.returncode}):\n{proc.tail()}")
@@ -145,15 +150,33 @@ class Network:
             proc.ready = wait_for(is_ready, f"{name} to be ready")
         return proc
 
-    def start_central(self, *drivers: str, extra: tuple[str, ...] = (), host: str = "127.0.0.1",
-                      wrap: tuple[str, ...] = (), same_ports: bool = False) -> Proc:
+    def start_central(
+        self,
+        *drivers: str,
+        extra: tuple[str, ...] = (),
+        host: str = "127.0.0.1",
+        wrap: tuple[str, ...] = (),
+        same_ports: bool = False,
+    ) -> Proc:
         """Start Central (database in the test's directory); ``same_ports`` reuses the ports of
         the previous Central, as a restart on the same machine would."""
         port, http_port = ("0", "0")
         if same_ports and self.central_addr:
             port, http_port = self.central_addr.rsplit(":", 1)[1], self.http.rsplit(":", 1)[1]
-        args = ["--db", self.db, "--kafka", self.bootstrap, "--port", port,
-                "--http-port", http_port, "--host", host, "--no-panel", *extra]
+        args = [
+            "--db",
+            self.db,
+            "--kafka",
+            self.bootstrap,
+            "--port",
+            port,
+            "--http-port",
+            http_port,
+            "--host",
+            host,
+            "--no-panel",
+            *extra,
+        ]
         for d in drivers:
             args += ["--register-driver", d]
         if self.secure:
@@ -170,8 +193,24 @@ class Network:
     # -- release 2: credentials ------------------------------------------------------------
 
     def make_token(self, role: str, name: str = "tester") -> str:
-        out = subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", self.db, "tokens", "create",
-                              "--role", role, "--name", name], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "evproto.daemons.central",
+                "--db",
+                self.db,
+                "tokens",
+                "create",
+                "--role",
+                role,
+                "--name",
+                name,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0, out.stderr
         return out.stdout.strip()
 
@@ -197,9 +236,23 @@ class Network:
     def driver_credentials(self, driver_id: str) -> str:
         path = os.path.join(self.tmp, "creds", f"{driver_id}.json")
         if not os.path.exists(path):
-            out = subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", self.db, "drivers", "add",
-                                  driver_id, "--credentials", os.path.join(self.tmp, "creds")],
-                                 capture_output=True, text=True, timeout=60)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "evproto.daemons.central",
+                    "--db",
+                    self.db,
+                    "drivers",
+                    "add",
+                    driver_id,
+                    "--credentials",
+                    os.path.join(self.tmp, "creds"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert out.returncode == 0, out.stderr
         return path
 
@@ -233,13 +286,21 @@ class Network:
         if os.path.exists(ready):
             os.unlink(ready)
         with open(proc.log, "ab") as fh:
-            popen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=fh, stderr=subprocess.STDOUT, cwd=self.tmp,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "EVPROTO_TOPIC_PREFIX": self.prefix})
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                cwd=self.tmp,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", "EVPROTO_TOPIC_PREFIX": self.prefix},
+            )
         again = Proc(proc.name, popen, proc.log, dict(proc.ready))
         self.procs.append(again)
         if "--ready-file" in argv:
-            again.ready = wait_for(lambda: os.path.exists(ready) and json.load(open(ready, encoding="utf-8")),
-                                   f"{proc.name} to be ready again")
+            again.ready = wait_for(
+                lambda: os.path.exists(ready) and json.load(open(ready, encoding="utf-8")),
+                f"{proc.name} to be ready again",
+            )
         return again
 
     def log_has(self, proc: Proc, text: str) -> bool:
@@ -249,29 +310,76 @@ class Network:
         except OSError:
             return False
 
-    def start_engine(self, cp_id: str, *, auto: bool = False, engine_args: tuple[str, ...] = (),
-                     listen: str = "127.0.0.1:0", wrap: tuple[str, ...] = ()) -> Proc:
+    def start_engine(
+        self,
+        cp_id: str,
+        *,
+        auto: bool = False,
+        engine_args: tuple[str, ...] = (),
+        listen: str = "127.0.0.1:0",
+        wrap: tuple[str, ...] = (),
+    ) -> Proc:
         if self.secure and "://" not in listen and not is_loopback_host(listen.rpartition(":")[0]):
             # Release 2 across hosts: the monitor-engine link is mutual TLS (ev-central certs --cp).
             cert = self.ca.issue(cp_id, self.pki, hosts=(listen.rpartition(":")[0],), stem=f"engine-{cp_id}")
             listen = f"tls://{listen}?cert={cert.cert}&key={cert.key}&ca={self.ca.cert_path}"
-        return self.spawn(f"engine-{cp_id}", "engine", "--kafka", self.bootstrap, "--listen", listen,
-                          "--state-dir", os.path.join(self.tmp, f"state-{cp_id}"),
-                          *(["--auto"] if auto else []), *engine_args, stdin=True, wrap=wrap)
+        return self.spawn(
+            f"engine-{cp_id}",
+            "engine",
+            "--kafka",
+            self.bootstrap,
+            "--listen",
+            listen,
+            "--state-dir",
+            os.path.join(self.tmp, f"state-{cp_id}"),
+            *(["--auto"] if auto else []),
+            *engine_args,
+            stdin=True,
+            wrap=wrap,
+        )
 
-    def start_monitor(self, cp_id: str, engine_addr: str, *, location: str = "Alicante", price: float = 0.30,
-                      central: str | None = None, wrap: tuple[str, ...] = ()) -> Proc:
+    def start_monitor(
+        self,
+        cp_id: str,
+        engine_addr: str,
+        *,
+        location: str = "Alicante",
+        price: float = 0.30,
+        central: str | None = None,
+        wrap: tuple[str, ...] = (),
+    ) -> Proc:
         extra: list[str] = []
         if self.secure:
             extra = ["--credentials", self.cp_credentials(cp_id, location), "--ca", str(self.ca.cert_path)]
             if "://" not in engine_addr and not is_loopback_host(engine_addr.rpartition(":")[0]):
                 cert = self.ca.issue(cp_id, self.pki, client=True, stem=f"monitor-{cp_id}")
                 engine_addr = f"tls://{engine_addr}?ca={self.ca.cert_path}&cert={cert.cert}&key={cert.key}"
-        return self.spawn(f"monitor-{cp_id}", "monitor", "--engine", engine_addr, "--central", central or self.central_addr,
-                          "--id", cp_id, "--location", location, "--price", str(price), *extra, wrap=wrap)
+        return self.spawn(
+            f"monitor-{cp_id}",
+            "monitor",
+            "--engine",
+            engine_addr,
+            "--central",
+            central or self.central_addr,
+            "--id",
+            cp_id,
+            "--location",
+            location,
+            "--price",
+            str(price),
+            *extra,
+            wrap=wrap,
+        )
 
-    def start_cp(self, cp_id: str, *, location: str = "Alicante", price: float = 0.30, auto: bool = False,
-                 engine_args: tuple[str, ...] = ()) -> tuple[Proc, Proc]:
+    def start_cp(
+        self,
+        cp_id: str,
+        *,
+        location: str = "Alicante",
+        price: float = 0.30,
+        auto: bool = False,
+        engine_args: tuple[str, ...] = (),
+    ) -> tuple[Proc, Proc]:
         engine = self.start_engine(cp_id, auto=auto, engine_args=engine_args)
         monitor = self.start_monitor(cp_id, engine.ready["listen"], location=location, price=price)
         return engine, monitor
@@ -281,8 +389,20 @@ class Network:
         with open(path, "w", encoding="utf-8") as fh:
             fh.write(requests)
         extra = ["--credentials", self.driver_credentials(driver_id)] if self.secure else []
-        return self.spawn(f"driver-{driver_id}", "driver", "--kafka", self.bootstrap, "--id", driver_id,
-                          "--requests", path, "--state-dir", os.path.join(self.tmp, f"dstate-{driver_id}"), *extra, *args)
+        return self.spawn(
+            f"driver-{driver_id}",
+            "driver",
+            "--kafka",
+            self.bootstrap,
+            "--id",
+            driver_id,
+            "--requests",
+            path,
+            "--state-dir",
+            os.path.join(self.tmp, f"dstate-{driver_id}"),
+            *extra,
+            *args,
+        )
 
     def close(self) -> None:
         for closer in self.closers:
@@ -310,8 +430,13 @@ class Network:
             partition = partition_for(key or "", partitions[topic])
         producer = confluent_kafka.Producer({"bootstrap.servers": self.bootstrap, "message.max.bytes": 2_000_000})
         errors: list[Any] = []
-        producer.produce(self.settings.topic(topic), value=value, key=key.encode("utf-8", "surrogatepass") if key else None,
-                         partition=partition, on_delivery=lambda err, msg: errors.append(err) if err else None)
+        producer.produce(
+            self.settings.topic(topic),
+            value=value,
+            key=key.encode("utf-8", "surrogatepass") if key else None,
+            partition=partition,
+            on_delivery=lambda err, msg: errors.append(err) if err else None,
+        )
         assert producer.flush(15) == 0 and not errors, errors
 
     def read_topic(self, topic: Topic, *, key: str | None = None) -> list[Event]:
@@ -363,12 +488,24 @@ class Network:
 
     def run_cli(self, module: str, *args: str) -> str:
         """Run ``python -m evproto.daemons.<module> args`` to completion; its output."""
-        done = subprocess.run([sys.executable, "-m", f"evproto.daemons.{module}", *args], capture_output=True,
-                              text=True, timeout=60, cwd=self.tmp)
+        done = subprocess.run(
+            [sys.executable, "-m", f"evproto.daemons.{module}", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=self.tmp,
+        )
         return done.stdout + done.stderr
 
-    def _request(self, method: str, path: str, *, token: str | None = None, data: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, Any]:
         req = urllib.request.Request(self.http + path, method=method, data=data)
         token = self.token if token is None else token
         if token:
@@ -414,8 +551,10 @@ class Network:
         find no charge point yet, and a cable pulled in between leaves the two
         without a link to lose.
         """
-        wait_for(lambda: self.log_has(engine, f"serving charge point {cp_id}") and self.log_has(engine, "monitor connected"),
-                 f"the engine to serve {cp_id} with its monitor connected")
+        wait_for(
+            lambda: self.log_has(engine, f"serving charge point {cp_id}") and self.log_has(engine, "monitor connected"),
+            f"the engine to serve {cp_id} with its monitor connected",
+        )
 
 
 class KafkaDriver:
@@ -462,8 +601,14 @@ class KafkaDriver:
 
     def request(self, cp_id: str, *, energy_kwh: float | None = None, duration_s: float | None = None) -> str:
         request_id = uuid.uuid4().hex
-        ev = SupplyRequest(request_id=request_id, driver_id=self.driver_id, cp_id=cp_id, ts_ms=int(time.time() * 1000),
-                           target_energy_kwh=energy_kwh, target_duration_s=duration_s)
+        ev = SupplyRequest(
+            request_id=request_id,
+            driver_id=self.driver_id,
+            cp_id=cp_id,
+            ts_ms=int(time.time() * 1000),
+            target_energy_kwh=energy_kwh,
+            target_duration_s=duration_s,
+        )
 
         async def send() -> None:
             value = encode_event(ev)
@@ -484,8 +629,11 @@ class KafkaDriver:
         return [e for e in self.events() if isinstance(e, RequestUpdate) and e.request_id == request_id]
 
     def wait_status(self, request_id: str, status: str, timeout_s: float = HANG_GUARD_S) -> RequestUpdate:
-        return wait_for(lambda: next((u for u in self.updates(request_id) if u.status == status), None),
-                        f"request {request_id[:8]} of {self.driver_id} to be {status}", timeout_s)
+        return wait_for(
+            lambda: next((u for u in self.updates(request_id) if u.status == status), None),
+            f"request {request_id[:8]} of {self.driver_id} to be {status}",
+            timeout_s,
+        )
 
     def tickets(self) -> list[Ticket]:
         return [e for e in self.events() if isinstance(e, Ticket)]
@@ -497,8 +645,9 @@ def launcher_api(run_dir: str, path: str, *, method: str = "GET") -> Any:
     with open(os.path.join(run_dir, "instances.json"), encoding="utf-8") as fh:
         meta = json.load(fh)["meta"]
     secure = bool(meta.get("secure"))
-    request = urllib.request.Request(f"{'https' if secure else 'http'}://{meta['http']}{path}", method=method,
-                                     data=b"" if method == "POST" else None)
+    request = urllib.request.Request(
+        f"{'https' if secure else 'http'}://{meta['http']}{path}", method=method, data=b"" if method == "POST" else None
+    )
     context = None
     if secure:
         from evproto.daemons.netsecrets import NetworkSecrets
@@ -520,8 +669,12 @@ def full_supply(net: Network, driver: KafkaDriver, cp_id: str, engine: Proc) -> 
     sid = driver.wait_status(rid, "authorized").session_id
     engine.send("p")
     net.wait_state(cp_id, "SUPPLYING")
-    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.session_id == sid and e.energy_kwh > 0
-                         for e in driver.events()), "energy to flow")
+    wait_for(
+        lambda: any(
+            isinstance(e, DriverTelemetry) and e.session_id == sid and e.energy_kwh > 0 for e in driver.events()
+        ),
+        "energy to flow",
+    )
     engine.send("u")
     driver.wait_status(rid, "completed")
     return wait_for(lambda: next((t for t in driver.tickets() if t.request_id == rid), None), "the ticket")

@@ -94,10 +94,12 @@ def _probe() -> str | None:
         if proc.returncode != 0:
             return f"cannot create a network namespace: {proc.stderr.strip() or proc.returncode}"
         # The bridge and the veth are made inside the probe namespace: nothing leaks into ours.
-        for args in (("link", "add", "pb0", "type", "bridge"),
-                     ("link", "add", "pv0", "type", "veth", "peer", "name", "pv1"),
-                     ("link", "set", "pv0", "master", "pb0"),
-                     ("link", "set", "pv0", "up")):
+        for args in (
+            ("link", "add", "pb0", "type", "bridge"),
+            ("link", "add", "pv0", "type", "veth", "peer", "name", "pv1"),
+            ("link", "set", "pv0", "master", "pb0"),
+            ("link", "set", "pv0", "up"),
+        ):
             proc = _ip("-n", ns, *args, check=False)
             if proc.returncode != 0:
                 return f"`ip {' '.join(args)}` is not allowed: {proc.stderr.strip() or proc.returncode}"
@@ -335,8 +337,15 @@ class Broker:
     output goes to ``log_path``; tansu's to ``log_path + ".tansu"``.
     """
 
-    def __init__(self, host: str = "127.0.0.1", *, port: int = 0, wrap: Iterable[str] = (),
-                 log_path: str | None = None, start_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        port: int = 0,
+        wrap: Iterable[str] = (),
+        log_path: str | None = None,
+        start_timeout_s: float = 30.0,
+    ) -> None:
         self.host = host
         self.port = port
         self.wrap = tuple(wrap)
@@ -373,8 +382,10 @@ class Broker:
                 if ready:
                     chunk = os.read(self.popen.stdout.fileno(), 4096)
                     if not chunk:
-                        raise RuntimeError(f"the broker exited ({self.popen.wait()}) before it was ready"
-                                           + (f"; see {self.log_path}" if self.log_path else ""))
+                        raise RuntimeError(
+                            f"the broker exited ({self.popen.wait()}) before it was ready"
+                            + (f"; see {self.log_path}" if self.log_path else "")
+                        )
                     buf += chunk
             line = buf.split(b"\n", 1)[0].decode().strip()
             if not line.startswith("bootstrap="):

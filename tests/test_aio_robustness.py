@@ -46,8 +46,12 @@ def test_clip_text_cuts_utf8_at_a_character_boundary() -> None:
 
 async def test_a_long_non_ascii_reject_reason_reaches_the_client_as_a_reject() -> None:
     detail = "é" * 200  # 400 bytes of UTF-8 for a 255-byte field
-    async with await serve("tcp://127.0.0.1:0", lambda link: asyncio.sleep(0), node_id="srv",
-                           on_hello=lambda hello: Reject(code=ReasonCode.INVALID, detail=detail)) as server:
+    async with await serve(
+        "tcp://127.0.0.1:0",
+        lambda link: asyncio.sleep(0),
+        node_id="srv",
+        on_hello=lambda hello: Reject(code=ReasonCode.INVALID, detail=detail),
+    ) as server:
         with pytest.raises(LinkRejectedError) as info:
             await guard(open_link(f"tcp://127.0.0.1:{server.port}", hello=HELLO))
     assert info.value.code is ReasonCode.INVALID
@@ -94,8 +98,9 @@ async def test_answers_never_wait_behind_pushes_the_application_has_not_read() -
     # The client only makes requests while the server pushes 400 messages: every answer
     # arrives, and the pushes are all there to read afterwards, in order.
     async with await _pushing_server(400) as server:
-        link = await guard(open_link(f"tcp://127.0.0.1:{server.port}", hello=HELLO,
-                                     config=LinkConfig(max_incoming=1000)))
+        link = await guard(
+            open_link(f"tcp://127.0.0.1:{server.port}", hello=HELLO, config=LinkConfig(max_incoming=1000))
+        )
         answers = [await guard(link.request(HealthCheck(), timeout_s=5.0)) for _ in range(40)]
         assert all(a == HealthStatus(state=HealthState.OK) for a in answers)
         sessions = []
@@ -111,8 +116,7 @@ async def test_answers_never_wait_behind_pushes_the_application_has_not_read() -
 
 async def test_more_unread_messages_than_allowed_fail_loudly_not_as_a_silent_peer() -> None:
     async with await _pushing_server(400) as server:
-        link = await guard(open_link(f"tcp://127.0.0.1:{server.port}", hello=HELLO,
-                                     config=LinkConfig(max_incoming=50)))
+        link = await guard(open_link(f"tcp://127.0.0.1:{server.port}", hello=HELLO, config=LinkConfig(max_incoming=50)))
         with pytest.raises(IncomingOverflowError) as info:
             for _ in range(1000):
                 await guard(link.request(HealthCheck(), timeout_s=5.0))
@@ -156,8 +160,9 @@ async def test_a_reconnecting_client_comes_back_after_its_server_does() -> None:
 
     sessions: list[list[int]] = []
     starter = asyncio.create_task(start_later())
-    async for link in reconnecting(f"tcp://127.0.0.1:{port}", hello=HELLO, backoff=Backoff(initial_s=0.02, max_s=0.1),
-                                   on_retry=on_retry):
+    async for link in reconnecting(
+        f"tcp://127.0.0.1:{port}", hello=HELLO, backoff=Backoff(initial_s=0.02, max_s=0.1), on_retry=on_retry
+    ):
         got = []
         try:
             async for event in link.messages:

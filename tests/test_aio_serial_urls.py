@@ -24,14 +24,20 @@ async def _meter(link) -> None:
             await link.respond(event, HealthStatus(state=HealthState.OK))
 
 
-@pytest.mark.parametrize(("text", "path", "options"), [
-    ("COM3", "COM3", {}),
-    ("com12?baudrate=19200", "COM12", {"baudrate": 19200}),
-    ("rfc2217://meter.local:4000?baudrate=115200&logging=debug", "rfc2217://meter.local:4000?logging=debug",
-     {"baudrate": 115200}),
-    ("socket://127.0.0.1:7000", "socket://127.0.0.1:7000", {}),
-    ("loop://?logging=info&parity=E", "loop://?logging=info", {"parity": "E"}),
-])
+@pytest.mark.parametrize(
+    ("text", "path", "options"),
+    [
+        ("COM3", "COM3", {}),
+        ("com12?baudrate=19200", "COM12", {"baudrate": 19200}),
+        (
+            "rfc2217://meter.local:4000?baudrate=115200&logging=debug",
+            "rfc2217://meter.local:4000?logging=debug",
+            {"baudrate": 115200},
+        ),
+        ("socket://127.0.0.1:7000", "socket://127.0.0.1:7000", {}),
+        ("loop://?logging=info&parity=E", "loop://?logging=info", {"parity": "E"}),
+    ],
+)
 def test_pyserial_urls_and_windows_ports_are_serial_endpoints(text: str, path: str, options: dict) -> None:
     ep = parse_endpoint(text)
     assert ep.scheme == "serial" and ep.path == path
@@ -66,13 +72,15 @@ async def test_the_device_end_of_a_serial_line_serves_session_after_session() ->
     tty.setraw(master)
     tty.setraw(slave)
     ended = []
-    device = asyncio.create_task(serve_serial(await open_fd_stream(master), _meter, node_id="meter",
-                                              on_session_end=ended.append))
+    device = asyncio.create_task(
+        serve_serial(await open_fd_stream(master), _meter, node_id="meter", on_session_end=ended.append)
+    )
     try:
         for session in range(3):  # the client restarts: each time a fresh session on the same line
             link = await asyncio.wait_for(open_link(os.ttyname(slave), hello=HELLO), 10)
-            assert await asyncio.wait_for(link.request(HealthCheck(), timeout_s=2.0), 10) == \
-                HealthStatus(state=HealthState.OK)
+            assert await asyncio.wait_for(link.request(HealthCheck(), timeout_s=2.0), 10) == HealthStatus(
+                state=HealthState.OK
+            )
             await link.close()
             for _ in range(100):
                 if len(ended) > session:

@@ -158,9 +158,7 @@ class RawServer:
 async def raw_server(raw_peer):
     """A plain asyncio TCP listener whose connections are played by hand (RawPeer)."""
     holder: list[RawServer] = []
-    server = await asyncio.start_server(
-        lambda r, w: holder[0]._conns.put_nowait((r, w)), "127.0.0.1", 0
-    )
+    server = await asyncio.start_server(lambda r, w: holder[0]._conns.put_nowait((r, w)), "127.0.0.1", 0)
     holder.append(RawServer(server, raw_peer))
     try:
         yield holder[0]
@@ -747,9 +745,10 @@ async def test_idle_link_stays_up_on_pings(central, link_config):
 async def test_server_close_gives_clients_peer_closed(central, link_config):
     server, rec = await central()
     url = server.url
-    async with aio.connect(url, hello=hello("CP1"), config=link_config) as a, aio.connect(
-        url, hello=hello("CP2"), config=link_config
-    ) as b:
+    async with (
+        aio.connect(url, hello=hello("CP1"), config=link_config) as a,
+        aio.connect(url, hello=hello("CP2"), config=link_config) as b,
+    ):
         await guard(rec.links.get())
         await guard(rec.links.get())
         await guard(server.close())

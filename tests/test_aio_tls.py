@@ -15,8 +15,8 @@ import stat
 import pytest
 
 from evproto import HealthCheck, Hello, LinkDownError, Role, TransportError, aio
-from evproto.endpoint import parse_endpoint
 from evproto.daemons.pki import CertificateAuthority
+from evproto.endpoint import parse_endpoint
 
 GUARD = 10.0
 
@@ -56,8 +56,12 @@ def test_tls_addresses_parse_and_print_without_their_files() -> None:
     assert (ep.scheme, ep.host, ep.port) == ("tls", "central.example", 7443)
     assert ep.options == {"ca": "/etc/ev/ca.pem", "server_name": "central"}
     assert ep.address == "tls://central.example:7443"
-    for bad, why in [("tls://h:1?color=red", "unknown TLS option"), ("tls://h:1?cert=/a", "go together"),
-                     ("tls://h:1?ca=", "empty"), ("tcp://h:1?ca=/x", "take no options")]:
+    for bad, why in [
+        ("tls://h:1?color=red", "unknown TLS option"),
+        ("tls://h:1?cert=/a", "go together"),
+        ("tls://h:1?ca=", "empty"),
+        ("tcp://h:1?ca=/x", "take no options"),
+    ]:
         with pytest.raises(TransportError, match=why):
             parse_endpoint(bad)
 
@@ -76,10 +80,13 @@ async def test_a_link_over_tls_checks_the_server_against_the_network_ca(pki) -> 
         await server.close()
 
 
-@pytest.mark.parametrize("case, why", [
-    ("foreign_server", "certificate not trusted: unable to get local issuer"),  # not signed by the network's CA
-    ("wrong_name", "certificate not trusted: .*mismatch"),  # signed, but for another host
-])
+@pytest.mark.parametrize(
+    "case, why",
+    [
+        ("foreign_server", "certificate not trusted: unable to get local issuer"),  # not signed by the network's CA
+        ("wrong_name", "certificate not trusted: .*mismatch"),  # signed, but for another host
+    ],
+)
 async def test_a_server_the_client_cannot_trust_is_refused_before_any_frame(pki, case, why) -> None:
     seen: list = []
     server = await _echo_server(_listen(pki[case]), seen)
@@ -97,8 +104,9 @@ async def test_a_plaintext_client_gets_nothing_from_a_tls_server(pki) -> None:
     server = await _echo_server(_listen(pki["server"]), seen)
     try:
         with pytest.raises(LinkDownError):
-            await asyncio.wait_for(aio.open_link(f"tcp://127.0.0.1:{server.port}",
-                                                 hello=Hello(role=Role.MONITOR, node_id="CP001")), GUARD)
+            await asyncio.wait_for(
+                aio.open_link(f"tcp://127.0.0.1:{server.port}", hello=Hello(role=Role.MONITOR, node_id="CP001")), GUARD
+            )
         assert seen == []
     finally:
         await server.close()
@@ -110,15 +118,17 @@ async def test_mutual_tls_names_the_client_and_refuses_one_without_a_certificate
     try:
         base = f"tls://127.0.0.1:{server.port}?ca={pki['ca'].cert_path}"
         good = pki["client"]
-        async with aio.connect(f"{base}&cert={good.cert}&key={good.key}",
-                               hello=Hello(role=Role.MONITOR, node_id="CP001")) as link:
+        async with aio.connect(
+            f"{base}&cert={good.cert}&key={good.key}", hello=Hello(role=Role.MONITOR, node_id="CP001")
+        ) as link:
             await asyncio.wait_for(link.send(HealthCheck()), GUARD)
         assert seen == [("CP001", "CP001")]
         bad = pki["foreign_client"]
         for url in (base, f"{base}&cert={bad.cert}&key={bad.key}"):
             with pytest.raises((TransportError, LinkDownError)):  # TLS 1.3: the server refuses after the client's side
-                link = await asyncio.wait_for(aio.open_link(url, hello=Hello(role=Role.MONITOR, node_id="CP001")),
-                                              GUARD)
+                link = await asyncio.wait_for(
+                    aio.open_link(url, hello=Hello(role=Role.MONITOR, node_id="CP001")), GUARD
+                )
                 await asyncio.wait_for(link.send(HealthCheck()), GUARD)
         assert seen == [("CP001", "CP001")]
     finally:
@@ -129,10 +139,15 @@ async def test_missing_files_and_a_server_without_a_certificate_are_clear_errors
     with pytest.raises(TransportError, match="needs its certificate"):
         await aio.serve("tls://127.0.0.1:0", lambda link: asyncio.sleep(0), node_id="x")
     with pytest.raises(TransportError, match="CA file not found"):
-        await aio.open_link(f"tls://127.0.0.1:1?ca={tmp_path / 'nope.pem'}", hello=Hello(role=Role.MONITOR, node_id="a"))
+        await aio.open_link(
+            f"tls://127.0.0.1:1?ca={tmp_path / 'nope.pem'}", hello=Hello(role=Role.MONITOR, node_id="a")
+        )
     with pytest.raises(TransportError, match="not found"):
-        await aio.serve(f"tls://127.0.0.1:0?cert={tmp_path / 'a.pem'}&key={tmp_path / 'a.key'}",
-                        lambda link: asyncio.sleep(0), node_id="x")
+        await aio.serve(
+            f"tls://127.0.0.1:0?cert={tmp_path / 'a.pem'}&key={tmp_path / 'a.key'}",
+            lambda link: asyncio.sleep(0),
+            node_id="x",
+        )
 
 
 def test_private_keys_are_written_for_their_owner_only(pki) -> None:

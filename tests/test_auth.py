@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis_budget import examples
 
-from evproto import AuthChallenge, AuthProof, AuthResult, CpKey, ReasonCode, decode_body, encode_body
-from evproto import auth
+from evproto import AuthChallenge, AuthProof, AuthResult, CpKey, ReasonCode, auth, decode_body, encode_body
 from evproto.auth import AuthError, ClientSession, StoredCredential
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "security.md"
@@ -26,8 +25,9 @@ def _golden() -> dict:
     return json.loads(m.group(1))
 
 
-def _exchange(stored: StoredCredential, client: ClientSession, node_id: str | None = None,
-              key: bytes = bytes(32)) -> tuple[bytes, bytes, bytes, bytes]:
+def _exchange(
+    stored: StoredCredential, client: ClientSession, node_id: str | None = None, key: bytes = bytes(32)
+) -> tuple[bytes, bytes, bytes, bytes]:
     """Run one exchange; returns (proof, server's client_key, wrapped key, signature)."""
     nonce = client.start()
     challenge = stored.challenge()
@@ -84,8 +84,10 @@ def test_a_proof_is_bound_to_its_node_and_nonces_so_it_cannot_be_replayed_or_mov
     challenge = stored.challenge()
     proof = client.answer(challenge)
     # Replayed against a fresh challenge (a new server nonce), or claimed for another node id:
-    for message in (auth.auth_message("CP001", nonce, stored.challenge()),
-                    auth.auth_message("CP002", nonce, challenge)):
+    for message in (
+        auth.auth_message("CP001", nonce, stored.challenge()),
+        auth.auth_message("CP002", nonce, challenge),
+    ):
         with pytest.raises(AuthError):
             auth.verify_proof(stored, message, proof)
 
@@ -122,8 +124,16 @@ def test_a_challenge_that_would_cost_the_client_too_much_is_refused_before_any_w
         client.answer(auth.Challenge(salt=bytes(16), log2_n=log2_n, r=r, p=p, server_nonce=bytes(24)))
 
 
-@pytest.mark.parametrize("text", ["", "scrypt$14$8$1$x$y", "bcrypt$14$8$1$AA$AA$AA", "scrypt$a$8$1$AA$AA$AA",
-                                  "scrypt$14$8$1$AAAAAAAAAAAAAAAAAAAAAA$AA$AA"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "scrypt$14$8$1$x$y",
+        "bcrypt$14$8$1$AA$AA$AA",
+        "scrypt$a$8$1$AA$AA$AA",
+        "scrypt$14$8$1$AAAAAAAAAAAAAAAAAAAAAA$AA$AA",
+    ],
+)
 def test_a_damaged_stored_credential_is_an_auth_error_not_a_crash(text: str) -> None:
     with pytest.raises(AuthError):
         StoredCredential.from_text(text)
@@ -149,10 +159,12 @@ _FUZZ_STORED = auth.hash_secret("fuzz", params=FAST)
 
 
 def test_the_auth_messages_round_trip_on_the_wire() -> None:
-    for msg in (AuthChallenge(salt=bytes(16), log2_n=14, r=8, p=1, server_nonce=bytes(24)),
-                AuthProof(proof=bytes(32)),
-                AuthResult(code=ReasonCode.OK, signature=bytes(32), key_id="k1", wrapped_key=bytes(32),
-                           verify_key=bytes(32)),
-                AuthResult(code=ReasonCode.BAD_CREDENTIALS, detail="wrong credentials"),
-                CpKey(key_id="k1", key=bytes(32), verify_key=bytes(32)), CpKey()):
+    for msg in (
+        AuthChallenge(salt=bytes(16), log2_n=14, r=8, p=1, server_nonce=bytes(24)),
+        AuthProof(proof=bytes(32)),
+        AuthResult(code=ReasonCode.OK, signature=bytes(32), key_id="k1", wrapped_key=bytes(32), verify_key=bytes(32)),
+        AuthResult(code=ReasonCode.BAD_CREDENTIALS, detail="wrong credentials"),
+        CpKey(key_id="k1", key=bytes(32), verify_key=bytes(32)),
+        CpKey(),
+    ):
         assert decode_body(encode_body(msg, seq=1)).message == msg

@@ -187,9 +187,7 @@ async def test_broker_command_line(tmp_path: Path) -> None:
 
 async def test_ensure_topics_creates_all(settings: KafkaSettings, broker: EmbeddedBroker) -> None:
     # Three daemons racing to create the topics all succeed, and agree.
-    racing = await guard(
-        asyncio.gather(*(ensure_topics(settings, timeout_s=10.0) for _ in range(3)))
-    )
+    racing = await guard(asyncio.gather(*(ensure_topics(settings, timeout_s=10.0) for _ in range(3))))
     counts = {s.topic: s.partitions for s in topic_specs()}
     assert racing == [counts] * 3
     assert await guard(ensure_topics(settings, timeout_s=10.0)) == counts  # idempotent
@@ -199,20 +197,15 @@ async def test_ensure_topics_creates_all(settings: KafkaSettings, broker: Embedd
     assert {settings.topic(t) for t in Topic} <= set(names)
     # Tansu answers DescribeConfigs, so the compacted topic's policy is checked for real.
     resources = [
-        ConfigResource(ResourceType.TOPIC, settings.topic(t))
-        for t in (Topic.CP_STATE, Topic.CENTRAL_HEARTBEAT)
+        ConfigResource(ResourceType.TOPIC, settings.topic(t)) for t in (Topic.CP_STATE, Topic.CENTRAL_HEARTBEAT)
     ]
     futures = admin.describe_configs(resources)
-    configs = {
-        res.name: {k: v.value for k, v in fut.result(GUARD).items()} for res, fut in futures.items()
-    }
+    configs = {res.name: {k: v.value for k, v in fut.result(GUARD).items()} for res, fut in futures.items()}
     assert configs[settings.topic(Topic.CP_STATE)]["cleanup.policy"] == "compact"
     assert configs[settings.topic(Topic.CENTRAL_HEARTBEAT)]["retention.ms"] == "3600000"
 
 
-async def test_ensure_topics_reports_real_partition_counts(
-    settings: KafkaSettings, broker: EmbeddedBroker
-) -> None:
+async def test_ensure_topics_reports_real_partition_counts(settings: KafkaSettings, broker: EmbeddedBroker) -> None:
     # Someone created cp-events with 3 partitions: callers must learn 3, not the spec's 8.
     admin = AdminClient({"bootstrap.servers": broker.bootstrap})
     for fut in admin.create_topics([NewTopic(settings.topic(Topic.CP_EVENTS), 3, -1)]).values():
@@ -238,9 +231,7 @@ async def test_unreachable_broker_is_a_bus_error() -> None:
         await guard(all_partitions(settings, Topic.CP_EVENTS, timeout_s=1.0))
 
 
-async def test_missing_topic_is_not_auto_created(
-    settings: KafkaSettings, broker: EmbeddedBroker
-) -> None:
+async def test_missing_topic_is_not_auto_created(settings: KafkaSettings, broker: EmbeddedBroker) -> None:
     # Tansu (like Apache Kafka's default) creates a topic when a metadata request
     # allows it; our clients never allow it, so a missing topic stays missing.
     with pytest.raises(BusError, match="does not exist"):
@@ -271,9 +262,7 @@ async def test_roundtrip_keys_partitions_order(settings, counts, producer) -> No
     n_parts = counts[Topic.CP_EVENTS]
     keys = [f"cp-{i}" for i in range(20)]
     futures = [
-        producer.produce(
-            Topic.CP_EVENTS, key, f"{key}/{seq}".encode(), partition=partition_for(key, n_parts)
-        )
+        producer.produce(Topic.CP_EVENTS, key, f"{key}/{seq}".encode(), partition=partition_for(key, n_parts))
         for seq in range(3)
         for key in keys
     ]
@@ -281,9 +270,7 @@ async def test_roundtrip_keys_partitions_order(settings, counts, producer) -> No
     assert all(p == partition_for(k, n_parts) for (p, _), k in zip(acks, keys * 3))
 
     parts = await guard(all_partitions(settings, Topic.CP_EVENTS))
-    async with BusConsumer(
-        settings, [(Topic.CP_EVENTS, p, OFFSET_BEGINNING) for p in parts]
-    ) as consumer:
+    async with BusConsumer(settings, [(Topic.CP_EVENTS, p, OFFSET_BEGINNING) for p in parts]) as consumer:
         records = await take(consumer, len(futures))
     assert {(r.partition, r.offset) for r in records} == set(acks)
     for r in records:
@@ -291,9 +278,7 @@ async def test_roundtrip_keys_partitions_order(settings, counts, producer) -> No
         assert r.partition == partition_for(r.key, n_parts)
         assert r.value.startswith(r.key.encode() + b"/") and r.timestamp_ms > 0
     for key in keys:  # per key (hence per partition) in the order produced
-        assert [r.value for r in records if r.key == key] == [
-            f"{key}/{s}".encode() for s in range(3)
-        ]
+        assert [r.value for r in records if r.key == key] == [f"{key}/{s}".encode() for s in range(3)]
     for p in parts:
         offsets = [r.offset for r in records if r.partition == p]
         assert offsets == sorted(offsets)
@@ -303,9 +288,7 @@ async def test_roundtrip_keys_partitions_order(settings, counts, producer) -> No
 async def test_delivery_futures_and_counters(counts, producer) -> None:
     first = await guard(producer.send(Topic.DRIVER_REQUESTS, "d-1", b"a", partition=2))
     assert first == (2, 0)
-    futures = [
-        producer.produce(Topic.DRIVER_REQUESTS, "d-1", b"b%d" % i, partition=2) for i in range(5)
-    ]
+    futures = [producer.produce(Topic.DRIVER_REQUESTS, "d-1", b"b%d" % i, partition=2) for i in range(5)]
     assert producer.pending >= 1
     assert await guard(asyncio.gather(*futures)) == [(2, i) for i in range(1, 6)]
     assert (producer.produced, producer.delivered, producer.failed, producer.pending) == (
@@ -348,8 +331,10 @@ async def test_posted_record_that_fails_is_counted_and_logged(
         p.post(Topic.CP_EVENTS, "cp-3", b"x", partition=999)  # no such partition
         await until(lambda: p.failed == 1)  # tried again until its delivery timeout
         assert p.delivered == 0
-    assert any(settings.topic(Topic.CP_EVENTS) in r.getMessage() and "Unknown partition" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        settings.topic(Topic.CP_EVENTS) in r.getMessage() and "Unknown partition" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 async def test_next_batch_takes_what_is_queued_in_order(settings, counts, producer) -> None:
@@ -391,10 +376,7 @@ async def test_consumer_from_end_sees_only_new(settings, counts, producer) -> No
         await guard(producer.send(Topic.DRIVER_EVENTS, "d-7", b"old%d" % i, partition=5))
     async with BusConsumer(settings, [(Topic.DRIVER_EVENTS, 5, OFFSET_END)]) as consumer:
         # start() resolved the end offset: everything produced from now on is seen.
-        new = [
-            producer.produce(Topic.DRIVER_EVENTS, "d-7", b"new%d" % i, partition=5)
-            for i in range(2)
-        ]
+        new = [producer.produce(Topic.DRIVER_EVENTS, "d-7", b"new%d" % i, partition=5) for i in range(2)]
         await guard(asyncio.gather(*new))
         got = await take(consumer, 2)
     assert [(r.offset, r.value) for r in got] == [(3, b"new0"), (4, b"new1")]
@@ -447,9 +429,7 @@ async def test_events_roundtrip(settings, counts, producer) -> None:
             ts_ms=T + 6,
             driver_id="d1",
         ),
-        Topic.CENTRAL_HEARTBEAT: Heartbeat(
-            instance_id="c1", started_ts_ms=T, interval_s=1.0, ts_ms=T + 7
-        ),
+        Topic.CENTRAL_HEARTBEAT: Heartbeat(instance_id="c1", started_ts_ms=T, interval_s=1.0, ts_ms=T + 7),
     }
     keys = {
         Topic.DRIVER_REQUESTS: "d1",
@@ -462,9 +442,7 @@ async def test_events_roundtrip(settings, counts, producer) -> None:
     acks = {}
     for topic, event in events.items():
         part = partition_for(keys[topic], counts[topic])
-        acks[topic] = await guard(
-            producer.send(topic, keys[topic], encode_event(event), partition=part)
-        )
+        acks[topic] = await guard(producer.send(topic, keys[topic], encode_event(event), partition=part))
     async with BusConsumer(settings, [(t, p, off) for t, (p, off) in acks.items()]) as consumer:
         got = await take(consumer, len(events))
     assert {r.topic: decode_event(r.value) for r in got} == events
@@ -536,9 +514,7 @@ async def test_fatal_consumer_error_raises_from_iterator(settings, counts) -> No
     # A fatal error (as librdkafka reports one through error_cb) ends iteration with BusError.
     async with BusConsumer(settings, [(Topic.CP_STATE, 0, OFFSET_BEGINNING)]) as consumer:
         await until(lambda: consumer.eof_count > 0)
-        consumer._on_error(
-            confluent_kafka.KafkaError(confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED, "no")
-        )
+        consumer._on_error(confluent_kafka.KafkaError(confluent_kafka.KafkaError.TOPIC_AUTHORIZATION_FAILED, "no"))
         with pytest.raises(BusError, match="failed") as info:
             await guard(consumer.__anext__())
         assert info.value.code == "TOPIC_AUTHORIZATION_FAILED"
@@ -597,11 +573,7 @@ async def test_broker_killed_mid_run(caplog: pytest.LogCaptureFixture) -> None:
         finally:
             await guard(producer.close())
             await guard(consumer.close())
-    warnings = [
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "evproto.bus" and r.levelno == logging.WARNING
-    ]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "evproto.bus" and r.levelno == logging.WARNING]
     assert any("brokers are down" in w or "Connect to" in w for w in warnings), warnings
 
 
@@ -668,8 +640,14 @@ async def test_stored_position_from_a_lost_log_reads_the_new_log_from_its_beginn
     assert new_id and new_id != old_id and all(r.topic_id == new_id for r in got)
     (reset, marker) = seen
     assert marker == "first record read"  # the reset comes before the new log's records
-    assert reset == LogReset(topic=Topic.CP_COMMANDS, partition=0, cause=ResetCause.TOPIC_RECREATED,
-                             old_topic_id=old_id, topic_id=new_id, position=5)
+    assert reset == LogReset(
+        topic=Topic.CP_COMMANDS,
+        partition=0,
+        cause=ResetCause.TOPIC_RECREATED,
+        old_topic_id=old_id,
+        topic_id=new_id,
+        position=5,
+    )
     assert list(consumer.log_resets) == [reset] and consumer.resets == 1
     assert consumer.topic_ids == {Topic.CP_COMMANDS: new_id}
 
@@ -758,8 +736,9 @@ async def test_producer_sends_kept_records_again_into_a_new_log(brokers) -> None
         await guard(marker.send(Topic.DRIVER_EVENTS, "d1", b"END", partition=1))
         await guard(marker.send(Topic.CP_STATE, "zz", b"END", partition=0))
     got = []
-    async with BusConsumer(settings, [(Topic.DRIVER_EVENTS, 1, OFFSET_BEGINNING),
-                                      (Topic.CP_STATE, 0, OFFSET_BEGINNING)]) as consumer:
+    async with BusConsumer(
+        settings, [(Topic.DRIVER_EVENTS, 1, OFFSET_BEGINNING), (Topic.CP_STATE, 0, OFFSET_BEGINNING)]
+    ) as consumer:
         while sum(r.value == b"END" for r in got) < 2:
             got.append(await guard(consumer.__anext__()))
     got = [r for r in got if r.value != b"END"]
@@ -798,9 +777,7 @@ async def test_send_rides_through_a_broker_restart(brokers) -> None:
 
 def test_identical_warnings_are_rate_limited(caplog: pytest.LogCaptureFixture) -> None:
     now = [1000.0]
-    out = bus_client._RateLimitedLog(
-        logging.getLogger("evproto.bus.test"), interval_s=10.0, clock=lambda: now[0]
-    )
+    out = bus_client._RateLimitedLog(logging.getLogger("evproto.bus.test"), interval_s=10.0, clock=lambda: now[0])
     caplog.set_level(logging.WARNING, logger="evproto.bus.test")
     for port in range(50):  # numbers do not make a message different
         out.log(logging.WARNING, f"Connect to 127.0.0.1:{port} failed")

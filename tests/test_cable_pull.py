@@ -98,8 +98,9 @@ def test_engine_cable_pulled_breaks_the_cp_and_plugging_it_back_reactivates(net:
         hosts.pull("engines")
         _detect(net, "BROKEN", t0, "engine cable pulled")
         # Leave it out until both ends of the monitor<->engine link gave up on each other.
-        wait_for(lambda: _log_has(engine, "monitor link lost"), "the engine to notice its monitor is gone",
-                 RECONNECT_GUARD_S)
+        wait_for(
+            lambda: _log_has(engine, "monitor link lost"), "the engine to notice its monitor is gone", RECONNECT_GUARD_S
+        )
         # The monitor still talks to Central: BROKEN, not DISCONNECTED.
         assert net.cp_state(CP) == "BROKEN"
     net.wait_state(CP, "ACTIVATED", timeout_s=RECONNECT_GUARD_S)
@@ -107,16 +108,20 @@ def test_engine_cable_pulled_breaks_the_cp_and_plugging_it_back_reactivates(net:
     _assert_no_restart(net, pids)
 
 
-def test_monitor_cable_pulled_disconnects_the_cp_and_the_monitor_comes_back_by_itself(net: Network,
-                                                                                       hosts: Hosts) -> None:
+def test_monitor_cable_pulled_disconnects_the_cp_and_the_monitor_comes_back_by_itself(
+    net: Network, hosts: Hosts
+) -> None:
     _, engine, monitor = _start(net, hosts)
     pids = _pids(net)
     with hosts.pulled("monitors"):
         t0 = time.monotonic()
         hosts.pull("monitors")
         _detect(net, "DISCONNECTED", t0, "monitor cable pulled")
-        wait_for(lambda: _log_has(monitor, "lost Central") and _log_has(engine, "monitor link lost"),
-                 "the monitor and the engine to notice the silence", RECONNECT_GUARD_S)
+        wait_for(
+            lambda: _log_has(monitor, "lost Central") and _log_has(engine, "monitor link lost"),
+            "the monitor and the engine to notice the silence",
+            RECONNECT_GUARD_S,
+        )
     t_plug = time.monotonic()
     net.wait_state(CP, "ACTIVATED", timeout_s=RECONNECT_GUARD_S)
     print(f"[recovery] monitor cable plugged back -> ACTIVATED after {time.monotonic() - t_plug:.3f} s")
@@ -149,10 +154,14 @@ def test_monitor_cable_pulled_during_a_supply_ends_it_with_exactly_one_ticket(ne
     tickets = driver.tickets()
     assert len(tickets) == 1, f"expected exactly one ticket, got {tickets}"
     (ticket,) = tickets
-    print(f"[supply] ticket: status={ticket.status} end_reason={ticket.end_reason} "
-          f"energy={ticket.energy_kwh:.4f} kWh amount={ticket.amount_eur:.4f} EUR")
-    print("[supply] driver's updates: " + ", ".join(
-        f"{u.status}({u.reason})" if u.reason else u.status for u in driver.updates(rid)))
+    print(
+        f"[supply] ticket: status={ticket.status} end_reason={ticket.end_reason} "
+        f"energy={ticket.energy_kwh:.4f} kWh amount={ticket.amount_eur:.4f} EUR"
+    )
+    print(
+        "[supply] driver's updates: "
+        + ", ".join(f"{u.status}({u.reason})" if u.reason else u.status for u in driver.updates(rid))
+    )
     assert ticket.status == "interrupted" and ticket.end_reason == "monitor_lost"
     assert ticket.energy_kwh > 0
     assert ticket.amount_eur == pytest.approx(ticket.energy_kwh * ticket.price_eur_kwh, rel=1e-9)
@@ -162,6 +171,7 @@ def test_monitor_cable_pulled_during_a_supply_ends_it_with_exactly_one_ticket(ne
     assert session["status"] == "interrupted" and session["end_reason"] == "monitor_lost"
     assert session["energy_kwh"] == pytest.approx(ticket.energy_kwh)
     assert not [e for e in driver.events() if isinstance(e, RequestUpdate) and e.request_id != rid]
-    assert all(isinstance(e, (RequestUpdate, Ticket)) or e.__class__.__name__ == "DriverTelemetry"
-               for e in driver.events())
+    assert all(
+        isinstance(e, (RequestUpdate, Ticket)) or e.__class__.__name__ == "DriverTelemetry" for e in driver.events()
+    )
     _assert_no_restart(net, pids)

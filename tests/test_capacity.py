@@ -35,8 +35,21 @@ def _broker_available() -> bool:
 def test_capacity_smoke() -> None:
     cps = 200
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "capacity.py"), "--cps", str(cps), "--duration", "4", "--burst", "2", "--json"],
-        capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=REPO,
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "capacity.py"),
+            "--cps",
+            str(cps),
+            "--duration",
+            "4",
+            "--burst",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -96,8 +109,9 @@ def test_raise_fd_limit_lifts_the_soft_limit_to_the_hard_one() -> None:
         "got = raise_fd_limit()\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE)[0], got)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
-                         preexec_fn=lower)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True, preexec_fn=lower
+    )
     now, got = map(int, out.stdout.split())
     assert now == got > 256
     if hard != resource.RLIM_INFINITY:

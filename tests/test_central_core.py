@@ -126,27 +126,61 @@ def the_authorize(fx: list) -> AuthorizeCommand:
 
 
 def answer(core: CentralCore, cp_id: str, sid: int, now: int, accepted: bool = True, reason: str = "") -> list:
-    return core.on_event(AuthorizationAnswer(cp_id=cp_id, session_id=sid, accepted=accepted, reason=reason, ts_ms=now), now)
+    return core.on_event(
+        AuthorizationAnswer(cp_id=cp_id, session_id=sid, accepted=accepted, reason=reason, ts_ms=now), now
+    )
 
 
 def started(core: CentralCore, cp_id: str, sid: int, driver: str, now: int) -> list:
-    return core.on_event(SupplyStarted(cp_id=cp_id, session_id=sid, driver_id=driver, started_ts_ms=now, ts_ms=now), now)
-
-
-def progress(core: CentralCore, cp_id: str, sid: int, driver: str, now: int, energy: float, price: float, power: float = 7.4) -> list:
     return core.on_event(
-        SupplyProgress(cp_id=cp_id, session_id=sid, driver_id=driver, energy_kwh=energy, amount_eur=energy * price,
-                       power_kw=power, elapsed_s=1.0, ts_ms=now),
+        SupplyStarted(cp_id=cp_id, session_id=sid, driver_id=driver, started_ts_ms=now, ts_ms=now), now
+    )
+
+
+def progress(
+    core: CentralCore, cp_id: str, sid: int, driver: str, now: int, energy: float, price: float, power: float = 7.4
+) -> list:
+    return core.on_event(
+        SupplyProgress(
+            cp_id=cp_id,
+            session_id=sid,
+            driver_id=driver,
+            energy_kwh=energy,
+            amount_eur=energy * price,
+            power_kw=power,
+            elapsed_s=1.0,
+            ts_ms=now,
+        ),
         now,
     )
 
 
-def finished(core: CentralCore, cp_id: str, sid: int, driver: str, now: int, *, energy: float, price: float,
-             reason: str = "unplugged", started_at: int | None = None, amount: float | None = None) -> list:
+def finished(
+    core: CentralCore,
+    cp_id: str,
+    sid: int,
+    driver: str,
+    now: int,
+    *,
+    energy: float,
+    price: float,
+    reason: str = "unplugged",
+    started_at: int | None = None,
+    amount: float | None = None,
+) -> list:
     return core.on_event(
-        SupplyFinished(cp_id=cp_id, session_id=sid, driver_id=driver, energy_kwh=energy,
-                       amount_eur=energy * price if amount is None else amount, price_eur_kwh=price,
-                       started_ts_ms=started_at or now - 1000, ended_ts_ms=now, reason=reason, ts_ms=now),
+        SupplyFinished(
+            cp_id=cp_id,
+            session_id=sid,
+            driver_id=driver,
+            energy_kwh=energy,
+            amount_eur=energy * price if amount is None else amount,
+            price_eur_kwh=price,
+            started_ts_ms=started_at or now - 1000,
+            ended_ts_ms=now,
+            reason=reason,
+            ts_ms=now,
+        ),
         now,
     )
 
@@ -322,8 +356,9 @@ def test_monitor_connected_resends_resume_and_publishes_state() -> None:
     assert pubs(fx, StopCommand) == []
     (rec,) = pubs(fx, CpStateRecord)
     assert rec.topic is Topic.CP_STATE and rec.key == "CP1"
-    assert rec.event == CpStateRecord(cp_id="CP1", location="Plaza Mayor", price_eur_kwh=0.30, state="ACTIVATED",
-                                      driver_id="", ts_ms=T0 + 1)
+    assert rec.event == CpStateRecord(
+        cp_id="CP1", location="Plaza Mayor", price_eur_kwh=0.30, state="ACTIVATED", driver_id="", ts_ms=T0 + 1
+    )
 
 
 def test_monitor_connected_resends_stop_for_a_stopped_cp(core: CentralCore) -> None:
@@ -348,7 +383,9 @@ def test_monitor_lost_disconnects(core: CentralCore) -> None:
 def test_engine_ko_broken_and_recovery(core: CentralCore) -> None:
     fx = core.engine_health("CP1", HealthReport(False, FaultCode.ENGINE_KO), T0 + 1)
     assert states(fx) == ["BROKEN"] and state_of(core, "CP1") == "BROKEN"
-    assert states(core.engine_health("CP1", HealthReport(False, FaultCode.ENGINE_KO), T0 + 2)) == []  # a repeated report: no change
+    assert (
+        states(core.engine_health("CP1", HealthReport(False, FaultCode.ENGINE_KO), T0 + 2)) == []
+    )  # a repeated report: no change
     fx = core.engine_health("CP1", HealthReport(True), T0 + 3)
     assert states(fx) == ["ACTIVATED"] and state_of(core, "CP1") == "ACTIVATED"
     assert core.engine_health("NOPE", HealthReport(False, FaultCode.ENGINE_KO), T0 + 4) == []
@@ -399,8 +436,10 @@ def _run_then_crash() -> tuple[list[list], dict]:
 def test_restart_shows_every_cp_disconnected_until_monitor_connects() -> None:
     """Mechanics 1, with the records as the database keeps them (id, location, price, stopped)."""
     fxs, info = _run_then_crash()
-    cps = [CpRecord(id=r.id, location=r.location, price_eur_kwh=r.price_eur_kwh, stopped=r.stopped)
-           for r in _last_saved_cps(fxs).values()]
+    cps = [
+        CpRecord(id=r.id, location=r.location, price_eur_kwh=r.price_eur_kwh, stopped=r.stopped)
+        for r in _last_saved_cps(fxs).values()
+    ]
     sessions = [copy.copy(s) for s in _last_saved_sessions(fxs).values()]
     core = CentralCore(cps=cps, drivers=set(DRIVERS), sessions=sessions, next_session_id=info["next"], rules=RULES)
     assert {v.id: v.state for v in core.cp_views()} == dict.fromkeys(CPS, "DISCONNECTED")
@@ -461,8 +500,18 @@ def test_full_request_flow(core: CentralCore) -> None:
         assert (v.energy_kwh, v.power_kw) == (0.002 * k, 7.2)
         assert v.amount_eur == pytest.approx(0.0006 * k)
 
-    fx = finished(core, "CP1", sid, "D1", T0 + 9000, energy=0.0071, price=0.30, amount=0.00213, reason="unplugged",
-                  started_at=T0 + 2000)
+    fx = finished(
+        core,
+        "CP1",
+        sid,
+        "D1",
+        T0 + 9000,
+        energy=0.0071,
+        price=0.30,
+        amount=0.00213,
+        reason="unplugged",
+        started_at=T0 + 2000,
+    )
     (tp,) = pubs(fx, Ticket)
     assert tp.topic is Topic.DRIVER_EVENTS and tp.key == "D1" and tp.durable
     t = tp.event
@@ -894,8 +943,12 @@ class CentralMachine(RuleBasedStateMachine):
 
     # -- rules
 
-    @rule(driver=st.sampled_from(DRIVER_IDS), cp=st.sampled_from(CP_IDS + ["CP9"]), dt=st.integers(0, 3000),
-          reuse=st.booleans())
+    @rule(
+        driver=st.sampled_from(DRIVER_IDS),
+        cp=st.sampled_from(CP_IDS + ["CP9"]),
+        dt=st.integers(0, 3000),
+        reuse=st.booleans(),
+    )
     def request(self, driver: str, cp: str, dt: int, reuse: bool) -> None:
         if not reuse or self.request_n == 0:
             self.request_n += 1
@@ -935,8 +988,18 @@ class CentralMachine(RuleBasedStateMachine):
         sid = self._pick(data)
         cp, driver, price = self.known[sid]
         now = self._advance(dt)
-        ev = SupplyFinished(cp_id=cp, session_id=sid, driver_id=driver, energy_kwh=energy, amount_eur=energy * price,
-                            price_eur_kwh=price, started_ts_ms=now - 1000, ended_ts_ms=now, reason=reason, ts_ms=now)
+        ev = SupplyFinished(
+            cp_id=cp,
+            session_id=sid,
+            driver_id=driver,
+            energy_kwh=energy,
+            amount_eur=energy * price,
+            price_eur_kwh=price,
+            started_ts_ms=now - 1000,
+            ended_ts_ms=now,
+            reason=reason,
+            ts_ms=now,
+        )
         self._absorb(self.core.on_event(ev, now), ev)
 
     @rule(dt=st.integers(0, 8_000))
@@ -965,7 +1028,9 @@ class CentralMachine(RuleBasedStateMachine):
 
     @rule(cp=st.sampled_from(CP_IDS), ok=st.booleans())
     def health(self, cp: str, ok: bool) -> None:
-        self._absorb(self.core.engine_health(cp, HealthReport(ok, FaultCode.NONE if ok else FaultCode.ENGINE_KO), self.now))
+        self._absorb(
+            self.core.engine_health(cp, HealthReport(ok, FaultCode.NONE if ok else FaultCode.ENGINE_KO), self.now)
+        )
 
     # -- invariants
 
@@ -1039,8 +1104,11 @@ def test_a_request_id_older_than_memory_is_still_a_repeat(tmp_path) -> None:
 
 def _restarted(rules: Rules = RULES) -> CentralCore:
     """A Central that has just started with CP1-CP3 known from its database, none connected yet."""
-    core = CentralCore(cps=[CpRecord(id=c, location=loc, price_eur_kwh=p) for c, (loc, p) in CPS.items()],
-                       drivers=set(DRIVERS), rules=rules)
+    core = CentralCore(
+        cps=[CpRecord(id=c, location=loc, price_eur_kwh=p) for c, (loc, p) in CPS.items()],
+        drivers=set(DRIVERS),
+        rules=rules,
+    )
     core.start(T0)
     return core
 
@@ -1077,11 +1145,20 @@ def test_a_held_request_is_denied_if_the_cp_comes_back_out_of_service() -> None:
 
 
 def test_requests_waiting_for_an_answer_before_a_crash_are_asked_again_when_the_cp_is_back() -> None:
-    session = SessionRecord(id=7, cp_id="CP1", driver_id="D1", request_id="r7", origin="driver",
-                            status=SessionStatus.REQUESTED, requested_ts_ms=T0 - 2000, price_eur_kwh=0.3,
-                            deadline_ts_ms=T0 + 8000)
-    core = CentralCore(cps=[CpRecord(id="CP1", location="x", price_eur_kwh=0.3)], drivers={"D1"},
-                       sessions=[session], rules=RULES)
+    session = SessionRecord(
+        id=7,
+        cp_id="CP1",
+        driver_id="D1",
+        request_id="r7",
+        origin="driver",
+        status=SessionStatus.REQUESTED,
+        requested_ts_ms=T0 - 2000,
+        price_eur_kwh=0.3,
+        deadline_ts_ms=T0 + 8000,
+    )
+    core = CentralCore(
+        cps=[CpRecord(id="CP1", location="x", price_eur_kwh=0.3)], drivers={"D1"}, sessions=[session], rules=RULES
+    )
     core.start(T0)
     assert core.tick(T0 + 9000) == []  # not expired: its CP could not answer while Central was down
     (cmd,) = events(core.monitor_connected("CP1", T0 + 9500), AuthorizeCommand)

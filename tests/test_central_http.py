@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-
 import logging
 import math
 from typing import Any, AsyncIterator
@@ -31,10 +30,18 @@ from evproto.errors import EvprotoError
 
 T0 = 1_795_832_400_000  # 2026-11-28T02:20:00Z
 
-CP_KEYS = {"id", "location", "price_eur_kwh", "state", "driver_id", "power_kw", "energy_kwh",
-           "amount_eur", "alerts"}
-SESSION_KEYS = {"id", "cp_id", "driver_id", "status", "energy_kwh", "amount_eur", "started_at",
-                "ended_at", "end_reason"}
+CP_KEYS = {"id", "location", "price_eur_kwh", "state", "driver_id", "power_kw", "energy_kwh", "amount_eur", "alerts"}
+SESSION_KEYS = {
+    "id",
+    "cp_id",
+    "driver_id",
+    "status",
+    "energy_kwh",
+    "amount_eur",
+    "started_at",
+    "ended_at",
+    "end_reason",
+}
 
 
 class FakeBackend:
@@ -42,20 +49,50 @@ class FakeBackend:
 
     def __init__(self) -> None:
         self.cps = (
-            CpView(id="CP001", location="Madrid Centro", price_eur_kwh=0.35, state="SUPPLYING",
-                   driver_id="D001", power_kw=7.2, energy_kwh=3.456, amount_eur=1.21),
+            CpView(
+                id="CP001",
+                location="Madrid Centro",
+                price_eur_kwh=0.35,
+                state="SUPPLYING",
+                driver_id="D001",
+                power_kw=7.2,
+                energy_kwh=3.456,
+                amount_eur=1.21,
+            ),
             CpView(id="CP002", location="Alicante", price_eur_kwh=0.4, state="ACTIVATED"),
             CpView(id="CP 3", location="Elche", price_eur_kwh=0.3, state="STOPPED"),
         )
         self.all_sessions = [
-            SessionView(id=1, cp_id="CP002", driver_id="D002", status="completed",
-                        requested_ts_ms=T0 - 9000, energy_kwh=5.0, amount_eur=2.0,
-                        started_ts_ms=T0 - 8000, ended_ts_ms=T0 - 1000, end_reason="unplugged"),
-            SessionView(id=2, cp_id="CP003", driver_id="D002", status="denied",
-                        requested_ts_ms=T0 - 5000, end_reason="CP not ACTIVATED"),
-            SessionView(id=3, cp_id="CP001", driver_id="D001", status="supplying",
-                        requested_ts_ms=T0 - 3000, energy_kwh=3.456, amount_eur=1.21,
-                        started_ts_ms=T0 - 2000),
+            SessionView(
+                id=1,
+                cp_id="CP002",
+                driver_id="D002",
+                status="completed",
+                requested_ts_ms=T0 - 9000,
+                energy_kwh=5.0,
+                amount_eur=2.0,
+                started_ts_ms=T0 - 8000,
+                ended_ts_ms=T0 - 1000,
+                end_reason="unplugged",
+            ),
+            SessionView(
+                id=2,
+                cp_id="CP003",
+                driver_id="D002",
+                status="denied",
+                requested_ts_ms=T0 - 5000,
+                end_reason="CP not ACTIVATED",
+            ),
+            SessionView(
+                id=3,
+                cp_id="CP001",
+                driver_id="D001",
+                status="supplying",
+                requested_ts_ms=T0 - 3000,
+                energy_kwh=3.456,
+                amount_eur=1.21,
+                started_ts_ms=T0 - 2000,
+            ),
         ]
         self.messages = (
             MessageView(ts_ms=T0 - 500, level="info", text="Central up"),
@@ -66,8 +103,18 @@ class FakeBackend:
         self.fail: BaseException | None = None
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:
-        return [{"id": 1, "ts_ms": T0, "topic": "cp-events", "partition": 2, "offset": 7, "key": "CP9",
-                 "reason": "CP9 is not a registered charge point", "size": 250}][:limit]
+        return [
+            {
+                "id": 1,
+                "ts_ms": T0,
+                "topic": "cp-events",
+                "partition": 2,
+                "offset": 7,
+                "key": "CP9",
+                "reason": "CP9 is not a registered charge point",
+                "size": 250,
+            }
+        ][:limit]
 
     def view(self) -> CentralView:
         if self.fail is not None:
@@ -85,13 +132,17 @@ class FakeBackend:
             counters={"frames_in": 12, "sessions": 3},
         )
 
-    def sessions(self, *, status: str | None = None, cp_id: str | None = None,
-                 driver_id: str | None = None, limit: int = 500) -> list[SessionView]:
+    def sessions(
+        self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None, limit: int = 500
+    ) -> list[SessionView]:
         self.queries.append(dict(status=status, cp_id=cp_id, driver_id=driver_id, limit=limit))
-        rows = [s for s in self.all_sessions
-                if (status is None or s.status == status)
-                and (cp_id is None or s.cp_id == cp_id)
-                and (driver_id is None or s.driver_id == driver_id)]
+        rows = [
+            s
+            for s in self.all_sessions
+            if (status is None or s.status == status)
+            and (cp_id is None or s.cp_id == cp_id)
+            and (driver_id is None or s.driver_id == driver_id)
+        ]
         return rows[:limit]
 
     async def stop(self, cp_id: str | None, *, actor: str = "", source: str = "") -> list[str]:
@@ -128,8 +179,9 @@ async def api(backend: FakeBackend) -> AsyncIterator[tuple[aiohttp.ClientSession
         await stop_http(runner)
 
 
-async def call(api: tuple[aiohttp.ClientSession, str], method: str, path: str,
-               **params: str) -> tuple[int, Any, aiohttp.ClientResponse]:
+async def call(
+    api: tuple[aiohttp.ClientSession, str], method: str, path: str, **params: str
+) -> tuple[int, Any, aiohttp.ClientResponse]:
     session, base = api
     async with session.request(method, base + path, params=params or None) as resp:
         assert resp.content_type == "application/json", (resp.status, await resp.text())
@@ -161,8 +213,12 @@ async def test_cps_lists_every_cp_with_the_pinned_keys_and_types(api, backend):
         for key in ("power_kw", "energy_kwh", "amount_eur"):
             assert item[key] is None or is_number(item[key])
     supplying = body[0]
-    assert (supplying["driver_id"], supplying["power_kw"], supplying["energy_kwh"],
-            supplying["amount_eur"]) == ("D001", 7.2, 3.456, 1.21)
+    assert (supplying["driver_id"], supplying["power_kw"], supplying["energy_kwh"], supplying["amount_eur"]) == (
+        "D001",
+        7.2,
+        3.456,
+        1.21,
+    )
     assert body[1]["driver_id"] is None and body[1]["energy_kwh"] is None
 
 
@@ -307,8 +363,13 @@ async def test_unknown_route_is_404_json(api, path):
 
 @pytest.mark.parametrize(
     ("method", "path", "allowed"),
-    [("GET", "/cps/stop", "POST"), ("GET", "/cps/CP001/resume", "POST"), ("POST", "/cps", "GET"),
-     ("DELETE", "/sessions", "GET"), ("PUT", "/cps/resume", "POST")],
+    [
+        ("GET", "/cps/stop", "POST"),
+        ("GET", "/cps/CP001/resume", "POST"),
+        ("POST", "/cps", "GET"),
+        ("DELETE", "/sessions", "GET"),
+        ("PUT", "/cps/resume", "POST"),
+    ],
 )
 async def test_wrong_method_is_405_json(api, backend, method, path, allowed):
     status, body, resp = await call(api, method, path)

@@ -8,13 +8,13 @@ import json
 import sqlite3
 
 import pytest
-from evproto.daemons.central.intake import RecordIntake
-from evproto.daemons.central.store import Store
-from evproto.daemons.quarantine import CrashGuard
 
 from evproto.bus.consumer import Record
 from evproto.bus.events import encode_event
 from evproto.bus.topics import Topic
+from evproto.daemons.central.intake import RecordIntake
+from evproto.daemons.central.store import Store
+from evproto.daemons.quarantine import CrashGuard
 from evproto.domain.central import CentralCore, Publish, Rules
 from evproto.domain.events import AuthorizeCommand, SupplyRequest
 
@@ -35,13 +35,20 @@ class Harness:
             self.store.apply(self.core.hello(cp_id, "Elche", 0.3, T0)[1])
             self.core.monitor_connected(cp_id, T0)
         self.guard = CrashGuard(self.db + ".applying")
-        self.intake = RecordIntake(guard=self.guard, decide=self._decide, commit=self._commit,
-                                   recover=self._recover, counters=self.counters)
+        self.intake = RecordIntake(
+            guard=self.guard, decide=self._decide, commit=self._commit, recover=self._recover, counters=self.counters
+        )
 
     def _core(self) -> CentralCore:
         loaded = self.store.load()
-        return CentralCore(cps=loaded.cps, drivers={"D1", "D2", "D3"}, sessions=loaded.live_sessions,
-                           next_session_id=loaded.next_session_id, rules=Rules(), history=self.store)
+        return CentralCore(
+            cps=loaded.cps,
+            drivers={"D1", "D2", "D3"},
+            sessions=loaded.live_sessions,
+            next_session_id=loaded.next_session_id,
+            rules=Rules(),
+            history=self.store,
+        )
 
     def _decide(self, event, now_ms):
         fx = self.core.on_event(event, now_ms)
@@ -58,9 +65,17 @@ class Harness:
         self.core.carry_over(old)
 
     def records(self, *specs: tuple[str, str, str]) -> list[Record]:
-        return [Record(topic=Topic.DRIVER_REQUESTS, partition=0, offset=n, key=driver, timestamp_ms=T0,
-                       value=encode_event(SupplyRequest(request_id=rid, driver_id=driver, cp_id=cp, ts_ms=T0)))
-                for n, (rid, driver, cp) in enumerate(specs)]
+        return [
+            Record(
+                topic=Topic.DRIVER_REQUESTS,
+                partition=0,
+                offset=n,
+                key=driver,
+                timestamp_ms=T0,
+                value=encode_event(SupplyRequest(request_id=rid, driver_id=driver, cp_id=cp, ts_ms=T0)),
+            )
+            for n, (rid, driver, cp) in enumerate(specs)
+        ]
 
     def sql(self, query: str) -> list[tuple]:
         with sqlite3.connect(self.db) as db:
@@ -87,8 +102,10 @@ def test_a_failure_inside_a_batch_costs_only_the_record_at_fault(tmp_path) -> No
 def test_a_batch_that_the_database_refuses_is_applied_record_by_record(tmp_path) -> None:
     h = Harness(tmp_path)
     with sqlite3.connect(h.db) as db:  # a constraint the core does not know about
-        db.execute("CREATE TRIGGER no_cp3 BEFORE INSERT ON sessions WHEN NEW.cp_id = 'CP3' "
-                   "BEGIN SELECT RAISE(ABORT, 'CP3 is closed'); END")
+        db.execute(
+            "CREATE TRIGGER no_cp3 BEFORE INSERT ON sessions WHEN NEW.cp_id = 'CP3' "
+            "BEGIN SELECT RAISE(ABORT, 'CP3 is closed'); END"
+        )
     h.intake.apply(h.records(("r1", "D1", "CP1"), ("r2", "D2", "CP3"), ("r3", "D3", "CP2")), T0 + 10)
     assert h.sql("SELECT request_id FROM sessions ORDER BY id") == [("r1",), ("r3",)]
     ((reason,),) = h.sql("SELECT reason FROM dead_letters")

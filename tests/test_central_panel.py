@@ -47,8 +47,7 @@ def make_cp(i: int, state: str) -> CpView:
     figures = {}
     if state == "SUPPLYING":
         figures = dict(driver_id=f"D{i:03d}", power_kw=7.2, energy_kwh=3.456, amount_eur=1.21)
-    return CpView(id=f"CP{i:03d}", location=f"Street {i}", price_eur_kwh=0.35, state=state,
-                  **figures)
+    return CpView(id=f"CP{i:03d}", location=f"Street {i}", price_eur_kwh=0.35, state=state, **figures)
 
 
 def make_view(n_cps: int, *, messages: int = 4, **overrides) -> CentralView:
@@ -59,14 +58,22 @@ def make_view(n_cps: int, *, messages: int = 4, **overrides) -> CentralView:
     fields = dict(
         cps=cps,
         requests=(
-            SessionView(id=7, cp_id="CP002", driver_id="D002", status="supplying",
-                        requested_ts_ms=T0 - 65_000, started_ts_ms=T0 - 60_000),
-            SessionView(id=8, cp_id="CP001", driver_id="D777", status="requested",
-                        requested_ts_ms=T0 - 2_000),
+            SessionView(
+                id=7,
+                cp_id="CP002",
+                driver_id="D002",
+                status="supplying",
+                requested_ts_ms=T0 - 65_000,
+                started_ts_ms=T0 - 60_000,
+            ),
+            SessionView(id=8, cp_id="CP001", driver_id="D777", status="requested", requested_ts_ms=T0 - 2_000),
         ),
-        messages=tuple(MessageView(ts_ms=T0 - 1000 * (messages - i),
-                                   level=("info", "warning", "error")[i % 3], text=f"message {i}")
-                       for i in range(messages)),
+        messages=tuple(
+            MessageView(
+                ts_ms=T0 - 1000 * (messages - i), level=("info", "warning", "error")[i % 3], text=f"message {i}"
+            )
+            for i in range(messages)
+        ),
         central_id="central-1",
         listen="0.0.0.0:7001",
         http="127.0.0.1:8001",
@@ -79,8 +86,9 @@ def make_view(n_cps: int, *, messages: int = 4, **overrides) -> CentralView:
 
 
 def console(width: int, height: int = 25) -> Console:
-    return Console(record=True, width=width, height=height, force_terminal=True,
-                   color_system="truecolor", file=io.StringIO())
+    return Console(
+        record=True, width=width, height=height, force_terminal=True, color_system="truecolor", file=io.StringIO()
+    )
 
 
 def text_of(view: CentralView, width: int, **kwargs) -> str:
@@ -224,9 +232,9 @@ def test_messages_pane_shows_latest_with_level_colours():
     assert "message 19" in text and "02:19:59" in text
     assert "message 0 " not in text  # bounded without a height too
     lines = lines_of(view, 80)
-    assert style_of(lines, "message 18").color is None           # 18 % 3 == 0: info
+    assert style_of(lines, "message 18").color is None  # 18 % 3 == 0: info
     assert style_of(lines, "message 19").color.name == "yellow"  # warning
-    error = style_of(lines, "message 17")                        # error
+    error = style_of(lines, "message 17")  # error
     assert error.color.name == "red" and error.bold
     assert not style_of(lines, "02:19:59").color and style_of(lines, "02:19:59").dim
 
@@ -243,9 +251,12 @@ def test_footer_shows_hint_input_and_notice():
 
 def test_text_from_the_network_cannot_inject_escape_sequences():
     cp = CpView(id="CP\x1b[2J1", location="\x1b]0;owned\x07", price_eur_kwh=0.3, state="ACTIVATED")
-    view = make_view(3, cps=(cp,), messages=0,
-                     requests=(SessionView(id=1, cp_id="CP\x1b1", driver_id="D\x9b1",
-                                           status="requested", requested_ts_ms=T0),))
+    view = make_view(
+        3,
+        cps=(cp,),
+        messages=0,
+        requests=(SessionView(id=1, cp_id="CP\x1b1", driver_id="D\x9b1", status="requested", requested_ts_ms=T0),),
+    )
     c = console(80)
     c.print(render(view, width=80))
     text = c.export_text()
@@ -306,20 +317,25 @@ def test_plain_reporter_emits_only_changes():
     m3 = MessageView(ts_ms=T0 + 3500, level="error", text="CP001 fault")
     cp1, cp2 = make_cp(1, "ACTIVATED"), make_cp(2, "DISCONNECTED")
     supplying = make_cp(1, "SUPPLYING")
-    request = SessionView(id=7, cp_id="CP001", driver_id="D001", status="authorized",
-                          requested_ts_ms=T0)
-    base = dict(central_id="central-1", listen="0.0.0.0:7001", http="127.0.0.1:8001",
-                kafka="127.0.0.1:9092")
+    request = SessionView(id=7, cp_id="CP001", driver_id="D001", status="authorized", requested_ts_ms=T0)
+    base = dict(central_id="central-1", listen="0.0.0.0:7001", http="127.0.0.1:8001", kafka="127.0.0.1:9092")
     views = [
         CentralView(cps=(cp1, cp2), messages=(m1,), now_ts_ms=T0, **base),
         CentralView(cps=(cp1, cp2), messages=(m1,), now_ts_ms=T0 + 1000, **base),
-        CentralView(cps=(supplying, cp2), requests=(request,), messages=(m1, m2), kafka_ok=False,
-                    now_ts_ms=T0 + 2000, **base),
-        CentralView(cps=(CpView(**{**supplying.to_json(), "energy_kwh": 9.0}), cp2),
-                    requests=(request,), messages=(m1, m2), kafka_ok=False,
-                    now_ts_ms=T0 + 3000, **base),
-        CentralView(cps=(cp1, make_cp(2, "STOPPED"), make_cp(3, "BROKEN")), messages=(m2, m3),
-                    now_ts_ms=T0 + 4000, **base),
+        CentralView(
+            cps=(supplying, cp2), requests=(request,), messages=(m1, m2), kafka_ok=False, now_ts_ms=T0 + 2000, **base
+        ),
+        CentralView(
+            cps=(CpView(**{**supplying.to_json(), "energy_kwh": 9.0}), cp2),
+            requests=(request,),
+            messages=(m1, m2),
+            kafka_ok=False,
+            now_ts_ms=T0 + 3000,
+            **base,
+        ),
+        CentralView(
+            cps=(cp1, make_cp(2, "STOPPED"), make_cp(3, "BROKEN")), messages=(m2, m3), now_ts_ms=T0 + 4000, **base
+        ),
     ]
     out = [reporter.update(v) for v in views]
     assert out == [
@@ -352,11 +368,9 @@ def test_plain_reporter_emits_only_changes():
 def test_plain_reporter_request_status_change_and_removed_cp():
     reporter = PlainReporter()
     r = SessionView(id=9, cp_id="CP001", driver_id="D001", status="requested", requested_ts_ms=T0)
-    reporter.update(CentralView(cps=(make_cp(1, "ACTIVATED"), make_cp(2, "BROKEN")), requests=(r,),
-                                now_ts_ms=T0))
+    reporter.update(CentralView(cps=(make_cp(1, "ACTIVATED"), make_cp(2, "BROKEN")), requests=(r,), now_ts_ms=T0))
     r2 = SessionView(id=9, cp_id="CP001", driver_id="D001", status="authorized", requested_ts_ms=T0)
-    lines = reporter.update(CentralView(cps=(make_cp(1, "ACTIVATED"),), requests=(r2,),
-                                        now_ts_ms=T0 + 1000))
+    lines = reporter.update(CentralView(cps=(make_cp(1, "ACTIVATED"),), requests=(r2,), now_ts_ms=T0 + 1000))
     assert lines == [
         "2026-11-28 02:20:01 CP CP002 removed",
         "2026-11-28 02:20:01 REQ 9 driver D001 at CP001: requested -> authorized",
@@ -514,8 +528,9 @@ async def test_run_panel_plain_mode_takes_commands_from_stdin():
     recorder = Recorder()
     stdin = io.StringIO("s CP001\nbogus\n?\nr BOOM\nq\n")
     view = make_view(3)
-    await asyncio.wait_for(run_panel(lambda: view, recorder, console=Console(file=out, width=80),
-                                     stdin=stdin, refresh_hz=50), GUARD_S)
+    await asyncio.wait_for(
+        run_panel(lambda: view, recorder, console=Console(file=out, width=80), stdin=stdin, refresh_hz=50), GUARD_S
+    )
     assert recorder.commands == [Command("stop", "CP001"), Command("resume", "BOOM")]
     text = out.getvalue()
     assert "\x1b" not in text
@@ -532,8 +547,9 @@ async def test_run_panel_plain_mode_from_a_pipe():
     read_fd, write_fd = os.pipe()
     recorder = Recorder()
     try:
-        task = asyncio.ensure_future(run_panel(lambda: make_view(3), recorder,
-                                               console=Console(file=io.StringIO()), stdin=read_fd))
+        task = asyncio.ensure_future(
+            run_panel(lambda: make_view(3), recorder, console=Console(file=io.StringIO()), stdin=read_fd)
+        )
         os.write(write_fd, b"s CP001\n")
         await until(lambda: recorder.commands)
         assert recorder.commands == [Command("stop", "CP001")]
@@ -560,8 +576,7 @@ async def test_run_panel_full_screen_on_a_pty(pty):
         views += 1
         return make_view(3)
 
-    task = asyncio.ensure_future(run_panel(get_view, recorder, console=term, stdin=slave,
-                                           refresh_hz=20))
+    task = asyncio.ensure_future(run_panel(get_view, recorder, console=term, stdin=slave, refresh_hz=20))
     await until(lambda: views > 0)
     os.write(master, b"s CP001\r")
     await until(lambda: recorder.commands)
@@ -594,8 +609,10 @@ async def test_run_panel_refresh_rate_does_not_follow_the_message_rate():
     read_fd, write_fd = os.pipe()
     flooder = asyncio.ensure_future(flood())
     try:
-        task = asyncio.ensure_future(run_panel(get_view, Recorder(), stdin=read_fd, refresh_hz=10,
-                                               console=Console(file=io.StringIO())))
+        task = asyncio.ensure_future(
+            run_panel(get_view, Recorder(), stdin=read_fd, refresh_hz=10, console=Console(file=io.StringIO()))
+        )
+
         async def flooded() -> None:  # the panel has refreshed under a flood of messages
             while not (len(messages) > 100 and calls >= 2):
                 await asyncio.sleep(0.01)

@@ -4,7 +4,6 @@ CPs it knew to reconnect (real processes, real signals, the real broker)."""
 from __future__ import annotations
 
 import pytest
-
 from netharness import KafkaDriver, Network
 
 pytestmark = pytest.mark.slow

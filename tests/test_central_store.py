@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
-from evproto.daemons.central.store import Position, Store
 
 from evproto.bus.topics import Topic
+from evproto.daemons.central.store import Position, Store
 from evproto.domain.central import Publish, SaveSession, SessionRecord
 from evproto.domain.events import RequestUpdate
 from evproto.domain.session import SessionStatus
@@ -22,14 +22,27 @@ NOW = int(time.time() * 1000)
 
 
 def _update(n: int) -> Publish:
-    return Publish(Topic.DRIVER_EVENTS, "D001", RequestUpdate(driver_id="D001", request_id=f"r{n}", cp_id="CP001",
-                                                              status="requested", ts_ms=NOW))
+    return Publish(
+        Topic.DRIVER_EVENTS,
+        "D001",
+        RequestUpdate(driver_id="D001", request_id=f"r{n}", cp_id="CP001", status="requested", ts_ms=NOW),
+    )
 
 
 def _session(session_id: int, request_id: str) -> SaveSession:
-    return SaveSession(SessionRecord(id=session_id, cp_id="CP001", driver_id="D001", request_id=request_id,
-                                     origin="driver", status=SessionStatus.REQUESTED, requested_ts_ms=NOW,
-                                     price_eur_kwh=0.3, deadline_ts_ms=NOW + 60_000))
+    return SaveSession(
+        SessionRecord(
+            id=session_id,
+            cp_id="CP001",
+            driver_id="D001",
+            request_id=request_id,
+            origin="driver",
+            status=SessionStatus.REQUESTED,
+            requested_ts_ms=NOW,
+            price_eur_kwh=0.3,
+            deadline_ts_ms=NOW + 60_000,
+        )
+    )
 
 
 def _setup(path: str) -> Store:

@@ -19,41 +19,75 @@ Y2100_MS = 4_102_444_800_000
 def _view() -> CentralView:
     return CentralView(
         cps=(
-            CpView(id="CP001", location="Alicante", price_eur_kwh=0.35, state="SUPPLYING", driver_id="D001",
-                   power_kw=22.0, energy_kwh=1.25, amount_eur=0.44),
+            CpView(
+                id="CP001",
+                location="Alicante",
+                price_eur_kwh=0.35,
+                state="SUPPLYING",
+                driver_id="D001",
+                power_kw=22.0,
+                energy_kwh=1.25,
+                amount_eur=0.44,
+            ),
             CpView(id="CP002", location="Elche", price_eur_kwh=0.349, state="STOPPED", alerts=("not_authenticated",)),
             CpView(id="CP003", location="", price_eur_kwh=0.0, state="DISCONNECTED"),
         ),
         requests=(
-            SessionView(id=7, cp_id="CP001", driver_id="D001", status="supplying", requested_ts_ms=T0_MS,
-                        energy_kwh=1.25, amount_eur=0.44, started_ts_ms=T0_MS + 999),
+            SessionView(
+                id=7,
+                cp_id="CP001",
+                driver_id="D001",
+                status="supplying",
+                requested_ts_ms=T0_MS,
+                energy_kwh=1.25,
+                amount_eur=0.44,
+                started_ts_ms=T0_MS + 999,
+            ),
             SessionView(id=8, cp_id="CP002", driver_id="D002", status="requested", requested_ts_ms=T0_MS + 1),
         ),
         messages=(
             MessageView(ts_ms=T0_MS, level="info", text="CP001 registered"),
             MessageView(ts_ms=T0_MS + 1234, level="error", text="cannot reach Kafka"),
         ),
-        central_id="central", listen="127.0.0.1:7000", http="127.0.0.1:8000", kafka="127.0.0.1:9092",
-        kafka_ok=True, now_ts_ms=T0_MS + 5000, counters={"events_in": 12, "dead_letters": 0},
+        central_id="central",
+        listen="127.0.0.1:7000",
+        http="127.0.0.1:8000",
+        kafka="127.0.0.1:9092",
+        kafka_ok=True,
+        now_ts_ms=T0_MS + 5000,
+        counters={"events_in": 12, "dead_letters": 0},
     )
 
 
 def test_the_view_survives_its_json_both_ways() -> None:
     """What the API answers (through real JSON text) gives back the very view it was made from."""
     view = _view()
-    answers = json.loads(json.dumps({
-        "cps": [c.to_json() for c in view.cps],
-        "requests": [s.to_request_json() for s in view.requests],
-        "messages": [m.to_json() for m in view.messages],
-        "status": view.status_json(),
-    }))
+    answers = json.loads(
+        json.dumps(
+            {
+                "cps": [c.to_json() for c in view.cps],
+                "requests": [s.to_request_json() for s in view.requests],
+                "messages": [m.to_json() for m in view.messages],
+                "status": view.status_json(),
+            }
+        )
+    )
     assert CentralView.from_json(**answers, now_ts_ms=view.now_ts_ms) == view
 
 
 def test_a_finished_session_round_trips_and_the_pinned_shape_has_no_request_time() -> None:
-    ended = SessionView(id=9, cp_id="CP001", driver_id="D001", status="finished", requested_ts_ms=T0_MS,
-                        energy_kwh=2.0, amount_eur=0.7, started_ts_ms=T0_MS + 10, ended_ts_ms=T0_MS + 60_000,
-                        end_reason="target_reached")
+    ended = SessionView(
+        id=9,
+        cp_id="CP001",
+        driver_id="D001",
+        status="finished",
+        requested_ts_ms=T0_MS,
+        energy_kwh=2.0,
+        amount_eur=0.7,
+        started_ts_ms=T0_MS + 10,
+        ended_ts_ms=T0_MS + 60_000,
+        end_reason="target_reached",
+    )
     assert SessionView.from_json(ended.to_request_json()) == ended
     assert "requested_at" not in ended.to_json()  # pinned: GET /api/v1/sessions items
     assert SessionView.from_json(ended.to_json()).requested_ts_ms == 0

@@ -199,8 +199,16 @@ T0 = 1_000_000  # epoch ms of the first input in every scenario
 EXPIRY_MS = 70_000  # AuthorizeCommand lifetime used here
 
 
-def cmd(session_id: int = 1, *, now: int = T0, driver: str = "D1", price: float = PRICE, expires: int | None = None,
-        energy: float | None = None, duration: float | None = None) -> AuthorizeCommand:
+def cmd(
+    session_id: int = 1,
+    *,
+    now: int = T0,
+    driver: str = "D1",
+    price: float = PRICE,
+    expires: int | None = None,
+    energy: float | None = None,
+    duration: float | None = None,
+) -> AuthorizeCommand:
     return AuthorizeCommand(
         cp_id=CP_ID,
         session_id=session_id,
@@ -416,7 +424,9 @@ def test_full_supply() -> None:
     cp.meter(5000.0, 0.0, T0 + 150)  # the register before the vehicle is plugged in
     plug_at = T0 + 1000
     fx = cp.plug(plug_at)
-    assert emitted(fx) == [SupplyStarted(cp_id=CP_ID, session_id=7, driver_id="D1", started_ts_ms=plug_at, ts_ms=plug_at)]
+    assert emitted(fx) == [
+        SupplyStarted(cp_id=CP_ID, session_id=7, driver_id="D1", started_ts_ms=plug_at, ts_ms=plug_at)
+    ]
 
     register = 5000.0
     increments = []
@@ -457,7 +467,9 @@ def test_authorize_refused_without_monitor() -> None:
     cp = ChargePoint(cp_id=CP_ID)  # never connected
     cp.central_reachable(True, T0)
     fx = cp.authorize(cmd(1), T0)
-    assert emitted(fx) == [AuthorizationAnswer(cp_id=CP_ID, session_id=1, accepted=False, reason="no_monitor", ts_ms=T0)]
+    assert emitted(fx) == [
+        AuthorizationAnswer(cp_id=CP_ID, session_id=1, accepted=False, reason="no_monitor", ts_ms=T0)
+    ]
     assert cp.phase is Phase.IDLE and cp.supply is None
     assert Persist() not in fx
 
@@ -495,7 +507,9 @@ def test_refusal_order_monitor_first() -> None:
 def test_authorize_already_expired_command() -> None:
     cp = idle_cp()
     fx = cp.authorize(cmd(3, now=T0, expires=T0 + 5), T0 + 5)
-    assert emitted(fx) == [AuthorizationAnswer(cp_id=CP_ID, session_id=3, accepted=False, reason="expired", ts_ms=T0 + 5)]
+    assert emitted(fx) == [
+        AuthorizationAnswer(cp_id=CP_ID, session_id=3, accepted=False, reason="expired", ts_ms=T0 + 5)
+    ]
     assert cp.phase is Phase.IDLE
 
 
@@ -515,7 +529,9 @@ def test_authorization_expires_when_not_plugged() -> None:
     assert cp.tick(T0 + 59_999) == []
     assert cp.phase is Phase.AUTHORIZED
     fx = cp.tick(T0 + 60_000)
-    assert emitted(fx) == [AuthorizationAnswer(cp_id=CP_ID, session_id=4, accepted=False, reason="not_plugged", ts_ms=T0 + 60_000)]
+    assert emitted(fx) == [
+        AuthorizationAnswer(cp_id=CP_ID, session_id=4, accepted=False, reason="not_plugged", ts_ms=T0 + 60_000)
+    ]
     assert Persist() in fx
     assert cp.phase is Phase.IDLE and cp.supply is None and cp.available
     assert kinds(cp.plug(T0 + 60_001)) == ["Say"]  # too late: no supply to start
@@ -651,8 +667,12 @@ def test_a_jump_after_a_quiet_hour_is_a_jump_too() -> None:
 
 
 @settings(max_examples=examples(200), deadline=None)
-@given(readings=st.lists(st.tuples(st.floats(min_value=0.0, max_value=1e9, allow_nan=False),
-                                   st.integers(min_value=0, max_value=2000)), max_size=40))
+@given(
+    readings=st.lists(
+        st.tuples(st.floats(min_value=0.0, max_value=1e9, allow_nan=False), st.integers(min_value=0, max_value=2000)),
+        max_size=40,
+    )
+)
 def test_whatever_the_meter_reads_every_event_encodes(readings: list[tuple[float, int]]) -> None:
     cp = supplying_at(EPOCH_T0)
     t = EPOCH_T0 + 300
@@ -660,7 +680,9 @@ def test_whatever_the_meter_reads_every_event_encodes(readings: list[tuple[float
         t += dt
         for ev in emitted(cp.meter(value, 7000.0, t)) + emitted(cp.tick(t)):
             encode_event(ev)
-    for ev in emitted(ChargePoint(cp_id=CP_ID).restore(_through_json(cp.snapshot()), t + 5000)) + emitted(cp.unplug(t + 1)):
+    for ev in emitted(ChargePoint(cp_id=CP_ID).restore(_through_json(cp.snapshot()), t + 5000)) + emitted(
+        cp.unplug(t + 1)
+    ):
         encode_event(ev)
 
 
@@ -672,8 +694,8 @@ def test_an_offline_supply_reports_only_its_end_and_every_event_encodes() -> Non
     fx = cp.manual_request("D7", "m1", t0 + 3000)
     fx += cp.meter(2000.0, 0.0, t0 + 3100)
     fx += cp.plug(t0 + 3200)
-    for step in range(1, 6):
-        fx += cp.meter(2000.0 + 5 * step, 7000.0, t0 + 3200 + 1000 * step) + cp.tick(t0 + 3250 + 1000 * step)
+    for i in range(1, 6):
+        fx += cp.meter(2000.0 + 5 * i, 7000.0, t0 + 3200 + 1000 * i) + cp.tick(t0 + 3250 + 1000 * i)
     assert cp.snapshot()["supply"]["energy_wh"] == pytest.approx(25.0)  # persisted as it goes
     fx += cp.unplug(t0 + 9000)
     (fin,) = emitted(fx)  # no start or progress for a session Central has not numbered
@@ -735,7 +757,9 @@ def test_auto_mode_plugs_after_delay_and_ends_after_default_duration() -> None:
     cp.authorize(cmd(1, now=T0), T0)
     assert cp.tick(T0 + 1499) == [] and cp.phase is Phase.AUTHORIZED
     fx = cp.tick(T0 + 1500)
-    assert emitted(fx) == [SupplyStarted(cp_id=CP_ID, session_id=1, driver_id="D1", started_ts_ms=T0 + 1500, ts_ms=T0 + 1500)]
+    assert emitted(fx) == [
+        SupplyStarted(cp_id=CP_ID, session_id=1, driver_id="D1", started_ts_ms=T0 + 1500, ts_ms=T0 + 1500)
+    ]
     assert cp.phase is Phase.SUPPLYING and Persist() in fx
     fx = cp.tick(T0 + 1500 + 9_999)
     assert emitted(fx, SupplyFinished) == []
@@ -904,7 +928,9 @@ def test_restore_authorized_withdraws_with_power_loss() -> None:
     snap = _through_json(cp.snapshot())
     fresh = ChargePoint(cp_id=CP_ID)
     fx = fresh.restore(snap, T0 + 30_000)
-    assert emitted(fx) == [AuthorizationAnswer(cp_id=CP_ID, session_id=1, accepted=False, reason="power_loss", ts_ms=T0 + 30_000)]
+    assert emitted(fx) == [
+        AuthorizationAnswer(cp_id=CP_ID, session_id=1, accepted=False, reason="power_loss", ts_ms=T0 + 30_000)
+    ]
     assert Persist() in fx
     assert fresh.phase is Phase.IDLE and fresh.supply is None
 
@@ -927,20 +953,40 @@ def _durable(cp: ChargePoint) -> tuple:
     sup = s["supply"]
     key = None
     if sup is not None:
-        key = tuple(sorted((k, v) for k, v in sup.items() if k not in ("energy_wh", "power_w", "last_progress_ts_ms",
-                                                                            "last_reading_ts_ms")))
+        key = tuple(
+            sorted(
+                (k, v)
+                for k, v in sup.items()
+                if k not in ("energy_wh", "power_w", "last_progress_ts_ms", "last_reading_ts_ms")
+            )
+        )
     return (s["stopped"], s["phase"], key)
 
 
 ops = st.sampled_from(
-    ["monitor_up", "monitor_down", "central_up", "central_down", "authorize", "authorize_other", "cancel",
-     "stop", "resume", "ko", "recover", "plug", "unplug", "meter", "tick", "manual"]
+    [
+        "monitor_up",
+        "monitor_down",
+        "central_up",
+        "central_down",
+        "authorize",
+        "authorize_other",
+        "cancel",
+        "stop",
+        "resume",
+        "ko",
+        "recover",
+        "plug",
+        "unplug",
+        "meter",
+        "tick",
+        "manual",
+    ]
 )
 
 
 @settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(script=st.lists(st.tuples(ops, st.integers(min_value=0, max_value=5000)), max_size=40),
-       auto=st.booleans())
+@given(script=st.lists(st.tuples(ops, st.integers(min_value=0, max_value=5000)), max_size=40), auto=st.booleans())
 def test_persist_whenever_durable_state_changes(script: list[tuple[str, int]], auto: bool) -> None:
     cp = ChargePoint(cp_id=CP_ID, auto=AutoMode(plug_delay_s=1.0, default_duration_s=5.0) if auto else None)
     t = T0
@@ -1012,4 +1058,3 @@ def test_the_charge_point_table_in_the_docs_is_the_code_s() -> None:
 
     docs = (Path(__file__).resolve().parent.parent / "docs" / "resilience.md").read_text(encoding="utf-8")
     assert render_markdown() in docs, "docs/resilience.md: paste evproto.domain.chargepoint.render_markdown() again"
-

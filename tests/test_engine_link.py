@@ -20,8 +20,10 @@ from evproto.errors import EvprotoError
 RELEASE_2 = {**os.environ, "EVPROTO_INSECURE": ""}
 
 
-@pytest.mark.parametrize("listen", ["0.0.0.0:0", "192.0.2.7:7100", "[::]:7100", "engine.example:7100",
-                                    "tls://0.0.0.0:0?cert=e.pem&key=e.key"])
+@pytest.mark.parametrize(
+    "listen",
+    ["0.0.0.0:0", "192.0.2.7:7100", "[::]:7100", "engine.example:7100", "tls://0.0.0.0:0?cert=e.pem&key=e.key"],
+)
 def test_a_release_2_engine_will_not_take_its_key_over_a_link_others_can_reach(listen: str, run_daemon) -> None:
     r = run_daemon("evcp-engine", "--kafka", "127.0.0.1:1", "--listen", listen, env=RELEASE_2)
     assert r.returncode == EXIT_USAGE, r.stderr
@@ -37,8 +39,9 @@ def test_a_release_2_monitor_will_not_hand_its_key_over_a_link_others_can_read(e
 
 
 def test_insecure_keeps_release_1_s_plain_link_anywhere(run_daemon) -> None:
-    r = run_daemon("evcp-engine", "--kafka", "127.0.0.1:1", "--listen", "0.0.0.0:0", "--insecure", "--help",
-                   env=RELEASE_2)
+    r = run_daemon(
+        "evcp-engine", "--kafka", "127.0.0.1:1", "--listen", "0.0.0.0:0", "--insecure", "--help", env=RELEASE_2
+    )
     assert r.returncode == 0  # accepted by the parser; --help: nothing started
 
 
@@ -48,7 +51,9 @@ def test_over_mutual_tls_only_a_monitor_certified_for_the_cp_holds_the_engine_s_
     net.start_central()
     engine_cert = net.ca.issue("CP001", net.pki, hosts=("127.0.0.1",), stem="engine-CP001")
     ca = str(net.ca.cert_path)
-    engine = net.start_engine("CP001", listen=f"tls://127.0.0.1:0?cert={engine_cert.cert}&key={engine_cert.key}&ca={ca}")
+    engine = net.start_engine(
+        "CP001", listen=f"tls://127.0.0.1:0?cert={engine_cert.cert}&key={engine_cert.key}&ca={ca}"
+    )
     host, port = engine.ready["listen"].rsplit(":", 1)
     assert engine.ready["scheme"] == "tls"
     other = net.ca.issue("CP002", net.pki, client=True, stem="monitor-CP002")
@@ -56,8 +61,9 @@ def test_over_mutual_tls_only_a_monitor_certified_for_the_cp_holds_the_engine_s_
     async def attack(cert: str | None, key: str | None) -> BaseException | None:
         ctx = tls_client_context(ca=ca, cert=cert, key=key)
         try:
-            link = await open_link(f"tls://{host}:{port}", tls=ctx,
-                                   hello=Hello(role=Role.MONITOR, node_id="CP001", keepalive_ms=1000))
+            link = await open_link(
+                f"tls://{host}:{port}", tls=ctx, hello=Hello(role=Role.MONITOR, node_id="CP001", keepalive_ms=1000)
+            )
         except (EvprotoError, ssl.SSLError, OSError) as exc:
             return exc
         await link.close()
@@ -84,7 +90,8 @@ def test_over_mutual_tls_only_a_monitor_certified_for_the_cp_holds_the_engine_s_
 async def _plain_hello(host: str, port: int) -> BaseException | None:
     try:
         link = await asyncio.wait_for(
-            open_link(f"tcp://{host}:{port}", hello=Hello(role=Role.MONITOR, node_id="CP001", keepalive_ms=1000)), 10)
+            open_link(f"tcp://{host}:{port}", hello=Hello(role=Role.MONITOR, node_id="CP001", keepalive_ms=1000)), 10
+        )
     except (EvprotoError, OSError, asyncio.TimeoutError) as exc:
         return exc
     await link.close()

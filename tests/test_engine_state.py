@@ -21,12 +21,11 @@ import sys
 import threading
 
 import pytest
-from evproto.daemons.files import load_state
+
 from evproto.daemons.engine.app import progress_interval_ms
 from evproto.daemons.engine.meter import SimulatedMeter
 from evproto.daemons.engine.statefile import StateWriter
-
-from evproto.domain.events import AuthorizeCommand, SupplyFinished, SupplyProgress
+from evproto.daemons.files import load_state
 from evproto.domain import chargepoint
 from evproto.domain.chargepoint import (
     CP_ACTIONS,
@@ -37,6 +36,7 @@ from evproto.domain.chargepoint import (
     Phase,
     render_markdown,
 )
+from evproto.domain.events import AuthorizeCommand, SupplyFinished, SupplyProgress
 
 CP_ID = "CP001"
 T0 = 1_700_000_000_000
@@ -137,8 +137,18 @@ def _supplying_snapshot() -> dict:
     cp = ChargePoint(cp_id=CP_ID)
     cp.monitor_connected(T0)
     cp.central_reachable(True, T0)
-    cp.authorize(AuthorizeCommand(cp_id=CP_ID, session_id=1, driver_id="D1", request_id="r1", price_eur_kwh=0.5,
-                                  expires_ts_ms=T0 + 60_000, ts_ms=T0), T0)
+    cp.authorize(
+        AuthorizeCommand(
+            cp_id=CP_ID,
+            session_id=1,
+            driver_id="D1",
+            request_id="r1",
+            price_eur_kwh=0.5,
+            expires_ts_ms=T0 + 60_000,
+            ts_ms=T0,
+        ),
+        T0,
+    )
     cp.meter(1000.0, 0.0, T0 + 100)
     cp.plug(T0 + 200)
     cp.meter(1040.0, 7000.0, T0 + 1200)
@@ -162,8 +172,7 @@ def test_after_a_crash_the_register_counts_what_the_checkpoint_missed() -> None:
 def test_after_a_crash_a_register_that_went_back_or_jumped_is_not_counted() -> None:
     reset = _finished(ChargePoint(cp_id=CP_ID).restore(_supplying_snapshot(), T0 + 60_000, register=(3.0, T0 + 9000)))
     assert reset.energy_kwh == pytest.approx(0.040)
-    jumped = _finished(ChargePoint(cp_id=CP_ID).restore(_supplying_snapshot(), T0 + 60_000,
-                                                         register=(1e9, T0 + 9000)))
+    jumped = _finished(ChargePoint(cp_id=CP_ID).restore(_supplying_snapshot(), T0 + 60_000, register=(1e9, T0 + 9000)))
     assert jumped.energy_kwh == pytest.approx(0.040)
 
 
@@ -193,12 +202,23 @@ def test_the_simulated_meter_keeps_its_register_across_a_restart(tmp_path) -> No
 
 @pytest.mark.parametrize("meter_interval_s", [0.2, 0.3, 1.0, 2.0])
 def test_progress_goes_out_with_readings_at_most_once_a_second(meter_interval_s: float) -> None:
-    cp = ChargePoint(cp_id=CP_ID, progress_interval_ms=progress_interval_ms(meter_interval_s),
-                     progress_with_reading=True)
+    cp = ChargePoint(
+        cp_id=CP_ID, progress_interval_ms=progress_interval_ms(meter_interval_s), progress_with_reading=True
+    )
     cp.monitor_connected(T0)
     cp.central_reachable(True, T0)
-    cp.authorize(AuthorizeCommand(cp_id=CP_ID, session_id=1, driver_id="D1", request_id="r1", price_eur_kwh=0.5,
-                                  expires_ts_ms=T0 + 60_000, ts_ms=T0), T0)
+    cp.authorize(
+        AuthorizeCommand(
+            cp_id=CP_ID,
+            session_id=1,
+            driver_id="D1",
+            request_id="r1",
+            price_eur_kwh=0.5,
+            expires_ts_ms=T0 + 60_000,
+            ts_ms=T0,
+        ),
+        T0,
+    )
     cp.meter(0.0, 0.0, T0)
     cp.plug(T0)
     interval_ms = meter_interval_s * 1000
@@ -272,8 +292,10 @@ def test_an_owed_event_survives_a_sigkill_of_the_engine_and_is_billed_once(net, 
     os.kill(broker.pid, signal.SIGSTOP)  # the broker acknowledges nothing: the supply's end stays owed
     try:
         engine.send("u")
-        owed = wait_for(lambda: (s := state())["outbox"] and len(s["finished"]) == 1 and s,
-                        "the supply's end written ahead into the outbox")
+        owed = wait_for(
+            lambda: (s := state())["outbox"] and len(s["finished"]) == 1 and s,
+            "the supply's end written ahead into the outbox",
+        )
         net.kill(engine)
     finally:
         os.kill(broker.pid, signal.SIGCONT)

@@ -48,12 +48,17 @@ def _field_strategy(hint: typing.Any) -> st.SearchStrategy[typing.Any]:
     if typing.get_origin(hint) is typing.Annotated:
         hint, rule = typing.get_args(hint)[:2]
     if isinstance(rule, events._Ident):
-        ident = st.text(st.characters(exclude_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zs", "Zl", "Zp")),
-                        min_size=1, max_size=rule.max_len).filter(lambda v: not any(c.isspace() for c in v))
+        ident = st.text(
+            st.characters(exclude_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zs", "Zl", "Zp")),
+            min_size=1,
+            max_size=rule.max_len,
+        ).filter(lambda v: not any(c.isspace() for c in v))
         strat = (st.just("") | ident) if rule.empty_ok else ident
     elif isinstance(rule, events._Text):
-        strat = st.text(st.characters(exclude_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zs", "Zl", "Zp")),
-                        max_size=rule.max_len // 2).filter(lambda v: not any(c.isspace() for c in v))
+        strat = st.text(
+            st.characters(exclude_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zs", "Zl", "Zp")),
+            max_size=rule.max_len // 2,
+        ).filter(lambda v: not any(c.isspace() for c in v))
     elif isinstance(rule, events._OneOf):
         strat = st.sampled_from(rule.values)
     elif isinstance(rule, events._Time):
@@ -76,8 +81,7 @@ def _consistent(event: Event) -> Event:
         start, end = sorted((event.started_ts_ms, event.ended_ts_ms))
         hours = (end - start) / 3_600_000
         energy = min(event.energy_kwh, events.MAX_POWER_KW * hours)
-        changes = dict(started_ts_ms=start, ended_ts_ms=end, energy_kwh=energy,
-                       amount_eur=energy * event.price_eur_kwh)
+        changes = dict(started_ts_ms=start, ended_ts_ms=end, energy_kwh=energy, amount_eur=energy * event.price_eur_kwh)
     elif hasattr(event, "elapsed_s"):
         changes = dict(energy_kwh=min(event.energy_kwh, events.MAX_POWER_KW * event.elapsed_s / 3600))
     return dataclasses.replace(event, **changes) if changes else event
@@ -102,10 +106,30 @@ def test_every_valid_event_roundtrips(event: Event) -> None:
 _ANY_VALUE = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=80)
 
 
-@given(st.sampled_from(sorted(EVENT_TYPES)), st.dictionaries(st.text(max_size=20), _ANY_VALUE, max_size=12),
-       st.dictionaries(st.sampled_from(["cp_id", "driver_id", "session_id", "energy_kwh", "amount_eur",
-                                        "price_eur_kwh", "ts_ms", "started_ts_ms", "ended_ts_ms", "state",
-                                        "status", "reason", "request_id"]), _ANY_VALUE))
+@given(
+    st.sampled_from(sorted(EVENT_TYPES)),
+    st.dictionaries(st.text(max_size=20), _ANY_VALUE, max_size=12),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "cp_id",
+                "driver_id",
+                "session_id",
+                "energy_kwh",
+                "amount_eur",
+                "price_eur_kwh",
+                "ts_ms",
+                "started_ts_ms",
+                "ended_ts_ms",
+                "state",
+                "status",
+                "reason",
+                "request_id",
+            ]
+        ),
+        _ANY_VALUE,
+    ),
+)
 def test_any_record_is_an_event_that_writes_back_or_a_decode_error(type_name: str, extra: dict, fields: dict) -> None:
     # Whatever a peer writes, a reader gets a valid event or EventDecodeError: never another
     # exception, and never an event that we could not write again (it would poison a reader).
@@ -118,8 +142,18 @@ def test_any_record_is_an_event_that_writes_back_or_a_decode_error(type_name: st
 
 
 NOW_MS = 1_764_295_207_000
-GOOD = {"v": 1, "type": "supply_progress", "cp_id": "CP1", "session_id": 3, "driver_id": "D1",
-        "energy_kwh": 1, "amount_eur": 0.5, "power_kw": 11.0, "elapsed_s": 2.0, "ts_ms": NOW_MS}
+GOOD = {
+    "v": 1,
+    "type": "supply_progress",
+    "cp_id": "CP1",
+    "session_id": 3,
+    "driver_id": "D1",
+    "energy_kwh": 1,
+    "amount_eur": 0.5,
+    "power_kw": 11.0,
+    "elapsed_s": 2.0,
+    "ts_ms": NOW_MS,
+}
 
 
 def _with(**changes: typing.Any) -> bytes:
@@ -137,7 +171,7 @@ def test_integers_are_accepted_for_numbers() -> None:
     [
         (None, "empty record"),
         (b"", "not JSON"),
-        (b"{\"v\":1", "not JSON"),
+        (b'{"v":1', "not JSON"),
         (b"\xff\xfe{}", "not JSON"),
         (b'{"v":1,"type":"supply_progress","energy_kwh":NaN}', "not JSON"),
         (b"[1,2]", "expected a JSON object, got list"),
@@ -182,10 +216,22 @@ def test_documented_field_table_matches_the_schemas() -> None:
         assert documented[type_name] == [f.name for f in dataclasses.fields(cls)], type_name
 
 
-FINISHED = {"v": 1, "type": "supply_finished", "cp_id": "CP002", "session_id": 17, "driver_id": "D001",
-            "energy_kwh": 2.0, "amount_eur": 0.84, "price_eur_kwh": 0.42, "started_ts_ms": 1764295201600,
-            "ended_ts_ms": 1764295211400, "reason": "completed", "ts_ms": 1764295211400, "offline": False,
-            "request_id": "9f1c"}
+FINISHED = {
+    "v": 1,
+    "type": "supply_finished",
+    "cp_id": "CP002",
+    "session_id": 17,
+    "driver_id": "D001",
+    "energy_kwh": 2.0,
+    "amount_eur": 0.84,
+    "price_eur_kwh": 0.42,
+    "started_ts_ms": 1764295201600,
+    "ended_ts_ms": 1764295211400,
+    "reason": "completed",
+    "ts_ms": 1764295211400,
+    "offline": False,
+    "request_id": "9f1c",
+}
 
 
 def _finished(**changes: typing.Any) -> bytes:

@@ -220,9 +220,7 @@ def test_encode_frame_layout(body: bytes) -> None:
 
 def test_encode_frame_empty_body_and_doc_example() -> None:
     assert encode_frame(b"") == bytes.fromhex("02 00 00 03 03")
-    assert encode_frame(bytes.fromhex("10 02 00 07 00 00")) == bytes.fromhex(
-        "02 00 06 10 02 00 07 00 00 03 10"
-    )
+    assert encode_frame(bytes.fromhex("10 02 00 07 00 00")) == bytes.fromhex("02 00 06 10 02 00 07 00 00 03 10")
 
 
 def test_encode_frame_big_endian_len() -> None:
@@ -824,8 +822,9 @@ def test_a_stray_byte_at_every_position_costs_at_most_the_frame_it_hits(stray: i
     chunks=st.lists(st.integers(1, 64), max_size=20),
 )
 @settings(max_examples=examples(400), suppress_health_check=[HealthCheck.too_slow])
-def test_property_a_stray_byte_anywhere_costs_at_most_one_frame(bodies: list[bytes], stray: int, where: float,
-                                                                 chunks: list[int]) -> None:
+def test_property_a_stray_byte_anywhere_costs_at_most_one_frame(
+    bodies: list[bytes], stray: int, where: float, chunks: list[int]
+) -> None:
     stream = b"".join(encode_frame(b) for b in bodies)
     at = int(where * len(stream))
     damaged = stream[:at] + bytes([stray]) + stream[at:]

@@ -48,7 +48,9 @@ def _show(events: list[object]) -> str:
     return " ".join(out)
 
 
-@pytest.mark.parametrize("name,expr,frame", _rows("frames"), ids=lambda v: v if isinstance(v, str) and " " not in v else None)
+@pytest.mark.parametrize(
+    "name,expr,frame", _rows("frames"), ids=lambda v: v if isinstance(v, str) and " " not in v else None
+)
 def test_frame_vectors_encode_and_decode(name: str, expr: str, frame: str) -> None:
     env = eval(expr, NS)  # noqa: S307 - trusted text from our own docs
     wire = _hex(frame)

@@ -15,14 +15,14 @@ import sys
 import time
 
 import pytest
-from evproto.daemons.driver import LiveFigures, parse_requests
-from evproto.daemons.quarantine import CrashGuard
-from evproto.daemons.readers import CENTRAL_SILENCE_S, CentralWatch
 from netharness import KafkaDriver, Network, wait_for
 
 from evproto.bus.events import encode_event
 from evproto.bus.kafka import BusProducer, ensure_topics
 from evproto.bus.topics import Topic, partition_for
+from evproto.daemons.driver import LiveFigures, parse_requests
+from evproto.daemons.quarantine import CrashGuard
+from evproto.daemons.readers import CENTRAL_SILENCE_S, CentralWatch
 from evproto.domain.events import (
     MAX_POWER_KW,
     MAX_TARGET_DURATION_S,
@@ -43,22 +43,36 @@ def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 # -- a driver's requests: bounds -------------------------------------------------------------
 
-@pytest.mark.parametrize("line", [
-    "CP002 " + "9" * 400 + "kWh",  # a float of 400 digits is infinite
-    "CP002 100000000000000000000000000kWh",
-    f"CP002 {MAX_TARGET_ENERGY_KWH + 0.5}kWh",
-    f"CP002 {(MAX_TARGET_ENERGY_KWH + 1) * 1000:g}Wh",
-    f"CP002 {MAX_TARGET_DURATION_S + 1:g}s",
-    f"CP002 {MAX_TARGET_DURATION_S / 60 + 1:g}min",
-    "CP002 0kWh",
-    "CP\u200b002 2kWh",  # looks like CP002 on a screen
-    "CP" + "0" * 70 + " 2kWh",
-])
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "CP002 " + "9" * 400 + "kWh",  # a float of 400 digits is infinite
+        "CP002 100000000000000000000000000kWh",
+        f"CP002 {MAX_TARGET_ENERGY_KWH + 0.5}kWh",
+        f"CP002 {(MAX_TARGET_ENERGY_KWH + 1) * 1000:g}Wh",
+        f"CP002 {MAX_TARGET_DURATION_S + 1:g}s",
+        f"CP002 {MAX_TARGET_DURATION_S / 60 + 1:g}min",
+        "CP002 0kWh",
+        "CP\u200b002 2kWh",  # looks like CP002 on a screen
+        "CP" + "0" * 70 + " 2kWh",
+    ],
+)
 def test_a_requests_file_line_out_of_bounds_is_a_usage_error_naming_the_line(tmp_path, line: str, run_daemon) -> None:
     f = tmp_path / "req.txt"
     f.write_text(f"CP001 1kWh\n# fine so far\n{line}\n", encoding="utf-8")
-    r = run_daemon("ev-driver", "--kafka", "127.0.0.1:1", "--id", "D1", "--requests", str(f),
-                   "--state-dir", str(tmp_path / "state"), timeout=30)
+    r = run_daemon(
+        "ev-driver",
+        "--kafka",
+        "127.0.0.1:1",
+        "--id",
+        "D1",
+        "--requests",
+        str(f),
+        "--state-dir",
+        str(tmp_path / "state"),
+        timeout=30,
+    )
     assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
     assert "req.txt:3:" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr) < 1000, "the error must not echo a huge line whole"
@@ -68,14 +82,25 @@ def test_a_requests_file_line_out_of_bounds_is_a_usage_error_naming_the_line(tmp
 def test_a_requests_file_too_big_or_not_text_is_a_usage_error(tmp_path, content: bytes, run_daemon) -> None:
     f = tmp_path / "req.txt"
     f.write_bytes(content)
-    r = run_daemon("ev-driver", "--kafka", "127.0.0.1:1", "--id", "D1", "--requests", str(f),
-                   "--state-dir", str(tmp_path / "state"), timeout=30)
+    r = run_daemon(
+        "ev-driver",
+        "--kafka",
+        "127.0.0.1:1",
+        "--id",
+        "D1",
+        "--requests",
+        str(f),
+        "--state-dir",
+        str(tmp_path / "state"),
+        timeout=30,
+    )
     assert r.returncode == 64 and "Traceback" not in r.stderr and len(r.stderr) < 1000, r.stderr[-2000:]
 
 
 def test_targets_at_the_bounds_are_accepted() -> None:
     (energy, duration, small) = parse_requests(
-        f"CP1 {MAX_TARGET_ENERGY_KWH:g}kWh\nCP1 {MAX_TARGET_DURATION_S / 60:g}min\nCP1 1Wh\n")
+        f"CP1 {MAX_TARGET_ENERGY_KWH:g}kWh\nCP1 {MAX_TARGET_DURATION_S / 60:g}min\nCP1 1Wh\n"
+    )
     assert energy.target_energy_kwh == MAX_TARGET_ENERGY_KWH
     assert duration.target_duration_s == MAX_TARGET_DURATION_S
     assert small.target_energy_kwh == pytest.approx(0.001)
@@ -85,38 +110,65 @@ def test_targets_at_the_bounds_are_accepted() -> None:
 
 @pytest.mark.parametrize("driver_id", ["", "D\u200b1", "D 1", "D" * 65])
 def test_a_driver_id_nobody_can_address_is_a_usage_error(tmp_path, driver_id: str, run_daemon) -> None:
-    r = run_daemon("ev-driver", "--kafka", "127.0.0.1:1", "--id", driver_id,
-                   "--state-dir", str(tmp_path / "state"), timeout=30)
+    r = run_daemon(
+        "ev-driver", "--kafka", "127.0.0.1:1", "--id", driver_id, "--state-dir", str(tmp_path / "state"), timeout=30
+    )
     assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
     assert "--id" in r.stderr and "Traceback" not in r.stderr
 
 
 # -- a monitor's registration: bounds --------------------------------------------------------
 
-@pytest.mark.parametrize(("option", "value"), [
-    ("--id", ""),
-    ("--id", "CP001\u200b"),
-    ("--id", "CP 001"),
-    ("--location", "Ali\u202ecante"),  # a bidi override would reverse what the panel shows
-    ("--location", "x" * 200),
-    ("--location", " Alicante"),
-])
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--id", ""),
+        ("--id", "CP001\u200b"),
+        ("--id", "CP 001"),
+        ("--location", "Ali\u202ecante"),  # a bidi override would reverse what the panel shows
+        ("--location", "x" * 200),
+        ("--location", " Alicante"),
+    ],
+)
 def test_a_monitor_refuses_an_id_or_location_nobody_could_use(option: str, value: str, run_daemon) -> None:
     args = {"--id": "CP001", "--location": "Alicante", option: value}
-    r = run_daemon("evcp-monitor", "--engine", "127.0.0.1:1", "--central", "127.0.0.1:1",
-                   *(a for kv in args.items() for a in kv), "--price", "0.3", timeout=30)
+    r = run_daemon(
+        "evcp-monitor",
+        "--engine",
+        "127.0.0.1:1",
+        "--central",
+        "127.0.0.1:1",
+        *(a for kv in args.items() for a in kv),
+        "--price",
+        "0.3",
+        timeout=30,
+    )
     assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
     assert option in r.stderr and "Traceback" not in r.stderr
 
 
 # -- a simulated meter's speed ---------------------------------------------------------------
 
+
 def test_the_engine_refuses_a_simulated_meter_faster_than_central_accepts(tmp_path, run_daemon) -> None:
     engine = "evcp-engine"
     power_kw = 100.0
     time_scale = MAX_POWER_KW / power_kw * 1.5
-    r = run_daemon(engine, "--kafka", "127.0.0.1:1", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path),
-            "--power-kw", str(power_kw), "--time-scale", str(time_scale), timeout=30)
+    r = run_daemon(
+        engine,
+        "--kafka",
+        "127.0.0.1:1",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(tmp_path),
+        "--power-kw",
+        str(power_kw),
+        "--time-scale",
+        str(time_scale),
+        timeout=30,
+    )
     assert r.returncode == 64, (r.returncode, r.stderr[-2000:])
     assert "--time-scale" in r.stderr and f"{MAX_POWER_KW:g} kW" in r.stderr and "Traceback" not in r.stderr
     helped = " ".join(run_daemon(engine, "--help").stdout.split())
@@ -124,6 +176,7 @@ def test_the_engine_refuses_a_simulated_meter_faster_than_central_accepts(tmp_pa
 
 
 # -- hearing Central ------------------------------------------------------------------------
+
 
 class Clock:
     """Monotonic seconds, moved by the test."""
@@ -167,10 +220,19 @@ def test_central_watch_complains_when_central_never_speaks() -> None:
 
 # -- which live readings a driver is shown ---------------------------------------------------
 
+
 def reading(session_id: int, produced_s: float, energy_kwh: float) -> DriverTelemetry:
     t = 1_800_000_000_000 + int(produced_s * 1000)
-    return DriverTelemetry(driver_id="D1", session_id=session_id, cp_id="CP1", energy_kwh=energy_kwh,
-                           amount_eur=energy_kwh * 0.3, power_kw=22.0, produced_ts_ms=t, ts_ms=t)
+    return DriverTelemetry(
+        driver_id="D1",
+        session_id=session_id,
+        cp_id="CP1",
+        energy_kwh=energy_kwh,
+        amount_eur=energy_kwh * 0.3,
+        power_kw=22.0,
+        produced_ts_ms=t,
+        ts_ms=t,
+    )
 
 
 def test_a_burst_of_late_readings_shows_its_newest_and_none_once_the_ticket_follows() -> None:
@@ -228,6 +290,7 @@ def ledger(net: Network, cp_id: str) -> list[dict]:
 
 # -- an engine's crash: when the supply ended ------------------------------------------------
 
+
 @pytest.mark.slow
 def test_an_engine_killed_mid_supply_ends_it_at_its_last_reading_not_at_its_restart(net: Network) -> None:
     net.start_central("D001")
@@ -237,7 +300,9 @@ def test_an_engine_killed_mid_supply_ends_it_at_its_last_reading_not_at_its_rest
     rid = driver.request("CP001")
     driver.wait_status(rid, "authorized")
     engine.send("p")
-    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0 for e in driver.events()), "energy to flow")
+    wait_for(
+        lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0 for e in driver.events()), "energy to flow"
+    )
 
     net.kill(engine)
     killed_ms = now_ms()
@@ -254,9 +319,11 @@ def test_an_engine_killed_mid_supply_ends_it_at_its_last_reading_not_at_its_rest
 
 # -- records that cannot be applied never stop or loop a reader ------------------------------
 
+
 def forge(net: Network, topic: Topic, key: str, values: list[bytes]) -> tuple[int, list[int]]:
     """Produce ``values`` (keyed ``key``, on the key's partition) as anyone with access to the
     broker could; returns the partition and each record's offset."""
+
     async def send() -> tuple[int, list[int]]:
         partition = partition_for(key, (await ensure_topics(net.settings))[topic])
         async with BusProducer(net.settings) as producer:
@@ -287,17 +354,42 @@ def mark_crashes(state_dir: str, topic: Topic, partition: int, offset: int, deat
 
 def bad_ticket(**change) -> bytes:
     t = now_ms()
-    fields = dict(type="ticket", driver_id="D001", session_id=7, request_id="r7", cp_id="CP001", energy_kwh=1.0,
-                  amount_eur=0.3, price_eur_kwh=0.3, started_ts_ms=t - 60_000, ended_ts_ms=t, status="completed",
-                  end_reason="completed", ts_ms=t)
+    fields = dict(
+        type="ticket",
+        driver_id="D001",
+        session_id=7,
+        request_id="r7",
+        cp_id="CP001",
+        energy_kwh=1.0,
+        amount_eur=0.3,
+        price_eur_kwh=0.3,
+        started_ts_ms=t - 60_000,
+        ended_ts_ms=t,
+        status="completed",
+        end_reason="completed",
+        ts_ms=t,
+    )
     return raw(**{**fields, **change})
 
 
 def good_ticket(session_id: int) -> bytes:
     t = now_ms()
-    return encode_event(Ticket(driver_id="D001", session_id=session_id, request_id=f"r{session_id}", cp_id="CP001",
-                               energy_kwh=1.0, amount_eur=0.3, price_eur_kwh=0.3, started_ts_ms=t - 60_000,
-                               ended_ts_ms=t, status="completed", end_reason="completed", ts_ms=t))
+    return encode_event(
+        Ticket(
+            driver_id="D001",
+            session_id=session_id,
+            request_id=f"r{session_id}",
+            cp_id="CP001",
+            energy_kwh=1.0,
+            amount_eur=0.3,
+            price_eur_kwh=0.3,
+            started_ts_ms=t - 60_000,
+            ended_ts_ms=t,
+            status="completed",
+            end_reason="completed",
+            ts_ms=t,
+        )
+    )
 
 
 @pytest.mark.slow
@@ -309,8 +401,16 @@ def test_an_engine_quarantines_commands_it_cannot_apply_and_applies_the_next(net
     t = now_ms()
     bad = [
         raw(type="stop", cp_id="CP001\u200b", ts_ms=t),  # a zero-width character: not CP001
-        raw(type="authorize", cp_id="CP001", session_id=5, driver_id="D001", request_id="r5", price_eur_kwh=1e6,
-            expires_ts_ms=t + 60_000, ts_ms=t),
+        raw(
+            type="authorize",
+            cp_id="CP001",
+            session_id=5,
+            driver_id="D001",
+            request_id="r5",
+            price_eur_kwh=1e6,
+            expires_ts_ms=t + 60_000,
+            ts_ms=t,
+        ),
         b'{"v":1,"type":"stop",',
         b"[" + b" " * 900_000 + b"]",
         raw(type="stop", cp_id="CP001", ts_ms=t + 10 * 86_400_000),  # ten days ahead of every clock
@@ -323,7 +423,9 @@ def test_an_engine_quarantines_commands_it_cannot_apply_and_applies_the_next(net
     letters = dead_letters(state_dir)
     assert [d["offset"] for d in letters] == offsets[:-1]
     reasons = [d["reason"] for d in letters]
-    for reason, word in zip(reasons, ["cp_id", "price_eur_kwh", "not JSON", "bytes", "ahead", "CP002", "not a command"]):
+    for reason, word in zip(
+        reasons, ["cp_id", "price_eur_kwh", "not JSON", "bytes", "ahead", "CP002", "not a command"]
+    ):
         assert word in reason, reasons
     assert letters[3]["size"] == 900_002 and len(letters[3]["value_b64"]) < 6000
     assert net.log_has(engine, "quarantined cp-commands")
@@ -344,14 +446,23 @@ def test_an_engine_sets_aside_a_command_it_died_on_three_times(net: Network) -> 
     net.wait_state("CP001", "ACTIVATED")
     state_dir = os.path.join(net.tmp, "state-CP001")
     net.kill(engine, signal.SIGTERM)  # its commands offset is stored
-    partition, (deadly,) = forge(net, Topic.CP_COMMANDS, "CP001", [encode_event(StopCommand(cp_id="CP001", ts_ms=now_ms()))])
+    partition, (deadly,) = forge(
+        net, Topic.CP_COMMANDS, "CP001", [encode_event(StopCommand(cp_id="CP001", ts_ms=now_ms()))]
+    )
     mark_crashes(state_dir, Topic.CP_COMMANDS, partition, deadly, 3)
 
     engine = net.restart(engine)
     wait_for(lambda: [d["offset"] for d in dead_letters(state_dir)] == [deadly], "the record set aside")
     assert "died 3 times" in dead_letters(state_dir)[0]["reason"]
-    forge(net, Topic.CP_COMMANDS, "CP001", [encode_event(ResumeCommand(cp_id="CP001", ts_ms=now_ms())),
-                                            encode_event(StopCommand(cp_id="CP001", ts_ms=now_ms()))])
+    forge(
+        net,
+        Topic.CP_COMMANDS,
+        "CP001",
+        [
+            encode_event(ResumeCommand(cp_id="CP001", ts_ms=now_ms())),
+            encode_event(StopCommand(cp_id="CP001", ts_ms=now_ms())),
+        ],
+    )
     wait_for(lambda: net.log_has(engine, "STOP from Central"), "the next command")
     with open(engine.log, encoding="utf-8") as fh:
         assert fh.read().count("STOP from Central") == 1, "the deadly record was not applied"
@@ -359,8 +470,18 @@ def test_an_engine_sets_aside_a_command_it_died_on_three_times(net: Network) -> 
 
 def start_app(net: Network, driver_id: str = "D001", *args: str, stdin: bool = False):
     """``ev-driver`` with no requests file: it stays, reads its events and takes commands."""
-    return net.spawn(f"driver-{driver_id}", "driver", "--kafka", net.bootstrap, "--id", driver_id,
-                     "--state-dir", os.path.join(net.tmp, f"dstate-{driver_id}"), *args, stdin=stdin)
+    return net.spawn(
+        f"driver-{driver_id}",
+        "driver",
+        "--kafka",
+        net.bootstrap,
+        "--id",
+        driver_id,
+        "--state-dir",
+        os.path.join(net.tmp, f"dstate-{driver_id}"),
+        *args,
+        stdin=stdin,
+    )
 
 
 @pytest.mark.slow
@@ -406,12 +527,12 @@ def test_a_typed_request_out_of_bounds_is_a_warning(net: Network) -> None:
     app = start_app(net, stdin=True)
     app.send("r CP002 " + "9" * 400 + "kWh")
     app.send("r CP\u200b002")
-    wait_for(lambda: net.log_has(app, "request:1: target") and net.log_has(app, "request:1: CP id"),
-             "both warnings")
+    wait_for(lambda: net.log_has(app, "request:1: target") and net.log_has(app, "request:1: CP id"), "both warnings")
     assert app.alive() and not net.log_has(app, "Traceback") and not net.log_has(app, "requesting a supply")
 
 
 # -- a driver hears Central's silence whatever it is doing -----------------------------------
+
 
 @pytest.mark.slow
 def test_a_driver_says_when_central_falls_silent_and_when_it_is_back_never_at_its_start(net: Network) -> None:
@@ -429,6 +550,7 @@ def test_a_driver_says_when_central_falls_silent_and_when_it_is_back_never_at_it
 
 
 # -- live figures after an outage ------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_after_central_s_outage_a_driver_shows_the_ticket_not_a_stale_reading_of_that_supply(net: Network) -> None:
@@ -463,17 +585,40 @@ def test_bad_heartbeat_and_cp_state_records_are_skipped_never_applied_never_fata
     app = start_app(net, stdin=True)
     t = now_ms()
     ahead = t + 10 * 86_400_000
-    forge(net, Topic.CENTRAL_HEARTBEAT, "central", [
-        b"\x00garbage", raw(type="heartbeat", instance_id="x", started_ts_ms=t, interval_s=1.0, ts_ms=ahead),
-        encode_event(ResumeCommand(cp_id="CP001", ts_ms=t))])
-    forge(net, Topic.CP_STATE, "CP001", [
-        b"[", raw(type="cp_state", cp_id="CP001", location="x", price_eur_kwh=0.3, state="BROKEN", ts_ms=ahead)])
-    forge(net, Topic.CP_STATE, "CP009", [  # CP001's state under another key
-        encode_event(CpStateRecord(cp_id="CP001", location="x", price_eur_kwh=0.3, state="BROKEN", ts_ms=t))])
-    forge(net, Topic.CP_STATE, "CP007", [
-        encode_event(CpStateRecord(cp_id="CP007", location="Elche", price_eur_kwh=0.3, state="ACTIVATED", ts_ms=t))])
-    wait_for(lambda: net.log_has(app, "skipped a record on cp-state") and net.log_has(app, "heartbeat topic"),
-             "the app to skip the bad records")
+    forge(
+        net,
+        Topic.CENTRAL_HEARTBEAT,
+        "central",
+        [
+            b"\x00garbage",
+            raw(type="heartbeat", instance_id="x", started_ts_ms=t, interval_s=1.0, ts_ms=ahead),
+            encode_event(ResumeCommand(cp_id="CP001", ts_ms=t)),
+        ],
+    )
+    forge(
+        net,
+        Topic.CP_STATE,
+        "CP001",
+        [b"[", raw(type="cp_state", cp_id="CP001", location="x", price_eur_kwh=0.3, state="BROKEN", ts_ms=ahead)],
+    )
+    forge(
+        net,
+        Topic.CP_STATE,
+        "CP009",
+        [  # CP001's state under another key
+            encode_event(CpStateRecord(cp_id="CP001", location="x", price_eur_kwh=0.3, state="BROKEN", ts_ms=t))
+        ],
+    )
+    forge(
+        net,
+        Topic.CP_STATE,
+        "CP007",
+        [encode_event(CpStateRecord(cp_id="CP007", location="Elche", price_eur_kwh=0.3, state="ACTIVATED", ts_ms=t))],
+    )
+    wait_for(
+        lambda: net.log_has(app, "skipped a record on cp-state") and net.log_has(app, "heartbeat topic"),
+        "the app to skip the bad records",
+    )
 
     def listed() -> bool:
         app.send("l")  # again until the app has read the last record
@@ -499,23 +644,30 @@ def test_an_engine_refuses_a_typed_driver_id_nobody_could_be_and_keeps_taking_ke
     assert engine.alive() and not net.log_has(engine, "Traceback")
 
 
-@pytest.mark.parametrize(("program", "content"), [
-    ("engine", '{"cp_id": "CP001", "cp": {"phase": "supplying", "supply": {"bogus": 1}}}'),
-    ("engine", '{"cp_id": "CP001", "cp": {"phase": "teleporting"}}'),
-    ("engine", "{not json"),
-    ("engine", "[1, 2]"),
-    ("driver", "{not json"),
-    ("driver", '"a string"'),
-    ("driver", "\udcff".encode("utf-8", "surrogateescape").decode("latin-1")),
-])
-def test_an_unreadable_state_file_is_a_clear_refusal_not_a_traceback(net: Network, tmp_path, content: str,
-                                                                       program: str) -> None:
+@pytest.mark.parametrize(
+    ("program", "content"),
+    [
+        ("engine", '{"cp_id": "CP001", "cp": {"phase": "supplying", "supply": {"bogus": 1}}}'),
+        ("engine", '{"cp_id": "CP001", "cp": {"phase": "teleporting"}}'),
+        ("engine", "{not json"),
+        ("engine", "[1, 2]"),
+        ("driver", "{not json"),
+        ("driver", '"a string"'),
+        ("driver", "\udcff".encode("utf-8", "surrogateescape").decode("latin-1")),
+    ],
+)
+def test_an_unreadable_state_file_is_a_clear_refusal_not_a_traceback(
+    net: Network, tmp_path, content: str, program: str
+) -> None:
     state_dir = tmp_path / "state"
     state_dir.mkdir()
     name = "engine-state.json" if program == "engine" else "driver-state.json"
     (state_dir / name).write_bytes(content.encode("latin-1") if content.startswith("\xff") else content.encode())
-    args = (["evcp-engine", "--kafka", net.bootstrap, "--listen", "127.0.0.1:0"] if program == "engine"
-            else ["ev-driver", "--kafka", net.bootstrap, "--id", "D001", "--exit-when-done", "--insecure"])
+    args = (
+        ["evcp-engine", "--kafka", net.bootstrap, "--listen", "127.0.0.1:0"]
+        if program == "engine"
+        else ["ev-driver", "--kafka", net.bootstrap, "--id", "D001", "--exit-when-done", "--insecure"]
+    )
     r = run(os.path.join(BIN, args[0]), *args[1:], "--state-dir", str(state_dir), timeout=60)
     assert r.returncode == 65, (r.returncode, r.stderr[-2000:])
     assert name in r.stderr and "move it aside" in r.stderr and "Traceback" not in r.stderr

@@ -13,9 +13,9 @@ import sqlite3
 import time
 
 import pytest
+from netharness import KafkaDriver, Network, Proc, full_supply, wait_for
 
 from evproto.bus.topics import Topic
-from netharness import KafkaDriver, Network, Proc, full_supply, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +33,44 @@ def two_cps(net: Network) -> tuple[Proc, dict[str, Proc]]:
 
 
 def dead_letter(net: Network, says: str) -> dict:
-    return wait_for(lambda: next((d for d in net.get("/api/v1/dead-letters") if says in d["reason"]), None),
-                    f"a dead letter saying {says!r}")
+    return wait_for(
+        lambda: next((d for d in net.get("/api/v1/dead-letters") if says in d["reason"]), None),
+        f"a dead letter saying {says!r}",
+    )
 
 
 def finished(**changes: object) -> bytes:
-    ev = {"v": 1, "type": "supply_finished", "cp_id": "CP001", "session_id": 1, "driver_id": "D001",
-          "energy_kwh": 1.0, "amount_eur": 0.3, "price_eur_kwh": 0.3, "started_ts_ms": NOW_MS - 60_000,
-          "ended_ts_ms": NOW_MS, "reason": "completed", "ts_ms": NOW_MS, "offline": False, "request_id": ""}
+    ev = {
+        "v": 1,
+        "type": "supply_finished",
+        "cp_id": "CP001",
+        "session_id": 1,
+        "driver_id": "D001",
+        "energy_kwh": 1.0,
+        "amount_eur": 0.3,
+        "price_eur_kwh": 0.3,
+        "started_ts_ms": NOW_MS - 60_000,
+        "ended_ts_ms": NOW_MS,
+        "reason": "completed",
+        "ts_ms": NOW_MS,
+        "offline": False,
+        "request_id": "",
+    }
     return json.dumps({**ev, **changes}).encode()
 
 
 def request(request_id: str, driver_id: str, cp_id: str) -> bytes:
-    return json.dumps({"v": 1, "type": "supply_request", "request_id": request_id, "driver_id": driver_id,
-                       "cp_id": cp_id, "ts_ms": int(time.time() * 1000), "origin": "driver"}).encode()
+    return json.dumps(
+        {
+            "v": 1,
+            "type": "supply_request",
+            "request_id": request_id,
+            "driver_id": driver_id,
+            "cp_id": cp_id,
+            "ts_ms": int(time.time() * 1000),
+            "origin": "driver",
+        }
+    ).encode()
 
 
 def test_a_64_bit_start_time_is_quarantined_and_a_restart_does_not_read_it_again(net: Network) -> None:
@@ -115,10 +139,18 @@ def test_garbage_oversized_and_invisible_input_is_quarantined_and_bounded(net: N
         (Topic.DRIVER_REQUESTS, "D001", request("r-zw", "D001", "CP001\u200b"), "cp_id 'CP001\\u200b' holds"),
         (Topic.DRIVER_REQUESTS, "D001", b"\x00\xff{not json", "not JSON"),
         (Topic.DRIVER_REQUESTS, "D001", None, "empty record"),
-        (Topic.CP_EVENTS, "CP001", b'{"v":1,"type":"heartbeat","instance_id":"x","started_ts_ms":1,'
-                                   b'"interval_s":1,"ts_ms":1}', "out of range"),
-        (Topic.CP_EVENTS, "CP001", json.dumps({"v": 1, "type": "stop", "cp_id": "CP001", "ts_ms": NOW_MS}).encode(),
-         "stop is not read from this topic"),
+        (
+            Topic.CP_EVENTS,
+            "CP001",
+            b'{"v":1,"type":"heartbeat","instance_id":"x","started_ts_ms":1,"interval_s":1,"ts_ms":1}',
+            "out of range",
+        ),
+        (
+            Topic.CP_EVENTS,
+            "CP001",
+            json.dumps({"v": 1, "type": "stop", "cp_id": "CP001", "ts_ms": NOW_MS}).encode(),
+            "stop is not read from this topic",
+        ),
         (Topic.CP_EVENTS, "CP001", finished(ts_ms=NOW_MS + 3 * 86_400_000, ended_ts_ms=NOW_MS), "a day ahead"),
     ]
     for topic, key, value, _ in cases:
@@ -146,7 +178,8 @@ def test_a_record_that_killed_central_three_times_is_set_aside_at_start_up(net: 
     with sqlite3.connect(os.path.join(net.tmp, "central.db")) as db:
         (partition, offset) = db.execute(
             "SELECT partition, next_offset FROM offsets WHERE topic = 'driver-requests' AND partition = ?",
-            (_partition(net, Topic.DRIVER_REQUESTS, "D001"),)).fetchone()
+            (_partition(net, Topic.DRIVER_REQUESTS, "D001"),),
+        ).fetchone()
     with open(os.path.join(net.tmp, "central.db.applying"), "w", encoding="utf-8") as fh:
         json.dump({"ranges": [["driver-requests", partition, offset, offset]], "crashes": 2}, fh)
     central = net.start_central("D001", "D002", same_ports=True)
@@ -161,13 +194,17 @@ def test_the_api_answers_with_rows_an_older_version_stored(net: Network) -> None
     central, _ = two_cps(net)
     net.kill(central)
     with sqlite3.connect(os.path.join(net.tmp, "central.db")) as db:
-        db.execute("INSERT INTO sessions (id, cp_id, driver_id, request_id, origin, status, requested_ts_ms, "
-                   "price_eur_kwh, deadline_ts_ms, started_ts_ms, ended_ts_ms, energy_kwh, amount_eur, end_reason) "
-                   "VALUES (1, 'CP001', 'D001', 'old', 'driver', 'completed', 1, 0.3, 1, ?, ?, 1.0, 0.3, 'x')",
-                   (10**15, 10**15 + 1))
+        db.execute(
+            "INSERT INTO sessions (id, cp_id, driver_id, request_id, origin, status, requested_ts_ms, "
+            "price_eur_kwh, deadline_ts_ms, started_ts_ms, ended_ts_ms, energy_kwh, amount_eur, end_reason) "
+            "VALUES (1, 'CP001', 'D001', 'old', 'driver', 'completed', 1, 0.3, 1, ?, ?, 1.0, 0.3, 'x')",
+            (10**15, 10**15 + 1),
+        )
         # An owed event the broker can never take (over its size limit) must not block the others.
-        db.execute("INSERT INTO outbox (topic, key, value, created_ts_ms) VALUES ('driver-events', 'D001', ?, 1)",
-                   (b"x" * 2_000_000,))
+        db.execute(
+            "INSERT INTO outbox (topic, key, value, created_ts_ms) VALUES ('driver-events', 'D001', ?, 1)",
+            (b"x" * 2_000_000,),
+        )
     central = net.start_central("D001", "D002", same_ports=True)
     (row,) = net.get("/api/v1/sessions")
     assert row["id"] == 1 and row["started_at"] is None
@@ -199,8 +236,21 @@ def test_central_keeps_its_files_private(net: Network) -> None:
         assert os.stat(path).st_mode & 0o077 == 0, f"{name} is readable by others"
     db_dir = os.path.join(net.tmp, "data", "central")
     net.kill(central)
-    net.spawn("central2", "central", "--db", os.path.join(db_dir, "c.db"), "--kafka", net.bootstrap, "--port", "0",
-              "--http-port", "-1", "--host", "127.0.0.1", "--no-panel")
+    net.spawn(
+        "central2",
+        "central",
+        "--db",
+        os.path.join(db_dir, "c.db"),
+        "--kafka",
+        net.bootstrap,
+        "--port",
+        "0",
+        "--http-port",
+        "-1",
+        "--host",
+        "127.0.0.1",
+        "--no-panel",
+    )
     assert os.stat(db_dir).st_mode & 0o077 == 0 and os.stat(os.path.join(db_dir, "c.db")).st_mode & 0o077 == 0
 
 
@@ -208,8 +258,10 @@ def _monitor_link(net: Network, cp_id: str, *, location: str = "Elche", price: f
     from evproto import Hello, Role
     from evproto.aio import open_link
 
-    return open_link("tcp://" + net.central_addr, hello=Hello(role=Role.MONITOR, node_id=cp_id, keepalive_ms=1000,
-                                                              location=location, price_eur_kwh=price))
+    return open_link(
+        "tcp://" + net.central_addr,
+        hello=Hello(role=Role.MONITOR, node_id=cp_id, keepalive_ms=1000, location=location, price_eur_kwh=price),
+    )
 
 
 def test_hellos_nobody_could_address_or_floods_of_them_are_refused(net: Network) -> None:
@@ -314,10 +366,30 @@ def test_a_taken_port_is_one_line_and_exit_69_not_a_traceback(net: Network, tmp_
         from evproto.daemons.pki import CertificateAuthority
 
         cert = CertificateAuthority.ensure(tmp_path / "pki").issue("central", tmp_path / "pki", hosts=("127.0.0.1",))
-        run = subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", str(tmp_path / "c.db"),
-                              "--kafka", net.bootstrap, "--host", "127.0.0.1", *(x for kv in ports.items() for x in kv),
-                              "--tls-cert", str(cert.cert), "--tls-key", str(cert.key),
-                              "--no-panel", "--topic-prefix", net.prefix], capture_output=True, text=True, timeout=60)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "evproto.daemons.central",
+                "--db",
+                str(tmp_path / "c.db"),
+                "--kafka",
+                net.bootstrap,
+                "--host",
+                "127.0.0.1",
+                *(x for kv in ports.items() for x in kv),
+                "--tls-cert",
+                str(cert.cert),
+                "--tls-key",
+                str(cert.key),
+                "--no-panel",
+                "--topic-prefix",
+                net.prefix,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert run.returncode == 69, run.stderr
     assert "Traceback" not in run.stderr and str(port) in run.stderr and "in use" in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1
@@ -334,10 +406,27 @@ def test_an_engine_whose_listen_port_is_taken_says_so_in_one_line_and_exits_69(n
         held.bind(("127.0.0.1", 0))
         held.listen()
         port = held.getsockname()[1]
-        runs = [subprocess.run([sys.executable, "-m", "evproto.daemons.engine", "--kafka", net.bootstrap,
-                                "--listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / f"e{i}"),
-                                "--topic-prefix", net.prefix], capture_output=True, text=True, timeout=60)
-                for i in range(3)]
+        runs = [
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "evproto.daemons.engine",
+                    "--kafka",
+                    net.bootstrap,
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--state-dir",
+                    str(tmp_path / f"e{i}"),
+                    "--topic-prefix",
+                    net.prefix,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            for i in range(3)
+        ]
     for run in runs:
         assert run.returncode == 69, run.stderr
         assert "Traceback" not in run.stderr and str(port) in run.stderr and "in use" in run.stderr

@@ -19,8 +19,9 @@ BIN = os.path.dirname(sys.executable)
 
 
 def meter_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([os.path.join(BIN, "evcp-meter"), "read", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [os.path.join(BIN, "evcp-meter"), "read", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -134,11 +135,24 @@ def test_unknown_protocol_is_a_clear_error() -> None:
         make_driver("modbus", "/dev/ttyUSB0")
 
 
-
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_the_simulator_also_serves_over_tcp(protocol: str) -> None:
-    sim = subprocess.Popen([sys.executable, "-m", "evproto.firmware_sim", "--tcp", "127.0.0.1:0", "--protocol", protocol,
-                            "--energy-wh", "777"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    sim = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "evproto.firmware_sim",
+            "--tcp",
+            "127.0.0.1:0",
+            "--protocol",
+            protocol,
+            "--energy-wh",
+            "777",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     try:
         assert sim.stdout is not None
         url = sim.stdout.readline().decode().strip()

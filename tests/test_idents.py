@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from evproto.errors import EvprotoError
 from evproto.idents import MAX_ID_LEN, InvalidTextError, check_id, check_text, id_problem, text_problem

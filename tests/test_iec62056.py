@@ -15,6 +15,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis_budget import examples
+
+from evproto import lrc
+from evproto.errors import EvprotoError, LocalProtocolError
 from evproto.hw import iec62056
 from evproto.hw.base import MeterProtocolError, MeterReading
 from evproto.hw.iec62056 import (
@@ -35,12 +41,6 @@ from evproto.hw.iec62056 import (
     select_baud_char,
     sign_on,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from hypothesis_budget import examples
-
-from evproto import lrc
-from evproto.errors import EvprotoError, LocalProtocolError
 from evproto.messages import MeterStatus
 
 # -- recorded exchanges ----------------------------------------------------------------------------
@@ -148,17 +148,11 @@ def _chunks(data: bytes, mode: str, seed: int = 0) -> list[bytes]:
     if mode == "bytewise":
         return [data[i : i + 1] for i in range(len(data))]
     rng = random.Random(seed)
-    cuts = (
-        sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 8))))
-        if len(data) > 1
-        else []
-    )
+    cuts = sorted(rng.sample(range(1, len(data)), min(len(data) - 1, rng.randint(1, 8)))) if len(data) > 1 else []
     return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
 
 
-def _feed(
-    make: Callable[[], object], data: bytes, mode: str, seed: int = 0
-) -> tuple[object, object, bytes]:
+def _feed(make: Callable[[], object], data: bytes, mode: str, seed: int = 0) -> tuple[object, object, bytes]:
     """Feed ``data`` in chunks until a result; return (reader, result, bytes after the result)."""
     reader = make()
     chunks = _chunks(data, mode, seed)
@@ -171,11 +165,7 @@ def _feed(
 
 
 def _all_modes(make: Callable[[], object], data: bytes) -> list[tuple[object, object, bytes]]:
-    out = [
-        _feed(make, data, mode, seed)
-        for mode in MODES
-        for seed in range(3 if mode == "random" else 1)
-    ]
+    out = [_feed(make, data, mode, seed) for mode in MODES for seed in range(3 if mode == "random" else 1)]
     for reader, result, rest in out[1:]:
         assert result == out[0][1]
         assert rest == out[0][2]
@@ -419,12 +409,8 @@ def test_recorded_exchange_parses_into_the_expected_reading(name: str) -> None:
 
 def test_recorded_mt174_values() -> None:
     values = parse_data(DataBlockDecoder().feed(MT174_BLOCK))  # type: ignore[arg-type]
-    assert values["1.8.0"] == DataValue(
-        "0012345.678", "kWh", address="1.8.0", raw_address="1-0:1.8.0*255"
-    )
-    assert values["1.8.1"].number() + values["1.8.2"].number() == pytest.approx(
-        values["1.8.0"].number()
-    )
+    assert values["1.8.0"] == DataValue("0012345.678", "kWh", address="1.8.0", raw_address="1-0:1.8.0*255")
+    assert values["1.8.1"].number() + values["1.8.2"].number() == pytest.approx(values["1.8.0"].number())
     assert values["C.1.0"].value == "62807889" and values["0.0.0"].value == "12345678"
     assert values["F.F.0"].value == "0000000"
     assert len(values) == 16
@@ -509,9 +495,7 @@ def test_identification_reader_bound() -> None:
         IdentificationReader(max_line=6)
 
 
-@pytest.mark.parametrize(
-    "stream", [b"/ISk5MT!74\r\n", b"junk/\r\n", b"/ISK5\x00\r\n", b"/isk5MT174\r\n"]
-)
+@pytest.mark.parametrize("stream", [b"/ISk5MT!74\r\n", b"junk/\r\n", b"/ISK5\x00\r\n", b"/isk5MT174\r\n"])
 def test_identification_reader_rejects_bad_lines(stream: bytes) -> None:
     _raises_in_all_modes(IdentificationReader, stream, "not an identification")
 
@@ -523,9 +507,7 @@ def test_identification_reader_rejects_bad_lines(stream: bytes) -> None:
     tail=st.binary(max_size=10),
     cuts=st.lists(st.integers(min_value=0, max_value=200), max_size=8),
 )
-def test_identification_reader_property(
-    noise: bytes, ident: bytes, tail: bytes, cuts: list[int]
-) -> None:
+def test_identification_reader_property(noise: bytes, ident: bytes, tail: bytes, cuts: list[int]) -> None:
     stream = noise + ident + tail
     points = sorted({c % (len(stream) + 1) for c in cuts})
     chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)])]
@@ -612,14 +594,10 @@ def test_data_block_decoder_bound() -> None:
     for mode in MODES:
         _, result, _ = _feed(lambda: DataBlockDecoder(max_block=size), SMALL, mode, 2)
         assert result == SMALL_BLOCK
-    _raises_in_all_modes(
-        lambda: DataBlockDecoder(max_block=size - 1), SMALL, f"longer than {size - 1}"
-    )
+    _raises_in_all_modes(lambda: DataBlockDecoder(max_block=size - 1), SMALL, f"longer than {size - 1}")
     _raises_in_all_modes(DataBlockDecoder, b"\x02" + b"1.8.0(1)\r\n" * 1000, "longer than 8192")
     # An abandoned start that had already outgrown the bound is an error too (same under any split).
-    _raises_in_all_modes(
-        lambda: DataBlockDecoder(max_block=64), b"\x02" + b"x" * 70 + SMALL, "longer than 64"
-    )
+    _raises_in_all_modes(lambda: DataBlockDecoder(max_block=64), b"\x02" + b"x" * 70 + SMALL, "longer than 64")
     with pytest.raises(ValueError):
         DataBlockDecoder(max_block=4)
 
@@ -667,9 +645,7 @@ def test_data_block_lines(data: bytes, lines: tuple[str, ...]) -> None:
     assert block is not None and block.lines == lines
 
 
-_LINE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).filter(
-    lambda s: s != "!"
-)
+_LINE = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).filter(lambda s: s != "!")
 
 
 @settings(max_examples=examples(150), deadline=None)
@@ -778,9 +754,7 @@ def test_parse_data_line(line: str, expected: tuple[DataValue, ...]) -> None:
     assert parse_data_line(line) == expected
 
 
-@pytest.mark.parametrize(
-    "line", ["1.8.0(12", "1.8.0 12", "1.8.0(1)x", "1.8.0(a(b))", "1.8.0)(1)", "!!"]
-)
+@pytest.mark.parametrize("line", ["1.8.0(12", "1.8.0 12", "1.8.0(1)x", "1.8.0(a(b))", "1.8.0)(1)", "!!"])
 def test_parse_data_line_rejects(line: str) -> None:
     with pytest.raises(MeterProtocolError, match="not address"):
         parse_data_line(line)
@@ -802,9 +776,7 @@ def test_parse_data_first_occurrence_wins_and_continuations_attach() -> None:
     assert values["1.6.1"].extra == (DataValue("24-03-15 12:30"), DataValue("x"))
     assert values["1.8.0*01"].value == "8"
     assert "2.8.0" not in values
-    assert parse_data(DataBlock(lines=("a(1)",), bcc=0)) == {
-        "a": DataValue("1", address="a", raw_address="a")
-    }
+    assert parse_data(DataBlock(lines=("a(1)",), bcc=0)) == {"a": DataValue("1", address="a", raw_address="a")}
 
 
 def test_parse_data_rejects_a_leading_value_without_address() -> None:
@@ -827,9 +799,7 @@ def test_number(value: str, number: float) -> None:
     assert DataValue(value).number() == number
 
 
-@pytest.mark.parametrize(
-    "value", ["", "1e3", "nan", "inf", "1,5", "12:30", "1_000", " 1", "0x10", "????", "--1"]
-)
+@pytest.mark.parametrize("value", ["", "1e3", "nan", "inf", "1,5", "12:30", "1_000", " 1", "0x10", "????", "--1"])
 def test_number_rejects(value: str) -> None:
     with pytest.raises(MeterProtocolError, match="1.8.0.*not a number"):
         DataValue(value, raw_address="1.8.0").number()
@@ -917,9 +887,7 @@ def test_reading_rejects(lines: tuple[str, ...], match: str) -> None:
     ],
 )
 def test_meter_clock_formats(time: str, date: str, expected: datetime) -> None:
-    reading = reading_from_data(
-        _values("1.8.0(1*kWh)", f"0.9.1({time})", f"0.9.2({date})"), received_ms=7
-    )
+    reading = reading_from_data(_values("1.8.0(1*kWh)", f"0.9.1({time})", f"0.9.2({date})"), received_ms=7)
     assert reading.meter_clock
     assert reading.timestamp_ms == int(expected.replace(tzinfo=timezone.utc).timestamp()) * 1000
 
@@ -938,9 +906,7 @@ def test_meter_clock_formats(time: str, date: str, expected: datetime) -> None:
 )
 def test_meter_clock_rejects(time: str, date: str) -> None:
     with pytest.raises(MeterProtocolError, match="meter clock"):
-        reading_from_data(
-            _values("1.8.0(1*kWh)", f"0.9.1({time})", f"0.9.2({date})"), received_ms=7
-        )
+        reading_from_data(_values("1.8.0(1*kWh)", f"0.9.1({time})", f"0.9.2({date})"), received_ms=7)
 
 
 @pytest.mark.parametrize("lines", [("0.9.1(142503)",), ("0.9.2(240315)",), ()])

@@ -99,8 +99,13 @@ def private_uses(importer: str) -> Iterator[tuple[int, str, str]]:
 
 
 def test_the_walk_sees_every_tree() -> None:
-    for module in ("evproto.link", "evproto.bus.client", "evproto.daemons.central.panel", "evproto.hw.supervisor",
-                   "evproto.firmware_sim.cli"):
+    for module in (
+        "evproto.link",
+        "evproto.bus.client",
+        "evproto.daemons.central.panel",
+        "evproto.hw.supervisor",
+        "evproto.firmware_sim.cli",
+    ):
         assert module in MODULES, module
 
 
@@ -111,8 +116,9 @@ def test_no_module_imports_another_modules_private_names() -> None:
         for line, owner, name in private_uses(importer)
         if (importer, owner, name) not in ALLOWED
     ]
-    assert not findings, "private names of another module (make them public where they are defined):\n" + \
-        "\n".join(findings)
+    assert not findings, "private names of another module (make them public where they are defined):\n" + "\n".join(
+        findings
+    )
 
 
 def test_the_check_finds_both_forms(tmp_path: Path) -> None:
@@ -121,9 +127,14 @@ def test_the_check_finds_both_forms(tmp_path: Path) -> None:
     try:
         (tmp_path / "probe.py").write_text(
             "from .panel import _hidden, render\nfrom evproto.bus import client\nimport evproto.link as link\n"
-            "client._secret()\nlink.LinkConnection\nlink._table\n", encoding="utf-8")
+            "client._secret()\nlink.LinkConnection\nlink._table\n",
+            encoding="utf-8",
+        )
         found = sorted(private_uses("evproto.daemons.central._probe"))
-        assert found == [(1, "evproto.daemons.central.panel", "_hidden"), (4, "evproto.bus.client", "_secret"),
-                         (6, "evproto.link", "_table")]
+        assert found == [
+            (1, "evproto.daemons.central.panel", "_hidden"),
+            (4, "evproto.bus.client", "_secret"),
+            (6, "evproto.link", "_table"),
+        ]
     finally:
         del MODULES["evproto.daemons.central._probe"]

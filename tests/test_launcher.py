@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pty
-import contextlib
 import select
 import shutil
 import signal
@@ -15,15 +15,24 @@ import subprocess
 import sys
 
 import pytest
+from netharness import launcher_api, wait_for
 
 from evproto.daemons.files import makedirs, open_private, save_json_atomic, write_ready_file
-from netharness import launcher_api, wait_for
 
 pytestmark = pytest.mark.slow
 
 BIN = os.path.dirname(sys.executable)
-PROGRAMS = ["ev-central", "EV_Central", "evcp-engine", "EV_CP_E", "evcp-monitor", "EV_CP_M", "ev-driver", "EV_Driver",
-            "evcharging"]
+PROGRAMS = [
+    "ev-central",
+    "EV_Central",
+    "evcp-engine",
+    "EV_CP_E",
+    "evcp-monitor",
+    "EV_CP_M",
+    "ev-driver",
+    "EV_Driver",
+    "evcharging",
+]
 
 
 def run(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -60,22 +69,35 @@ def test_central_registry_subcommands(tmp_path) -> None:
     assert "D1: registered" in run(central, "--db", db, "drivers", "add", "D1", "D2").stdout
     assert "D1: already registered" in run(central, "--db", db, "drivers", "add", "D1").stdout
     assert run(central, "--db", db, "drivers", "list").stdout.split() == ["D1", "D2"]
-    assert "CP9: registered" in run(central, "--db", db, "cps", "add", "CP9", "--location", "Elche", "--price", "0.3").stdout
+    assert (
+        "CP9: registered"
+        in run(central, "--db", db, "cps", "add", "CP9", "--location", "Elche", "--price", "0.3").stdout
+    )
     assert "CP9\tElche\t0.30 EUR/kWh" in run(central, "--db", db, "cps", "list").stdout
 
 
 def test_up_ps_down(tmp_path) -> None:
     ev = os.path.join(BIN, "evcharging")
     run_dir = str(tmp_path / "run")
-    up = run(ev, "up", "--cps", "2", "--drivers", "1", "--run-dir", run_dir, "--http-port", "0", "--detach", timeout=120)
+    up = run(
+        ev, "up", "--cps", "2", "--drivers", "1", "--run-dir", run_dir, "--http-port", "0", "--detach", timeout=120
+    )
     assert up.returncode == 0, up.stderr
     try:
         rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
         assert {(r["role"], r["id"]) for r in rows} == {
-            ("broker", None), ("registry", None), ("central", None), ("engine", "CP001"), ("engine", "CP002"),
-            ("monitor", "CP001"), ("monitor", "CP002"), ("driver", "D001"),
+            ("broker", None),
+            ("registry", None),
+            ("central", None),
+            ("engine", "CP001"),
+            ("engine", "CP002"),
+            ("monitor", "CP001"),
+            ("monitor", "CP002"),
+            ("driver", "D001"),
         }
-        assert all(r["alive"] and r["pid"] for r in rows) and all({"name", "role", "id", "pid", "alive"} <= set(r) for r in rows)
+        assert all(r["alive"] and r["pid"] for r in rows) and all(
+            {"name", "role", "id", "pid", "alive"} <= set(r) for r in rows
+        )
         again = run(ev, "up", "--run-dir", run_dir, "--detach")
         assert again.returncode != 0 and "already runs" in again.stderr
         table = run(ev, "ps", "--run-dir", run_dir).stdout
@@ -93,8 +115,10 @@ def test_up_shows_the_panel_with_live_tiles_on_a_terminal(tmp_path) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # the child: a terminal session running the launcher
         os.environ["COLUMNS"], os.environ["LINES"] = "100", "40"
-        os.execv(os.path.join(BIN, "evcharging"),
-                 ["evcharging", "up", "--cps", "2", "--drivers", "1", "--run-dir", run_dir, "--http-port", "0"])
+        os.execv(
+            os.path.join(BIN, "evcharging"),
+            ["evcharging", "up", "--cps", "2", "--drivers", "1", "--run-dir", run_dir, "--http-port", "0"],
+        )
     screen = bytearray()
 
     def read_some() -> bytes:
@@ -107,8 +131,11 @@ def test_up_shows_the_panel_with_live_tiles_on_a_terminal(tmp_path) -> None:
         return bytes(screen)
 
     try:
-        wait_for(lambda: b"CP002" in read_some() and (b"ACTIVATED" in screen or b"SUPPLYING" in screen),
-                 "the panel's tiles", timeout_s=60)
+        wait_for(
+            lambda: b"CP002" in read_some() and (b"ACTIVATED" in screen or b"SUPPLYING" in screen),
+            "the panel's tiles",
+            timeout_s=60,
+        )
         assert b"EV Charging Network: Central" in screen
         os.write(fd, b"q\r")
         wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid or read_some() is None, "the launcher to exit", 60)
@@ -130,9 +157,13 @@ def test_up_in_the_foreground_takes_the_network_down_when_killed(tmp_path, sig) 
     ev = os.path.join(BIN, "evcharging")
     log = tmp_path / "up.log"  # a file, not a pipe nobody reads while the panel writes
     with open(log, "wb") as out:
-        proc = subprocess.Popen([ev, "up", "--cps", "1", "--drivers", "1", "--run-dir", run_dir, "--http-port", "0"],
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            [ev, "up", "--cps", "1", "--drivers", "1", "--run-dir", run_dir, "--http-port", "0"],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         wait_for(lambda: "network up:" in log.read_text(errors="replace"), "the network to come up", timeout_s=90)
         rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
@@ -152,9 +183,14 @@ def test_up_in_the_foreground_takes_the_network_down_when_killed(tmp_path, sig) 
 def test_add_kill_start_in_a_running_network(tmp_path) -> None:
     ev = os.path.join(BIN, "evcharging")
     run_dir = str(tmp_path / "run")
-    assert run(ev, "up", "--cps", "1", "--drivers", "0", "--run-dir", run_dir, "--http-port", "0", "--detach",
-               timeout=120).returncode == 0
+    assert (
+        run(
+            ev, "up", "--cps", "1", "--drivers", "0", "--run-dir", run_dir, "--http-port", "0", "--detach", timeout=120
+        ).returncode
+        == 0
+    )
     try:
+
         def state(cp_id: str) -> str | None:
             return next((c["state"] for c in launcher_api(run_dir, "/api/v1/cps") if c["id"] == cp_id), None)
 
@@ -284,12 +320,30 @@ def test_a_network_keeps_its_files_private(tmp_path) -> None:
     ev = os.path.join(BIN, "evcharging")
     run_dir = tmp_path / "run"
     with umask(0o022):
-        up = run(ev, "up", "--cps", "1", "--drivers", "1", "--run-dir", str(run_dir), "--http-port", "0", "--detach",
-                 timeout=120)
+        up = run(
+            ev,
+            "up",
+            "--cps",
+            "1",
+            "--drivers",
+            "1",
+            "--run-dir",
+            str(run_dir),
+            "--http-port",
+            "0",
+            "--detach",
+            timeout=120,
+        )
     try:
         assert up.returncode == 0, up.stderr
-        wait_for(lambda: (run_dir / "cp" / "CP001" / "engine-state" / "engine-state.json").exists()
-                 and (run_dir / "drivers" / "D001" / "state" / "driver-state.json").exists(), "state files", 60)
+        wait_for(
+            lambda: (
+                (run_dir / "cp" / "CP001" / "engine-state" / "engine-state.json").exists()
+                and (run_dir / "drivers" / "D001" / "state" / "driver-state.json").exists()
+            ),
+            "state files",
+            60,
+        )
     finally:
         run(ev, "down", "--run-dir", str(run_dir), timeout=60)
     seen = []
@@ -300,9 +354,17 @@ def test_a_network_keeps_its_files_private(tmp_path) -> None:
                 continue  # Central's database: its own business (docs/central.md)
             seen.append(os.path.relpath(os.path.join(path, name), run_dir))
             assert mode(os.path.join(path, name)) == 0o600, seen[-1]
-    assert {"instances.json", "central/central.log", "central/ready.json", "cp/CP001/engine.log",
-            "cp/CP001/engine-state/engine-state.json", "cp/CP001/monitor.ready.json", "drivers/D001/requests.txt",
-            "drivers/D001/state/driver-state.json", "broker/broker.log"} <= set(seen), seen
+    assert {
+        "instances.json",
+        "central/central.log",
+        "central/ready.json",
+        "cp/CP001/engine.log",
+        "cp/CP001/engine-state/engine-state.json",
+        "cp/CP001/monitor.ready.json",
+        "drivers/D001/requests.txt",
+        "drivers/D001/state/driver-state.json",
+        "broker/broker.log",
+    } <= set(seen), seen
 
 
 # -- audit of a network the launcher did not start -------------------------------------------
@@ -311,8 +373,9 @@ def test_a_network_keeps_its_files_private(tmp_path) -> None:
 def test_audit_of_a_network_started_by_hand_from_files_gathered_anywhere(tmp_path) -> None:
     """A grader's run: programs started one by one (as on several hosts), then their files
     copied to one place under names of the grader's choosing, and audited there."""
-    from evproto.bus.broker import EmbeddedBroker
     from netharness import Network
+
+    from evproto.bus.broker import EmbeddedBroker
 
     ev = os.path.join(BIN, "evcharging")
     hosts = tmp_path / "hosts"
@@ -326,9 +389,19 @@ def test_audit_of_a_network_started_by_hand_from_files_gathered_anywhere(tmp_pat
             driver = net.start_driver("D001", "CP001 3s\n", "--pause-s", "0.5", "--exit-when-done")
             wait_for(lambda: driver.popen.poll() is not None, "the driver to finish its requests", timeout_s=90)
             # While Central runs, its CP states can be compared with the engines'.
-            live = run(ev, "audit", "--db", str(hosts / "central.db"), "--engine-state", str(hosts / "state-CP001"),
-                       "--driver-state", str(hosts / "dstate-D001"), "--central-http", net.http.removeprefix("http://"),
-                       "--in-progress")
+            live = run(
+                ev,
+                "audit",
+                "--db",
+                str(hosts / "central.db"),
+                "--engine-state",
+                str(hosts / "state-CP001"),
+                "--driver-state",
+                str(hosts / "dstate-D001"),
+                "--central-http",
+                net.http.removeprefix("http://"),
+                "--in-progress",
+            )
             assert live.returncode == 0, live.stdout + live.stderr
             assert "CP states 1 compared with Central's" in live.stdout
         finally:
@@ -375,17 +448,44 @@ def test_up_hands_kafka_client_settings_to_every_daemon_in_a_private_file(tmp_pa
     # Without --kafka there is nothing to apply them to: the embedded broker is plaintext.
     alone = run(ev, "up", "--run-dir", str(run_dir), "--kafka-config", "socket.keepalive.enable=true", "--detach")
     assert alone.returncode == 2 and "--kafka" in alone.stderr and not (run_dir / "instances.json").exists()
-    bad = run(ev, "up", "--run-dir", str(run_dir), "--kafka", broker.bootstrap, "--kafka-config", "no.such.setting=1",
-              "--detach")
+    bad = run(
+        ev,
+        "up",
+        "--run-dir",
+        str(run_dir),
+        "--kafka",
+        broker.bootstrap,
+        "--kafka-config",
+        "no.such.setting=1",
+        "--detach",
+    )
     assert bad.returncode == 2 and "no.such.setting" in bad.stderr and not (run_dir / "instances.json").exists()
-    up = run(ev, "up", "--cps", "1", "--drivers", "1", "--run-dir", str(run_dir), "--http-port", "0", "--detach",
-             "--kafka", broker.bootstrap, "--kafka-config", "socket.keepalive.enable=true",
-             "--kafka-config", "client.rack=rack-7", timeout=120)
+    up = run(
+        ev,
+        "up",
+        "--cps",
+        "1",
+        "--drivers",
+        "1",
+        "--run-dir",
+        str(run_dir),
+        "--http-port",
+        "0",
+        "--detach",
+        "--kafka",
+        broker.bootstrap,
+        "--kafka-config",
+        "socket.keepalive.enable=true",
+        "--kafka-config",
+        "client.rack=rack-7",
+        timeout=120,
+    )
     try:
         assert up.returncode == 0, up.stderr
         conf = run_dir / "secrets" / "kafka.conf"
         assert mode(str(conf)) == 0o600
         assert "socket.keepalive.enable=true" in conf.read_text() and "client.rack=rack-7" in conf.read_text()
+
         def supplying() -> bool:
             cps = launcher_api(str(run_dir), "/api/v1/cps")
             return any(cp["id"] == "CP001" and cp["state"] == "SUPPLYING" for cp in cps)

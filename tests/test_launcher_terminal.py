@@ -24,13 +24,13 @@ import sys
 import time
 
 import pytest
+from netharness import wait_for
 from rich.console import Console
 
 from evproto.daemons.central.panel import render
 from evproto.daemons.central.terminal import PlainReporter, run_panel
-from evproto.domain.central.view import CentralView, CpView, MessageView
 from evproto.daemons.launcher import Registry
-from netharness import wait_for
+from evproto.domain.central.view import CentralView, CpView, MessageView
 
 BIN = os.path.dirname(sys.executable)
 EV = os.path.join(BIN, "evcharging")
@@ -118,8 +118,11 @@ def test_closing_the_terminal_stops_every_instance(tmp_path) -> None:
     run_dir = str(tmp_path / "run")
     term = Terminal([EV, "up", "--run-dir", run_dir, "--http-port", "0"])
     try:
-        wait_for(lambda: term.shows(b"EV Charging Network") and len(alive(run_dir)) == 14,
-                 "14 instances (with the registry) and the panel", timeout_s=150)
+        wait_for(
+            lambda: term.shows(b"EV Charging Network") and len(alive(run_dir)) == 14,
+            "14 instances (with the registry) and the panel",
+            timeout_s=150,
+        )
         term.run_for(4)
         term.close_window()
         wait_for(term.exited, "the launcher to exit", timeout_s=120)
@@ -136,12 +139,17 @@ def test_ctrl_c_on_up_piped_into_tee_stops_every_instance(tmp_path) -> None:
     """`make demo 2>&1 | tee demo.log`, Ctrl+C: tee dies first, every later write to the pipe
     fails, and still the whole network stops."""
     run_dir, log = str(tmp_path / "run"), str(tmp_path / "demo.log")
-    line = (f"{shlex.quote(EV)} up --cps 2 --drivers 1 --run-dir {shlex.quote(run_dir)} --http-port 0 "
-            f"2>&1 | tee {shlex.quote(log)}")
+    line = (
+        f"{shlex.quote(EV)} up --cps 2 --drivers 1 --run-dir {shlex.quote(run_dir)} --http-port 0 "
+        f"2>&1 | tee {shlex.quote(log)}"
+    )
     term = Terminal(["/bin/sh", "-c", line])
     try:
-        wait_for(lambda: term.shows(b"CP CP002") and len(alive(run_dir)) == 8,
-                 "the network and its plain panel", timeout_s=120)
+        wait_for(
+            lambda: term.shows(b"CP CP002") and len(alive(run_dir)) == 8,
+            "the network and its plain panel",
+            timeout_s=120,
+        )
         term.run_for(2)
         term.type(b"\x03")  # Ctrl+C: SIGINT to the terminal's foreground process group
 
@@ -171,9 +179,14 @@ class Commands:
 
 
 def a_view() -> CentralView:
-    return CentralView(cps=(CpView(id="CP001", location="Elche", price_eur_kwh=0.3, state="ACTIVATED"),),
-                       central_id="c1", listen="0.0.0.0:7000", http="0.0.0.0:8000", kafka="k:9092",
-                       now_ts_ms=int(time.time() * 1000))
+    return CentralView(
+        cps=(CpView(id="CP001", location="Elche", price_eur_kwh=0.3, state="ACTIVATED"),),
+        central_id="c1",
+        listen="0.0.0.0:7000",
+        http="0.0.0.0:8000",
+        kafka="k:9092",
+        now_ts_ms=int(time.time() * 1000),
+    )
 
 
 async def test_full_screen_panel_ends_quietly_when_its_terminal_closes() -> None:
@@ -215,8 +228,9 @@ async def test_plain_panel_ends_quietly_when_nobody_reads_its_pipe() -> None:
         return dataclasses.replace(a_view(), messages=tuple(news[-5:]))
 
     try:
-        task = asyncio.ensure_future(run_panel(get_view, Commands(), console=Console(file=out), stdin=stdin_r,
-                                               refresh_hz=20))
+        task = asyncio.ensure_future(
+            run_panel(get_view, Commands(), console=Console(file=out), stdin=stdin_r, refresh_hz=20)
+        )
         loop = asyncio.get_running_loop()
         first = await asyncio.wait_for(loop.run_in_executor(None, os.read, read_fd, 4096), GUARD_S)
         assert b"CENTRAL c1" in first
@@ -240,8 +254,11 @@ def test_plain_view_before_central_answers_says_so_without_a_date() -> None:
     lines = reporter.update(waiting)
     assert lines == ["connecting to Central at http://127.0.0.1:8000 ..."]
     assert reporter.update(waiting) == []  # said once
-    failed = CentralView(central_id="", http="127.0.0.1:8000",
-                         messages=(MessageView(ts_ms=1_795_832_400_000, level="error", text="cannot reach it"),))
+    failed = CentralView(
+        central_id="",
+        http="127.0.0.1:8000",
+        messages=(MessageView(ts_ms=1_795_832_400_000, level="error", text="cannot reach it"),),
+    )
     assert [line.split(" ", 2)[2] for line in reporter.update(failed)] == ["MSG error: cannot reach it"]
     live = reporter.update(a_view())
     assert live[0].split(" ", 2)[2].startswith("CENTRAL c1 socket 0.0.0.0:7000")

@@ -12,8 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = [ROOT / "docs" / "library.md", ROOT / "README.md"]
-BLOCKS = [(f"{src.name}-{n + 1}", code) for src in SOURCES
-          for n, code in enumerate(re.findall(r"^```python\n(.*?)^```$", src.read_text(encoding="utf-8"), re.M | re.S))]
+BLOCKS = [
+    (f"{src.name}-{n + 1}", code)
+    for src in SOURCES
+    for n, code in enumerate(re.findall(r"^```python\n(.*?)^```$", src.read_text(encoding="utf-8"), re.M | re.S))
+]
 BIN = Path(sys.executable).parent
 
 
@@ -37,9 +40,19 @@ def test_the_examples_pass_mypy_strict_and_pyright(tmp_path: Path) -> None:
         path = tmp_path / (re.sub(r"\W", "_", name) + ".py")
         path.write_text(code, encoding="utf-8")
         files.append(str(path))
-    mypy = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", *files], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT)
+    mypy = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert mypy.returncode == 0, mypy.stdout + mypy.stderr
-    pyright = subprocess.run([str(BIN / "pyright"), "--pythonpath", sys.executable, *files], capture_output=True,
-                             text=True, timeout=300, cwd=ROOT)
+    pyright = subprocess.run(
+        [str(BIN / "pyright"), "--pythonpath", sys.executable, *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert pyright.returncode == 0, pyright.stdout + pyright.stderr

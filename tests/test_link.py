@@ -9,6 +9,7 @@ from hypothesis import HealthCheck as HC
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis_budget import examples
+from linkpair import Pair
 
 from evproto import (
     Connected,
@@ -42,7 +43,6 @@ from evproto import (
     lrc,
 )
 from evproto.frame import FrameDecoder, FrameReceived
-from linkpair import Pair
 
 ACK, NACK, ENQ, EOT = b"\x06", b"\x15", b"\x05", b"\x04"
 
@@ -149,7 +149,9 @@ def test_request_response_correlation_and_single_outstanding_request() -> None:
     assert req.request_id == rid and req.message == HealthCheck()
     p.s.respond(req.request_id, HealthStatus(state=HealthState.OK), p.t)
     p.pump()
-    assert p.take("c", ResponseReceived) == [ResponseReceived(message=HealthStatus(state=HealthState.OK), request_id=rid)]
+    assert p.take("c", ResponseReceived) == [
+        ResponseReceived(message=HealthStatus(state=HealthState.OK), request_id=rid)
+    ]
     assert not p.c.request_pending
     p.c.request(HealthCheck(), p.t)  # the slot is free again
 
@@ -339,7 +341,11 @@ def test_garbage_does_not_keep_a_dead_peer_alive() -> None:
 
 @pytest.mark.parametrize(
     "data,reason,clean",
-    [(EOT, DownReason.PEER_CLOSED, True), (b"", DownReason.CONNECTION_LOST, False), (ENQ, DownReason.PEER_RESET, False)],
+    [
+        (EOT, DownReason.PEER_CLOSED, True),
+        (b"", DownReason.CONNECTION_LOST, False),
+        (ENQ, DownReason.PEER_RESET, False),
+    ],
 )
 def test_how_the_peer_left_is_reported(data: bytes, reason: DownReason, clean: bool) -> None:
     p = Pair()

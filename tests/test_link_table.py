@@ -146,8 +146,17 @@ def _check(action: str, before: LinkState, c: LinkConnection, out: bytes, events
     elif action == "unknown":
         assert out.startswith(ACK) and c.stats.unknown_types == 1
         assert any(type(e).__name__ == "UnknownMessageReceived" for e in events)
-    elif action in ("ignore", "local_error", "close_quiet", "peer_closed", "connection_lost",
-                    "peer_reset", "handshake_timeout", "peer_silent", "start_server"):
+    elif action in (
+        "ignore",
+        "local_error",
+        "close_quiet",
+        "peer_closed",
+        "connection_lost",
+        "peer_reset",
+        "handshake_timeout",
+        "peer_silent",
+        "start_server",
+    ):
         assert out == b""
 
 

@@ -15,9 +15,9 @@ import subprocess
 import sys
 
 import pytest
-from evproto.daemons.central.store import SCHEMA_VERSION, Position, Store
 from netharness import KafkaDriver, launcher_api, wait_for
 
+from evproto.daemons.central.store import SCHEMA_VERSION, Position, Store
 from evproto.domain.events import Ticket
 
 BIN = os.path.dirname(sys.executable)
@@ -64,8 +64,10 @@ def test_a_database_from_before_topic_ids_is_migrated(tmp_path) -> None:
         assert store.load().offsets == {("cp-events", 3): Position(41, None)}
         store.apply([], {("cp-events", 3): Position(42, "id-1"), ("driver-requests", 0): Position(7, "id-2")})
         store.apply([], {("cp-events", 3): 43})  # a bare offset keeps its log
-        assert store.load().offsets == {("cp-events", 3): Position(43, "id-1"),
-                                        ("driver-requests", 0): Position(7, "id-2")}
+        assert store.load().offsets == {
+            ("cp-events", 3): Position(43, "id-1"),
+            ("driver-requests", 0): Position(7, "id-2"),
+        }
     finally:
         store.close()
     reopened = Store(path)  # the current schema opens as it is
@@ -91,8 +93,21 @@ def test_the_broker_killed_then_the_network_downed_and_upped_again_carries_on(tm
     down and up again in the same run directory: the new broker is empty, Central, engines and
     drivers resume offsets from the old logs and must resync, not wait forever."""
     run_dir = str(tmp_path / "run")
-    args = ["--detach", "--cps", "2", "--drivers", "2", "--requests", "40", "--run-dir", run_dir,
-            "--http-port", "0", "--seed", "9"]
+    args = [
+        "--detach",
+        "--cps",
+        "2",
+        "--drivers",
+        "2",
+        "--requests",
+        "40",
+        "--run-dir",
+        run_dir,
+        "--http-port",
+        "0",
+        "--seed",
+        "9",
+    ]
     up = ev("up", *args)
     assert up.returncode == 0, up.stderr
     try:
@@ -104,12 +119,17 @@ def test_the_broker_killed_then_the_network_downed_and_upped_again_carries_on(tm
         started = ev("start", "broker", "--run-dir", run_dir)
         assert started.returncode == 0, started.stderr
         last_id = max(s["id"] for s in sessions(http))
-        wait_for(lambda: len({s["driver_id"] for s in completed_after(http, last_id)}) == 2,
-                 "both drivers' supplies to complete after the broker restart", timeout_s=180, interval_s=1)
+        wait_for(
+            lambda: len({s["driver_id"] for s in completed_after(http, last_id)}) == 2,
+            "both drivers' supplies to complete after the broker restart",
+            timeout_s=180,
+            interval_s=1,
+        )
         rows = json.loads(ev("ps", "--run-dir", run_dir, "--json").stdout)
         assert all(r["alive"] for r in rows)
-        assert {r["name"]: r["pid"] for r in rows if r["role"] != "broker"} == \
-            {n: p for n, p in pids.items() if n != "broker"}, "nothing but the broker was restarted"
+        assert {r["name"]: r["pid"] for r in rows if r["role"] != "broker"} == {
+            n: p for n, p in pids.items() if n != "broker"
+        }, "nothing but the broker was restarted"
         report = json.loads(ev("audit", "--run-dir", run_dir, "--in-progress", "--json").stdout)
         assert report["ok"], report["violations"]
     finally:
@@ -125,9 +145,14 @@ def test_the_broker_killed_then_the_network_downed_and_upped_again_carries_on(tm
     assert again.returncode == 0, again.stderr
     try:
         # New requests reach Central and complete: drivers and engines resynced as well.
-        done = wait_for(lambda: len({s["driver_id"] for s in completed_after(http, last_id)}) == 2
-                        and completed_after(http, last_id), "both drivers' new supplies to complete",
-                        timeout_s=180, interval_s=1)
+        done = wait_for(
+            lambda: (
+                len({s["driver_id"] for s in completed_after(http, last_id)}) == 2 and completed_after(http, last_id)
+            ),
+            "both drivers' new supplies to complete",
+            timeout_s=180,
+            interval_s=1,
+        )
         assert all(s["energy_kwh"] > 0 for s in done)
         with open(os.path.join(run_dir, "central", "central.log"), encoding="utf-8", errors="replace") as fh:
             assert "Kafka lost its log of driver-requests" in fh.read()
@@ -154,12 +179,21 @@ def test_what_the_lost_log_owed_is_sent_again(brokers, make_net) -> None:
         sender = KafkaDriver(net, driver_id)
         sender.close()  # nobody reads this driver's events from now on
         rid = sender.request("CP001")
-        wait_for(lambda: any(s["status"] == "authorized" for s in net.get("/api/v1/sessions")
-                             if s["driver_id"] == driver_id), f"{driver_id} authorised")
+        wait_for(
+            lambda: any(
+                s["status"] == "authorized" for s in net.get("/api/v1/sessions") if s["driver_id"] == driver_id
+            ),
+            f"{driver_id} authorised",
+        )
         engine.send("p")
         net.wait_state("CP001", "SUPPLYING")
-        wait_for(lambda: net.cp_state("CP001") == "SUPPLYING" and
-                 next(c for c in net.get("/api/v1/cps") if c["id"] == "CP001")["energy_kwh"], "energy to flow")
+        wait_for(
+            lambda: (
+                net.cp_state("CP001") == "SUPPLYING"
+                and next(c for c in net.get("/api/v1/cps") if c["id"] == "CP001")["energy_kwh"]
+            ),
+            "energy to flow",
+        )
         assert rid
 
     # 1. A ticket Central sent while its driver was not reading.
@@ -188,8 +222,9 @@ def test_what_the_lost_log_owed_is_sent_again(brokers, make_net) -> None:
     with open(os.path.join(net.tmp, "state-CP001", "engine-state.json"), encoding="utf-8") as fh:
         metered = {f["session_id"]: f["energy_kwh"] for f in json.load(fh)["finished"]}
     first, second = KafkaDriver(net, "D001"), KafkaDriver(net, "D002")
-    (t1,) = wait_for(lambda: {t.session_id: t for t in first.tickets()}.values(), "D001's ticket, sent again",
-                     timeout_s=90)
+    (t1,) = wait_for(
+        lambda: {t.session_id: t for t in first.tickets()}.values(), "D001's ticket, sent again", timeout_s=90
+    )
     (t2,) = wait_for(lambda: {t.session_id: t for t in second.tickets()}.values(), "D002's ticket", timeout_s=90)
     assert t1.energy_kwh == pytest.approx(metered[t1.session_id], abs=1e-9)
     assert t2.energy_kwh == pytest.approx(metered[t2.session_id], abs=1e-9) and t1.session_id != t2.session_id

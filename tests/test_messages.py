@@ -76,9 +76,7 @@ def _info(cls: type, f: dataclasses.Field) -> FieldInfo:
     return FieldInfo(f.name, "int", wire, bits=8 * sub.sizeof())
 
 
-INFOS: dict[type, list[FieldInfo]] = {
-    cls: [_info(cls, f) for f in dataclasses.fields(cls)] for cls in CLASSES
-}
+INFOS: dict[type, list[FieldInfo]] = {cls: [_info(cls, f) for f in dataclasses.fields(cls)] for cls in CLASSES}
 
 
 def infos_of(kind: str) -> list[tuple[type, FieldInfo]]:
@@ -220,9 +218,7 @@ def header(cls: type, flags: int = 0, seq: int = 0, ref: int = 0) -> bytes:
 
 
 def schema_build(cls: type, message_fields: dict[str, Any], *, flags: int = 0, seq: int = 0, ref: int = 0) -> bytes:
-    return BODY_SCHEMA.build(
-        dict(type=cls.TYPE.name, flags=flags, seq=seq, ref=ref, fields=message_fields)
-    )
+    return BODY_SCHEMA.build(dict(type=cls.TYPE.name, flags=flags, seq=seq, ref=ref, fields=message_fields))
 
 
 def raw_schema(cls: type) -> cs.Struct:
@@ -232,10 +228,7 @@ def raw_schema(cls: type) -> cs.Struct:
         "flags" / cs.Int8ub,
         "seq" / cs.Int16ub,
         "ref" / cs.Int16ub,
-        *(
-            i.name / (cs.Prefixed(cs.Int8ub, cs.GreedyBytes) if i.kind == "text" else i.wire.subcon)
-            for i in INFOS[cls]
-        ),
+        *(i.name / (cs.Prefixed(cs.Int8ub, cs.GreedyBytes) if i.kind == "text" else i.wire.subcon) for i in INFOS[cls]),
     )
 
 
@@ -423,8 +416,7 @@ def test_decode_body_agrees_with_body_schema_on_any_bytes(cls: type, data: st.Da
         # enum value that is not a member (construct's Enum maps unknown values to ints).
         parsed_cls = MESSAGE_CLASSES[int(parsed.type.intvalue)]
         assert any(
-            i.kind == "enum" and not isinstance(parsed.fields[i.name], cs.EnumIntegerString)
-            for i in INFOS[parsed_cls]
+            i.kind == "enum" and not isinstance(parsed.fields[i.name], cs.EnumIntegerString) for i in INFOS[parsed_cls]
         ), "BODY_SCHEMA accepted a body decode_body rejects"
 
 

@@ -15,8 +15,19 @@ pytestmark = pytest.mark.slow
 
 def engine_with_meter(net: Network, sim, protocol: str, price: float = 0.30):
     net.start_central("D001")
-    engine = net.start_engine("CP001", engine_args=("--port", sim.path, "--meter-protocol", protocol,
-                                                    "--meter-interval-s", "0.3", "--meter-timeout-s", "1.0"))
+    engine = net.start_engine(
+        "CP001",
+        engine_args=(
+            "--port",
+            sim.path,
+            "--meter-protocol",
+            protocol,
+            "--meter-interval-s",
+            "0.3",
+            "--meter-timeout-s",
+            "1.0",
+        ),
+    )
     net.start_monitor("CP001", engine.ready["listen"], price=price)
     net.wait_state("CP001", "ACTIVATED", timeout_s=30)
     return engine
@@ -37,13 +48,23 @@ def test_ticket_energy_is_what_the_meter_counted(protocol: str, net: Network, si
     engine = engine_with_meter(net, sim, protocol, price=0.40)
     driver, rid = start_supply(net, engine)
     sim.send("load on")  # the vehicle draws power only during the supply
-    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0.5 for e in driver.events()),
-             "telemetry from the meter's readings")
+    wait_for(
+        lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0.5 for e in driver.events()),
+        "telemetry from the meter's readings",
+    )
     sim.send("load off")
     register_wh = sim.energy_wh()
     # Let the engine read the final register (several reading intervals) before unplugging.
-    wait_for(lambda: (json.load(open(os.path.join(net.tmp, "state-CP001", "engine-state.json")))["cp"]
-                      .get("meter_energy_wh") or 0) >= register_wh - 0.2, "the engine to read the final register")
+    wait_for(
+        lambda: (
+            (
+                json.load(open(os.path.join(net.tmp, "state-CP001", "engine-state.json")))["cp"].get("meter_energy_wh")
+                or 0
+            )
+            >= register_wh - 0.2
+        ),
+        "the engine to read the final register",
+    )
     engine.send("u")
     driver.wait_status(rid, "completed")
     (ticket,) = driver.tickets()
@@ -88,12 +109,24 @@ def test_meter_reset_during_a_supply_never_loses_or_doubles_energy(net: Network,
     before_reset = sim.energy_wh() - 50000
     sim.send("reset")  # the register restarts at 0: must not count as -50 kWh
     wait_for(lambda: net.log_has(engine, "meter reset"), "the engine to notice the reset")
-    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > before_reset / 1000 + 0.3
-                         for e in driver.events()), "energy after the reset")
+    wait_for(
+        lambda: any(
+            isinstance(e, DriverTelemetry) and e.energy_kwh > before_reset / 1000 + 0.3 for e in driver.events()
+        ),
+        "energy after the reset",
+    )
     sim.send("load off")
     after_reset = sim.energy_wh()
-    wait_for(lambda: (json.load(open(os.path.join(net.tmp, "state-CP001", "engine-state.json")))["cp"]
-                      .get("meter_energy_wh") or 0) >= after_reset - 0.2, "the final register")
+    wait_for(
+        lambda: (
+            (
+                json.load(open(os.path.join(net.tmp, "state-CP001", "engine-state.json")))["cp"].get("meter_energy_wh")
+                or 0
+            )
+            >= after_reset - 0.2
+        ),
+        "the final register",
+    )
     engine.send("u")
     driver.wait_status(rid, "completed")
     (ticket,) = driver.tickets()
@@ -112,12 +145,22 @@ def test_a_noisy_line_is_ridden_out_without_a_fault(protocol: str, net: Network,
     sim.send("split on")
     sim.send("garbage 0.3")
     sim.send("corrupt 2")
-    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0.5 for e in driver.events()),
-             "telemetry through the noise")
+    wait_for(
+        lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0.5 for e in driver.events()),
+        "telemetry through the noise",
+    )
     sim.send("load off")
     register_wh = sim.energy_wh()
-    wait_for(lambda: (json.load(open(os.path.join(net.tmp, "state-CP001", "engine-state.json")))["cp"]
-                      .get("meter_energy_wh") or 0) >= register_wh - 0.2, "the final register")
+    wait_for(
+        lambda: (
+            (
+                json.load(open(os.path.join(net.tmp, "state-CP001", "engine-state.json")))["cp"].get("meter_energy_wh")
+                or 0
+            )
+            >= register_wh - 0.2
+        ),
+        "the final register",
+    )
     engine.send("u")
     driver.wait_status(rid, "completed")
     (ticket,) = driver.tickets()

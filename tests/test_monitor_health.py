@@ -46,8 +46,14 @@ INTERVAL_S = 0.2
 SETTLE_CHECKS = 2
 CP = "CP001"
 LOCAL = "tcp://127.0.0.1:0"
-CONFIG = LinkConfig(ack_timeout_s=0.5, max_retries=3, handshake_timeout_s=5.0, interbyte_timeout_s=0.3,
-                    request_timeout_s=5.0, min_keepalive_s=0.05)
+CONFIG = LinkConfig(
+    ack_timeout_s=0.5,
+    max_retries=3,
+    handshake_timeout_s=5.0,
+    interbyte_timeout_s=0.3,
+    request_timeout_s=5.0,
+    min_keepalive_s=0.05,
+)
 
 OK = HealthStatus(state=HealthState.OK)
 
@@ -162,8 +168,16 @@ async def make_rig() -> AsyncIterator[Callable[..., Awaitable[Rig]]]:
         engine.mode = first_answer
         engine_server = await aio.serve(LOCAL, engine.handler, node_id=CP, config=CONFIG)
         central_server = await aio.serve(LOCAL, central.handler, node_id="central", config=CONFIG)
-        monitor = Monitor(cp_id=CP, central=central_server.url, engine=engine_server.url, location="here",
-                          price=0.3, interval_s=INTERVAL_S, keepalive_ms=1000, config=CONFIG)
+        monitor = Monitor(
+            cp_id=CP,
+            central=central_server.url,
+            engine=engine_server.url,
+            location="here",
+            price=0.3,
+            interval_s=INTERVAL_S,
+            keepalive_ms=1000,
+            config=CONFIG,
+        )
         stop = asyncio.Event()
         stops.append((stop, asyncio.ensure_future(monitor.run(stop)), [engine_server, central_server]))
         return Rig(engine, central, monitor)
@@ -189,7 +203,9 @@ async def test_a_healthy_engine_is_reported_once_as_ok(rig: Rig) -> None:
     await rig.engine.answer(OK)
     await rig.engine.answer(ko(), checks=1)
     assert await rig.central.wait_reports(2) == [
-        OK, FaultReport(fault=FaultCode.METER_TIMEOUT, detail="engine answers KO (METER_TIMEOUT)")]
+        OK,
+        FaultReport(fault=FaultCode.METER_TIMEOUT, detail="engine answers KO (METER_TIMEOUT)"),
+    ]
 
 
 async def test_ok_to_ko_is_reported_once_and_ko_to_ok_once(rig: Rig) -> None:

@@ -28,11 +28,15 @@ def test_unattended_network_completes_supplies_with_consistent_tickets(net: Netw
         net.start_cp(cp_id, price=price, auto=True, engine_args=("--plug-delay-s", "0.5", "--time-scale", "60"))
     for cp_id in prices:
         net.wait_state(cp_id, "ACTIVATED")
-    net.start_driver("D001", "CP001 3s\nCP002 3s\nCP003 3s\n# a comment\n\nCP001 3s\n", "--pause-s", "0.5", "--exit-when-done")
+    net.start_driver(
+        "D001", "CP001 3s\nCP002 3s\nCP003 3s\n# a comment\n\nCP001 3s\n", "--pause-s", "0.5", "--exit-when-done"
+    )
     net.start_driver("D002", "CP003 3s\nCP002 3s\nCP001 3s\n", "--pause-s", "0.5", "--exit-when-done")
 
     def tickets() -> list[dict]:
-        return [s for s in net.get("/api/v1/sessions") if s["status"] in ("completed", "interrupted") and s["started_at"]]
+        return [
+            s for s in net.get("/api/v1/sessions") if s["status"] in ("completed", "interrupted") and s["started_at"]
+        ]
 
     wait_for(lambda: len(tickets()) >= 5, "at least 5 supplies with tickets", timeout_s=90)
     sessions = tickets()

@@ -40,7 +40,8 @@ def test_public_names_exist_and_errors_share_one_root() -> None:
     for name in ("lrc", "encode_frame", "FrameDecoder"):
         assert name in evproto.__all__
     exceptions = [
-        obj for obj in map(lambda n: getattr(evproto, n), evproto.__all__)
+        obj
+        for obj in map(lambda n: getattr(evproto, n), evproto.__all__)
         if isinstance(obj, type) and issubclass(obj, BaseException)
     ]
     assert len(exceptions) >= 10 and all(issubclass(e, evproto.EvprotoError) for e in exceptions)
@@ -59,12 +60,31 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     kept), so no build/ folder left in the repository by an older layout can leak into them."""
     tmp_path = tmp_path_factory.mktemp("wheels")
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, symlinks=True, ignore=shutil.ignore_patterns(
-        ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", ".hypothesis",
-        ".mypy_cache", "evcharging-run", "tests", "benchmarks"))
+    shutil.copytree(
+        ROOT,
+        src,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".venv",
+            ".git",
+            "build",
+            "dist",
+            "*.egg-info",
+            "__pycache__",
+            ".pytest_cache",
+            ".hypothesis",
+            ".mypy_cache",
+            "evcharging-run",
+            "tests",
+            "benchmarks",
+        ),
+    )
     out = tmp_path / "wheels"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
-                    "-w", str(out), str(src), str(src / "network")], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(src), str(src / "network")],
+        check=True,
+        capture_output=True,
+    )
     (core,) = out.glob("evproto-*.whl")
     (network,) = out.glob("evproto_network-*.whl")
     return core, network
@@ -74,8 +94,11 @@ def _metadata(wheel: Path) -> tuple[list[str], list[str], str]:
     z = zipfile.ZipFile(wheel)
     names = z.namelist()
     meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
-    requires = [line.split(":", 1)[1].strip() for line in z.read(meta).decode().splitlines()
-                if line.startswith("Requires-Dist:") and "extra ==" not in line]
+    requires = [
+        line.split(":", 1)[1].strip()
+        for line in z.read(meta).decode().splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
     scripts = next((z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt")), "")
     return names, requires, scripts
 
@@ -84,22 +107,52 @@ def _metadata(wheel: Path) -> tuple[list[str], list[str], str]:
 def test_two_wheels_the_library_alone_and_the_network_on_it(wheels: tuple[Path, Path]) -> None:
     core, network = wheels
     names, requires, scripts = _metadata(core)
-    for expected in ("evproto/__init__.py", "evproto/py.typed", "evproto/aio/__init__.py", "evproto/hw/__init__.py",
-                     "evproto/wire.py"):
+    for expected in (
+        "evproto/__init__.py",
+        "evproto/py.typed",
+        "evproto/aio/__init__.py",
+        "evproto/hw/__init__.py",
+        "evproto/wire.py",
+    ):
         assert expected in names
-    assert not [n for n in names if n.startswith(("evproto/daemons/", "evproto/bus/", "evproto/domain/",
-                                                  "evproto/firmware_sim/"))]
+    assert not [
+        n
+        for n in names
+        if n.startswith(("evproto/daemons/", "evproto/bus/", "evproto/domain/", "evproto/firmware_sim/"))
+    ]
     assert sorted(r.split("<")[0].split(">")[0].split("=")[0] for r in requires) == [
-        "construct", "pyserial", "pyserial-asyncio-fast"]
+        "construct",
+        "pyserial",
+        "pyserial-asyncio-fast",
+    ]
     assert scripts == ""  # no console scripts of the network
     names, requires, scripts = _metadata(network)
-    for expected in ("evproto/daemons/__init__.py", "evproto/daemons/central/cli.py", "evproto/bus/kafka.py",
-                     "evproto/domain/chargepoint.py", "evproto/firmware_sim/cli.py", "evproto/daemons/launcher/cli.py"):
+    for expected in (
+        "evproto/daemons/__init__.py",
+        "evproto/daemons/central/cli.py",
+        "evproto/bus/kafka.py",
+        "evproto/domain/chargepoint.py",
+        "evproto/firmware_sim/cli.py",
+        "evproto/daemons/launcher/cli.py",
+    ):
         assert expected in names
     assert "evproto/__init__.py" not in names  # the library's, not twice
     assert f"evproto=={evproto.__version__}" in requires
-    for script in ("ev-central", "EV_Central", "evcp-engine", "EV_CP_E", "evcp-monitor", "EV_CP_M", "ev-driver",
-                   "EV_Driver", "ev-registry", "EV_Registry", "evcharging", "evcp-meter", "evmeter-sim"):
+    for script in (
+        "ev-central",
+        "EV_Central",
+        "evcp-engine",
+        "EV_CP_E",
+        "evcp-monitor",
+        "EV_CP_M",
+        "ev-driver",
+        "EV_Driver",
+        "ev-registry",
+        "EV_Registry",
+        "evcharging",
+        "evcp-meter",
+        "evmeter-sim",
+    ):
         assert f"\n{script} = " in scripts
     for wheel in (core, network):
         tops = {n.split("/")[0] for n in zipfile.ZipFile(wheel).namelist()}
@@ -115,26 +168,46 @@ def test_a_bare_install_is_the_protocol_alone(tmp_path: Path, wheels: tuple[Path
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
     py = venv / "bin" / "python"
     bins_before = set(os.listdir(venv / "bin"))
-    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(core)],
-                   check=True, capture_output=True)
-    listed = json.loads(subprocess.run([str(py), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
-                                       check=True, capture_output=True, text=True).stdout)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", str(core)],
+        check=True,
+        capture_output=True,
+    )
+    listed = json.loads(
+        subprocess.run(
+            [str(py), "-m", "pip", "list", "--format=json", "--disable-pip-version-check"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
     installed = {p["name"].lower() for p in listed} - {"pip", "setuptools", "wheel"}
     assert installed == {"evproto", "construct", "pyserial", "pyserial-asyncio-fast"}, installed
     new_bins = set(os.listdir(venv / "bin")) - bins_before
     assert not {b for b in new_bins if not b.startswith("pyserial-")}, new_bins  # pyserial's own tools only
-    probe = ("import json, sys, time; t = time.perf_counter(); import evproto, evproto.aio; "
-             "print(json.dumps([time.perf_counter() - t, sorted(sys.modules)]))")
-    took, modules = json.loads(subprocess.run([str(py), "-c", probe], check=True, capture_output=True,
-                                              text=True).stdout)
+    probe = (
+        "import json, sys, time; t = time.perf_counter(); import evproto, evproto.aio; "
+        "print(json.dumps([time.perf_counter() - t, sorted(sys.modules)]))"
+    )
+    took, modules = json.loads(
+        subprocess.run([str(py), "-c", probe], check=True, capture_output=True, text=True).stdout
+    )
     heavy = {"confluent_kafka", "aiohttp", "rich", "click", "orjson", "cryptography"}
     assert not heavy & {m.split(".")[0] for m in modules}
     site = next((venv / "lib").glob("python3*/site-packages"))
     pip_own = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "distutils-precedence")
-    size_mb = sum(f.stat().st_size for f in site.rglob("*")
-                  if f.is_file() and not f.relative_to(site).parts[0].startswith(pip_own)) / 1e6
-    print(f"\n[bare install] {len(installed)} packages ({', '.join(sorted(installed))}); "
-          f"{size_mb:.1f} MB in site-packages besides pip; import evproto, evproto.aio: {took * 1000:.0f} ms")
+    size_mb = (
+        sum(
+            f.stat().st_size
+            for f in site.rglob("*")
+            if f.is_file() and not f.relative_to(site).parts[0].startswith(pip_own)
+        )
+        / 1e6
+    )
+    print(
+        f"\n[bare install] {len(installed)} packages ({', '.join(sorted(installed))}); "
+        f"{size_mb:.1f} MB in site-packages besides pip; import evproto, evproto.aio: {took * 1000:.0f} ms"
+    )
 
 
 @pytest.mark.slow

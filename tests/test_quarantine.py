@@ -91,8 +91,16 @@ def test_dead_letters_are_bounded_and_keep_where_and_why(tmp_path) -> None:
     letters = DeadLetterFile(path, max_bytes=20_000)
     huge = b"x" * 900_000
     for offset in range(40):
-        letters.add(DeadLetter.of(topic="cp-commands", partition=3, offset=offset, key="CP001\u200b" * 100,
-                                  reason="cp_id holds an invisible character", value=huge))
+        letters.add(
+            DeadLetter.of(
+                topic="cp-commands",
+                partition=3,
+                offset=offset,
+                key="CP001\u200b" * 100,
+                reason="cp_id holds an invisible character",
+                value=huge,
+            )
+        )
     kept = letters.read()
     assert letters.count == 40
     assert sum(os.path.getsize(p) for p in (path, path + ".1")) <= 2 * 20_000

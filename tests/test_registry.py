@@ -29,8 +29,12 @@ GUARD_S = 30
 
 
 def _cli(*args: str, db: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "evproto.daemons.central", "--db", str(db), *args],
-                          capture_output=True, text=True, timeout=GUARD_S)
+    return subprocess.run(
+        [sys.executable, "-m", "evproto.daemons.central", "--db", str(db), *args],
+        capture_output=True,
+        text=True,
+        timeout=GUARD_S,
+    )
 
 
 class Registry:
@@ -40,8 +44,21 @@ class Registry:
         cert = self.ca.issue("registry", tmp / "pki", hosts=("127.0.0.1", "localhost"))
         ready = tmp / "registry.ready"
         self.log = tmp / "registry.log"
-        args = [sys.executable, "-m", "evproto.daemons.registry", "--db", str(self.db), "--port", "0",
-                "--ready-file", str(ready), "--scrypt-cost", "10", "--log-format", "json"]
+        args = [
+            sys.executable,
+            "-m",
+            "evproto.daemons.registry",
+            "--db",
+            str(self.db),
+            "--port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--scrypt-cost",
+            "10",
+            "--log-format",
+            "json",
+        ]
         args += ["--insecure"] if insecure else ["--cert", str(cert.cert), "--key", str(cert.key)]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
@@ -63,8 +80,16 @@ class Registry:
         finally:
             store.close()
 
-    def call(self, method: str, path: str, body: object = None, *, token: str | None = None,
-             headers: dict[str, str] | None = None, raw: bytes | None = None) -> tuple[int, object]:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: object = None,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> tuple[int, object]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         request = urllib.request.Request(self.url + "/api/v1" + path, data=data, method=method)
         if body is not None:
@@ -141,14 +166,17 @@ def test_listing_and_reading_show_no_secret_and_unregistering_stops_authenticati
     assert status == 409 and "already registered" in body["error"]
 
 
-@pytest.mark.parametrize("body, raw, why", [
-    ({"id": "CP001\u200b", "location": "Alicante"}, None, "invisible"),
-    ({"id": "", "location": "Alicante"}, None, "CP id"),
-    ({"id": "CP001", "location": ""}, None, "location"),
-    ({"id": 7, "location": "Alicante"}, None, "CP id"),
-    ([1, 2], None, "JSON object"),
-    (None, b"{not json", "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "body, raw, why",
+    [
+        ({"id": "CP001\u200b", "location": "Alicante"}, None, "invisible"),
+        ({"id": "", "location": "Alicante"}, None, "CP id"),
+        ({"id": "CP001", "location": ""}, None, "location"),
+        ({"id": 7, "location": "Alicante"}, None, "CP id"),
+        ([1, 2], None, "JSON object"),
+        (None, b"{not json", "not valid JSON"),
+    ],
+)
 def test_a_bad_registration_is_a_400_that_says_why(registry: Registry, body, raw, why) -> None:
     installer = registry.token("installer")
     headers = {"Content-Type": "application/json"} if raw is not None else None
@@ -167,8 +195,13 @@ def test_only_installer_or_admin_tokens_may_call_it_and_a_page_on_another_site_n
     assert registry.call("GET", "/cps", token=registry.token("viewer", "eve"))[0] == 403
     admin = registry.token("admin", "root")
     # A cross-site form POST (text/plain, another Origin) carries no JSON and is refused even with a token.
-    status, _ = registry.call("POST", "/cps", raw=json.dumps(cp).encode(), token=admin,
-                              headers={"Content-Type": "text/plain", "Origin": "https://evil.example"})
+    status, _ = registry.call(
+        "POST",
+        "/cps",
+        raw=json.dumps(cp).encode(),
+        token=admin,
+        headers={"Content-Type": "text/plain", "Origin": "https://evil.example"},
+    )
     assert status == 403
     status, _ = registry.call("POST", "/cps", cp, token=admin, headers={"Origin": "https://evil.example"})
     assert status == 403
@@ -195,8 +228,12 @@ def test_every_registration_refusal_and_token_use_is_in_the_audit_log_and_no_sec
     audit = str(registry.db) + ".audit.jsonl"
     entries = read_entries(audit)
     seen = {(e["action"], e["object"], e["outcome"]) for e in entries}
-    assert {("register", "cp:CP001", "ok"), ("register", "cp:CP001", "refused"), ("unregister", "cp:CP001", "ok"),
-            ("registry:GET", "/api/v1/cps", "refused")} <= seen
+    assert {
+        ("register", "cp:CP001", "ok"),
+        ("register", "cp:CP001", "refused"),
+        ("unregister", "cp:CP001", "ok"),
+        ("registry:GET", "/api/v1/cps", "refused"),
+    } <= seen
     assert all(e["source"] == "127.0.0.1" for e in entries if e["action"] != "token-create")
     text = Path(audit).read_text() + registry.log.read_text()
     assert body["secret"] not in text and installer not in text and installer.split("_", 2)[2] not in text
@@ -217,8 +254,12 @@ def test_insecure_mode_is_plain_http_and_says_so(start_registry) -> None:
 
 
 def test_without_a_certificate_it_refuses_to_start_rather_than_serve_plain_http(tmp_path) -> None:
-    run = subprocess.run([sys.executable, "-m", "evproto.daemons.registry", "--db", str(tmp_path / "c.db"),
-                          "--port", "0"], capture_output=True, text=True, timeout=GUARD_S)
+    run = subprocess.run(
+        [sys.executable, "-m", "evproto.daemons.registry", "--db", str(tmp_path / "c.db"), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=GUARD_S,
+    )
     assert run.returncode == 2 and "--cert and --key" in run.stderr
 
 
@@ -239,13 +280,16 @@ def _edit(path: str, change) -> None:
     Path(path).write_text("".join(change(lines)))
 
 
-@pytest.mark.parametrize("what, change, line", [
-    ("edited", lambda ls: [ls[0], ls[1].replace("CP001", "CP666"), ls[2]], 2),
-    ("deleted", lambda ls: [ls[0], ls[2]], 2),
-    ("reordered", lambda ls: [ls[1], ls[0], ls[2]], 1),
-    ("inserted", lambda ls: [ls[0], ls[0], ls[1], ls[2]], 2),
-    ("garbage", lambda ls: [ls[0], "hello\n", ls[1], ls[2]], 2),
-])
+@pytest.mark.parametrize(
+    "what, change, line",
+    [
+        ("edited", lambda ls: [ls[0], ls[1].replace("CP001", "CP666"), ls[2]], 2),
+        ("deleted", lambda ls: [ls[0], ls[2]], 2),
+        ("reordered", lambda ls: [ls[1], ls[0], ls[2]], 1),
+        ("inserted", lambda ls: [ls[0], ls[0], ls[1], ls[2]], 2),
+        ("garbage", lambda ls: [ls[0], "hello\n", ls[1], ls[2]], 2),
+    ],
+)
 def test_editing_deleting_or_inserting_a_line_breaks_the_chain_where_it_happened(tmp_path, what, change, line) -> None:
     path = _three(tmp_path)
     assert verify(path).ok and verify(path).entries == 3
@@ -258,8 +302,10 @@ def test_editing_deleting_or_inserting_a_line_breaks_the_chain_where_it_happened
 
 def test_two_processes_appending_keep_one_chain(tmp_path) -> None:
     path = str(tmp_path / "audit.jsonl")
-    code = ("import sys; from evproto.daemons.auditlog import AuditLog; log = AuditLog(sys.argv[1]); "
-            "[log.record(actor=sys.argv[2], source='cli', action='x', obj=str(i), outcome='ok') for i in range(200)]")
+    code = (
+        "import sys; from evproto.daemons.auditlog import AuditLog; log = AuditLog(sys.argv[1]); "
+        "[log.record(actor=sys.argv[2], source='cli', action='x', obj=str(i), outcome='ok') for i in range(200)]"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code, path, who]) for who in ("central", "registry")]
     assert [p.wait(GUARD_S) for p in procs] == [0, 0]
     result = verify(path)
@@ -275,10 +321,15 @@ def test_secrets_cannot_be_written_to_the_audit_log(tmp_path) -> None:
 def test_a_flood_of_refusals_writes_a_line_a_second_and_counts_the_rest(tmp_path) -> None:
     path = str(tmp_path / "a.jsonl")
     log = AuditLog(path)
-    written = [log.record(actor="anonymous", source="10.0.0.9", action="auth", obj="cp:CP001", outcome="refused",
-                          coalesce="10.0.0.9") for _ in range(1000)]
+    written = [
+        log.record(
+            actor="anonymous", source="10.0.0.9", action="auth", obj="cp:CP001", outcome="refused", coalesce="10.0.0.9"
+        )
+        for _ in range(1000)
+    ]
     assert sum(w is not None for w in written) == 1
     log._held["10.0.0.9"] = (0.0, log._held["10.0.0.9"][1])  # as if a second had passed
-    entry = log.record(actor="anonymous", source="10.0.0.9", action="auth", obj="cp:CP001", outcome="refused",
-                       coalesce="10.0.0.9")
+    entry = log.record(
+        actor="anonymous", source="10.0.0.9", action="auth", obj="cp:CP001", outcome="refused", coalesce="10.0.0.9"
+    )
     assert entry is not None and entry["details"]["held_back"] == 999

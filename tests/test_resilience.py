@@ -18,6 +18,7 @@ def net(secure_net: Network) -> Network:
     (a killed engine or monitor must come back to the keys it had, or get new ones)."""
     return secure_net
 
+
 pytestmark = pytest.mark.slow
 
 
@@ -37,8 +38,9 @@ def supplying(net: Network, driver: KafkaDriver, cp_id: str, engine) -> str:
     engine.send("p")
     net.wait_state(cp_id, "SUPPLYING")
     wait_for(lambda: any(u.status == "supplying" for u in driver.updates(rid)), "the driver to see the supply")
-    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0 for e in driver.events()),
-             "energy to flow")
+    wait_for(
+        lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0 for e in driver.events()), "energy to flow"
+    )
     return rid
 
 
@@ -56,7 +58,10 @@ def test_monitor_killed_ends_the_supply_and_the_cp_refuses_everything_until_it_i
     (ticket,) = driver.tickets()
     assert ticket.end_reason == "monitor_lost" and ticket.energy_kwh > 0
     # No supply at all while the monitor is away: not from Central, not from the CP's own menu.
-    assert KafkaDriver(net, "D002").wait_status(KafkaDriver(net, "D002").request("CP001"), "denied").reason == "cp_not_available"
+    assert (
+        KafkaDriver(net, "D002").wait_status(KafkaDriver(net, "D002").request("CP001"), "denied").reason
+        == "cp_not_available"
+    )
     engine.send("m D002")
     wait_for(lambda: net.log_has(engine, "manual supply for D002 refused: no_monitor"), "the engine to refuse")
 
@@ -74,7 +79,9 @@ def test_engine_killed_breaks_the_cp_and_its_restart_bills_the_energy_delivered_
 
     net.kill(engine)
     net.wait_state("CP001", "BROKEN", timeout_s=10)
-    told = wait_for(lambda: next((u for u in driver.updates(rid) if u.reason == "cp_fault"), None), "the driver to be told")
+    told = wait_for(
+        lambda: next((u for u in driver.updates(rid) if u.reason == "cp_fault"), None), "the driver to be told"
+    )
     assert told.status == "supplying" and "fault" in told.message
 
     engine = net.restart(engine)
@@ -105,12 +112,16 @@ def test_driver_killed_mid_supply_shows_the_outcome_after_restart_and_carries_on
     wait_for(lambda: any(s["status"] == "completed" for s in net.get("/api/v1/sessions")), "the supply to complete")
     first = next(s for s in net.get("/api/v1/sessions") if s["status"] == "completed")
     again = net.restart(app)
-    wait_for(lambda: net.log_has(again, f"before the restart: TICKET session {first['id']} at CP001"),
-             "the ticket on the restarted app")
+    wait_for(
+        lambda: net.log_has(again, f"before the restart: TICKET session {first['id']} at CP001"),
+        "the ticket on the restarted app",
+    )
     assert net.log_has(again, "was in progress: waiting for its outcome")
     wait_for(lambda: again.popen.poll() == 0, "the app to finish its file")
     sessions = net.get("/api/v1/sessions")
-    assert sorted(s["status"] for s in sessions) == ["completed", "completed"], "the second line ran once, the first was not repeated"
+    assert sorted(s["status"] for s in sessions) == ["completed", "completed"], (
+        "the second line ran once, the first was not repeated"
+    )
 
 
 def test_central_killed_cps_finish_and_wait_then_central_rebuilds_without_losing_a_ticket(net: Network) -> None:
@@ -153,8 +164,10 @@ def test_offline_manual_supply_is_reported_once_when_central_is_back(net: Networ
     engine.send("m D001")
     wait_for(lambda: net.log_has(engine, "offline supply for D001 authorised locally"), "an offline authorisation")
     engine.send("p")
-    wait_for(lambda: (engine_state(net, "CP001")["cp"].get("supply") or {}).get("energy_wh", 0) > 0,
-             "the offline supply to deliver energy")
+    wait_for(
+        lambda: (engine_state(net, "CP001")["cp"].get("supply") or {}).get("energy_wh", 0) > 0,
+        "the offline supply to deliver energy",
+    )
     engine.send("u")
     wait_for(lambda: len(ledger(net, "CP001")) == 2, "the engine to record the offline supply")
     offline = ledger(net, "CP001")[1]

@@ -35,21 +35,37 @@ def _sealed(**kw) -> bytes:
 
 def test_the_sealed_golden_vector() -> None:
     g = _golden()["sealed"]
-    record = seal.seal(bytes.fromhex(g["key"]), g["key_id"], g["plaintext"].encode(), topic=g["topic"],
-                       record_key=g["record_key"], event_type=g["event_type"], counter=g["counter"],
-                       nonce=bytes.fromhex(g["nonce"]))
+    record = seal.seal(
+        bytes.fromhex(g["key"]),
+        g["key_id"],
+        g["plaintext"].encode(),
+        topic=g["topic"],
+        record_key=g["record_key"],
+        event_type=g["event_type"],
+        counter=g["counter"],
+        nonce=bytes.fromhex(g["nonce"]),
+    )
     assert record.hex() == g["record"]
     env = seal.peek(bytes.fromhex(g["record"]))
     assert (env.signed, env.event_type, env.key_id, env.counter) == (False, g["event_type"], g["key_id"], g["counter"])
-    assert seal.open_sealed(bytes.fromhex(g["key"]), env, topic=g["topic"],
-                            record_key=g["record_key"]) == g["plaintext"].encode()
+    assert (
+        seal.open_sealed(bytes.fromhex(g["key"]), env, topic=g["topic"], record_key=g["record_key"])
+        == g["plaintext"].encode()
+    )
 
 
 def test_the_signed_golden_vector() -> None:
     g = _golden()["signed"]
     private = Ed25519PrivateKey.from_private_bytes(bytes.fromhex(g["private_key"]))
-    record = seal.sign(private, g["key_id"], g["payload"].encode(), topic=g["topic"], record_key=g["record_key"],
-                       event_type=g["event_type"], counter=g["counter"])
+    record = seal.sign(
+        private,
+        g["key_id"],
+        g["payload"].encode(),
+        topic=g["topic"],
+        record_key=g["record_key"],
+        event_type=g["event_type"],
+        counter=g["counter"],
+    )
     assert record.hex() == g["record"]
     public = Ed25519PublicKey.from_public_bytes(bytes.fromhex(g["public_key"]))
     env = seal.peek(record)
@@ -88,12 +104,26 @@ def test_any_flipped_bit_anywhere_in_a_sealed_record_is_refused() -> None:
 
 def test_a_signed_record_cannot_be_changed_or_signed_by_anyone_else() -> None:
     central = Ed25519PrivateKey.generate()
-    record = seal.sign(central, "central.1", b'{"state":"ACTIVATED"}', topic="cp-state", record_key="CP001",
-                       event_type="cp_state", counter=9)
+    record = seal.sign(
+        central,
+        "central.1",
+        b'{"state":"ACTIVATED"}',
+        topic="cp-state",
+        record_key="CP001",
+        event_type="cp_state",
+        counter=9,
+    )
     public = central.public_key()
     bent = record.replace(b"ACTIVATED", b"BROKEN\x00\x00\x00")
-    forged = seal.sign(Ed25519PrivateKey.generate(), "central.1", b'{"state":"ACTIVATED"}', topic="cp-state",
-                       record_key="CP001", event_type="cp_state", counter=9)
+    forged = seal.sign(
+        Ed25519PrivateKey.generate(),
+        "central.1",
+        b'{"state":"ACTIVATED"}',
+        topic="cp-state",
+        record_key="CP001",
+        event_type="cp_state",
+        counter=9,
+    )
     for value, where in ((bent, "CP001"), (forged, "CP001"), (record, "CP002")):
         with pytest.raises(SealError):
             seal.verify_signed(public, seal.peek(value), topic="cp-state", record_key=where)
@@ -143,8 +173,9 @@ def test_the_replay_window_refuses_a_counter_it_has_passed_and_survives_a_restar
 def test_the_replay_window_is_bounded() -> None:
     window = ReplayWindow(max_keys=100)
     for i in range(1000):
-        window.accept(seal.peek(seal.seal(KEY, f"k{i}", b"x", topic="t", record_key="r", event_type="e",
-                                          counter=1)), "t")
+        window.accept(
+            seal.peek(seal.seal(KEY, f"k{i}", b"x", topic="t", record_key="r", event_type="e", counter=1)), "t"
+        )
     assert len(window.state()) == 100 and "t|k999" in window.state()
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import time
 
-from evproto.daemons.auditlog import read_entries, verify
 from netharness import KafkaDriver, Network, Proc, full_supply, wait_for
 
 from evproto import (
@@ -29,6 +28,7 @@ from evproto import (
 )
 from evproto.bus.events import encode_event
 from evproto.bus.topics import Topic
+from evproto.daemons.auditlog import read_entries, verify
 from evproto.domain.events import (
     AuthorizeCommand,
     DriverTelemetry,
@@ -57,8 +57,9 @@ def audited(net: Network, **match: str) -> dict:
     def find() -> dict | None:
         if not os.path.exists(path):
             return None
-        return next((e for e in read_entries(path) if all(str(e.get(k, "")).find(v) >= 0 for k, v in match.items())),
-                    None)
+        return next(
+            (e for e in read_entries(path) if all(str(e.get(k, "")).find(v) >= 0 for k, v in match.items())), None
+        )
 
     return wait_for(find, f"an audit entry matching {match}")
 
@@ -73,13 +74,40 @@ def test_forged_records_are_refused_change_nothing_and_are_audited(secure_net: N
     # 2. A plaintext stop for CP002 and a free authorisation at CP001 for a driver Central never
     # heard of, on cp-commands: neither engine may act on them.
     net.forge(Topic.CP_COMMANDS, "CP002", encode_event(StopCommand(cp_id="CP002", ts_ms=NOW_MS)))
-    net.forge(Topic.CP_COMMANDS, "CP001", encode_event(AuthorizeCommand(
-        cp_id="CP001", session_id=77, driver_id="DX", request_id="forged-2", price_eur_kwh=0.0,
-        expires_ts_ms=NOW_MS + 600_000, ts_ms=NOW_MS)))
+    net.forge(
+        Topic.CP_COMMANDS,
+        "CP001",
+        encode_event(
+            AuthorizeCommand(
+                cp_id="CP001",
+                session_id=77,
+                driver_id="DX",
+                request_id="forged-2",
+                price_eur_kwh=0.0,
+                expires_ts_ms=NOW_MS + 600_000,
+                ts_ms=NOW_MS,
+            )
+        ),
+    )
     # 3. A plaintext supply_finished on cp-events for a session that does not exist.
-    net.forge(Topic.CP_EVENTS, "CP001", encode_event(SupplyFinished(
-        cp_id="CP001", session_id=1, driver_id="D001", energy_kwh=1.0, amount_eur=0.3, price_eur_kwh=0.3,
-        started_ts_ms=NOW_MS - 60_000, ended_ts_ms=NOW_MS, reason="completed", ts_ms=NOW_MS)))
+    net.forge(
+        Topic.CP_EVENTS,
+        "CP001",
+        encode_event(
+            SupplyFinished(
+                cp_id="CP001",
+                session_id=1,
+                driver_id="D001",
+                energy_kwh=1.0,
+                amount_eur=0.3,
+                price_eur_kwh=0.3,
+                started_ts_ms=NOW_MS - 60_000,
+                ended_ts_ms=NOW_MS,
+                reason="completed",
+                ts_ms=NOW_MS,
+            )
+        ),
+    )
     wait_for(lambda: net.status().get("records_refused_not_sealed", 0) >= 2, "Central to refuse two forgeries")
     assert not driver.updates("forged-1") and net.get("/api/v1/sessions") == []
     letters = os.path.join(net.tmp, "state-CP001", "dead-letters.jsonl")
@@ -105,8 +133,13 @@ def test_the_api_needs_a_token_with_the_right_role_and_refuses_cross_site_posts(
     assert status == 403 and "needs operator" in body["error"]
     assert net._request("GET", "/api/v1/audit", token=viewer)[0] == 403
     operator = net.make_token("operator", "olga")
-    status, _ = net._request("POST", "/api/v1/cps/stop", token=operator, data=b"x",
-                             headers={"Content-Type": "text/plain", "Origin": "https://evil.example"})
+    status, _ = net._request(
+        "POST",
+        "/api/v1/cps/stop",
+        token=operator,
+        data=b"x",
+        headers={"Content-Type": "text/plain", "Origin": "https://evil.example"},
+    )
     assert status == 403
     assert all(c["state"] == "ACTIVATED" for c in net.get("/api/v1/cps"))
     assert net._request("POST", "/api/v1/cps/CP001/stop", token=operator)[0] == 200
@@ -129,8 +162,16 @@ def test_a_link_without_the_cp_credentials_is_refused_and_cannot_take_over_a_cp(
         out = []
         # An unregistered id.
         try:
-            await aio.open_link(url, hello=Hello(role=Role.MONITOR, node_id="CP666", location="Hacked",
-                                                 price_eur_kwh=0.01, credentials=os.urandom(24)))
+            await aio.open_link(
+                url,
+                hello=Hello(
+                    role=Role.MONITOR,
+                    node_id="CP666",
+                    location="Hacked",
+                    price_eur_kwh=0.01,
+                    credentials=os.urandom(24),
+                ),
+            )
             out.append("accepted")
         except LinkRejectedError as exc:
             out.append(exc.code.name)
@@ -148,8 +189,12 @@ def test_a_link_without_the_cp_credentials_is_refused_and_cannot_take_over_a_cp(
     net.wait_state("CP001", "DISCONNECTED")
 
     async def takeover() -> str:
-        link = await aio.open_link(url, hello=Hello(role=Role.MONITOR, node_id="CP001", location="Hacked",
-                                                    price_eur_kwh=99.0, credentials=os.urandom(24)))
+        link = await aio.open_link(
+            url,
+            hello=Hello(
+                role=Role.MONITOR, node_id="CP001", location="Hacked", price_eur_kwh=99.0, credentials=os.urandom(24)
+            ),
+        )
         try:
             async for event in link.messages:
                 if isinstance(event.message, AuthChallenge):
@@ -170,15 +215,20 @@ def test_a_link_without_the_cp_credentials_is_refused_and_cannot_take_over_a_cp(
 
 
 def test_revoking_a_cp_ends_its_supply_refuses_its_old_key_and_it_comes_back_with_a_new_one(
-        secure_net: Network) -> None:
+    secure_net: Network,
+) -> None:
     net = secure_net
     _, engines = two_cps(net)
     driver = KafkaDriver(net, "D001")
     rid = driver.request("CP001")
     sid = driver.wait_status(rid, "authorized").session_id
     engines["CP001"].send("p")
-    wait_for(lambda: any(isinstance(e, DriverTelemetry) and e.session_id == sid and e.energy_kwh > 0
-                         for e in driver.events()), "energy to flow")
+    wait_for(
+        lambda: any(
+            isinstance(e, DriverTelemetry) and e.session_id == sid and e.energy_kwh > 0 for e in driver.events()
+        ),
+        "energy to flow",
+    )
     operator = net.make_token("operator", "olga")
     assert net._request("POST", "/api/v1/cps/CP001/revoke", token=operator) == (200, {"ok": True, "revoked": "CP001"})
     ticket = wait_for(lambda: next((t for t in driver.tickets() if t.session_id == sid), None), "the ticket")
@@ -191,7 +241,8 @@ def test_revoking_a_cp_ends_its_supply_refuses_its_old_key_and_it_comes_back_wit
 
 
 def test_a_secure_network_serves_a_supply_and_no_secret_reaches_a_log_the_api_or_the_audit_log(
-        secure_net: Network) -> None:
+    secure_net: Network,
+) -> None:
     net = secure_net
     _, engines = two_cps(net)
     ticket = full_supply(net, KafkaDriver(net, "D001"), "CP001", engines["CP001"])
@@ -200,14 +251,28 @@ def test_a_secure_network_serves_a_supply_and_no_secret_reaches_a_log_the_api_or
     audited(net, action="key-issue", object="cp:CP001")
     assert verify(net.db + ".audit.jsonl").ok
     secrets_ = [json.load(open(os.path.join(net.tmp, "creds", f"{cp}.json")))["secret"] for cp in ("CP001", "CP002")]
-    secrets_ += [json.load(open(os.path.join(net.tmp, "creds", "D001.json")))["key"], net.token,
-                 net.token.split("_", 2)[2]]
+    secrets_ += [
+        json.load(open(os.path.join(net.tmp, "creds", "D001.json")))["key"],
+        net.token,
+        net.token.split("_", 2)[2],
+    ]
     from evproto.daemons.central.keyring import KeyRing
 
     ring = KeyRing(net.db)
     secrets_ += [ring.current_cp_key(cp).key.hex() for cp in ("CP001", "CP002")]
-    api = json.dumps([net.get(p) for p in ("/api/v1/cps", "/api/v1/status", "/api/v1/sessions",
-                                           "/api/v1/messages", "/api/v1/audit", "/api/v1/dead-letters")])
+    api = json.dumps(
+        [
+            net.get(p)
+            for p in (
+                "/api/v1/cps",
+                "/api/v1/status",
+                "/api/v1/sessions",
+                "/api/v1/messages",
+                "/api/v1/audit",
+                "/api/v1/dead-letters",
+            )
+        ]
+    )
     for proc in net.procs:
         text = open(proc.log, encoding="utf-8", errors="replace").read()
         for secret in secrets_:
@@ -220,9 +285,8 @@ def test_a_secure_network_serves_a_supply_and_no_secret_reaches_a_log_the_api_or
 def test_replayed_tampered_and_foreign_sealed_records_are_refused(secure_net: Network) -> None:
     """A captured sealed record replayed, one with a flipped bit, CP001's report sealed with
     CP002's key, and one sealed with a revoked key: each refused, nothing changes, audited."""
-    from evproto.daemons.central.keyring import KeyRing
-
     from evproto.bus import seal
+    from evproto.daemons.central.keyring import KeyRing
     from evproto.domain.events import SupplyProgress
 
     net = secure_net
@@ -244,32 +308,69 @@ def test_replayed_tampered_and_foreign_sealed_records_are_refused(secure_net: Ne
     env = seal.peek(captured[-1])
     pos = len(env.header) - 8
     bumped = bytearray(captured[-1])
-    bumped[pos:pos + 8] = (env.counter + 10**12).to_bytes(8, "big")
+    bumped[pos : pos + 8] = (env.counter + 10**12).to_bytes(8, "big")
     net.forge(Topic.CP_EVENTS, "CP001", bytes(bumped))
     bumped[-20] ^= 0x01
-    bumped[pos:pos + 8] = (env.counter + 2 * 10**12).to_bytes(8, "big")
+    bumped[pos : pos + 8] = (env.counter + 2 * 10**12).to_bytes(8, "big")
     net.forge(Topic.CP_EVENTS, "CP001", bytes(bumped))
     wait_for(lambda: net.status().get("records_refused_tampered", 0) >= 2, "the tampered records refused")
     # 3. CP001's report sealed with CP002's (valid) key.
     ring = KeyRing(net.db)
     cp2 = ring.current_cp_key("CP002")
     now = int(time.time() * 1000)
-    fake = SupplyProgress(cp_id="CP001", session_id=1, driver_id="D001", energy_kwh=5.0, amount_eur=1.5,
-                          power_kw=7.0, elapsed_s=10.0, ts_ms=now)
-    for record_key, value in (("CP001", seal.seal(cp2.key, cp2.key_id, encode_event(fake), topic="cp-events",
-                                                   record_key="CP001", event_type="supply_progress",
-                                                   counter=now * 1000)),):
+    fake = SupplyProgress(
+        cp_id="CP001",
+        session_id=1,
+        driver_id="D001",
+        energy_kwh=5.0,
+        amount_eur=1.5,
+        power_kw=7.0,
+        elapsed_s=10.0,
+        ts_ms=now,
+    )
+    for record_key, value in (
+        (
+            "CP001",
+            seal.seal(
+                cp2.key,
+                cp2.key_id,
+                encode_event(fake),
+                topic="cp-events",
+                record_key="CP001",
+                event_type="supply_progress",
+                counter=now * 1000,
+            ),
+        ),
+    ):
         net.forge(Topic.CP_EVENTS, record_key, value)
     wait_for(lambda: net.status().get("records_refused_wrong_sender", 0) >= 1, "the foreign key refused")
     # 4. A record sealed with a key revoked since.
     old = ring.current_cp_key("CP002")
     operator = net.make_token("operator", "olga")
     assert net._request("POST", "/api/v1/cps/CP002/revoke", token=operator)[0] == 200
-    late = SupplyProgress(cp_id="CP002", session_id=1, driver_id="D001", energy_kwh=1.0, amount_eur=0.4,
-                          power_kw=7.0, elapsed_s=1.0, ts_ms=now)
-    net.forge(Topic.CP_EVENTS, "CP002", seal.seal(old.key, old.key_id, encode_event(late), topic="cp-events",
-                                                  record_key="CP002", event_type="supply_progress",
-                                                  counter=(now + 5000) * 1000))
+    late = SupplyProgress(
+        cp_id="CP002",
+        session_id=1,
+        driver_id="D001",
+        energy_kwh=1.0,
+        amount_eur=0.4,
+        power_kw=7.0,
+        elapsed_s=1.0,
+        ts_ms=now,
+    )
+    net.forge(
+        Topic.CP_EVENTS,
+        "CP002",
+        seal.seal(
+            old.key,
+            old.key_id,
+            encode_event(late),
+            topic="cp-events",
+            record_key="CP002",
+            event_type="supply_progress",
+            counter=(now + 5000) * 1000,
+        ),
+    )
     wait_for(lambda: net.status().get("records_refused_revoked_key", 0) >= 1, "the revoked key refused")
     assert net.get("/api/v1/sessions") == sessions_before
     text = open(net.db + ".audit.jsonl", encoding="utf-8").read()

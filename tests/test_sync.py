@@ -105,6 +105,7 @@ def test_blocking_server_and_client_in_two_threads() -> None:
         return None
 
     with sync.listen("tcp://127.0.0.1:0", node_id="bench-server", on_hello=policy) as server:
+
         def serve_one() -> None:
             link = server.accept(timeout_s=10)
             assert link is not None

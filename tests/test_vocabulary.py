@@ -11,11 +11,11 @@ from __future__ import annotations
 import io
 
 import pytest
-from evproto.daemons.central.http_api import SESSION_STATUSES as API_SESSION_STATUSES
-from evproto.daemons.central.panel import STATE_LOOKS, render
 from rich.console import Console
 
 from evproto.bus.events import decode_event, encode_event
+from evproto.daemons.central.http_api import SESSION_STATUSES as API_SESSION_STATUSES
+from evproto.daemons.central.panel import STATE_LOOKS, render
 from evproto.domain.central import CentralCore, HealthReport, Note, Publish, Rules
 from evproto.domain.central.view import CP_STATES, CentralView, CpView, MessageView
 from evproto.domain.events import (
@@ -67,8 +67,9 @@ def _core() -> CentralCore:
 
 
 def _panel_text(view: CentralView, width: int = 120) -> str:
-    console = Console(record=True, width=width, height=30, force_terminal=True, color_system="truecolor",
-                      file=io.StringIO())
+    console = Console(
+        record=True, width=width, height=30, force_terminal=True, color_system="truecolor", file=io.StringIO()
+    )
     console.print(render(view, width=width))
     return console.export_text()
 
@@ -83,8 +84,15 @@ def _published(fx: list, cls: type) -> list:
 @pytest.mark.parametrize("reason", list(EndReason), ids=lambda r: r.token)
 def test_every_end_reason_travels_from_the_engine_to_the_drivers_ticket_and_the_panel(reason: EndReason) -> None:
     # The framed link carries it as its number.
-    end = SupplyEnd(session_id=1, driver_id="D1", energy_wh=1000.0, amount_eur=0.3, started_at_ms=T0,
-                    ended_at_ms=T0 + 60_000, reason=reason)
+    end = SupplyEnd(
+        session_id=1,
+        driver_id="D1",
+        energy_wh=1000.0,
+        amount_eur=0.3,
+        started_at_ms=T0,
+        ended_at_ms=T0 + 60_000,
+        reason=reason,
+    )
     assert _wire(end).reason is reason
     # Kafka carries its token, accepted by the schema.
     assert reason.token in END_REASONS and EndReason.from_token(reason.token) is reason
@@ -93,13 +101,37 @@ def test_every_end_reason_travels_from_the_engine_to_the_drivers_ticket_and_the_
     fx = core.on_event(SupplyRequest(request_id="r1", driver_id="D1", cp_id="CP1", ts_ms=T0), T0)
     (cmd,) = _published(fx, AuthorizeCommand)
     core.on_event(AuthorizationAnswer(cp_id="CP1", session_id=cmd.session_id, accepted=True, ts_ms=T0 + 1), T0 + 1)
-    core.on_event(SupplyStarted(cp_id="CP1", session_id=cmd.session_id, driver_id="D1", started_ts_ms=T0 + 2,
-                                ts_ms=T0 + 2), T0 + 2)
-    core.on_event(SupplyProgress(cp_id="CP1", session_id=cmd.session_id, driver_id="D1", energy_kwh=1.0,
-                                 amount_eur=0.3, power_kw=7.0, elapsed_s=60.0, ts_ms=T0 + 60_000), T0 + 60_000)
-    finished = _kafka(SupplyFinished(cp_id="CP1", session_id=cmd.session_id, driver_id="D1", energy_kwh=1.0,
-                                     amount_eur=0.3, price_eur_kwh=0.3, started_ts_ms=T0 + 2,
-                                     ended_ts_ms=T0 + 61_000, reason=reason.token, ts_ms=T0 + 61_000))
+    core.on_event(
+        SupplyStarted(cp_id="CP1", session_id=cmd.session_id, driver_id="D1", started_ts_ms=T0 + 2, ts_ms=T0 + 2),
+        T0 + 2,
+    )
+    core.on_event(
+        SupplyProgress(
+            cp_id="CP1",
+            session_id=cmd.session_id,
+            driver_id="D1",
+            energy_kwh=1.0,
+            amount_eur=0.3,
+            power_kw=7.0,
+            elapsed_s=60.0,
+            ts_ms=T0 + 60_000,
+        ),
+        T0 + 60_000,
+    )
+    finished = _kafka(
+        SupplyFinished(
+            cp_id="CP1",
+            session_id=cmd.session_id,
+            driver_id="D1",
+            energy_kwh=1.0,
+            amount_eur=0.3,
+            price_eur_kwh=0.3,
+            started_ts_ms=T0 + 2,
+            ended_ts_ms=T0 + 61_000,
+            reason=reason.token,
+            ts_ms=T0 + 61_000,
+        )
+    )
     fx = core.on_event(finished, T0 + 61_000)
     (ticket,) = _published(fx, Ticket)
     ticket = _kafka(ticket)
@@ -111,8 +143,11 @@ def test_every_end_reason_travels_from_the_engine_to_the_drivers_ticket_and_the_
     assert reason.label and EndReason.from_token(ticket.end_reason).label == reason.label
     notes = [n.text for n in fx if isinstance(n, Note) and reason.token in n.text]
     assert notes, "Central said nothing about how the supply ended"
-    view = CentralView(cps=tuple(core.cp_views()), messages=(MessageView(ts_ms=T0, level="info", text=notes[0]),),
-                       now_ts_ms=T0 + 61_000)
+    view = CentralView(
+        cps=tuple(core.cp_views()),
+        messages=(MessageView(ts_ms=T0, level="info", text=notes[0]),),
+        now_ts_ms=T0 + 61_000,
+    )
     assert f"({reason.token})" in _panel_text(view)
 
 
@@ -151,13 +186,16 @@ def test_every_fault_kind_travels_from_the_engine_to_centrals_panel(fault: Fault
 @pytest.mark.parametrize("state", list(CpState), ids=lambda s: s.name)
 def test_every_cp_state_travels_from_central_to_the_panel(state: CpState) -> None:
     assert state.name in CP_STATES and state.name in CP_STATE_NAMES
-    record = _kafka(CpStateRecord(cp_id="CP1", location="Plaza Mayor", price_eur_kwh=0.3, state=state.name,
-                                  ts_ms=T0))
+    record = _kafka(CpStateRecord(cp_id="CP1", location="Plaza Mayor", price_eur_kwh=0.3, state=state.name, ts_ms=T0))
     assert CpState[record.state] is state
     look = STATE_LOOKS[state]
     figures = dict(driver_id="D1", power_kw=7.2, energy_kwh=1.5, amount_eur=0.45) if state is CpState.SUPPLYING else {}
-    text = _panel_text(CentralView(cps=(CpView(id="CP1", location="Plaza Mayor", price_eur_kwh=0.3, state=state.name,
-                                               **figures),), now_ts_ms=T0))
+    text = _panel_text(
+        CentralView(
+            cps=(CpView(id="CP1", location="Plaza Mayor", price_eur_kwh=0.3, state=state.name, **figures),),
+            now_ts_ms=T0,
+        )
+    )
     assert look.detail in text and look.mini
     assert (state.name in text) if state is not CpState.SUPPLYING else ("D1" in text)
 

@@ -79,8 +79,16 @@ STATE_INTERVAL_S = 1.0
 #: Kafka records handled per database transaction at most.
 BATCH_SIZE = 500
 #: Producer errors (librdkafka names) that re-sending can never fix.
-_REFUSED_FOR_GOOD = frozenset({"MSG_SIZE_TOO_LARGE", "_MSG_SIZE_TOO_LARGE", "INVALID_MSG_SIZE", "INVALID_MSG",
-                               "CORRUPT_MESSAGE", "INVALID_RECORD"})
+_REFUSED_FOR_GOOD = frozenset(
+    {
+        "MSG_SIZE_TOO_LARGE",
+        "_MSG_SIZE_TOO_LARGE",
+        "INVALID_MSG_SIZE",
+        "INVALID_MSG",
+        "CORRUPT_MESSAGE",
+        "INVALID_RECORD",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -110,8 +118,14 @@ class Central(MonitorLinks, OperatorConsole):
         self.instance_id = opts.instance_id or uuid.uuid4().hex[:8]
         self.store = Store(opts.db)
         loaded = self.store.load()
-        self.core = CentralCore(cps=loaded.cps, drivers=loaded.drivers, sessions=loaded.live_sessions,
-                                next_session_id=loaded.next_session_id, rules=opts.rules, history=self.store)
+        self.core = CentralCore(
+            cps=loaded.cps,
+            drivers=loaded.drivers,
+            sessions=loaded.live_sessions,
+            next_session_id=loaded.next_session_id,
+            rules=opts.rules,
+            history=self.store,
+        )
         self.offsets = loaded.offsets
         self.messages: collections.deque[MessageView] = collections.deque(maxlen=300)
         self.links: dict[str, Link] = {}
@@ -135,9 +149,16 @@ class Central(MonitorLinks, OperatorConsole):
         self.sealer = self.sec.sealer if self.sec is not None else insecure_sealer()
         #: Who may call the HTTP API (None under --insecure: anyone who reaches it).
         self.tokens = TokenStore(opts.db) if opts.secure else None
-        self.intake = RecordIntake(guard=self.guard, decide=lambda ev, now: self.core.on_event(ev, now),
-                                   commit=self._apply, recover=self._rebuild_core, seen=self._seen,
-                                   counters=self.counters, decode=self.gate.decode, refused=self._refused)
+        self.intake = RecordIntake(
+            guard=self.guard,
+            decide=lambda ev, now: self.core.on_event(ev, now),
+            commit=self._apply,
+            recover=self._rebuild_core,
+            seen=self._seen,
+            counters=self.counters,
+            decode=self.gate.decode,
+            refused=self._refused,
+        )
         self.server: Server | None = None
         self.listen_addr = ""
         self.http_addr = ""
@@ -165,8 +186,13 @@ class Central(MonitorLinks, OperatorConsole):
             self.producer = BusProducer(self.opts.kafka)
             await self.producer.start()
             started.push_async_callback(self.producer.close, 5.0)
-            self.server = await serve(self._listen_url(), self._session, node_id="central", on_hello=self._on_hello,
-                                      config=self.opts.link_config)
+            self.server = await serve(
+                self._listen_url(),
+                self._session,
+                node_id="central",
+                on_hello=self._on_hello,
+                config=self.opts.link_config,
+            )
             started.push_async_callback(self.server.close)
             host, port = self.server.addresses[0]
             self.listen_addr = f"{host}:{port}"
@@ -174,26 +200,40 @@ class Central(MonitorLinks, OperatorConsole):
                 from .http_api import start_http
 
                 http_host, _, http_port = self.opts.http.rpartition(":")
-                runner, actual = await start_http(HttpBackend(self), http_host or "0.0.0.0", int(http_port),
-                                                  tls=self._http_tls(), tokens=self.tokens,
-                                                  audit=self.sec.audit if self.sec is not None else None)
+                runner, actual = await start_http(
+                    HttpBackend(self),
+                    http_host or "0.0.0.0",
+                    int(http_port),
+                    tls=self._http_tls(),
+                    tokens=self.tokens,
+                    audit=self.sec.audit if self.sec is not None else None,
+                )
                 started.push_async_callback(runner.cleanup)
                 self.http_addr = f"{http_host or '0.0.0.0'}:{actual}"
-            self._note(f"Central {self.instance_id} up: monitors on {self.listen_addr}, HTTP on {self.http_addr or 'off'}, "
-                       f"Kafka {self.opts.kafka.bootstrap}; {len(self.core.cps)} CP(s), {len(self.core.drivers)} driver(s) known")
+            self._note(
+                f"Central {self.instance_id} up: monitors on {self.listen_addr}, HTTP on {self.http_addr or 'off'}, "
+                f"Kafka {self.opts.kafka.bootstrap}; "
+                f"{len(self.core.cps)} CP(s), {len(self.core.drivers)} driver(s) known"
+            )
             self._apply(self.core.start(now_ms()) + self.core.state_records(now_ms()))
             tasks = [
                 asyncio.ensure_future(self._consume()),
-                *(asyncio.ensure_future(self._keep_running(loop)) for loop in
-                  (self._ticker, self._heartbeat, self._outbox_loop, self._maintenance, self._loop_watch)),
+                *(
+                    asyncio.ensure_future(self._keep_running(loop))
+                    for loop in (self._ticker, self._heartbeat, self._outbox_loop, self._maintenance, self._loop_watch)
+                ),
             ]
             panel = asyncio.ensure_future(self._panel() if self.opts.panel else self._stdin_commands())
             stopped = asyncio.ensure_future(stop.wait())
             started.push_async_callback(self._cancel, [*tasks, panel, stopped])
-            write_ready_file(self.opts.ready_file, role="central", listen=self.listen_addr, http=self.http_addr,
-                             instance_id=self.instance_id)
-            done, _ = await asyncio.wait([stopped, tasks[0], panel],
-                                         return_when=asyncio.FIRST_COMPLETED)
+            write_ready_file(
+                self.opts.ready_file,
+                role="central",
+                listen=self.listen_addr,
+                http=self.http_addr,
+                instance_id=self.instance_id,
+            )
+            done, _ = await asyncio.wait([stopped, tasks[0], panel], return_when=asyncio.FIRST_COMPLETED)
             for fut in done:
                 if fut is tasks[0] and fut.exception() is not None:
                     raise fut.exception()  # type: ignore[misc]
@@ -234,8 +274,12 @@ class Central(MonitorLinks, OperatorConsole):
         self.messages.append(MessageView(ts_ms=now_ms(), level=level, text=text))
         getattr(log, level if level in ("warning", "error") else "info")(text)
 
-    def _apply(self, effects: list[Effect], offsets: dict[tuple[str, int], Position] | None = None,
-               dead: list[DeadLetter] | None = None) -> None:
+    def _apply(
+        self,
+        effects: list[Effect],
+        offsets: dict[tuple[str, int], Position] | None = None,
+        dead: list[DeadLetter] | None = None,
+    ) -> None:
         rows = iter(self.store.apply(effects, offsets, dead or (), self.gate.window.take_changes() or None))
         if offsets:
             self.offsets.update(offsets)
@@ -248,7 +292,9 @@ class Central(MonitorLinks, OperatorConsole):
                     asyncio.ensure_future(link.close())
                 if self.producer is not None:  # its cp_state goes too (a tombstone on the compacted topic)
                     with contextlib.suppress(Exception):
-                        self.producer.post(Topic.CP_STATE, fx.cp_id, None, partition=self._partition(Topic.CP_STATE, fx.cp_id))
+                        self.producer.post(
+                            Topic.CP_STATE, fx.cp_id, None, partition=self._partition(Topic.CP_STATE, fx.cp_id)
+                        )
             elif isinstance(fx, Publish):
                 if fx.durable:
                     row = next(rows)
@@ -273,8 +319,9 @@ class Central(MonitorLinks, OperatorConsole):
     def _partition(self, topic: Topic, key: str) -> int:
         return partition_for(key, self.partitions.get(topic, 1))
 
-    def _produce(self, topic: Topic, key: str, value: bytes, *, wait: bool = True,
-                 event_type: str | None = None) -> asyncio.Future[Any] | None:
+    def _produce(
+        self, topic: Topic, key: str, value: bytes, *, wait: bool = True, event_type: str | None = None
+    ) -> asyncio.Future[Any] | None:
         """Queue one record. ``wait=False`` for records nobody waits for (telemetry, state):
         no future; the producer counts and logs their failures."""
         if self.producer is None:
@@ -352,8 +399,9 @@ class Central(MonitorLinks, OperatorConsole):
                 assignments.append((topic, p, pos.offset, pos.topic_id))
         if fresh:
             self._apply([], fresh)
-        async with BusConsumer(self.opts.kafka, assignments=assignments, on_reset=self._log_reset,
-                               max_value_bytes=MAX_EVENT_BYTES) as consumer:
+        async with BusConsumer(
+            self.opts.kafka, assignments=assignments, on_reset=self._log_reset, max_value_bytes=MAX_EVENT_BYTES
+        ) as consumer:
             while True:
                 try:
                     batch = await consumer.next_batch(BATCH_SIZE)
@@ -396,8 +444,14 @@ class Central(MonitorLinks, OperatorConsole):
         """
         old = self.core
         loaded = self.store.load()
-        core = CentralCore(cps=loaded.cps, drivers=loaded.drivers, sessions=loaded.live_sessions,
-                           next_session_id=loaded.next_session_id, rules=self.opts.rules, history=self.store)
+        core = CentralCore(
+            cps=loaded.cps,
+            drivers=loaded.drivers,
+            sessions=loaded.live_sessions,
+            next_session_id=loaded.next_session_id,
+            rules=self.opts.rules,
+            history=self.store,
+        )
         core.carry_over(old)
         self.core = core
         self.gate.window.load(self.store.record_counters())  # counters of a rolled-back batch are not kept
@@ -413,16 +467,24 @@ class Central(MonitorLinks, OperatorConsole):
         told = (reset.topic, reset.topic_id)
         if told not in self._resets_told:
             self._resets_told.add(told)
-            self._note(f"Kafka lost its log of {reset.topic.value} ({reset.cause.text}): reading the new log from "
-                       f"its beginning; {spec_for(reset.topic).resend.recovery}", "warning")
+            self._note(
+                f"Kafka lost its log of {reset.topic.value} ({reset.cause.text}): reading the new log from "
+                f"its beginning; {spec_for(reset.topic).resend.recovery}",
+                "warning",
+            )
 
     async def _ticker(self) -> None:
         n = 0
         while True:
             await asyncio.sleep(0.25)
             for key, value in self._states.due(time.monotonic()):
-                self._produce(Topic.CP_STATE, key, value, wait=False,  # type: ignore[arg-type]
-                              event_type=CpStateRecord.TYPE)
+                self._produce(
+                    Topic.CP_STATE,
+                    key,
+                    value,
+                    wait=False,  # type: ignore[arg-type]
+                    event_type=CpStateRecord.TYPE,
+                )
             self.counters["states_coalesced"] = self._states.coalesced
             n += 1
             if n % 4:
@@ -476,7 +538,9 @@ class Central(MonitorLinks, OperatorConsole):
         if added or self.core.drivers - drivers:
             self.core.drivers = drivers
             if added:
-                self._note(f"registered driver(s): {', '.join(sorted(added)[:20])}" + (" ..." if len(added) > 20 else ""))
+                self._note(
+                    f"registered driver(s): {', '.join(sorted(added)[:20])}" + (" ..." if len(added) > 20 else "")
+                )
         stored = {cp_id: (location, price, stopped) for cp_id, location, price, stopped in self.store.cps()}
         for cp_id in [c for c in self.core.cps if c not in stored]:
             try:
@@ -509,8 +573,12 @@ class Central(MonitorLinks, OperatorConsole):
         waiting: list[tuple[float, asyncio.Future[Any]]] = []
         loop = asyncio.get_running_loop()
         while True:
-            hb = Heartbeat(instance_id=self.instance_id, started_ts_ms=self.started_ms,
-                           interval_s=HEARTBEAT_INTERVAL_S, ts_ms=now_ms())
+            hb = Heartbeat(
+                instance_id=self.instance_id,
+                started_ts_ms=self.started_ms,
+                interval_s=HEARTBEAT_INTERVAL_S,
+                ts_ms=now_ms(),
+            )
             fut = self._produce(Topic.CENTRAL_HEARTBEAT, "central", encode_event(hb), event_type=hb.TYPE)
             if fut is not None:
                 fut.add_done_callback(self._heartbeat_done)
@@ -529,4 +597,6 @@ class Central(MonitorLinks, OperatorConsole):
         if ok != self.kafka_ok:
             self.kafka_ok = ok
             self._kafka_down_since = None if ok else time.monotonic()
-            self._note("Kafka reachable again" if ok else "cannot reach Kafka: events are queued", "info" if ok else "error")
+            self._note(
+                "Kafka reachable again" if ok else "cannot reach Kafka: events are queued", "info" if ok else "error"
+            )

@@ -23,8 +23,9 @@ class HttpBackend:
     def view(self) -> CentralView:
         return self.central.view()
 
-    def sessions(self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None,
-                 limit: int = 500) -> list[SessionView]:
+    def sessions(
+        self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None, limit: int = 500
+    ) -> list[SessionView]:
         return self.central.sessions(status=status, cp_id=cp_id, driver_id=driver_id, limit=limit)
 
     def dead_letters(self, limit: int) -> list[dict[str, Any]]:

@@ -36,53 +36,151 @@ def _open_store(db: str) -> Store:
 
 
 @click.group(invoke_without_command=True, context_settings=_SETTINGS)
-@click.option("--db", envvar="EVPROTO_DB", default="central.db", show_default=True, metavar="PATH",
-              help="SQLite database (created if missing). [env EVPROTO_DB]")
-@click.option("--port", envvar="EVPROTO_CENTRAL_PORT", type=click.IntRange(0, 65535), default=7000, show_default=True,
-              help="Port for the monitors' sockets (0: pick a free one). [env EVPROTO_CENTRAL_PORT]")
-@click.option("--host", envvar="EVPROTO_CENTRAL_HOST", default="0.0.0.0", show_default=True,
-              help="Address to listen on for monitors and HTTP. [env EVPROTO_CENTRAL_HOST]")
-@click.option("--kafka", envvar="EVPROTO_KAFKA", default=None, metavar="HOST:PORT",
-              help="Kafka bootstrap server(s); required to run. [env EVPROTO_KAFKA]")
-@click.option("--http-port", envvar="EVPROTO_HTTP_PORT", type=click.IntRange(-1, 65535), default=8000,
-              show_default=True, help="Port of the HTTP API (0: pick a free one, -1: no HTTP). [env EVPROTO_HTTP_PORT]")
-@click.option("--panel/--no-panel", default=None,
-              help="The monitoring panel (default: on when stdout is a terminal; plain log lines otherwise).")
-@click.option("--auto-register/--no-auto-register", default=True, show_default=True,
-              help="Register a new CP the first time its monitor connects with a location and a price.")
-@click.option("--register-driver", "register_drivers", multiple=True, metavar="ID",
-              help="Register this driver before starting (repeatable).")
-@click.option("--answer-timeout-s", type=click.FloatRange(min=1, max=3600), default=10.0, show_default=True,
-              help="How long a CP has to answer an authorisation.")
-@click.option("--plug-timeout-s", type=click.FloatRange(min=1, max=3600), default=60.0, show_default=True,
-              help="How long a driver has to plug in once authorised.")
-@click.option("--registrations-per-min", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
-              metavar="N", help="New CPs one address may register per minute (all addresses together: 5 x N); "
-              "more are answered BUSY and their monitors retry. Known CPs reconnecting are never limited.")
-@click.option("--max-cps", type=click.IntRange(min=1), default=100_000, show_default=True,
-              help="Registered CPs at most; a registration beyond is refused.")
+@click.option(
+    "--db",
+    envvar="EVPROTO_DB",
+    default="central.db",
+    show_default=True,
+    metavar="PATH",
+    help="SQLite database (created if missing). [env EVPROTO_DB]",
+)
+@click.option(
+    "--port",
+    envvar="EVPROTO_CENTRAL_PORT",
+    type=click.IntRange(0, 65535),
+    default=7000,
+    show_default=True,
+    help="Port for the monitors' sockets (0: pick a free one). [env EVPROTO_CENTRAL_PORT]",
+)
+@click.option(
+    "--host",
+    envvar="EVPROTO_CENTRAL_HOST",
+    default="0.0.0.0",
+    show_default=True,
+    help="Address to listen on for monitors and HTTP. [env EVPROTO_CENTRAL_HOST]",
+)
+@click.option(
+    "--kafka",
+    envvar="EVPROTO_KAFKA",
+    default=None,
+    metavar="HOST:PORT",
+    help="Kafka bootstrap server(s); required to run. [env EVPROTO_KAFKA]",
+)
+@click.option(
+    "--http-port",
+    envvar="EVPROTO_HTTP_PORT",
+    type=click.IntRange(-1, 65535),
+    default=8000,
+    show_default=True,
+    help="Port of the HTTP API (0: pick a free one, -1: no HTTP). [env EVPROTO_HTTP_PORT]",
+)
+@click.option(
+    "--panel/--no-panel",
+    default=None,
+    help="The monitoring panel (default: on when stdout is a terminal; plain log lines otherwise).",
+)
+@click.option(
+    "--auto-register/--no-auto-register",
+    default=True,
+    show_default=True,
+    help="Register a new CP the first time its monitor connects with a location and a price.",
+)
+@click.option(
+    "--register-driver",
+    "register_drivers",
+    multiple=True,
+    metavar="ID",
+    help="Register this driver before starting (repeatable).",
+)
+@click.option(
+    "--answer-timeout-s",
+    type=click.FloatRange(min=1, max=3600),
+    default=10.0,
+    show_default=True,
+    help="How long a CP has to answer an authorisation.",
+)
+@click.option(
+    "--plug-timeout-s",
+    type=click.FloatRange(min=1, max=3600),
+    default=60.0,
+    show_default=True,
+    help="How long a driver has to plug in once authorised.",
+)
+@click.option(
+    "--registrations-per-min",
+    type=click.FloatRange(min=0.1),
+    default=60.0,
+    show_default=True,
+    metavar="N",
+    help="New CPs one address may register per minute (all addresses together: 5 x N); "
+    "more are answered BUSY and their monitors retry. Known CPs reconnecting are never limited.",
+)
+@click.option(
+    "--max-cps",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="Registered CPs at most; a registration beyond is refused.",
+)
 @click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True)
 @kafka_config_options
-@click.option("--tls-cert", envvar="EVPROTO_CENTRAL_CERT", default=None, metavar="PEM",
-              help="Central's TLS certificate (chain) for the monitors' socket and the HTTP API. "
-              "[env EVPROTO_CENTRAL_CERT]")
-@click.option("--tls-key", envvar="EVPROTO_CENTRAL_KEY", default=None, metavar="PEM",
-              help="Its private key. [env EVPROTO_CENTRAL_KEY]")
+@click.option(
+    "--tls-cert",
+    envvar="EVPROTO_CENTRAL_CERT",
+    default=None,
+    metavar="PEM",
+    help="Central's TLS certificate (chain) for the monitors' socket and the HTTP API. [env EVPROTO_CENTRAL_CERT]",
+)
+@click.option(
+    "--tls-key",
+    envvar="EVPROTO_CENTRAL_KEY",
+    default=None,
+    metavar="PEM",
+    help="Its private key. [env EVPROTO_CENTRAL_KEY]",
+)
 @click.option("--audit-log", default=None, metavar="PATH", help="The security audit log (default: DB.audit.jsonl).")
-@click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
-              help="Release 1's plaintext mode: no TLS, monitors not authenticated, records neither sealed nor "
-              "signed. Only on a network you trust. [env EVPROTO_INSECURE]")
-@click.option("--log-file", default=None, metavar="PATH",
-              help="Where logs go while the panel owns the terminal (default: next to the database).")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="EVPROTO_INSECURE",
+    help="Release 1's plaintext mode: no TLS, monitors not authenticated, records neither sealed nor "
+    "signed. Only on a network you trust. [env EVPROTO_INSECURE]",
+)
+@click.option(
+    "--log-file",
+    default=None,
+    metavar="PATH",
+    help="Where logs go while the panel owns the terminal (default: next to the database).",
+)
 @daemon_options("Write a JSON file with the chosen ports once up.")
 @click.version_option(__version__, prog_name="ev-central")
 @click.pass_context
-def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, http_port: int, panel: bool | None,
-         auto_register: bool, register_drivers: tuple[str, ...], answer_timeout_s: float, plug_timeout_s: float,
-         registrations_per_min: float, max_cps: int, topic_prefix: str, kafka_config: tuple[str, ...],
-         kafka_config_file: str | None, tls_cert: str | None, tls_key: str | None,
-         audit_log: str | None, insecure: bool, ready_file: str | None, log_file: str | None, log_format: str,
-         log_level: str) -> None:
+def main(
+    ctx: click.Context,
+    db: str,
+    port: int,
+    host: str,
+    kafka: str | None,
+    http_port: int,
+    panel: bool | None,
+    auto_register: bool,
+    register_drivers: tuple[str, ...],
+    answer_timeout_s: float,
+    plug_timeout_s: float,
+    registrations_per_min: float,
+    max_cps: int,
+    topic_prefix: str,
+    kafka_config: tuple[str, ...],
+    kafka_config_file: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    audit_log: str | None,
+    insecure: bool,
+    ready_file: str | None,
+    log_file: str | None,
+    log_format: str,
+    log_level: str,
+) -> None:
     """Central (EV_Central): the control centre of the charging network.
 
     Without a subcommand, runs Central: the socket server for monitors, the Kafka
@@ -108,8 +206,10 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
     if insecure and (tls_cert or tls_key):
         raise click.UsageError("--insecure is plaintext: leave out --tls-cert/--tls-key")
     if not insecure and not (tls_cert and tls_key):
-        raise click.UsageError("Central speaks TLS: give --tls-cert and --tls-key (evcharging up makes them), "
-                               "or --insecure for release 1's plaintext mode")
+        raise click.UsageError(
+            "Central speaks TLS: give --tls-cert and --tls-key (evcharging up makes them), "
+            "or --insecure for release 1's plaintext mode"
+        )
     from .app import Central, CentralOptions
 
     show_panel = sys.stdout.isatty() if panel is None else panel
@@ -127,12 +227,21 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
     store.close()
     opts = CentralOptions(
         db=db,
-        kafka=KafkaSettings(bootstrap=kafka, client_id="ev-central", prefix=topic_prefix,
-                            extra=kafka_extra(kafka_config, kafka_config_file)),
+        kafka=KafkaSettings(
+            bootstrap=kafka,
+            client_id="ev-central",
+            prefix=topic_prefix,
+            extra=kafka_extra(kafka_config, kafka_config_file),
+        ),
         listen=f"{host}:{port}",
         http=f"{host}:{http_port}" if http_port >= 0 else None,
-        rules=Rules(auto_register_cps=auto_register, answer_timeout_s=answer_timeout_s, plug_timeout_s=plug_timeout_s,
-                    registrations_per_min=registrations_per_min, max_cps=max_cps),
+        rules=Rules(
+            auto_register_cps=auto_register,
+            answer_timeout_s=answer_timeout_s,
+            plug_timeout_s=plug_timeout_s,
+            registrations_per_min=registrations_per_min,
+            max_cps=max_cps,
+        ),
         ready_file=ready_file,
         panel=show_panel,
         secure=not insecure,
@@ -140,14 +249,18 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
         audit_log=audit_log,
     )
     if insecure:
-        click.echo("ev-central: WARNING: --insecure: no TLS, monitors are not authenticated and records are "
-                   "neither sealed nor signed; anyone who reaches the network can act on it", err=True)
+        click.echo(
+            "ev-central: WARNING: --insecure: no TLS, monitors are not authenticated and records are "
+            "neither sealed nor signed; anyone who reaches the network can act on it",
+            err=True,
+        )
 
     tune_gc()  # thousands of links: see GC_YOUNG_THRESHOLD
     fds = raise_fd_limit()
     if fds < 4096:
         logging.getLogger("evproto.central").warning(
-            "open files limited to %d: Central can hold about %d monitor links (raise with ulimit -n)", fds, fds - 100)
+            "open files limited to %d: Central can hold about %d monitor links (raise with ulimit -n)", fds, fds - 100
+        )
 
     async def run() -> int:
         return await Central(opts).run(shutdown_event())
@@ -160,8 +273,9 @@ def main(ctx: click.Context, db: str, port: int, host: str, kafka: str | None, h
     except OSError as exc:  # a port taken or not ours to bind: one line, not a traceback
         if exc.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise
-        click.echo(f"ev-central: cannot listen on {host} (--port {port}, --http-port {http_port}): "
-                   f"{exc.strerror}", err=True)
+        click.echo(
+            f"ev-central: cannot listen on {host} (--port {port}, --http-port {http_port}): {exc.strerror}", err=True
+        )
         sys.exit(EXIT_UNAVAILABLE)
 
 
@@ -172,9 +286,14 @@ def drivers() -> None:
 
 @drivers.command("add")
 @click.argument("ids", nargs=-1, required=True)
-@click.option("--credentials", "cred_dir", default=None, metavar="DIR",
-              help="Also issue each driver a key and write it to DIR/ID.json (0600) for its app "
-              "(ev-driver --credentials DIR/ID.json); issuing again replaces the old key.")
+@click.option(
+    "--credentials",
+    "cred_dir",
+    default=None,
+    metavar="DIR",
+    help="Also issue each driver a key and write it to DIR/ID.json (0600) for its app "
+    "(ev-driver --credentials DIR/ID.json); issuing again replaces the old key.",
+)
 @click.pass_obj
 def drivers_add(db: str, ids: tuple[str, ...], cred_dir: str | None) -> None:
     """Register one or more drivers."""
@@ -192,10 +311,12 @@ def drivers_add(db: str, ids: tuple[str, ...], cred_dir: str | None) -> None:
         try:
             for d in ids:
                 grant = ring.issue_driver_key(d)
-                path = write_driver_credentials(Path(cred_dir) / f"{d}.json", d, grant.key_id, grant.key,
-                                                ring.verify_bytes)
-                _audit(db).record(actor="cli", source="cli", action="key-issue", obj=f"driver:{d}", outcome="ok",
-                                  key_id=grant.key_id)
+                path = write_driver_credentials(
+                    Path(cred_dir) / f"{d}.json", d, grant.key_id, grant.key, ring.verify_bytes
+                )
+                _audit(db).record(
+                    actor="cli", source="cli", action="key-issue", obj=f"driver:{d}", outcome="ok", key_id=grant.key_id
+                )
                 click.echo(f"{d}: credentials in {path}")
         finally:
             ring.close()
@@ -309,8 +430,10 @@ def tokens_list(db: str) -> None:
 
     store = _open_tokens(db)
     for t in store.list():
-        click.echo(f"{t['id']}\t{t['role']}\t{t['name']}\t{iso_utc(int(t['created_ts_ms']))}"  # type: ignore[call-overload]
-                   + ("\tREVOKED" if t["revoked"] else ""))
+        click.echo(
+            f"{t['id']}\t{t['role']}\t{t['name']}\t{iso_utc(int(t['created_ts_ms']))}"  # type: ignore[call-overload]
+            + ("\tREVOKED" if t["revoked"] else "")
+        )
     store.close()
 
 
@@ -322,8 +445,13 @@ def tokens_revoke(db: str, token_id: str) -> None:
     store = _open_tokens(db)
     done = store.revoke(token_id)
     store.close()
-    _audit(db).record(actor="cli", source="cli", action="token-revoke", obj=f"tok {token_id[:16]}",
-                      outcome="ok" if done else "refused")
+    _audit(db).record(
+        actor="cli",
+        source="cli",
+        action="token-revoke",
+        obj=f"tok {token_id[:16]}",
+        outcome="ok" if done else "refused",
+    )
     if not done:
         raise click.ClickException(f"no live token {token_id!r}")
     click.echo(f"{token_id}: revoked")
@@ -356,8 +484,10 @@ def audit_verify(db: str, path: str | None) -> None:
         raise click.ClickException(f"no audit log at {path}")
     result = verify_audit(path)
     if not result.ok:
-        click.echo(f"{path}: BROKEN at line {result.bad_line}: {result.reason} "
-                   f"({result.entries} entries verified before it)", err=True)
+        click.echo(
+            f"{path}: BROKEN at line {result.bad_line}: {result.reason} ({result.entries} entries verified before it)",
+            err=True,
+        )
         sys.exit(1)
     click.echo(f"{path}: OK, {result.entries} entries; head #{result.head_seq} {result.head_hash}")
 
@@ -372,19 +502,37 @@ def audit_show(db: str, path: str | None, limit: int) -> None:
     if not os.path.exists(path):
         raise click.ClickException(f"no audit log at {path}")
     for e in read_entries(path, limit=limit):
-        click.echo(f"{e.get('ts')}  {e.get('outcome', ''):8} {e.get('actor')}  {e.get('source')}  "
-                   f"{e.get('action')}  {e.get('object')}")
+        click.echo(
+            f"{e.get('ts')}  {e.get('outcome', ''):8} {e.get('actor')}  {e.get('source')}  "
+            f"{e.get('action')}  {e.get('object')}"
+        )
 
 
 @main.command("certs", context_settings=_SETTINGS)
-@click.option("--dir", "directory", required=True, metavar="DIR",
-              help="Where the CA and the certificates go (created 0700; keys 0600). An existing CA there is reused.")
-@click.option("--host", "hosts", multiple=True, required=True, metavar="NAME|IP",
-              help="A name or address clients use to reach the server (repeatable): Central and the registry, "
-              "or with --cp the engine.")
-@click.option("--cp", "cp_ids", multiple=True, metavar="CP_ID",
-              help="Instead: certificates for a CP whose monitor reaches its engine from another host "
-              "(repeatable): engine-CP_ID (server, for --host) and monitor-CP_ID (client, names the CP).")
+@click.option(
+    "--dir",
+    "directory",
+    required=True,
+    metavar="DIR",
+    help="Where the CA and the certificates go (created 0700; keys 0600). An existing CA there is reused.",
+)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    required=True,
+    metavar="NAME|IP",
+    help="A name or address clients use to reach the server (repeatable): Central and the registry, "
+    "or with --cp the engine.",
+)
+@click.option(
+    "--cp",
+    "cp_ids",
+    multiple=True,
+    metavar="CP_ID",
+    help="Instead: certificates for a CP whose monitor reaches its engine from another host "
+    "(repeatable): engine-CP_ID (server, for --host) and monitor-CP_ID (client, names the CP).",
+)
 def certs(directory: str, hosts: tuple[str, ...], cp_ids: tuple[str, ...]) -> None:
     """Make the network's CA (once) and certificates for Central and the registry.
 
@@ -404,7 +552,9 @@ def certs(directory: str, hosts: tuple[str, ...], cp_ids: tuple[str, ...]) -> No
     from ..pki import CertificateAuthority
 
     for cp_id in cp_ids:
-        problem = id_problem(cp_id) or ("it names a file here: no '/' or '\\'" if "/" in cp_id or "\\" in cp_id else None)
+        problem = id_problem(cp_id) or (
+            "it names a file here: no '/' or '\\'" if "/" in cp_id or "\\" in cp_id else None
+        )
         if problem is not None:
             raise click.BadParameter(f"{cp_id!r}: {problem}", param_hint="--cp")
     ca = CertificateAuthority.ensure(directory, name="evcharging network CA")
@@ -413,8 +563,10 @@ def certs(directory: str, hosts: tuple[str, ...], cp_ids: tuple[str, ...]) -> No
         for cp_id in cp_ids:
             engine = ca.issue(cp_id, directory, hosts=tuple(hosts), stem=f"engine-{cp_id}")
             monitor = ca.issue(cp_id, directory, client=True, stem=f"monitor-{cp_id}")
-            click.echo(f"{cp_id}: engine {engine.cert} (key {engine.key}), valid for {', '.join(hosts)}; "
-                       f"monitor {monitor.cert} (key {monitor.key})")
+            click.echo(
+                f"{cp_id}: engine {engine.cert} (key {engine.key}), valid for {', '.join(hosts)}; "
+                f"monitor {monitor.cert} (key {monitor.key})"
+            )
         return
     for name in ("central", "registry"):
         issued = ca.issue(name, directory, hosts=tuple(hosts))

@@ -38,12 +38,12 @@ import ssl
 from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
+
 from evproto.daemons.auditlog import AuditLog
 from evproto.daemons.tokens import TokenRole, TokenStore
 from evproto.daemons.webauth import PRINCIPAL, token_auth
 from evproto.daemons.webjson import BadRequest, HttpError, json_errors, json_response, stop_http
 from evproto.daemons.webjson import start_http as serve_json
-
 from evproto.domain.central import UnknownCpError
 from evproto.domain.central.view import CentralView, SessionView, iso_utc
 from evproto.domain.session import SessionStatus
@@ -172,9 +172,7 @@ async def _get_cps(request: web.Request) -> web.Response:
 async def _get_sessions(request: web.Request) -> web.Response:
     status = _text_param(request, "status")
     if status is not None and status not in SESSION_STATUSES:
-        raise _BadQuery(
-            f"status must be one of {', '.join(SESSION_STATUSES)}; got {status[:40]!r}"
-        )
+        raise _BadQuery(f"status must be one of {', '.join(SESSION_STATUSES)}; got {status[:40]!r}")
     sessions = _backend(request).sessions(
         status=status,
         cp_id=_text_param(request, "cp_id"),
@@ -267,8 +265,9 @@ def _needed_role(request: web.Request) -> TokenRole | None:
     return TokenRole.OPERATOR
 
 
-def make_app(backend: CentralBackend, *, tokens: TokenStore | None = None,
-             audit: AuditLog | None = None) -> web.Application:
+def make_app(
+    backend: CentralBackend, *, tokens: TokenStore | None = None, audit: AuditLog | None = None
+) -> web.Application:
     """The aiohttp application serving the ``/api/v1`` endpoints from ``backend``; with
     ``tokens``, every call needs a Bearer token whose role grants it (reads: viewer;
     stop, resume, revoke: operator; removals and the audit log: admin)."""
@@ -310,5 +309,6 @@ async def start_http(
     Returns the runner (give it to :func:`stop_http`) and the port actually bound.
     Access logging is off unless ``access_log`` is given: the launcher polls often.
     """
-    return await serve_json(make_app(backend, tokens=tokens, audit=audit), host, port, log=log,
-                            access_log=access_log, tls=tls)
+    return await serve_json(
+        make_app(backend, tokens=tokens, audit=audit), host, port, log=log, access_log=access_log, tls=tls
+    )

@@ -86,8 +86,11 @@ class RecordIntake:
             self.commit(effects, _offsets(batch), dead)
             self._kept(dead)
         except Exception as exc:
-            self._warn.log(logging.ERROR, f"a batch of {len(batch)} record(s) failed ({type(exc).__name__}: {exc}): "
-                                          "applying its records one at a time")
+            self._warn.log(
+                logging.ERROR,
+                f"a batch of {len(batch)} record(s) failed ({type(exc).__name__}: {exc}): "
+                "applying its records one at a time",
+            )
             self.counters["batches_retried"] += 1
             self.recover()
             for record in batch:
@@ -137,8 +140,15 @@ class RecordIntake:
 
     @staticmethod
     def _letter(record: Record, reason: str) -> DeadLetter:
-        return DeadLetter.of(topic=record.topic.value, partition=record.partition, offset=record.offset,
-                             key=record.key, reason=reason, value=record.value, size=record.size)
+        return DeadLetter.of(
+            topic=record.topic.value,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            reason=reason,
+            value=record.value,
+            size=record.size,
+        )
 
     def _kept(self, letters: list[DeadLetter]) -> None:
         """Count and log (rate-limited) dead letters once their transaction committed."""

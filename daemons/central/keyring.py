@@ -67,9 +67,12 @@ def signing_key(path: str) -> Ed25519PrivateKey:
             return Ed25519PrivateKey.from_private_bytes(f.read())
     except FileNotFoundError:
         key = Ed25519PrivateKey.generate()
-        write_private(Path(path),
-                      key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                        serialization.NoEncryption()))
+        write_private(
+            Path(path),
+            key.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            ),
+        )
         return key
 
 
@@ -117,12 +120,15 @@ class KeyRing:
         keys nothing can use any more: retired past their grace, revoked a day ago. Bounded
         however often monitors reconnect."""
         now = _now_ms()
-        self._db.execute("DELETE FROM cp_keys WHERE retired_ts_ms < ? OR revoked_ts_ms < ?",
-                         (now - RETIRED_GRACE_MS, now - 86_400_000))
+        self._db.execute(
+            "DELETE FROM cp_keys WHERE retired_ts_ms < ? OR revoked_ts_ms < ?",
+            (now - RETIRED_GRACE_MS, now - 86_400_000),
+        )
         keys: dict[str, _Key] = {}
         current: dict[str, tuple[int, str]] = {}
         for key_id, cp_id, key, issued, retired, revoked in self._db.execute(
-                "SELECT key_id, cp_id, key, issued_ts_ms, retired_ts_ms, revoked_ts_ms FROM cp_keys"):
+            "SELECT key_id, cp_id, key, issued_ts_ms, retired_ts_ms, revoked_ts_ms FROM cp_keys"
+        ):
             keys[key_id] = _Key(Owner(OwnerKind.CP, cp_id), bytes(key), retired, revoked is not None)
             if retired is None and revoked is None and issued >= current.get(cp_id, (-1, ""))[0]:
                 current[cp_id] = (issued, key_id)
@@ -142,8 +148,9 @@ class KeyRing:
         key = secrets.token_bytes(KEY_BYTES)
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute("UPDATE cp_keys SET retired_ts_ms = ? WHERE cp_id = ? AND retired_ts_ms IS NULL",
-                             (now, cp_id))
+            self._db.execute(
+                "UPDATE cp_keys SET retired_ts_ms = ? WHERE cp_id = ? AND retired_ts_ms IS NULL", (now, cp_id)
+            )
             self._db.execute("INSERT INTO cp_keys VALUES (?, ?, ?, ?, NULL, NULL)", (key_id, cp_id, key, now))
             self._db.execute("COMMIT")
         except BaseException:
@@ -159,8 +166,9 @@ class KeyRing:
     def revoke_cp(self, cp_id: str) -> int:
         """Revoke every key of ``cp_id`` (it must authenticate again); how many were live."""
         now = _now_ms()
-        cur = self._db.execute("UPDATE cp_keys SET revoked_ts_ms = ? WHERE cp_id = ? AND revoked_ts_ms IS NULL",
-                               (now, cp_id))
+        cur = self._db.execute(
+            "UPDATE cp_keys SET revoked_ts_ms = ? WHERE cp_id = ? AND revoked_ts_ms IS NULL", (now, cp_id)
+        )
         for k in self._keys.values():
             if k.owner == Owner(OwnerKind.CP, cp_id):
                 k.revoked = True
@@ -182,9 +190,11 @@ class KeyRing:
         """A new key for ``driver_id`` (replacing any older one: the old file stops working)."""
         key_id = f"drv.{driver_id}.{secrets.token_hex(4)}"
         key = secrets.token_bytes(KEY_BYTES)
-        self._db.execute("INSERT INTO driver_keys VALUES (?, ?, ?, ?) ON CONFLICT(driver_id) DO UPDATE SET "
-                         "key_id = excluded.key_id, key = excluded.key, issued_ts_ms = excluded.issued_ts_ms",
-                         (driver_id, key_id, key, _now_ms()))
+        self._db.execute(
+            "INSERT INTO driver_keys VALUES (?, ?, ?, ?) ON CONFLICT(driver_id) DO UPDATE SET "
+            "key_id = excluded.key_id, key = excluded.key, issued_ts_ms = excluded.issued_ts_ms",
+            (driver_id, key_id, key, _now_ms()),
+        )
         old = self._drivers.get(driver_id)
         if old is not None:
             self._keys.pop(old, None)

@@ -41,9 +41,15 @@ class MonitorLinks:
             return Reject(code=ReasonCode.ROLE_NOT_ALLOWED, detail="only monitors connect to Central's socket")
         if hello.node_id in self.links:
             if self.sec is not None:
-                self.sec.audit.record(actor=f"cp:{hello.node_id[:64]}", source=source or "local", action="auth",
-                                      obj=f"cp:{hello.node_id[:64]}", outcome="refused",
-                                      coalesce=f"dup:{source}", reason="already connected")
+                self.sec.audit.record(
+                    actor=f"cp:{hello.node_id[:64]}",
+                    source=source or "local",
+                    action="auth",
+                    obj=f"cp:{hello.node_id[:64]}",
+                    outcome="refused",
+                    coalesce=f"dup:{source}",
+                    reason="already connected",
+                )
             return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"{hello.node_id} is already connected")
         if self.sec is not None:
             # Nothing is registered, changed or reserved before the monitor proves who it is.
@@ -58,8 +64,11 @@ class MonitorLinks:
         self._apply(fx)
         if reject is not None:
             self.counters["hellos_refused"] += 1
-            self._note(f"refused monitor {ascii(hello.node_id[:64])} from {source or 'a local link'}: {reject.detail}",
-                       "warning", key=f"refused:{source}:{reject.code.name}")
+            self._note(
+                f"refused monitor {ascii(hello.node_id[:64])} from {source or 'a local link'}: {reject.detail}",
+                "warning",
+                key=f"refused:{source}:{reject.code.name}",
+            )
         return reject
 
     async def _authenticate(self, link: Link) -> bool:
@@ -118,10 +127,17 @@ class MonitorLinks:
         """A record refused for its envelope: audited (a line per topic, reason and second)."""
         if self.sec is None:
             return
-        self.sec.audit.record(actor=f"key:{exc.detail[:64]}" if exc.detail else "unknown",
-                              source=f"kafka:{record.topic.value}", action="record", obj=f"key:{record.key}"[:80],
-                              outcome="refused", coalesce=f"record:{record.topic.value}:{exc.why.name}",
-                              reason=str(exc)[:200], partition=record.partition, offset=record.offset)
+        self.sec.audit.record(
+            actor=f"key:{exc.detail[:64]}" if exc.detail else "unknown",
+            source=f"kafka:{record.topic.value}",
+            action="record",
+            obj=f"key:{record.key}"[:80],
+            outcome="refused",
+            coalesce=f"record:{record.topic.value}:{exc.why.name}",
+            reason=str(exc)[:200],
+            partition=record.partition,
+            offset=record.offset,
+        )
 
     def revoke(self, cp_id: str, *, actor: str, source: str) -> None:
         """Revoke ``cp_id``'s keys: its records are refused from now on, its supply in
@@ -135,6 +151,7 @@ class MonitorLinks:
         self._apply(self.core.revoked(cp_id, now_ms()))
         link = self.links.pop(cp_id, None)
         if link is not None:
+
             async def tell_and_close(link: Link = link) -> None:
                 await self.sec.refuse(link, ReasonCode.BAD_CREDENTIALS, "key revoked: authenticate again")  # type: ignore[union-attr]
                 await link.close()

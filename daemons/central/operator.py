@@ -15,9 +15,9 @@ from evproto.domain.central import (
 )
 from evproto.domain.central.view import CentralView, SessionView
 
-from ..stats import nearest_rank
 from ..common import now_ms, stdin_lines
 from ..runtime import GC_PAUSES
+from ..stats import nearest_rank
 
 __all__ = ["OperatorConsole"]
 
@@ -38,9 +38,13 @@ class OperatorConsole:
             kafka=self.opts.kafka.bootstrap,
             kafka_ok=self.kafka_ok,
             now_ts_ms=now_ms(),
-            counters={**self.counters, **GC_PAUSES.counters(), **self._freshness(),
-                      **{f"ignored_{k}": v for k, v in self.core.ignored.items()},
-                      "dead_letters": self.store.dead_letter_count()},
+            counters={
+                **self.counters,
+                **GC_PAUSES.counters(),
+                **self._freshness(),
+                **{f"ignored_{k}": v for k, v in self.core.ignored.items()},
+                "dead_letters": self.store.dead_letter_count(),
+            },
         )
 
     def _freshness(self) -> dict[str, int]:
@@ -50,8 +54,10 @@ class OperatorConsole:
         """
         if not self._ages:
             return {}
-        return {"telemetry_age_p50_ms": max(0, int(nearest_rank(self._ages, 50))),
-                "telemetry_age_p99_ms": max(0, int(nearest_rank(self._ages, 99)))}
+        return {
+            "telemetry_age_p50_ms": max(0, int(nearest_rank(self._ages, 50))),
+            "telemetry_age_p99_ms": max(0, int(nearest_rank(self._ages, 99))),
+        }
 
     def sessions(self, **query: Any) -> list[SessionView]:
         return self.store.sessions(**query)
@@ -70,8 +76,7 @@ class OperatorConsole:
 
     def _audit(self, actor: str, source: str, action: str, obj: str, outcome: str, **details: Any) -> None:
         if self.sec is not None:
-            self.sec.audit.record(actor=actor, source=source, action=action, obj=obj[:80], outcome=outcome,
-                                  **details)
+            self.sec.audit.record(actor=actor, source=source, action=action, obj=obj[:80], outcome=outcome, **details)
 
     def console_command(self, action: str, target: str | None, *, actor: str) -> str:
         """A command typed at Central's own console (panel or stdin); the answer to show."""

@@ -50,6 +50,7 @@ __all__ = [
 
 log = logging.getLogger("evproto.central")
 
+
 @dataclass(frozen=True, slots=True)
 class StateLook:
     """How one CP state looks on the panel."""
@@ -76,14 +77,14 @@ STATE_STYLES: dict[str, Style] = {state.name: look.style for state, look in STAT
 _UNKNOWN_STYLE = Style.parse("#ffffff on #37474f")
 _DETAIL = {state.name: look.detail for state, look in STATE_LOOKS.items() if look.detail}
 _MINI_LABEL = {state.name: look.mini for state, look in STATE_LOOKS.items()}
-_LEVEL_STYLES = {"info": Style(), "warning": Style.parse("yellow"),
-                 "error": Style.parse("bold red")}
+_LEVEL_STYLES = {"info": Style(), "warning": Style.parse("yellow"), "error": Style.parse("bold red")}
 _STATUS_STYLES = {"requested": "yellow", "authorized": "cyan", "supplying": "green"}
 
 COMMAND_HINT = "commands: s <CP|all> stop · r <CP|all> resume · q quit"
 _SHORT_HINT = "s|r <CP|all> · q quit"
-HELP_TEXT = ("s <CP|all>: stop (Out of Order) · r <CP|all>: resume · v <CP>: revoke its key · q: quit the panel"
-             " · ?: help")
+HELP_TEXT = (
+    "s <CP|all>: stop (Out of Order) · r <CP|all>: resume · v <CP>: revoke its key · q: quit the panel · ?: help"
+)
 
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -121,8 +122,7 @@ def _cut(text: str, width: int) -> str:
     return t.plain
 
 
-def _line(left: str, right: str, width: int, *, keep_left: bool = True,
-          left_style: str | Style = "") -> Text:
+def _line(left: str, right: str, width: int, *, keep_left: bool = True, left_style: str | Style = "") -> Text:
     """``left`` and ``right`` on one line of ``width`` cells, shortening one of them to fit."""
     if right and cell_len(left) + 1 + cell_len(right) > width:
         if keep_left:
@@ -171,24 +171,32 @@ def _full_tile(cp: CpView, width: int) -> RenderableType:
     inner = width - 4
     state = safe_text(cp.state)
     if cp.state == "SUPPLYING":
-        detail = _line(f"driver {safe_text(cp.driver_id or '–')}",
-                       f"{_fig(cp.power_kw, '.1f')} kW", inner)
-        extra = _line(f"{_fig(cp.energy_kwh, '.2f')} kWh",
-                      f"{_fig(cp.amount_eur, '.2f')} EUR", inner)
+        detail = _line(f"driver {safe_text(cp.driver_id or '–')}", f"{_fig(cp.power_kw, '.1f')} kW", inner)
+        extra = _line(f"{_fig(cp.energy_kwh, '.2f')} kWh", f"{_fig(cp.amount_eur, '.2f')} EUR", inner)
     else:
         detail = Text(_DETAIL.get(cp.state, ""), style="bold")
         extra = Text(", ".join(a.replace("_", " ") for a in cp.alerts))
-    body = Text("\n", no_wrap=True, overflow="ellipsis").join([
-        Text(safe_text(cp.location)),
-        Text(f"{price_text(cp.price_eur_kwh)} EUR/kWh"),
-        Text(state, style="bold"),
-        detail,
-        extra,
-    ])
+    body = Text("\n", no_wrap=True, overflow="ellipsis").join(
+        [
+            Text(safe_text(cp.location)),
+            Text(f"{price_text(cp.price_eur_kwh)} EUR/kWh"),
+            Text(state, style="bold"),
+            detail,
+            extra,
+        ]
+    )
     style = _style(cp.state)
-    return Panel(body, title=Text(safe_text(cp.id), style="bold"), title_align="left",
-                 box=box.ROUNDED, style=style, border_style=style, width=width, height=7,
-                 padding=(0, 1))
+    return Panel(
+        body,
+        title=Text(safe_text(cp.id), style="bold"),
+        title_align="left",
+        box=box.ROUNDED,
+        style=style,
+        border_style=style,
+        width=width,
+        height=7,
+        padding=(0, 1),
+    )
 
 
 def _compact_tile(cp: CpView, width: int) -> RenderableType:
@@ -196,8 +204,9 @@ def _compact_tile(cp: CpView, width: int) -> RenderableType:
     cp_id = safe_text(cp.id)
     if cp.state == "SUPPLYING":
         top = _line(cp_id, f"{_fig(cp.power_kw, '.1f')} kW", inner, left_style="bold")
-        last = _line(safe_text(cp.driver_id or "–"),
-                     f"{_fig(cp.energy_kwh, '.2f')}kWh {_fig(cp.amount_eur, '.2f')}€", inner)
+        last = _line(
+            safe_text(cp.driver_id or "–"), f"{_fig(cp.energy_kwh, '.2f')}kWh {_fig(cp.amount_eur, '.2f')}€", inner
+        )
     else:
         top = _line(cp_id, safe_text(cp.state), inner, left_style="bold")
         last = Text(_DETAIL.get(cp.state, ""), style="bold")
@@ -218,8 +227,7 @@ def _mini_tile(cp: CpView, width: int) -> RenderableType:
 _BUILDERS = {_FULL: _full_tile, _COMPACT: _compact_tile, _MINI: _mini_tile}
 
 
-def _plan_tiles(n: int, width: int, budget: int, *,
-                truncate: bool) -> tuple[_TileSize, int, int, int]:
+def _plan_tiles(n: int, width: int, budget: int, *, truncate: bool) -> tuple[_TileSize, int, int, int]:
     """(size, columns, tile width, tiles shown) for ``n`` CPs in ``budget`` lines."""
     for size in (_FULL, _COMPACT, _MINI):
         cols, tile_w = size.columns(width, n)
@@ -247,8 +255,9 @@ def _summary(cps: Sequence[CpView], *, waiting: bool = False) -> Text:
     return text
 
 
-def _tiles(cps: Sequence[CpView], width: int, budget: int, *,
-           truncate: bool, waiting: bool = False) -> tuple[RenderableType, int]:
+def _tiles(
+    cps: Sequence[CpView], width: int, budget: int, *, truncate: bool, waiting: bool = False
+) -> tuple[RenderableType, int]:
     """The summary line and the tile grid, and how many lines they take (``waiting``: the
     view holds nothing from Central yet)."""
     if not cps:
@@ -260,9 +269,8 @@ def _tiles(cps: Sequence[CpView], width: int, budget: int, *,
         grid.add_column(width=tile_w, no_wrap=True)
     cells: list[RenderableType] = [build(cp, tile_w) for cp in cps[:shown]]
     if shown < len(cps):
-        cells.append(Padding(Text(f"+{len(cps) - shown} more", style="bold"), (0, 1),
-                             style="reverse", expand=True))
-    rows = [cells[i:i + cols] for i in range(0, len(cells), cols)]
+        cells.append(Padding(Text(f"+{len(cps) - shown} more", style="bold"), (0, 1), style="reverse", expand=True))
+    rows = [cells[i : i + cols] for i in range(0, len(cells), cols)]
     for i, row in enumerate(rows):
         if i and size.row_gap:
             grid.add_row()
@@ -283,21 +291,20 @@ def _header(view: CentralView, width: int) -> tuple[RenderableType, int]:
     top.add_column(justify="right", no_wrap=True)
     top.add_row(title, Text(local_time_text(view.now_ts_ms) if view.now_ts_ms else "", style=bar))
     if not view.now_ts_ms:  # nothing from Central yet (a remote panel): no addresses or states to show
-        waiting = Text(f" connecting to Central at {central_url(view.http)} ...", style="dim",
-                       no_wrap=True, overflow="ellipsis")
+        waiting = Text(
+            f" connecting to Central at {central_url(view.http)} ...", style="dim", no_wrap=True, overflow="ellipsis"
+        )
         return Group(top, waiting), 2
     addresses = Text(no_wrap=True, overflow="ellipsis")
     addresses.append("socket ", style="dim").append(safe_text(view.listen or "–"))
     addresses.append(" · HTTP ", style="dim").append(safe_text(view.http or "–"))
     kafka = Text().append("Kafka ", style="dim").append(safe_text(view.kafka or "–"))
-    kafka.append(" ● reachable" if view.kafka_ok else " ● UNREACHABLE",
-                 style="green" if view.kafka_ok else "bold red")
+    kafka.append(" ● reachable" if view.kafka_ok else " ● UNREACHABLE", style="green" if view.kafka_ok else "bold red")
     if "telemetry_age_p99_ms" in view.counters:  # how fresh the figures below are
         kafka.append(f" · telemetry age p99 {view.counters['telemetry_age_p99_ms']} ms", style="dim")
     kafka.no_wrap, kafka.overflow = True, "ellipsis"
     if addresses.cell_len + 3 + kafka.cell_len <= width - 1:
-        return Group(top, Text(" ").append_text(addresses).append(" · ", style="dim")
-                     .append_text(kafka)), 2
+        return Group(top, Text(" ").append_text(addresses).append(" · ", style="dim").append_text(kafka)), 2
     return Group(top, Text(" ").append_text(addresses), Text(" ").append_text(kafka)), 3
 
 
@@ -307,8 +314,15 @@ def _requests(requests: Sequence[SessionView], max_rows: int | None) -> Renderab
         return Text("Driver requests in progress: none", style="dim")
     if max_rows is not None and max_rows < 1:
         return Text(f"{title}: enlarge the terminal to list them", style="bold")
-    table = Table(title=title, title_justify="left", title_style="bold", box=box.SIMPLE_HEAD,
-                  show_edge=False, pad_edge=False, header_style="bold dim")
+    table = Table(
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        header_style="bold dim",
+    )
     for name in ("Date", "Start", "Driver", "CP", "Status"):
         table.add_column(name, no_wrap=True, overflow="ellipsis")
     shown = list(requests)
@@ -317,8 +331,9 @@ def _requests(requests: Sequence[SessionView], max_rows: int | None) -> Renderab
     for s in shown:
         when = _when(s.requested_ts_ms)
         status = Text(safe_text(s.status), style=_STATUS_STYLES.get(s.status, ""))
-        table.add_row(when.strftime("%Y-%m-%d"), when.strftime("%H:%M:%S"), safe_text(s.driver_id),
-                      safe_text(s.cp_id), status)
+        table.add_row(
+            when.strftime("%Y-%m-%d"), when.strftime("%H:%M:%S"), safe_text(s.driver_id), safe_text(s.cp_id), status
+        )
     if len(shown) < len(requests):
         table.add_row("", "", Text(f"+{len(requests) - len(shown)} more", style="dim"))
     return table
@@ -344,8 +359,14 @@ class _MessageLines:
 
 
 def _messages(messages: Sequence[MessageView], default: int = 8) -> RenderableType:
-    return Panel(_MessageLines(messages, default), title="Application messages",
-                 title_align="left", border_style="grey50", box=box.ROUNDED, padding=(0, 1))
+    return Panel(
+        _MessageLines(messages, default),
+        title="Application messages",
+        title_align="left",
+        border_style="grey50",
+        box=box.ROUNDED,
+        padding=(0, 1),
+    )
 
 
 def _footer(input_line: str, notice: str | Text, width: int) -> RenderableType:
@@ -357,7 +378,7 @@ def _footer(input_line: str, notice: str | Text, width: int) -> RenderableType:
     room = max(1, width - prompt.cell_len - 1)
     typed = safe_text(input_line)
     if cell_len(typed) > room:  # keep the end of a long line visible, where the typing is
-        typed = "…" + typed[-(room - 1):]
+        typed = "…" + typed[-(room - 1) :]
     prompt.append(typed, style="bold").append(" ", style="reverse")
     return Group(note, prompt)
 
@@ -369,12 +390,14 @@ class _Sized:
         self.renderable, self.width, self.height = renderable, width, height
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield from console.render(self.renderable, options.update_dimensions(
-            min(self.width, options.max_width), self.height))
+        yield from console.render(
+            self.renderable, options.update_dimensions(min(self.width, options.max_width), self.height)
+        )
 
 
-def render(view: CentralView, *, width: int = 120, input_line: str = "",
-           notice: str | Text = "", height: int | None = None) -> RenderableType:
+def render(
+    view: CentralView, *, width: int = 120, input_line: str = "", notice: str | Text = "", height: int | None = None
+) -> RenderableType:
     """The monitoring panel for ``view``, ``width`` cells wide.
 
     With ``height`` the panel fills exactly that many lines (the footer on the last two,
@@ -386,13 +409,13 @@ def render(view: CentralView, *, width: int = 120, input_line: str = "",
     footer = _footer(input_line, notice, width)
     if height is None:
         tiles, _ = _tiles(view.cps, width, _NATURAL_TILE_LINES, truncate=False, waiting=not view.now_ts_ms)
-        return Constrain(Group(header, tiles, _requests(view.requests, 10),
-                               _messages(view.messages), footer), width)
+        return Constrain(Group(header, tiles, _requests(view.requests, 10), _messages(view.messages), footer), width)
     avail = max(0, height - header_h - 2)
     req_full = 3 + len(view.requests) if view.requests else 1
     msg_min = 3
-    tiles, tiles_h = _tiles(view.cps, width, avail - 1 - min(req_full, 6) - msg_min, truncate=True,
-                            waiting=not view.now_ts_ms)
+    tiles, tiles_h = _tiles(
+        view.cps, width, avail - 1 - min(req_full, 6) - msg_min, truncate=True, waiting=not view.now_ts_ms
+    )
     rest = max(0, avail - tiles_h)
     req_h = max(0, min(req_full, rest - msg_min))
     msg_h = rest - req_h
@@ -421,8 +444,20 @@ class Command:
     target: str | None = None
 
 
-_VERBS = {"s": "stop", "stop": "stop", "r": "resume", "resume": "resume", "v": "revoke", "revoke": "revoke",
-          "q": "quit", "quit": "quit", "exit": "quit", "?": "help", "h": "help", "help": "help"}
+_VERBS = {
+    "s": "stop",
+    "stop": "stop",
+    "r": "resume",
+    "resume": "resume",
+    "v": "revoke",
+    "revoke": "revoke",
+    "q": "quit",
+    "quit": "quit",
+    "exit": "quit",
+    "?": "help",
+    "h": "help",
+    "help": "help",
+}
 
 
 def parse_command(line: str) -> Command | None:
@@ -433,8 +468,7 @@ def parse_command(line: str) -> Command | None:
     verb, args = words[0].lower(), words[1:]
     action = _VERBS.get(verb)
     if action is None:
-        raise ValueError(f"unknown command {safe_text(words[0])!r}: "
-                         "try s <CP|all>, r <CP|all>, v <CP>, q or ?")
+        raise ValueError(f"unknown command {safe_text(words[0])!r}: try s <CP|all>, r <CP|all>, v <CP>, q or ?")
     if action in ("quit", "help"):
         if args:
             raise ValueError(f"{action} takes no argument")

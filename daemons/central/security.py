@@ -65,8 +65,11 @@ class CentralSecurity:
         self.keys = KeyRing(db)
         self.audit = AuditLog(audit_path or db + ".audit.jsonl")
         self.gate = RecordGate(self.keys, policy=SECURE_POLICY)
-        self.sealer = RecordSealer(policy=SECURE_POLICY, sealing_key=self.keys.sealing_key,
-                                   signing=(self.keys.signing_key_id, self.keys.signer))
+        self.sealer = RecordSealer(
+            policy=SECURE_POLICY,
+            sealing_key=self.keys.sealing_key,
+            signing=(self.keys.signing_key_id, self.keys.signer),
+        )
 
     def close(self) -> None:
         self.creds.close()
@@ -80,15 +83,24 @@ class CentralSecurity:
         reserved or changed for a link that has not proved who it is."""
         reason: Reject | None = None
         if self.creds.stored(hello.node_id) is None:
-            reason = Reject(code=ReasonCode.UNKNOWN_ID, detail=f"{hello.node_id[:64]} is not registered at the "
-                                                               "registry")
+            reason = Reject(
+                code=ReasonCode.UNKNOWN_ID, detail=f"{hello.node_id[:64]} is not registered at the registry"
+            )
         elif not 16 <= len(hello.credentials) <= 64:
-            reason = Reject(code=ReasonCode.BAD_CREDENTIALS, detail="this Central authenticates charge points: "
-                                                                    "start the monitor with --credentials")
+            reason = Reject(
+                code=ReasonCode.BAD_CREDENTIALS,
+                detail="this Central authenticates charge points: start the monitor with --credentials",
+            )
         if reason is not None:
-            self.audit.record(actor=f"cp:{hello.node_id[:64]}", source=source or "local", action="auth",
-                              obj=f"cp:{hello.node_id[:64]}", outcome="refused", coalesce=f"hello:{source}",
-                              reason=reason.detail)
+            self.audit.record(
+                actor=f"cp:{hello.node_id[:64]}",
+                source=source or "local",
+                action="auth",
+                obj=f"cp:{hello.node_id[:64]}",
+                outcome="refused",
+                coalesce=f"hello:{source}",
+                reason=reason.detail,
+            )
         return reason
 
     async def authenticate(self, link: Link) -> Proved | None:
@@ -104,9 +116,16 @@ class CentralSecurity:
             challenge = stored.challenge()
             try:
                 message = auth.auth_message(cp_id, hello.credentials, challenge)
-                answer = await link.request(AuthChallenge(salt=challenge.salt, log2_n=challenge.log2_n, r=challenge.r,
-                                                          p=challenge.p, server_nonce=challenge.server_nonce),
-                                            timeout_s=AUTH_TIMEOUT_S)
+                answer = await link.request(
+                    AuthChallenge(
+                        salt=challenge.salt,
+                        log2_n=challenge.log2_n,
+                        r=challenge.r,
+                        p=challenge.p,
+                        server_nonce=challenge.server_nonce,
+                    ),
+                    timeout_s=AUTH_TIMEOUT_S,
+                )
                 if not isinstance(answer, AuthProof):
                     raise auth.AuthError(f"answered the challenge with {type(answer).__name__}")
                 client_key = auth.verify_proof(stored, message, answer.proof)
@@ -117,8 +136,15 @@ class CentralSecurity:
                 why = "no answer to the challenge"
             except LinkDownError:
                 why = "left during the challenge"
-        self.audit.record(actor=f"cp:{cp_id}", source=source, action="auth", obj=f"cp:{cp_id}", outcome="refused",
-                          coalesce=f"auth:{source}:{cp_id}", reason=why)
+        self.audit.record(
+            actor=f"cp:{cp_id}",
+            source=source,
+            action="auth",
+            obj=f"cp:{cp_id}",
+            outcome="refused",
+            coalesce=f"auth:{source}:{cp_id}",
+            reason=why,
+        )
         log.warning("authentication of %s from %s refused: %s", ascii(cp_id[:64]), source, why)
         await self.refuse(link, ReasonCode.BAD_CREDENTIALS, why)
         return None
@@ -128,14 +154,23 @@ class CentralSecurity:
         cp_id = proved.cp_id
         key = self.keys.issue_cp_key(cp_id)
         wrapped = auth.wrap_key(proved.client_key, proved.message, key.key)
-        signature = auth.server_signature(proved.stored, proved.message, key_id=key.key_id, wrapped_key=wrapped,
-                                          verify_key=self.keys.verify_bytes)
-        await link.send(AuthResult(code=ReasonCode.OK, signature=signature, key_id=key.key_id, wrapped_key=wrapped,
-                                   verify_key=self.keys.verify_bytes))
+        signature = auth.server_signature(
+            proved.stored, proved.message, key_id=key.key_id, wrapped_key=wrapped, verify_key=self.keys.verify_bytes
+        )
+        await link.send(
+            AuthResult(
+                code=ReasonCode.OK,
+                signature=signature,
+                key_id=key.key_id,
+                wrapped_key=wrapped,
+                verify_key=self.keys.verify_bytes,
+            )
+        )
         source = link.peer_address or "local"
         self.audit.record(actor=f"cp:{cp_id}", source=source, action="auth", obj=f"cp:{cp_id}", outcome="ok")
-        self.audit.record(actor="central", source=source, action="key-issue", obj=f"cp:{cp_id}", outcome="ok",
-                          key_id=key.key_id)
+        self.audit.record(
+            actor="central", source=source, action="key-issue", obj=f"cp:{cp_id}", outcome="ok", key_id=key.key_id
+        )
         return key.key_id
 
     @staticmethod
@@ -149,6 +184,5 @@ class CentralSecurity:
 
     def revoke(self, cp_id: str, *, actor: str, source: str) -> int:
         n = self.keys.revoke_cp(cp_id)
-        self.audit.record(actor=actor, source=source, action="key-revoke", obj=f"cp:{cp_id}", outcome="ok",
-                          keys=n)
+        self.audit.record(actor=actor, source=source, action="key-revoke", obj=f"cp:{cp_id}", outcome="ok", keys=n)
         return n

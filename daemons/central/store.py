@@ -112,9 +112,23 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 """
 
 _SESSION_COLUMNS = (
-    "id", "cp_id", "driver_id", "request_id", "origin", "status", "requested_ts_ms", "price_eur_kwh",
-    "deadline_ts_ms", "target_energy_kwh", "target_duration_s", "authorized_ts_ms", "started_ts_ms",
-    "ended_ts_ms", "energy_kwh", "amount_eur", "end_reason",
+    "id",
+    "cp_id",
+    "driver_id",
+    "request_id",
+    "origin",
+    "status",
+    "requested_ts_ms",
+    "price_eur_kwh",
+    "deadline_ts_ms",
+    "target_energy_kwh",
+    "target_duration_s",
+    "authorized_ts_ms",
+    "started_ts_ms",
+    "ended_ts_ms",
+    "energy_kwh",
+    "amount_eur",
+    "end_reason",
 )
 
 
@@ -175,8 +189,7 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a killed process
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA busy_timeout=5000")
-        row = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
+        row = self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone()
         found = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() if row else None
         if found is not None and int(found[0]) < SCHEMA_VERSION:
             self._migrate(int(found[0]))
@@ -267,13 +280,16 @@ class Store:
         cols = ", ".join(f"s.{c}" for c in _SESSION_COLUMNS)
         rows = self._db.execute(
             f"SELECT {cols}, t.session_id IS NOT NULL FROM sessions s LEFT JOIN tickets t ON t.session_id = s.id "
-            f"WHERE s.status IN ({','.join('?' * len(live))}) OR s.id > (SELECT COALESCE(MAX(id), 0) FROM sessions) - ?",
+            f"WHERE s.status IN ({','.join('?' * len(live))}) "
+            "OR s.id > (SELECT COALESCE(MAX(id), 0) FROM sessions) - ?",
             [*live, RECENT_SESSIONS],
         ).fetchall()
         sessions = [self._session(r[:-1], ticketed=bool(r[-1])) for r in rows]
         (max_id,) = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM sessions").fetchone()
-        offsets = {(r[0], r[1]): Position(r[2], r[3])
-                   for r in self._db.execute("SELECT topic, partition, next_offset, topic_id FROM offsets")}
+        offsets = {
+            (r[0], r[1]): Position(r[2], r[3])
+            for r in self._db.execute("SELECT topic, partition, next_offset, topic_id FROM offsets")
+        }
         return Loaded(cps, drivers, sessions, max_id + 1, offsets)
 
     @staticmethod
@@ -284,8 +300,13 @@ class Store:
 
     # -- the hot path ----------------------------------------------------------------------
 
-    def apply(self, effects: Iterable[Effect], offsets: dict[tuple[str, int], Position | int] | None = None,
-              dead: Iterable[DeadLetter] = (), counters: dict[str, int] | None = None) -> list[OutboxRow]:
+    def apply(
+        self,
+        effects: Iterable[Effect],
+        offsets: dict[tuple[str, int], Position | int] | None = None,
+        dead: Iterable[DeadLetter] = (),
+        counters: dict[str, int] | None = None,
+    ) -> list[OutboxRow]:
         """Apply saves, queue durable publishes, keep dead letters and record offsets (and
         the sealed records' counters read up to them: the replay window), all in one
         transaction (nothing at all when there is nothing to write).
@@ -317,7 +338,8 @@ class Store:
                 elif isinstance(fx, SaveCp):
                     c = fx.record
                     db.execute(
-                        "INSERT INTO cps (id, location, price_eur_kwh, stopped, registered_ts_ms) VALUES (?, ?, ?, ?, ?) "
+                        "INSERT INTO cps (id, location, price_eur_kwh, stopped, registered_ts_ms) "
+                        "VALUES (?, ?, ?, ?, ?) "
                         "ON CONFLICT(id) DO UPDATE SET location = excluded.location, "
                         "price_eur_kwh = excluded.price_eur_kwh, stopped = excluded.stopped",
                         (c.id, c.location, c.price_eur_kwh, int(c.stopped), now),
@@ -343,8 +365,11 @@ class Store:
             if dead:
                 self._keep_dead(dead)
             if counters:
-                db.executemany("INSERT INTO record_counters VALUES (?, ?) ON CONFLICT(slot) DO UPDATE SET "
-                               "counter = MAX(counter, excluded.counter)", list(counters.items()))
+                db.executemany(
+                    "INSERT INTO record_counters VALUES (?, ?) ON CONFLICT(slot) DO UPDATE SET "
+                    "counter = MAX(counter, excluded.counter)",
+                    list(counters.items()),
+                )
             for (topic, partition), pos in (offsets or {}).items():
                 # A bare offset keeps the log's id as stored; a Position names the log.
                 nxt, topic_id = (pos, None) if isinstance(pos, int) else pos
@@ -361,8 +386,11 @@ class Store:
 
     def forget_counters(self, live_key_ids: set[str]) -> int:
         """Drop the replay counters of keys that no longer exist (``slot`` is ``topic|key id``)."""
-        stale = [slot for (slot,) in self._db.execute("SELECT slot FROM record_counters")
-                 if slot.split("|", 1)[-1] not in live_key_ids]
+        stale = [
+            slot
+            for (slot,) in self._db.execute("SELECT slot FROM record_counters")
+            if slot.split("|", 1)[-1] not in live_key_ids
+        ]
         if stale:
             self._db.executemany("DELETE FROM record_counters WHERE slot = ?", [(x,) for x in stale])
         return len(stale)
@@ -400,8 +428,18 @@ class Store:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            self._keep_dead([DeadLetter.of(topic=row.topic, partition=-1, offset=-1, key=row.key,
-                                           reason=f"outbox: {reason}", value=row.value)])
+            self._keep_dead(
+                [
+                    DeadLetter.of(
+                        topic=row.topic,
+                        partition=-1,
+                        offset=-1,
+                        key=row.key,
+                        reason=f"outbox: {reason}",
+                        value=row.value,
+                    )
+                ]
+            )
             db.execute("DELETE FROM outbox WHERE id = ?", (row.id,))
             db.execute("COMMIT")
         except BaseException:
@@ -414,7 +452,9 @@ class Store:
         cols = ", ".join(f"s.{c}" for c in _SESSION_COLUMNS)
         r = self._db.execute(
             f"SELECT {cols}, t.session_id IS NOT NULL FROM sessions s LEFT JOIN tickets t ON t.session_id = s.id "
-            "WHERE s.id = ?", (session_id,)).fetchone()
+            "WHERE s.id = ?",
+            (session_id,),
+        ).fetchone()
         return None if r is None else self._session(r[:-1], ticketed=bool(r[-1]))
 
     def session_by_request(self, request_id: str) -> SessionRecord | None:

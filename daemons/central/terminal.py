@@ -62,13 +62,18 @@ class KeyReader:
     terminal settings are restored on close, whatever happened.
     """
 
-    def __init__(self, stdin: int | IO[str] | None = None, *, interactive: bool = True,
-                 on_change: Callable[[], None] | None = None, max_line_chars: int = 200,
-                 max_queued: int = 64) -> None:
+    def __init__(
+        self,
+        stdin: int | IO[str] | None = None,
+        *,
+        interactive: bool = True,
+        on_change: Callable[[], None] | None = None,
+        max_line_chars: int = 200,
+        max_queued: int = 64,
+    ) -> None:
         self._stream: int | IO[str] | None = sys.stdin if stdin is None else stdin
         self._fd = self._stream if isinstance(self._stream, int) else _fileno(self._stream)
-        self.is_tty = bool(interactive and termios is not None and self._fd is not None
-                           and os.isatty(self._fd))
+        self.is_tty = bool(interactive and termios is not None and self._fd is not None and os.isatty(self._fd))
         self.on_change = on_change
         self.max_line_chars = max_line_chars
         #: Submitted lines, stripped, never empty. Lines beyond ``max_queued`` are dropped.
@@ -264,13 +269,14 @@ class PlainReporter:
         now = local_time_text(view.now_ts_ms)
         out: list[str] = []
         if self._cps is None:
-            out.append(f"{now} CENTRAL {safe_text(view.central_id)}"
-                       f" socket {safe_text(view.listen or '-')}"
-                       f" HTTP {safe_text(view.http or '-')} Kafka {safe_text(view.kafka or '-')}"
-                       f" {'reachable' if view.kafka_ok else 'UNREACHABLE'}")
+            out.append(
+                f"{now} CENTRAL {safe_text(view.central_id)}"
+                f" socket {safe_text(view.listen or '-')}"
+                f" HTTP {safe_text(view.http or '-')} Kafka {safe_text(view.kafka or '-')}"
+                f" {'reachable' if view.kafka_ok else 'UNREACHABLE'}"
+            )
         elif view.kafka_ok != self._kafka_ok:
-            out.append(f"{now} KAFKA {safe_text(view.kafka)} "
-                       f"{'reachable again' if view.kafka_ok else 'UNREACHABLE'}")
+            out.append(f"{now} KAFKA {safe_text(view.kafka)} {'reachable again' if view.kafka_ok else 'UNREACHABLE'}")
         self._kafka_ok = view.kafka_ok
         out += self._cp_lines(now, view.cps)
         out += self._request_lines(now, view.requests)
@@ -281,14 +287,20 @@ class PlainReporter:
         old, out = self._cps or {}, []
         for cp in cps:
             prev = old.get(cp.id)
-            extra = (f" (driver {safe_text(cp.driver_id)})" if cp.state == "SUPPLYING" and cp.driver_id
-                     else " (Out of Order)" if cp.state == "STOPPED" else "")
+            extra = (
+                f" (driver {safe_text(cp.driver_id)})"
+                if cp.state == "SUPPLYING" and cp.driver_id
+                else " (Out of Order)"
+                if cp.state == "STOPPED"
+                else ""
+            )
             if prev is None:
-                out.append(f"{now} CP {safe_text(cp.id)} {safe_text(cp.state)}{extra} at "
-                           f"{safe_text(cp.location)}, {price_text(cp.price_eur_kwh)} EUR/kWh")
+                out.append(
+                    f"{now} CP {safe_text(cp.id)} {safe_text(cp.state)}{extra} at "
+                    f"{safe_text(cp.location)}, {price_text(cp.price_eur_kwh)} EUR/kWh"
+                )
             elif prev.state != cp.state:
-                out.append(f"{now} CP {safe_text(cp.id)} {safe_text(prev.state)} -> "
-                           f"{safe_text(cp.state)}{extra}")
+                out.append(f"{now} CP {safe_text(cp.id)} {safe_text(prev.state)} -> {safe_text(cp.state)}{extra}")
         self._cps = {cp.id: cp for cp in cps}
         out += [f"{now} CP {safe_text(cp_id)} removed" for cp_id in old if cp_id not in self._cps]
         return out
@@ -319,8 +331,7 @@ class PlainReporter:
                     break
         if messages:
             self._last_message = messages[-1]
-        return [f"{local_time_text(m.ts_ms)} MSG {safe_text(m.level)}: {safe_text(m.text)}"
-                for m in messages[start:]]
+        return [f"{local_time_text(m.ts_ms)} MSG {safe_text(m.level)}: {safe_text(m.text)}" for m in messages[start:]]
 
 
 # -- the loop --------------------------------------------------------------------------------
@@ -425,16 +436,18 @@ async def run_panel(
         worker.add_done_callback(lambda _: (done.set(), wake.set()))
         try:
             if full_screen:
-                live = Live(console=console, screen=True, auto_refresh=False,
-                            redirect_stdout=False, redirect_stderr=False)
+                live = Live(
+                    console=console, screen=True, auto_refresh=False, redirect_stdout=False, redirect_stderr=False
+                )
                 on_screen(live.start)
                 try:
                     while not done.is_set():
                         started = time.perf_counter()
                         size = console.size
                         shown = feedback.text if loop.time() < feedback.until else ""
-                        frame = render(get_view(), width=size.width, height=size.height,
-                                       input_line=keys.buffer, notice=shown)
+                        frame = render(
+                            get_view(), width=size.width, height=size.height, input_line=keys.buffer, notice=shown
+                        )
                         on_screen(functools.partial(live.update, frame, refresh=True))
                         if done.is_set():
                             break
@@ -453,4 +466,3 @@ async def run_panel(
             worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker
-

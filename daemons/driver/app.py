@@ -46,8 +46,8 @@ from evproto.messages import EndReason
 from evproto.ratelog import RateLimitedLog
 
 from ..common import EXIT_USAGE, now_ms, stdin_lines
-from ..files import StateFileError, load_state, save_json_atomic, write_ready_file
 from ..credentials_file import DriverCredentials
+from ..files import StateFileError, load_state, save_json_atomic, write_ready_file
 from ..gate import (
     PLAIN_POLICY,
     SECURE_POLICY,
@@ -95,8 +95,12 @@ class Driver:
             keys.trust_central(credentials.central_key)
         policy = SECURE_POLICY if credentials is not None else PLAIN_POLICY
         self.gate = RecordGate(keys, policy=policy)
-        self.sealer = RecordSealer(policy=policy, sealing_key=(
-            (lambda topic, record_key: (credentials.key_id, credentials.key)) if credentials is not None else None))
+        self.sealer = RecordSealer(
+            policy=policy,
+            sealing_key=(
+                (lambda topic, record_key: (credentials.key_id, credentials.key)) if credentials is not None else None
+            ),
+        )
         self.kafka = kafka
         self.requests = requests
         self.requests_source = requests_source
@@ -135,8 +139,11 @@ class Driver:
             self.gate.window.load(self.state.get("replay") or {})
         except (TypeError, ValueError, AttributeError) as exc:
             raise StateFileError(f"{self.state_path}: its replay counters cannot be read ({exc})") from None
-        self._tickets = {int(k): v for k, v in (self.state.get("tickets") or {}).items()} \
-            if isinstance(self.state.get("tickets"), dict) else {}
+        self._tickets = (
+            {int(k): v for k, v in (self.state.get("tickets") or {}).items()}
+            if isinstance(self.state.get("tickets"), dict)
+            else {}
+        )
         self.partitions = await ensure_topics(self.kafka)
         if self.state.get("events_offset") is None:
             # First start: remember where "now" is before asking for anything, so a crash
@@ -197,8 +204,10 @@ class Driver:
             await asyncio.sleep(0.25)
             news = self.central.news()
             if news is False:
-                log.warning("cannot reach Central (no heartbeat for %g s): requests wait until it is back",
-                            self.central.silence_s)
+                log.warning(
+                    "cannot reach Central (no heartbeat for %g s): requests wait until it is back",
+                    self.central.silence_s,
+                )
             elif news:
                 log.info("Central reachable again")
 
@@ -221,8 +230,14 @@ class Driver:
         self._save()
         fut = self._watch(request_id)
         assert self.producer is not None
-        event = SupplyRequest(request_id=request_id, driver_id=self.driver_id, cp_id=line.cp_id, ts_ms=now_ms(),
-                              target_energy_kwh=line.target_energy_kwh, target_duration_s=line.target_duration_s)
+        event = SupplyRequest(
+            request_id=request_id,
+            driver_id=self.driver_id,
+            cp_id=line.cp_id,
+            ts_ms=now_ms(),
+            target_energy_kwh=line.target_energy_kwh,
+            target_duration_s=line.target_duration_s,
+        )
         log.info("requesting a supply at %s", line.describe())
         await self._send_request(event)
         return await self._outcome(request_id, fut)
@@ -236,8 +251,9 @@ class Driver:
         while True:
             try:
                 # Sealed at each attempt (a fresh counter): a resend is not a replay.
-                value = self.sealer.wrap(Topic.DRIVER_REQUESTS, self.driver_id, encode_event(event),
-                                         event_type=event.TYPE)
+                value = self.sealer.wrap(
+                    Topic.DRIVER_REQUESTS, self.driver_id, encode_event(event), event_type=event.TYPE
+                )
                 await self.producer.send(Topic.DRIVER_REQUESTS, self.driver_id, value, partition=partition)
                 return
             except BusError as exc:
@@ -262,7 +278,9 @@ class Driver:
                     self._last_update[request_id] = time.monotonic()  # Central's silence is not the CP's
                     continue
                 if time.monotonic() - self._last_update[request_id] > self.answer_timeout_s:
-                    log.warning("no news about request %s for %g s: giving up on it", request_id[:8], self.answer_timeout_s)
+                    log.warning(
+                        "no news about request %s for %g s: giving up on it", request_id[:8], self.answer_timeout_s
+                    )
                     return None
         finally:
             self._waiters.pop(request_id, None)
@@ -275,8 +293,11 @@ class Driver:
         start = int(self.state.get("next_line", 0)) if self.state.get("file") == self.requests_source else 0
         pending = self.state.get("pending")
         if pending:
-            log.info("restarted while request %s at %s was in progress: waiting for its outcome",
-                     pending["request_id"][:8], pending["cp_id"])
+            log.info(
+                "restarted while request %s at %s was in progress: waiting for its outcome",
+                pending["request_id"][:8],
+                pending["cp_id"],
+            )
             outcome = await self._outcome(pending["request_id"], self._watch(pending["request_id"]))
             ticket = next((t["text"] for t in self._tickets.values() if t["request_id"] == pending["request_id"]), None)
             if ticket is not None:
@@ -288,7 +309,12 @@ class Driver:
             if outcome is not None and start < len(self.requests):
                 await asyncio.sleep(self.pause_s)
         if start:
-            log.info("continuing %s at request %d of %d", self.requests_source or "the requests", start + 1, len(self.requests))
+            log.info(
+                "continuing %s at request %d of %d",
+                self.requests_source or "the requests",
+                start + 1,
+                len(self.requests),
+            )
         for index in range(start, len(self.requests)):
             await self.request(self.requests[index], index=index)
             self.state["file"] = self.requests_source
@@ -296,8 +322,12 @@ class Driver:
             self._save()
             if index + 1 < len(self.requests):
                 await asyncio.sleep(self.pause_s)
-        log.info("all %d requests done: %d completed, %d denied or interrupted", len(self.requests),
-                 self.state.get("completed", 0), self.state.get("not_completed", 0))
+        log.info(
+            "all %d requests done: %d completed, %d denied or interrupted",
+            len(self.requests),
+            self.state.get("completed", 0),
+            self.state.get("not_completed", 0),
+        )
 
     # -- Kafka -----------------------------------------------------------------------------
 
@@ -306,9 +336,15 @@ class Driver:
         start = self.state.get("events_offset")
         # With the log it came from: a broker that lost its data since is found out, and the
         # new log is read from its beginning (Central sends the recent tickets and updates again).
-        position = (Topic.DRIVER_EVENTS, partition, OFFSET_END if start is None else start, self.state.get("events_topic_id"))
-        async with BusConsumer(self.kafka, assignments=[position], on_reset=self._events_reset,
-                               max_value_bytes=MAX_EVENT_BYTES) as consumer:
+        position = (
+            Topic.DRIVER_EVENTS,
+            partition,
+            OFFSET_END if start is None else start,
+            self.state.get("events_topic_id"),
+        )
+        async with BusConsumer(
+            self.kafka, assignments=[position], on_reset=self._events_reset, max_value_bytes=MAX_EVENT_BYTES
+        ) as consumer:
             async for record in consumer:
                 self.state["events_offset"], self.state["events_topic_id"] = record.offset + 1, record.topic_id
                 if record.key != self.driver_id:
@@ -327,8 +363,12 @@ class Driver:
         return None
 
     def _events_reset(self, reset: LogReset) -> None:
-        log.warning("Kafka lost its log of %s (%s): reading the new log from its beginning; %s",
-                    reset.topic.value, reset.cause.text, spec_for(reset.topic).resend.recovery)
+        log.warning(
+            "Kafka lost its log of %s (%s): reading the new log from its beginning; %s",
+            reset.topic.value,
+            reset.cause.text,
+            spec_for(reset.topic).resend.recovery,
+        )
         self.state["events_offset"], self.state["events_topic_id"] = OFFSET_BEGINNING, reset.topic_id
         self._save()
 
@@ -362,8 +402,11 @@ class Driver:
             if ev.session_id in self._tickets:
                 return  # the same ticket again (Central re-sent its outbox after a restart)
             minutes = max(0.0, (ev.ended_ts_ms - ev.started_ts_ms) / 60000)
-            text = (f"TICKET session {ev.session_id} at {ev.cp_id}: {ev.energy_kwh:.3f} kWh x {ev.price_eur_kwh:.2f} "
-                    f"EUR/kWh = {ev.amount_eur:.2f} EUR, {minutes:.1f} min, {ev.status} ({EndReason.from_token(ev.end_reason).label})")
+            text = (
+                f"TICKET session {ev.session_id} at {ev.cp_id}: {ev.energy_kwh:.3f} kWh x {ev.price_eur_kwh:.2f} "
+                f"EUR/kWh = {ev.amount_eur:.2f} EUR, {minutes:.1f} min, {ev.status} "
+                f"({EndReason.from_token(ev.end_reason).label})"
+            )
             log.info("%s", text)
             # Remembered after it was shown: a crash in between shows it again, never not at all.
             self._tickets[ev.session_id] = {"request_id": ev.request_id, "text": text}
@@ -374,11 +417,16 @@ class Driver:
             await asyncio.sleep(0.1)
             ev = self.figures.due(time.monotonic())
             if ev is not None:
-                log.info("charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw)
+                log.info(
+                    "charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw
+                )
 
     async def _cp_state_loop(self) -> None:
-        async with BusConsumer(self.kafka, max_value_bytes=MAX_EVENT_BYTES, assignments=[(Topic.CP_STATE, p, OFFSET_BEGINNING)
-                                                        for p in range(self.partitions.get(Topic.CP_STATE, 1))]) as consumer:
+        async with BusConsumer(
+            self.kafka,
+            max_value_bytes=MAX_EVENT_BYTES,
+            assignments=[(Topic.CP_STATE, p, OFFSET_BEGINNING) for p in range(self.partitions.get(Topic.CP_STATE, 1))],
+        ) as consumer:
             async for record in consumer:
                 if record.value is None:  # a tombstone: the CP is gone
                     self.cps.pop(record.key or "", None)
@@ -395,7 +443,9 @@ class Driver:
                     self.cps[ev.cp_id] = ev
                     continue
                 self.cp_states_skipped += 1
-                self._warn.log(logging.WARNING, f"skipped a record on cp-state ({record.partition}@{record.offset}): {problem}")
+                self._warn.log(
+                    logging.WARNING, f"skipped a record on cp-state ({record.partition}@{record.offset}): {problem}"
+                )
 
     # -- keys ------------------------------------------------------------------------------
 

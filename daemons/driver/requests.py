@@ -58,8 +58,10 @@ def parse_target(text: str) -> tuple[float | None, float | None]:
         return energy_kwh, None
     duration_s = num * 60.0 if unit in ("min", "m") else num
     if not 0 < duration_s <= MAX_TARGET_DURATION_S:
-        raise ValueError(f"target {_brief(text)} must be above 0 and at most {MAX_TARGET_DURATION_S:g} s "
-                         f"({MAX_TARGET_DURATION_S / 3600:g} h)")
+        raise ValueError(
+            f"target {_brief(text)} must be above 0 and at most {MAX_TARGET_DURATION_S:g} s "
+            f"({MAX_TARGET_DURATION_S / 3600:g} h)"
+        )
     return None, duration_s
 
 

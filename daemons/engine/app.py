@@ -70,18 +70,15 @@ from evproto.domain.events import (
     SupplyProgress,
     SupplyRequest,
 )
-from evproto.hw.base import MeterDriver
+from evproto.hw.base import MeterDriver, MeterError
 from evproto.hw.supervisor import MeterSupervisor
 from evproto.idents import id_problem
 from evproto.ratelog import RateLimitedLog
-
-from evproto.hw.base import MeterError
 
 from ..common import now_ms, stdin_lines
 from ..files import StateFileError, load_state, write_ready_file
 from ..gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, NoKey, Owner, OwnerKind, RecordGate, RecordSealer
 from ..readers import CentralWatch, RecordGuard
-
 from .meter import ReadingSignal
 from .statefile import StateWriter
 
@@ -210,18 +207,30 @@ class Engine:
             self.producer = BusProducer(self.opts.kafka)
             await self.producer.start()
             started.push_async_callback(self.producer.close, 5.0)
-            server = await serve(self.opts.listen, self._session, node_id="engine", on_hello=self._on_hello,
-                                 config=self.opts.link_config)
+            server = await serve(
+                self.opts.listen, self._session, node_id="engine", on_hello=self._on_hello, config=self.opts.link_config
+            )
             started.push_async_callback(self._final_save)
             started.push_async_callback(server.close)
             host, port = server.addresses[0]
             scheme = "tls" if self.opts.listen.startswith("tls://") else "tcp"
-            log.info("listening for the monitor on %s://%s:%s%s; Kafka %s", scheme, host, port,
-                     " (mutual TLS)" if scheme == "tls" else "", self.opts.kafka.bootstrap)
+            log.info(
+                "listening for the monitor on %s://%s:%s%s; Kafka %s",
+                scheme,
+                host,
+                port,
+                " (mutual TLS)" if scheme == "tls" else "",
+                self.opts.kafka.bootstrap,
+            )
             if state.get("cp_id"):
                 self._adopt(state["cp_id"], state, await self._register_at_restart(state))
-            write_ready_file(self.opts.ready_file, role="engine", listen=f"{host}:{port}", scheme=scheme,
-                             cp_id=self.cp.cp_id if self.cp else None)
+            write_ready_file(
+                self.opts.ready_file,
+                role="engine",
+                listen=f"{host}:{port}",
+                scheme=scheme,
+                cp_id=self.cp.cp_id if self.cp else None,
+            )
             await self.supervisor.start()
             started.push_async_callback(self.supervisor.close)
             self._tasks = [
@@ -269,8 +278,9 @@ class Engine:
             return None
         snap = self.cp.snapshot()
         supply = snap["supply"]
-        fields = None if supply is None else tuple(sorted((k, v) for k, v in supply.items()
-                                                          if k not in _PROGRESS_FIELDS))
+        fields = (
+            None if supply is None else tuple(sorted((k, v) for k, v in supply.items() if k not in _PROGRESS_FIELDS))
+        )
         return (snap["stopped"], snap["phase"], snap["offline_price_eur_kwh"], fields)
 
     def _save(self, *, checkpoint: bool = False) -> asyncio.Future[None] | None:
@@ -308,14 +318,19 @@ class Engine:
             return None
         return reading.energy_wh, now_ms()
 
-    def _adopt(self, cp_id: str, state: dict[str, Any] | None = None,
-               meter_register: tuple[float, int] | None = None) -> None:
+    def _adopt(
+        self, cp_id: str, state: dict[str, Any] | None = None, meter_register: tuple[float, int] | None = None
+    ) -> None:
         """Become charge point ``cp_id`` (from the state file, or named by the monitor)."""
         if self.cp is not None and self.cp.cp_id == cp_id:
             return
-        self.cp = ChargePoint(cp_id=cp_id, auto=self.opts.auto, offline_supply=self.opts.offline_supply,
-                              progress_interval_ms=progress_interval_ms(self.opts.meter_interval_s),
-                              progress_with_reading=True)
+        self.cp = ChargePoint(
+            cp_id=cp_id,
+            auto=self.opts.auto,
+            offline_supply=self.opts.offline_supply,
+            progress_interval_ms=progress_interval_ms(self.opts.meter_interval_s),
+            progress_with_reading=True,
+        )
         self.commands_offset = self.commands_topic_id = None
         now = now_ms()
         if state and state.get("cp_id") == cp_id:
@@ -460,13 +475,23 @@ class Engine:
     def _ledger(self, ev: SupplyFinished) -> None:
         """Record the finished supply in the state file's ledger (saved atomically with the
         outbox that carries its report): the engine's own account of what it metered."""
-        self.finished.append({"session_id": ev.session_id, "request_id": ev.request_id, "driver_id": ev.driver_id,
-                              "energy_kwh": ev.energy_kwh, "amount_eur": ev.amount_eur, "reason": ev.reason,
-                              "offline": ev.offline, "ended_ts_ms": ev.ended_ts_ms})
+        self.finished.append(
+            {
+                "session_id": ev.session_id,
+                "request_id": ev.request_id,
+                "driver_id": ev.driver_id,
+                "energy_kwh": ev.energy_kwh,
+                "amount_eur": ev.amount_eur,
+                "reason": ev.reason,
+                "offline": ev.offline,
+                "ended_ts_ms": ev.ended_ts_ms,
+            }
+        )
         del self.finished[:-LEDGER_SIZE]
 
-    def _produce(self, topic: Topic, key: str, value: bytes, outbox_id: int | None,
-                 event_type: str | None = None) -> None:
+    def _produce(
+        self, topic: Topic, key: str, value: bytes, outbox_id: int | None, event_type: str | None = None
+    ) -> None:
         if self.producer is None:
             return
         partition = partition_for(key, self.partitions.get(topic, 1))
@@ -517,12 +542,18 @@ class Engine:
         if certified is not None and certified != hello.node_id:
             # Mutual TLS: the CA vouches for the monitor of one CP only.
             log.warning("refused a monitor for %s whose certificate is for %s", hello.node_id, certified)
-            return Reject(code=ReasonCode.BAD_CREDENTIALS,
-                          detail=f"the certificate is for {certified}, not {hello.node_id}")
+            return Reject(
+                code=ReasonCode.BAD_CREDENTIALS, detail=f"the certificate is for {certified}, not {hello.node_id}"
+            )
         if self.monitor is not None and self.monitor.is_open:
-            return Reject(code=ReasonCode.DUPLICATE_ID, detail=f"this engine already has a monitor for {self.cp.cp_id if self.cp else '?'}")
+            return Reject(
+                code=ReasonCode.DUPLICATE_ID,
+                detail=f"this engine already has a monitor for {self.cp.cp_id if self.cp else '?'}",
+            )
         if self.cp is not None and self.cp.cp_id != hello.node_id and self.cp.phase is not Phase.IDLE:
-            return Reject(code=ReasonCode.UNKNOWN_ID, detail=f"this engine is serving {self.cp.cp_id} (supply in progress)")
+            return Reject(
+                code=ReasonCode.UNKNOWN_ID, detail=f"this engine is serving {self.cp.cp_id} (supply in progress)"
+            )
         return None
 
     async def _session(self, link: Link) -> None:
@@ -561,8 +592,9 @@ class Engine:
         # With the log it came from: a broker that lost its data since is found out, and the
         # new log is read from its beginning (expired authorisations in it are skipped below).
         position = (Topic.CP_COMMANDS, partition, start, self.commands_topic_id)
-        async with BusConsumer(self.opts.kafka, assignments=[position], on_reset=self._commands_reset,
-                               max_value_bytes=MAX_EVENT_BYTES) as consumer:
+        async with BusConsumer(
+            self.opts.kafka, assignments=[position], on_reset=self._commands_reset, max_value_bytes=MAX_EVENT_BYTES
+        ) as consumer:
             async for record in consumer:
                 self.commands_offset, self.commands_topic_id = record.offset + 1, record.topic_id
                 if record.key != cp_id or self.cp is None:
@@ -584,8 +616,10 @@ class Engine:
         if envelope is None or envelope.key_id in self.keys.keys or not envelope.key_id.startswith(f"cp.{cp_id}."):
             return
         self._key_arrived.clear()
-        log.info("a command sealed with key %s, which the monitor has not handed over yet: waiting for it",
-                 envelope.key_id[:64])
+        log.info(
+            "a command sealed with key %s, which the monitor has not handed over yet: waiting for it",
+            envelope.key_id[:64],
+        )
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._key_arrived.wait(), KEY_WAIT_S)
 
@@ -615,11 +649,14 @@ class Engine:
         return None
 
     def _commands_reset(self, reset: LogReset) -> None:
-        log.warning("Kafka lost its log of %s (%s): reading the new log from its beginning; %s",
-                    reset.topic.value, reset.cause.text, spec_for(reset.topic).resend.recovery)
+        log.warning(
+            "Kafka lost its log of %s (%s): reading the new log from its beginning; %s",
+            reset.topic.value,
+            reset.cause.text,
+            spec_for(reset.topic).resend.recovery,
+        )
         self.commands_offset, self.commands_topic_id = OFFSET_BEGINNING, reset.topic_id
         self._save()
-
 
     def _central_news(self, now: int) -> list[Effect]:
         """Tell the CP whether Central is reachable (nothing while it is too early to say)."""
@@ -719,4 +756,3 @@ class Engine:
         text += f"; {len(self.outbox)} event(s) waiting for Kafka" if self.outbox else ""
         quarantined = self.records.count if self.records is not None else 0
         return text + (f"; {quarantined} command(s) quarantined (dead-letters.jsonl)" if quarantined else "")
-

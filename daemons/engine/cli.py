@@ -23,67 +23,167 @@ from .meter import SimulatedMeter
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--kafka", envvar="EVPROTO_KAFKA", required=True, metavar="HOST:PORT",
-              help="Kafka bootstrap server(s). [env EVPROTO_KAFKA]")
-@click.option("--listen", envvar="EVPROTO_ENGINE_LISTEN", default=None, metavar="HOST:PORT",
-              help="Where the monitor reaches this engine (port 0: pick a free one). The monitor hands the "
-              "engine its record key over this link, so in release 2 a plain HOST:PORT must be a loopback "
-              "address (default 127.0.0.1:7100); from another host use mutual TLS, "
-              "tls://HOST:PORT?cert=ENGINE.pem&key=ENGINE.key&ca=CA.pem (the monitor's certificate must name "
-              "its CP; docs/security.md). --insecure: default 0.0.0.0:7100. [env EVPROTO_ENGINE_LISTEN]")
-@click.option("--port", "meter_port", envvar="EVPROTO_METER_PORT", default=None, metavar="DEVICE",
-              help="The meter's serial device (/dev/ttyUSB0, serial:///dev/ttyS1?baudrate=9600, or "
-              "tcp://host:port for a networked meter). Without it the engine simulates its meter. "
-              "[env EVPROTO_METER_PORT]")
-@click.option("--meter-protocol", type=click.Choice(["evproto", "iec62056-21"]), default="evproto", show_default=True,
-              help="What the meter speaks (docs/hardware.md).")
-@click.option("--baudrate", type=int, default=None,
-              help="evproto: the line speed (default 9600). iec62056-21: the highest speed to switch to after "
-              "the 300 baud sign-on (default: what the meter offers).")
+@click.option(
+    "--kafka",
+    envvar="EVPROTO_KAFKA",
+    required=True,
+    metavar="HOST:PORT",
+    help="Kafka bootstrap server(s). [env EVPROTO_KAFKA]",
+)
+@click.option(
+    "--listen",
+    envvar="EVPROTO_ENGINE_LISTEN",
+    default=None,
+    metavar="HOST:PORT",
+    help="Where the monitor reaches this engine (port 0: pick a free one). The monitor hands the "
+    "engine its record key over this link, so in release 2 a plain HOST:PORT must be a loopback "
+    "address (default 127.0.0.1:7100); from another host use mutual TLS, "
+    "tls://HOST:PORT?cert=ENGINE.pem&key=ENGINE.key&ca=CA.pem (the monitor's certificate must name "
+    "its CP; docs/security.md). --insecure: default 0.0.0.0:7100. [env EVPROTO_ENGINE_LISTEN]",
+)
+@click.option(
+    "--port",
+    "meter_port",
+    envvar="EVPROTO_METER_PORT",
+    default=None,
+    metavar="DEVICE",
+    help="The meter's serial device (/dev/ttyUSB0, serial:///dev/ttyS1?baudrate=9600, or "
+    "tcp://host:port for a networked meter). Without it the engine simulates its meter. "
+    "[env EVPROTO_METER_PORT]",
+)
+@click.option(
+    "--meter-protocol",
+    type=click.Choice(["evproto", "iec62056-21"]),
+    default="evproto",
+    show_default=True,
+    help="What the meter speaks (docs/hardware.md).",
+)
+@click.option(
+    "--baudrate",
+    type=int,
+    default=None,
+    help="evproto: the line speed (default 9600). iec62056-21: the highest speed to switch to after "
+    "the 300 baud sign-on (default: what the meter offers).",
+)
 @click.option("--meter-address", default="", help="IEC 62056-21 device address (several meters on one RS-485 bus).")
-@click.option("--meter-interval-s", type=click.FloatRange(min=0.1, max=60), default=1.0, show_default=True,
-              help="Seconds between readings of a real meter.")
-@click.option("--meter-timeout-s", type=click.FloatRange(min=0.1, max=60), default=2.0, show_default=True,
-              help="How long one reading may take before it counts as failed (two failed cycles: KO).")
-@click.option("--power-kw", type=click.FloatRange(min=0.1, max=1000), default=22.0, show_default=True,
-              help="Power of the simulated meter while a vehicle charges.")
-@click.option("--time-scale", type=click.FloatRange(min=0.001, max=3600), default=1.0, show_default=True,
-              help="Speed-up of the simulated meter only (60: one minute of charging per second). Its "
-              f"meter then delivers --power-kw x --time-scale, which must stay within {MAX_POWER_KW:g} kW: "
-              "Central refuses energy beyond that power over a supply's duration.")
-@click.option("--auto/--manual", default=False, show_default=True,
-              help="Unattended mode: plug in by itself after authorisation and end after the request's "
-              "target (or --supply-s).")
-@click.option("--plug-delay-s", type=click.FloatRange(min=0), default=1.5, show_default=True,
-              help="Unattended mode: seconds between authorisation and plug-in.")
-@click.option("--supply-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Unattended mode: length of a supply whose request names no target.")
-@click.option("--offline-supply/--no-offline-supply", default=False, show_default=True,
-              help="While Central is unreachable, serve manual supplies (m DRIVER) anyway and report them "
-              "when it is back, billed exactly once (the OCPP 1.6 offline rule). Off: refuse them, as the "
-              "assignment says.")
-@click.option("--checkpoint-s", envvar="EVPROTO_CHECKPOINT_S", type=click.FloatRange(min=0, max=300), default=10.0,
-              show_default=True,
-              help="Seconds between checkpoints of a supply's energy so far in the state file. Session boundaries "
-              "and events owed to Central are written at once; after a crash the meter's register says what was "
-              "delivered, so this bounds only what a meter that keeps no register of its own can lose. "
-              "[env EVPROTO_CHECKPOINT_S]")
-@click.option("--state-dir", envvar="EVPROTO_STATE_DIR", default=None, metavar="DIR",
-              help="Where the engine keeps its durable state (default: ./engine-state-PORT). "
-              "[env EVPROTO_STATE_DIR]")
-@click.option("--topic-prefix", envvar="EVPROTO_TOPIC_PREFIX", default="evcharging.", show_default=True,
-              help="Prefix of every Kafka topic. [env EVPROTO_TOPIC_PREFIX]")
+@click.option(
+    "--meter-interval-s",
+    type=click.FloatRange(min=0.1, max=60),
+    default=1.0,
+    show_default=True,
+    help="Seconds between readings of a real meter.",
+)
+@click.option(
+    "--meter-timeout-s",
+    type=click.FloatRange(min=0.1, max=60),
+    default=2.0,
+    show_default=True,
+    help="How long one reading may take before it counts as failed (two failed cycles: KO).",
+)
+@click.option(
+    "--power-kw",
+    type=click.FloatRange(min=0.1, max=1000),
+    default=22.0,
+    show_default=True,
+    help="Power of the simulated meter while a vehicle charges.",
+)
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0.001, max=3600),
+    default=1.0,
+    show_default=True,
+    help="Speed-up of the simulated meter only (60: one minute of charging per second). Its "
+    f"meter then delivers --power-kw x --time-scale, which must stay within {MAX_POWER_KW:g} kW: "
+    "Central refuses energy beyond that power over a supply's duration.",
+)
+@click.option(
+    "--auto/--manual",
+    default=False,
+    show_default=True,
+    help="Unattended mode: plug in by itself after authorisation and end after the request's target (or --supply-s).",
+)
+@click.option(
+    "--plug-delay-s",
+    type=click.FloatRange(min=0),
+    default=1.5,
+    show_default=True,
+    help="Unattended mode: seconds between authorisation and plug-in.",
+)
+@click.option(
+    "--supply-s",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Unattended mode: length of a supply whose request names no target.",
+)
+@click.option(
+    "--offline-supply/--no-offline-supply",
+    default=False,
+    show_default=True,
+    help="While Central is unreachable, serve manual supplies (m DRIVER) anyway and report them "
+    "when it is back, billed exactly once (the OCPP 1.6 offline rule). Off: refuse them, as the "
+    "assignment says.",
+)
+@click.option(
+    "--checkpoint-s",
+    envvar="EVPROTO_CHECKPOINT_S",
+    type=click.FloatRange(min=0, max=300),
+    default=10.0,
+    show_default=True,
+    help="Seconds between checkpoints of a supply's energy so far in the state file. Session boundaries "
+    "and events owed to Central are written at once; after a crash the meter's register says what was "
+    "delivered, so this bounds only what a meter that keeps no register of its own can lose. "
+    "[env EVPROTO_CHECKPOINT_S]",
+)
+@click.option(
+    "--state-dir",
+    envvar="EVPROTO_STATE_DIR",
+    default=None,
+    metavar="DIR",
+    help="Where the engine keeps its durable state (default: ./engine-state-PORT). [env EVPROTO_STATE_DIR]",
+)
+@click.option(
+    "--topic-prefix",
+    envvar="EVPROTO_TOPIC_PREFIX",
+    default="evcharging.",
+    show_default=True,
+    help="Prefix of every Kafka topic. [env EVPROTO_TOPIC_PREFIX]",
+)
 @kafka_config_options
-@click.option("--insecure", is_flag=True, envvar="EVPROTO_INSECURE",
-              help="Release 1's plaintext mode: commands are not checked and events not sealed. Only on a "
-              "network you trust. [env EVPROTO_INSECURE]")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="EVPROTO_INSECURE",
+    help="Release 1's plaintext mode: commands are not checked and events not sealed. Only on a "
+    "network you trust. [env EVPROTO_INSECURE]",
+)
 @daemon_options("Write a JSON file with the listening address once up.")
 @click.version_option(__version__, prog_name="evcp-engine")
-def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol: str, baudrate: int | None,
-         meter_address: str, meter_interval_s: float, meter_timeout_s: float, power_kw: float, time_scale: float, auto: bool, plug_delay_s: float,
-         supply_s: float, offline_supply: bool, checkpoint_s: float, state_dir: str | None, topic_prefix: str,
-         kafka_config: tuple[str, ...], kafka_config_file: str | None, insecure: bool,
-         ready_file: str | None, log_format: str, log_level: str) -> None:
+def main(
+    kafka: str,
+    listen: str | None,
+    meter_port: str | None,
+    meter_protocol: str,
+    baudrate: int | None,
+    meter_address: str,
+    meter_interval_s: float,
+    meter_timeout_s: float,
+    power_kw: float,
+    time_scale: float,
+    auto: bool,
+    plug_delay_s: float,
+    supply_s: float,
+    offline_supply: bool,
+    checkpoint_s: float,
+    state_dir: str | None,
+    topic_prefix: str,
+    kafka_config: tuple[str, ...],
+    kafka_config_file: str | None,
+    insecure: bool,
+    ready_file: str | None,
+    log_format: str,
+    log_level: str,
+) -> None:
     """The engine of a charge point (EV_CP_E).
 
     It meters and performs supplies, reading a real meter on --port or
@@ -101,9 +201,11 @@ def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol:
     """
     if not meter_port and power_kw * time_scale > MAX_POWER_KW:
         # Refused here rather than by Central, supply after supply, once the figures arrive.
-        click.echo(f"evcp-engine: --power-kw {power_kw:g} x --time-scale {time_scale:g} makes a simulated meter of "
-                   f"{power_kw * time_scale:g} kW; Central accepts at most {MAX_POWER_KW:g} kW: lower one of them",
-                   err=True)
+        click.echo(
+            f"evcp-engine: --power-kw {power_kw:g} x --time-scale {time_scale:g} makes a simulated meter of "
+            f"{power_kw * time_scale:g} kW; Central accepts at most {MAX_POWER_KW:g} kW: lower one of them",
+            err=True,
+        )
         sys.exit(EXIT_USAGE)
     if listen is None:
         listen = "0.0.0.0:7100" if insecure else "127.0.0.1:7100"
@@ -119,8 +221,12 @@ def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol:
     setup_logging("engine", level=log_level, fmt=log_format)
     port = endpoint.port
     opts = EngineOptions(
-        kafka=KafkaSettings(bootstrap=kafka, client_id=f"evcp-engine-{port}", prefix=topic_prefix,
-                            extra=kafka_extra(kafka_config, kafka_config_file)),
+        kafka=KafkaSettings(
+            bootstrap=kafka,
+            client_id=f"evcp-engine-{port}",
+            prefix=topic_prefix,
+            extra=kafka_extra(kafka_config, kafka_config_file),
+        ),
         listen=listen,
         state_dir=state_dir or os.path.join(os.getcwd(), f"engine-state-{port}"),
         auto=AutoMode(plug_delay_s=plug_delay_s, default_duration_s=supply_s) if auto else None,
@@ -136,11 +242,15 @@ def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol:
     if meter_port:
         from evproto.hw import make_driver
 
-        meter = make_driver(meter_protocol, meter_port, baudrate=baudrate, address=meter_address,
-                            timeout_s=meter_timeout_s)
+        meter = make_driver(
+            meter_protocol, meter_port, baudrate=baudrate, address=meter_address, timeout_s=meter_timeout_s
+        )
     else:
-        meter = SimulatedMeter(power_kw=power_kw, time_scale=time_scale,
-                               register_path=os.path.join(opts.state_dir, "simulated-meter-register.json"))
+        meter = SimulatedMeter(
+            power_kw=power_kw,
+            time_scale=time_scale,
+            register_path=os.path.join(opts.state_dir, "simulated-meter-register.json"),
+        )
 
     async def run() -> int:
         return await Engine(opts, meter).run(shutdown_event())
@@ -151,9 +261,11 @@ def main(kafka: str, listen: str | None, meter_port: str | None, meter_protocol:
         click.echo(f"evcp-engine: {exc}", err=True)
         sys.exit(EXIT_UNAVAILABLE)
     except StateFileError as exc:
-        click.echo(f"evcp-engine: {exc}; it holds the supply in progress and the events owed to Central: "
-                   "repair it, or move it aside to start afresh (`evcharging audit` then shows what was lost)",
-                   err=True)
+        click.echo(
+            f"evcp-engine: {exc}; it holds the supply in progress and the events owed to Central: "
+            "repair it, or move it aside to start afresh (`evcharging audit` then shows what was lost)",
+            err=True,
+        )
         sys.exit(EXIT_DATAERR)
 
 

@@ -34,8 +34,9 @@ class SimulatedMeter:
 
     protocol = "simulated"
 
-    def __init__(self, *, power_kw: float = 22.0, time_scale: float = 1.0, clock=time.monotonic,
-                 register_path: str | None = None) -> None:
+    def __init__(
+        self, *, power_kw: float = 22.0, time_scale: float = 1.0, clock=time.monotonic, register_path: str | None = None
+    ) -> None:
         if power_kw <= 0 or time_scale <= 0:
             raise ValueError("power_kw and time_scale must be positive")
         self.power_w = power_kw * 1000.0
@@ -99,8 +100,12 @@ class SimulatedMeter:
         power = self.power_w if self._load else 0.0
         ts_ms = int(time.time() * 1000)
         self._keep_register(self._energy_wh, ts_ms)
-        return MeterReading(energy_wh=self._energy_wh, power_w=power, timestamp_ms=ts_ms,
-                            status=MeterStatus.LOAD_ON if self._load else MeterStatus.NONE)
+        return MeterReading(
+            energy_wh=self._energy_wh,
+            power_w=power,
+            timestamp_ms=ts_ms,
+            status=MeterStatus.LOAD_ON if self._load else MeterStatus.NONE,
+        )
 
     async def close(self) -> None:
         if self._register_fd is not None:

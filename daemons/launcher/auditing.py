@@ -18,9 +18,18 @@ if TYPE_CHECKING:
 __all__ = ["audit_network"]
 
 
-def audit_network(*, run_dir: str, run_dir_given: bool, db: str | None, engine_states: Sequence[str],
-                  driver_states: Sequence[str], central_http: str | None, ca: str | None, token: str | None,
-                  in_progress: bool) -> AuditReport:
+def audit_network(
+    *,
+    run_dir: str,
+    run_dir_given: bool,
+    db: str | None,
+    engine_states: Sequence[str],
+    driver_states: Sequence[str],
+    central_http: str | None,
+    ca: str | None,
+    token: str | None,
+    in_progress: bool,
+) -> AuditReport:
     """The audit report of a network started in ``run_dir``, or
     (with ``db``) of one started by hand. A wrong path is a usage error (exit 2), Central not
     answering at an address given on purpose exit 69: exit 1 is kept for violations."""
@@ -33,8 +42,10 @@ def audit_network(*, run_dir: str, run_dir_given: bool, db: str | None, engine_s
         reg = Registry(run_dir)
         sources = AuditSources.from_run_dir(reg.run_dir)
         if not os.path.isfile(sources.db):
-            raise click.UsageError(f"no network in {reg.run_dir} (no {sources.db}); for a network not started "
-                                   "by `evcharging up`: --db, --engine-state, --driver-state")
+            raise click.UsageError(
+                f"no network in {reg.run_dir} (no {sources.db}); for a network not started "
+                "by `evcharging up`: --db, --engine-state, --driver-state"
+            )
         central_http = central_http or reg.meta.get("http")
         api_headers, api_tls = api_client(reg) if reg.meta.get("http") else ({}, None)
     else:

@@ -28,8 +28,16 @@ def chaos_roles(roles: str) -> set[str]:
     return wanted
 
 
-def run_chaos(reg: Registry, *, wanted: set[str], interval: float, duration: float, down_min: float,
-              down_max: float, seed: int | None) -> None:
+def run_chaos(
+    reg: Registry,
+    *,
+    wanted: set[str],
+    interval: float,
+    duration: float,
+    down_min: float,
+    down_max: float,
+    seed: int | None,
+) -> None:
     """A SIGKILL every ``interval`` seconds among the live instances of the ``wanted`` roles, for
     ``duration`` seconds; each victim stays down between ``down_min`` and ``down_max`` seconds."""
     rng = random.Random(seed)
@@ -57,8 +65,9 @@ def run_chaos(reg: Registry, *, wanted: set[str], interval: float, duration: flo
                     note(f"restarted {name} (pid {reg.instances[name].pid})")
             if now >= next_kill:
                 next_kill = now + interval
-                candidates = [i for i in reg.instances.values()
-                              if i.role in wanted and i.name not in dead and pid_alive(i.pid)]
+                candidates = [
+                    i for i in reg.instances.values() if i.role in wanted and i.name not in dead and pid_alive(i.pid)
+                ]
                 if candidates:
                     victim = rng.choice(candidates)
                     os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]

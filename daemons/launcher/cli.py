@@ -20,8 +20,18 @@ from ..files import keep_files_private, makedirs
 from ..options import kafka_config_options, kafka_extra
 from .auditing import audit_network
 from .chaos import chaos_roles, run_chaos
-from .network import (DEFAULT_HTTP_PORT, add_new_cp, add_new_driver, api_base, central_ports, db_path, is_secure,
-                      open_network, shutdown, start_network)
+from .network import (
+    DEFAULT_HTTP_PORT,
+    add_new_cp,
+    add_new_driver,
+    api_base,
+    central_ports,
+    db_path,
+    is_secure,
+    open_network,
+    shutdown,
+    start_network,
+)
 from .processes import ROLES, Registry, pid_alive, restart, stop_in_order
 from .remote_panel import show_panel
 from .stopping import STOP
@@ -62,30 +72,69 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--cps", type=click.IntRange(1, 500), default=4, show_default=True,
-              help="Charge points (engine + monitor).")
+@click.option(
+    "--cps", type=click.IntRange(1, 500), default=4, show_default=True, help="Charge points (engine + monitor)."
+)
 @click.option("--drivers", type=click.IntRange(0, 500), default=3, show_default=True, help="Driver apps.")
-@click.option("--requests", "requests_per_driver", type=click.IntRange(1, 1000), default=12, show_default=True,
-              help="Supplies in each driver's requests file.")
-@click.option("--kafka", default=None, metavar="HOST:PORT",
-              help="Use this Kafka instead of starting the embedded broker.")
-@click.option("--port", "central_port", type=click.IntRange(0, 65535), default=0, show_default=True,
-              help="Central's port for monitors (0: pick a free one).")
-@click.option("--http-port", type=click.IntRange(0, 65535), default=None,
-              help=f"Central's HTTP API port (0: pick a free one).  [default: {DEFAULT_HTTP_PORT}, or a free one "
-              f"when {DEFAULT_HTTP_PORT} is taken]")
+@click.option(
+    "--requests",
+    "requests_per_driver",
+    type=click.IntRange(1, 1000),
+    default=12,
+    show_default=True,
+    help="Supplies in each driver's requests file.",
+)
+@click.option(
+    "--kafka", default=None, metavar="HOST:PORT", help="Use this Kafka instead of starting the embedded broker."
+)
+@click.option(
+    "--port",
+    "central_port",
+    type=click.IntRange(0, 65535),
+    default=0,
+    show_default=True,
+    help="Central's port for monitors (0: pick a free one).",
+)
+@click.option(
+    "--http-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"Central's HTTP API port (0: pick a free one).  [default: {DEFAULT_HTTP_PORT}, or a free one "
+    f"when {DEFAULT_HTTP_PORT} is taken]",
+)
 @run_dir_option(help_text="Where logs, state and the registry go.")
-@click.option("--time-scale", type=click.FloatRange(min=0.01, max=3600), default=30.0, show_default=True,
-              help="Speed-up of the simulated meters (energy only; supplies still last seconds).")
+@click.option(
+    "--time-scale",
+    type=click.FloatRange(min=0.01, max=3600),
+    default=30.0,
+    show_default=True,
+    help="Speed-up of the simulated meters (energy only; supplies still last seconds).",
+)
 @click.option("--power-kw", type=click.FloatRange(min=0.1, max=1000), default=22.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for the demo's request files.")
 @click.option("--detach", is_flag=True, help="Start everything and return; stop later with `evcharging down`.")
-@click.option("--insecure", is_flag=True,
-              help="Release 1's plaintext network: no registry, no TLS, no credentials, nothing sealed.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Release 1's plaintext network: no registry, no TLS, no credentials, nothing sealed.",
+)
 @kafka_config_options
-def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, central_port: int, http_port: int | None,
-       run_dir: str, time_scale: float, power_kw: float, seed: int | None, detach: bool, insecure: bool,
-       kafka_config: tuple[str, ...], kafka_config_file: str | None) -> None:
+def up(
+    cps: int,
+    drivers: int,
+    requests_per_driver: int,
+    kafka: str | None,
+    central_port: int,
+    http_port: int | None,
+    run_dir: str,
+    time_scale: float,
+    power_kw: float,
+    seed: int | None,
+    detach: bool,
+    insecure: bool,
+    kafka_config: tuple[str, ...],
+    kafka_config_file: str | None,
+) -> None:
     """Start a network: broker, Central, CPs and drivers, then show Central's panel (Ctrl+C stops all).
 
     By default it is release 2's secure network: a CA and certificates, the registry
@@ -96,8 +145,10 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
     """
     reg = Registry(run_dir)
     if reg.alive():
-        raise click.ClickException(f"a network already runs from {reg.run_dir} ({len(reg.alive())} processes); "
-                                   "`evcharging down` first, or use another --run-dir")
+        raise click.ClickException(
+            f"a network already runs from {reg.run_dir} ({len(reg.alive())} processes); "
+            "`evcharging down` first, or use another --run-dir"
+        )
     kafka_settings = kafka_extra(kafka_config, kafka_config_file)
     if kafka_settings and not kafka:
         raise click.UsageError("--kafka-config is for a Kafka given with --kafka (the embedded broker is plaintext)")
@@ -110,9 +161,20 @@ def up(cps: int, drivers: int, requests_per_driver: int, kafka: str | None, cent
     detached = panel_shown = False
     try:
         try:
-            start_network(reg, kafka=kafka, kafka_settings=kafka_settings, central_port=central_port,
-                          http_port=http_port, cps=cps, drivers=drivers, requests_per_driver=requests_per_driver,
-                          time_scale=time_scale, power_kw=power_kw, insecure=insecure, rng=rng)
+            start_network(
+                reg,
+                kafka=kafka,
+                kafka_settings=kafka_settings,
+                central_port=central_port,
+                http_port=http_port,
+                cps=cps,
+                drivers=drivers,
+                requests_per_driver=requests_per_driver,
+                time_scale=time_scale,
+                power_kw=power_kw,
+                insecure=insecure,
+                rng=rng,
+            )
             if detach:
                 detached = True
                 return
@@ -133,8 +195,15 @@ def ps(run_dir: str, as_json: bool) -> None:
     """List the instances of a network: name, role, id, pid, alive."""
     reg = Registry(run_dir)
     rows = [
-        {"name": i.name, "role": i.role, "id": i.id, "pid": i.pid, "alive": pid_alive(i.pid), "log": i.log,
-         "address": i.info.get("listen") or i.info.get("bootstrap") or i.info.get("url")}
+        {
+            "name": i.name,
+            "role": i.role,
+            "id": i.id,
+            "pid": i.pid,
+            "alive": pid_alive(i.pid),
+            "log": i.log,
+            "address": i.info.get("listen") or i.info.get("bootstrap") or i.info.get("url"),
+        }
         for i in sorted(reg.instances.values(), key=lambda i: (ROLES.index(i.role), i.name))
     ]
     if as_json:
@@ -145,14 +214,21 @@ def ps(run_dir: str, as_json: bool) -> None:
         return
     click.echo(f"{'NAME':<18} {'ROLE':<8} {'ID':<8} {'PID':>7}  {'STATE':<6} ADDRESS")
     for r in rows:
-        click.echo(f"{r['name']:<18} {r['role']:<8} {r['id'] or '-':<8} {r['pid'] or '-':>7}  "
-                   f"{'up' if r['alive'] else 'down':<6} {r['address'] or ''}")
+        click.echo(
+            f"{r['name']:<18} {r['role']:<8} {r['id'] or '-':<8} {r['pid'] or '-':>7}  "
+            f"{'up' if r['alive'] else 'down':<6} {r['address'] or ''}"
+        )
 
 
 @main.command()
 @run_dir_option()
-@click.option("--role", type=click.Choice(["operator", "admin", "viewer"]), default="operator", show_default=True,
-              help="Whose token EVPROTO_TOKEN holds (viewer: a read-only token made on first use).")
+@click.option(
+    "--role",
+    type=click.Choice(["operator", "admin", "viewer"]),
+    default="operator",
+    show_default=True,
+    help="Whose token EVPROTO_TOKEN holds (viewer: a read-only token made on first use).",
+)
 def env(run_dir: str, role: str) -> None:
     """Shell exports for the running network: `eval "$(evcharging env)"`.
 
@@ -199,8 +275,9 @@ def add() -> None:
 @add.command("cp")
 @click.option("--id", "cp_id", default=None, help="The CP's id (default: the next free CPnnn).")
 @click.option("--location", default=None, help="Default: a city from the demo list.")
-@click.option("--price", type=click.FloatRange(min=0, max=100), default=None,
-              help="EUR/kWh (default: random 0.25-0.55).")
+@click.option(
+    "--price", type=click.FloatRange(min=0, max=100), default=None, help="EUR/kWh (default: random 0.25-0.55)."
+)
 @run_dir_option()
 def add_cp_cmd(cp_id: str | None, location: str | None, price: float | None, run_dir: str) -> None:
     """Start an engine and a monitor for a new charge point."""
@@ -210,8 +287,13 @@ def add_cp_cmd(cp_id: str | None, location: str | None, price: float | None, run
 
 @add.command("driver")
 @click.option("--id", "driver_id", default=None, help="The driver's id (default: the next free Dnnn).")
-@click.option("--requests", "requests_file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Its requests file (default: a generated one over the network's CPs).")
+@click.option(
+    "--requests",
+    "requests_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Its requests file (default: a generated one over the network's CPs).",
+)
 @run_dir_option()
 def add_driver_cmd(driver_id: str | None, requests_file: str | None, run_dir: str) -> None:
     """Register a new driver at Central and start its app."""
@@ -224,8 +306,14 @@ _SIGNALS = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT
 
 @main.command()
 @click.argument("name")
-@click.option("--signal", "sig", type=click.Choice(list(_SIGNALS), case_sensitive=False), default="KILL",
-              show_default=True, help="KILL: a crash, no goodbye; TERM/INT: an orderly stop.")
+@click.option(
+    "--signal",
+    "sig",
+    type=click.Choice(list(_SIGNALS), case_sensitive=False),
+    default="KILL",
+    show_default=True,
+    help="KILL: a crash, no goodbye; TERM/INT: an orderly stop.",
+)
 @run_dir_option()
 def kill(name: str, sig: str, run_dir: str) -> None:
     """Send a signal to one instance (by name, see `evcharging ps`)."""
@@ -255,21 +343,38 @@ def start(name: str, run_dir: str) -> None:
 
 
 @main.command()
-@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True,
-              help="Seconds between kills.")
-@click.option("--duration", type=click.FloatRange(min=1), default=60.0, show_default=True,
-              help="Seconds of chaos; then every killed instance is restarted and chaos ends.")
-@click.option("--roles", default="central,engine,monitor,driver", show_default=True,
-              help="Comma-separated roles to pick victims from (broker too, but an in-memory broker "
-              "loses everything it held: see docs/resilience.md).")
-@click.option("--down-min", type=click.FloatRange(min=0), default=1.0, show_default=True,
-              help="Shortest time a victim stays dead.")
-@click.option("--down-max", type=click.FloatRange(min=0), default=6.0, show_default=True,
-              help="Longest time a victim stays dead.")
+@click.option(
+    "--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True, help="Seconds between kills."
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="Seconds of chaos; then every killed instance is restarted and chaos ends.",
+)
+@click.option(
+    "--roles",
+    default="central,engine,monitor,driver",
+    show_default=True,
+    help="Comma-separated roles to pick victims from (broker too, but an in-memory broker "
+    "loses everything it held: see docs/resilience.md).",
+)
+@click.option(
+    "--down-min",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Shortest time a victim stays dead.",
+)
+@click.option(
+    "--down-max", type=click.FloatRange(min=0), default=6.0, show_default=True, help="Longest time a victim stays dead."
+)
 @click.option("--seed", type=int, default=None, help="Make the sequence of victims repeatable.")
 @run_dir_option()
-def chaos(interval: float, duration: float, roles: str, down_min: float, down_max: float, seed: int | None,
-          run_dir: str) -> None:
+def chaos(
+    interval: float, duration: float, roles: str, down_min: float, down_max: float, seed: int | None, run_dir: str
+) -> None:
     """Kill random instances with SIGKILL and restart each after a random delay; ends by itself.
 
     Every action is printed and appended to RUN/chaos.log.
@@ -278,31 +383,67 @@ def chaos(interval: float, duration: float, roles: str, down_min: float, down_ma
     wanted = chaos_roles(roles)
     if down_max < down_min:
         raise click.UsageError("--down-max must be >= --down-min")
-    run_chaos(reg, wanted=wanted, interval=interval, duration=duration, down_min=down_min, down_max=down_max,
-              seed=seed)
+    run_chaos(reg, wanted=wanted, interval=interval, duration=duration, down_min=down_min, down_max=down_max, seed=seed)
 
 
 @main.command()
 @run_dir_option(help_text="A network started by `evcharging up` (its run directory).")
-@click.option("--db", default=None, metavar="FILE",
-              help="Central's database (its --db): audit a network not started by `evcharging up`, "
-              "with --engine-state and --driver-state.")
-@click.option("--engine-state", "engine_states", multiple=True, metavar="DIR",
-              help="An engine's --state-dir, or the engine-state.json in it; once per CP.")
-@click.option("--driver-state", "driver_states", multiple=True, metavar="DIR",
-              help="A driver's --state-dir (default ./driver-state-ID where it ran), or the "
-              "driver-state.json in it; once per driver.")
-@click.option("--central-http", default=None, metavar="HOST:PORT|URL",
-              help="Central's HTTP API, to compare its CP states with the engines'  "
-              "[default with a run directory: the network's]")
-@click.option("--ca", envvar="EVPROTO_CA", default=None, metavar="PEM",
-              help="With --central-http over HTTPS: the network's CA. [env EVPROTO_CA]")
-@click.option("--token", envvar="EVPROTO_TOKEN", default=None, metavar="TOKEN",
-              help="With --central-http over HTTPS: a viewer (or better) token. [env EVPROTO_TOKEN]")
+@click.option(
+    "--db",
+    default=None,
+    metavar="FILE",
+    help="Central's database (its --db): audit a network not started by `evcharging up`, "
+    "with --engine-state and --driver-state.",
+)
+@click.option(
+    "--engine-state",
+    "engine_states",
+    multiple=True,
+    metavar="DIR",
+    help="An engine's --state-dir, or the engine-state.json in it; once per CP.",
+)
+@click.option(
+    "--driver-state",
+    "driver_states",
+    multiple=True,
+    metavar="DIR",
+    help="A driver's --state-dir (default ./driver-state-ID where it ran), or the "
+    "driver-state.json in it; once per driver.",
+)
+@click.option(
+    "--central-http",
+    default=None,
+    metavar="HOST:PORT|URL",
+    help="Central's HTTP API, to compare its CP states with the engines'  "
+    "[default with a run directory: the network's]",
+)
+@click.option(
+    "--ca",
+    envvar="EVPROTO_CA",
+    default=None,
+    metavar="PEM",
+    help="With --central-http over HTTPS: the network's CA. [env EVPROTO_CA]",
+)
+@click.option(
+    "--token",
+    envvar="EVPROTO_TOKEN",
+    default=None,
+    metavar="TOKEN",
+    help="With --central-http over HTTPS: a viewer (or better) token. [env EVPROTO_TOKEN]",
+)
 @click.option("--in-progress", is_flag=True, help="The network is still busy: in-flight work is not a violation.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object instead of text.")
-def audit(run_dir: str, db: str | None, engine_states: tuple[str, ...], driver_states: tuple[str, ...],
-          central_http: str | None, ca: str | None, token: str | None, in_progress: bool, as_json: bool) -> None:
+def audit(
+    run_dir: str,
+    db: str | None,
+    engine_states: tuple[str, ...],
+    driver_states: tuple[str, ...],
+    central_http: str | None,
+    ca: str | None,
+    token: str | None,
+    in_progress: bool,
+    as_json: bool,
+) -> None:
     """Check the books: one ticket per supply, tickets equal what the engines metered.
 
     \b
@@ -314,9 +455,17 @@ def audit(run_dir: str, db: str | None, engine_states: tuple[str, ...], driver_s
     Exit status 1 when an invariant is violated (docs/resilience.md lists them).
     """
     run_dir_given = click.get_current_context().get_parameter_source("run_dir") is not ParameterSource.DEFAULT
-    report = audit_network(run_dir=run_dir, run_dir_given=run_dir_given, db=db, engine_states=engine_states,
-                           driver_states=driver_states, central_http=central_http, ca=ca, token=token,
-                           in_progress=in_progress)
+    report = audit_network(
+        run_dir=run_dir,
+        run_dir_given=run_dir_given,
+        db=db,
+        engine_states=engine_states,
+        driver_states=driver_states,
+        central_http=central_http,
+        ca=ca,
+        token=token,
+        in_progress=in_progress,
+    )
     click.echo(json.dumps(report.as_dict()) if as_json else report.text())
     if not report.ok:
         sys.exit(1)

@@ -76,8 +76,9 @@ def central_ports(central_port: int, http_port: int | None) -> tuple[int, int]:
     to a free one (0), and we say so."""
     for option, port in (("--port", central_port), ("--http-port", http_port)):
         if port and (problem := _port_problem(port)):
-            raise Unavailable(f"{option} {port}: Central cannot listen there ({problem}); "
-                              "choose another port, or 0 for a free one")
+            raise Unavailable(
+                f"{option} {port}: Central cannot listen there ({problem}); choose another port, or 0 for a free one"
+            )
     if central_port and central_port == http_port:
         raise click.BadParameter("Central needs two different ports", param_hint="'--port' / '--http-port'")
     if http_port is not None:
@@ -148,14 +149,31 @@ def open_network(run_dir: str) -> Registry:
 # -- up and down ------------------------------------------------------------------------------
 
 
-def start_network(reg: Registry, *, kafka: str | None, kafka_settings: dict[str, str], central_port: int,
-                  http_port: int, cps: int, drivers: int, requests_per_driver: int, time_scale: float,
-                  power_kw: float, insecure: bool, rng: random.Random) -> None:
+def start_network(
+    reg: Registry,
+    *,
+    kafka: str | None,
+    kafka_settings: dict[str, str],
+    central_port: int,
+    http_port: int,
+    cps: int,
+    drivers: int,
+    requests_per_driver: int,
+    time_scale: float,
+    power_kw: float,
+    insecure: bool,
+    rng: random.Random,
+) -> None:
     """Start every piece in order (broker, secrets and registry, Central, CPs, drivers), each
     phase waiting until its processes are ready, and say where the network is."""
     bootstrap = kafka or _start_broker(reg)
-    reg.meta = {"kafka": bootstrap, "started_at": time.time(), "time_scale": time_scale, "power_kw": power_kw,
-                "secure": not insecure}
+    reg.meta = {
+        "kafka": bootstrap,
+        "started_at": time.time(),
+        "time_scale": time_scale,
+        "power_kw": power_kw,
+        "secure": not insecure,
+    }
     if kafka_settings:
         reg.meta["kafka_config_file"] = _write_kafka_config(reg, kafka_settings)
     _ensure_topics(bootstrap, kafka_settings)
@@ -168,16 +186,22 @@ def start_network(reg: Registry, *, kafka: str | None, kafka_settings: dict[str,
     reg.meta.update(central=central_addr, http=http_addr)
     reg.save()
     cp_ids = [f"CP{i:03d}" for i in range(1, cps + 1)]
-    add_cps(reg, [(cp_id, LOCATIONS[n % len(LOCATIONS)], round(rng.uniform(0.25, 0.55), 2))
-                  for n, cp_id in enumerate(cp_ids)])
+    add_cps(
+        reg,
+        [(cp_id, LOCATIONS[n % len(LOCATIONS)], round(rng.uniform(0.25, 0.55), 2)) for n, cp_id in enumerate(cp_ids)],
+    )
     add_drivers(reg, driver_ids, rng, requests_per_driver, cp_ids)
-    say(f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP {api_base(reg)}/cps, "
-        f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}")
+    say(
+        f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP {api_base(reg)}/cps, "
+        f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}"
+    )
     if insecure:
         say("WARNING: --insecure: plaintext, nothing authenticated; anyone who reaches it can act on it")
     else:
-        say(f'the API needs a token: eval "$(evcharging env --run-dir {reg.run_dir})" then curl --cacert '
-            '"$EVPROTO_CA" -H "Authorization: Bearer $EVPROTO_TOKEN" "$EVPROTO_API/api/v1/cps"')
+        say(
+            f'the API needs a token: eval "$(evcharging env --run-dir {reg.run_dir})" then curl --cacert '
+            '"$EVPROTO_CA" -H "Authorization: Bearer $EVPROTO_TOKEN" "$EVPROTO_API/api/v1/cps"'
+        )
 
 
 def shutdown(reg: Registry) -> None:
@@ -202,9 +226,22 @@ def _start_broker(reg: Registry) -> str:
     binary = find_broker_binary()
     port = _free_port()
     url = f"tcp://127.0.0.1:{port}"
-    inst = Instance(name="broker", role="broker", id=None, log=os.path.join(reg.run_dir, "broker", "broker.log"),
-                    argv=[binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-                          "--storage-engine", "memory://tansu/"])
+    inst = Instance(
+        name="broker",
+        role="broker",
+        id=None,
+        log=os.path.join(reg.run_dir, "broker", "broker.log"),
+        argv=[
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+    )
     reg.start(inst)
     wait_port("127.0.0.1", port, 15.0)
     inst.info = {"bootstrap": f"127.0.0.1:{port}"}
@@ -227,8 +264,9 @@ def _ensure_topics(bootstrap: str, extra: dict[str, str] | None = None) -> None:
     from evproto.bus.kafka import BusError, KafkaSettings, ensure_topics
 
     try:
-        asyncio.run(ensure_topics(KafkaSettings(bootstrap=bootstrap, client_id="evcharging", extra=extra or {}),
-                                  timeout_s=20.0))
+        asyncio.run(
+            ensure_topics(KafkaSettings(bootstrap=bootstrap, client_id="evcharging", extra=extra or {}), timeout_s=20.0)
+        )
     except BusError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -251,9 +289,20 @@ def _secure_setup(reg: Registry, driver_ids: list[str]) -> None:
 def _issue_driver_keys(reg: Registry, driver_ids: list[str]) -> None:
     from ..netsecrets import NetworkSecrets
 
-    out = subprocess.run(daemon_argv("central", "--db", db_path(reg), "drivers", "add", *driver_ids, "--credentials",
-                                     NetworkSecrets(reg.run_dir).driver_credentials_dir()),
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        daemon_argv(
+            "central",
+            "--db",
+            db_path(reg),
+            "drivers",
+            "add",
+            *driver_ids,
+            "--credentials",
+            NetworkSecrets(reg.run_dir).driver_credentials_dir(),
+        ),
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise click.ClickException(f"cannot register drivers: {out.stderr.strip()}")
 
@@ -264,9 +313,28 @@ def _start_registry(reg: Registry) -> dict[str, Any]:
     cert = NetworkSecrets(reg.run_dir).server_cert("registry")
     base = os.path.join(reg.run_dir, "registry")
     ready = os.path.join(base, "ready.json")
-    inst = Instance(name="registry", role="registry", id=None, log=os.path.join(base, "registry.log"), ready=ready,
-                    argv=daemon_argv("registry", "--db", db_path(reg), "--host", "127.0.0.1", "--port", "0",
-                                     "--cert", str(cert.cert), "--key", str(cert.key), "--ready-file", ready))
+    inst = Instance(
+        name="registry",
+        role="registry",
+        id=None,
+        log=os.path.join(base, "registry.log"),
+        ready=ready,
+        argv=daemon_argv(
+            "registry",
+            "--db",
+            db_path(reg),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--cert",
+            str(cert.cert),
+            "--key",
+            str(cert.key),
+            "--ready-file",
+            ready,
+        ),
+    )
     reg.start(inst)
     info = reg.wait_ready(inst)
     _pin(inst, "--port", info["url"].rsplit(":", 1)[1])
@@ -277,12 +345,27 @@ def _start_registry(reg: Registry) -> dict[str, Any]:
 
 def _start_central(reg: Registry, bootstrap: str, port: int, http_port: int, driver_ids: list[str]) -> dict[str, Any]:
     base = os.path.join(reg.run_dir, "central")
-    args = ["--db", db_path(reg), "--kafka", bootstrap, "--port", str(port),
-            "--http-port", str(http_port), "--no-panel", "--ready-file", os.path.join(base, "ready.json"),
-            # Every CP of this network is ours and registers at once: no pacing needed.
-            "--registrations-per-min", "1000000", *_security_args(reg), *_kafka_args(reg),
-            # Under the launcher everything binds to this machine only.
-            "--host", "127.0.0.1"]
+    args = [
+        "--db",
+        db_path(reg),
+        "--kafka",
+        bootstrap,
+        "--port",
+        str(port),
+        "--http-port",
+        str(http_port),
+        "--no-panel",
+        "--ready-file",
+        os.path.join(base, "ready.json"),
+        # Every CP of this network is ours and registers at once: no pacing needed.
+        "--registrations-per-min",
+        "1000000",
+        *_security_args(reg),
+        *_kafka_args(reg),
+        # Under the launcher everything binds to this machine only.
+        "--host",
+        "127.0.0.1",
+    ]
     if is_secure(reg):
         from ..netsecrets import NetworkSecrets
 
@@ -290,8 +373,14 @@ def _start_central(reg: Registry, bootstrap: str, port: int, http_port: int, dri
         args += ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)]
     for d in driver_ids:
         args += ["--register-driver", d]
-    inst = Instance(name="central", role="central", id=None, argv=daemon_argv("central", *args),
-                    log=os.path.join(base, "central.log"), ready=os.path.join(base, "ready.json"))
+    inst = Instance(
+        name="central",
+        role="central",
+        id=None,
+        argv=daemon_argv("central", *args),
+        log=os.path.join(base, "central.log"),
+        ready=os.path.join(base, "ready.json"),
+    )
     reg.start(inst)
     info = reg.wait_ready(inst)
     # A restart (evcharging start central) must come back on the same ports: monitors know them.
@@ -322,14 +411,29 @@ def add_cps(reg: Registry, cps: list[tuple[str, str, float]]) -> None:
     for cp_id, _, _ in cps:
         base = os.path.join(reg.run_dir, "cp", cp_id)
         engine = Instance(
-            name=f"engine-{cp_id}", role="engine", id=cp_id, log=os.path.join(base, "engine.log"),
+            name=f"engine-{cp_id}",
+            role="engine",
+            id=cp_id,
+            log=os.path.join(base, "engine.log"),
             ready=os.path.join(base, "engine.ready.json"),
-            argv=daemon_argv("engine", "--kafka", reg.meta["kafka"], "--listen", "127.0.0.1:0", "--auto",
-                             "--time-scale", str(reg.meta.get("time_scale", 1.0)),
-                             "--power-kw", str(reg.meta.get("power_kw", 22.0)),
-                             "--state-dir", os.path.join(base, "engine-state"),
-                             "--ready-file", os.path.join(base, "engine.ready.json"), *_security_args(reg),
-                             *_kafka_args(reg)),
+            argv=daemon_argv(
+                "engine",
+                "--kafka",
+                reg.meta["kafka"],
+                "--listen",
+                "127.0.0.1:0",
+                "--auto",
+                "--time-scale",
+                str(reg.meta.get("time_scale", 1.0)),
+                "--power-kw",
+                str(reg.meta.get("power_kw", 22.0)),
+                "--state-dir",
+                os.path.join(base, "engine-state"),
+                "--ready-file",
+                os.path.join(base, "engine.ready.json"),
+                *_security_args(reg),
+                *_kafka_args(reg),
+            ),
         )
         engines.append(reg.start(engine))
     listens = []
@@ -342,12 +446,27 @@ def add_cps(reg: Registry, cps: list[tuple[str, str, float]]) -> None:
     for (cp_id, location, price), listen in zip(cps, listens):
         base = os.path.join(reg.run_dir, "cp", cp_id)
         monitor = Instance(
-            name=f"monitor-{cp_id}", role="monitor", id=cp_id, log=os.path.join(base, "monitor.log"),
+            name=f"monitor-{cp_id}",
+            role="monitor",
+            id=cp_id,
+            log=os.path.join(base, "monitor.log"),
             ready=os.path.join(base, "monitor.ready.json"),
-            argv=daemon_argv("monitor", "--engine", listen, "--central", reg.meta["central"], "--id", cp_id,
-                             "--location", location, "--price", str(price),
-                             "--ready-file", os.path.join(base, "monitor.ready.json"),
-                             *_monitor_security(reg, cp_id, location)),
+            argv=daemon_argv(
+                "monitor",
+                "--engine",
+                listen,
+                "--central",
+                reg.meta["central"],
+                "--id",
+                cp_id,
+                "--location",
+                location,
+                "--price",
+                str(price),
+                "--ready-file",
+                os.path.join(base, "monitor.ready.json"),
+                *_monitor_security(reg, cp_id, location),
+            ),
         )
         monitors.append(reg.start(monitor))
     for monitor in monitors:
@@ -363,8 +482,9 @@ def _monitor_security(reg: Registry, cp_id: str, location: str) -> list[str]:
 
     secrets = NetworkSecrets(reg.run_dir)
     try:
-        creds = secrets.register_cp(reg.meta["registry"], secrets.token(db_path(reg), TokenRole.INSTALLER), cp_id,
-                                    location)
+        creds = secrets.register_cp(
+            reg.meta["registry"], secrets.token(db_path(reg), TokenRole.INSTALLER), cp_id, location
+        )
     except RegistryError as exc:
         raise click.ClickException(f"cannot register {cp_id}: {exc}") from None
     return ["--credentials", creds, "--ca", secrets.ca_path]
@@ -385,12 +505,27 @@ def add_drivers(reg: Registry, driver_ids: list[str], rng: random.Random, count:
         if not os.path.exists(requests):
             write_requests_file(requests, cp_ids, count, rng)
         inst = Instance(
-            name=f"driver-{driver_id}", role="driver", id=driver_id, log=os.path.join(base, "driver.log"),
+            name=f"driver-{driver_id}",
+            role="driver",
+            id=driver_id,
+            log=os.path.join(base, "driver.log"),
             ready=os.path.join(base, "ready.json"),
-            argv=daemon_argv("driver", "--kafka", reg.meta["kafka"], "--id", driver_id, "--requests", requests,
-                             "--stay", "--state-dir", os.path.join(base, "state"),
-                             "--ready-file", os.path.join(base, "ready.json"),
-                             *_driver_security(reg, driver_id), *_kafka_args(reg)),
+            argv=daemon_argv(
+                "driver",
+                "--kafka",
+                reg.meta["kafka"],
+                "--id",
+                driver_id,
+                "--requests",
+                requests,
+                "--stay",
+                "--state-dir",
+                os.path.join(base, "state"),
+                "--ready-file",
+                os.path.join(base, "ready.json"),
+                *_driver_security(reg, driver_id),
+                *_kafka_args(reg),
+            ),
         )
         started.append(reg.start(inst))
     for inst in started:
@@ -414,8 +549,9 @@ def add_new_cp(reg: Registry, cp_id: str | None, location: str | None, price: fl
     elif cp_id in known:
         raise click.ClickException(f"{cp_id} already exists in this network")
     rng = random.Random()
-    add_cp(reg, cp_id, location or rng.choice(LOCATIONS),
-           price if price is not None else round(rng.uniform(0.25, 0.55), 2))
+    add_cp(
+        reg, cp_id, location or rng.choice(LOCATIONS), price if price is not None else round(rng.uniform(0.25, 0.55), 2)
+    )
     return cp_id
 
 

@@ -69,8 +69,10 @@ class Registry:
             self.meta: dict[str, Any] = data.get("meta", {})
             self.instances: dict[str, Instance] = {n: Instance(**d) for n, d in data.get("instances", {}).items()}
         except (StateFileError, AttributeError, TypeError) as exc:
-            raise click.ClickException(f"{self.path} is not a registry this launcher can read ({exc}); "
-                                       "stop what it started by hand, then remove it") from None
+            raise click.ClickException(
+                f"{self.path} is not a registry this launcher can read ({exc}); "
+                "stop what it started by hand, then remove it"
+            ) from None
 
     def save(self) -> None:
         save_json_atomic(self.path, {"meta": self.meta, "instances": {n: asdict(i) for n, i in self.instances.items()}})
@@ -119,7 +121,8 @@ class Registry:
                 return info
             if not pid_alive(inst.pid):
                 raise click.ClickException(
-                    f"{inst.name} exited during start-up; last lines of {inst.log}:\n{tail(inst.log)}")
+                    f"{inst.name} exited during start-up; last lines of {inst.log}:\n{tail(inst.log)}"
+                )
             time.sleep(0.05)
         raise click.ClickException(f"{inst.name} not ready after {timeout_s:g} s; see {inst.log}:\n{tail(inst.log)}")
 

@@ -22,9 +22,10 @@ async def show_panel(reg: Registry) -> None:
     """Central's panel, drawn here from its HTTP API (Central itself runs without a terminal)."""
     import aiohttp
 
+    from evproto.domain.central.view import CentralView, MessageView
+
     from ..central.panel import Command
     from ..central.terminal import run_panel
-    from evproto.domain.central.view import CentralView, MessageView
 
     base = api_base(reg)
     http_addr = base.removesuffix("/api/v1")  # what the panel says it connects to (with its scheme)
@@ -33,8 +34,11 @@ async def show_panel(reg: Registry) -> None:
     latest = {"view": CentralView(central_id="", http=http_addr)}
     reachable: bool | None = None  # the last poll's outcome, once there was one
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), headers=headers,
-                                     connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True)) as http:
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=2),
+        headers=headers,
+        connector=aiohttp.TCPConnector(ssl=tls if tls is not None else True),
+    ) as http:
 
         async def poll() -> None:
             nonlocal reachable
@@ -44,22 +48,35 @@ async def show_panel(reg: Registry) -> None:
                     reqs = await (await http.get(f"{base}/requests")).json()
                     msgs = await (await http.get(f"{base}/messages")).json()
                     status = await (await http.get(f"{base}/status")).json()
-                    latest["view"] = CentralView.from_json(cps=cps, requests=reqs, messages=msgs, status=status,
-                                                           now_ts_ms=int(time.time() * 1000))
+                    latest["view"] = CentralView.from_json(
+                        cps=cps, requests=reqs, messages=msgs, status=status, now_ts_ms=int(time.time() * 1000)
+                    )
                     reachable = True
                 except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, KeyError):
                     old = latest["view"]
-                    notes = () if reachable is False else (  # said once per outage, not every poll
-                        MessageView(ts_ms=int(time.time() * 1000), level="error",
-                                    text=f"cannot reach Central's HTTP API at {base}"),)
+                    notes = (
+                        ()
+                        if reachable is False
+                        else (  # said once per outage, not every poll
+                            MessageView(
+                                ts_ms=int(time.time() * 1000),
+                                level="error",
+                                text=f"cannot reach Central's HTTP API at {base}",
+                            ),
+                        )
+                    )
                     reachable = False
                     if not old.now_ts_ms:  # never reached yet: still connecting, nothing else is known
                         latest["view"] = dataclasses.replace(old, messages=old.messages[-20:] + notes)
                     else:
                         latest["view"] = CentralView(
                             cps=tuple(dataclasses.replace(c, state="DISCONNECTED") for c in old.cps),
-                            messages=old.messages[-20:] + notes, central_id=old.central_id,
-                            kafka=old.kafka, kafka_ok=False, now_ts_ms=int(time.time() * 1000))
+                            messages=old.messages[-20:] + notes,
+                            central_id=old.central_id,
+                            kafka=old.kafka,
+                            kafka_ok=False,
+                            now_ts_ms=int(time.time() * 1000),
+                        )
                 await asyncio.sleep(0.5)
 
         async def on_command(cmd: Command) -> str:

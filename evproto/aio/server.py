@@ -118,8 +118,9 @@ async def serve_serial(
     reader, writer = address if isinstance(address, tuple) else await open_stream(address)
     try:
         while True:
-            down = await serve_stream(reader, writer, handler, node_id=node_id, on_hello=on_hello, config=config,
-                                      keep_open=True)
+            down = await serve_stream(
+                reader, writer, handler, node_id=node_id, on_hello=on_hello, config=config, keep_open=True
+            )
             if on_session_end is not None:
                 on_session_end(down)
             if reader.at_eof():

@@ -10,14 +10,21 @@ from typing import Any, Awaitable, Callable
 from ..endpoint import Endpoint, parse_endpoint
 from ..errors import TransportError
 
-__all__ = ["open_stream", "start_tcp_server", "open_fd_stream", "StreamPair", "tls_client_context",
-           "tls_server_context"]
+__all__ = [
+    "open_stream",
+    "start_tcp_server",
+    "open_fd_stream",
+    "StreamPair",
+    "tls_client_context",
+    "tls_server_context",
+]
 
 StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-async def open_stream(address: str | Endpoint, *, timeout_s: float = 10.0,
-                      tls: ssl.SSLContext | None = None) -> StreamPair:
+async def open_stream(
+    address: str | Endpoint, *, timeout_s: float = 10.0, tls: ssl.SSLContext | None = None
+) -> StreamPair:
     """Open ``tcp://host:port``, ``tls://host:port`` or ``serial:///dev/...?baudrate=...``
     as (reader, writer).
 
@@ -34,11 +41,17 @@ async def open_stream(address: str | Endpoint, *, timeout_s: float = 10.0,
         if ep.scheme == "tls":
             ctx = tls or tls_client_context(ca=_opt(ep, "ca"), cert=_opt(ep, "cert"), key=_opt(ep, "key"))
             name = _opt(ep, "server_name") or ep.host
-            return await asyncio.wait_for(asyncio.open_connection(ep.host, ep.port, ssl=ctx, server_hostname=name,
-                                                                  ssl_handshake_timeout=timeout_s), timeout_s)
+            return await asyncio.wait_for(
+                asyncio.open_connection(
+                    ep.host, ep.port, ssl=ctx, server_hostname=name, ssl_handshake_timeout=timeout_s
+                ),
+                timeout_s,
+            )
         return await asyncio.wait_for(_open_serial(ep), timeout_s)
     except asyncio.TimeoutError:
-        raise TransportError(f"{ep.address if ep.scheme == 'tls' else ep.url}: not opened within {timeout_s:g} s") from None
+        raise TransportError(
+            f"{ep.address if ep.scheme == 'tls' else ep.url}: not opened within {timeout_s:g} s"
+        ) from None
     except ssl.SSLError as exc:
         raise TransportError(f"{ep.address}: TLS: {_tls_reason(exc)}") from exc
     except OSError as exc:
@@ -163,7 +176,9 @@ async def start_tcp_server(
     if ep.scheme == "tls":
         cert, key = _opt(ep, "cert"), _opt(ep, "key")
         if tls is None and not (cert and key):
-            raise TransportError(f"{ep.address}: a TLS server needs its certificate: tls://HOST:PORT?cert=FILE&key=FILE")
+            raise TransportError(
+                f"{ep.address}: a TLS server needs its certificate: tls://HOST:PORT?cert=FILE&key=FILE"
+            )
         ctx = tls or tls_server_context(cert=cert or "", key=key or "", client_ca=_opt(ep, "ca"))
     try:
         return await asyncio.start_server(handler, ep.host, ep.port, ssl=ctx)

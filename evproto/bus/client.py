@@ -106,7 +106,6 @@ def group_settings() -> dict[str, str]:
 # -- logging ---------------------------------------------------------------------------------
 
 
-
 class _LibrdkafkaLogger:
     """librdkafka's log lines (passed as the ``logger`` option) into Python logging.
 
@@ -154,9 +153,7 @@ def client_config(
     return config
 
 
-def call_soon_threadsafe(
-    loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any
-) -> bool:
+def call_soon_threadsafe(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> bool:
     """``loop.call_soon_threadsafe(fn, *args)`` from a librdkafka or worker thread; False (and
     nothing done) when the loop is already closed."""
     try:
@@ -233,9 +230,7 @@ def topic_ids_blocking(admin: AdminClient, names: Iterable[str], timeout_s: floa
     return out
 
 
-def _metadata(
-    admin: AdminClient, settings: KafkaSettings, deadline: float, timeout_s: float
-) -> Any:
+def _metadata(admin: AdminClient, settings: KafkaSettings, deadline: float, timeout_s: float) -> Any:
     """Cluster metadata, retrying while the broker is unreachable, until ``deadline``."""
     delay_s = 0.05
     while True:
@@ -248,8 +243,7 @@ def _metadata(
             admin.poll(0)  # serve queued log lines
         if deadline - time.monotonic() <= delay_s:
             raise BusError(
-                f"Kafka broker {settings.bootstrap} could not be reached "
-                f"within {timeout_s:g} s ({last})",
+                f"Kafka broker {settings.bootstrap} could not be reached within {timeout_s:g} s ({last})",
                 code="_TRANSPORT",
             )
         time.sleep(delay_s)
@@ -266,9 +260,7 @@ def _ensure_topics_blocking(
     while True:
         md = _metadata(admin, settings, deadline, timeout_s)
         found = {name: md.topics.get(name) for name in wanted}
-        ready = {
-            n: t for n, t in found.items() if t is not None and t.error is None and t.partitions
-        }
+        ready = {n: t for n, t in found.items() if t is not None and t.error is None and t.partitions}
         if len(ready) == len(wanted):
             return {wanted[n].topic: len(t.partitions) for n, t in ready.items()}
         missing = [n for n in wanted if n not in ready and n not in created]
@@ -284,9 +276,7 @@ def _ensure_topics_blocking(
             ]
             remaining = max(deadline - time.monotonic(), 0.1)
             request_s = min(remaining, 15.0)
-            futures = admin.create_topics(
-                new, operation_timeout=request_s, request_timeout=request_s
-            )
+            futures = admin.create_topics(new, operation_timeout=request_s, request_timeout=request_s)
             for name, fut in futures.items():
                 try:
                     fut.result(timeout=request_s + 1.0)
@@ -304,9 +294,7 @@ def _ensure_topics_blocking(
         # Created topics may take a moment to show in metadata (Apache Kafka propagates them).
         if time.monotonic() >= deadline:
             pending = sorted(set(wanted) - set(ready))
-            raise BusError(
-                f"topics not ready on {settings.bootstrap} within {timeout_s:g} s: {pending}"
-            )
+            raise BusError(f"topics not ready on {settings.bootstrap} within {timeout_s:g} s: {pending}")
         time.sleep(0.05)
 
 
@@ -323,14 +311,10 @@ async def ensure_topics(
     Retries while the broker is unreachable; raises BusError after ``timeout_s``.
     """
     specs = tuple(specs)
-    return await run_in_thread(
-        "evproto-ensure-topics", lambda: _ensure_topics_blocking(settings, specs, timeout_s)
-    )
+    return await run_in_thread("evproto-ensure-topics", lambda: _ensure_topics_blocking(settings, specs, timeout_s))
 
 
-async def all_partitions(
-    settings: KafkaSettings, topic: Topic, *, timeout_s: float = 10.0
-) -> list[int]:
+async def all_partitions(settings: KafkaSettings, topic: Topic, *, timeout_s: float = 10.0) -> list[int]:
     """The partition numbers of ``topic``.
 
     Raises BusError if the topic does not exist or the broker is unreachable.
@@ -341,9 +325,7 @@ async def all_partitions(
         md = _metadata(admin_client(settings), settings, time.monotonic() + timeout_s, timeout_s)
         meta = md.topics.get(name)
         if meta is None or meta.error is not None or not meta.partitions:
-            raise BusError(
-                f"topic {name} does not exist on {settings.bootstrap} (run ensure_topics)"
-            )
+            raise BusError(f"topic {name} does not exist on {settings.bootstrap} (run ensure_topics)")
         return sorted(meta.partitions)
 
     return await run_in_thread("evproto-metadata", query)
@@ -386,6 +368,7 @@ async def topic_ids(settings: KafkaSettings, topics: Iterable[Topic], *, timeout
     from a new one (a topic created again, a broker that lost its data).
     """
     wanted = {settings.topic(t): t for t in topics}
-    found = await run_in_thread("evproto-topic-ids",
-                                lambda: topic_ids_blocking(admin_client(settings), wanted, timeout_s))
+    found = await run_in_thread(
+        "evproto-topic-ids", lambda: topic_ids_blocking(admin_client(settings), wanted, timeout_s)
+    )
     return {wanted[name]: topic_id for name, topic_id in found.items()}

@@ -161,17 +161,19 @@ class BusConsumer:
             if not isinstance(topic, Topic) or partition < 0:
                 raise ValueError(f"bad assignment {item!r}")
             if offset < 0 and offset not in (OFFSET_BEGINNING, OFFSET_END):
-                raise ValueError(
-                    f"start offset must be >= 0, OFFSET_BEGINNING or OFFSET_END, got {offset}"
-                )
+                raise ValueError(f"start offset must be >= 0, OFFSET_BEGINNING or OFFSET_END, got {offset}")
             if topic_id is not None and not (isinstance(topic_id, str) and topic_id):
                 raise ValueError(f"topic id must be a non-empty string or None, got {topic_id!r}")
             name = settings.topic(topic)
             if (name, partition) in self._assigned:
                 raise ValueError(f"{topic.value} partition {partition} assigned twice")
             self._assigned[(name, partition)] = _Assigned(
-                topic=topic, name=name, partition=partition, start=offset,
-                topic_id=topic_id, next_offset=offset,
+                topic=topic,
+                name=name,
+                partition=partition,
+                start=offset,
+                topic_id=topic_id,
+                next_offset=offset,
             )
         #: The (topic, partition, start offset) assignments, as given.
         self.assignments = tuple((a.topic, a.partition, a.start) for a in self._assigned.values())
@@ -228,9 +230,7 @@ class BusConsumer:
             # librdkafka's own read-ahead, bounded in bytes (its default is 64 MiB).
             "queued.max.messages.kbytes": self.prefetch_kbytes,
         }
-        consumer = confluent_kafka.Consumer(
-            client_config(self.settings, config, on_error=self._on_error)
-        )
+        consumer = confluent_kafka.Consumer(client_config(self.settings, config, on_error=self._on_error))
         self._consumer = consumer
         positions, resets = await run_in_thread("evproto-consumer-start", self._start_positions)
         consumer.assign(positions)
@@ -361,9 +361,7 @@ class BusConsumer:
         assert self._consumer is not None
         timeout = max((deadline or time.monotonic() + 2.0) - time.monotonic(), 0.1)
         try:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(a.name, a.partition), timeout=timeout
-            )
+            _low, high = self._consumer.get_watermark_offsets(TopicPartition(a.name, a.partition), timeout=timeout)
         except KafkaException:
             return None
         return int(high)
@@ -380,8 +378,13 @@ class BusConsumer:
         self, a: _Assigned, cause: ResetCause, topic_id: str | None, end_offset: int = -1
     ) -> LogReset:
         reset = LogReset(
-            topic=a.topic, partition=a.partition, cause=cause, old_topic_id=a.topic_id,
-            topic_id=topic_id, position=a.next_offset, end_offset=end_offset,
+            topic=a.topic,
+            partition=a.partition,
+            cause=cause,
+            old_topic_id=a.topic_id,
+            topic_id=topic_id,
+            position=a.next_offset,
+            end_offset=end_offset,
         )
         a.topic_id = topic_id if topic_id is not None else a.topic_id
         a.next_offset = OFFSET_BEGINNING

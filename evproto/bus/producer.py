@@ -192,7 +192,8 @@ class BusProducer:
     def resend_pending(self) -> int:
         """Kept records sent to a log that was replaced and not yet acknowledged by the new one."""
         return sum(
-            1 for k in (*self._recent, *self._latest.values())
+            1
+            for k in (*self._recent, *self._latest.values())
             if k.topic_id != _UNKNOWN_ID and k.topic_id != self._topic_ids.get(k.topic, k.topic_id)
         )
 
@@ -211,9 +212,7 @@ class BusProducer:
             "linger.ms": self.linger_ms,
             "message.timeout.ms": max(1, int(self.delivery_timeout_s * 1000)),
         }
-        self._producer = confluent_kafka.Producer(
-            client_config(self.settings, config, on_error=self._on_error)
-        )
+        self._producer = confluent_kafka.Producer(client_config(self.settings, config, on_error=self._on_error))
         self._stop = threading.Event()
         self._poller = threading.Thread(
             target=self._poll_loop, args=(self._producer, self._stop), name="evproto-producer-poll", daemon=True
@@ -299,9 +298,7 @@ class BusProducer:
         kept = None
         if (resend is Resend.RECENT and waited) or resend is Resend.LATEST_PER_KEY:
             kept = _Kept(topic, raw_key, value, partition, self._topic_ids.get(topic, _UNKNOWN_ID))
-        item = _Outgoing(
-            self.settings.topic(topic), raw_key, value, partition, fut, time.monotonic(), kept
-        )
+        item = _Outgoing(self.settings.topic(topic), raw_key, value, partition, fut, time.monotonic(), kept)
         self.produced += 1
         if fut is not None:
             self._pending.add(fut)
@@ -349,9 +346,7 @@ class BusProducer:
         if self._watcher is not None:
             self._watcher.cancel()
         for item in self._backlog:
-            self._settle(
-                item.future, None, BusError("producer closed before sending", code="_STATE"), item.kept
-            )
+            self._settle(item.future, None, BusError("producer closed before sending", code="_STATE"), item.kept)
         self._backlog.clear()
         self._stop.set()
         producer = self._producer
@@ -380,9 +375,7 @@ class BusProducer:
             log.warning("Kafka producer did not close within %g s", timeout_s)
         self._settle_reports()  # outcomes the final flush reported
         for fut in list(self._pending):
-            self._settle(
-                fut, None, BusError("producer closed before delivery", code="_PURGE_QUEUE")
-            )
+            self._settle(fut, None, BusError("producer closed before delivery", code="_PURGE_QUEUE"))
         if undelivered:
             log.warning("Kafka producer closed with %d undelivered record(s)", undelivered)
         return undelivered
@@ -418,7 +411,8 @@ class BusProducer:
                 self._settle(
                     item.future,
                     None,
-                    item.last_error or BusError(
+                    item.last_error
+                    or BusError(
                         f"local producer queue stayed full for {self.delivery_timeout_s:g} s",
                         code="_QUEUE_FULL",
                     ),
@@ -464,8 +458,12 @@ class BusProducer:
         reports = self._reports
         while reports:
             item, result, exc, not_written = reports.popleft()
-            if (exc is not None and not_written and not self._closing
-                    and time.monotonic() - item.queued_at < self.delivery_timeout_s):
+            if (
+                exc is not None
+                and not_written
+                and not self._closing
+                and time.monotonic() - item.queued_at < self.delivery_timeout_s
+            ):
                 assert self._loop is not None
                 self._loop.call_later(RETRY_DELAY_S, self._retry_item, item._replace(last_error=exc))
                 continue
@@ -537,8 +535,9 @@ class BusProducer:
         record of each key stays however old: it is still the compacted topic's content."""
         too_old = time.monotonic() - self.keep_s
         recent = self._recent
-        while recent and (len(recent) > self.keep_max or self._recent_bytes > self.keep_max_bytes
-                          or recent[0].acked_at < too_old):
+        while recent and (
+            len(recent) > self.keep_max or self._recent_bytes > self.keep_max_bytes or recent[0].acked_at < too_old
+        ):
             self._recent_bytes -= recent.popleft().size
 
     async def _watch_topics(self) -> None:
@@ -610,8 +609,9 @@ class BusProducer:
             return
         kept.resending_to = topic_id
         self.resent += 1
-        item = _Outgoing(self.settings.topic(kept.topic), kept.key, kept.value, kept.partition, None,
-                         time.monotonic(), kept)
+        item = _Outgoing(
+            self.settings.topic(kept.topic), kept.key, kept.value, kept.partition, None, time.monotonic(), kept
+        )
         if self._backlog or not self._hand_over(item):
             self._backlog.append(item)
             if self._drainer is None or self._drainer.done():

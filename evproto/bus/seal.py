@@ -127,10 +127,10 @@ def peek(value: bytes | None) -> Envelope | None:
     try:
         pos = 4
         n = value[pos]
-        event_type = value[pos + 1:pos + 1 + n].decode()
+        event_type = value[pos + 1 : pos + 1 + n].decode()
         pos += 1 + n
         n = value[pos]
-        key_id = value[pos + 1:pos + 1 + n].decode()
+        key_id = value[pos + 1 : pos + 1 + n].decode()
         pos += 1 + n
         (counter,) = _U64.unpack_from(value, pos)
         pos += 8
@@ -139,7 +139,7 @@ def peek(value: bytes | None) -> Envelope | None:
     tail = SIGNATURE_BYTES if signed else NONCE_BYTES
     if not event_type or not key_id or len(value) < pos + tail + (0 if signed else 16):
         raise SealError(Why.MALFORMED)
-    return Envelope(signed, event_type, key_id, counter, value[:pos], value[pos:pos + tail], value[pos + tail:])
+    return Envelope(signed, event_type, key_id, counter, value[:pos], value[pos : pos + tail], value[pos + tail :])
 
 
 _AEADS: dict[bytes, AESGCM] = {}
@@ -155,8 +155,17 @@ def _aead(key: bytes) -> AESGCM:
     return aead
 
 
-def seal(key: bytes, key_id: str, plaintext: bytes, *, topic: str, record_key: str, event_type: str,
-         counter: int, nonce: bytes | None = None) -> bytes:
+def seal(
+    key: bytes,
+    key_id: str,
+    plaintext: bytes,
+    *,
+    topic: str,
+    record_key: str,
+    event_type: str,
+    counter: int,
+    nonce: bytes | None = None,
+) -> bytes:
     """Seal ``plaintext`` (an event's JSON) for ``topic``/``record_key`` under ``key``."""
     header = _header(SEALED_MAGIC, event_type, key_id, counter)
     nonce = nonce if nonce is not None else os.urandom(NONCE_BYTES)
@@ -168,14 +177,21 @@ def open_sealed(key: bytes, envelope: Envelope, *, topic: str, record_key: str) 
     if envelope.signed:
         raise SealError(Why.NOT_SEALED, "signed, not sealed")
     try:
-        return _aead(key).decrypt(envelope.nonce_or_signature, envelope.body,
-                                   _aad(envelope.header, topic, record_key))
+        return _aead(key).decrypt(envelope.nonce_or_signature, envelope.body, _aad(envelope.header, topic, record_key))
     except InvalidTag:
         raise SealError(Why.TAMPERED) from None
 
 
-def sign(private_key: Ed25519PrivateKey, key_id: str, payload: bytes, *, topic: str, record_key: str,
-         event_type: str, counter: int) -> bytes:
+def sign(
+    private_key: Ed25519PrivateKey,
+    key_id: str,
+    payload: bytes,
+    *,
+    topic: str,
+    record_key: str,
+    event_type: str,
+    counter: int,
+) -> bytes:
     """Sign ``payload`` for ``topic``/``record_key``; the payload stays readable."""
     header = _header(SIGNED_MAGIC, event_type, key_id, counter)
     return header + private_key.sign(_aad(header, topic, record_key) + payload) + payload

@@ -104,7 +104,7 @@ CP_ACTIONS: dict[str, str] = {
     "resume": "clear STOP, persist",
     "recover": "clear the fault from its source; OK once none is left",
     "meter": "count the reading's positive increment (resets and impossible jumps are not counted); with "
-             "progress_with_reading, report progress when due",
+    "progress_with_reading, report progress when due",
     "withdraw": "set the flag, answer the authorisation withdrawn, persist &rarr; idle",
     "finish": "set the flag, report SupplyFinished with the metered energy, persist &rarr; idle",
     "authorize": "accept (answer, persist &rarr; authorized) unless refused (answer with why)",
@@ -116,7 +116,7 @@ CP_ACTIONS: dict[str, str] = {
     "plug": "report SupplyStarted, persist &rarr; supplying",
     "tick_authorized": "withdraw once expired (&rarr; idle); plug in by itself in auto mode",
     "tick_supplying": "finish at the target (&rarr; idle); else report progress from a fresh reading at most "
-                      "once per progress interval (unless progress goes with readings), persist",
+    "once per progress interval (unless progress goes with readings), persist",
     "manual_request": "ask Central for a supply (or serve it offline when allowed), unless refused",
     "manual_busy": "say a supply is already authorised or running",
 }
@@ -167,8 +167,12 @@ CP_TABLE.update(
 )
 
 # Why a supply ends, for inputs that end one (SupplyFinished.reason).
-_END_REASONS = {I.MONITOR_DOWN: EndReason.MONITOR_LOST, I.STOP: EndReason.STOPPED, I.KO: EndReason.FAULT,
-                I.UNPLUG: EndReason.UNPLUGGED}
+_END_REASONS = {
+    I.MONITOR_DOWN: EndReason.MONITOR_LOST,
+    I.STOP: EndReason.STOPPED,
+    I.KO: EndReason.FAULT,
+    I.UNPLUG: EndReason.UNPLUGGED,
+}
 
 
 def render_markdown() -> str:
@@ -371,8 +375,7 @@ class ChargePoint:
             "offline_price_eur_kwh": self.offline_price_eur_kwh,
         }
 
-    def restore(self, snap: dict[str, Any], now_ms: int, *,
-                register: tuple[float, int] | None = None) -> list[Effect]:
+    def restore(self, snap: dict[str, Any], now_ms: int, *, register: tuple[float, int] | None = None) -> list[Effect]:
         """Reload a snapshot written before a crash; a supply it held ends as ``power_loss``.
 
         The energy reported is what the meter showed at the last persisted reading,
@@ -459,8 +462,11 @@ class ChargePoint:
         s = self.supply
         assert s is not None
         if s.session_id:  # an offline authorisation was never Central's: nothing to tell it
-            self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=s.session_id, accepted=False,
-                                           reason=reason, ts_ms=now_ms))
+            self._emit(
+                AuthorizationAnswer(
+                    cp_id=self.cp_id, session_id=s.session_id, accepted=False, reason=reason, ts_ms=now_ms
+                )
+            )
         self._say(f"authorisation {s.session_id} for {s.driver_id} withdrawn ({reason})")
         self.supply = None
         self.phase = Phase.IDLE
@@ -494,7 +500,11 @@ class ChargePoint:
     def _a_authorize(self, inp: CpInput, now_ms: int, *, cmd: AuthorizeCommand) -> None:
         reason = self.refusal() or ("expired" if now_ms >= cmd.expires_ts_ms else "")
         if reason:
-            self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=False, reason=reason, ts_ms=now_ms))
+            self._emit(
+                AuthorizationAnswer(
+                    cp_id=self.cp_id, session_id=cmd.session_id, accepted=False, reason=reason, ts_ms=now_ms
+                )
+            )
             self._say(f"refused authorisation {cmd.session_id} for {cmd.driver_id}: {reason}", "warning")
             return
         self.supply = Supply(
@@ -518,7 +528,11 @@ class ChargePoint:
         if cmd.session_id == self.supply.session_id:  # a repeated command: answer the same again
             self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=True, ts_ms=now_ms))
             return
-        self._emit(AuthorizationAnswer(cp_id=self.cp_id, session_id=cmd.session_id, accepted=False, reason="busy", ts_ms=now_ms))
+        self._emit(
+            AuthorizationAnswer(
+                cp_id=self.cp_id, session_id=cmd.session_id, accepted=False, reason="busy", ts_ms=now_ms
+            )
+        )
 
     def _a_cancel(self, inp: CpInput, now_ms: int, *, session_id: int) -> None:
         assert self.supply is not None
@@ -587,8 +601,11 @@ class ChargePoint:
         self.phase = Phase.SUPPLYING
         # An offline supply (session 0) has no session at Central yet: only its end is reported.
         if s.session_id:
-            self._emit(SupplyStarted(cp_id=self.cp_id, session_id=s.session_id, driver_id=s.driver_id,
-                                     started_ts_ms=now_ms, ts_ms=now_ms))
+            self._emit(
+                SupplyStarted(
+                    cp_id=self.cp_id, session_id=s.session_id, driver_id=s.driver_id, started_ts_ms=now_ms, ts_ms=now_ms
+                )
+            )
         self._say(f"vehicle plugged in: supply {s.session_id or 'offline'} for {s.driver_id} started")
         self._persist()
 
@@ -607,7 +624,9 @@ class ChargePoint:
             s.last_reading_ts_ms = now_ms
         if previous is not None and energy_wh < previous:
             self.meter_resets += 1
-            self._say(f"meter register went back ({previous:.1f} -> {energy_wh:.1f} Wh): meter reset, counting on", "warning")
+            self._say(
+                f"meter register went back ({previous:.1f} -> {energy_wh:.1f} Wh): meter reset, counting on", "warning"
+            )
             return False
         if s is None or previous is None:
             self._fresh_reading = True
@@ -619,11 +638,16 @@ class ChargePoint:
         since_ms = max(s.started_ts_ms, previous_ts_ms if previous_ts_ms is not None else s.started_ts_ms)
         gained_wh = energy_wh - previous
         slack_wh = ENERGY_SLACK_KWH * 1000.0
-        if (gained_wh > MAX_POWER_KW * max(0, now_ms - since_ms) / 3600.0 + slack_wh
-                or s.energy_wh + gained_wh > MAX_POWER_KW * max(0, now_ms - s.started_ts_ms) / 3600.0 + slack_wh / 2):
+        if (
+            gained_wh > MAX_POWER_KW * max(0, now_ms - since_ms) / 3600.0 + slack_wh
+            or s.energy_wh + gained_wh > MAX_POWER_KW * max(0, now_ms - s.started_ts_ms) / 3600.0 + slack_wh / 2
+        ):
             self.meter_jumps += 1
-            self._say(f"meter register jumped {gained_wh:.1f} Wh in {max(0, now_ms - since_ms) / 1000:g} s, more than "
-                      f"{MAX_POWER_KW:g} kW deliver: not counted, counting on from there", "warning")
+            self._say(
+                f"meter register jumped {gained_wh:.1f} Wh in {max(0, now_ms - since_ms) / 1000:g} s, more than "
+                f"{MAX_POWER_KW:g} kW deliver: not counted, counting on from there",
+                "warning",
+            )
             return False
         self._fresh_reading = True
         s.energy_wh += gained_wh
@@ -690,7 +714,9 @@ class ChargePoint:
         if reason:
             self._say(f"manual supply for {driver_id} refused: {reason}", "warning")
             return
-        self._emit(SupplyRequest(request_id=request_id, driver_id=driver_id, cp_id=self.cp_id, ts_ms=now_ms, origin="cp"))
+        self._emit(
+            SupplyRequest(request_id=request_id, driver_id=driver_id, cp_id=self.cp_id, ts_ms=now_ms, origin="cp")
+        )
         self._say(f"manual supply for {driver_id} requested from Central")
 
     def _offline_authorize(self, driver_id: str, request_id: str, now_ms: int) -> None:
@@ -705,13 +731,14 @@ class ChargePoint:
             expires_ts_ms=now_ms + 60_000,
         )
         self.phase = Phase.AUTHORIZED
-        self._say(f"Central unreachable: offline supply for {driver_id} authorised locally "
-                  f"({self.offline_price_eur_kwh:.2f} EUR/kWh); it will be reported when Central is back")
+        self._say(
+            f"Central unreachable: offline supply for {driver_id} authorised locally "
+            f"({self.offline_price_eur_kwh:.2f} EUR/kWh); it will be reported when Central is back"
+        )
         self._persist()
 
     def _a_manual_busy(self, inp: CpInput, now_ms: int, *, driver_id: str, request_id: str) -> None:
         self._say("manual supply refused: a supply is already authorised or running", "warning")
-
 
 
 # -- dispatch, resolved once at import ---------------------------------------------------------

@@ -163,6 +163,7 @@ _ev = dataclass(frozen=True, slots=True, kw_only=True)
 def _rule_check(rule: Any, name: str) -> Callable[[Any], None]:
     """A function raising ValueError when a value breaks ``rule``."""
     if isinstance(rule, _Ident):
+
         def check(v: Any) -> None:
             if v == "" and rule.empty_ok:
                 return
@@ -170,16 +171,20 @@ def _rule_check(rule: Any, name: str) -> Callable[[Any], None]:
             if problem is not None:
                 raise ValueError(f"{name} {problem}")
     elif isinstance(rule, _Text):
+
         def check(v: Any) -> None:
             problem = text_problem(v, max_len=rule.max_len)
             if problem is not None:
                 raise ValueError(f"{name} {problem}")
     elif isinstance(rule, _OneOf):
+
         def check(v: Any) -> None:
             if v not in rule.values:
                 raise ValueError(f"{name} must be one of {', '.join(rule.values)}; got {ascii(v[:40])}")
     elif isinstance(rule, (_Range, _Time)):
-        lo, hi, lo_open = (rule.lo, rule.hi, rule.lo_open) if isinstance(rule, _Range) else (MIN_TS_MS, MAX_TS_MS, False)
+        lo, hi, lo_open = (
+            (rule.lo, rule.hi, rule.lo_open) if isinstance(rule, _Range) else (MIN_TS_MS, MAX_TS_MS, False)
+        )
 
         def check(v: Any) -> None:
             if not (lo < v <= hi if lo_open else lo <= v <= hi):
@@ -258,8 +263,9 @@ def _checker(hint: Any, name: str) -> tuple[Callable[[Any], Any], bool]:
         max_len, empty_ok, space = meta.max_len, meta.empty_ok, WHITESPACE
 
         def fast_id(v: Any) -> Any:
-            if type(v) is str and (0 < len(v) <= max_len and v.isprintable() and space.search(v) is None
-                                   or (empty_ok and v == "")):
+            if type(v) is str and (
+                0 < len(v) <= max_len and v.isprintable() and space.search(v) is None or (empty_ok and v == "")
+            ):
                 return v
             v = base(v)
             rule(v)
@@ -276,8 +282,11 @@ def _checker(hint: Any, name: str) -> tuple[Callable[[Any], Any], bool]:
 
 
 def _is_time(hint: Any) -> bool:
-    hint = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if typing.get_origin(hint) in (
-        typing.Union, types.UnionType) else hint
+    hint = (
+        next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else hint
+    )
     return typing.get_origin(hint) is Annotated and any(isinstance(m, _Time) for m in typing.get_args(hint)[1:])
 
 
@@ -308,8 +317,7 @@ def _supply_figures(ev: Any) -> str | None:
         return f"ended_ts_ms {ev.ended_ts_ms} is before started_ts_ms {ev.started_ts_ms}"
     hours = (ev.ended_ts_ms - ev.started_ts_ms) / 3_600_000
     if ev.energy_kwh > MAX_POWER_KW * hours + ENERGY_SLACK_KWH:
-        return (f"energy_kwh {ev.energy_kwh:g} is more than {MAX_POWER_KW:g} kW could deliver in "
-                f"{hours * 3600:.1f} s")
+        return f"energy_kwh {ev.energy_kwh:g} is more than {MAX_POWER_KW:g} kW could deliver in {hours * 3600:.1f} s"
     expected = ev.energy_kwh * ev.price_eur_kwh
     if abs(ev.amount_eur - expected) > AMOUNT_TOLERANCE_EUR + 1e-6 * expected:
         return f"amount_eur {ev.amount_eur:g} is not energy x price ({expected:.4f})"

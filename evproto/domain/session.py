@@ -168,8 +168,10 @@ def step(status: SessionStatus, inp: SessionInput) -> SessionTransition:
 def render_markdown() -> str:
     """The table as Markdown, one row per input and one column per status (docs/central.md)."""
     statuses = list(SessionStatus)
-    lines = ["| input | " + " | ".join(s.value for s in statuses) + " |",
-             "| --- | " + " | ".join("---" for _ in statuses) + " |"]
+    lines = [
+        "| input | " + " | ".join(s.value for s in statuses) + " |",
+        "| --- | " + " | ".join("---" for _ in statuses) + " |",
+    ]
     for inp in SessionInput:
         cells = []
         for s in statuses:

@@ -60,8 +60,11 @@ async def serve_and_ask() -> tuple[HealthState, int]:
 
     endpoint: Endpoint = parse_endpoint("tcp://127.0.0.1:0")
     async with await serve(endpoint, handler, node_id="srv") as server:
-        link = await open_link(f"tcp://127.0.0.1:{server.port}", config=LinkConfig(max_incoming=64),
-                               hello=Hello(role=Role.MONITOR, node_id="CP001"))
+        link = await open_link(
+            f"tcp://127.0.0.1:{server.port}",
+            config=LinkConfig(max_incoming=64),
+            hello=Hello(role=Role.MONITOR, node_id="CP001"),
+        )
         try:
             answer = await link.request(HealthCheck(), timeout_s=5.0)
             assert isinstance(answer, HealthStatus)

@@ -42,9 +42,12 @@ class CentralCore(RegistryRules, SessionRules):
         self.rules = rules
         self.history = history
         per_s = rules.registrations_per_min / 60
-        self._registrations = KeyedLimiter(capacity=max(1.0, rules.registrations_per_min), rate_per_s=per_s,
-                                           total_capacity=max(1.0, 5 * rules.registrations_per_min),
-                                           total_rate_per_s=5 * per_s)
+        self._registrations = KeyedLimiter(
+            capacity=max(1.0, rules.registrations_per_min),
+            rate_per_s=per_s,
+            total_capacity=max(1.0, 5 * rules.registrations_per_min),
+            total_rate_per_s=5 * per_s,
+        )
         #: Records recognised as repeats and changing nothing, by kind (status counters).
         self.ignored: collections.Counter[str] = collections.Counter()
         #: Live sessions whose driver was told of a fault at their CP (told once each).
@@ -102,8 +105,14 @@ class CentralCore(RegistryRules, SessionRules):
     @staticmethod
     def _state_record(cp: CpRecord, now_ms: int) -> Publish:
         """The CP's state for the compacted cp-state topic (best effort: the next one replaces it)."""
-        record = CpStateRecord(cp_id=cp.id, location=cp.location, price_eur_kwh=cp.price_eur_kwh, state=cp.state.name,
-                               driver_id=cp.driver_id or "", ts_ms=now_ms)
+        record = CpStateRecord(
+            cp_id=cp.id,
+            location=cp.location,
+            price_eur_kwh=cp.price_eur_kwh,
+            state=cp.state.name,
+            driver_id=cp.driver_id or "",
+            ts_ms=now_ms,
+        )
         return Publish(Topic.CP_STATE, cp.id, record, durable=False)
 
     # -- views -----------------------------------------------------------------------------

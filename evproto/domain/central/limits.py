@@ -40,8 +40,15 @@ class TokenBucket:
 class KeyedLimiter:
     """A token bucket per key plus one for all keys together."""
 
-    def __init__(self, *, capacity: float, rate_per_s: float, total_capacity: float, total_rate_per_s: float,
-                 max_keys: int = 4096) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: float,
+        rate_per_s: float,
+        total_capacity: float,
+        total_rate_per_s: float,
+        max_keys: int = 4096,
+    ) -> None:
         self.capacity = capacity
         self.rate_per_s = rate_per_s
         self.total = TokenBucket(total_capacity, total_rate_per_s)

@@ -81,8 +81,9 @@ class RegistryRules:
             raise UnknownDriverError(driver_id)
         live = next((s for s in self.sessions.values() if s.driver_id == driver_id), None)
         if live is not None:
-            raise RegistryBusyError(f"driver {driver_id} has a supply {live.status.value} at {live.cp_id}; "
-                                    "wait for it to end")
+            raise RegistryBusyError(
+                f"driver {driver_id} has a supply {live.status.value} at {live.cp_id}; wait for it to end"
+            )
         self.drivers.discard(driver_id)
         self._note(f"driver {driver_id} removed")
         self._fx.append(Forget(driver_id=driver_id))
@@ -114,8 +115,9 @@ class RegistryRules:
 
     # -- monitors (socket) -----------------------------------------------------------------
 
-    def hello(self, cp_id: str, location: str, price: float | None, now_ms: int,
-              source: str = "") -> tuple[Reject | None, list[Effect]]:
+    def hello(
+        self, cp_id: str, location: str, price: float | None, now_ms: int, source: str = ""
+    ) -> tuple[Reject | None, list[Effect]]:
         """Decide on a monitor's Hello: registration of a new CP, or authentication.
 
         The id, location and price follow the rules every event follows (evproto.idents,
@@ -124,7 +126,8 @@ class RegistryRules:
         """
         self._fx = []
         problem = (id_problem(cp_id) and f"charge point id {id_problem(cp_id)}") or (
-            text_problem(location) and f"location {text_problem(location)}")
+            text_problem(location) and f"location {text_problem(location)}"
+        )
         if problem is None and price is not None and not (math.isfinite(price) and 0 <= price <= MAX_PRICE_EUR_KWH):
             problem = f"price {price} EUR/kWh is not plausible (0 to {MAX_PRICE_EUR_KWH:g})"
         if problem is not None:
@@ -142,16 +145,21 @@ class RegistryRules:
                     [],
                 )
             if cp_id in self._removed:
-                return Reject(code=ReasonCode.UNKNOWN_ID,
-                              detail=f"{cp_id} was removed by an operator; register it again with `ev-central cps add`"), []
+                return Reject(
+                    code=ReasonCode.UNKNOWN_ID,
+                    detail=f"{cp_id} was removed by an operator; register it again with `ev-central cps add`",
+                ), []
             if len(self.cps) >= self.rules.max_cps:
-                return Reject(code=ReasonCode.NOT_AVAILABLE,
-                              detail=f"this Central holds its maximum of {self.rules.max_cps} charge points"), []
+                return Reject(
+                    code=ReasonCode.NOT_AVAILABLE,
+                    detail=f"this Central holds its maximum of {self.rules.max_cps} charge points",
+                ), []
             wait_s = self._registrations.allow(source, now_ms / 1000)
             if wait_s:
                 self.ignored["registration_refused"] += 1
-                return Reject(code=ReasonCode.BUSY,
-                              detail=f"too many new charge points; try again in {math.ceil(wait_s)} s"), []
+                return Reject(
+                    code=ReasonCode.BUSY, detail=f"too many new charge points; try again in {math.ceil(wait_s)} s"
+                ), []
             cp = CpRecord(id=cp_id, location=location, price_eur_kwh=price)
             self.cps[cp_id] = cp
             self._note(f"registered new charge point {cp_id} at {location}, {price:.2f} EUR/kWh")
@@ -187,8 +195,13 @@ class RegistryRules:
             if cp.state is CpState.ACTIVATED:
                 self._ask(held, cp, now_ms)
             else:
-                self._transition(held, SessionInput.CP_REFUSED, now_ms, reason="cp_not_available",
-                                 text=f"{cp_id} is back but {cp.state.name}, not ACTIVATED")
+                self._transition(
+                    held,
+                    SessionInput.CP_REFUSED,
+                    now_ms,
+                    reason="cp_not_available",
+                    text=f"{cp_id} is back but {cp.state.name}, not ACTIVATED",
+                )
         return self._take()
 
     def revoked(self, cp_id: str, now_ms: int) -> list[Effect]:
@@ -199,8 +212,13 @@ class RegistryRules:
         cp.revoked = True
         s = self.sessions.get(cp.session_id) if cp.session_id is not None else None
         if s is not None:
-            self._transition(s, SessionInput.FINISHED_EARLY, now_ms, reason="key_revoked",
-                             text=f"{cp_id}'s key was revoked: {s.energy_kwh:.3f} kWh, {s.amount_eur:.2f} EUR")
+            self._transition(
+                s,
+                SessionInput.FINISHED_EARLY,
+                now_ms,
+                reason="key_revoked",
+                text=f"{cp_id}'s key was revoked: {s.energy_kwh:.3f} kWh, {s.amount_eur:.2f} EUR",
+            )
         self._note(f"{cp_id}: keys revoked; it must authenticate again", "warning")
         return self._take()
 

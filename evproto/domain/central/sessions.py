@@ -70,8 +70,10 @@ class SessionRules:
         if isinstance(event, SupplyRequest):
             old = self._request_session(event.request_id)
             if old is not None and (old.driver_id, old.cp_id) != (event.driver_id, event.cp_id):
-                raise RecordRefused(f"request id {event.request_id} already belongs to session {old.id} "
-                                    f"of {old.driver_id} at {old.cp_id}")
+                raise RecordRefused(
+                    f"request id {event.request_id} already belongs to session {old.id} "
+                    f"of {old.driver_id} at {old.cp_id}"
+                )
             return True
         if not isinstance(event, (AuthorizationAnswer, SupplyStarted, SupplyProgress, SupplyFinished)):
             raise RecordRefused(f"{event.TYPE} is not read from this topic")
@@ -121,9 +123,13 @@ class SessionRules:
                 del self._held[cp_id]
                 s = self.sessions.get(sid)
                 if s is not None and s.status is SessionStatus.REQUESTED:
-                    self._transition(s, SessionInput.CP_REFUSED, now_ms, reason="cp_not_available",
-                                     text=f"{cp_id} did not reconnect within {self.rules.restart_grace_s:g} s "
-                                          "of Central's restart")
+                    self._transition(
+                        s,
+                        SessionInput.CP_REFUSED,
+                        now_ms,
+                        reason="cp_not_available",
+                        text=f"{cp_id} did not reconnect within {self.rules.restart_grace_s:g} s of Central's restart",
+                    )
         for s in list(self.sessions.values()):
             if s.status in (SessionStatus.REQUESTED, SessionStatus.AUTHORIZED) and now_ms >= s.deadline_ts_ms:
                 waiting_answer = s.status is SessionStatus.REQUESTED
@@ -134,7 +140,11 @@ class SessionRules:
                     else f"nobody plugged in at {s.cp_id} within {self.rules.plug_timeout_s:g} s"
                 )
                 self._fx.append(
-                    Publish(Topic.CP_COMMANDS, s.cp_id, CancelAuthorization(cp_id=s.cp_id, session_id=s.id, reason=reason, ts_ms=now_ms))
+                    Publish(
+                        Topic.CP_COMMANDS,
+                        s.cp_id,
+                        CancelAuthorization(cp_id=s.cp_id, session_id=s.id, reason=reason, ts_ms=now_ms),
+                    )
                 )
                 self._transition(s, SessionInput.EXPIRED, now_ms, reason=reason, text=text)
         return self._take()
@@ -163,8 +173,15 @@ class SessionRules:
             Publish(
                 Topic.DRIVER_EVENTS,
                 req.driver_id,
-                RequestUpdate(driver_id=req.driver_id, request_id=req.request_id, cp_id=req.cp_id, status="denied",
-                              reason=reason, message=text, ts_ms=now_ms),
+                RequestUpdate(
+                    driver_id=req.driver_id,
+                    request_id=req.request_id,
+                    cp_id=req.cp_id,
+                    status="denied",
+                    reason=reason,
+                    message=text,
+                    ts_ms=now_ms,
+                ),
             )
         )
 
@@ -184,13 +201,20 @@ class SessionRules:
         busy = next((s for s in self.sessions.values() if s.driver_id == req.driver_id), None)
         if busy is not None:
             return self._deny_request(
-                req, "driver_busy", f"driver {req.driver_id} already has a supply {busy.status.value} at {busy.cp_id}", now_ms
+                req,
+                "driver_busy",
+                f"driver {req.driver_id} already has a supply {busy.status.value} at {busy.cp_id}",
+                now_ms,
             )
         state = cp.state
         if cp.session_id is not None:
             return self._deny_request(req, "cp_busy", f"{cp.id} is busy with another driver", now_ms)
-        hold = (state is CpState.DISCONNECTED and cp.id in self._known_at_start and not cp.stopped
-                and now_ms < self._grace_until_ms)
+        hold = (
+            state is CpState.DISCONNECTED
+            and cp.id in self._known_at_start
+            and not cp.stopped
+            and now_ms < self._grace_until_ms
+        )
         if state is not CpState.ACTIVATED and not hold:
             return self._deny_request(req, "cp_not_available", f"{cp.id} is {state.name}, not ACTIVATED", now_ms)
         s = SessionRecord(
@@ -218,8 +242,13 @@ class SessionRules:
             s.deadline_ts_ms = self._grace_until_ms + int(self.rules.answer_timeout_s * 1000)
             self._fx.append(SaveSession(copy.copy(s)))
             wait_s = math.ceil((self._grace_until_ms - now_ms) / 1000)
-            self._update(s, "requested", "", f"request received; Central has just restarted: waiting up to {wait_s} s "
-                         f"for {cp.id} to reconnect", now_ms)
+            self._update(
+                s,
+                "requested",
+                "",
+                f"request received; Central has just restarted: waiting up to {wait_s} s for {cp.id} to reconnect",
+                now_ms,
+            )
             return
         self._fx.append(SaveSession(copy.copy(s)))
         self._ask(s, cp, now_ms)
@@ -289,7 +318,9 @@ class SessionRules:
         s.ended_ts_ms = None
         self.sessions[s.id] = s
         cp.session_id, cp.driver_id = s.id, s.driver_id
-        self._note(f"{cp_id} reports a supply for session {s.id}, which had expired: reopening it to bill it", "warning")
+        self._note(
+            f"{cp_id} reports a supply for session {s.id}, which had expired: reopening it to bill it", "warning"
+        )
         return s
 
     def _answer(self, ev: AuthorizationAnswer, now_ms: int) -> None:
@@ -303,8 +334,11 @@ class SessionRules:
             self._transition(s, SessionInput.CP_ACCEPTED, now_ms, text=f"authorised: plug in at {s.cp_id}")
         else:
             why = ev.reason or "no reason given"
-            text = (f"{s.cp_id} withdrew the authorisation: {why}" if s.status is SessionStatus.AUTHORIZED
-                    else f"{s.cp_id} refused: {why}")
+            text = (
+                f"{s.cp_id} withdrew the authorisation: {why}"
+                if s.status is SessionStatus.AUTHORIZED
+                else f"{s.cp_id} refused: {why}"
+            )
             self._transition(s, SessionInput.CP_REFUSED, now_ms, reason=ev.reason or "cp_refused", text=text)
 
     def _started(self, ev: SupplyStarted, now_ms: int) -> None:
@@ -354,8 +388,13 @@ class SessionRules:
         s.energy_kwh = ev.energy_kwh
         s.amount_eur = ev.amount_eur
         s.price_eur_kwh = ev.price_eur_kwh
-        self._transition(s, finish_input(ev.reason), now_ms, reason=ev.reason,
-                         text=f"supply at {s.cp_id} ended ({ev.reason}): {ev.energy_kwh:.3f} kWh, {ev.amount_eur:.2f} EUR")
+        self._transition(
+            s,
+            finish_input(ev.reason),
+            now_ms,
+            reason=ev.reason,
+            text=f"supply at {s.cp_id} ended ({ev.reason}): {ev.energy_kwh:.3f} kWh, {ev.amount_eur:.2f} EUR",
+        )
 
     def _offline_supply(self, ev: SupplyFinished, now_ms: int) -> None:
         """A supply a CP served while Central was down: record and bill it, once per request id."""
@@ -381,10 +420,17 @@ class SessionRules:
         self.request_ids[s.request_id] = s.id
         self.sessions[s.id] = s
         self._note(f"{ev.cp_id} reports an offline supply for {ev.driver_id}: {ev.energy_kwh:.3f} kWh")
-        self._transition(s, finish_input(ev.reason), now_ms, reason=ev.reason,
-                         text=f"offline supply at {s.cp_id} ({ev.reason}): {ev.energy_kwh:.3f} kWh, {ev.amount_eur:.2f} EUR")
+        self._transition(
+            s,
+            finish_input(ev.reason),
+            now_ms,
+            reason=ev.reason,
+            text=f"offline supply at {s.cp_id} ({ev.reason}): {ev.energy_kwh:.3f} kWh, {ev.amount_eur:.2f} EUR",
+        )
 
-    def _transition(self, s: SessionRecord, inp: SessionInput, now_ms: int, *, reason: str = "", text: str = "") -> None:
+    def _transition(
+        self, s: SessionRecord, inp: SessionInput, now_ms: int, *, reason: str = "", text: str = ""
+    ) -> None:
         st = step(s.status, inp)
         if st.next is None:
             return

@@ -9,8 +9,8 @@ pinned: other tools depend on them (docs/central.md).
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from evproto.messages import CpState
@@ -78,9 +78,17 @@ class CpView:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> CpView:
         """A CP from its :meth:`to_json` form (KeyError when a field without default is missing)."""
-        return cls(id=obj["id"], location=obj["location"], price_eur_kwh=obj["price_eur_kwh"], state=obj["state"],
-                   driver_id=obj.get("driver_id"), power_kw=obj.get("power_kw"), energy_kwh=obj.get("energy_kwh"),
-                   amount_eur=obj.get("amount_eur"), alerts=tuple(obj.get("alerts") or ()))
+        return cls(
+            id=obj["id"],
+            location=obj["location"],
+            price_eur_kwh=obj["price_eur_kwh"],
+            state=obj["state"],
+            driver_id=obj.get("driver_id"),
+            power_kw=obj.get("power_kw"),
+            energy_kwh=obj.get("energy_kwh"),
+            amount_eur=obj.get("amount_eur"),
+            alerts=tuple(obj.get("alerts") or ()),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -120,10 +128,18 @@ class SessionView:
     def from_json(cls, obj: Mapping[str, Any]) -> SessionView:
         """A session from its :meth:`to_json` or :meth:`to_request_json` form (``requested_ts_ms``
         0 without ``requested_at``); KeyError for a missing field, ValueError for a bad time."""
-        return cls(id=obj["id"], cp_id=obj["cp_id"], driver_id=obj["driver_id"], status=obj["status"],
-                   requested_ts_ms=parse_iso_utc(obj.get("requested_at")) or 0, energy_kwh=obj["energy_kwh"],
-                   amount_eur=obj["amount_eur"], started_ts_ms=parse_iso_utc(obj["started_at"]),
-                   ended_ts_ms=parse_iso_utc(obj["ended_at"]), end_reason=obj["end_reason"])
+        return cls(
+            id=obj["id"],
+            cp_id=obj["cp_id"],
+            driver_id=obj["driver_id"],
+            status=obj["status"],
+            requested_ts_ms=parse_iso_utc(obj.get("requested_at")) or 0,
+            energy_kwh=obj["energy_kwh"],
+            amount_eur=obj["amount_eur"],
+            started_ts_ms=parse_iso_utc(obj["started_at"]),
+            ended_ts_ms=parse_iso_utc(obj["ended_at"]),
+            end_reason=obj["end_reason"],
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,15 +189,26 @@ class CentralView:
         }
 
     @classmethod
-    def from_json(cls, *, cps: Sequence[Mapping[str, Any]], requests: Sequence[Mapping[str, Any]],
-                  messages: Sequence[Mapping[str, Any]], status: Mapping[str, Any], now_ts_ms: int) -> CentralView:
+    def from_json(
+        cls,
+        *,
+        cps: Sequence[Mapping[str, Any]],
+        requests: Sequence[Mapping[str, Any]],
+        messages: Sequence[Mapping[str, Any]],
+        status: Mapping[str, Any],
+        now_ts_ms: int,
+    ) -> CentralView:
         """The view drawn from the answers of ``/cps``, ``/requests``, ``/messages`` and ``/status``,
         as seen at ``now_ts_ms`` (the reader's clock, not the answer's ``now``)."""
         return cls(
             cps=tuple(CpView.from_json(c) for c in cps),
             requests=tuple(SessionView.from_json(r) for r in requests),
             messages=tuple(MessageView.from_json(m) for m in messages),
-            central_id=status.get("central_id", ""), listen=status.get("listen", ""), http=status.get("http", ""),
-            kafka=status.get("kafka", ""), kafka_ok=status.get("kafka_ok", False), now_ts_ms=now_ts_ms,
+            central_id=status.get("central_id", ""),
+            listen=status.get("listen", ""),
+            http=status.get("http", ""),
+            kafka=status.get("kafka", ""),
+            kafka_ok=status.get("kafka_ok", False),
+            now_ts_ms=now_ts_ms,
             counters=status.get("counters", {}),
         )

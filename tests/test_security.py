@@ -399,6 +399,7 @@ def test_a_driver_given_a_key_while_central_runs_is_served(secure_net: Network) 
     net = secure_net
     _, engines = two_cps(net)
     net.run_cli("central", "--db", net.db, "drivers", "add", "D009", "--credentials", os.path.join(net.tmp, "creds"))
-    time.sleep(1.5)  # Central looks at its database once a second
+    # Central takes in what another process wrote to its database (drivers and their keys, in one step).
+    wait_for(lambda: "D009" in net.get("/api/v1/drivers"), "Central to take in D009")
     ticket = full_supply(net, KafkaDriver(net, "D009"), "CP002", engines["CP002"])
     assert ticket.driver_id == "D009"

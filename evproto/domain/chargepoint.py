@@ -17,13 +17,13 @@ figures always stay within what the event schemas accept.
 
 from __future__ import annotations
 
-import enum
 import inspect
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..messages import EndReason
+from .chargepoint_table import CP_ACTIONS, CP_TABLE, INPUT_ARGS, CpAction, CpInput, Phase, render_markdown
 from .events import (
     ENERGY_SLACK_KWH,
     MAX_POWER_KW,
@@ -39,6 +39,7 @@ from .events import (
 __all__ = [
     "Phase",
     "CpInput",
+    "CpAction",
     "CP_TABLE",
     "CP_ACTIONS",
     "INPUT_ARGS",
@@ -53,139 +54,13 @@ __all__ = [
 ]
 
 
-class Phase(enum.Enum):
-    """Where the charge point is in a supply."""
-
-    IDLE = "idle"
-    AUTHORIZED = "authorized"
-    SUPPLYING = "supplying"
-
-
-class CpInput(enum.Enum):
-    """Everything that can happen to a charge point."""
-
-    MONITOR_UP = "monitor_up"
-    MONITOR_DOWN = "monitor_down"
-    CENTRAL_UP = "central_up"
-    CENTRAL_DOWN = "central_down"
-    AUTHORIZE = "authorize"
-    CANCEL = "cancel"
-    STOP = "stop"
-    RESUME = "resume"
-    KO = "ko"
-    RECOVER = "recover"
-    PLUG = "plug"
-    UNPLUG = "unplug"
-    METER = "meter"
-    TICK = "tick"
-    MANUAL_REQUEST = "manual_request"
-
-
-P = Phase
-I = CpInput  # noqa: E741
-
-#: What each input carries: the keyword arguments its action receives (checked at import).
-INPUT_ARGS: dict[CpInput, tuple[str, ...]] = {
-    I.AUTHORIZE: ("cmd",),
-    I.CANCEL: ("session_id",),
-    I.KO: ("source", "detail"),
-    I.RECOVER: ("source",),
-    I.METER: ("energy_wh", "power_w"),
-    I.MANUAL_REQUEST: ("driver_id", "request_id"),
-}
-
-#: Action name -> what it does (the documentation column). ``ChargePoint._a_<name>`` carries it out.
-CP_ACTIONS: dict[str, str] = {
-    "ignore": "nothing",
-    "monitor_up": "note the monitor is linked (said once)",
-    "monitor_down": "note the monitor is lost: refuse every supply until it is back",
-    "central_up": "note Central is heard (said once)",
-    "central_down": "note Central is silent: no new supplies (said once)",
-    "resume": "clear STOP, persist",
-    "recover": "clear the fault from its source; OK once none is left",
-    "meter": "count the reading's positive increment (resets and impossible jumps are not counted); with "
-    "progress_with_reading, report progress when due",
-    "withdraw": "set the flag, answer the authorisation withdrawn, persist &rarr; idle",
-    "finish": "set the flag, report SupplyFinished with the metered energy, persist &rarr; idle",
-    "authorize": "accept (answer, persist &rarr; authorized) unless refused (answer with why)",
-    "refuse_busy": "answer a repeated command again, refuse another as busy",
-    "cancel": "drop the authorisation Central cancelled, persist &rarr; idle",
-    "stop": "set STOP (out of order), persist",
-    "ko": "note the fault from its source; health checks answer KO",
-    "plug_refused": "say no supply is authorised",
-    "plug": "report SupplyStarted, persist &rarr; supplying",
-    "tick_authorized": "withdraw once expired (&rarr; idle); plug in by itself in auto mode",
-    "tick_supplying": "finish at the target (&rarr; idle); else report progress from a fresh reading at most "
-    "once per progress interval (unless progress goes with readings), persist",
-    "manual_request": "ask Central for a supply (or serve it offline when allowed), unless refused",
-    "manual_busy": "say a supply is already authorised or running",
-}
-
-#: (phase, input) -> action. Every pair is listed; a test walks them all.
-CP_TABLE: dict[tuple[Phase, CpInput], str] = {}
-for _phase in Phase:
-    CP_TABLE.update(
-        {
-            (_phase, I.MONITOR_UP): "monitor_up",
-            (_phase, I.CENTRAL_UP): "central_up",
-            (_phase, I.CENTRAL_DOWN): "central_down",
-            (_phase, I.RESUME): "resume",
-            (_phase, I.RECOVER): "recover",
-            (_phase, I.METER): "meter",
-        }
-    )
-CP_TABLE.update(
-    {
-        (P.IDLE, I.MONITOR_DOWN): "monitor_down",
-        (P.AUTHORIZED, I.MONITOR_DOWN): "withdraw",
-        (P.SUPPLYING, I.MONITOR_DOWN): "finish",
-        (P.IDLE, I.AUTHORIZE): "authorize",
-        (P.AUTHORIZED, I.AUTHORIZE): "refuse_busy",
-        (P.SUPPLYING, I.AUTHORIZE): "refuse_busy",
-        (P.IDLE, I.CANCEL): "ignore",
-        (P.AUTHORIZED, I.CANCEL): "cancel",
-        (P.SUPPLYING, I.CANCEL): "ignore",
-        (P.IDLE, I.STOP): "stop",
-        (P.AUTHORIZED, I.STOP): "withdraw",
-        (P.SUPPLYING, I.STOP): "finish",
-        (P.IDLE, I.KO): "ko",
-        (P.AUTHORIZED, I.KO): "withdraw",
-        (P.SUPPLYING, I.KO): "finish",
-        (P.IDLE, I.PLUG): "plug_refused",
-        (P.AUTHORIZED, I.PLUG): "plug",
-        (P.SUPPLYING, I.PLUG): "ignore",
-        (P.IDLE, I.UNPLUG): "ignore",
-        (P.AUTHORIZED, I.UNPLUG): "ignore",
-        (P.SUPPLYING, I.UNPLUG): "finish",
-        (P.IDLE, I.TICK): "ignore",
-        (P.AUTHORIZED, I.TICK): "tick_authorized",
-        (P.SUPPLYING, I.TICK): "tick_supplying",
-        (P.IDLE, I.MANUAL_REQUEST): "manual_request",
-        (P.AUTHORIZED, I.MANUAL_REQUEST): "manual_busy",
-        (P.SUPPLYING, I.MANUAL_REQUEST): "manual_busy",
-    }
-)
-
 # Why a supply ends, for inputs that end one (SupplyFinished.reason).
 _END_REASONS = {
-    I.MONITOR_DOWN: EndReason.MONITOR_LOST,
-    I.STOP: EndReason.STOPPED,
-    I.KO: EndReason.FAULT,
-    I.UNPLUG: EndReason.UNPLUGGED,
+    CpInput.MONITOR_DOWN: EndReason.MONITOR_LOST,
+    CpInput.STOP: EndReason.STOPPED,
+    CpInput.KO: EndReason.FAULT,
+    CpInput.UNPLUG: EndReason.UNPLUGGED,
 }
-
-
-def render_markdown() -> str:
-    """The table as Markdown, one row per input and one column per phase, then the actions."""
-    lines = [
-        "| input | " + " | ".join(p.value for p in Phase) + " |",
-        "| --- | " + " | ".join("---" for _ in Phase) + " |",
-    ]
-    for inp in CpInput:
-        lines.append(f"| {inp.value} | " + " | ".join(CP_TABLE[(p, inp)] for p in Phase) + " |")
-    lines += ["", "| action | what it does |", "| --- | --- |"]
-    lines += [f"| {name} | {text} |" for name, text in CP_ACTIONS.items()]
-    return "\n".join(lines) + "\n"
 
 
 # -- effects ---------------------------------------------------------------------------------
@@ -297,33 +172,33 @@ class ChargePoint:
     # -- inputs ----------------------------------------------------------------------------
 
     def monitor_connected(self, now_ms: int) -> list[Effect]:
-        return self._run(I.MONITOR_UP, now_ms)
+        return self._run(CpInput.MONITOR_UP, now_ms)
 
     def monitor_lost(self, now_ms: int) -> list[Effect]:
-        return self._run(I.MONITOR_DOWN, now_ms)
+        return self._run(CpInput.MONITOR_DOWN, now_ms)
 
     def central_reachable(self, reachable: bool, now_ms: int) -> list[Effect]:
-        return self._run(I.CENTRAL_UP if reachable else I.CENTRAL_DOWN, now_ms)
+        return self._run(CpInput.CENTRAL_UP if reachable else CpInput.CENTRAL_DOWN, now_ms)
 
     def authorize(self, cmd: AuthorizeCommand, now_ms: int) -> list[Effect]:
-        return self._run(I.AUTHORIZE, now_ms, cmd=cmd)
+        return self._run(CpInput.AUTHORIZE, now_ms, cmd=cmd)
 
     def cancel(self, session_id: int, now_ms: int) -> list[Effect]:
-        return self._run(I.CANCEL, now_ms, session_id=session_id)
+        return self._run(CpInput.CANCEL, now_ms, session_id=session_id)
 
     def stop(self, now_ms: int) -> list[Effect]:
-        return self._run(I.STOP, now_ms)
+        return self._run(CpInput.STOP, now_ms)
 
     def resume(self, now_ms: int) -> list[Effect]:
-        return self._run(I.RESUME, now_ms)
+        return self._run(CpInput.RESUME, now_ms)
 
     def set_ko(self, now_ms: int, *, source: str = "key", detail: str = "") -> list[Effect]:
         """A fault from ``source``: the KO key, or the meter failing. Health checks answer KO."""
-        return self._run(I.KO, now_ms, source=source, detail=detail)
+        return self._run(CpInput.KO, now_ms, source=source, detail=detail)
 
     def recover(self, now_ms: int, *, source: str = "key") -> list[Effect]:
         """The fault from ``source`` cleared (the CP is OK again once no fault is left)."""
-        return self._run(I.RECOVER, now_ms, source=source)
+        return self._run(CpInput.RECOVER, now_ms, source=source)
 
     @property
     def ko(self) -> bool:
@@ -331,19 +206,19 @@ class ChargePoint:
         return bool(self.faults)
 
     def plug(self, now_ms: int) -> list[Effect]:
-        return self._run(I.PLUG, now_ms)
+        return self._run(CpInput.PLUG, now_ms)
 
     def unplug(self, now_ms: int) -> list[Effect]:
-        return self._run(I.UNPLUG, now_ms)
+        return self._run(CpInput.UNPLUG, now_ms)
 
     def meter(self, energy_wh: float, power_w: float, now_ms: int) -> list[Effect]:
-        return self._run(I.METER, now_ms, energy_wh=energy_wh, power_w=power_w)
+        return self._run(CpInput.METER, now_ms, energy_wh=energy_wh, power_w=power_w)
 
     def tick(self, now_ms: int) -> list[Effect]:
-        return self._run(I.TICK, now_ms)
+        return self._run(CpInput.TICK, now_ms)
 
     def manual_request(self, driver_id: str, request_id: str, now_ms: int) -> list[Effect]:
-        return self._run(I.MANUAL_REQUEST, now_ms, driver_id=driver_id, request_id=request_id)
+        return self._run(CpInput.MANUAL_REQUEST, now_ms, driver_id=driver_id, request_id=request_id)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -554,11 +429,11 @@ class ChargePoint:
         self._finish(reason, now_ms)
 
     def _apply_flag(self, inp: CpInput, fault: dict[str, str]) -> None:
-        if inp is I.STOP:
+        if inp is CpInput.STOP:
             self._a_stop(inp, 0)
-        elif inp is I.KO:
+        elif inp is CpInput.KO:
             self._a_ko(inp, 0, **fault)
-        elif inp is I.MONITOR_DOWN:
+        elif inp is CpInput.MONITOR_DOWN:
             self._a_monitor_down(inp, 0)
 
     def _a_stop(self, inp: CpInput, now_ms: int) -> None:
@@ -746,20 +621,58 @@ class ChargePoint:
 _Action = Callable[..., None]
 
 
+#: Each action's method, written out so a type checker sees every one.
+_ACTIONS: dict[CpAction, _Action] = {
+    CpAction.IGNORE: ChargePoint._a_ignore,
+    CpAction.MONITOR_UP: ChargePoint._a_monitor_up,
+    CpAction.MONITOR_DOWN: ChargePoint._a_monitor_down,
+    CpAction.CENTRAL_UP: ChargePoint._a_central_up,
+    CpAction.CENTRAL_DOWN: ChargePoint._a_central_down,
+    CpAction.RESUME: ChargePoint._a_resume,
+    CpAction.RECOVER: ChargePoint._a_recover,
+    CpAction.METER: ChargePoint._a_meter,
+    CpAction.WITHDRAW: ChargePoint._a_withdraw,
+    CpAction.FINISH: ChargePoint._a_finish,
+    CpAction.AUTHORIZE: ChargePoint._a_authorize,
+    CpAction.REFUSE_BUSY: ChargePoint._a_refuse_busy,
+    CpAction.CANCEL: ChargePoint._a_cancel,
+    CpAction.STOP: ChargePoint._a_stop,
+    CpAction.KO: ChargePoint._a_ko,
+    CpAction.PLUG_REFUSED: ChargePoint._a_plug_refused,
+    CpAction.PLUG: ChargePoint._a_plug,
+    CpAction.TICK_AUTHORIZED: ChargePoint._a_tick_authorized,
+    CpAction.TICK_SUPPLYING: ChargePoint._a_tick_supplying,
+    CpAction.MANUAL_REQUEST: ChargePoint._a_manual_request,
+    CpAction.MANUAL_BUSY: ChargePoint._a_manual_busy,
+}
+
+
 def _resolve() -> dict[tuple[Phase, CpInput], _Action]:
-    """CP_TABLE's action names bound to ChargePoint's methods, each checked to take what its input carries."""
+    """CP_TABLE's actions bound to their methods, checked once: every pair listed, every action
+    with its own method, every action method named by an action, each taking what its inputs carry."""
     if set(CP_TABLE) != {(p, i) for p in Phase for i in CpInput}:
         raise AssertionError("CP_TABLE must list every (phase, input) pair")
+    methods = {name for name in vars(ChargePoint) if name.startswith("_a_")}
+    missing = sorted(a.value for a in CpAction if a not in _ACTIONS or a not in CP_ACTIONS)
+    unused = sorted(methods - {f.__name__ for f in _ACTIONS.values()})
+    crossed = sorted(a.value for a, f in _ACTIONS.items() if f.__name__ != "_a_" + a.value)
+    if missing or unused or crossed:
+        raise AssertionError(
+            f"charge point actions: without a method or words {missing}, methods no action names {unused}, "
+            f"pointing at another's method {crossed}"
+        )
     dispatch: dict[tuple[Phase, CpInput], _Action] = {}
-    for (phase, inp), name in CP_TABLE.items():
-        method = getattr(ChargePoint, "_a_" + name, None)
-        if name not in CP_ACTIONS or not callable(method):
-            raise AssertionError(f"CP_TABLE[{phase.name}, {inp.name}] names {name!r}, which is no action")
+    for (phase, inp), action in CP_TABLE.items():
+        method = _ACTIONS.get(action)
+        if method is None:
+            raise AssertionError(f"CP_TABLE[{phase.name}, {inp.name}] names {action!r}, which is no action")
         args = INPUT_ARGS.get(inp, ())
         try:
             inspect.signature(method).bind(None, inp, 0, **dict.fromkeys(args))
         except TypeError as exc:
-            raise AssertionError(f"action {name!r} cannot take what {inp.name} carries {args}: {exc}") from None
+            raise AssertionError(
+                f"action {getattr(action, 'value', action)!r} cannot take what {inp.name} carries {args}: {exc}"
+            ) from None
         dispatch[(phase, inp)] = method
     return dispatch
 

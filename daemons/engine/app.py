@@ -26,60 +26,39 @@ import logging
 import math
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from evproto import (
-    CpKey,
-    FaultCode,
-    HealthCheck,
-    HealthState,
-    HealthStatus,
-    Hello,
     LinkConfig,
-    LinkDownError,
-    MessageReceived,
-    ReasonCode,
-    Reject,
-    RequestReceived,
-    Role,
 )
 from evproto.aio import Link, serve
-from evproto.bus import seal
-from evproto.bus.events import MAX_EVENT_BYTES, EventEncodeError, encode_event
+from evproto.bus.events import EventEncodeError, encode_event
 from evproto.bus.kafka import (
-    OFFSET_BEGINNING,
-    BusConsumer,
     BusError,
     BusProducer,
     KafkaSettings,
-    LogReset,
-    Record,
     ensure_topics,
 )
-from evproto.bus.seal import SealError
-from evproto.bus.topics import Topic, partition_for, spec_for
+from evproto.bus.topics import Topic, partition_for
 from evproto.domain.chargepoint import AutoMode, ChargePoint, Effect, Emit, Persist, Phase, Say
 from evproto.domain.events import (
-    AuthorizeCommand,
-    CancelAuthorization,
-    ResumeCommand,
-    StopCommand,
     SupplyFinished,
     SupplyProgress,
     SupplyRequest,
 )
 from evproto.hw.base import MeterDriver, MeterError
 from evproto.hw.supervisor import MeterSupervisor
-from evproto.idents import id_problem
 from evproto.ratelog import RateLimitedLog
 
-from ..common import now_ms, stdin_lines
+from ..common import now_ms
 from ..files import StateFileError, load_state, write_ready_file
-from ..gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, NoKey, Owner, OwnerKind, RecordGate, RecordSealer
+from ..gate import PLAIN_POLICY, SECURE_POLICY, MemoryKeyBook, NoKey, RecordGate, RecordSealer
 from ..readers import CentralWatch, RecordGuard
+from .commands import CommandReader
+from .console import EngineConsole
 from .meter import ReadingSignal
+from .monitor_link import MonitorLink
 from .statefile import StateWriter
 
 __all__ = ["EngineOptions", "Engine"]
@@ -89,8 +68,6 @@ log = logging.getLogger("evproto.engine")
 _TICK_S = 0.2
 #: Finished supplies kept in the state file's ledger.
 LEDGER_SIZE = 1000
-#: What Central may send on cp-commands.
-_COMMANDS = (AuthorizeCommand, StopCommand, ResumeCommand, CancelAuthorization)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,13 +115,7 @@ _Send = tuple[Topic, str, bytes, int | None, str]
 _PROGRESS_FIELDS = ("energy_wh", "power_w", "last_progress_ts_ms", "last_reading_ts_ms")
 
 
-#: Record keys an engine keeps: the current one and those before it (commands in flight).
-KEPT_KEYS = 3
-#: How long a command sealed with a key of ours the engine has not been handed yet waits for it.
-KEY_WAIT_S = 30.0
-
-
-class Engine:
+class Engine(MonitorLink, CommandReader, EngineConsole):
     """One engine process. ``await Engine(opts, meter).run(stop_event)``."""
 
     def __init__(self, opts: EngineOptions, meter: MeterDriver) -> None:
@@ -355,54 +326,6 @@ class Engine:
         self._commands_task = asyncio.ensure_future(self._commands_loop(cp_id))
         self._apply(self._central_news(now))
 
-    # -- keys ------------------------------------------------------------------------------
-
-    def _restore_keys(self, cp_id: str, state: dict[str, Any]) -> None:
-        try:
-            for k in state.get("keys") or []:
-                self._add_key(cp_id, str(k["key_id"]), bytes.fromhex(k["key"]))
-            if state.get("central_key"):
-                self.keys.trust_central(bytes.fromhex(state["central_key"]))
-            self.gate.window.load(state.get("replay") or {})
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:
-            raise StateFileError(f"{self.state_path}: its keys cannot be read ({exc})") from None
-
-    def _add_key(self, cp_id: str, key_id: str, key: bytes) -> None:
-        if key_id not in self.keys.keys:
-            self._key_order.append(key_id)
-        self.keys.keys[key_id] = (Owner(OwnerKind.CP, cp_id), key)
-        for old in self._key_order[:-KEPT_KEYS]:
-            self.keys.keys.pop(old, None)
-        del self._key_order[:-KEPT_KEYS]
-        self._key_arrived.set()
-
-    def _on_key(self, msg: CpKey) -> None:
-        """The monitor hands over the record key Central granted (or withdraws it)."""
-        cp = self.cp
-        if cp is None:
-            return
-        if not msg.key_id:
-            log.warning("the monitor withdrew the record key (revoked by Central): stopping until a new one")
-            self.keys.keys.clear()
-            self._key_order.clear()
-            self._key_arrived.clear()
-            self._save()
-            self._apply(cp.stop(now_ms()))
-            return
-        if len(msg.key) != 32 or len(msg.verify_key) != 32:
-            log.error("the monitor handed over a key of the wrong size: ignored")
-            return
-        self._add_key(cp.cp_id, msg.key_id, msg.key)
-        self.keys.trust_central(msg.verify_key)
-        self._save()
-        log.info("record key %s received", msg.key_id)
-
-    def _sealing_key(self, topic: Topic, record_key: str) -> tuple[str, bytes]:
-        if not self._key_order:
-            raise NoKey("no record key yet (the monitor has not authenticated)")
-        key_id = self._key_order[-1]
-        return key_id, self.keys.keys[key_id][1]
-
     # -- effects ---------------------------------------------------------------------------
 
     def _apply(self, effects: list[Effect]) -> None:
@@ -531,138 +454,6 @@ class Engine:
             first = False
             await asyncio.sleep(2.0)
 
-    # -- monitor link ----------------------------------------------------------------------
-
-    def _on_hello(self, hello: Hello, link: Link) -> Reject | None:
-        if hello.role is not Role.MONITOR:
-            return Reject(code=ReasonCode.ROLE_NOT_ALLOWED, detail="only a monitor may connect to an engine")
-        if not hello.node_id:
-            return Reject(code=ReasonCode.INVALID, detail="the monitor must name the charge point")
-        certified = link.peer_common_name
-        if certified is not None and certified != hello.node_id:
-            # Mutual TLS: the CA vouches for the monitor of one CP only.
-            log.warning("refused a monitor for %s whose certificate is for %s", hello.node_id, certified)
-            return Reject(
-                code=ReasonCode.BAD_CREDENTIALS, detail=f"the certificate is for {certified}, not {hello.node_id}"
-            )
-        if self.monitor is not None and self.monitor.is_open:
-            return Reject(
-                code=ReasonCode.DUPLICATE_ID,
-                detail=f"this engine already has a monitor for {self.cp.cp_id if self.cp else '?'}",
-            )
-        if self.cp is not None and self.cp.cp_id != hello.node_id and self.cp.phase is not Phase.IDLE:
-            return Reject(
-                code=ReasonCode.UNKNOWN_ID, detail=f"this engine is serving {self.cp.cp_id} (supply in progress)"
-            )
-        return None
-
-    async def _session(self, link: Link) -> None:
-        assert link.peer_hello is not None
-        self.monitor = link
-        self._adopt(link.peer_hello.node_id, load_state(self.state_path))
-        assert self.cp is not None
-        cp = self.cp
-        self._apply(cp.monitor_connected(now_ms()))
-        try:
-            async for event in link.messages:
-                if isinstance(event, RequestReceived) and isinstance(event.message, HealthCheck):
-                    await link.respond(event, self._health())
-                elif isinstance(event, MessageReceived) and isinstance(event.message, CpKey):
-                    self._on_key(event.message)
-        except LinkDownError as exc:
-            log.warning("monitor link lost: %s", exc)
-        finally:
-            if self.monitor is link:
-                self.monitor = None
-                self._apply(cp.monitor_lost(now_ms()))
-
-    def _health(self) -> HealthStatus:
-        faults = self.cp.faults if self.cp is not None else {}
-        if "meter" in faults:
-            return HealthStatus(state=HealthState.KO, fault=self.supervisor.health.fault or FaultCode.METER_TIMEOUT)
-        if faults:
-            return HealthStatus(state=HealthState.KO, fault=FaultCode.SIMULATED)
-        return HealthStatus(state=HealthState.OK)
-
-    # -- Kafka -----------------------------------------------------------------------------
-
-    async def _commands_loop(self, cp_id: str) -> None:
-        partition = partition_for(cp_id, self.partitions[Topic.CP_COMMANDS])
-        start = self.commands_offset if self.commands_offset is not None else OFFSET_BEGINNING
-        # With the log it came from: a broker that lost its data since is found out, and the
-        # new log is read from its beginning (expired authorisations in it are skipped below).
-        position = (Topic.CP_COMMANDS, partition, start, self.commands_topic_id)
-        async with BusConsumer(
-            self.opts.kafka, assignments=[position], on_reset=self._commands_reset, max_value_bytes=MAX_EVENT_BYTES
-        ) as consumer:
-            async for record in consumer:
-                self.commands_offset, self.commands_topic_id = record.offset + 1, record.topic_id
-                if record.key != cp_id or self.cp is None:
-                    continue
-                await self._await_key_for(record, cp_id)
-                assert self.records is not None
-                self.records.take(record, self._on_command)
-                self._save()
-
-    async def _await_key_for(self, record: Record, cp_id: str) -> None:
-        """A command sealed with a key of ours that the monitor has not handed over yet
-        (Central issued it a moment ago) waits for it, KEY_WAIT_S at most."""
-        if not self.gate.secure:
-            return
-        try:
-            envelope = seal.peek(record.value)
-        except SealError:
-            return
-        if envelope is None or envelope.key_id in self.keys.keys or not envelope.key_id.startswith(f"cp.{cp_id}."):
-            return
-        self._key_arrived.clear()
-        log.info(
-            "a command sealed with key %s, which the monitor has not handed over yet: waiting for it",
-            envelope.key_id[:64],
-        )
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._key_arrived.wait(), KEY_WAIT_S)
-
-    def _on_command(self, record: Record) -> str | None:
-        """Apply one command for this CP; why it cannot be applied, or None once applied."""
-        cp = self.cp
-        assert cp is not None
-        now = now_ms()
-        try:
-            ev = self.gate.decode(record, now)
-        except SealError as exc:
-            return f"refused: {exc}"
-        if not isinstance(ev, _COMMANDS):
-            return f"a {ev.TYPE} event is not a command"
-        if ev.cp_id != cp.cp_id:
-            return f"a command for {ev.cp_id}, not for {cp.cp_id}"
-        if isinstance(ev, AuthorizeCommand):
-            if ev.expires_ts_ms <= now:
-                return None  # an old authorisation (replayed history): Central expired it already
-            self._apply(cp.authorize(ev, now))
-        elif isinstance(ev, StopCommand):
-            self._apply(cp.stop(now))
-        elif isinstance(ev, ResumeCommand):
-            self._apply(cp.resume(now))
-        else:
-            self._apply(cp.cancel(ev.session_id, now))
-        return None
-
-    def _commands_reset(self, reset: LogReset) -> None:
-        log.warning(
-            "Kafka lost its log of %s (%s): reading the new log from its beginning; %s",
-            reset.topic.value,
-            reset.cause.text,
-            spec_for(reset.topic).resend.recovery,
-        )
-        self.commands_offset, self.commands_topic_id = OFFSET_BEGINNING, reset.topic_id
-        self._save()
-
-    def _central_news(self, now: int) -> list[Effect]:
-        """Tell the CP whether Central is reachable (nothing while it is too early to say)."""
-        state = self.central.state()
-        return [] if state is None or self.cp is None else self.cp.central_reachable(state, now)
-
     # -- time ------------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
@@ -702,57 +493,3 @@ class Engine:
         self._apply(fx)
         if set_load is not None:
             set_load(cp.phase is Phase.SUPPLYING)
-
-    # -- keys ------------------------------------------------------------------------------
-
-    async def _keys(self) -> None:
-        async for line in stdin_lines():
-            word, _, arg = line.partition(" ")
-            word = word.lower()
-            cp = self.cp
-            now = now_ms()
-            if word in ("q", "quit"):
-                assert self._stop is not None
-                self._stop.set()
-                return
-            if word in ("h", "?", "help"):
-                log.info("keys: p plug · u unplug · k KO · r recover · m DRIVER manual supply · s status · q quit")
-                continue
-            if cp is None:
-                log.warning("no charge point yet: waiting for the monitor to connect")
-                continue
-            if word in ("p", "plug"):
-                self._apply(cp.plug(now))
-            elif word in ("u", "unplug"):
-                self._apply(cp.unplug(now))
-            elif word in ("k", "ko"):
-                self._apply(cp.set_ko(now))
-            elif word in ("r", "recover"):
-                self._apply(cp.recover(now))
-            elif word in ("m", "manual"):
-                driver = arg.strip()
-                problem = id_problem(driver) if driver else None
-                if not driver:
-                    log.warning("usage: m DRIVER_ID")
-                elif problem is not None:
-                    log.warning("manual supply refused: driver id %s", problem)
-                else:
-                    self._apply(cp.manual_request(driver, uuid.uuid4().hex, now))
-            elif word in ("s", "status"):
-                log.info("%s", self.status_line())
-            else:
-                log.warning("unknown key %r (h for help)", line)
-
-    def status_line(self) -> str:
-        cp = self.cp
-        if cp is None:
-            return "waiting for the monitor"
-        flags = [name for name, on in (("monitor", cp.monitor_up), ("central", cp.central_up)) if on]
-        flags += [name for name, on in (("KO", cp.ko), ("STOPPED", cp.stopped)) if on]
-        text = f"{cp.cp_id}: {cp.phase.value} [{' '.join(flags) or 'alone'}]"
-        if cp.supply is not None:
-            s = cp.supply
-            text += f" session {s.session_id} driver {s.driver_id}: {s.energy_kwh:.3f} kWh {s.amount_eur:.2f} EUR"
-        text += f"; {len(self.outbox)} event(s) waiting for Kafka" if self.outbox else ""
-        quarantined = self.records.count if self.records is not None else 0
-        return text + (f"; {quarantined} command(s) quarantined (dead-letters.jsonl)" if quarantined else "")

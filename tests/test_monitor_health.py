@@ -1,4 +1,4 @@
-"""The monitor's health reporting (daemons/monitor.py), in-process against stand-ins on loopback.
+"""The monitor's health reporting (daemons/monitor/app.py), in-process against stand-ins on loopback.
 
 - ``EngineStandIn``: an evproto aio server playing the CP's engine. It answers each
   HealthCheck as its ``mode`` says (OK, KO with a fault, or not at all) and counts

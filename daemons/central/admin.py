@@ -48,10 +48,9 @@ def drivers() -> None:
 @click.pass_obj
 def drivers_add(db: str, ids: tuple[str, ...], cred_dir: str | None) -> None:
     """Register one or more drivers."""
-    store = _open_store(db)
-    for d in ids:
-        click.echo(f"{d}: {'registered' if store.add_driver(d) else 'already registered'}")
-    store.close()
+    # Keys first, then the drivers: a running Central that sees a new driver (it looks
+    # once a second) already finds its key, so the driver's first request is opened.
+    issued: list[str] = []
     if cred_dir:
         from pathlib import Path
 
@@ -68,9 +67,15 @@ def drivers_add(db: str, ids: tuple[str, ...], cred_dir: str | None) -> None:
                 _audit(db).record(
                     actor="cli", source="cli", action="key-issue", obj=f"driver:{d}", outcome="ok", key_id=grant.key_id
                 )
-                click.echo(f"{d}: credentials in {path}")
+                issued.append(f"{d}: credentials in {path}")
         finally:
             ring.close()
+    store = _open_store(db)
+    for d in ids:
+        click.echo(f"{d}: {'registered' if store.add_driver(d) else 'already registered'}")
+    store.close()
+    for line in issued:
+        click.echo(line)
 
 
 @drivers.command("remove")

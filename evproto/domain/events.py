@@ -151,11 +151,23 @@ TargetKwh = Annotated[float, _Range(0, MAX_TARGET_ENERGY_KWH, lo_open=True)]
 TargetS = Annotated[float, _Range(0, MAX_TARGET_DURATION_S, lo_open=True)]
 
 
+@dataclass(frozen=True, slots=True)
+class EventSchema:
+    """How one event type is checked: its fields' converters, its floats, its times."""
+
+    #: (name, convert-and-check or raise TypeError/ValueError, may be None) per field, in order.
+    fields: tuple[tuple[str, Callable[[Any], Any], bool], ...]
+    #: Float fields (JSON has no NaN or infinity: orjson would write them as null).
+    floats: tuple[str, ...]
+    #: Time-stamp fields (checked against the reader's clock).
+    times: tuple[str, ...]
+    #: The rule across fields: a problem, or None.
+    check: Callable[[Any], str | None] | None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {}
-_FIELDS: dict[type, tuple[tuple[str, Callable[[Any], Any], bool], ...]] = {}
-_FLOATS: dict[type, tuple[str, ...]] = {}  # orjson would write NaN and infinities as null
-_TIMES: dict[type, tuple[str, ...]] = {}  # checked against the reader's clock
-_CHECKS: dict[type, Callable[[Any], str | None]] = {}  # rules across fields
+#: Each event type's rules, built once when the type is declared.
+_SCHEMAS: dict[type, EventSchema] = {}
 
 _ev = dataclass(frozen=True, slots=True, kw_only=True)
 
@@ -300,11 +312,12 @@ def _event(type_name: str, check: Callable[[Any], str | None] | None = None) -> 
         for f in fields(cls):
             conv, optional = _checker(hints[f.name], f.name)
             spec.append((f.name, conv, optional))
-        _FIELDS[cls] = tuple(spec)
-        _FLOATS[cls] = tuple(f.name for f in fields(cls) if float in (plain[f.name], *typing.get_args(plain[f.name])))
-        _TIMES[cls] = tuple(f.name for f in fields(cls) if _is_time(hints[f.name]))
-        if check is not None:
-            _CHECKS[cls] = check
+        _SCHEMAS[cls] = EventSchema(
+            fields=tuple(spec),
+            floats=tuple(f.name for f in fields(cls) if float in (plain[f.name], *typing.get_args(plain[f.name]))),
+            times=tuple(f.name for f in fields(cls) if _is_time(hints[f.name])),
+            check=check,
+        )
         return cls
 
     return deco
@@ -539,23 +552,9 @@ class Heartbeat(Event):
 # -- what the codec needs ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class EventSchema:
-    """How one event type is checked: its fields' converters, its floats, its times."""
-
-    #: (name, convert-and-check or raise TypeError/ValueError, may be None) per field, in order.
-    fields: tuple[tuple[str, Callable[[Any], Any], bool], ...]
-    #: Float fields (JSON has no NaN or infinity).
-    floats: tuple[str, ...]
-    #: Time-stamp fields (checked against the reader's clock).
-    times: tuple[str, ...]
-    #: The rule across fields: a problem, or None.
-    check: Callable[[Any], str | None] | None
-
-
 def schema_of(cls: type[Event]) -> EventSchema:
     """The rules of event type ``cls``."""
-    return EventSchema(_FIELDS[cls], _FLOATS[cls], _TIMES[cls], _CHECKS.get(cls))
+    return _SCHEMAS[cls]
 
 
 def check_event(event: Event) -> None:

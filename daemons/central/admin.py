@@ -18,19 +18,20 @@ from ..auditlog import verify as verify_audit
 from ..tokens import TokenRole, TokenStore
 from .store import Store
 
-__all__ = ["drivers", "cps", "tokens", "audit_group", "certs"]
+__all__ = ["drivers", "cps", "tokens", "audit_group", "certs", "open_store", "CLI_SETTINGS"]
 
-_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+CLI_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _open_store(db: str) -> Store:
+def open_store(db: str) -> Store:
+    """Central's database, or a clear error for the command line (no traceback)."""
     try:
         return Store(db)
     except Exception as exc:  # a clear message, not a traceback
         raise click.ClickException(f"cannot open database {db}: {exc}") from None
 
 
-@click.group(context_settings=_SETTINGS)
+@click.group(context_settings=CLI_SETTINGS)
 def drivers() -> None:
     """Register and list drivers (only registered drivers are served)."""
 
@@ -70,7 +71,7 @@ def drivers_add(db: str, ids: tuple[str, ...], cred_dir: str | None) -> None:
                 issued.append(f"{d}: credentials in {path}")
         finally:
             ring.close()
-    store = _open_store(db)
+    store = open_store(db)
     for d in ids:
         click.echo(f"{d}: {'registered' if store.add_driver(d) else 'already registered'}")
     store.close()
@@ -83,7 +84,7 @@ def drivers_add(db: str, ids: tuple[str, ...], cred_dir: str | None) -> None:
 @click.pass_obj
 def drivers_remove(db: str, ids: tuple[str, ...]) -> None:
     """Unregister drivers (their past sessions stay)."""
-    store = _open_store(db)
+    store = open_store(db)
     for d in ids:
         click.echo(f"{d}: {'removed' if store.remove_driver(d) else 'was not registered'}")
     store.close()
@@ -93,13 +94,13 @@ def drivers_remove(db: str, ids: tuple[str, ...]) -> None:
 @click.pass_obj
 def drivers_list(db: str) -> None:
     """List registered drivers."""
-    store = _open_store(db)
+    store = open_store(db)
     for d in store.drivers():
         click.echo(d)
     store.close()
 
 
-@click.group(context_settings=_SETTINGS)
+@click.group(context_settings=CLI_SETTINGS)
 def cps() -> None:
     """Register and list charge points (monitors can also register new ones themselves)."""
 
@@ -111,7 +112,7 @@ def cps() -> None:
 @click.pass_obj
 def cps_add(db: str, cp_id: str, location: str, price: float) -> None:
     """Register (or update) a charge point."""
-    store = _open_store(db)
+    store = open_store(db)
     click.echo(f"{cp_id}: {'registered' if store.add_cp(cp_id, location, price) else 'updated'}")
     store.close()
 
@@ -122,7 +123,7 @@ def cps_add(db: str, cp_id: str, location: str, price: float) -> None:
 def cps_remove(db: str, ids: tuple[str, ...]) -> None:
     """Unregister charge points (their past sessions stay). A running Central drops them
     within a second and closes their monitors' links; one with a supply in progress is refused."""
-    store = _open_store(db)
+    store = open_store(db)
     failed = False
     for cp_id in ids:
         try:
@@ -139,14 +140,14 @@ def cps_remove(db: str, ids: tuple[str, ...]) -> None:
 @click.pass_obj
 def cps_list(db: str) -> None:
     """List charge points: id, location, price, stopped."""
-    store = _open_store(db)
+    store = open_store(db)
     for cp_id, location, price, stopped in store.cps():
         flag = "\tSTOPPED" if stopped else ""
         click.echo(f"{cp_id}\t{location}\t{price:.2f} EUR/kWh{flag}")
     store.close()
 
 
-@click.group(context_settings=_SETTINGS)
+@click.group(context_settings=CLI_SETTINGS)
 def tokens() -> None:
     """API tokens for people and services (shown once; only a hash is kept).
 
@@ -220,7 +221,7 @@ def _audit(db: str) -> AuditLog:
     return AuditLog(db + ".audit.jsonl")
 
 
-@click.group("audit", context_settings=_SETTINGS)
+@click.group("audit", context_settings=CLI_SETTINGS)
 def audit_group() -> None:
     """The security audit log (DB.audit.jsonl): hash-chained JSON lines."""
 
@@ -260,7 +261,7 @@ def audit_show(db: str, path: str | None, limit: int) -> None:
         )
 
 
-@click.command("certs", context_settings=_SETTINGS)
+@click.command("certs", context_settings=CLI_SETTINGS)
 @click.option(
     "--dir",
     "directory",

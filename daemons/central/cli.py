@@ -19,20 +19,10 @@ from ..common import EXIT_UNAVAILABLE, setup_logging, shutdown_event
 from ..files import keep_files_private
 from ..options import daemon_options, kafka_config_options, kafka_extra
 from ..runtime import raise_fd_limit, tune_gc
-from .admin import audit_group, certs, cps, drivers, tokens
-from .store import Store
-
-_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+from .admin import CLI_SETTINGS, audit_group, certs, cps, drivers, open_store, tokens
 
 
-def _open_store(db: str) -> Store:
-    try:
-        return Store(db)
-    except Exception as exc:  # a clear message, not a traceback
-        raise click.ClickException(f"cannot open database {db}: {exc}") from None
-
-
-@click.group(invoke_without_command=True, context_settings=_SETTINGS)
+@click.group(invoke_without_command=True, context_settings=CLI_SETTINGS)
 @click.option(
     "--db",
     envvar="EVPROTO_DB",
@@ -218,7 +208,7 @@ def main(
         logging.getLogger().handlers[:] = [handler]
     else:
         setup_logging("central", level=log_level, fmt=log_format)
-    store = _open_store(db)
+    store = open_store(db)
     for d in register_drivers:
         store.add_driver(d)
     store.close()

@@ -209,3 +209,13 @@ def test_every_session_status_travels_to_the_driver_and_the_api(status: SessionS
     update = _kafka(RequestUpdate(driver_id="D1", request_id="r1", cp_id="CP1", status=status.value, ts_ms=T0))
     assert SessionStatus(update.status) is status
     assert status.final is not status.live
+
+
+def test_a_monitors_fault_detail_cannot_forge_log_lines_or_escape_the_terminal() -> None:
+    report = HealthReport.of(
+        _wire(FaultReport(fault=FaultCode.METER_LOST, detail="gone\n12:00:00 CENTRAL \x1b[2Jfake"))
+    )
+    assert report is not None and report.detail == "gone?12:00:00 CENTRAL ?[2Jfake"
+    core = _core()
+    fx = core.engine_health("CP1", report, T0 + 1)
+    assert all(n.text.isprintable() for n in fx if isinstance(n, Note))

@@ -58,6 +58,10 @@ class Rules:
     restart_grace_s: float = 15.0
 
 
+#: The longest fault detail Central keeps from a monitor's report.
+MAX_DETAIL_CHARS = 200
+
+
 @dataclass(frozen=True, slots=True)
 class HealthReport:
     """A monitor's report on its engine, whichever of the three messages carried it."""
@@ -73,7 +77,10 @@ class HealthReport:
             ok = msg.state is HealthState.OK
             return cls(ok, FaultCode.NONE if ok else msg.fault)
         if isinstance(msg, FaultReport):
-            return cls(False, msg.fault, msg.detail)
+            # The monitor's words reach Central's log and panel: no control characters
+            # (a forged log line, a terminal escape), at most a line's worth.
+            detail = "".join(c if c.isprintable() else "?" for c in msg.detail[:MAX_DETAIL_CHARS])
+            return cls(False, msg.fault, detail)
         if isinstance(msg, RecoveryReport):
             return cls(True)
         return None

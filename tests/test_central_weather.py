@@ -95,3 +95,49 @@ def test_an_unknown_temperature_never_stops_a_cp(core: CentralCore) -> None:
     assert alerts(core, "CP3") == ("weather", "weather_unknown")
     core.weather("Teruel", -6.0, T0 + 4)
     assert alerts(core, "CP3") == ("weather",)
+
+
+def test_a_weather_stop_survives_a_restart_of_central(tmp_path) -> None:
+    from evproto.daemons.central.store import Store
+
+    store = Store(str(tmp_path / "central.db"))
+    try:
+        core = CentralCore(drivers={"D1"}, rules=Rules())
+        core.hello("CP1", "Alicante", 0.3, T0)
+        _, fx = core.weather("Alicante", -2.0, T0 + 1)
+        store.apply(fx, {})
+        loaded = store.load()
+        again = CentralCore(cps=loaded.cps, drivers=loaded.drivers, rules=Rules())
+        again.monitor_connected("CP1", T0 + 2)
+        assert alerts(again, "CP1") == ("weather",) and states(again)["CP1"] == "STOPPED"
+    finally:
+        store.close()
+
+
+def test_a_database_from_before_weather_stops_is_migrated(tmp_path) -> None:
+    import sqlite3
+
+    from evproto.daemons.central.store import SCHEMA_VERSION, Store
+
+    path = str(tmp_path / "central.db")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '2');
+        CREATE TABLE cps (id TEXT PRIMARY KEY, location TEXT NOT NULL, price_eur_kwh REAL NOT NULL,
+                          stopped INTEGER NOT NULL DEFAULT 0, registered_ts_ms INTEGER NOT NULL);
+        INSERT INTO cps VALUES ('CP7', 'Soria', 0.3, 1, 1700000000000);
+    """)
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        (cp,) = store.load().cps
+        assert (cp.id, cp.stopped, cp.weather_stopped) == ("CP7", True, False)
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    finally:
+        db.close()

@@ -50,6 +50,7 @@ class RegistryRules:
             if prev is None:
                 continue
             cp.connected, cp.engine_ok, cp.fault = prev.connected, prev.engine_ok, prev.fault
+            cp.weather_unknown = prev.weather_unknown
             if cp.supplying and prev.supplying:
                 cp.power_kw, cp.energy_kwh, cp.amount_eur = prev.power_kw, prev.energy_kwh, prev.amount_eur
         self.ignored = old.ignored

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
@@ -33,7 +34,7 @@ from ..quarantine import DeadLetter
 
 __all__ = ["Store", "OutboxRow", "Loaded", "Position", "MAX_DEAD_LETTERS"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Ended sessions reloaded at start-up (duplicate requests, late CP reports).
 RECENT_SESSIONS = 5000
 #: Dead letters kept (the oldest are dropped); each keeps at most MAX_KEPT_BYTES of its value.
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS cps (
     location TEXT NOT NULL,
     price_eur_kwh REAL NOT NULL,
     stopped INTEGER NOT NULL DEFAULT 0,
-    registered_ts_ms INTEGER NOT NULL
+    registered_ts_ms INTEGER NOT NULL,
+    weather_stopped INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS sessions (
     id INTEGER PRIMARY KEY,
@@ -143,10 +145,18 @@ class Position(NamedTuple):
     topic_id: str | None = None
 
 
-# Schema changes, each from the version before it: (version reached, statements).
-_MIGRATIONS = (
+def _add_weather_stopped(db: sqlite3.Connection) -> None:
+    # A database from before CPs were kept may have no cps table yet: the schema makes it whole.
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='cps'").fetchone():
+        db.execute("ALTER TABLE cps ADD COLUMN weather_stopped INTEGER NOT NULL DEFAULT 0")
+
+
+# Schema changes, each from the version before it: (version reached, statements or steps).
+_MIGRATIONS: tuple[tuple[int, tuple[str | Callable[[sqlite3.Connection], None], ...]], ...] = (
     # 2: each offset names its log, so a restart can tell the same log from a new one.
     (2, ("ALTER TABLE offsets ADD COLUMN topic_id TEXT",)),
+    # 3: a CP stopped for the weather stays stopped across a restart of Central.
+    (3, (_add_weather_stopped,)),
 )
 
 
@@ -208,8 +218,11 @@ class Store:
                 continue
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for sql in statements:
-                    self._db.execute(sql)
+                for step in statements:
+                    if isinstance(step, str):
+                        self._db.execute(step)
+                    else:
+                        step(self._db)
                 self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(reached),))
                 self._db.execute("COMMIT")
             except BaseException:
@@ -272,8 +285,8 @@ class Store:
 
     def load(self) -> Loaded:
         cps = [
-            CpRecord(id=r[0], location=r[1], price_eur_kwh=r[2], stopped=bool(r[3]))
-            for r in self._db.execute("SELECT id, location, price_eur_kwh, stopped FROM cps")
+            CpRecord(id=r[0], location=r[1], price_eur_kwh=r[2], stopped=bool(r[3]), weather_stopped=bool(r[4]))
+            for r in self._db.execute("SELECT id, location, price_eur_kwh, stopped, weather_stopped FROM cps")
         ]
         drivers = {r[0] for r in self._db.execute("SELECT id FROM drivers")}
         live = [s.value for s in SessionStatus if s.live]
@@ -338,11 +351,12 @@ class Store:
                 elif isinstance(fx, SaveCp):
                     c = fx.record
                     db.execute(
-                        "INSERT INTO cps (id, location, price_eur_kwh, stopped, registered_ts_ms) "
-                        "VALUES (?, ?, ?, ?, ?) "
+                        "INSERT INTO cps (id, location, price_eur_kwh, stopped, registered_ts_ms, weather_stopped) "
+                        "VALUES (?, ?, ?, ?, ?, ?) "
                         "ON CONFLICT(id) DO UPDATE SET location = excluded.location, "
-                        "price_eur_kwh = excluded.price_eur_kwh, stopped = excluded.stopped",
-                        (c.id, c.location, c.price_eur_kwh, int(c.stopped), now),
+                        "price_eur_kwh = excluded.price_eur_kwh, stopped = excluded.stopped, "
+                        "weather_stopped = excluded.weather_stopped",
+                        (c.id, c.location, c.price_eur_kwh, int(c.stopped), now, int(c.weather_stopped)),
                     )
                 elif isinstance(fx, Forget):
                     if fx.cp_id is not None:

@@ -131,7 +131,7 @@ class CentralCore(RegistryRules, SessionRules):
                     power_kw=cp.power_kw if supplying else None,
                     energy_kwh=cp.energy_kwh if supplying else None,
                     amount_eur=cp.amount_eur if supplying else None,
-                    alerts=("not_authenticated",) if cp.revoked else (),
+                    alerts=cp.alerts,
                 )
             )
         return out

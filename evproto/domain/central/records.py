@@ -106,6 +106,24 @@ class CpRecord:
     amount_eur: float | None = None
     #: Its keys were revoked and its monitor has not authenticated since.
     revoked: bool = False
+    #: Stopped because it is below 0 °C at its location (the weather service said so).
+    weather_stopped: bool = False
+    #: The weather service could not tell the temperature at its location lately.
+    weather_unknown: bool = False
+
+    @property
+    def out_of_order(self) -> bool:
+        """Stopped for any reason: the operator's STOP or the weather (both must clear)."""
+        return self.stopped or self.weather_stopped
+
+    @property
+    def alerts(self) -> tuple[str, ...]:
+        """What the console shows beside its state."""
+        return (
+            (("not_authenticated",) if self.revoked else ())
+            + (("weather",) if self.weather_stopped else ())
+            + (("weather_unknown",) if self.weather_unknown else ())
+        )
 
     @property
     def state(self) -> CpState:
@@ -113,7 +131,7 @@ class CpRecord:
             CpFacts(
                 monitor_connected=self.connected,
                 engine_ok=self.engine_ok,
-                stopped=self.stopped,
+                stopped=self.out_of_order,
                 supplying=self.supplying,
             )
         )

@@ -50,6 +50,7 @@ class RegistryRules:
             if prev is None:
                 continue
             cp.connected, cp.engine_ok, cp.fault = prev.connected, prev.engine_ok, prev.fault
+            cp.weather_unknown = prev.weather_unknown
             if cp.supplying and prev.supplying:
                 cp.power_kw, cp.energy_kwh, cp.amount_eur = prev.power_kw, prev.energy_kwh, prev.amount_eur
         self.ignored = old.ignored
@@ -278,9 +279,44 @@ class RegistryRules:
             before = cp.state
             cp.stopped = stop
             self._fx.append(SaveCp(copy.copy(cp)))
-            event = StopCommand(cp_id=cp.id, ts_ms=now_ms) if stop else ResumeCommand(cp_id=cp.id, ts_ms=now_ms)
-            self._fx.append(Publish(Topic.CP_COMMANDS, cp.id, event))
+            if stop or not cp.out_of_order:  # a RESUME under a weather stop only clears the operator's
+                event = StopCommand(cp_id=cp.id, ts_ms=now_ms) if stop else ResumeCommand(cp_id=cp.id, ts_ms=now_ms)
+                self._fx.append(Publish(Topic.CP_COMMANDS, cp.id, event))
             self._state_changed(cp, before, now_ms)
         verb = "STOP" if stop else "RESUME"
         self._note(f"{verb} sent to {cp_id or 'all charge points'}")
+        return [c.id for c in targets], self._take()
+
+    # -- weather ---------------------------------------------------------------------------
+
+    def weather(self, location: str, celsius: float | None, now_ms: int) -> tuple[list[str], list[Effect]]:
+        """The weather service's news for ``location``: the CPs there, and the effects.
+
+        Below 0 °C every CP there stops ("weather"); at 0 °C or above the weather stop
+        clears, and a CP resumes unless an operator stopped it too. ``None`` (the provider
+        did not answer) changes nothing but the "weather unknown" alert: an outage of the
+        weather service never stops a CP.
+        """
+        self._fx = []
+        where = location.casefold()
+        targets = [cp for cp in self.cps.values() if cp.location.casefold() == where]
+        for cp in targets:
+            before = cp.state
+            changed = cp.weather_unknown != (celsius is None)
+            cp.weather_unknown = celsius is None
+            if celsius is not None and (celsius < 0) != cp.weather_stopped:
+                cp.weather_stopped = celsius < 0
+                changed = True
+                if not cp.stopped:  # the operator's stop already holds the engine stopped
+                    event = (
+                        StopCommand(cp_id=cp.id, ts_ms=now_ms)
+                        if cp.weather_stopped
+                        else ResumeCommand(cp_id=cp.id, ts_ms=now_ms)
+                    )
+                    self._fx.append(Publish(Topic.CP_COMMANDS, cp.id, event))
+                what = "stopped: below 0 °C" if cp.weather_stopped else "weather stop cleared"
+                self._note(f"{cp.id} at {cp.location}: {what} ({celsius:.1f} °C)", key=f"weather:{cp.id}")
+            if changed:
+                self._fx.append(SaveCp(copy.copy(cp)))
+                self._state_changed(cp, before, now_ms)
         return [c.id for c in targets], self._take()

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-fast lint fmt typecheck demo demo-protocol venv bench fuzz detection soak capacity wheel clean
+.PHONY: browser test test-fast lint fmt typecheck demo demo-protocol venv bench fuzz detection soak capacity wheel clean
 
 venv: $(STAMP)
 
@@ -41,7 +41,14 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint typecheck
+# The web console's tests drive Debian's Chromium through Playwright (never a browser
+# Playwright downloads itself): installed here when missing (needs root, as CI has).
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+	@test -x $(CHROMIUM) || { echo "make browser: $(CHROMIUM) is missing and could not be installed" >&2; exit 1; }
+
+test: lint typecheck browser
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The pure and in-process tests (loopback links and ptys included; no broker, no daemons), with

@@ -1,0 +1,349 @@
+"""The event inspector (issue 14): records read back decoded, opened when allowed, filtered,
+hostile ones shown with an error; ``evcharging events`` as a real process; Central's
+``/api/v1/events`` and its live stream.
+
+Everything runs on the real embedded broker; records are sealed and signed by the same
+code the daemons use (Central's KeyRing and RecordSealer, an engine's sealer with its CP key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evproto.bus.events import MAX_EVENT_BYTES, encode_event
+from evproto.bus.kafka import BusProducer, KafkaSettings, ensure_topics
+from evproto.bus.topics import Topic, partition_for
+from evproto.daemons.central.keyring import KeyRing
+from evproto.daemons.gate import SECURE_POLICY, RecordSealer
+from evproto.daemons.inspector import (
+    CAUGHT_UP,
+    EventFilter,
+    EventReader,
+    InspectedRecord,
+    StartAt,
+    StoredKeys,
+    inspect_value,
+    newest,
+)
+from evproto.domain.events import (
+    CpStateRecord,
+    Heartbeat,
+    StopCommand,
+    SupplyProgress,
+    SupplyRequest,
+    Ticket,
+)
+
+HANG_GUARD_S = 30.0
+NOW_MS = int(time.time() * 1000)
+
+
+def _progress(cp_id: str, driver_id: str, energy_kwh: float = 1.5) -> SupplyProgress:
+    return SupplyProgress(
+        cp_id=cp_id,
+        session_id=7,
+        driver_id=driver_id,
+        energy_kwh=energy_kwh,
+        amount_eur=round(energy_kwh * 0.4, 4),
+        power_kw=22.0,
+        elapsed_s=600.0,
+        ts_ms=NOW_MS,
+    )
+
+
+def _state(cp_id: str) -> CpStateRecord:
+    return CpStateRecord(cp_id=cp_id, location="Madrid", price_eur_kwh=0.4, state="ACTIVATED", ts_ms=NOW_MS)
+
+
+class Keys:
+    """Central's keys in a database of the test's own, and sealers as the daemons make them."""
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+        self.ring = KeyRing(db)
+        self.cp_grant = self.ring.issue_cp_key("CP001")
+        self.driver_grant = self.ring.issue_driver_key("D001")
+        # Central: commands and drivers' news sealed with the CP's / driver's key; state signed.
+        self.central = RecordSealer(
+            policy=SECURE_POLICY,
+            sealing_key=self.ring.sealing_key,
+            signing=(self.ring.signing_key_id, self.ring.signer),
+        )
+        # The engine of CP001: its events sealed with its own key.
+        self.engine = RecordSealer(
+            policy=SECURE_POLICY, sealing_key=lambda _t, _k: (self.cp_grant.key_id, self.cp_grant.key)
+        )
+
+    def close(self) -> None:
+        self.ring.close()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Any:
+    k = Keys(str(tmp_path / "central.db"))
+    yield k
+    k.close()
+
+
+@pytest.fixture
+def settings(broker: Any) -> KafkaSettings:
+    s = KafkaSettings(bootstrap=broker.bootstrap, client_id="inspector-test", prefix=f"t{uuid.uuid4().hex[:8]}.")
+    asyncio.run(ensure_topics(s))
+    return s
+
+
+async def _produce(settings: KafkaSettings, records: list[tuple[Topic, str, bytes | None]]) -> list[tuple[int, int]]:
+    producer = BusProducer(settings)
+    await producer.start()
+    try:
+        futs = [producer.produce(t, k, v, partition=partition_for(k, _PARTITIONS[t])) for t, k, v in records]
+        return list(await asyncio.wait_for(asyncio.gather(*futs), HANG_GUARD_S))
+    finally:
+        await producer.close()
+
+
+_PARTITIONS = {Topic.CP_COMMANDS: 8, Topic.CP_EVENTS: 8, Topic.DRIVER_EVENTS: 8, Topic.DRIVER_REQUESTS: 4}
+_PARTITIONS.update({Topic.CP_STATE: 1, Topic.CENTRAL_HEARTBEAT: 1})
+
+
+def produce(settings: KafkaSettings, records: list[tuple[Topic, str, bytes | None]]) -> list[tuple[int, int]]:
+    return asyncio.run(_produce(settings, records))
+
+
+def history(settings: KafkaSettings, **options: Any) -> list[InspectedRecord]:
+    """Every matching record up to CAUGHT_UP (a history read must end by itself)."""
+    reader = EventReader(settings, **options)
+    out = []
+    for item in reader.records():
+        if item is CAUGHT_UP:
+            break
+        out.append(item)
+    return out
+
+
+def _sealed_cp_event(keys: Keys, event: Any) -> bytes:
+    return keys.engine.wrap(Topic.CP_EVENTS, event.cp_id, encode_event(event))
+
+
+# -- decoding one value (no broker) ----------------------------------------------------------
+
+
+def test_plain_value_is_decoded_with_every_field() -> None:
+    ev = _progress("CP001", "D001")
+    rec = inspect_value(
+        topic=Topic.CP_EVENTS, partition=3, offset=9, key="CP001", value=encode_event(ev), timestamp_ms=NOW_MS
+    )
+    assert rec.error is None and not rec.sealed and not rec.opened
+    assert rec.event_type == "supply_progress"
+    assert rec.event == {"type": "supply_progress", **{k: getattr(ev, k) for k in rec.event if k != "type"}}
+    assert rec.event["energy_kwh"] == 1.5 and rec.time is not None and rec.time.endswith("Z")
+    json.dumps(rec.to_json())  # JSON-able as it is
+
+
+def test_sealed_value_opens_only_with_keys(keys: Keys) -> None:
+    value = _sealed_cp_event(keys, _progress("CP001", "D001"))
+    common = dict(topic=Topic.CP_EVENTS, partition=0, offset=0, key="CP001", value=value, timestamp_ms=NOW_MS)
+    closed = inspect_value(**common)  # type: ignore[arg-type]
+    assert closed.sealed and not closed.opened and closed.event is None and closed.error is None
+    assert closed.event_type == "supply_progress"
+    assert closed.envelope is not None and closed.envelope["key_id"] == keys.cp_grant.key_id
+    opened = inspect_value(**common, keys=StoredKeys(keys.db))  # type: ignore[arg-type]
+    assert opened.sealed and opened.opened and opened.error is None
+    assert opened.event is not None and opened.event["driver_id"] == "D001" and opened.sealed_by == "cp:CP001"
+    assert opened.closed() == closed
+
+
+def test_signed_value_is_readable_and_checked(keys: Keys) -> None:
+    value = keys.central.wrap(Topic.CP_STATE, "CP001", encode_event(_state("CP001")))
+    common = dict(topic=Topic.CP_STATE, partition=0, offset=0, key="CP001", timestamp_ms=NOW_MS)
+    rec = inspect_value(**common, value=value, keys=StoredKeys(keys.db))  # type: ignore[arg-type]
+    assert rec.signed and rec.verified and rec.error is None and rec.event["state"] == "ACTIVATED"  # type: ignore[index]
+    # The payload changed after signing: still a valid event, but not what Central wrote.
+    forged = value.replace(b"ACTIVATED", b"SUPPLYING")
+    bad = inspect_value(**common, value=forged, keys=StoredKeys(keys.db))  # type: ignore[arg-type]
+    assert bad.signed and not bad.verified and "does not authenticate" in (bad.error or "")
+    assert bad.event is not None and bad.event["state"] == "SUPPLYING"  # shown, flagged
+    unchecked = inspect_value(**common, value=forged)  # type: ignore[arg-type]
+    assert unchecked.signed and not unchecked.verified and unchecked.error is None
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (b"\x00\xff\xfe garbage", "not JSON"),
+        (b'{"v": 1, "type": "supply_progress", "cp_id": ', "not JSON"),
+        (b'{"v": 1, "type": "supply_progress", "cp_id": "CP001"}', "supply_progress"),
+        (b'{"v": 9, "type": "stop"}', "unsupported event version"),
+        (b"[1, 2, 3]", "expected a JSON object"),
+        (b"x" * (MAX_EVENT_BYTES + 1), "more than an event may have"),
+        (b"EVS1\x05", "malformed envelope"),
+        (None, "no value"),
+    ],
+)
+def test_hostile_values_are_shown_with_an_error(value: bytes | None, expected: str) -> None:
+    rec = inspect_value(topic=Topic.CP_EVENTS, partition=0, offset=1, key="\x1b[2JCP", value=value, timestamp_ms=-1)
+    assert rec.error is not None and expected in rec.error and rec.event is None
+    assert rec.time is None
+    if value is not None and len(value) <= MAX_EVENT_BYTES and not value.startswith(b"EVS1"):
+        assert rec.raw is not None and len(rec.raw.encode()) <= 4 * 200
+
+
+def test_a_forged_seal_and_a_plain_record_where_sealed_are_flagged(keys: Keys) -> None:
+    value = _sealed_cp_event(keys, _progress("CP001", "D001"))
+    book = StoredKeys(keys.db)
+    flipped = value[:-1] + bytes([value[-1] ^ 1])  # a tag that does not authenticate
+    at = dict(topic=Topic.CP_EVENTS, partition=0, offset=1, timestamp_ms=0, keys=book)
+    rec = inspect_value(**at, key="CP001", value=flipped)  # type: ignore[arg-type]
+    assert rec.sealed and not rec.opened and rec.event is None and "does not authenticate" in (rec.error or "")
+    moved = inspect_value(**at, key="CP002", value=value)  # type: ignore[arg-type]
+    assert not moved.opened and "does not authenticate" in (moved.error or "")  # sealed for another key
+    plain = inspect_value(
+        topic=Topic.CP_EVENTS,
+        partition=0,
+        offset=1,
+        key="CP001",
+        value=encode_event(_progress("CP001", "D001")),
+        timestamp_ms=0,
+        keys=book,
+        policy=SECURE_POLICY,
+    )
+    assert plain.event is not None and "not sealed" in (plain.error or "")
+
+
+def test_filters_use_the_key_and_the_decoded_fields() -> None:
+    def rec(topic: Topic, key: str, event: Any) -> InspectedRecord:
+        return inspect_value(topic=topic, partition=0, offset=0, key=key, value=encode_event(event), timestamp_ms=0)
+
+    progress = rec(Topic.CP_EVENTS, "CP001", _progress("CP001", "D001"))
+    other = rec(Topic.CP_EVENTS, "CP002", _progress("CP002", "D002"))
+    request = rec(
+        Topic.DRIVER_REQUESTS,
+        "D001",
+        SupplyRequest(request_id="r1", driver_id="D001", cp_id="CP002", ts_ms=NOW_MS),
+    )
+    assert EventFilter(cp_id="CP001").matches(progress) and not EventFilter(cp_id="CP001").matches(other)
+    assert EventFilter(driver_id="D001").matches(progress)  # named in the event, not the key
+    assert EventFilter(cp_id="CP002").matches(request) and EventFilter(driver_id="D001").matches(request)
+    assert not EventFilter(cp_id="CP002", driver_id="D002").matches(request)
+    assert not EventFilter(topics=(Topic.CP_STATE,)).matches(progress)
+
+
+# -- reading from the broker -----------------------------------------------------------------
+
+
+def _network_records(keys: Keys) -> list[tuple[Topic, str, bytes | None]]:
+    """What a secure network writes: sealed CP events and commands, a sealed ticket, signed state."""
+    ticket = Ticket(
+        driver_id="D001",
+        session_id=7,
+        request_id="r1",
+        cp_id="CP001",
+        energy_kwh=2.0,
+        amount_eur=0.8,
+        price_eur_kwh=0.4,
+        started_ts_ms=NOW_MS - 600_000,
+        ended_ts_ms=NOW_MS,
+        status="completed",
+        end_reason="completed",
+        ts_ms=NOW_MS,
+    )
+    stop = StopCommand(cp_id="CP001", ts_ms=NOW_MS)
+    beat = Heartbeat(instance_id="c1", started_ts_ms=NOW_MS, interval_s=1.0, ts_ms=NOW_MS)
+    return [
+        (Topic.CP_EVENTS, "CP001", _sealed_cp_event(keys, _progress("CP001", "D001", 1.0))),
+        (Topic.CP_EVENTS, "CP001", _sealed_cp_event(keys, _progress("CP001", "D001", 2.0))),
+        (Topic.CP_COMMANDS, "CP001", keys.central.wrap(Topic.CP_COMMANDS, "CP001", encode_event(stop))),
+        (Topic.DRIVER_EVENTS, "D001", keys.central.wrap(Topic.DRIVER_EVENTS, "D001", encode_event(ticket))),
+        (Topic.CP_STATE, "CP001", keys.central.wrap(Topic.CP_STATE, "CP001", encode_event(_state("CP001")))),
+        (Topic.CP_STATE, "CP002", keys.central.wrap(Topic.CP_STATE, "CP002", encode_event(_state("CP002")))),
+        (Topic.CENTRAL_HEARTBEAT, "central", keys.central.wrap(Topic.CENTRAL_HEARTBEAT, "central", encode_event(beat))),
+        # Hostile: garbage, an oversized value, bad JSON, and a forged seal, on CP002's key.
+        (Topic.CP_EVENTS, "CP002", b"\xff\x00garbage"),
+        (Topic.CP_EVENTS, "CP002", b"{" * (MAX_EVENT_BYTES + 10)),
+        (Topic.CP_EVENTS, "CP002", b'{"v": 1, "type": "supply_progress", '),
+        (Topic.CP_EVENTS, "CP002", _forged(keys)),
+    ]
+
+
+def _forged(keys: Keys) -> bytes:
+    # CP001's envelope re-pointed at CP002: the header is authenticated with the record key.
+    return _sealed_cp_event(keys, _progress("CP001", "D001"))
+
+
+def test_reads_back_every_record_decoded_and_opened(settings: KafkaSettings, keys: Keys) -> None:
+    produce(settings, _network_records(keys))
+    opened = history(settings, start=StartAt.beginning(), keys=StoredKeys(keys.db), policy=SECURE_POLICY)
+    assert len(opened) == 11
+    by_type: dict[str | None, list[InspectedRecord]] = {}
+    for r in opened:
+        by_type.setdefault(r.event_type, []).append(r)
+    progress = by_type["supply_progress"]
+    good = [r for r in progress if r.opened]
+    assert sorted(r.event["energy_kwh"] for r in good) == [1.0, 2.0]  # type: ignore[index]
+    assert all(r.key == "CP001" and r.topic == "cp-events" and r.offset >= 0 for r in good)
+    assert by_type["stop"][0].opened and by_type["ticket"][0].event["amount_eur"] == 0.8  # type: ignore[index]
+    assert all(r.verified for r in by_type["cp_state"] + by_type["heartbeat"])
+    hostile = [r for r in opened if r.key == "CP002" and r.topic == "cp-events"]
+    assert len(hostile) == 4 and not any(r.opened or r.event for r in hostile)
+    errors = sorted(r.error or "" for r in hostile)
+    for why in ("not JSON", "not JSON", "more than an event may have", "does not authenticate"):
+        assert any(why in e for e in errors), (why, errors)
+        errors.remove(next(e for e in errors if why in e))
+
+    closed = history(settings, start=StartAt.beginning())  # no keys: sealed stay sealed
+    assert len(closed) == 11
+    assert not any(r.opened for r in closed)
+    sealed = [r for r in closed if r.sealed and r.error is None]
+    assert {r.event_type for r in sealed} == {"supply_progress", "stop", "ticket"}
+    assert all(r.event is None for r in sealed)
+
+
+def test_filters_and_start_positions(settings: KafkaSettings, keys: Keys) -> None:
+    produce(settings, _network_records(keys))
+    book = StoredKeys(keys.db)
+    cp1 = history(settings, start=StartAt.beginning(), keys=book, filter=EventFilter(cp_id="CP001"))
+    assert {r.event_type for r in cp1} == {"supply_progress", "stop", "ticket", "cp_state"}  # ticket: by its field
+    drv = history(settings, start=StartAt.beginning(), filter=EventFilter(driver_id="D001"))  # closed: by key only
+    assert [r.event_type for r in drv] == ["ticket"]
+    state = history(settings, start=StartAt.beginning(), filter=EventFilter(topics=(Topic.CP_STATE,)))
+    assert [r.key for r in state] == ["CP001", "CP002"]
+    only_state = EventFilter(topics=(Topic.CP_STATE,))
+    assert [r.key for r in history(settings, start=StartAt.last(1), filter=only_state)] == ["CP002"]
+    assert [r.key for r in history(settings, start=StartAt.offset(1), filter=only_state)] == ["CP002"]
+    assert history(settings, start=StartAt.time(NOW_MS + 3_600_000)) == []
+    assert len(history(settings, start=StartAt.time(0))) == 11
+    reader = EventReader(settings, start=StartAt.beginning())
+    assert len(newest(reader.records(), 3)) == 3
+
+
+def test_follow_sees_new_records_and_stops(settings: KafkaSettings) -> None:
+    import threading
+
+    reader = EventReader(settings, start=StartAt.last(0), follow=True, filter=EventFilter(topics=(Topic.CP_STATE,)))
+    seen: list[Any] = []
+    done = threading.Event()
+
+    def run() -> None:
+        for item in reader.records():
+            seen.append(item)
+        done.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + HANG_GUARD_S
+    while CAUGHT_UP not in seen and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seen == [CAUGHT_UP]
+    produce(settings, [(Topic.CP_STATE, "CP009", encode_event(_state("CP009")))])
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert isinstance(seen[1], InspectedRecord) and seen[1].key == "CP009" and seen[1].event_type == "cp_state"
+    reader.stop()
+    assert done.wait(HANG_GUARD_S)

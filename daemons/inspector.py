@@ -405,6 +405,7 @@ class EventReader:
         follow: bool = False,
         keys: KeyBook | None = None,
         policy: dict[Topic, Policy] | None = None,
+        keep: int | None = None,
         poll_timeout_s: float = 0.2,
         connect_timeout_s: float = 10.0,
     ) -> None:
@@ -414,6 +415,9 @@ class EventReader:
         self.follow = follow
         self.keys = keys
         self.policy = policy
+        #: With StartAt.last(n): of each partition's last n records, at most this many
+        #: matching ones are kept (and yielded), the newest (None: all n).
+        self.keep = keep
         self.poll_timeout_s = poll_timeout_s
         self.connect_timeout_s = connect_timeout_s
         #: Records read (matching or not) and records shown.
@@ -508,6 +512,7 @@ class EventReader:
             # offset may lag its true end (Tansu gives the last batch's base + 1), so the
             # window is counted back from the records really read. At most N per partition.
             last_n = self.start.value if self.start.kind is StartKind.LAST else 0
+            keep = min(last_n, self.keep) if self.keep is not None else last_n
             windows: dict[tuple[str, int], collections.deque[InspectedRecord]] = {}
             since_ms = self.start.value if self.start.kind is StartKind.TIME else -1
             while not self._stop.is_set():
@@ -525,9 +530,8 @@ class EventReader:
                         where = (msg.topic(), msg.partition())
                         pending.discard(where)
                         for record in windows.pop(where, ()):
-                            if self.filter.matches(record):
-                                self.matched += 1
-                                yield record
+                            self.matched += 1
+                            yield record
                     elif err.fatal():
                         raise bus_error(err, f"Kafka {self.settings.bootstrap}")
                     else:
@@ -537,9 +541,11 @@ class EventReader:
                     where = (msg.topic(), msg.partition())
                     if record is None or record.timestamp_ms < since_ms:
                         pass  # not ours; or before the time asked for (a broker may start earlier)
+                    elif not self.filter.matches(record):
+                        pass
                     elif last_n and where in pending:
-                        windows.setdefault(where, collections.deque(maxlen=last_n)).append(record)
-                    elif self.filter.matches(record):
+                        windows.setdefault(where, collections.deque(maxlen=keep)).append(record)
+                    else:
                         self.matched += 1
                         yield record
                 if not caught_up and not pending:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -87,7 +91,7 @@ class Keys:
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Any:
-    k = Keys(str(tmp_path / "central.db"))
+    k = Keys(str(tmp_path / "run" / "central" / "central.db"))  # where `evcharging up` puts it
     yield k
     k.close()
 
@@ -347,3 +351,85 @@ def test_follow_sees_new_records_and_stops(settings: KafkaSettings) -> None:
     assert isinstance(seen[1], InspectedRecord) and seen[1].key == "CP009" and seen[1].event_type == "cp_state"
     reader.stop()
     assert done.wait(HANG_GUARD_S)
+
+
+# -- evcharging events (a real process) ------------------------------------------------------
+
+EVCHARGING = os.path.join(os.path.dirname(sys.executable), "evcharging")
+
+
+def _run_dir(tmp_path: Path, settings: KafkaSettings, keys: Keys) -> str:
+    """A run directory as `evcharging up` leaves it, as far as `events` reads it: the registry's
+    meta (broker, secure) and Central's database with its keys."""
+    run = tmp_path / "run"
+    assert keys.db == str(run / "central" / "central.db")
+    meta = {"kafka": settings.bootstrap, "central": "127.0.0.1:1", "http": "127.0.0.1:2", "secure": True}
+    (run / "instances.json").write_text(json.dumps({"meta": meta, "instances": {}}))
+    return str(run)
+
+
+def _events(settings: KafkaSettings, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EVPROTO_TOPIC_PREFIX": settings.prefix}
+    return subprocess.run(
+        [EVCHARGING, "events", *args], capture_output=True, text=True, timeout=HANG_GUARD_S * 2, env=env
+    )
+
+
+def test_cli_json_lines_opened_from_the_run_directory(settings: KafkaSettings, keys: Keys, tmp_path: Path) -> None:
+    produce(settings, _network_records(keys))
+    run_dir = _run_dir(tmp_path, settings, keys)
+    out = _events(settings, "--run-dir", run_dir, "--from-beginning", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 11
+    assert {"topic", "partition", "offset", "key", "timestamp_ms", "time", "event_type", "event", "sealed"} <= set(
+        rows[0]
+    )
+    opened = [r for r in rows if r["sealed"] and r["opened"]]
+    assert {r["event_type"] for r in opened} == {"supply_progress", "stop", "ticket"}
+    assert all(r["event"]["cp_id"] == "CP001" for r in opened)
+    assert sum(1 for r in rows if r["error"]) == 4  # the hostile four, shown, not fatal
+
+    closed = _events(settings, "--run-dir", run_dir, "--from-beginning", "--json", "--no-open", "--cp", "CP001")
+    assert closed.returncode == 0, closed.stderr
+    rows = [json.loads(line) for line in closed.stdout.splitlines()]
+    assert rows and not any(r["opened"] for r in rows)
+    assert {r["event_type"] for r in rows} == {"supply_progress", "stop", "cp_state"}  # the ticket: key D001
+
+
+def test_cli_lines_are_one_per_record_and_escape_hostile_text(settings: KafkaSettings, keys: Keys) -> None:
+    produce(settings, [(Topic.CP_EVENTS, "CP\x1b[2J01", b"\x1b]0;pwned\x07")])
+    produce(settings, [(Topic.CP_EVENTS, "CP001", _sealed_cp_event(keys, _progress("CP001", "D001", 3.0)))])
+    out = _events(settings, "--bootstrap", settings.bootstrap, "--db", keys.db, "--topic", "cp-events")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and "\x1b" not in out.stdout
+    hostile, good = sorted(lines, key=lambda line: "CP001" in line)
+    assert "cp-events[" in hostile and "\\x1b" in hostile and "error" in hostile
+    assert "supply_progress" in good and "opened" in good and "energy_kwh=3" in good
+
+    missing = _events(settings, "--bootstrap", "127.0.0.1:1", "--topic", "cp-events")
+    assert missing.returncode == 1 and "Traceback" not in missing.stderr
+
+
+def test_cli_follow_sees_a_later_record_and_stops_on_sigint(settings: KafkaSettings, keys: Keys) -> None:
+    env = {**os.environ, "EVPROTO_TOPIC_PREFIX": settings.prefix, "PYTHONUNBUFFERED": "1"}
+    args = ["events", "--bootstrap", settings.bootstrap, "--topic", "cp-state", "--follow", "--json"]
+    proc = subprocess.Popen([EVCHARGING, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        # The first record is shown as history or live, whichever it turns out to be; once it
+        # is on screen the reader is past its history, so the second can only come live.
+        produce(settings, [(Topic.CP_STATE, "CP001", encode_event(_state("CP001")))])
+        first = json.loads(proc.stdout.readline())
+        assert first["key"] == "CP001"
+        produce(settings, [(Topic.CP_STATE, "CP002", encode_event(_state("CP002")))])
+        second = json.loads(proc.stdout.readline())
+        assert second["key"] == "CP002" and second["event"]["state"] == "ACTIVATED"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(HANG_GUARD_S) == 0
+        assert "Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

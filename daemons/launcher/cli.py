@@ -20,6 +20,7 @@ from ..files import keep_files_private, makedirs
 from ..options import kafka_config_options, kafka_extra
 from .auditing import audit_network
 from .chaos import chaos_roles, run_chaos
+from .events_cmd import events as events_command
 from .network import (
     DEFAULT_HTTP_PORT,
     add_new_cp,
@@ -469,3 +470,6 @@ def audit(
     click.echo(json.dumps(report.as_dict()) if as_json else report.text())
     if not report.ok:
         sys.exit(1)
+
+
+main.add_command(events_command)  # evcharging events: the event inspector (events_cmd.py)

@@ -433,3 +433,145 @@ def test_cli_follow_sees_a_later_record_and_stops_on_sigint(settings: KafkaSetti
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- Central's /api/v1/events and its stream -------------------------------------------------
+
+
+class _Backend:
+    """Central's HTTP backend as far as the events endpoints need it."""
+
+    def __init__(self, source: Any) -> None:
+        self.events_source = source
+
+
+async def _serve(settings: KafkaSettings, keys: Keys) -> tuple[Any, str, dict[str, str], Any]:
+    from evproto.daemons.central.events_api import EventsSource
+    from evproto.daemons.central.http_api import make_app
+    from evproto.daemons.tokens import TokenRole, TokenStore
+    from evproto.daemons.webjson import start_http
+
+    store = TokenStore(keys.db)
+    tokens = {role.value: store.create(role, f"t-{role.value}")[0] for role in TokenRole}
+    source = EventsSource(settings=settings, keys=StoredKeys(keys.db), policy=SECURE_POLICY)
+    app = make_app(_Backend(source), tokens=store)  # type: ignore[arg-type]
+    runner, port = await start_http(app, "127.0.0.1", 0, log=__import__("logging").getLogger("test"))
+    return runner, f"http://127.0.0.1:{port}/api/v1", tokens, store
+
+
+async def _get(session: Any, url: str, token: str | None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with session.get(url, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_http_events_viewer_sees_sealed_closed_operator_opened(settings: KafkaSettings, keys: Keys) -> None:
+    import aiohttp
+
+    await _produce(settings, _network_records(keys))
+    runner, base, tokens, store = await _serve(settings, keys)
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert (await _get(session, f"{base}/events", None))[0] == 401
+            query = "topic=cp-events,cp-commands&cp=CP001"
+            status, viewer = await _get(session, f"{base}/events?{query}", tokens["viewer"])
+            assert status == 200
+            assert len(viewer) == 3 and all(r["sealed"] and not r["opened"] and r["event"] is None for r in viewer)
+            assert {r["event_type"] for r in viewer} == {"supply_progress", "stop"}
+            query = "topic=cp-events&topic=cp-commands&cp=CP001"  # repeated, not comma-separated: the same
+            status, operator = await _get(session, f"{base}/events?{query}", tokens["operator"])
+            assert status == 200 and len(operator) == 3 and all(r["opened"] for r in operator)
+            assert sorted(r["event"]["type"] for r in operator) == ["stop", "supply_progress", "supply_progress"]
+            times = [r["timestamp_ms"] for r in operator]
+            assert times == sorted(times)  # newest last
+            status, admin = await _get(session, f"{base}/events?driver=D001", tokens["admin"])
+            assert status == 200  # D001's: named in CP001's sealed reports and its own ticket
+            assert [(r["event_type"], r["event"]["amount_eur"]) for r in admin] == [
+                ("supply_progress", 0.4),
+                ("supply_progress", 0.8),
+                ("ticket", 0.8),
+            ]
+            status, limited = await _get(session, f"{base}/events?limit=2", tokens["admin"])
+            assert status == 200 and len(limited) == 2
+            assert (await _get(session, f"{base}/events?topic=nope", tokens["viewer"]))[0] == 400
+            assert (await _get(session, f"{base}/events?limit=-1", tokens["viewer"]))[0] == 400
+            assert (await _get(session, f"{base}/events", tokens["installer"]))[0] == 403
+    finally:
+        await runner.cleanup()
+        store.close()
+
+
+async def _sse(resp: Any) -> Any:
+    """The next Server-Sent Event of ``resp`` as (event name, data), comments skipped."""
+    name, data = "message", None
+    while True:
+        line = (await asyncio.wait_for(resp.content.readline(), HANG_GUARD_S)).decode()
+        assert line, "the stream ended"
+        line = line.rstrip("\n")
+        if line == "":
+            if data is not None:
+                return name, json.loads(data)
+            continue
+        if line.startswith(":") or line.startswith("retry:"):
+            continue
+        field_name, _, value = line.partition(": ")
+        if field_name == "event":
+            name = value
+        elif field_name == "data":
+            data = value
+
+
+async def test_http_stream_is_live_and_per_role(settings: KafkaSettings, keys: Keys) -> None:
+    import aiohttp
+
+    runner, base, tokens, store = await _serve(settings, keys)
+    try:
+        async with aiohttp.ClientSession() as session:
+            url = f"{base}/events/stream?topic=cp-events&cp=CP001"
+            streams = []
+            for role in ("viewer", "operator"):
+                resp = await session.get(url, headers={"Authorization": f"Bearer {tokens[role]}"})
+                assert resp.status == 200 and resp.content_type == "text/event-stream"
+                assert await _sse(resp) == ("live", {})  # from here on, what is produced is new
+                streams.append(resp)
+            await _produce(
+                settings,
+                [
+                    (Topic.CP_EVENTS, "CP002", _sealed_cp_event(keys, _progress("CP001", "D001"))),  # filtered out
+                    (Topic.CP_EVENTS, "CP001", _sealed_cp_event(keys, _progress("CP001", "D001", 4.0))),
+                ],
+            )
+            viewer, operator = [await _sse(s) for s in streams]
+            assert viewer[0] == operator[0] == "message"
+            assert viewer[1]["key"] == "CP001" and viewer[1]["sealed"] and viewer[1]["event"] is None
+            assert operator[1]["opened"] and operator[1]["event"]["energy_kwh"] == 4.0
+            assert operator[1]["offset"] == viewer[1]["offset"]
+            for s in streams:
+                s.close()
+    finally:
+        await runner.cleanup()
+        store.close()
+
+
+async def test_stream_drops_a_slow_client_and_bounds_subscribers() -> None:
+    from evproto.daemons.central.events_api import SUBSCRIBER_QUEUE, EventsSource, EventTail, HttpError
+
+    tail = EventTail(EventsSource(settings=KafkaSettings(bootstrap="127.0.0.1:1")), max_subscribers=2)
+    tail._reader = object()  # type: ignore[assignment]  # as if running: no Kafka needed here
+    slow = tail.subscribe(EventFilter(), opened=False)
+    picky = tail.subscribe(EventFilter(cp_id="CP999"), opened=False)
+    with pytest.raises(HttpError) as refused:
+        tail.subscribe(EventFilter(), opened=False)
+    assert refused.value.http_status == 503
+    record = inspect_value(
+        topic=Topic.CP_STATE, partition=0, offset=0, key="CP001", value=encode_event(_state("CP001")), timestamp_ms=0
+    )
+    for _ in range(SUBSCRIBER_QUEUE + 1):
+        tail._slots.acquire()
+        tail._deliver(record)
+    assert slow.ended is not None and "behind" in slow.ended and tail.dropped == 1
+    assert slow.queue.get_nowait() is None  # what it had not taken is gone; the end is next
+    assert picky.ended is None and picky.queue.empty()  # nothing for CP999: not slowed by the other
+    tail.unsubscribe(slow)
+    tail._reader = None
+    tail.unsubscribe(picky)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any
 
 from evproto.domain.central.view import CentralView, SessionView
@@ -10,8 +12,11 @@ from ..auditlog import read_entries
 
 if TYPE_CHECKING:
     from .app import Central
+    from .events_api import EventsSource
 
 __all__ = ["HttpBackend"]
+
+log = logging.getLogger("evproto.central")
 
 
 class HttpBackend:
@@ -19,6 +24,7 @@ class HttpBackend:
 
     def __init__(self, central: Central) -> None:
         self.central = central
+        self._events_source: EventsSource | None = None
 
     def view(self) -> CentralView:
         return self.central.view()
@@ -53,6 +59,30 @@ class HttpBackend:
         if self.central.sec is None:
             return []
         return read_entries(self.central.sec.audit.path, limit=limit)
+
+    @property
+    def events_source(self) -> EventsSource:
+        """For the event inspector (events_api.py): Central's Kafka and, when it seals, its keys
+        read from its database on their own connection (the reader runs in a thread)."""
+        from ..gate import PLAIN_POLICY, SECURE_POLICY
+        from ..inspector import StoredKeys
+        from .events_api import EventsSource
+
+        central = self.central
+        if self._events_source is None:
+            secure = central.sec is not None
+            keys = None
+            if secure:
+                try:
+                    keys = StoredKeys(central.opts.db)
+                except OSError as exc:  # the inspector then shows sealed records sealed; Central runs on
+                    log.warning("the event inspector cannot read the keys: %s", exc)
+            self._events_source = EventsSource(
+                settings=dataclasses.replace(central.opts.kafka, client_id="central-inspector"),
+                keys=keys,
+                policy=SECURE_POLICY if secure else PLAIN_POLICY,
+            )
+        return self._events_source
 
     def _admin(self, stop: bool, cp_id: str | None, actor: str, source: str) -> list[str]:
         return self.central.admin(stop, cp_id, actor=actor, source=source)

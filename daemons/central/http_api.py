@@ -48,6 +48,8 @@ from evproto.domain.central import UnknownCpError
 from evproto.domain.central.view import CentralView, SessionView, iso_utc
 from evproto.domain.session import SessionStatus
 
+from .events_api import add_events_api
+
 __all__ = [
     "API_PREFIX",
     "SESSION_STATUSES",
@@ -291,6 +293,7 @@ def make_app(
     for action in ("stop", "resume"):
         app.router.add_post(f"{p}/cps/{action}", _command(action, one=False))
         app.router.add_post(f"{p}/cps/{{id}}/{action}", _command(action, one=True))
+    add_events_api(app, backend)  # /api/v1/events and its stream: the event inspector (events_api.py)
     return app
 
 

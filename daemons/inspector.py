@@ -151,12 +151,14 @@ def inspect_value(
     timestamp_ms: int,
     size: int | None = None,
     keys: KeyBook | None = None,
+    open_sealed: bool = True,
     policy: dict[Topic, Policy] | None = None,
     now_ms: int | None = None,
 ) -> InspectedRecord:
     """One record, decoded and (with ``keys``) opened; every problem is in ``error``.
 
-    ``size``: the value's full size when only its start was kept. ``policy``: what the
+    ``size``: the value's full size when only its start was kept. ``open_sealed=False``:
+    ``keys`` only check signatures; sealed records stay closed. ``policy``: what the
     network requires of each topic (a plain record where a sealed one is required is
     shown, with the error the network's readers would give it).
     """
@@ -201,7 +203,7 @@ def inspect_value(
     meta = {"key_id": envelope.key_id, "counter": envelope.counter, "event_type": envelope.event_type}
     if envelope.signed:
         return _signed(base, envelope, meta, topic, key, keys, required, now_ms)
-    return _sealed(base, envelope, meta, topic, key, keys, required, now_ms)
+    return _sealed(base, envelope, meta, topic, key, keys if open_sealed else None, required, now_ms)
 
 
 def _plain(base: dict[str, Any], value: bytes, required: Policy, now_ms: int | None) -> InspectedRecord:
@@ -404,6 +406,7 @@ class EventReader:
         start: StartAt = StartAt.last(20),
         follow: bool = False,
         keys: KeyBook | None = None,
+        open_sealed: bool = True,
         policy: dict[Topic, Policy] | None = None,
         keep: int | None = None,
         poll_timeout_s: float = 0.2,
@@ -414,6 +417,8 @@ class EventReader:
         self.start = start
         self.follow = follow
         self.keys = keys
+        #: False: ``keys`` only check Central's signatures; sealed records stay closed.
+        self.open_sealed = open_sealed
         self.policy = policy
         #: With StartAt.last(n): of each partition's last n records, at most this many
         #: matching ones are kept (and yielded), the newest (None: all n).
@@ -576,6 +581,7 @@ class EventReader:
             value=value,
             timestamp_ms=ts if ts_type != confluent_kafka.TIMESTAMP_NOT_AVAILABLE else -1,
             keys=self.keys,
+            open_sealed=self.open_sealed,
             policy=self.policy,
             now_ms=int(time.time() * 1000),
         )

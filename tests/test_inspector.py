@@ -162,6 +162,8 @@ def test_sealed_value_opens_only_with_keys(keys: Keys) -> None:
     assert opened.sealed and opened.opened and opened.error is None
     assert opened.event is not None and opened.event["driver_id"] == "D001" and opened.sealed_by == "cp:CP001"
     assert opened.closed() == closed
+    # Keys that may only check signatures (a viewer's read) leave it closed, with no error.
+    assert inspect_value(**common, keys=StoredKeys(keys.db), open_sealed=False) == closed  # type: ignore[arg-type]
 
 
 def test_signed_value_is_readable_and_checked(keys: Keys) -> None:
@@ -652,3 +654,38 @@ async def test_events_page_in_chromium(settings: KafkaSettings, keys: Keys) -> N
     finally:
         await runner.cleanup()
     assert errors == []
+
+
+# -- a real secure network: Central's own API and the CLI on its database --------------------
+
+
+def test_a_real_central_serves_its_records_opened_for_operators_only(secure_net: Any) -> None:
+    from netharness import wait_for
+
+    net = secure_net
+    net.start_central("D001")
+    engine, _monitor = net.start_cp("CP001")
+    net.wait_serving(engine, "CP001")
+    status, _ = net.post("/api/v1/cps/CP001/stop", data=b"{}", headers={"Content-Type": "application/json"})
+    assert status == 200
+
+    def stop_records(token: str) -> list[dict[str, Any]]:
+        status, body = net._request("GET", "/api/v1/events?cp=CP001&topic=cp-commands", token=token)
+        assert status == 200, body
+        return [r for r in body if r["event_type"] == "stop"]
+
+    viewer = net.make_token("viewer")
+    closed = wait_for(lambda: stop_records(viewer), "Central's sealed STOP on cp-commands")
+    assert all(r["sealed"] and not r["opened"] and r["event"] is None for r in closed)
+    opened = stop_records(net.token)  # the admin's
+    assert opened and all(r["opened"] and r["sealed_by"] == "cp:CP001" for r in opened)
+    assert opened[-1]["event"]["cp_id"] == "CP001"
+    status, states = net._request("GET", "/api/v1/events?cp=CP001&topic=cp-state", token=viewer)
+    assert status == 200 and states and all(r["signed"] and r["verified"] for r in states)
+
+    # The owner's CLI on the same machine opens them from Central's database, read-only.
+    out = _events(net.settings, "--bootstrap", net.bootstrap, "--db", net.db, "--cp", "CP001", "--json")
+    assert out.returncode == 0, out.stderr
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert any(r["event_type"] == "stop" and r["opened"] for r in rows)
+    assert not any(r["error"] for r in rows)

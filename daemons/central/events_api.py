@@ -175,9 +175,12 @@ class EventTail:
                         loop.call_soon_threadsafe(self._deliver, item)
                     except RuntimeError:  # the loop is closed
                         return
-            except BusError as exc:
+            except Exception as exc:  # the broker refused for good, or a bug: the streams are told
+                why = str(exc) if isinstance(exc, BusError) else f"internal error ({type(exc).__name__})"
+                if not isinstance(exc, BusError):
+                    log.exception("the event stream's reader failed")
                 try:
-                    loop.call_soon_threadsafe(self._failed, reader, str(exc))
+                    loop.call_soon_threadsafe(self._failed, reader, why)
                 except RuntimeError:
                     pass
 
@@ -239,7 +242,8 @@ class EventsService:
             self.source.settings,
             filter=filter,
             start=StartAt.last(SCAN_PER_PARTITION),
-            keys=self.source.keys if opened else None,
+            keys=self.source.keys,
+            open_sealed=opened,  # a viewer's records are read closed (its filters match keys only)
             policy=self.source.policy,
             keep=limit,
         )

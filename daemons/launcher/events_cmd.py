@@ -207,7 +207,7 @@ def events(
         prefix=topic_prefix,
         extra=kafka_extra(kafka_config, kafka_config_file),
     )
-    keys = None if no_open else _keys(db)
+    keys = _keys(db)
     if since is not None:
         start = StartAt.time(parse_since(since, int(time.time() * 1000)))
     elif from_beginning:
@@ -222,6 +222,7 @@ def events(
         start=start,
         follow=follow,
         keys=keys,
+        open_sealed=not no_open,
         policy=policy,
         keep=shown_limit if newest_first else None,
     )

@@ -410,7 +410,7 @@ def test_cli_lines_are_one_per_record_and_escape_hostile_text(settings: KafkaSet
     assert "cp-events[" in hostile and "\\x1b" in hostile and "error" in hostile
     assert "supply_progress" in good and "opened" in good and "energy_kwh=3" in good
 
-    missing = _events(settings, "--bootstrap", "127.0.0.1:1", "--topic", "cp-events")
+    missing = _events(settings, "--bootstrap", "127.0.0.1:1", "--topic", "cp-events", "--connect-timeout", "1")
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
 
 
@@ -689,3 +689,19 @@ def test_a_real_central_serves_its_records_opened_for_operators_only(secure_net:
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert any(r["event_type"] == "stop" and r["opened"] for r in rows)
     assert not any(r["error"] for r in rows)
+
+
+def test_since_takes_relative_iso_and_epoch_times() -> None:
+    import click
+
+    from evproto.daemons.launcher.events_cmd import parse_since
+
+    now = 1_800_000_000_000
+    assert parse_since("10m", now) == now - 600_000
+    assert parse_since("2h", now) == now - 7_200_000
+    assert parse_since("1700000000000", now) == 1_700_000_000_000
+    assert parse_since("2023-11-14T22:13:20Z", now) == 1_700_000_000_000
+    assert parse_since("2023-11-14T23:13:20+01:00", now) == 1_700_000_000_000
+    assert parse_since("2023-11-14T22:13:20", now) == 1_700_000_000_000  # UTC unless it says
+    with pytest.raises(click.BadParameter):
+        parse_since("yesterday", now)

@@ -152,6 +152,14 @@ def _keys(db: str | None) -> KeyBook | None:
 )
 @click.option("--db", default=None, metavar="FILE", help="Central's database: open sealed records with its keys.")
 @click.option(
+    "--connect-timeout",
+    type=click.FloatRange(0.1, 600),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the broker before giving up.",
+)
+@click.option(
     "--topic-prefix",
     envvar="EVPROTO_TOPIC_PREFIX",
     default=DEFAULT_PREFIX,
@@ -175,6 +183,7 @@ def events(
     no_open: bool,
     bootstrap: str | None,
     db: str | None,
+    connect_timeout: float,
     topic_prefix: str,
     run_dir: str,
     kafka_config: tuple[str, ...],
@@ -225,6 +234,7 @@ def events(
         open_sealed=not no_open,
         policy=policy,
         keep=shown_limit if newest_first else None,
+        connect_timeout_s=connect_timeout,
     )
     colour = not as_json and sys.stdout.isatty()
 

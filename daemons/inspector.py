@@ -494,7 +494,9 @@ class EventReader:
         if kind is StartKind.BEGINNING:
             return low
         if kind is StartKind.OFFSET:
-            return max(low, value)  # past the end: the broker refuses it and reading starts at the end
+            # Never past the end the broker gives (a refused position is not always reported):
+            # from there the records before ``value`` are skipped, in case that end lags.
+            return min(max(low, value), high)
         found = consumer.offsets_for_times(
             [TopicPartition(tp.topic, tp.partition, value)], timeout=self.connect_timeout_s
         )
@@ -520,6 +522,7 @@ class EventReader:
             keep = min(last_n, self.keep) if self.keep is not None else last_n
             windows: dict[tuple[str, int], collections.deque[InspectedRecord]] = {}
             since_ms = self.start.value if self.start.kind is StartKind.TIME else -1
+            from_offset = self.start.value if self.start.kind is StartKind.OFFSET else -1
             while not self._stop.is_set():
                 if self._fatal is not None:
                     raise self._fatal
@@ -544,8 +547,8 @@ class EventReader:
                 else:
                     record = self._inspect(msg, topics)
                     where = (msg.topic(), msg.partition())
-                    if record is None or record.timestamp_ms < since_ms:
-                        pass  # not ours; or before the time asked for (a broker may start earlier)
+                    if record is None or record.timestamp_ms < since_ms or record.offset < from_offset:
+                        pass  # not ours; or before the time or offset asked for (a broker may start earlier)
                     elif not self.filter.matches(record):
                         pass
                     elif last_n and where in pending:

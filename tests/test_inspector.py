@@ -323,6 +323,7 @@ def test_filters_and_start_positions(settings: KafkaSettings, keys: Keys) -> Non
     only_state = EventFilter(topics=(Topic.CP_STATE,))
     assert [r.key for r in history(settings, start=StartAt.last(1), filter=only_state)] == ["CP002"]
     assert [r.key for r in history(settings, start=StartAt.offset(1), filter=only_state)] == ["CP002"]
+    assert history(settings, start=StartAt.offset(1000), filter=only_state) == []  # past the end: nothing, promptly
     assert history(settings, start=StartAt.time(NOW_MS + 3_600_000)) == []
     assert len(history(settings, start=StartAt.time(0))) == 11
     reader = EventReader(settings, start=StartAt.beginning())
@@ -391,6 +392,11 @@ def test_cli_json_lines_opened_from_the_run_directory(settings: KafkaSettings, k
     assert {r["event_type"] for r in opened} == {"supply_progress", "stop", "ticket"}
     assert all(r["event"]["cp_id"] == "CP001" for r in opened)
     assert sum(1 for r in rows if r["error"]) == 4  # the hostile four, shown, not fatal
+
+    state = _events(settings, "--run-dir", run_dir, "--topic", "cp-state", "--offset", "1", "--json")
+    assert [json.loads(line)["key"] for line in state.stdout.splitlines()] == ["CP002"], state.stderr
+    both = _events(settings, "--run-dir", run_dir, "--offset", "1", "--from-beginning")
+    assert both.returncode == 2 and "give one" in both.stderr
 
     closed = _events(settings, "--run-dir", run_dir, "--from-beginning", "--json", "--no-open", "--cp", "CP001")
     assert closed.returncode == 0, closed.stderr

@@ -130,16 +130,24 @@ def _keys(db: str | None) -> KeyBook | None:
     type=click.IntRange(0, 1_000_000),
     default=None,
     help=f"Records of the history shown: the newest N [default: {DEFAULT_LIMIT}]; "
-    "with --from-beginning or --since, the first N [default: all].",
+    "with --from-beginning, --since or --offset, the first N [default: all].",
 )
 @click.option("--from-beginning", is_flag=True, help="From the oldest record each partition keeps.")
 @click.option("--since", default=None, metavar="TIME", help="From this time: 10m, 2h, 1d ago, ISO 8601, epoch ms.")
+@click.option(
+    "--offset",
+    "from_offset",
+    type=click.IntRange(0),
+    default=None,
+    metavar="N",
+    help="From offset N of each partition (with --topic, usually).",
+)
 @click.option(
     "--scan",
     type=click.IntRange(1, 1_000_000),
     default=DEFAULT_SCAN,
     show_default=True,
-    help="Without --from-beginning/--since: how many of each partition's last records are searched.",
+    help="Without --from-beginning/--since/--offset: how many of each partition's last records are searched.",
 )
 @click.option(
     "--no-open", is_flag=True, help="Show sealed records sealed even when Central's keys are on this machine."
@@ -179,6 +187,7 @@ def events(
     limit: int | None,
     from_beginning: bool,
     since: str | None,
+    from_offset: int | None,
     scan: int,
     no_open: bool,
     bootstrap: str | None,
@@ -217,8 +226,12 @@ def events(
         extra=kafka_extra(kafka_config, kafka_config_file),
     )
     keys = _keys(db)
+    if sum((since is not None, from_offset is not None, from_beginning)) > 1:
+        raise click.UsageError("--from-beginning, --since and --offset each say where to start: give one")
     if since is not None:
         start = StartAt.time(parse_since(since, int(time.time() * 1000)))
+    elif from_offset is not None:
+        start = StartAt.offset(from_offset)
     elif from_beginning:
         start = StartAt.beginning()
     else:

@@ -669,7 +669,7 @@ def test_a_real_central_serves_its_records_opened_for_operators_only(secure_net:
     from netharness import wait_for
 
     net = secure_net
-    net.start_central("D001")
+    central = net.start_central("D001")
     engine, _monitor = net.start_cp("CP001")
     net.wait_serving(engine, "CP001")
     status, _ = net.post("/api/v1/cps/CP001/stop", data=b"{}", headers={"Content-Type": "application/json"})
@@ -695,6 +695,26 @@ def test_a_real_central_serves_its_records_opened_for_operators_only(secure_net:
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert any(r["event_type"] == "stop" and r["opened"] for r in rows)
     assert not any(r["error"] for r in rows)
+
+    # Central stops in order with a stream open: the stream is told, Central exits 0.
+    async def stream_then_stop() -> tuple[str, Any]:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session:
+            resp = await session.get(
+                f"{net.http}/api/v1/events/stream", headers={"Authorization": f"Bearer {viewer}"}, ssl=net.ssl
+            )
+            assert resp.status == 200
+            assert await _sse(resp) == ("live", {})
+            central.popen.send_signal(signal.SIGTERM)
+            while True:
+                name, data = await _sse(resp)
+                if name == "end":
+                    return name, data
+
+    assert asyncio.run(stream_then_stop()) == ("end", {"reason": "Central is stopping"})
+    assert central.popen.wait(HANG_GUARD_S) == 0, central.tail()
+    assert "Traceback" not in central.tail(500)
 
 
 def test_since_takes_relative_iso_and_epoch_times() -> None:

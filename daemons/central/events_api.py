@@ -76,6 +76,8 @@ MAX_SUBSCRIBERS = 50
 SUBSCRIBER_QUEUE = 1000
 #: Records handed from the tail's thread to the event loop and not yet delivered.
 _IN_FLIGHT = 2000
+#: How long Central's shutdown waits for the inspector's Kafka clients to close.
+CLOSE_TIMEOUT_S = 5.0
 #: A comment line this often keeps an idle stream (and proxies) alive and finds closed clients.
 KEEPALIVE_S = 15.0
 _MAX_ID_CHARS = 64
@@ -149,6 +151,11 @@ class EventTail:
         if not self.subscribers:
             self.stop()
 
+    @property
+    def running(self) -> asyncio.Future[Any] | None:
+        """The tail's thread (done once its Kafka client is closed), None before the first stream."""
+        return self._running
+
     def stop(self) -> None:
         if self._reader is not None:
             self._reader.stop()
@@ -167,8 +174,9 @@ class EventTail:
         self._reader = reader
 
         def run() -> None:
+            records = reader.records()
             try:
-                for item in reader.records():
+                for item in records:
                     if item is CAUGHT_UP:
                         loop.call_soon_threadsafe(self._went_live, reader)
                         continue
@@ -188,6 +196,8 @@ class EventTail:
                     loop.call_soon_threadsafe(self._failed, reader, why)
                 except RuntimeError:
                     pass
+            finally:
+                records.close()  # the consumer is closed here, in this thread
 
         self._running = run_in_thread("evproto-events-tail", run)
 
@@ -241,6 +251,8 @@ class EventsService:
         self.source = source
         self.tail = EventTail(source)
         self._queries = asyncio.Semaphore(MAX_QUERIES)
+        self._readers: set[EventReader] = set()
+        self._threads: set[asyncio.Future[Any]] = set()
 
     async def recent(self, filter: EventFilter, *, limit: int, opened: bool) -> list[InspectedRecord]:
         reader = EventReader(
@@ -252,18 +264,39 @@ class EventsService:
             policy=self.source.policy,
             keep=limit,
         )
-        async with self._queries:
+
+        def read() -> list[InspectedRecord]:
+            records = reader.records()
             try:
-                return await run_in_thread("evproto-events-query", lambda: newest(reader.records(), limit))
+                return newest(records, limit)
+            finally:
+                records.close()  # the consumer is closed here, in this thread
+
+        async with self._queries:
+            thread = run_in_thread("evproto-events-query", read)
+            self._threads.add(thread)
+            thread.add_done_callback(self._threads.discard)
+            self._readers.add(reader)
+            try:
+                return await asyncio.shield(thread)
             except BusError as exc:
                 raise Unavailable(f"cannot read the records: {exc}") from None
             finally:
                 reader.stop()
+                self._readers.discard(reader)
 
     async def close(self, _app: web.Application | None = None) -> None:
+        """End every stream and query, and wait (a few seconds at most) for their Kafka
+        clients to close: one left open at interpreter exit can take the process down."""
+        running = self.tail.running
         self.tail.stop()
         for sub in list(self.tail.subscribers):
             sub.end("Central is stopping")
+        for reader in list(self._readers):
+            reader.stop()
+        pending = [t for t in (running, *self._threads) if t is not None and not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_S)
 
 
 EVENTS_KEY = web.AppKey("evproto_events", EventsService)

@@ -731,3 +731,32 @@ def test_since_takes_relative_iso_and_epoch_times() -> None:
     assert parse_since("2023-11-14T22:13:20", now) == 1_700_000_000_000  # UTC unless it says
     with pytest.raises(click.BadParameter):
         parse_since("yesterday", now)
+
+
+@pytest.mark.network
+@pytest.mark.slow
+def test_events_of_a_network_started_by_evcharging_up(tmp_path: Path) -> None:
+    from netharness import wait_for
+
+    run_dir = str(tmp_path / "run")
+
+    def evcharging(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([EVCHARGING, *args], capture_output=True, text=True, timeout=timeout)
+
+    options = ("--cps", "1", "--drivers", "1", "--requests", "2", "--http-port", "0", "--detach")
+    up = evcharging("up", *options, "--run-dir", run_dir)
+    assert up.returncode == 0, up.stderr
+    try:
+
+        def opened_supply() -> list[dict[str, Any]]:
+            out = evcharging("events", "--run-dir", run_dir, "--json", "--limit", "500", "--topic", "cp-events")
+            assert out.returncode == 0, out.stderr
+            rows = [json.loads(line) for line in out.stdout.splitlines()]
+            return [r for r in rows if r["sealed"] and r["opened"] and r["event"]["cp_id"] == "CP001"]
+
+        rows = wait_for(opened_supply, "the engine's sealed reports, opened from the run directory")
+        assert all(r["sealed_by"] == "cp:CP001" and r["error"] is None for r in rows)
+        text = evcharging("events", "--run-dir", run_dir, "--topic", "cp-state", "--cp", "CP001")
+        assert text.returncode == 0 and "cp_state" in text.stdout and "signed" in text.stdout, text.stderr
+    finally:
+        evcharging("down", "--run-dir", run_dir, timeout=60)

@@ -395,6 +395,8 @@ class EventReader:
     up to the end it had when reading began; without ``follow`` it ends there, with it it
     goes on yielding what arrives until :meth:`stop` (thread-safe) is called. Within a
     partition records come in offset order; partitions are interleaved as they arrive.
+    With ``StartAt.last(n)`` a partition's history is yielded once its end is reached
+    (the filter applies to its last n records, of which the newest ``keep`` are kept).
     Raises BusError when the broker cannot be reached or refuses for good.
     """
 
@@ -497,9 +499,12 @@ class EventReader:
             # Never past the end the broker gives (a refused position is not always reported):
             # from there the records before ``value`` are skipped, in case that end lags.
             return min(max(low, value), high)
-        found = consumer.offsets_for_times(
-            [TopicPartition(tp.topic, tp.partition, value)], timeout=self.connect_timeout_s
-        )
+        try:
+            found = consumer.offsets_for_times(
+                [TopicPartition(tp.topic, tp.partition, value)], timeout=self.connect_timeout_s
+            )
+        except KafkaException as exc:
+            raise BusError(f"offsets by time of {tp.topic}[{tp.partition}]: {exc.args[0].str()}") from None
         offset = found[0].offset if found else -1
         return high if offset < 0 else max(low, int(offset))
 

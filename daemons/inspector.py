@@ -323,18 +323,19 @@ _KEY_IS_DRIVER = frozenset({Topic.DRIVER_REQUESTS, Topic.DRIVER_EVENTS})
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class EventFilter:
-    """Which records to show: some topics, about one CP, about one driver (every given
-    condition must hold). A record is about a CP or driver when its key is that id on a
+    """Which records to show: some topics, some partitions (empty: all), about one CP,
+    about one driver (every given condition must hold). A record is about a CP or driver when its key is that id on a
     topic keyed by it, or when its decoded event names it (``cp_id``, ``driver_id``); a
     sealed record that is not opened is matched by its key only."""
 
     topics: tuple[Topic, ...] = tuple(Topic)
+    partitions: tuple[int, ...] = ()
     cp_id: str | None = None
     driver_id: str | None = None
 
     def matches(self, record: InspectedRecord) -> bool:
         topic = Topic(record.topic)
-        if topic not in self.topics:
+        if topic not in self.topics or (self.partitions and record.partition not in self.partitions):
             return False
         if self.cp_id is not None and not _names(record, topic, _KEY_IS_CP, "cp_id", self.cp_id):
             return False
@@ -473,6 +474,8 @@ class EventReader:
             if meta is None or meta.error is not None:
                 continue
             for p in sorted(meta.partitions):
+                if self.filter.partitions and p not in self.filter.partitions:
+                    continue  # not even read
                 tp = TopicPartition(name, p)
                 try:
                     low, high = consumer.get_watermark_offsets(tp, timeout=self.connect_timeout_s)
@@ -486,7 +489,10 @@ class EventReader:
                     pending.add((name, p))
         if not assign:
             wanted = ", ".join(sorted(names))
-            raise BusError(f"none of the topics {wanted} exists on {self.settings.bootstrap}")
+            which = " exists"
+            if self.filter.partitions:
+                which = f" has partition {', '.join(map(str, self.filter.partitions))}"
+            raise BusError(f"none of the topics {wanted}{which} on {self.settings.bootstrap}")
         return assign, pending
 
     def _start_offset(self, consumer: confluent_kafka.Consumer, tp: TopicPartition, low: int, high: int) -> int:

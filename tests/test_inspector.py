@@ -239,6 +239,7 @@ def test_filters_use_the_key_and_the_decoded_fields() -> None:
     assert EventFilter(cp_id="CP002").matches(request) and EventFilter(driver_id="D001").matches(request)
     assert not EventFilter(cp_id="CP002", driver_id="D002").matches(request)
     assert not EventFilter(topics=(Topic.CP_STATE,)).matches(progress)
+    assert EventFilter(partitions=(0,)).matches(progress) and not EventFilter(partitions=(1, 2)).matches(progress)
 
 
 # -- reading from the broker -----------------------------------------------------------------
@@ -324,6 +325,10 @@ def test_filters_and_start_positions(settings: KafkaSettings, keys: Keys) -> Non
     assert [r.key for r in history(settings, start=StartAt.last(1), filter=only_state)] == ["CP002"]
     assert [r.key for r in history(settings, start=StartAt.offset(1), filter=only_state)] == ["CP002"]
     assert history(settings, start=StartAt.offset(1000), filter=only_state) == []  # past the end: nothing, promptly
+    cp1_partition = partition_for("CP001", 8)
+    in_partition = history(settings, start=StartAt.beginning(), filter=EventFilter(partitions=(cp1_partition,)))
+    assert in_partition and all(r.partition == cp1_partition for r in in_partition)
+    assert {r.key for r in in_partition if r.topic == "cp-events"} == {"CP001"}
     assert history(settings, start=StartAt.time(NOW_MS + 3_600_000)) == []
     assert len(history(settings, start=StartAt.time(0))) == 11
     reader = EventReader(settings, start=StartAt.beginning())
@@ -499,6 +504,9 @@ async def test_http_events_viewer_sees_sealed_closed_operator_opened(settings: K
                 ("supply_progress", 0.8),
                 ("ticket", 0.8),
             ]
+            status, one = await _get(session, f"{base}/events?topic=cp-state&partition=0", tokens["viewer"])
+            assert status == 200 and [r["key"] for r in one] == ["CP001", "CP002"]
+            assert (await _get(session, f"{base}/events?partition=x", tokens["viewer"]))[0] == 400
             status, limited = await _get(session, f"{base}/events?limit=2", tokens["admin"])
             assert status == 200 and len(limited) == 2
             assert (await _get(session, f"{base}/events?topic=nope", tokens["viewer"]))[0] == 400

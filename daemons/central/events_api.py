@@ -2,8 +2,9 @@
 
 ========  ==============================  ==================================================
 ``GET``   ``/api/v1/events``              list of records (:meth:`InspectedRecord.to_json`),
-                                          newest last; ``topic`` (repeatable or
-                                          comma-separated), ``cp``, ``driver``, ``limit``
+                                          newest last; ``topic`` and ``partition``
+                                          (repeatable or comma-separated), ``cp``,
+                                          ``driver``, ``limit``
 ``GET``   ``/api/v1/events/stream``       Server-Sent Events: ``data:`` one record per event,
                                           from now on; same filters. ``event: live``
                                           once it reads from the end; ``event: end``
@@ -324,7 +325,15 @@ def _filter(request: web.Request) -> EventFilter:
     if unknown:
         raise BadRequest(f"topic must be one of {', '.join(known)}; got {unknown[0][:40]!r}")
     topics = tuple(dict.fromkeys(known[n] for n in names)) or tuple(Topic)
-    return EventFilter(topics=topics, cp_id=_id_param(request, "cp"), driver_id=_id_param(request, "driver"))
+    raw_partitions = [p for raw in request.query.getall("partition", []) for p in raw.split(",") if p]
+    if not all(p.isascii() and p.isdigit() and len(p) <= 6 for p in raw_partitions):
+        raise BadRequest("partition must be a partition number")
+    return EventFilter(
+        topics=topics,
+        partitions=tuple(sorted({int(p) for p in raw_partitions})),
+        cp_id=_id_param(request, "cp"),
+        driver_id=_id_param(request, "driver"),
+    )
 
 
 def _limit(request: web.Request) -> int:

@@ -121,6 +121,14 @@ def _keys(db: str | None) -> KeyBook | None:
     type=click.Choice([t.value for t in Topic]),
     help="Only this topic (repeatable). [default: every topic]",
 )
+@click.option(
+    "--partition",
+    "partitions",
+    multiple=True,
+    type=click.IntRange(0),
+    metavar="P",
+    help="Only this partition (repeatable; with --topic, usually).",
+)
 @click.option("--cp", "cp_id", default=None, metavar="ID", help="Only records about this charge point.")
 @click.option("--driver", "driver_id", default=None, metavar="ID", help="Only records about this driver.")
 @click.option("--follow", "-f", is_flag=True, help="Then keep showing new records until Ctrl+C.")
@@ -180,6 +188,7 @@ def _keys(db: str | None) -> KeyBook | None:
 @kafka_config_options
 def events(
     topics: tuple[str, ...],
+    partitions: tuple[int, ...],
     cp_id: str | None,
     driver_id: str | None,
     follow: bool,
@@ -240,7 +249,12 @@ def events(
     shown_limit = limit if limit is not None else (DEFAULT_LIMIT if newest_first else None)
     reader = EventReader(
         settings,
-        filter=EventFilter(topics=tuple(Topic(t) for t in topics) or tuple(Topic), cp_id=cp_id, driver_id=driver_id),
+        filter=EventFilter(
+            topics=tuple(Topic(t) for t in topics) or tuple(Topic),
+            partitions=tuple(sorted(set(partitions))),
+            cp_id=cp_id,
+            driver_id=driver_id,
+        ),
         start=start,
         follow=follow,
         keys=keys,

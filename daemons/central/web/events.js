@@ -15,6 +15,8 @@ let frameAsked = false;
 function query() {
   const params = new URLSearchParams();
   for (const option of $("topic").selectedOptions) params.append("topic", option.value);
+  const partition = $("partition").value.replace(/\s/g, "");
+  if (partition) params.set("partition", partition);
   const cp = $("cp").value.trim();
   const driver = $("driver").value.trim();
   if (cp) params.set("cp", cp);
@@ -213,6 +215,7 @@ rows.addEventListener("keydown", (e) => {
 
 const initial = new URLSearchParams(location.search);
 for (const option of $("topic").options) option.selected = initial.getAll("topic").includes(option.value);
+$("partition").value = initial.get("partition") || "";
 $("cp").value = initial.get("cp") || "";
 $("driver").value = initial.get("driver") || "";
 $("live").checked = initial.get("live") === "1";

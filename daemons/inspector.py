@@ -61,6 +61,9 @@ __all__ = [
     "inspect_value",
     "summary",
     "newest",
+    "PartitionInfo",
+    "partition_infos",
+    "central_offsets",
 ]
 
 log = logging.getLogger("evproto.inspector")
@@ -633,6 +636,85 @@ def summary(record: InspectedRecord, *, width: int = 100) -> str:
     if record.error:
         text = f"! {record.error} | {text}"
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- topics at a glance ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PartitionInfo:
+    """One partition at a glance: the offsets it holds and, when Central's database is at
+    hand, where Central reads it (``central_offset``: the next offset it will take) and
+    how far behind that is (``lag``)."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    end_offset: int
+    central_offset: int | None = None
+
+    @property
+    def records(self) -> int:
+        return max(self.end_offset - self.first_offset, 0)
+
+    @property
+    def lag(self) -> int | None:
+        return None if self.central_offset is None else max(self.end_offset - self.central_offset, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**out, "records": self.records, "lag": self.lag}
+
+
+def central_offsets(db_path: str) -> dict[tuple[str, int], int]:
+    """Where Central reads each partition it reads (its ``offsets`` table), read-only."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return {(t, int(p)): int(o) for t, p, o in db.execute("SELECT topic, partition, next_offset FROM offsets")}
+    except sqlite3.Error as exc:
+        raise OSError(f"cannot read Central's offsets in {db_path}: {exc}") from None
+    finally:
+        db.close()
+
+
+def partition_infos(
+    settings: KafkaSettings,
+    topics: tuple[Topic, ...] = tuple(Topic),
+    *,
+    central: dict[tuple[str, int], int] | None = None,
+    timeout_s: float = 10.0,
+) -> list[PartitionInfo]:
+    """Every partition of ``topics`` with its offsets now (blocking); ``central``: Central's
+    positions (:func:`central_offsets`). Raises BusError when the broker cannot be reached."""
+    config = {"group.id": f"evproto-inspector-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False}
+    consumer = confluent_kafka.Consumer(client_config(settings, config))
+    try:
+        try:
+            md = consumer.list_topics(timeout=timeout_s)
+        except KafkaException as exc:
+            raise BusError(f"Kafka {settings.bootstrap} cannot be reached: {exc.args[0].str()}") from None
+        out = []
+        for topic in topics:
+            meta = md.topics.get(settings.topic(topic))
+            if meta is None or meta.error is not None:
+                continue
+            for p in sorted(meta.partitions):
+                try:
+                    low, high = consumer.get_watermark_offsets(TopicPartition(meta.topic, p), timeout=timeout_s)
+                except KafkaException as exc:
+                    raise BusError(f"offsets of {meta.topic}[{p}]: {exc.args[0].str()}") from None
+                out.append(
+                    PartitionInfo(
+                        topic=topic.value,
+                        partition=p,
+                        first_offset=int(low),
+                        end_offset=int(high),
+                        central_offset=(central or {}).get((topic.value, p)),
+                    )
+                )
+        return out
+    finally:
+        consumer.close()
 
 
 # -- Central's keys, read-only ---------------------------------------------------------------

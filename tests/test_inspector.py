@@ -766,5 +766,17 @@ def test_events_of_a_network_started_by_evcharging_up(tmp_path: Path) -> None:
         assert all(r["sealed_by"] == "cp:CP001" and r["error"] is None for r in rows)
         text = evcharging("events", "--run-dir", run_dir, "--topic", "cp-state", "--cp", "CP001")
         assert text.returncode == 0 and "cp_state" in text.stdout and "signed" in text.stdout, text.stderr
+
+        # The topic list: every partition's offsets, and where Central reads the ones it reads.
+        out = evcharging("events", "--run-dir", run_dir, "--topics", "--json")
+        assert out.returncode == 0, out.stderr
+        parts = [json.loads(line) for line in out.stdout.splitlines()]
+        assert len(parts) == sum(_PARTITIONS.values())
+        cp1 = next(p for p in parts if p["topic"] == "cp-events" and p["partition"] == partition_for("CP001", 8))
+        assert cp1["records"] >= len(rows) and cp1["central_offset"] is not None and cp1["lag"] >= 0
+        assert all(p["central_offset"] is None for p in parts if p["topic"] == "cp-commands")  # Central writes it
+        table = evcharging("events", "--run-dir", run_dir, "--topics", "--topic", "cp-state")
+        assert table.stdout.splitlines()[0].split()[:3] == ["TOPIC", "PART", "FIRST"]
+        assert table.stdout.splitlines()[1].split()[:2] == ["cp-state", "0"]
     finally:
         evcharging("down", "--run-dir", run_dir, timeout=60)

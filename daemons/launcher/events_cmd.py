@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -134,6 +134,12 @@ def _keys(db: str | None) -> KeyBook | None:
 @click.option("--follow", "-f", is_flag=True, help="Then keep showing new records until Ctrl+C.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line (JSON Lines) with every field.")
 @click.option(
+    "--topics",
+    "list_topics",
+    is_flag=True,
+    help="Instead of records: each partition's first and end offset, records, and Central's lag.",
+)
+@click.option(
     "--limit",
     type=click.IntRange(0, 1_000_000),
     default=None,
@@ -193,6 +199,7 @@ def events(
     driver_id: str | None,
     follow: bool,
     as_json: bool,
+    list_topics: bool,
     limit: int | None,
     from_beginning: bool,
     since: str | None,
@@ -214,6 +221,7 @@ def events(
       evcharging events --cp CP001 -f        CP001's records, then live (Ctrl+C ends)
       evcharging events --topic cp-state --from-beginning
       evcharging events --driver D001 --json | jq .event
+      evcharging events --topics             partitions, offsets and Central's lag
     Sealed records are opened with Central's keys when its database is on this machine
     (the run directory's, or --db); otherwise they are shown sealed (type and key only).
     """
@@ -223,10 +231,12 @@ def events(
     from ..inspector import CAUGHT_UP, EventFilter, EventReader, InspectedRecord, StartAt, newest
 
     policy: dict[Topic, Policy] | None = None
+    central_db = db
     if bootstrap is None:
         bootstrap, net_config_file, secure, net_db = _network(run_dir)
         kafka_config_file = kafka_config_file or net_config_file
         policy = SECURE_POLICY if secure else PLAIN_POLICY
+        central_db = db or net_db
         db = db or (net_db if secure else None)
     settings = KafkaSettings(
         bootstrap=bootstrap,
@@ -234,6 +244,10 @@ def events(
         prefix=topic_prefix,
         extra=kafka_extra(kafka_config, kafka_config_file),
     )
+    wanted = tuple(Topic(t) for t in topics) or tuple(Topic)
+    if list_topics:
+        _show_topics(settings, wanted, central_db, as_json=as_json, timeout_s=connect_timeout)
+        return
     keys = _keys(db)
     if sum((since is not None, from_offset is not None, from_beginning)) > 1:
         raise click.UsageError("--from-beginning, --since and --offset each say where to start: give one")
@@ -250,7 +264,7 @@ def events(
     reader = EventReader(
         settings,
         filter=EventFilter(
-            topics=tuple(Topic(t) for t in topics) or tuple(Topic),
+            topics=wanted,
             partitions=tuple(sorted(set(partitions))),
             cp_id=cp_id,
             driver_id=driver_id,
@@ -304,3 +318,34 @@ def events(
 def _quiet_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
+
+
+def _show_topics(
+    settings: Any, topics: tuple[Topic, ...], central_db: str | None, *, as_json: bool, timeout_s: float
+) -> None:
+    """``--topics``: one line per partition (or a JSON object each)."""
+    from evproto.bus.kafka import BusError
+
+    from ..inspector import central_offsets, partition_infos
+
+    central = None
+    if central_db is not None and os.path.exists(central_db):
+        try:
+            central = central_offsets(central_db)
+        except OSError as exc:
+            click.echo(f"# {exc}: no lag shown", err=True)
+    try:
+        infos = partition_infos(settings, topics, central=central, timeout_s=timeout_s)
+    except BusError as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        for info in infos:
+            click.echo(json.dumps(info.to_json()))
+        return
+    click.echo(f"{'TOPIC':<18} {'PART':>4} {'FIRST':>9} {'END':>9} {'RECORDS':>9} {'CENTRAL AT':>10} {'LAG':>6}")
+    for i in infos:
+        at = "-" if i.central_offset is None else str(i.central_offset)
+        lag = "-" if i.lag is None else str(i.lag)
+        click.echo(
+            f"{i.topic:<18} {i.partition:>4} {i.first_offset:>9} {i.end_offset:>9} {i.records:>9} {at:>10} {lag:>6}"
+        )

@@ -780,3 +780,14 @@ def test_events_of_a_network_started_by_evcharging_up(tmp_path: Path) -> None:
         assert table.stdout.splitlines()[1].split()[:2] == ["cp-state", "0"]
     finally:
         evcharging("down", "--run-dir", run_dir, timeout=60)
+
+
+def test_lines_escape_what_a_terminal_would_obey() -> None:
+    from evproto.daemons.launcher.events_cmd import record_line
+
+    value = b'{"v": 1, "type": "stop", "cp_id": "\\u202eCP\\u0007"}'  # a bidi override and a bell: refused
+    key = "K\u2028\x1b[31m"
+    rec = inspect_value(topic=Topic.CP_COMMANDS, partition=0, offset=0, key=key, value=value, timestamp_ms=0)
+    line = record_line(rec, colour=False)
+    assert line.isprintable() and "\\u2028" in line and "\\x1b" in line
+    assert record_line(rec, colour=True).count("\x1b[") >= 2  # colours are ours, the key's escape is not

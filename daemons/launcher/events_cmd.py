@@ -34,14 +34,16 @@ __all__ = ["events", "record_line", "parse_since"]
 DEFAULT_SCAN = 10_000
 DEFAULT_LIMIT = 20
 
-_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _RELATIVE = re.compile(r"([0-9]{1,9})([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _safe(text: str) -> str:
-    # A record's key and fields come from anyone who can write to the broker: no terminal escapes.
-    return _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    # A record's key and fields come from anyone who can write to the broker: no terminal
+    # escapes, no bidi overrides or line separators (all unprintable to str.isprintable).
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in text)
 
 
 def parse_since(text: str, now_ms: int) -> int:
@@ -82,12 +84,11 @@ def record_line(record: InspectedRecord, *, colour: bool = False) -> str:
     key = _safe(record.key) if record.key is not None else "-"
     kind = _safe(record.event_type or "?")
     text = _safe(summary(record, width=140))
+    flag_text, where = f"{flag:<7}", f"{where:<24}"  # padded before styling: escapes take no room
     if colour:
-        flag_text = click.style(f"{flag:<7}", fg=_COLOURS[flag])
+        flag_text = click.style(flag_text, fg=_COLOURS[flag])
         where = click.style(where, dim=True)
-    else:
-        flag_text = f"{flag:<7}"
-    return f"{record.time or '-':<24} {where:<24} {key:<10} {kind:<22} {flag_text} {text}".rstrip()
+    return f"{record.time or '-':<24} {where} {key:<10} {kind:<22} {flag_text} {text}".rstrip()
 
 
 def _network(run_dir: str) -> tuple[str, str | None, bool, str | None]:

@@ -425,6 +425,16 @@ def test_cli_lines_are_one_per_record_and_escape_hostile_text(settings: KafkaSet
     assert missing.returncode == 1 and "Traceback" not in missing.stderr
 
 
+def _readline(proc: subprocess.Popen[str]) -> str:
+    """The process's next line of output; fails (instead of hanging) after the hang guard."""
+    import select
+
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], HANG_GUARD_S)
+    assert ready, "no line within the hang guard"
+    return proc.stdout.readline()
+
+
 def test_cli_follow_sees_a_later_record_and_stops_on_sigint(settings: KafkaSettings, keys: Keys) -> None:
     env = {**os.environ, "EVPROTO_TOPIC_PREFIX": settings.prefix, "PYTHONUNBUFFERED": "1"}
     args = ["events", "--bootstrap", settings.bootstrap, "--topic", "cp-state", "--follow", "--json"]
@@ -434,10 +444,10 @@ def test_cli_follow_sees_a_later_record_and_stops_on_sigint(settings: KafkaSetti
         # The first record is shown as history or live, whichever it turns out to be; once it
         # is on screen the reader is past its history, so the second can only come live.
         produce(settings, [(Topic.CP_STATE, "CP001", encode_event(_state("CP001")))])
-        first = json.loads(proc.stdout.readline())
+        first = json.loads(_readline(proc))
         assert first["key"] == "CP001"
         produce(settings, [(Topic.CP_STATE, "CP002", encode_event(_state("CP002")))])
-        second = json.loads(proc.stdout.readline())
+        second = json.loads(_readline(proc))
         assert second["key"] == "CP002" and second["event"]["state"] == "ACTIVATED"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(HANG_GUARD_S) == 0

@@ -191,7 +191,8 @@ def test_a_ticket_shows_its_figures_and_its_end_reasons_label(end: EndReason) ->
     screen.ticket(ticket(7, end=end, kwh=1.5))
     shown = text_of(screen)
     assert "Tickets (1)" in shown and "1.500" in shown and "0.45" in shown and "2.5" in shown
-    assert f"({end.label})" in shown
+    status = SessionStatus.COMPLETED if end.normal else SessionStatus.INTERRUPTED
+    assert (end.label if end.label == status.value else f"{status.value} ({end.label})") in shown
     assert f"({end.label})" in ticket_text(ticket(7, end=end)), "the log line and the screen say it alike"
 
 

@@ -253,6 +253,11 @@ def _requests(screen: DriverScreen) -> RenderableType:
     return Group(*parts)
 
 
+def _end_text(t: Ticket) -> str:
+    label = EndReason.from_token(t.end_reason).label
+    return label if label == t.status else f"{t.status} ({label})"
+
+
 def _tickets(screen: DriverScreen) -> RenderableType:
     if not screen.tickets:
         return Text("no ticket yet", style="dim")
@@ -276,10 +281,7 @@ def _tickets(screen: DriverScreen) -> RenderableType:
             price_text(t.price_eur_kwh),
             f"{t.amount_eur:.2f}",
             f"{minutes:.1f}",
-            Text(
-                f"{t.status} ({EndReason.from_token(t.end_reason).label})",
-                style=_STATUS_STYLES[SessionStatus(t.status)],
-            ),
+            Text(_end_text(t), style=_STATUS_STYLES[SessionStatus(t.status)]),
         )
     return table
 

@@ -170,8 +170,12 @@ class Driver:
         work: list[asyncio.Future[Any]] = []
         if self.requests is not None:
             work.append(asyncio.ensure_future(self._walk_file()))
+        screen: asyncio.Future[None] | None = None
         if self.screen is not None:
-            tasks.append(asyncio.ensure_future(run_screen(self.screen, stop=stop, on_command=self._command_in(stop))))
+            screen = asyncio.ensure_future(run_screen(self.screen, stop=stop, on_command=self._command_in(stop)))
+            # The screen is how the app is used: if it fails, the app stops and says why (below).
+            screen.add_done_callback(lambda _: stop.set())
+            tasks.append(screen)
         elif self.interactive:
             tasks.append(asyncio.ensure_future(self._keys(stop)))
             log.info("commands: r CP_ID [2.5kWh|30s] request · l list available CPs · q quit")
@@ -186,6 +190,8 @@ class Driver:
                 if not self.interactive:
                     return 0
                 await stop.wait()
+            if screen is not None and screen.done() and not screen.cancelled() and screen.exception() is not None:
+                raise screen.exception()  # type: ignore[misc]
         finally:
             for t in tasks + work + [stopper]:
                 t.cancel()

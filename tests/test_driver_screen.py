@@ -16,6 +16,7 @@ from evproto.daemons.central.panel import STATE_LOOKS
 from evproto.daemons.driver.keys import HotKey, KeyLine, Submitted
 from evproto.daemons.driver.requests import RequestLine
 from evproto.daemons.driver.screen import (
+    MAX_CPS_SHOWN,
     MAX_NOTES,
     MAX_TICKETS_SHOWN,
     DriverScreen,
@@ -229,6 +230,18 @@ def test_l_shows_the_charge_points_with_prices_and_states_available_first() -> N
     assert "CP002" not in text_of(screen)
     screen.toggle_cps()
     assert "Charge points" not in text_of(screen)
+
+
+def test_a_big_networks_list_is_cut_with_the_available_ones_first() -> None:
+    screen = DriverScreen("D1", show_cps=True)
+    for n in range(5000):
+        screen.cp_state(cp(f"CP{n:04d}", CpState.ACTIVATED if n % 1000 == 999 else CpState.BROKEN))
+    shown = text_of(screen)
+    assert "Charge points (5 available of 5000)" in shown
+    listed = re.findall(r"CP\d{4}", shown)
+    assert len(listed) == MAX_CPS_SHOWN
+    assert listed[:5] == ["CP0999", "CP1999", "CP2999", "CP3999", "CP4999"] and listed[5] == "CP0000"
+    assert f"and {5000 - MAX_CPS_SHOWN} more" in shown
 
 
 @pytest.mark.parametrize("state", list(CpState), ids=lambda s: s.name)

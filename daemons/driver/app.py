@@ -216,7 +216,7 @@ class Driver:
         while True:
             await asyncio.sleep(0.25)
             if self.screen is not None:
-                self.screen.central_reachable = self.central.reachable
+                self.screen.central_reachable = self.central.state()
             news = self.central.news()
             if news is False:
                 log.warning(

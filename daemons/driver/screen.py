@@ -9,6 +9,7 @@ epoch milliseconds passed in, so a test renders any moment it likes.
 from __future__ import annotations
 
 import collections
+import heapq
 from dataclasses import dataclass, field
 
 from rich import box
@@ -36,12 +37,15 @@ __all__ = [
     "MAX_REQUESTS_SHOWN",
     "MAX_TICKETS_SHOWN",
     "MAX_NOTES",
+    "MAX_CPS_SHOWN",
 ]
 
 #: Requests kept on the screen (the newest; older ones have their tickets).
 MAX_REQUESTS_SHOWN = 3
 #: Tickets listed (the newest); the count covers them all.
 MAX_TICKETS_SHOWN = 5
+#: Charge points listed by ``l`` (available ones first).
+MAX_CPS_SHOWN = 20
 #: Warnings kept at the bottom of the screen (Central silent, a bad record skipped...).
 MAX_NOTES = 3
 #: Steps kept per request (a supply has at most five; a restart may repeat some).
@@ -134,7 +138,7 @@ class DriverScreen:
     #: CP id -> its latest state record (from the cp-state topic).
     cps: dict[str, CpStateRecord] = field(default_factory=dict)
     show_cps: bool = False
-    #: Heartbeats from Central arrive (None: none heard yet).
+    #: Heartbeats from Central arrive (None: too early to say, see CentralWatch.state).
     central_reachable: bool | None = None
     notes: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=MAX_NOTES))
     #: The command line being typed.
@@ -294,8 +298,11 @@ def _cps(screen: DriverScreen) -> RenderableType:
     table.add_column("location")
     table.add_column("EUR/kWh", justify="right")
     table.add_column("state")
-    # Available ones first: they are the ones a driver can ask for.
-    order = sorted(screen.cps.values(), key=lambda c: (c.state != CpState.ACTIVATED.name, c.cp_id))
+    # Available ones first: they are the ones a driver can ask for. A big network's list is
+    # cut: the screen is redrawn 4 times a second and a terminal shows a few dozen lines.
+    order = heapq.nsmallest(
+        MAX_CPS_SHOWN, screen.cps.values(), key=lambda c: (c.state != CpState.ACTIVATED.name, c.cp_id)
+    )
     for c in order:
         look = STATE_LOOKS.get(CpState[c.state]) if c.state in CpState.__members__ else None
         detail = f" {look.detail}" if look is not None and look.detail else ""
@@ -305,13 +312,19 @@ def _cps(screen: DriverScreen) -> RenderableType:
             price_text(c.price_eur_kwh),
             Text(f" {c.state}{detail} ", style=look.style if look is not None else ""),
         )
+    if len(screen.cps) > len(order):
+        table.add_row(Text(f"… and {len(screen.cps) - len(order)} more", style="dim"))
     return table
 
 
 def render(screen: DriverScreen, *, now_ms: int) -> RenderableType:
     """The whole screen at ``now_ms``."""
-    central = {True: ("Central reachable", "green"), False: ("Central NOT reachable", "bold red")}.get(
-        screen.central_reachable, ("Central: waiting for its heartbeat", "yellow")
+    central = (
+        ("Central: waiting for its heartbeat", "yellow")
+        if screen.central_reachable is None
+        else ("Central reachable", "green")
+        if screen.central_reachable
+        else ("Central NOT reachable", "bold red")
     )
     title = Text.assemble(("Driver ", "bold"), (safe_text(screen.driver_id), "bold"), "  ", central)
     parts: list[RenderableType] = [

@@ -234,12 +234,12 @@ class WeatherService:
 
     @staticmethod
     def _say(city: str, celsius: float | None, cps: list[str], last: Reported | None) -> None:
-        where = ", ".join(cps) if cps else "no CP there"
+        where = ", ".join(cps)
         if celsius is None:
-            log.warning("%s: temperature unknown → Central shows weather unknown at %s", city, where)
+            log.warning("%s: temperature unknown → weather unknown%s", city, f" at {where}" if cps else "")
         elif celsius < 0:
-            log.warning("%s: %.1f °C → below 0: Central stopped %s", city, celsius, where)
+            log.warning("%s: %.1f °C → below 0: %s", city, celsius, f"Central stopped {where}" if cps else "no CP there")
         elif last is not None and last.celsius is not None and last.celsius < 0:
-            log.info("%s: %.1f °C → 0 or above: Central lifted the weather stop at %s", city, celsius, where)
+            log.info("%s: %.1f °C → 0 or above: Central lifted the weather stop at %s", city, celsius, where or "-")
         else:
-            log.info("%s: %.1f °C → 0 or above: %s charging", city, celsius, where)
+            log.info("%s: %.1f °C → 0 or above%s", city, celsius, f" ({where})" if cps else "")

@@ -238,7 +238,8 @@ class WeatherService:
         if celsius is None:
             log.warning("%s: temperature unknown → weather unknown%s", city, f" at {where}" if cps else "")
         elif celsius < 0:
-            log.warning("%s: %.1f °C → below 0: %s", city, celsius, f"Central stopped {where}" if cps else "no CP there")
+            what = f"Central stopped {where}" if cps else "no CP there"
+            log.warning("%s: %.1f °C → below 0: %s", city, celsius, what)
         elif last is not None and last.celsius is not None and last.celsius < 0:
             log.info("%s: %.1f °C → 0 or above: Central lifted the weather stop at %s", city, celsius, where or "-")
         else:

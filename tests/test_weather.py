@@ -154,6 +154,12 @@ def test_a_central_that_forgot_the_location_is_told_at_once() -> None:
     assert needs_report(Reported(5.0, 0.0), 5.0, 1.0, reassert_s=30.0, central_knows=False)
 
 
+def test_a_new_cp_at_a_location_hears_the_weather_at_once() -> None:
+    last = Reported(-2.0, 0.0, ("CP1",))
+    assert not needs_report(last, -2.0, 1.0, reassert_s=30.0, cps=("CP1",))
+    assert needs_report(last, -2.0, 1.0, reassert_s=30.0, cps=("CP1", "CP2"))
+
+
 class FakeCentral:
     """Central's weather endpoints, recording what the service posts."""
 

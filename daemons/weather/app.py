@@ -71,18 +71,29 @@ def band(celsius: float | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Reported:
-    """What we last told Central about a location, and when (monotonic seconds)."""
+    """What we last told Central about a location, when (monotonic seconds), and the CPs
+    Central said were there."""
 
     celsius: float | None
     at_s: float
+    cps: tuple[str, ...] = ()
 
 
 def needs_report(
-    last: Reported | None, celsius: float | None, now_s: float, *, reassert_s: float, central_knows: bool = True
+    last: Reported | None,
+    celsius: float | None,
+    now_s: float,
+    *,
+    reassert_s: float,
+    central_knows: bool = True,
+    cps: tuple[str, ...] | None = None,
 ) -> bool:
-    """Whether to post ``celsius`` for a location we last told ``last``."""
+    """Whether to post ``celsius`` for a location we last told ``last``; ``central_knows``:
+    Central shows a report for it; ``cps``: the CPs Central lists there now (None: not known)."""
     if last is None or not central_knows or band(last.celsius) != band(celsius):
         return True
+    if cps is not None and cps != last.cps:
+        return True  # a CP came (or went): it must hear the weather now, not at the next re-assert
     if celsius is not None and last.celsius is not None and abs(celsius - last.celsius) >= REPORT_DELTA_C:
         return True
     return now_s - last.at_s >= reassert_s
@@ -193,6 +204,7 @@ class WeatherService:
         for city in self.file.locations if self.file is not None else ():
             places.setdefault(city.casefold(), city)
         known: set[str] | None = None
+        cps_at: dict[str, tuple[str, ...]] = {}
         try:
             at_central = await central.locations()
         except CentralError as exc:
@@ -201,6 +213,9 @@ class WeatherService:
             known = {p["location"].casefold() for p in at_central if p.get("at")}
             for p in at_central:
                 places.setdefault(p["location"].casefold(), p["location"])
+                found = p.get("cps")
+                if isinstance(found, list):
+                    cps_at[p["location"].casefold()] = tuple(sorted(c for c in found if isinstance(c, str)))
         cities = list(places.values())[:MAX_LOCATIONS]
         gate = asyncio.Semaphore(self.opts.concurrency)
 
@@ -220,7 +235,14 @@ class WeatherService:
             key = city.casefold()
             last = self.reported.get(key)
             central_knows = known is None or key in known
-            if not needs_report(last, celsius, now, reassert_s=self.opts.reassert_s, central_knows=central_knows):
+            if not needs_report(
+                last,
+                celsius,
+                now,
+                reassert_s=self.opts.reassert_s,
+                central_knows=central_knows,
+                cps=cps_at.get(key) if known is not None else None,
+            ):
                 continue
             try:
                 cps = await central.report(city, celsius)
@@ -228,7 +250,7 @@ class WeatherService:
                 self._warn.log(logging.WARNING, f"{city}: not told to Central: {exc}", key="central-post")
                 self.reported.pop(key, None)  # tell it again next cycle
                 continue
-            self.reported[key] = Reported(celsius, now)
+            self.reported[key] = Reported(celsius, now, tuple(sorted(cps)))
             if last is None or band(last.celsius) != band(celsius):
                 self._say(city, celsius, cps, last)
 

@@ -137,7 +137,10 @@ def up(
     kafka_config: tuple[str, ...],
     kafka_config_file: str | None,
 ) -> None:
-    """Start a network: broker, Central, CPs and drivers, then show Central's panel (Ctrl+C stops all).
+    """Start a network: broker, Central, CPs, the weather service and drivers, then show Central's panel.
+
+    Ctrl+C stops all. The weather service (ev-weather) asks a simulated provider
+    (evweather-sim): `evcharging weather set CITY CELSIUS` changes a city's temperature.
 
     By default it is release 2's secure network: a CA and certificates, the registry
     (ev-registry) that issues each CP its credentials, tokens for operators, TLS

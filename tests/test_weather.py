@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -19,6 +20,7 @@ from aiohttp import web
 from netharness import Network, wait_for
 
 from evproto.daemons.central.http_api import make_app as central_app
+from evproto.daemons.central.weather import WeatherDesk
 from evproto.daemons.launcher.demodata import LOCATIONS
 from evproto.daemons.tokens import TokenRole, TokenStore
 from evproto.daemons.weather.app import CentralApi, Reported, WeatherOptions, WeatherService, needs_report
@@ -27,6 +29,7 @@ from evproto.daemons.weather.provider import ProviderError, ProviderProblem, Wea
 from evproto.daemons.weather.simulator import DEFAULT_CELSIUS, WeatherSimulator
 from evproto.daemons.weather.simulator import make_app as sim_app
 from evproto.daemons.webjson import start_http
+from evproto.domain.central import CentralCore, Rules
 
 KEY = "k3y-0f-the-test-4242"
 BIN = os.path.dirname(sys.executable)
@@ -468,3 +471,110 @@ def test_the_launcher_runs_the_weather_and_sets_it(tmp_path: Path) -> None:
             assert fh.read().strip() not in log_text
     finally:
         run("down")
+
+
+# -- Central's weather desk (in memory: the core's rules, the reports, their age) -----------------
+
+
+class DeskHost(WeatherDesk):
+    """What WeatherDesk needs of Central: a real core; effects applied nowhere, audit
+    entries and notes recorded."""
+
+    def __init__(self) -> None:
+        self.core = CentralCore(drivers=set(), rules=Rules())
+        for cp_id, city in (("CP1", "Madrid"), ("CP2", "madrid"), ("CP3", "Teruel")):
+            assert self.core.hello(cp_id, city, 0.3, 1)[0] is None
+            self.core.monitor_connected(cp_id, 1)
+        self.opts = SimpleNamespace(weather_stale_s=60.0)
+        self.weather_reports = {}
+        self.audited: list[tuple[Any, ...]] = []
+        self.notes: list[str] = []
+
+    def _apply(self, fx: list[Any]) -> None:
+        pass
+
+    def _audit(self, *args: Any, **details: Any) -> None:
+        self.audited.append((*args, details))
+
+    def _note(self, text: str, level: str = "info", key: str | None = None) -> None:
+        self.notes.append(text)
+
+
+def test_the_desk_lists_cp_locations_and_reported_ones_and_audits_each_report() -> None:
+    desk = DeskHost()
+    assert desk.report_weather("MADRID", -2, actor="service:w", source="10.0.0.1") == ["CP1", "CP2"]
+    assert desk.report_weather("Bilbao", 8.5, actor="service:w", source="10.0.0.1") == []
+    view = {p["location"]: p for p in desk.weather_view()}
+    assert view["Madrid"]["cps"] == ["CP1", "CP2"] and view["Madrid"]["celsius"] == -2.0 and view["Madrid"]["stopped"]
+    assert view["Teruel"] == {"location": "Teruel", "celsius": None, "at": None, "cps": ["CP3"], "stopped": False}
+    assert view["Bilbao"]["cps"] == [] and view["Bilbao"]["at"].endswith("Z")
+    assert [(a[0], a[2], a[3], a[5]) for a in desk.audited] == [
+        ("service:w", "weather", "location:MADRID", {"celsius": -2, "cps": 2}),
+        ("service:w", "weather", "location:Bilbao", {"celsius": 8.5, "cps": 0}),
+    ]
+
+
+def test_a_report_gone_stale_is_weather_unknown_and_never_lifts_or_makes_a_stop() -> None:
+    desk = DeskHost()
+    desk.report_weather("Madrid", -2, actor="s", source="")
+    desk.report_weather("Teruel", 3, actor="s", source="")
+    at = desk.weather_reports["madrid"].at_ms
+    desk.expire_weather(at + 59_000)
+    assert {v.id: v.alerts for v in desk.core.cp_views()} == {"CP1": ("weather",), "CP2": ("weather",), "CP3": ()}
+    desk.expire_weather(at + 61_000)
+    views = {v.id: (v.state, v.alerts) for v in desk.core.cp_views()}
+    assert views == {
+        "CP1": ("STOPPED", ("weather", "weather_unknown")),
+        "CP2": ("STOPPED", ("weather", "weather_unknown")),
+        "CP3": ("ACTIVATED", ("weather_unknown",)),
+    }
+    assert {p["location"]: p["celsius"] for p in desk.weather_view()} == {"Madrid": None, "Teruel": None}
+    assert len(desk.notes) == 2
+    desk.expire_weather(at + 120_000)
+    assert len(desk.notes) == 2  # said once
+    desk.report_weather("Teruel", 4, actor="s", source="")
+    assert {v.id: v.alerts for v in desk.core.cp_views()}["CP3"] == ()
+
+
+def test_ev_weather_stops_cleanly_on_sigterm_and_keeps_its_secrets(tmp_path: Path) -> None:
+    """Nothing to talk to (no provider, no Central): it says so, without the key, and a
+    SIGTERM ends it with exit 0."""
+    ready = tmp_path / "ready.json"
+    log_path = tmp_path / "weather.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                os.path.join(BIN, "ev-weather"),
+                "--central",
+                "http://127.0.0.1:9",
+                "--api-base",
+                "http://127.0.0.1:9",
+                "--api-key",
+                KEY,
+                "--locations",
+                str(tmp_path / "none.txt"),
+                "--interval-s",
+                "0.2",
+                "--timeout-s",
+                "0.5",
+                "--log-format",
+                "text",
+                "--ready-file",
+                str(ready),
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        wait_for(lambda: "cannot reach Central" in log_path.read_text(errors="replace"), "a round to fail")
+        (tmp_path / "none.txt").write_text("Madrid\n")
+        wait_for(lambda: "Madrid: provider unavailable" in log_path.read_text(errors="replace"), "Madrid asked")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    assert "weather service stopped" in text and KEY not in text

@@ -104,20 +104,22 @@ class WeatherDesk:
         return sorted(places.values(), key=lambda p: p["location"].casefold())
 
     async def _weather_watch(self) -> None:
-        """A location not reported for ``weather_stale_s`` becomes "weather unknown" (a
-        weather service that died says nothing more: its silence must show, never stop)."""
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            limit_ms = int(self.opts.weather_stale_s * 1000)
-            now = now_ms()
-            for report in list(self.weather_reports.values()):
-                if report.stale or now - report.at_ms < limit_ms:
-                    continue
-                report.stale, report.celsius = True, None
-                _, fx = self.core.weather(report.location, None, now)
-                self._apply(fx)
-                self._note(
-                    f"weather at {report.location}: no report for {self.opts.weather_stale_s:g} s, now unknown",
-                    "warning",
-                    key=f"weather-stale:{report.location.casefold()}",
-                )
+            self.expire_weather(now_ms())
+
+    def expire_weather(self, now: int) -> None:
+        """A location not reported for ``weather_stale_s`` becomes "weather unknown" (a
+        weather service that died says nothing more: its silence must show, never stop)."""
+        limit_ms = int(self.opts.weather_stale_s * 1000)
+        for report in list(self.weather_reports.values()):
+            if report.stale or now - report.at_ms < limit_ms:
+                continue
+            report.stale, report.celsius = True, None
+            _, fx = self.core.weather(report.location, None, now)
+            self._apply(fx)
+            self._note(
+                f"weather at {report.location}: no report for {self.opts.weather_stale_s:g} s, now unknown",
+                "warning",
+                key=f"weather-stale:{report.location.casefold()}",
+            )

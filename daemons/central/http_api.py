@@ -52,6 +52,8 @@ from evproto.domain.central import UnknownCpError
 from evproto.domain.central.view import CentralView, SessionView, iso_utc
 from evproto.domain.session import SessionStatus
 
+from .weather import weather_problem
+
 __all__ = [
     "API_PREFIX",
     "SESSION_STATUSES",
@@ -244,8 +246,6 @@ async def _get_audit(request: web.Request) -> web.Response:
 
 
 async def _post_weather(request: web.Request) -> web.Response:
-    from .weather import weather_problem
-
     body = await read_json(request)
     extra = sorted(set(body) - {"location", "celsius"})
     if extra or "celsius" not in body:

@@ -21,6 +21,7 @@ simulator keeps the temperatures it was given).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import math
@@ -57,6 +58,8 @@ DEFAULT_CELSIUS: dict[str, float] = {
 }
 FAIL_MODES = ("none", "500", "503", "hang", "garbage", "huge")
 MAX_CITIES = 10_000
+#: Longest a "hang" answer waits.
+HANG_MAX_S = 60.0
 
 
 class Unauthorized(HttpError):
@@ -75,6 +78,8 @@ class WeatherSimulator:
         self.state_file = state_file
         self.cities: dict[str, tuple[str, float]] = {k.casefold(): (k, v) for k, v in DEFAULT_CELSIUS.items()}
         self.fail = "none"
+        #: What a "hang" answer waits for: set when the mode changes (or the server stops).
+        self.released = asyncio.Event()
         if state_file and os.path.exists(state_file):
             saved = load_json(state_file) or {}
             self.cities = {k.casefold(): (k, float(v)) for k, v in dict(saved.get("cities", {})).items()}
@@ -96,6 +101,9 @@ class WeatherSimulator:
 
     def set_fail(self, mode: str) -> None:
         self.fail = mode
+        self.released.set()
+        if mode == "hang":
+            self.released = asyncio.Event()
         self._save()
 
     def snapshot(self) -> dict[str, Any]:
@@ -107,8 +115,6 @@ class WeatherSimulator:
 
 
 SIM = web.AppKey("evproto_weather_sim", WeatherSimulator)
-#: Set when the server shuts down: a "hang" answer waits for it (never for the client).
-RELEASE = web.AppKey("evproto_weather_sim_release", asyncio.Event)
 
 
 def _answer(city: str, celsius: float, units: str) -> dict[str, Any]:
@@ -124,7 +130,10 @@ def _answer(city: str, celsius: float, units: str) -> dict[str, Any]:
 async def _weather(request: web.Request) -> web.StreamResponse:
     sim = request.app[SIM]
     if sim.fail == "hang":
-        await request.app[RELEASE].wait()  # until the client gives up, or we stop
+        # Until the mode changes, the server stops or HANG_MAX_S pass: a client that gave up
+        # does not cancel us, so a hang must end by itself.
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(sim.released.wait(), HANG_MAX_S)
         return json_response({"cod": 503, "message": "simulated hang"}, status=503)
     if sim.fail in ("500", "503"):
         return json_response({"cod": sim.fail, "message": "simulated failure"}, status=int(sim.fail))
@@ -196,10 +205,9 @@ def make_app(sim: WeatherSimulator) -> web.Application:
     """The simulator's aiohttp application."""
     app = web.Application(middlewares=[json_errors(log)], client_max_size=64 * 1024)
     app[SIM] = sim
-    app[RELEASE] = asyncio.Event()
 
     async def release(app: web.Application) -> None:
-        app[RELEASE].set()
+        app[SIM].released.set()
 
     app.on_shutdown.append(release)
     app.router.add_get("/data/2.5/weather", _weather)

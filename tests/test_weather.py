@@ -361,7 +361,7 @@ def cps(net: Network) -> dict[str, tuple[str, list[str]]]:
 def test_weather_stops_and_resumes_cps_end_to_end(secure_net: Network, tmp_path: Path) -> None:
     """Real Central (TLS, tokens), monitors, engines, the simulator and ev-weather."""
     net = secure_net
-    net.start_central(extra=("--weather-stale-s", "2"))
+    net.start_central(extra=("--weather-stale-s", "5"))  # reports come every 0.5 s
     for cp_id, city in (("CP1", "Madrid"), ("CP2", "Madrid"), ("CP3", "Teruel")):
         net.start_cp(cp_id, location=city)
     for cp_id in ("CP1", "CP2", "CP3"):

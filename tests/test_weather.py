@@ -361,7 +361,7 @@ def cps(net: Network) -> dict[str, tuple[str, list[str]]]:
 def test_weather_stops_and_resumes_cps_end_to_end(secure_net: Network, tmp_path: Path) -> None:
     """Real Central (TLS, tokens), monitors, engines, the simulator and ev-weather."""
     net = secure_net
-    net.start_central(extra=("--weather-stale-s", "5"))  # reports come every 0.5 s
+    central = net.start_central(extra=("--weather-stale-s", "5"))  # reports come every 0.5 s
     for cp_id, city in (("CP1", "Madrid"), ("CP2", "Madrid"), ("CP3", "Teruel")):
         net.start_cp(cp_id, location=city)
     for cp_id in ("CP1", "CP2", "CP3"):
@@ -424,13 +424,25 @@ def test_weather_stops_and_resumes_cps_end_to_end(secure_net: Network, tmp_path:
     cities.write_text("Bilbao\nGirona\n")
     wait_for(lambda: places().get("Girona", {}).get("celsius") == DEFAULT_CELSIUS["Girona"], "Girona reported")
 
+    # Central restarts (a crash): it keeps the weather stop it stored and hears the weather again.
+    sim_admin(sim_url, "PUT", "/admin/cities/Teruel", {"celsius": -1})
+    wait_for(lambda: cps(net)["CP3"] == ("STOPPED", ["weather"]), "Teruel frozen")
+    net.kill(central, signal.SIGKILL)
+    net.start_central(extra=("--weather-stale-s", "5"), same_ports=True)
+    wait_for(lambda: places()["Teruel"]["celsius"] == -1.0, "a restarted Central told again")
+    wait_for(lambda: cps(net)["CP3"] == ("STOPPED", ["weather"]), "CP3 back, still stopped for the weather")
+    sim_admin(sim_url, "PUT", "/admin/cities/Teruel", {"celsius": 2})
+    wait_for(lambda: cps(net)["CP3"] == ("ACTIVATED", []), "Teruel warm again")
+
     # ev-weather dies: after --weather-stale-s the CPs show weather unknown and keep running.
     net.kill(weather, signal.SIGKILL)
     wait_for(lambda: all(c == ("ACTIVATED", ["weather_unknown"]) for c in cps(net).values()), "stale reports")
     assert places()["Madrid"]["celsius"] is None
+    token = token_file.read_text().strip()
     for proc in (weather, sim):
         with open(proc.log, encoding="utf-8", errors="replace") as fh:
-            assert KEY not in fh.read(), proc.name
+            text = fh.read()
+        assert KEY not in text and token not in text, proc.name
 
 
 def test_the_launcher_runs_the_weather_and_sets_it(tmp_path: Path) -> None:

@@ -590,3 +590,48 @@ def test_ev_weather_stops_cleanly_on_sigterm_and_keeps_its_secrets(tmp_path: Pat
             proc.wait()
     text = log_path.read_text(errors="replace")
     assert "weather service stopped" in text and KEY not in text
+
+
+def test_a_stop_does_not_wait_for_a_provider_that_never_answers(tmp_path: Path) -> None:
+    """A provider that accepts and never answers, a 120 s timeout: SIGTERM still ends
+    ev-weather at once (the round in progress is dropped), well within the test's wait."""
+    import socket
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    cities = tmp_path / "cities.txt"
+    cities.write_text("Madrid\n")
+    log_path = tmp_path / "weather.log"
+    try:
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                [
+                    os.path.join(BIN, "ev-weather"),
+                    "--central",
+                    "http://127.0.0.1:9",
+                    "--api-base",
+                    f"http://127.0.0.1:{silent.getsockname()[1]}",
+                    "--api-key",
+                    KEY,
+                    "--locations",
+                    str(cities),
+                    "--timeout-s",
+                    "120",
+                    "--log-format",
+                    "text",
+                ],
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        # Central is asked first (and fails at once); the provider's question then hangs.
+        wait_for(lambda: "cannot reach Central" in log_path.read_text(errors="replace"), "the round to start")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        silent.close()
+    assert "weather service stopped" in log_path.read_text(errors="replace")

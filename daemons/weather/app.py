@@ -179,12 +179,22 @@ class WeatherService:
                 f", locations from {self.opts.locations_file}" if self.opts.locations_file else "",
             )
             write_ready_file(self.opts.ready_file, role="weather", central=self.opts.central)
+            stopped = asyncio.ensure_future(stop.wait())
+            stack.callback(stopped.cancel)
             while not stop.is_set():
                 started = time.monotonic()
-                try:
-                    await self.cycle(provider, central)
-                except Exception as exc:  # one bad cycle must not end the service
-                    log.exception("weather cycle failed: %s", redact(str(exc), self.opts.api_key))
+                # A round in progress is dropped on a stop: its answers only matter to a
+                # running service, and a stop must not wait for a slow provider.
+                cycle = asyncio.ensure_future(self.cycle(provider, central))
+                await asyncio.wait({cycle, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                if not cycle.done():
+                    cycle.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await cycle
+                    break
+                if cycle.exception() is not None:  # one bad round must not end the service
+                    exc = cycle.exception()
+                    log.error("weather round failed: %s", redact(f"{type(exc).__name__}: {exc}", self.opts.api_key))
                 self.cycles += 1
                 left = self.opts.interval_s - (time.monotonic() - started)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -229,6 +239,9 @@ class WeatherService:
                     self._warn.log(level, redact(f"{exc}{hint} → weather unknown", self.opts.api_key), key=city)
                     return None
 
+        # Forget what we told about places no longer watched (bounded, and a place that
+        # comes back is told afresh).
+        self.reported = {k: v for k, v in self.reported.items() if k in places}
         answers = await asyncio.gather(*(ask(c) for c in cities))
         now = time.monotonic()
         for city, celsius in zip(cities, answers):

@@ -287,6 +287,18 @@ async def test_people_who_read_and_the_service_may_list_the_weather(central_api)
             assert resp.status == 403
 
 
+async def test_under_insecure_anyone_may_report_and_read_the_weather() -> None:
+    backend = WeatherBackend()
+    runner, url = await serve(central_app(backend))  # type: ignore[arg-type]
+    try:
+        answer = await call(url, "POST", None, {"location": "Teruel", "celsius": -0.5})
+        assert answer == (200, {"ok": True, "cps": ["CP001"]})
+        assert (await call(url, "GET", None))[0] == 200
+    finally:
+        await runner.cleanup()
+    assert backend.reports == [("Teruel", -0.5, "anonymous")]
+
+
 @pytest.mark.parametrize(
     "raw",
     [

@@ -457,6 +457,7 @@ def test_weather_stops_and_resumes_cps_end_to_end(secure_net: Network, tmp_path:
         assert KEY not in text and token not in text, proc.name
 
 
+@pytest.mark.network  # real daemons, started as programs
 def test_the_launcher_runs_the_weather_and_sets_it(tmp_path: Path) -> None:
     """`evcharging up` starts the simulated provider and ev-weather (a service token of its
     own); `evcharging weather set` freezes a city and its CP stops; kill and start work."""
@@ -560,6 +561,7 @@ def test_a_report_gone_stale_is_weather_unknown_and_never_lifts_or_makes_a_stop(
     assert {v.id: v.alerts for v in desk.core.cp_views()}["CP3"] == ()
 
 
+@pytest.mark.network  # real daemons, started as programs
 def test_ev_weather_stops_cleanly_on_sigterm_and_keeps_its_secrets(tmp_path: Path) -> None:
     """Nothing to talk to (no provider, no Central): it says so, without the key, and a
     SIGTERM ends it with exit 0."""
@@ -604,6 +606,7 @@ def test_ev_weather_stops_cleanly_on_sigterm_and_keeps_its_secrets(tmp_path: Pat
     assert "weather service stopped" in text and KEY not in text
 
 
+@pytest.mark.network  # real daemons, started as programs
 def test_a_stop_does_not_wait_for_a_provider_that_never_answers(tmp_path: Path) -> None:
     """A provider that accepts and never answers, a 120 s timeout: SIGTERM still ends
     ev-weather at once (the round in progress is dropped), well within the test's wait."""

@@ -25,14 +25,14 @@ from evproto.bus.events import MAX_EVENT_BYTES, encode_event
 from evproto.bus.kafka import BusProducer, KafkaSettings, ensure_topics
 from evproto.bus.topics import Topic, partition_for
 from evproto.daemons.central.keyring import KeyRing
+from evproto.daemons.centraldb import StoredKeys
+from evproto.daemons.eventreader import EventReader
 from evproto.daemons.gate import SECURE_POLICY, RecordSealer
 from evproto.daemons.inspector import (
     CAUGHT_UP,
     EventFilter,
-    EventReader,
     InspectedRecord,
     StartAt,
-    StoredKeys,
     inspect_value,
     newest,
 )

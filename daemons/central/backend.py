@@ -64,8 +64,8 @@ class HttpBackend:
     def events_source(self) -> EventsSource:
         """For the event inspector (events_api.py): Central's Kafka and, when it seals, its keys
         read from its database on their own connection (the reader runs in a thread)."""
+        from ..centraldb import StoredKeys
         from ..gate import PLAIN_POLICY, SECURE_POLICY
-        from ..inspector import StoredKeys
         from .events_api import EventsSource
 
         central = self.central

@@ -39,8 +39,9 @@ from aiohttp import web
 from evproto.bus.client import BusError, KafkaSettings, run_in_thread
 from evproto.bus.topics import Topic
 
+from ..eventreader import EventReader
 from ..gate import KeyBook, Policy
-from ..inspector import CAUGHT_UP, EventFilter, EventReader, InspectedRecord, StartAt, newest
+from ..inspector import CAUGHT_UP, EventFilter, InspectedRecord, StartAt, newest
 from ..tokens import TokenRole
 from ..webauth import PRINCIPAL
 from ..webjson import BadRequest, HttpError, json_response

@@ -102,7 +102,7 @@ def _network(run_dir: str) -> tuple[str, str | None, bool, str | None]:
 def _keys(db: str | None) -> KeyBook | None:
     if db is None:
         return None
-    from ..inspector import StoredKeys
+    from ..centraldb import StoredKeys
 
     if not os.path.exists(db) or not os.path.exists(db + ".signing.pub"):
         click.echo(f"# no keys in {db}: sealed records stay sealed", err=True)
@@ -228,8 +228,9 @@ def events(
     """
     from evproto.bus.kafka import BusError, KafkaSettings
 
+    from ..eventreader import EventReader
     from ..gate import PLAIN_POLICY, SECURE_POLICY, Policy
-    from ..inspector import CAUGHT_UP, EventFilter, EventReader, InspectedRecord, StartAt, newest
+    from ..inspector import CAUGHT_UP, EventFilter, InspectedRecord, StartAt, newest
 
     policy: dict[Topic, Policy] | None = None
     central_db = db
@@ -327,7 +328,8 @@ def _show_topics(
     """``--topics``: one line per partition (or a JSON object each)."""
     from evproto.bus.kafka import BusError
 
-    from ..inspector import central_offsets, partition_infos
+    from ..centraldb import central_offsets
+    from ..eventreader import partition_infos
 
     central = None
     if central_db is not None and os.path.exists(central_db):

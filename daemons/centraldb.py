@@ -1,0 +1,85 @@
+"""Central's database read from outside Central, read-only: its keys and its Kafka positions.
+
+For the network's owner on Central's host (``evcharging events``) and for Central's own
+event inspector, which reads on connections of its own (from a thread): nothing here
+writes to the database, so it can be read while Central runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from typing import Any
+
+from evproto.bus.seal import SealError, Why
+
+from .gate import Owner, OwnerKind, verify_key_id
+
+__all__ = ["StoredKeys", "central_offsets"]
+
+log = logging.getLogger("evproto.inspector")
+
+
+def central_offsets(db_path: str) -> dict[tuple[str, int], int]:
+    """Where Central reads each partition it reads (its ``offsets`` table), read-only."""
+    db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        return {(t, int(p)): int(o) for t, p, o in db.execute("SELECT topic, partition, next_offset FROM offsets")}
+    except sqlite3.Error as exc:
+        raise OSError(f"cannot read Central's offsets in {db_path}: {exc}") from None
+    finally:
+        db.close()
+
+
+class StoredKeys:
+    """Central's record keys and verify key, read from its database without writing to it
+    (a :class:`~.gate.KeyBook`). Keys issued after loading (a monitor that authenticated
+    again) are found by reading again, at most every ``reload_interval_s``. Retired and
+    revoked keys still open what they sealed: this is for looking, not for accepting."""
+
+    def __init__(self, db_path: str, *, reload_interval_s: float = 2.0) -> None:
+        self.db_path = db_path
+        self.reload_interval_s = reload_interval_s
+        self._keys: dict[str, tuple[Owner, bytes]] = {}
+        self._loaded_at = 0.0
+        pub_path = db_path + ".signing.pub"
+        with open(pub_path, encoding="ascii") as f:
+            raw = bytes.fromhex(f.read().strip())
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+        self._verify_id = verify_key_id(raw)
+        self._verify = Ed25519PublicKey.from_public_bytes(raw)
+        self.reload()
+
+    def reload(self) -> None:
+        db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            keys: dict[str, tuple[Owner, bytes]] = {}
+            for key_id, cp_id, key in db.execute("SELECT key_id, cp_id, key FROM cp_keys"):
+                keys[key_id] = (Owner(OwnerKind.CP, cp_id), bytes(key))
+            for key_id, driver_id, key in db.execute("SELECT key_id, driver_id, key FROM driver_keys"):
+                keys[key_id] = (Owner(OwnerKind.DRIVER, driver_id), bytes(key))
+        except sqlite3.Error as exc:
+            raise OSError(f"cannot read the keys in {self.db_path}: {exc}") from None
+        finally:
+            db.close()
+        self._keys = keys
+        self._loaded_at = time.monotonic()
+
+    def record_key(self, key_id: str) -> tuple[Owner, bytes]:
+        found = self._keys.get(key_id)
+        if found is None and time.monotonic() - self._loaded_at >= self.reload_interval_s:
+            try:
+                self.reload()
+            except OSError as exc:
+                log.warning("%s", exc)
+            found = self._keys.get(key_id)
+        if found is None:
+            raise SealError(Why.UNKNOWN_KEY, key_id[:64])
+        return found
+
+    def verify_key(self, key_id: str) -> Any:
+        if key_id != self._verify_id:
+            raise SealError(Why.UNKNOWN_KEY, key_id[:64])
+        return self._verify

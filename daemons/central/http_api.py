@@ -17,6 +17,9 @@ Pinned (other tools depend on them; docs/central.md):
 ``GET``   ``/api/v1/audit``           the newest audit log entries (admin); ``limit``
 ========  ==========================  ==================================================
 
+The web console (daemons/central/console.py) is served from the same application: ``/``,
+``/login``, ``/api/v1/whoami`` and the live ``/api/v1/stream``.
+
 Under TLS (release 2) every call needs ``Authorization: Bearer`` with a token whose role
 grants it (docs/security.md): 401 without, 403 for a role that does not.
 
@@ -40,6 +43,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from aiohttp import web
 
 from evproto.daemons.auditlog import AuditLog
+from evproto.daemons.central.console import OPEN_PATHS, add_console
 from evproto.daemons.tokens import TokenRole, TokenStore
 from evproto.daemons.webauth import PRINCIPAL, token_auth
 from evproto.daemons.webjson import BadRequest, HttpError, json_errors, json_response, stop_http
@@ -255,7 +259,8 @@ def _command(action: str, *, one: bool) -> Callable[[web.Request], Awaitable[web
 def _needed_role(request: web.Request) -> TokenRole | None:
     path = request.path
     if not path.startswith(API_PREFIX):
-        return TokenRole.VIEWER
+        # The console's pages; its login form (and the style sheet it uses) is open to all.
+        return None if path in OPEN_PATHS else TokenRole.VIEWER
     if path == f"{API_PREFIX}/audit":
         return TokenRole.ADMIN
     if request.method in ("GET", "HEAD"):
@@ -268,9 +273,10 @@ def _needed_role(request: web.Request) -> TokenRole | None:
 def make_app(
     backend: CentralBackend, *, tokens: TokenStore | None = None, audit: AuditLog | None = None
 ) -> web.Application:
-    """The aiohttp application serving the ``/api/v1`` endpoints from ``backend``; with
-    ``tokens``, every call needs a Bearer token whose role grants it (reads: viewer;
-    stop, resume, revoke: operator; removals and the audit log: admin)."""
+    """The aiohttp application serving the ``/api/v1`` endpoints and the web console
+    (daemons/central/console.py) from ``backend``; with ``tokens``, every call needs a
+    Bearer token or a console session whose role grants it (reads: viewer; stop, resume,
+    revoke: operator; removals and the audit log: admin)."""
     middlewares = [json_errors(log)]
     if tokens is not None:
         middlewares.append(token_auth(tokens, _needed_role, audit=audit, service="api"))
@@ -291,6 +297,7 @@ def make_app(
     for action in ("stop", "resume"):
         app.router.add_post(f"{p}/cps/{action}", _command(action, one=False))
         app.router.add_post(f"{p}/cps/{{id}}/{action}", _command(action, one=True))
+    add_console(app, backend, api_prefix=p, tokens=tokens, audit=audit)
     return app
 
 

@@ -121,7 +121,8 @@ class ConsoleSessions:
         self._api_prefix = api_prefix
         self.max_sessions = max_sessions
         self.lifetime_s = lifetime_s
-        self._clock = clock
+        #: Seconds, monotonic (a test moves it).
+        self.clock = clock
         #: sha256(session id) -> (principal, expires at), oldest first.
         self._live: collections.OrderedDict[bytes, tuple[Principal, float]] = collections.OrderedDict()
 
@@ -134,7 +135,7 @@ class ConsoleSessions:
 
     def open(self, principal: Principal) -> str:
         """A new session for ``principal``: its id (the cookie's value)."""
-        now = self._clock()
+        now = self.clock()
         self._purge(now)
         while len(self._live) >= self.max_sessions:
             self._live.popitem(last=False)
@@ -150,7 +151,7 @@ class ConsoleSessions:
         if entry is None:
             return None
         principal, expires = entry
-        if self._clock() >= expires or not self._tokens.is_live(principal.token_id):
+        if self.clock() >= expires or not self._tokens.is_live(principal.token_id):
             del self._live[key]
             return None
         return principal

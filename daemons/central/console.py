@@ -545,15 +545,17 @@ async def _stream(request: web.Request) -> web.StreamResponse:
         )
         await resp.prepare(request)
         sub.transport = request.transport
+        checked = time.monotonic()
         while not sub.dropped:
             chunks = await sub.take(broadcaster.keepalive_s)
             if sub.dropped:
                 break
-            if not chunks:
+            if time.monotonic() - checked >= broadcaster.keepalive_s:
+                # A logout, an expiry or a revoked token ends an open stream too.
                 if not allowed():
                     break
-                chunks = [_KEEPALIVE]
-            for chunk in chunks:
+                checked = time.monotonic()
+            for chunk in chunks or [_KEEPALIVE]:
                 await resp.write(chunk)
     except (ConnectionError, asyncio.CancelledError):
         pass  # the browser went away (or was dropped): it reconnects and gets a snapshot

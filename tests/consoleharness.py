@@ -18,6 +18,7 @@ from evproto.daemons.central.http_api import start_http, stop_http
 from evproto.daemons.tokens import TokenRole, TokenStore
 from evproto.domain.central import CentralCore, Note
 from evproto.domain.central.view import CentralView, MessageView, SessionView
+from evproto.domain.events import AuthorizationAnswer, SupplyFinished, SupplyProgress, SupplyRequest, SupplyStarted
 
 
 def now_ms() -> int:
@@ -39,6 +40,60 @@ class CoreBackend:
         for fx in effects:
             if isinstance(fx, Note):
                 self.messages.append(MessageView(ts_ms=now_ms(), level=fx.level, text=fx.text))
+
+    def supply(self, cp_id: str, driver_id: str, *, energy_kwh: float = 1.5, power_kw: float = 7.2) -> int:
+        """A driver's supply at ``cp_id`` taken through the core as Central takes it from Kafka:
+        request, the CP's yes, start and one reading. Its session id."""
+        t = now_ms()
+        self.core.register_driver(driver_id)
+        request = SupplyRequest(request_id=f"r-{cp_id}-{t}", driver_id=driver_id, cp_id=cp_id, ts_ms=t)
+        self._take(self.core.on_event(request, t))
+        session_id = self.core.cps[cp_id].session_id
+        assert session_id is not None, f"{cp_id} was not asked to authorise"
+        answer = AuthorizationAnswer(cp_id=cp_id, session_id=session_id, accepted=True, ts_ms=t)
+        self._take(self.core.on_event(answer, t))
+        self._take(
+            self.core.on_event(
+                SupplyStarted(cp_id=cp_id, session_id=session_id, driver_id=driver_id, started_ts_ms=t, ts_ms=t), t
+            )
+        )
+        self.progress(cp_id, energy_kwh=energy_kwh, power_kw=power_kw)
+        return session_id
+
+    def progress(self, cp_id: str, *, energy_kwh: float, power_kw: float = 7.2) -> None:
+        """A reading of the supply in progress at ``cp_id``."""
+        cp, t = self.core.cps[cp_id], now_ms()
+        assert cp.session_id is not None and cp.driver_id is not None
+        reading = SupplyProgress(
+            cp_id=cp_id,
+            session_id=cp.session_id,
+            driver_id=cp.driver_id,
+            energy_kwh=energy_kwh,
+            amount_eur=round(energy_kwh * cp.price_eur_kwh, 2),
+            power_kw=power_kw,
+            elapsed_s=1,
+            ts_ms=t,
+        )
+        self._take(self.core.on_event(reading, t))
+
+    def finish(self, cp_id: str, *, energy_kwh: float) -> None:
+        """The supply at ``cp_id`` ends normally: a ticket."""
+        cp, t = self.core.cps[cp_id], now_ms()
+        assert cp.session_id is not None and cp.driver_id is not None
+        session = self.core.sessions[cp.session_id]
+        finished = SupplyFinished(
+            cp_id=cp_id,
+            session_id=cp.session_id,
+            driver_id=cp.driver_id,
+            energy_kwh=energy_kwh,
+            amount_eur=round(energy_kwh * cp.price_eur_kwh, 2),
+            price_eur_kwh=cp.price_eur_kwh,
+            started_ts_ms=session.started_ts_ms or t,
+            ended_ts_ms=t,
+            reason="completed",
+            ts_ms=t,
+        )
+        self._take(self.core.on_event(finished, t))
 
     def view(self) -> CentralView:
         return CentralView(

@@ -191,3 +191,53 @@ async def test_a_viewer_sees_no_buttons_and_a_forged_stop_with_its_session_is_40
     assert status == 403
     admin = console.token(TokenRole.ADMIN, "root")
     assert (await _api_cps(console, admin))["CP001"]["state"] == "ACTIVATED"
+
+
+async def test_a_supply_shows_its_driver_and_live_figures_then_its_ticket(browser: Any, console: ConsoleServer) -> None:
+    from playwright.async_api import expect
+
+    page = await browser.new_page()
+    await _login(page, console, console.token(TokenRole.VIEWER))
+    await _see_every_tile(page, EXPECTED)
+    session_id = console.backend.supply("CP002", "D042", energy_kwh=1.5, power_kw=7.2)
+    tile = page.locator('[data-cp-id="CP002"]')
+    await expect(tile).to_have_attribute("data-state", "SUPPLYING", timeout=AGREE_MS)
+    await expect(tile).to_contain_text("driver D042 · 7.2 kW")
+    await expect(tile).to_contain_text("1.50 kWh · 0.60 EUR")
+    await expect(page.locator("#requests tbody")).to_contain_text("D042")
+    console.backend.progress("CP002", energy_kwh=2.25, power_kw=11.0)
+    await expect(tile).to_contain_text("2.25 kWh · 0.90 EUR", timeout=AGREE_MS)
+    await expect(tile).to_contain_text("11.0 kW")
+    console.backend.finish("CP002", energy_kwh=3.0)
+    await expect(tile).to_have_attribute("data-state", "ACTIVATED", timeout=AGREE_MS)
+    await expect(page.locator("#requests tbody tr")).to_have_count(0)
+    ticket = page.locator("#tickets tbody tr").first
+    await expect(ticket).to_contain_text(str(session_id))
+    await expect(ticket).to_contain_text("D042")
+    await expect(ticket).to_contain_text("completed")
+
+
+async def test_five_thousand_cps_load_filter_and_update_tile_by_tile(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    n = 5000
+    server = await start_console(tmp_path, [(f"CP{i:04d}", f"Town {i % 97}", 0.30) for i in range(n)])
+    try:
+        page = await browser.new_page()
+        await _login(page, server, server.token(TokenRole.OPERATOR))
+        await expect(page.locator("#grid [data-cp-id]")).to_have_count(n, timeout=LOAD_MS)
+        await expect(page.locator('#counts [data-state="ACTIVATED"]')).to_have_text(f"{n} activated")
+        # Mark every tile, change one CP: the page updates that tile in place, it does not redraw the grid.
+        await page.evaluate("() => document.querySelectorAll('#grid [data-cp-id]').forEach(t => t.dataset.kept = '1')")
+        await server.backend.stop("CP4321", actor="test", source="test")
+        tile = page.locator('[data-cp-id="CP4321"]')
+        await expect(tile).to_have_attribute("data-state", "STOPPED", timeout=AGREE_MS)
+        assert await page.locator("#grid [data-cp-id]:not([data-kept])").count() == 0
+        await expect(page.locator('#counts [data-state="STOPPED"]')).to_have_text("1 stopped")
+        await page.get_by_label("Search id or location").fill("cp4321")
+        await expect(page.locator("#grid [data-cp-id]:visible")).to_have_count(1)
+        await page.get_by_label("Search id or location").fill("")
+        await page.get_by_label("State", exact=True).select_option("STOPPED")
+        await expect(page.locator("#grid [data-cp-id]:visible")).to_have_count(1)
+    finally:
+        await server.close()

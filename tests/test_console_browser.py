@@ -7,6 +7,7 @@ absence fails the test (``make browser`` installs it) rather than skipping it.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -33,11 +34,15 @@ CPS = [
 ]
 
 
-@pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+def _need_chromium() -> None:
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run `make browser` (installs Debian's chromium) and test again")
     os.environ.setdefault("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    _need_chromium()
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -241,3 +246,39 @@ async def test_five_thousand_cps_load_filter_and_update_tile_by_tile(browser: An
         await expect(page.locator("#grid [data-cp-id]:visible")).to_have_count(1)
     finally:
         await server.close()
+
+
+def test_the_console_of_a_real_central_over_https(secure_net: Network) -> None:
+    """The whole way: ev-central (TLS, tokens) with a real charge point; a browser logs in,
+    stops the CP from its tile and resumes it, and the API agrees."""
+    _need_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    net = secure_net
+    net.start_central()
+    net.start_cp("CP001", price=0.30)
+    net.wait_state("CP001", "ACTIVATED")
+    token = net.make_token("operator", "olga")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            # The network's own CA signed Central's certificate; the browser does not know that CA.
+            page = launched.new_context(ignore_https_errors=True).new_page()
+            page.goto(f"{net.http}/")
+            assert page.url == f"{net.http}/login"
+            page.get_by_label("API token").fill(token)
+            page.get_by_role("button", name="Log in").click()
+            page.wait_for_url(f"{net.http}/", timeout=LOAD_MS)
+            tile = page.locator('[data-cp-id="CP001"]')
+            expect(tile).to_have_attribute("data-state", "ACTIVATED", timeout=LOAD_MS)
+            tile.locator('button[data-action="stop"]').click()
+            expect(tile).to_have_attribute("data-state", "STOPPED", timeout=AGREE_MS)
+            net.wait_state("CP001", "STOPPED", timeout_s=AGREE_MS / 1000)
+            tile.locator('button[data-action="resume"]').click()
+            expect(tile).to_have_attribute("data-state", "ACTIVATED", timeout=AGREE_MS)
+            net.wait_state("CP001", "ACTIVATED", timeout_s=AGREE_MS / 1000)
+        finally:
+            launched.close()
+    entries = [json.loads(line) for line in Path(net.db + ".audit.jsonl").read_text().splitlines()]
+    assert any(e["action"] == "console:login" and e["outcome"] == "ok" for e in entries)
+    assert any(e["action"] == "stop" and e["actor"].startswith("operator:olga") for e in entries)

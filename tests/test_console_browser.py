@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 from consoleharness import ConsoleServer, now_ms, start_console
+from netharness import Network
 
 from evproto.daemons.tokens import TokenRole
 

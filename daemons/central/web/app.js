@@ -42,13 +42,16 @@ function stopReason(cp) {
 }
 
 function detailText(cp) {
-  if (cp.state === "SUPPLYING") return `driver ${cp.driver_id ?? "–"} · ${fmt(cp.power_kw, 1)} kW`;
-  if (cp.state === "STOPPED") return `${looks.get("STOPPED")?.label || "Out of Order"}: ${stopReason(cp)}`;
+  if (cp.state === "SUPPLYING") return `driver ${cp.driver_id ?? "–"}`;
   return looks.get(cp.state)?.label ?? "";
 }
 
 function figuresText(cp) {
-  return cp.state === "SUPPLYING" ? `${fmt(cp.energy_kwh, 2)} kWh · ${fmt(cp.amount_eur, 2)} EUR` : "";
+  if (cp.state === "SUPPLYING") {
+    return `${fmt(cp.power_kw, 1)} kW · ${fmt(cp.energy_kwh, 2)} kWh · ${fmt(cp.amount_eur, 2)} EUR`;
+  }
+  if (cp.state === "STOPPED") return `reason: ${stopReason(cp)}`;
+  return "";
 }
 
 function newTile(cp) {

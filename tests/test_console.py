@@ -19,15 +19,8 @@ from consoleharness import ConsoleServer, CoreBackend, start_console
 import evproto.daemons.central
 from evproto.aio import tls_server_context
 from evproto.daemons.auditlog import read_entries
-from evproto.daemons.central.console import (
-    BROADCASTER_KEY,
-    SESSION_COOKIE,
-    SESSIONS_KEY,
-    WEB_DIR,
-    Broadcaster,
-    ConsoleSessions,
-    TooManySubscribers,
-)
+from evproto.daemons.central.console import BROADCASTER_KEY, SESSION_COOKIE, SESSIONS_KEY, WEB_DIR, ConsoleSessions
+from evproto.daemons.central.stream import Broadcaster, TooManySubscribers
 from evproto.daemons.pki import CertificateAuthority
 from evproto.daemons.tokens import TokenRole, TokenStore
 
@@ -378,3 +371,15 @@ async def test_the_number_of_streams_is_bounded() -> None:
     broadcaster.subscribe()
     with pytest.raises(TooManySubscribers):
         broadcaster.subscribe()
+
+
+async def test_an_open_stream_does_not_hold_up_stopping_the_server(tmp_path: Path) -> None:
+    server = await start_console(tmp_path, CPS)
+    token = server.token(TokenRole.VIEWER)
+    async with _client(headers={"Authorization": f"Bearer {token}"}) as http:
+        stream = await http.get(f"{server.url}/api/v1/stream")
+        assert (await _event(stream))["type"] == "snapshot"
+        # aiohttp would wait up to a minute for a handler still running: the stream must end first.
+        await asyncio.wait_for(server.close(), GUARD_S)
+        assert not server.runner.app[BROADCASTER_KEY].subscribers
+        stream.close()

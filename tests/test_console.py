@@ -76,7 +76,12 @@ async def test_login_sets_an_httponly_samesite_strict_cookie_and_the_session_car
         assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
         assert "Secure" not in cookie  # plain HTTP: a Secure cookie would never come back
         async with http.get(f"{console.url}/api/v1/whoami") as who:
-            assert await who.json() == {"role": "operator", "name": "olga", "may": ["operator", "viewer"]}
+            assert await who.json() == {
+                "role": "operator",
+                "name": "olga",
+                "may": ["operator", "viewer"],
+                "login": True,
+            }
         async with http.get(f"{console.url}/") as page:
             assert page.status == 200 and "text/html" in page.headers["Content-Type"]
             assert "default-src 'self'" in page.headers["Content-Security-Policy"]
@@ -234,7 +239,11 @@ async def test_under_insecure_the_console_needs_no_login(tmp_path: Path) -> None
             async with http.get(f"{server.url}/", allow_redirects=False) as page:
                 assert page.status == 200
             async with http.get(f"{server.url}/api/v1/whoami") as who:
-                assert (await who.json())["role"] == "admin"
+                assert {k: v for k, v in (await who.json()).items() if k != "may"} == {
+                    "role": "admin",
+                    "name": "anonymous",
+                    "login": False,
+                }
             async with http.get(f"{server.url}/login", allow_redirects=False) as form:
                 assert (form.status, form.headers.get("Location")) == (303, "/")
     finally:

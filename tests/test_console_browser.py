@@ -283,3 +283,19 @@ def test_the_console_of_a_real_central_over_https(secure_net: Network) -> None:
     entries = [json.loads(line) for line in Path(net.db + ".audit.jsonl").read_text().splitlines()]
     assert any(e["action"] == "console:login" and e["outcome"] == "ok" for e in entries)
     assert any(e["action"] == "stop" and e["actor"].startswith("operator:olga") for e in entries)
+
+
+async def test_under_insecure_the_page_needs_no_login_and_offers_every_command(browser: Any, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    server = await start_console(tmp_path, CPS[:2], secure=False)
+    try:
+        page = await browser.new_page()
+        await page.goto(f"{server.url}/")
+        assert page.url == f"{server.url}/"
+        await _see_every_tile(page, {"CP001": "ACTIVATED", "CP002": "ACTIVATED"})
+        await expect(page.locator('[data-cp-id="CP001"] button[data-action="stop"]')).to_be_visible()
+        await expect(page.get_by_role("button", name="Log out")).to_be_hidden()
+        await expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    finally:
+        await server.close()

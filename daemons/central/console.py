@@ -233,16 +233,17 @@ async def _post_logout(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _role_json(role: TokenRole, name: str) -> dict[str, Any]:
-    # "may": the roles whose rights it has (tokens.py ROLE_GRANTS), so the page needs no copy.
-    return {"role": role.value, "name": name, "may": sorted(r.value for r in ROLE_GRANTS[role])}
+def _role_json(role: TokenRole, name: str, *, login: bool) -> dict[str, Any]:
+    # "may": the roles whose rights it has (tokens.py ROLE_GRANTS), so the page needs no copy;
+    # "login": whether there is a session to log out of (not under --insecure).
+    return {"role": role.value, "name": name, "may": sorted(r.value for r in ROLE_GRANTS[role]), "login": login}
 
 
 async def _whoami(request: web.Request) -> web.Response:
     principal = request.get(PRINCIPAL)
     if principal is None:  # --insecure: whoever reaches Central may do everything
-        return json_response(_role_json(TokenRole.ADMIN, "anonymous"))
-    return json_response(_role_json(principal.role, principal.name))
+        return json_response(_role_json(TokenRole.ADMIN, "anonymous", login=False))
+    return json_response(_role_json(principal.role, principal.name, login=True))
 
 
 def _still_allowed(request: web.Request) -> Callable[[], bool]:

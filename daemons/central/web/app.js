@@ -383,6 +383,7 @@ async function start() {
   $("#who").textContent = `${me.name} (${me.role})`;
   for (const node of document.querySelectorAll(".operator-only")) node.hidden = !canOperate();
   for (const node of document.querySelectorAll(".admin-only")) node.hidden = !isAdmin();
+  $("#logout").hidden = me.login === false; // --insecure: nobody logged in
   document.body.addEventListener("click", onClick);
   $("#search").addEventListener("input", applyFilter);
   $("#state-filter").addEventListener("change", applyFilter);

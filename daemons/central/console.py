@@ -147,11 +147,11 @@ _TOKENS_KEY = web.AppKey("evproto_console_tokens", TokenStore)
 _AUDIT_KEY = web.AppKey("evproto_console_audit", AuditLog)
 
 
-def _file(name: str, status: int = 200) -> web.StreamResponse:
+def _file(name: str) -> web.StreamResponse:
     path = WEB_DIR / name
     if not path.is_file():
         raise web.HTTPNotFound()
-    return web.FileResponse(path, status=status, headers=_PAGE_HEADERS)
+    return web.FileResponse(path, headers=_PAGE_HEADERS)
 
 
 async def _index(request: web.Request) -> web.StreamResponse:
@@ -283,7 +283,7 @@ async def _stream(request: web.Request) -> web.StreamResponse:
                 checked = time.monotonic()
             for chunk in chunks or [KEEPALIVE]:
                 await resp.write(chunk)
-    except (ConnectionError, asyncio.CancelledError):
+    except ConnectionError:
         pass  # the browser went away (or was dropped): it reconnects and gets a snapshot
     finally:
         broadcaster.unsubscribe(sub)

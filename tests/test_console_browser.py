@@ -299,3 +299,30 @@ async def test_under_insecure_the_page_needs_no_login_and_offers_every_command(b
         await expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
     finally:
         await server.close()
+
+
+async def test_weather_alerts_appear_and_clear_on_the_tiles(browser: Any, console: ConsoleServer) -> None:
+    """The core's weather rules (the weather service's news, taken as Central takes it) shown
+    on the page: a stop with its reason and badge, "weather unknown", and both clearing."""
+    from playwright.async_api import expect
+
+    page = await browser.new_page()
+    await _login(page, console, console.token(TokenRole.VIEWER))
+    await _see_every_tile(page, EXPECTED)
+    core = console.backend.core
+    madrid, alicante = page.locator('[data-cp-id="CP001"]'), page.locator('[data-cp-id="CP002"]')
+    core.weather("Madrid Centro", -1.5, now_ms())
+    core.weather("Alicante", None, now_ms())
+    await expect(madrid).to_have_attribute("data-state", "STOPPED", timeout=AGREE_MS)
+    await expect(madrid).to_contain_text("reason: weather")
+    await expect(madrid.locator('.badge[data-alert="weather"]')).to_have_text("weather")
+    await expect(alicante.locator('.badge[data-alert="weather_unknown"]')).to_have_text("weather unknown")
+    await expect(alicante).to_have_attribute("data-state", "ACTIVATED")  # unknown never stops a CP
+    await expect(page.locator("#weather")).to_contain_text("CP001 at Madrid Centro: stopped: below 0 °C")
+    await expect(page.locator("#weather")).to_contain_text("CP002 at Alicante: weather unknown")
+    core.weather("Madrid Centro", 2.0, now_ms())
+    core.weather("Alicante", 12.0, now_ms())
+    await expect(madrid).to_have_attribute("data-state", "ACTIVATED", timeout=AGREE_MS)
+    await expect(madrid.locator(".badge")).to_have_count(0)
+    await expect(alicante.locator(".badge")).to_have_count(0, timeout=AGREE_MS)
+    await expect(page.locator("#weather")).not_to_contain_text("CP001")

@@ -302,6 +302,27 @@ async def test_every_subscriber_gets_the_same_bytes_from_one_serialization() -> 
     assert b'"state":"STOPPED"' in chunks[0][0] and b"CP002" not in chunks[0][0]
 
 
+async def test_at_5000_cps_a_tick_carries_and_serializes_only_the_cp_that_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import evproto.daemons.central.stream as stream
+
+    broadcaster = Broadcaster(CoreBackend([(f"CP{i:04d}", "Town", 0.3) for i in range(5000)]))
+    sub = broadcaster.subscribe()
+    (snapshot,) = await sub.take(0)
+    first = json.loads(snapshot.split(b"data: ", 1)[1])
+    assert [cp["state"] for cp in first["cps"]] == ["ACTIVATED"] * 5000
+    dumped: list[Any] = []
+    real_dumps = stream.orjson.dumps
+    monkeypatch.setattr(stream.orjson, "dumps", lambda obj, *a: dumped.append(obj) or real_dumps(obj, *a))
+    await broadcaster.backend.stop("CP4321", actor="test", source="test")  # type: ignore[attr-defined]
+    broadcaster.tick()
+    (diff,) = await sub.take(0)
+    event = json.loads(diff.removeprefix(b"data: "))
+    assert [cp["id"] for cp in event["cps"]] == ["CP4321"]
+    assert [d["id"] for d in dumped if isinstance(d, dict) and "price_eur_kwh" in d] == ["CP4321"]
+
+
 async def test_over_http_several_browsers_receive_identical_diffs_built_once(console: ConsoleServer) -> None:
     broadcaster = console.runner.app[BROADCASTER_KEY]
     token = console.token(TokenRole.VIEWER)

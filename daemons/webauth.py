@@ -95,9 +95,14 @@ def _cross_site(request: web.Request) -> str | None:
 
 
 def token_auth(
-    tokens: TokenStore, needs: Callable[[web.Request], TokenRole | None], *, audit: AuditLog | None, service: str
+    tokens: TokenStore,
+    needs: Callable[[web.Request], TokenRole | frozenset[TokenRole] | None],
+    *,
+    audit: AuditLog | None,
+    service: str,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """Middleware: ``needs(request)`` says which role the endpoint needs (None: open)."""
+    """Middleware: ``needs(request)`` says which role the endpoint needs, or a set of roles
+    any one of which will do (None: open)."""
 
     def refuse(request: web.Request, exc: HttpError, actor: str) -> HttpError:
         if audit is not None:
@@ -150,11 +155,11 @@ def token_auth(
             if sessions is not None and sessions.wants_login_page(request):
                 raise web.HTTPSeeOther(sessions.login_path) from None
             raise
-        if not principal.may(needed):
+        wanted = needed if isinstance(needed, frozenset) else frozenset({needed})
+        if not any(principal.may(role) for role in wanted):
+            names = " or ".join(sorted(role.value for role in wanted))
             raise refuse(
-                request,
-                Forbidden(f"role {principal.role.value} may not do this (needs {needed.value})"),
-                principal.label,
+                request, Forbidden(f"role {principal.role.value} may not do this (needs {names})"), principal.label
             )
         request[PRINCIPAL] = principal
         return await handler(request)

@@ -94,6 +94,8 @@ def test_up_ps_down(tmp_path) -> None:
             ("monitor", "CP001"),
             ("monitor", "CP002"),
             ("driver", "D001"),
+            ("weather-sim", None),
+            ("weather", None),
         }
         assert all(r["alive"] and r["pid"] for r in rows) and all(
             {"name", "role", "id", "pid", "alive"} <= set(r) for r in rows
@@ -104,7 +106,7 @@ def test_up_ps_down(tmp_path) -> None:
         assert "engine-CP001" in table and "up" in table
     finally:
         down = run(ev, "down", "--run-dir", run_dir, timeout=60)
-    assert down.returncode == 0 and "stopped 8" in down.stdout
+    assert down.returncode == 0 and "stopped 10" in down.stdout
     rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
     assert rows and not any(r["alive"] for r in rows)
 
@@ -167,7 +169,8 @@ def test_up_in_the_foreground_takes_the_network_down_when_killed(tmp_path, sig) 
     try:
         wait_for(lambda: "network up:" in log.read_text(errors="replace"), "the network to come up", timeout_s=90)
         rows = json.loads(run(ev, "ps", "--run-dir", run_dir, "--json").stdout)
-        assert len(rows) == 6 and all(r["alive"] for r in rows)  # broker, registry, central, engine, monitor, driver
+        # broker, registry, central, engine, monitor, driver, weather-sim, weather
+        assert len(rows) == 8 and all(r["alive"] for r in rows)
         proc.send_signal(sig)
         proc.wait(timeout=60)
         said = log.read_text(errors="replace")

@@ -134,6 +134,7 @@ def test_two_wheels_the_library_alone_and_the_network_on_it(wheels: tuple[Path, 
         "evproto/domain/chargepoint.py",
         "evproto/firmware_sim/cli.py",
         "evproto/daemons/launcher/cli.py",
+        "evproto/daemons/weather/cli.py",
         # The web console's static files (package data): served from the installed package.
         "evproto/daemons/central/web/index.html",
         "evproto/daemons/central/web/login.html",
@@ -157,6 +158,9 @@ def test_two_wheels_the_library_alone_and_the_network_on_it(wheels: tuple[Path, 
         "evcharging",
         "evcp-meter",
         "evmeter-sim",
+        "ev-weather",
+        "EV_W",
+        "evweather-sim",
     ):
         assert f"\n{script} = " in scripts
     for wheel in (core, network):

@@ -53,6 +53,7 @@ from .monitors import MonitorLinks
 from .operator import OperatorConsole
 from .security import CentralSecurity, insecure_gate, insecure_sealer
 from .store import OutboxRow, Position, Store
+from .weather import WeatherDesk, WeatherReport
 
 __all__ = ["CentralOptions", "Central"]
 
@@ -94,9 +95,11 @@ class CentralOptions:
     tls: tuple[str, str] | None = None
     #: The audit log (default: DB.audit.jsonl).
     audit_log: str | None = None
+    #: A location the weather service has not reported for this long is "weather unknown".
+    weather_stale_s: float = 60.0
 
 
-class Central(MonitorLinks, CentralLoops, OperatorConsole):
+class Central(MonitorLinks, CentralLoops, OperatorConsole, WeatherDesk):
     """One Central process; ``await Central(opts).run(stop)``."""
 
     def __init__(self, opts: CentralOptions) -> None:
@@ -152,6 +155,8 @@ class Central(MonitorLinks, CentralLoops, OperatorConsole):
         self._closing = False
         self._kafka_down_since: float | None = None
         self._resets_told: set[tuple[Topic, str | None]] = set()
+        #: The weather service's last report per location (casefolded), in memory only.
+        self.weather_reports: dict[str, WeatherReport] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -206,7 +211,14 @@ class Central(MonitorLinks, CentralLoops, OperatorConsole):
                 asyncio.ensure_future(self._consume()),
                 *(
                     asyncio.ensure_future(self._keep_running(loop))
-                    for loop in (self._ticker, self._heartbeat, self._outbox_loop, self._maintenance, self._loop_watch)
+                    for loop in (
+                        self._ticker,
+                        self._heartbeat,
+                        self._outbox_loop,
+                        self._maintenance,
+                        self._loop_watch,
+                        self._weather_watch,
+                    )
                 ),
             ]
             panel = asyncio.ensure_future(self._panel() if self.opts.panel else self._stdin_commands())

@@ -54,5 +54,11 @@ class HttpBackend:
             return []
         return read_entries(self.central.sec.audit.path, limit=limit)
 
+    async def weather(self, location: str, celsius: float | None, *, actor: str, source: str) -> list[str]:
+        return self.central.report_weather(location, celsius, actor=actor, source=source)
+
+    def weather_view(self) -> list[dict[str, Any]]:
+        return self.central.weather_view()
+
     def _admin(self, stop: bool, cp_id: str | None, actor: str, source: str) -> list[str]:
         return self.central.admin(stop, cp_id, actor=actor, source=source)

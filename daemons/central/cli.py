@@ -127,6 +127,15 @@ from .admin import CLI_SETTINGS, audit_group, certs, cps, drivers, open_store, t
 )
 @click.option("--audit-log", default=None, metavar="PATH", help="The security audit log (default: DB.audit.jsonl).")
 @click.option(
+    "--weather-stale-s",
+    envvar="EVPROTO_WEATHER_STALE_S",
+    type=click.FloatRange(min=1),
+    default=60.0,
+    show_default=True,
+    help="A location the weather service (ev-weather) has not reported for this long shows "
+    '"weather unknown" (it never stops a CP). [env EVPROTO_WEATHER_STALE_S]',
+)
+@click.option(
     "--insecure",
     is_flag=True,
     envvar="EVPROTO_INSECURE",
@@ -162,6 +171,7 @@ def main(
     tls_cert: str | None,
     tls_key: str | None,
     audit_log: str | None,
+    weather_stale_s: float,
     insecure: bool,
     ready_file: str | None,
     log_file: str | None,
@@ -234,6 +244,7 @@ def main(
         secure=not insecure,
         tls=(tls_cert, tls_key) if tls_cert and tls_key else None,
         audit_log=audit_log,
+        weather_stale_s=weather_stale_s,
     )
     if insecure:
         click.echo(

@@ -15,6 +15,10 @@ Pinned (other tools depend on them; docs/central.md):
 ``GET``   ``/api/v1/drivers``         list of registered driver ids
 ``POST``  ``/api/v1/cps/{id}/revoke`` ``{"ok": true, "revoked": id}``: its keys stop working
 ``GET``   ``/api/v1/audit``           the newest audit log entries (admin); ``limit``
+``POST``  ``/api/v1/weather``         ``{"location", "celsius"}`` (a number, or null: unknown)
+                                      from the weather service -> ``{"ok": true, "cps": [...]}``
+``GET``   ``/api/v1/weather``         every location: ``location``, ``celsius``, ``at``,
+                                      ``cps``, ``stopped`` (viewer or the service role)
 ========  ==========================  ==================================================
 
 The web console (daemons/central/console.py) is served from the same application: ``/``,
@@ -46,11 +50,13 @@ from evproto.daemons.auditlog import AuditLog
 from evproto.daemons.central.console import OPEN_PATHS, add_console
 from evproto.daemons.tokens import TokenRole, TokenStore
 from evproto.daemons.webauth import PRINCIPAL, token_auth
-from evproto.daemons.webjson import BadRequest, HttpError, json_errors, json_response, stop_http
+from evproto.daemons.webjson import BadRequest, HttpError, json_errors, json_response, read_json, stop_http
 from evproto.daemons.webjson import start_http as serve_json
 from evproto.domain.central import UnknownCpError
 from evproto.domain.central.view import CentralView, SessionView, iso_utc
 from evproto.domain.session import SessionStatus
+
+from .weather import weather_problem
 
 __all__ = [
     "API_PREFIX",
@@ -134,6 +140,14 @@ class CentralBackend(Protocol):
 
     def audit_entries(self, limit: int) -> list[dict[str, Any]]:
         """The newest audit log entries, oldest first."""
+        ...
+
+    async def weather(self, location: str, celsius: float | None, *, actor: str, source: str) -> list[str]:
+        """The weather service's report for ``location`` (checked); the CP ids there."""
+        ...
+
+    def weather_view(self) -> list[dict[str, Any]]:
+        """Every known location: last temperature, when, its CPs, stopped for the weather."""
         ...
 
 
@@ -235,6 +249,24 @@ async def _get_audit(request: web.Request) -> web.Response:
     return _json(_backend(request).audit_entries(min(_limit_param(request), 10_000)))
 
 
+async def _post_weather(request: web.Request) -> web.Response:
+    body = await read_json(request)
+    extra = sorted(set(body) - {"location", "celsius"})
+    if extra or "celsius" not in body:
+        raise BadRequest('the body must be {"location": str, "celsius": number or null}')
+    location, celsius = body.get("location"), body["celsius"]
+    problem = weather_problem(location, celsius)
+    if problem is not None:
+        raise BadRequest(problem)
+    actor, source = _who(request)
+    cps = await _backend(request).weather(location, celsius, actor=actor, source=source)  # type: ignore[arg-type]
+    return _json({"ok": True, "cps": list(cps)})
+
+
+async def _get_weather(request: web.Request) -> web.Response:
+    return _json(_backend(request).weather_view())
+
+
 def _command(action: str, *, one: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         cp_id = request.match_info["id"] if one else None
@@ -255,12 +287,20 @@ def _command(action: str, *, one: bool) -> Callable[[web.Request], Awaitable[web
 # -- application -----------------------------------------------------------------------------
 
 
-#: Endpoint -> the token role it needs (Central's API under TLS; anyone under --insecure).
-def _needed_role(request: web.Request) -> TokenRole | None:
+#: Who may read the weather: people who may read, and the weather service (it learns the
+#: CPs' locations there).
+_WEATHER_READERS = frozenset({TokenRole.VIEWER, TokenRole.SERVICE})
+
+
+#: Endpoint -> the token role it needs, or roles any of which will do (Central's API under
+#: TLS; anyone under --insecure).
+def _needed_role(request: web.Request) -> TokenRole | frozenset[TokenRole] | None:
     path = request.path
     if not path.startswith(API_PREFIX):
         # The console's pages; its login form (and the style sheet it uses) is open to all.
         return None if path in OPEN_PATHS else TokenRole.VIEWER
+    if path == f"{API_PREFIX}/weather":
+        return _WEATHER_READERS if request.method in ("GET", "HEAD") else TokenRole.SERVICE
     if path == f"{API_PREFIX}/audit":
         return TokenRole.ADMIN
     if request.method in ("GET", "HEAD"):
@@ -294,6 +334,8 @@ def make_app(
     app.router.add_delete(f"{p}/drivers/{{id}}", _delete_driver)
     app.router.add_post(f"{p}/cps/{{id}}/revoke", _post_revoke)
     app.router.add_get(f"{p}/audit", _get_audit)
+    app.router.add_get(f"{p}/weather", _get_weather)
+    app.router.add_post(f"{p}/weather", _post_weather)
     for action in ("stop", "resume"):
         app.router.add_post(f"{p}/cps/{action}", _command(action, one=False))
         app.router.add_post(f"{p}/cps/{{id}}/{action}", _command(action, one=True))

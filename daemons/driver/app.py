@@ -15,7 +15,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from evproto.backoff import Backoff
 from evproto.bus.events import MAX_EVENT_BYTES, EventDecodeError, encode_event
@@ -42,7 +42,6 @@ from evproto.domain.events import (
     Ticket,
 )
 from evproto.domain.session import SessionStatus
-from evproto.messages import EndReason
 from evproto.ratelog import RateLimitedLog
 
 from ..common import EXIT_USAGE, now_ms, stdin_lines
@@ -59,7 +58,9 @@ from ..gate import (
 )
 from ..readers import CentralWatch, RecordGuard
 from .figures import LiveFigures
+from .live import run_screen
 from .requests import RequestLine, parse_requests
+from .screen import DriverScreen, ticket_text
 
 __all__ = ["Driver"]
 
@@ -85,8 +86,11 @@ class Driver:
         interactive: bool = True,
         ready_file: str | None = None,
         credentials: DriverCredentials | None = None,
+        screen: DriverScreen | None = None,
     ) -> None:
         self.driver_id = driver_id
+        #: The live screen (a terminal), or None: plain log lines.
+        self.screen = screen
         # Release 2: our requests are sealed with our key, our news opened with it, and
         # what Central tells everyone (CP states, heartbeats) checked against its key.
         keys = MemoryKeyBook()
@@ -122,7 +126,8 @@ class Driver:
         self.partitions: dict[Topic, int] = {}
         self._waiters: dict[str, asyncio.Future[RequestUpdate]] = {}
         self._last_update: dict[str, float] = {}
-        self.figures = LiveFigures()
+        # The screen redraws a few times a second: it may show readings as often.
+        self.figures = LiveFigures(every_s=0.25) if screen is not None else LiveFigures()
         #: Tickets received (session id -> request id and the text shown), the last few hundred.
         self._tickets: dict[int, dict[str, str]] = {}
 
@@ -165,7 +170,13 @@ class Driver:
         work: list[asyncio.Future[Any]] = []
         if self.requests is not None:
             work.append(asyncio.ensure_future(self._walk_file()))
-        if self.interactive:
+        screen: asyncio.Future[None] | None = None
+        if self.screen is not None:
+            screen = asyncio.ensure_future(run_screen(self.screen, stop=stop, on_command=self._command_in(stop)))
+            # The screen is how the app is used: if it fails, the app stops and says why (below).
+            screen.add_done_callback(lambda _: stop.set())
+            tasks.append(screen)
+        elif self.interactive:
             tasks.append(asyncio.ensure_future(self._keys(stop)))
             log.info("commands: r CP_ID [2.5kWh|30s] request · l list available CPs · q quit")
         stopper = asyncio.ensure_future(stop.wait())
@@ -179,6 +190,8 @@ class Driver:
                 if not self.interactive:
                     return 0
                 await stop.wait()
+            if screen is not None and screen.done() and not screen.cancelled() and screen.exception() is not None:
+                raise screen.exception()  # type: ignore[misc]
         finally:
             for t in tasks + work + [stopper]:
                 t.cancel()
@@ -202,6 +215,8 @@ class Driver:
         """Say when Central falls silent and when it is back, whatever the app is doing."""
         while True:
             await asyncio.sleep(0.25)
+            if self.screen is not None:
+                self.screen.central_reachable = self.central.state()
             news = self.central.news()
             if news is False:
                 log.warning(
@@ -240,6 +255,8 @@ class Driver:
         )
         log.info("requesting a supply at %s", line.describe())
         await self._send_request(event)
+        if self.screen is not None:
+            self.screen.request_sent(request_id=request_id, line=line, ts_ms=now_ms())
         return await self._outcome(request_id, fut)
 
     async def _send_request(self, event: SupplyRequest) -> None:
@@ -376,6 +393,8 @@ class Driver:
         if isinstance(ev, RequestUpdate):
             if ev.request_id in self._last_update:
                 self._last_update[ev.request_id] = time.monotonic()
+            if self.screen is not None:
+                self.screen.request_update(ev)
             text = ev.message or ev.status
             final = SessionStatus(ev.status).final
             if ev.status == SessionStatus.DENIED.value:
@@ -401,13 +420,10 @@ class Driver:
             self.figures.ended(ev.session_id)
             if ev.session_id in self._tickets:
                 return  # the same ticket again (Central re-sent its outbox after a restart)
-            minutes = max(0.0, (ev.ended_ts_ms - ev.started_ts_ms) / 60000)
-            text = (
-                f"TICKET session {ev.session_id} at {ev.cp_id}: {ev.energy_kwh:.3f} kWh x {ev.price_eur_kwh:.2f} "
-                f"EUR/kWh = {ev.amount_eur:.2f} EUR, {minutes:.1f} min, {ev.status} "
-                f"({EndReason.from_token(ev.end_reason).label})"
-            )
+            text = ticket_text(ev)
             log.info("%s", text)
+            if self.screen is not None:
+                self.screen.ticket(ev)
             # Remembered after it was shown: a crash in between shows it again, never not at all.
             self._tickets[ev.session_id] = {"request_id": ev.request_id, "text": text}
             self._save()
@@ -416,7 +432,9 @@ class Driver:
         while True:
             await asyncio.sleep(0.1)
             ev = self.figures.due(time.monotonic())
-            if ev is not None:
+            if ev is not None and self.screen is not None:
+                self.screen.reading(ev)
+            elif ev is not None:
                 log.info(
                     "charging at %s: %.3f kWh, %.2f EUR, %.1f kW", ev.cp_id, ev.energy_kwh, ev.amount_eur, ev.power_kw
                 )
@@ -430,6 +448,8 @@ class Driver:
             async for record in consumer:
                 if record.value is None:  # a tombstone: the CP is gone
                     self.cps.pop(record.key or "", None)
+                    if self.screen is not None:
+                        self.screen.cp_removed(record.key or "")
                     continue
                 try:
                     ev = self.gate.decode(record, now_ms())
@@ -441,6 +461,8 @@ class Driver:
                     problem = str(exc)
                 if problem is None:
                     self.cps[ev.cp_id] = ev
+                    if self.screen is not None:
+                        self.screen.cp_state(ev)
                     continue
                 self.cp_states_skipped += 1
                 self._warn.log(
@@ -450,32 +472,47 @@ class Driver:
     # -- keys ------------------------------------------------------------------------------
 
     async def _keys(self, stop: asyncio.Event) -> None:
-        busy: asyncio.Future[Any] | None = None
+        on_command = self._command_in(stop)
         async for line in stdin_lines():
+            on_command(line)
+            if stop.is_set():
+                return
+
+    def _command_in(self, stop: asyncio.Event) -> Callable[[str], None]:
+        """What runs one typed command (``r CP_ID [target]``, ``l``, ``q``), plain or on the screen."""
+        busy: asyncio.Future[Any] | None = None
+
+        def on_command(line: str) -> None:
+            nonlocal busy
             word, _, rest = line.partition(" ")
             word = word.lower()
             if word in ("q", "quit"):
                 stop.set()
                 return
             if word in ("l", "list"):
+                if self.screen is not None:
+                    self.screen.toggle_cps()
+                    return
                 available = sorted(c.cp_id for c in self.cps.values() if c.state == "ACTIVATED")
                 others = sorted(f"{c.cp_id} ({c.state})" for c in self.cps.values() if c.state != "ACTIVATED")
                 log.info("available: %s", ", ".join(available) or "none")
                 if others:
                     log.info("not available: %s", ", ".join(others))
-                continue
+                return
             if word in ("r", "request"):
                 try:
                     (parsed,) = parse_requests(rest, source="request") or [None]
                 except ValueError as exc:
                     log.warning("%s", exc)
-                    continue
+                    return
                 if parsed is None:
                     log.warning("usage: r CP_ID [2.5kWh|30s]")
-                    continue
+                    return
                 if busy is not None and not busy.done():
                     log.warning("a request is already in progress")
-                    continue
+                    return
                 busy = asyncio.ensure_future(self.request(parsed))
-                continue
+                return
             log.warning("unknown command %r: r CP_ID [target] · l · q", line)
+
+        return on_command

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 
@@ -20,7 +21,9 @@ from ..credentials_file import credentials_for_cli, read_driver_credentials
 from ..files import StateFileError, keep_files_private
 from ..options import daemon_options, kafka_config_options, kafka_extra
 from .app import Driver
+from .live import ScreenNotes
 from .requests import MAX_REQUESTS_FILE_BYTES, parse_requests
+from .screen import DriverScreen
 
 __all__ = ["main"]
 
@@ -70,6 +73,18 @@ __all__ = ["main"]
     default=None,
     help="After the requests file: exit (default when stdin is not a terminal) or keep running.",
 )
+@click.option(
+    "--panel/--no-panel",
+    default=None,
+    help="The live screen: the supply, each request's steps, tickets; keys l (charge points) and q "
+    "(default: on when stdout is a terminal; plain log lines otherwise).",
+)
+@click.option(
+    "--log-file",
+    default=None,
+    metavar="PATH",
+    help="Where logs go while the live screen owns the terminal (default: driver.log in --state-dir).",
+)
 @kafka_config_options
 @click.option(
     "--credentials",
@@ -97,6 +112,8 @@ def main(
     state_dir: str | None,
     topic_prefix: str,
     exit_when_done: bool | None,
+    panel: bool | None,
+    log_file: str | None,
     kafka_config: tuple[str, ...],
     kafka_config_file: str | None,
     credentials_path: str | None,
@@ -112,6 +129,11 @@ def main(
     each supply. Commands (type them; on a pipe, one per line): r CP_ID [TARGET]
     request a supply, l list the available charge points, q quit.
 
+    On a terminal it shows a live screen instead of log lines (--no-panel: lines): the
+    supply in progress, each request's steps, the tickets; l shows or hides the charge
+    points with their prices, q quits, and r CP_ID [TARGET] Enter requests a supply.
+    Logs then go to --log-file.
+
     \b
     Release 2 (the default): requests are sealed with this driver's key (--credentials)
     and only what Central sealed or signed is believed. --insecure: release 1's plaintext.
@@ -122,7 +144,17 @@ def main(
         click.echo(f"ev-driver: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     keep_files_private()
-    setup_logging(driver_id, level=log_level, fmt=log_format)
+    state_dir = state_dir or os.path.join(os.getcwd(), f"driver-state-{driver_id}")
+    # Like ev-central's panel: --panel asks for the screen, a terminal makes it possible.
+    wanted = sys.stdout.isatty() if panel is None else panel
+    screen = DriverScreen(driver_id) if wanted and sys.stdout.isatty() else None
+    setup_logging(driver_id, level=log_level, fmt="json" if screen is not None and log_format == "auto" else log_format)
+    if screen is not None:
+        # The screen owns the terminal: logs go to a file, warnings to the screen too.
+        os.makedirs(state_dir, exist_ok=True)
+        handler = logging.FileHandler(log_file or os.path.join(state_dir, "driver.log"))
+        handler.setFormatter(logging.getLogger().handlers[0].formatter)
+        logging.getLogger().handlers[:] = [handler, ScreenNotes(screen)]
     requests = None
     if requests_file is not None:
         try:
@@ -157,11 +189,12 @@ def main(
         ),
         requests=requests,
         requests_source=os.path.abspath(requests_file) if requests_file else "",
-        state_dir=state_dir or os.path.join(os.getcwd(), f"driver-state-{driver_id}"),
+        state_dir=state_dir,
         pause_s=pause_s,
         interactive=stay or requests is None,
         ready_file=ready_file,
         credentials=credentials,
+        screen=screen,
     )
 
     async def run() -> int:

@@ -16,6 +16,7 @@ One job a module:
 - :mod:`.remote_panel`: Central's panel drawn from its HTTP API.
 - :mod:`.chaos`: random kills and restarts.
 - :mod:`.auditing`: where ``evcharging audit`` finds the books.
+- :mod:`.weather_cmd`: the simulated weather provider and ``ev-weather`` in a network; ``evcharging weather``.
 - :mod:`.cli`: the click commands, thin.
 """
 

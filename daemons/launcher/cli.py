@@ -35,6 +35,7 @@ from .network import (
 from .processes import ROLES, Registry, pid_alive, restart, stop_in_order
 from .remote_panel import show_panel
 from .stopping import STOP
+from .weather_cmd import weather
 
 __all__ = ["main", "run_dir_option", "DEFAULT_RUN_DIR"]
 
@@ -63,6 +64,7 @@ def main() -> None:
       evcharging kill engine-CP002  SIGKILL one instance (--signal TERM for an orderly stop)
       evcharging start engine-CP002 restart it with the same identity and state
       evcharging chaos --duration 120
+      evcharging weather set Madrid -3   freeze a city (simulated provider): its CPs stop
       eval "$(evcharging env)"      EVPROTO_API, EVPROTO_TOKEN, EVPROTO_CA for curl and scripts
       evcharging down               stop everything
 
@@ -135,7 +137,10 @@ def up(
     kafka_config: tuple[str, ...],
     kafka_config_file: str | None,
 ) -> None:
-    """Start a network: broker, Central, CPs and drivers, then show Central's panel (Ctrl+C stops all).
+    """Start a network: broker, Central, CPs, the weather service and drivers, then show Central's panel.
+
+    Ctrl+C stops all. The weather service (ev-weather) asks a simulated provider
+    (evweather-sim): `evcharging weather set CITY CELSIUS` changes a city's temperature.
 
     By default it is release 2's secure network: a CA and certificates, the registry
     (ev-registry) that issues each CP its credentials, tokens for operators, TLS
@@ -212,10 +217,10 @@ def ps(run_dir: str, as_json: bool) -> None:
     if not rows:
         click.echo(f"no network in {reg.run_dir}")
         return
-    click.echo(f"{'NAME':<18} {'ROLE':<8} {'ID':<8} {'PID':>7}  {'STATE':<6} ADDRESS")
+    click.echo(f"{'NAME':<18} {'ROLE':<11} {'ID':<8} {'PID':>7}  {'STATE':<6} ADDRESS")
     for r in rows:
         click.echo(
-            f"{r['name']:<18} {r['role']:<8} {r['id'] or '-':<8} {r['pid'] or '-':>7}  "
+            f"{r['name']:<18} {r['role']:<11} {r['id'] or '-':<8} {r['pid'] or '-':>7}  "
             f"{'up' if r['alive'] else 'down':<6} {r['address'] or ''}"
         )
 
@@ -469,3 +474,6 @@ def audit(
     click.echo(json.dumps(report.as_dict()) if as_json else report.text())
     if not report.ok:
         sys.exit(1)
+
+
+main.add_command(weather)

@@ -190,6 +190,9 @@ def start_network(
         reg,
         [(cp_id, LOCATIONS[n % len(LOCATIONS)], round(rng.uniform(0.25, 0.55), 2)) for n, cp_id in enumerate(cp_ids)],
     )
+    from .weather_cmd import start_weather  # (it uses this module)
+
+    start_weather(reg)
     add_drivers(reg, driver_ids, rng, requests_per_driver, cp_ids)
     say(
         f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP {api_base(reg)}/cps, "

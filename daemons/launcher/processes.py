@@ -23,7 +23,7 @@ from .stopping import STOP
 __all__ = ["ROLES", "Instance", "Registry", "pid_alive", "reap", "tail", "wait_port", "restart", "stop_in_order"]
 
 #: Every role, in the order `ps` lists them.
-ROLES = ("broker", "registry", "central", "engine", "monitor", "driver")
+ROLES = ("broker", "registry", "central", "engine", "monitor", "driver", "weather-sim", "weather")
 
 
 @dataclass(slots=True, kw_only=True)
@@ -194,6 +194,7 @@ def restart(reg: Registry, inst: Instance) -> None:
 def stop_in_order(reg: Registry) -> list[str]:
     """Stop every instance, users of a service before the service: drivers first, the broker last."""
     stopped = []
-    for role in ("driver", "monitor", "engine", "central", "registry", "broker"):
+    # ev-weather before Central: a weather service outliving Central only logs that it is gone.
+    for role in ("driver", "weather", "weather-sim", "monitor", "engine", "central", "registry", "broker"):
         stopped += reg.stop([n for n, i in reg.instances.items() if i.role == role])
     return stopped

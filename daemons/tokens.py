@@ -112,6 +112,12 @@ class TokenStore:
         except ValueError:
             return None
 
+    def is_live(self, token_id: str) -> bool:
+        """Whether the token ``token_id`` exists and is not revoked (a console session
+        opened with it ends when it is revoked)."""
+        row = self._db.execute("SELECT revoked_ts_ms FROM api_tokens WHERE id = ?", (token_id,)).fetchone()
+        return row is not None and row[0] is None
+
     def revoke(self, token_id: str) -> bool:
         cur = self._db.execute(
             "UPDATE api_tokens SET revoked_ts_ms = ? WHERE id = ? AND revoked_ts_ms IS NULL",

@@ -5,6 +5,9 @@ One middleware for every HTTP server of the network (the registry, Central's API
 - ``Authorization: Bearer evp_...`` must name a live token (:mod:`daemons.tokens`):
   401 without one or with a bad one, 403 when its role does not grant what the
   endpoint needs. The principal is put on the request (``request[PRINCIPAL]``).
+- An application that keeps browser sessions (``app[BROWSER_SESSIONS]``, Central's web
+  console) also takes its session cookie, carrying the role of the token that logged in;
+  a browser asking for a page without one is sent to the login page instead of a 401.
 - A request that carries an ``Origin`` (a browser) must come from the server's own
   origin, and state-changing methods must send JSON: a page on another site cannot
   drive the API with a ``text/plain`` form POST (403, whatever the token).
@@ -16,7 +19,7 @@ its id only.
 
 from __future__ import annotations
 
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -25,7 +28,15 @@ from .auditlog import AuditLog
 from .tokens import Principal, TokenRole, TokenStore
 from .webjson import HttpError
 
-__all__ = ["PRINCIPAL", "Unauthorized", "Forbidden", "token_auth"]
+__all__ = [
+    "PRINCIPAL",
+    "BROWSER_SESSIONS",
+    "BrowserSessions",
+    "Unauthorized",
+    "Forbidden",
+    "token_auth",
+    "foreign_origin",
+]
 
 PRINCIPAL = web.RequestKey("evproto_principal", Principal)
 _UNSAFE = {"POST", "PUT", "PATCH", "DELETE"}
@@ -42,12 +53,42 @@ class Forbidden(HttpError):
     http_status = 403
 
 
-def _cross_site(request: web.Request) -> str | None:
+class BrowserSessions(Protocol):
+    """Sessions a browser holds by cookie after logging in with a token."""
+
+    #: The cookie naming the session.
+    cookie_name: str
+    #: Where a browser without a session is sent.
+    login_path: str
+
+    def principal(self, session_id: str) -> Principal | None:
+        """Who the live session ``session_id`` belongs to; None when it is unknown or over."""
+        ...
+
+    def wants_login_page(self, request: web.Request) -> bool:
+        """Whether ``request`` is a browser's page load (redirected to the login page
+        when refused) rather than an API call (answered 401)."""
+        ...
+
+
+#: Where an application keeps its :class:`BrowserSessions` (none: Bearer tokens only).
+BROWSER_SESSIONS = web.AppKey("evproto_browser_sessions", BrowserSessions)
+
+
+def foreign_origin(request: web.Request) -> str | None:
+    """Why ``request`` comes from another site's page (its ``Origin`` is not this server), or None."""
     origin = request.headers.get("Origin")
     if origin is not None:
         parts = urlsplit(origin)
         if origin == "null" or parts.netloc.lower() != request.host.lower():
             return f"cross-origin request from {origin[:80]!r}"
+    return None
+
+
+def _cross_site(request: web.Request) -> str | None:
+    problem = foreign_origin(request)
+    if problem is not None:
+        return problem
     if request.method in _UNSAFE and request.body_exists and request.content_type != "application/json":
         return "a state-changing request must send application/json"
     return None
@@ -77,6 +118,25 @@ def token_auth(
             )
         return exc
 
+    def _authenticate(request: web.Request, sessions: BrowserSessions | None) -> Principal:
+        # A Bearer header wins over a cookie: a script's explicit credentials are what it meant.
+        header = request.headers.get("Authorization")
+        if header is None and sessions is not None:
+            session_id = request.cookies.get(sessions.cookie_name)
+            if session_id:
+                principal = sessions.principal(session_id)
+                if principal is None:
+                    raise Unauthorized("the console session is not valid or has expired: log in again")
+                return principal
+            raise Unauthorized("a Bearer token or a console session is required")
+        scheme, _, token = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("a Bearer token is required")
+        principal = tokens.verify(token.strip())
+        if principal is None:
+            raise Unauthorized("the token is not valid")
+        return principal
+
     @web.middleware
     async def middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -87,13 +147,14 @@ def token_auth(
         problem = _cross_site(request)
         if problem is not None:
             raise refuse(request, Forbidden(problem), "anonymous")
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise refuse(request, Unauthorized("a Bearer token is required"), "anonymous")
-        principal = tokens.verify(token.strip())
-        if principal is None:
-            raise refuse(request, Unauthorized("the token is not valid"), "anonymous")
+        sessions = request.app.get(BROWSER_SESSIONS)
+        try:
+            principal = _authenticate(request, sessions)
+        except Unauthorized as exc:
+            refuse(request, exc, "anonymous")
+            if sessions is not None and sessions.wants_login_page(request):
+                raise web.HTTPSeeOther(sessions.login_path) from None
+            raise
         wanted = needed if isinstance(needed, frozenset) else frozenset({needed})
         if not any(principal.may(role) for role in wanted):
             names = " or ".join(sorted(role.value for role in wanted))

@@ -135,6 +135,11 @@ def test_two_wheels_the_library_alone_and_the_network_on_it(wheels: tuple[Path, 
         "evproto/firmware_sim/cli.py",
         "evproto/daemons/launcher/cli.py",
         "evproto/daemons/weather/cli.py",
+        # The web console's static files (package data): served from the installed package.
+        "evproto/daemons/central/web/index.html",
+        "evproto/daemons/central/web/login.html",
+        "evproto/daemons/central/web/app.js",
+        "evproto/daemons/central/web/style.css",
     ):
         assert expected in names
     assert "evproto/__init__.py" not in names  # the library's, not twice

@@ -21,6 +21,9 @@ Pinned (other tools depend on them; docs/central.md):
                                       ``cps``, ``stopped`` (viewer or the service role)
 ========  ==========================  ==================================================
 
+The web console (daemons/central/console.py) is served from the same application: ``/``,
+``/login``, ``/api/v1/whoami`` and the live ``/api/v1/stream``.
+
 Under TLS (release 2) every call needs ``Authorization: Bearer`` with a token whose role
 grants it (docs/security.md): 401 without, 403 for a role that does not.
 
@@ -44,6 +47,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from aiohttp import web
 
 from evproto.daemons.auditlog import AuditLog
+from evproto.daemons.central.console import OPEN_PATHS, add_console
 from evproto.daemons.tokens import TokenRole, TokenStore
 from evproto.daemons.webauth import PRINCIPAL, token_auth
 from evproto.daemons.webjson import BadRequest, HttpError, json_errors, json_response, read_json, stop_http
@@ -294,7 +298,8 @@ _WEATHER_READERS = frozenset({TokenRole.VIEWER, TokenRole.SERVICE})
 def _needed_role(request: web.Request) -> TokenRole | frozenset[TokenRole] | None:
     path = request.path
     if not path.startswith(API_PREFIX):
-        return TokenRole.VIEWER
+        # The console's pages; its login form (and the style sheet it uses) is open to all.
+        return None if path in OPEN_PATHS else TokenRole.VIEWER
     if path == f"{API_PREFIX}/weather":
         return _WEATHER_READERS if request.method in ("GET", "HEAD") else TokenRole.SERVICE
     if path == f"{API_PREFIX}/audit":
@@ -309,9 +314,10 @@ def _needed_role(request: web.Request) -> TokenRole | frozenset[TokenRole] | Non
 def make_app(
     backend: CentralBackend, *, tokens: TokenStore | None = None, audit: AuditLog | None = None
 ) -> web.Application:
-    """The aiohttp application serving the ``/api/v1`` endpoints from ``backend``; with
-    ``tokens``, every call needs a Bearer token whose role grants it (reads: viewer;
-    stop, resume, revoke: operator; removals and the audit log: admin)."""
+    """The aiohttp application serving the ``/api/v1`` endpoints and the web console
+    (daemons/central/console.py) from ``backend``; with ``tokens``, every call needs a
+    Bearer token or a console session whose role grants it (reads: viewer; stop, resume,
+    revoke: operator; removals and the audit log: admin)."""
     middlewares = [json_errors(log)]
     if tokens is not None:
         middlewares.append(token_auth(tokens, _needed_role, audit=audit, service="api"))
@@ -335,6 +341,7 @@ def make_app(
         app.router.add_post(f"{p}/cps/{action}", _command(action, one=False))
         app.router.add_post(f"{p}/cps/{{id}}/{action}", _command(action, one=True))
     add_events_api(app, backend)  # /api/v1/events and its stream: the event inspector (events_api.py)
+    add_console(app, backend, api_prefix=p, tokens=tokens, audit=audit)
     return app
 
 

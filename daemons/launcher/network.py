@@ -198,13 +198,16 @@ def start_network(
         f"network up: Kafka {bootstrap}, Central {central_addr}, HTTP {api_base(reg)}/cps, "
         f"{cps} CPs, {drivers} drivers; logs under {reg.run_dir}"
     )
+    console = api_base(reg).removesuffix("/api/v1") + "/"
     if insecure:
         say("WARNING: --insecure: plaintext, nothing authenticated; anyone who reaches it can act on it")
+        say(f"web console: {console}")
     else:
         say(
             f'the API needs a token: eval "$(evcharging env --run-dir {reg.run_dir})" then curl --cacert '
             '"$EVPROTO_CA" -H "Authorization: Bearer $EVPROTO_TOKEN" "$EVPROTO_API/api/v1/cps"'
         )
+        say(f"web console: {console} (log in with $EVPROTO_TOKEN; the browser must trust $EVPROTO_CA)")
 
 
 def shutdown(reg: Registry) -> None:

@@ -667,7 +667,7 @@ async def test_events_page_in_chromium(settings: KafkaSettings, keys: Keys) -> N
 
                 # Live: a record produced now appears at the top.
                 await page.get_by_label("Live").check()
-                await expect(page.locator("#status")).to_contain_text("Live")
+                await expect(page.locator("#status")).to_contain_text("Live: new records")
                 ((partition, offset),) = await _produce(
                     settings, [(Topic.CP_EVENTS, "CP001", _sealed_cp_event(keys, _progress("CP001", "D001", 5.0)))]
                 )
@@ -803,3 +803,46 @@ def test_lines_escape_what_a_terminal_would_obey() -> None:
     line = record_line(rec, colour=False)
     assert line.isprintable() and "\\u2028" in line and "\\x1b" in line
     assert record_line(rec, colour=True).count("\x1b[") >= 2  # colours are ours, the key's escape is not
+
+
+def test_the_events_page_of_a_real_central_opens_sealed_records_for_operators_only(secure_net: Any) -> None:
+    """The whole way: ev-central over HTTPS with its console's login; the events page of a
+    viewer's session shows Central's sealed STOP sealed, an operator's opened, and goes live."""
+    pytest.importorskip("playwright")
+    if not os.access("/usr/bin/chromium", os.X_OK):
+        pytest.skip("Debian's chromium is not installed (make browser)")
+    from netharness import wait_for
+    from playwright.sync_api import expect, sync_playwright
+
+    net = secure_net
+    net.start_central()
+    engine, _monitor = net.start_cp("CP001")
+    net.wait_serving(engine, "CP001")
+    status, _ = net.post("/api/v1/cps/CP001/stop", data=b"{}", headers={"Content-Type": "application/json"})
+    assert status == 200
+    wait_for(
+        lambda: net._request("GET", "/api/v1/events?topic=cp-commands&cp=CP001")[1], "Central's STOP on cp-commands"
+    )
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            for role, flag in (("viewer", "sealed"), ("operator", "opened")):
+                # The network's own CA signed Central's certificate; the browser does not know it.
+                page = browser.new_context(ignore_https_errors=True).new_page()
+                errors: list[str] = []
+                page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+                page.goto(f"{net.http}/login")
+                page.get_by_label("API token").fill(net.make_token(role, f"{role}-e"))
+                page.get_by_role("button", name="Log in").click()
+                page.wait_for_url(f"{net.http}/")
+                page.goto(f"{net.http}/events.html?topic=cp-commands&cp=CP001&live=1")
+                stop = page.locator("tr.record[data-topic='cp-commands'][data-key='CP001']").first
+                expect(stop.locator(f".flag-{flag}")).to_have_count(1)
+                expect(page.locator("#status")).to_contain_text("Live: new records")  # the stream takes the session too
+                if flag == "opened":
+                    expect(stop.locator("td.summary")).to_contain_text("cp_id=CP001")
+                else:
+                    expect(stop.locator("td.summary")).to_contain_text("sealed with cp.CP001.")
+                assert errors == [], (role, errors)
+        finally:
+            browser.close()

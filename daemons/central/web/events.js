@@ -9,8 +9,14 @@ const $ = (id) => document.getElementById(id);
 const rows = $("rows");
 const status = $("status");
 let stream = null;
+let loaded = ""; // what the last load showed
+let liveText = ""; // how the live stream is doing ("" when off)
 let pending = []; // live records waiting for the next frame
 let frameAsked = false;
+
+function showStatus() {
+  status.textContent = [loaded, liveText].filter(Boolean).join("; ");
+}
 
 function query() {
   const params = new URLSearchParams();
@@ -141,39 +147,45 @@ function onRecord(record) {
 async function load() {
   const params = query();
   params.set("limit", $("limit").value || "200");
-  status.textContent = "Loading…";
+  loaded = "Loading…";
+  showStatus();
   try {
     const response = await fetch(`${API}?${params}`, { credentials: "same-origin", headers: { Accept: "application/json" } });
     const body = await response.json();
     if (!response.ok) throw new Error(body.error || response.statusText);
     rows.replaceChildren();
     prepend(body);
-    status.textContent = `${body.length} record(s)` + (stream ? "; live" : "");
+    loaded = `${body.length} record(s)`;
   } catch (err) {
-    status.textContent = "Cannot load the records: " + err.message;
+    loaded = "Cannot load the records: " + err.message;
   }
+  showStatus();
 }
 
-function stopLive() {
+function stopLive(why) {
   if (stream) stream.close();
   stream = null;
+  liveText = why || "";
+  showStatus();
 }
 
 function startLive() {
-  stopLive();
+  stopLive("connecting live…");
   const source = new EventSource(`${API}/stream?${query()}`, { withCredentials: true });
   stream = source;
   source.addEventListener("live", () => {
-    status.textContent = "Live: new records appear at the top";
+    liveText = "Live: new records appear at the top";
+    showStatus();
   });
   source.addEventListener("message", (e) => onRecord(JSON.parse(e.data)));
   source.addEventListener("end", (e) => {
-    status.textContent = "The live stream ended: " + JSON.parse(e.data).reason;
-    stopLive();
+    stopLive("the live stream ended: " + JSON.parse(e.data).reason);
     $("live").checked = false;
   });
   source.onerror = () => {
-    if (stream === source) status.textContent = "Live stream interrupted; reconnecting…";
+    if (stream !== source) return;
+    liveText = "live stream interrupted; reconnecting…";
+    showStatus();
   };
 }
 
@@ -188,10 +200,7 @@ $("filters").addEventListener("submit", (e) => {
 });
 $("live").addEventListener("change", () => {
   if ($("live").checked) startLive();
-  else {
-    stopLive();
-    status.textContent = "Live off";
-  }
+  else stopLive();
 });
 rows.addEventListener("click", (e) => {
   const tr = e.target.closest("tr.record");

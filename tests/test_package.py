@@ -140,6 +140,9 @@ def test_two_wheels_the_library_alone_and_the_network_on_it(wheels: tuple[Path, 
         "evproto/daemons/central/web/login.html",
         "evproto/daemons/central/web/app.js",
         "evproto/daemons/central/web/style.css",
+        "evproto/daemons/central/web/events.html",  # the event inspector's page
+        "evproto/daemons/central/web/events.js",
+        "evproto/daemons/central/web/events.css",
     ):
         assert expected in names
     assert "evproto/__init__.py" not in names  # the library's, not twice

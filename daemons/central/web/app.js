@@ -4,6 +4,11 @@
 // kept in a Map by CP id and updated field by field when its CP changed: no full re-render, so
 // thousands of CPs stay cheap. Filtering toggles `hidden` on tiles. Commands are fetch() calls
 // with JSON bodies (the server refuses state-changing requests that are not JSON).
+//
+// At 5,000 CPs a few thousand readings arrive a second. Only what can be seen is drawn:
+// a tile off screen keeps its CP's latest JSON and its data-state (filters, counts and
+// tests read it) and gets its text when it scrolls into view; the panes are redrawn at
+// most once a second. `window.evprotoConsole` counts the work (benchmarks/console_cost.py).
 
 const API = "/api/v1";
 const MAX_ROWS = 200; // rows drawn in a pane; the rest is counted
@@ -27,6 +32,12 @@ const weatherIds = new Set();
 let me = { role: "viewer", name: "", may: ["viewer"] };
 let filter = { text: "", state: "" };
 let source = null;
+/** What drawing costs: read by benchmarks/console_cost.py. */
+const stats = { snapshots: 0, diffs: 0, applyMs: 0, tilesDrawn: 0, tilesDeferred: 0 };
+window.evprotoConsole = stats;
+/** Tiles on screen (IntersectionObserver); the others are drawn when they scroll into view. */
+const onScreen = new Set();
+const PANES_EVERY_MS = 1000;
 
 const fmt = (v, digits) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 const alertText = (a) => a.replaceAll("_", " ");
@@ -98,6 +109,21 @@ function drawTile(tile, cp) {
     setText(parts.state, cp.state);
     countState(old?.state, cp.state);
   }
+  tile.cp = cp;
+  node.hidden = !matches(cp);
+  if (!onScreen.has(node) && tile.drawn && old && old.alerts.join(",") === cp.alerts.join(",")) {
+    tile.stale = true; // drawn when it scrolls into view
+    stats.tilesDeferred += 1;
+    return;
+  }
+  drawText(tile, cp, old);
+}
+
+function drawText(tile, cp, old) {
+  const { parts } = tile;
+  tile.drawn = true;
+  tile.stale = false;
+  stats.tilesDrawn += 1;
   setText(parts.location, cp.location);
   setText(parts.price, `${cp.price_eur_kwh} EUR/kWh`);
   setText(parts.detail, detailText(cp));
@@ -116,9 +142,22 @@ function drawTile(tile, cp) {
     else weatherIds.delete(cp.id);
     dirty.weather = true;
   }
-  tile.cp = cp;
-  node.hidden = !matches(cp);
 }
+
+const visibility = new IntersectionObserver(
+  (entries) => {
+    for (const entry of entries) {
+      if (entry.isIntersecting) {
+        onScreen.add(entry.target);
+        const tile = tiles.get(entry.target.dataset.cpId);
+        if (tile?.stale) drawText(tile, tile.cp, tile.cp);
+      } else {
+        onScreen.delete(entry.target);
+      }
+    }
+  },
+  { rootMargin: "200px" },
+);
 
 function upsertCps(cps, fragment) {
   for (const cp of cps) {
@@ -126,6 +165,7 @@ function upsertCps(cps, fragment) {
     if (!tile) {
       tile = newTile(cp);
       tiles.set(cp.id, tile);
+      visibility.observe(tile.el);
       (fragment ?? $("#grid")).append(tile.el);
     }
     drawTile(tile, cp);
@@ -137,6 +177,8 @@ function removeCps(ids) {
     const tile = tiles.get(id);
     if (!tile) continue;
     countState(tile.cp.state, null);
+    visibility.unobserve(tile.el);
+    onScreen.delete(tile.el);
     tile.el.remove();
     tiles.delete(id);
     weatherIds.delete(id);
@@ -278,7 +320,33 @@ function notice(text, error = false) {
 
 // -- the stream -------------------------------------------------------------------------
 
+let panesAt = 0;
+let panesTimer = null;
+
+function drawPanes() {
+  panesTimer = null;
+  panesAt = performance.now();
+  if (dirty.counts) drawCounts();
+  if (dirty.weather) drawWeather();
+  if (dirty.requests) drawRequests();
+  dirty.counts = dirty.weather = dirty.requests = false;
+}
+
 function apply(update) {
+  const t0 = performance.now();
+  applyUpdate(update);
+  if (update.type === "snapshot" || performance.now() - panesAt >= PANES_EVERY_MS) {
+    if (panesTimer !== null) clearTimeout(panesTimer);
+    drawPanes();
+  } else if (panesTimer === null && (dirty.counts || dirty.weather || dirty.requests)) {
+    panesTimer = setTimeout(drawPanes, PANES_EVERY_MS - (performance.now() - panesAt));
+  }
+  if (update.type === "snapshot") stats.snapshots += 1;
+  else stats.diffs += 1;
+  stats.applyMs += performance.now() - t0;
+}
+
+function applyUpdate(update) {
   if (update.type === "snapshot") {
     looks.clear();
     for (const look of update.looks) looks.set(look.state, look);
@@ -308,10 +376,6 @@ function apply(update) {
     $("#central-id").textContent = update.status.central_id ?? "";
     if (update.status.kafka_ok === false) notice("Central cannot reach Kafka", true);
   }
-  if (dirty.counts) drawCounts();
-  if (dirty.weather) drawWeather();
-  if (dirty.requests) drawRequests();
-  dirty.counts = dirty.weather = dirty.requests = false;
 }
 
 function fillStateFilter() {

@@ -54,7 +54,7 @@ test: lint typecheck browser
 # The pure and in-process tests (loopback links and ptys included; no broker, no daemons), with
 # a tenth of the property tests' examples: a minute or so. `make test` still runs everything.
 test-fast: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not network" \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not network and not browser" \
 		--hypothesis-profile fast $(PYTEST_ARGS)
 
 demo: $(STAMP)

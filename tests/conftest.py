@@ -2,7 +2,7 @@
 
 - ``network`` marker: given here, in one place, to every test that starts the broker or real
   daemons (it uses one of :data:`NETWORK_FIXTURES`, or lives in one of :data:`NETWORK_MODULES`).
-  ``make test-fast`` runs ``-m "not slow and not network"`` with the "fast" Hypothesis profile
+  ``make test-fast`` runs ``-m "not slow and not network and not browser"`` with the "fast" Hypothesis profile
   (tests/hypothesis_budget.py): the pure and in-process tests, loopback links and ptys included.
 - ``link_config`` / ``make_config``: LinkConfigs with short timeouts.
 - ``spawn_peer``: start ``tests/peers.py`` as a real subprocess; every process is

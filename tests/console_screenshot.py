@@ -15,13 +15,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from browsers import CHROMIUM, CHROMIUM_ARGS
 from consoleharness import now_ms, start_console
 
 from evproto.daemons.tokens import TokenRole
 from evproto.domain.central.records import HealthReport
 from evproto.messages import FaultCode
 
-CHROMIUM = "/usr/bin/chromium"
 TOWNS = ["Alicante", "Elche", "Madrid Centro", "Murcia", "Valencia", "Teruel", "Burgos"]
 
 
@@ -45,7 +45,7 @@ async def main(out: Path) -> None:
             async with async_playwright() as p:
                 browser = await p.chromium.launch(
                     executable_path=CHROMIUM,
-                    args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+                    args=CHROMIUM_ARGS,
                 )
                 page = await browser.new_page(viewport={"width": 1440, "height": 900})
                 await page.goto(f"{server.url}/login")

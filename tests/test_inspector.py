@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from browsers import CHROMIUM, CHROMIUM_ARGS, need_chromium
 
 from evproto.bus.events import MAX_EVENT_BYTES, encode_event
 from evproto.bus.kafka import BusProducer, KafkaSettings, ensure_topics
@@ -605,13 +606,11 @@ async def test_stream_drops_a_slow_client_and_bounds_subscribers() -> None:
 
 # -- the events page in a real browser -------------------------------------------------------
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
-
+@pytest.mark.browser
 async def test_events_page_in_chromium(settings: KafkaSettings, keys: Keys) -> None:
     pytest.importorskip("playwright")
-    if not os.access("/usr/bin/chromium", os.X_OK):
-        pytest.skip("Debian's chromium is not installed (make browser)")
+    need_chromium()
     from aiohttp import web
     from playwright.async_api import async_playwright, expect
 
@@ -635,7 +634,7 @@ async def test_events_page_in_chromium(settings: KafkaSettings, keys: Keys) -> N
     errors: list[str] = []
     try:
         async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 page = await browser.new_page()
                 page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -805,12 +804,12 @@ def test_lines_escape_what_a_terminal_would_obey() -> None:
     assert record_line(rec, colour=True).count("\x1b[") >= 2  # colours are ours, the key's escape is not
 
 
+@pytest.mark.browser
 def test_the_events_page_of_a_real_central_opens_sealed_records_for_operators_only(secure_net: Any) -> None:
     """The whole way: ev-central over HTTPS with its console's login; the events page of a
     viewer's session shows Central's sealed STOP sealed, an operator's opened, and goes live."""
     pytest.importorskip("playwright")
-    if not os.access("/usr/bin/chromium", os.X_OK):
-        pytest.skip("Debian's chromium is not installed (make browser)")
+    need_chromium()
     from netharness import wait_for
     from playwright.sync_api import expect, sync_playwright
 
@@ -824,7 +823,7 @@ def test_the_events_page_of_a_real_central_opens_sealed_records_for_operators_on
         lambda: net._request("GET", "/api/v1/events?topic=cp-commands&cp=CP001")[1], "Central's STOP on cp-commands"
     )
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             for role, flag in (("viewer", "sealed"), ("operator", "opened")):
                 # The network's own CA signed Central's certificate; the browser does not know it.

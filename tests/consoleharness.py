@@ -104,6 +104,8 @@ class CoreBackend:
             now_ts_ms=now_ms(),
         )
 
+    live_view = view
+
     def sessions(self, *, limit: int = 500, **query: Any) -> list[SessionView]:
         return [s.view() for s in reversed(self.core.ended.values())][:limit]
 

@@ -132,6 +132,8 @@ class FakeBackend:
             counters={"frames_in": 12, "sessions": 3},
         )
 
+    live_view = view
+
     def sessions(
         self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None, limit: int = 500
     ) -> list[SessionView]:

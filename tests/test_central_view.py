@@ -111,3 +111,67 @@ def test_parse_iso_utc_edges() -> None:
     assert parse_iso_utc("1970-01-01T00:00:00.000Z") == 0
     with pytest.raises(ValueError):
         parse_iso_utc("yesterday")
+
+
+# -- the core's views are rebuilt only when their facts change ---------------------------
+
+
+def _other(value: object) -> object:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1.5
+    if value is None:
+        return 2.5
+    if isinstance(value, str):
+        return value + "x"
+    return value
+
+
+def test_a_cp_view_is_made_of_its_view_facts_only() -> None:
+    """Every CpRecord field either is one of CP_VIEW_FACTS or leaves the view alone; so the
+    core's cache (a view rebuilt only when those facts change) never shows a stale CP."""
+    import dataclasses
+
+    from evproto.domain.central.records import CP_VIEW_FACTS, CpRecord
+    from evproto.messages import FaultCode
+
+    facts = set(CP_VIEW_FACTS.__reduce__()[1])
+    for field in dataclasses.fields(CpRecord):
+        for supplying in (False, True):
+            cp = CpRecord(
+                id="CP1",
+                location="Town",
+                price_eur_kwh=0.3,
+                connected=True,
+                supplying=supplying,
+                driver_id="D1",
+                power_kw=7.0,
+                energy_kwh=1.0,
+                amount_eur=0.3,
+            )
+            before = cp.view()
+            value = getattr(cp, field.name)
+            changed = FaultCode.METER_LOST if isinstance(value, FaultCode) else _other(value)
+            setattr(cp, field.name, changed)
+            if field.name == "id":
+                continue
+            if field.name not in facts:
+                assert cp.view() == before, f"{field.name} changes the view but is not in CP_VIEW_FACTS"
+
+
+def test_the_core_hands_out_the_same_view_until_a_fact_changes() -> None:
+    from evproto.domain.central import CentralCore
+
+    core = CentralCore()
+    core.add_cp("CP1", "Town", 0.3)
+    core.add_cp("CP2", "Town", 0.3)
+    first = core.cp_views()
+    again = core.cp_views()
+    assert [a is b for a, b in zip(first, again)] == [True, True]
+    core.cps["CP2"].connected = not core.cps["CP2"].connected
+    third = core.cp_views()
+    assert third[0] is first[0] and third[1] is not first[1]
+    assert third[1] == core.cps["CP2"].view() and third[1].state != first[1].state
+    del core.cps["CP1"]
+    assert [v.id for v in core.cp_views()] == ["CP2"]

@@ -29,6 +29,9 @@ class HttpBackend:
     def view(self) -> CentralView:
         return self.central.view()
 
+    def live_view(self) -> CentralView:
+        return self.central.view(counters=False)
+
     def sessions(
         self, *, status: str | None = None, cp_id: str | None = None, driver_id: str | None = None, limit: int = 500
     ) -> list[SessionView]:

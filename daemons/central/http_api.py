@@ -100,6 +100,10 @@ class CentralBackend(Protocol):
         """The current snapshot."""
         ...
 
+    def live_view(self) -> CentralView:
+        """The snapshot without its counters, as the console's stream takes it several times a second."""
+        ...
+
     def sessions(
         self,
         *,

@@ -27,7 +27,9 @@ log = logging.getLogger("evproto.central")
 class OperatorConsole:
     """What Central shows, and the commands an operator gives it."""
 
-    def view(self) -> CentralView:
+    def view(self, *, counters: bool = True) -> CentralView:
+        """The snapshot; ``counters=False`` leaves out the counters (the console's stream looks
+        twice a second and shows none of them; they cost two percentiles and a database count)."""
         return CentralView(
             cps=tuple(self.core.cp_views()),
             requests=tuple(self.core.live_session_views()),
@@ -38,13 +40,17 @@ class OperatorConsole:
             kafka=self.opts.kafka.bootstrap,
             kafka_ok=self.kafka_ok,
             now_ts_ms=now_ms(),
-            counters={
-                **self.counters,
-                **GC_PAUSES.counters(),
-                **self._freshness(),
-                **{f"ignored_{k}": v for k, v in self.core.ignored.items()},
-                "dead_letters": self.store.dead_letter_count(),
-            },
+            counters=(
+                {}
+                if not counters
+                else {
+                    **self.counters,
+                    **GC_PAUSES.counters(),
+                    **self._freshness(),
+                    **{f"ignored_{k}": v for k, v in self.core.ignored.items()},
+                    "dead_letters": self.store.dead_letter_count(),
+                }
+            ),
         )
 
     def _freshness(self) -> dict[str, int]:

@@ -117,7 +117,8 @@ class _Keyed:
         for item in items:
             k = key(item)
             seen += 1
-            if self.items.get(k) != item:
+            previous = self.items.get(k)
+            if previous is not item and previous != item:  # the core hands out unchanged views as they were
                 self.items[k] = item
                 data = orjson.dumps(item.to_json())
                 self.json[k] = data
@@ -149,7 +150,7 @@ class Broadcaster:
         self,
         backend: CentralBackend,
         *,
-        tick_s: float = 0.25,
+        tick_s: float = 0.5,
         max_subscribers: int = 100,
         max_chunks: int = 64,
         keepalive_s: float = 15.0,
@@ -180,7 +181,7 @@ class Broadcaster:
 
     def _changes(self) -> dict[str, bytes] | None:
         """What changed since the last call, as JSON fragments (None: nothing)."""
-        view = self.backend.view()
+        view = self.backend.live_view()
         out: dict[str, bytes] = {}
         cps, removed = self._cps.update(view.cps, _cp_key)
         if cps:

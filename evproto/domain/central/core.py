@@ -19,7 +19,7 @@ from evproto.messages import CpState
 
 from .effects import Effect, Note, Publish
 from .limits import KeyedLimiter
-from .records import CpRecord, Rules, SessionHistory, SessionRecord
+from .records import CP_VIEW_FACTS, SESSION_VIEW_FACTS, CpRecord, Rules, SessionHistory, SessionRecord
 from .registry import RegistryRules
 from .sessions import SessionRules
 
@@ -58,6 +58,8 @@ class CentralCore(RegistryRules, SessionRules):
         #: CPs an operator removed while Central runs: their monitors may not re-register them.
         self._removed: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._grace_until_ms = 0
+        self._cp_view_cache: dict[str, tuple[tuple[object, ...], CpView]] = {}
+        self._session_view_cache: dict[int, tuple[tuple[object, ...], SessionView]] = {}
         self._held: dict[str, int] = {}
         #: When each live session's CP was asked to authorise (later than the request if held).
         self._asked_ms: dict[int, int] = {}
@@ -117,24 +119,33 @@ class CentralCore(RegistryRules, SessionRules):
 
     # -- views -----------------------------------------------------------------------------
 
+    # The console's stream and the API look at every CP several times a second: a view is
+    # built again only when its facts changed, and an unchanged one is the same object.
+
     def cp_views(self) -> list[CpView]:
+        cache = self._cp_view_cache
         out = []
         for cp in sorted(self.cps.values(), key=lambda c: c.id):
-            supplying = cp.state is CpState.SUPPLYING
-            out.append(
-                CpView(
-                    id=cp.id,
-                    location=cp.location,
-                    price_eur_kwh=cp.price_eur_kwh,
-                    state=cp.state.name,
-                    driver_id=cp.driver_id if supplying else None,
-                    power_kw=cp.power_kw if supplying else None,
-                    energy_kwh=cp.energy_kwh if supplying else None,
-                    amount_eur=cp.amount_eur if supplying else None,
-                    alerts=cp.alerts,
-                )
-            )
+            facts = CP_VIEW_FACTS(cp)
+            hit = cache.get(cp.id)
+            if hit is None or hit[0] != facts:
+                hit = cache[cp.id] = (facts, cp.view())
+            out.append(hit[1])
+        if len(cache) > len(self.cps):
+            for gone in cache.keys() - self.cps.keys():
+                del cache[gone]
         return out
 
     def live_session_views(self) -> list[SessionView]:
-        return [s.view() for s in sorted(self.sessions.values(), key=lambda s: s.id)]
+        cache = self._session_view_cache
+        out = []
+        for s in sorted(self.sessions.values(), key=lambda s: s.id):
+            facts = SESSION_VIEW_FACTS(s)
+            hit = cache.get(s.id)
+            if hit is None or hit[0] != facts:
+                hit = cache[s.id] = (facts, s.view())
+            out.append(hit[1])
+        if len(cache) > len(self.sessions):
+            for gone in cache.keys() - self.sessions.keys():
+                del cache[gone]
+        return out

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Protocol
 
-from evproto.domain.central.view import SessionView
+from evproto.domain.central.view import CpView, SessionView
 from evproto.domain.cp import CpFacts, cp_state
 from evproto.domain.session import SessionStatus
 from evproto.messages import (
@@ -136,6 +137,42 @@ class CpRecord:
             )
         )
 
+    def view(self) -> CpView:
+        """What the console and the API show of it. Made only of :data:`CP_VIEW_FACTS`."""
+        state = self.state
+        supplying = state is CpState.SUPPLYING
+        return CpView(
+            id=self.id,
+            location=self.location,
+            price_eur_kwh=self.price_eur_kwh,
+            state=state.name,
+            driver_id=self.driver_id if supplying else None,
+            power_kw=self.power_kw if supplying else None,
+            energy_kwh=self.energy_kwh if supplying else None,
+            amount_eur=self.amount_eur if supplying else None,
+            alerts=self.alerts,
+        )
+
+
+#: The fields a CP's view is made of (besides its id): the same facts, the same view, so a
+#: view is built again only for a CP whose facts changed (tests/test_central_view.py checks
+#: that every other field leaves the view alone).
+CP_VIEW_FACTS = attrgetter(
+    "location",
+    "price_eur_kwh",
+    "connected",
+    "engine_ok",
+    "stopped",
+    "weather_stopped",
+    "supplying",
+    "driver_id",
+    "power_kw",
+    "energy_kwh",
+    "amount_eur",
+    "revoked",
+    "weather_unknown",
+)
+
 
 @dataclass(slots=True, kw_only=True)
 class SessionRecord:
@@ -174,3 +211,17 @@ class SessionRecord:
             ended_ts_ms=self.ended_ts_ms,
             end_reason=self.end_reason,
         )
+
+
+#: The fields a session's view is made of (as :data:`CP_VIEW_FACTS` for CPs).
+SESSION_VIEW_FACTS = attrgetter(
+    "cp_id",
+    "driver_id",
+    "status",
+    "requested_ts_ms",
+    "energy_kwh",
+    "amount_eur",
+    "started_ts_ms",
+    "ended_ts_ms",
+    "end_reason",
+)

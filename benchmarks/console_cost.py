@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,15 @@ def _streams_main(url: str, n: int, conn: Connection) -> None:
             conn.send((alive, sum(counts)))
 
     asyncio.run(run())
+
+
+#: The page's own count of its drawing work (daemons/central/web/app.js).
+PAGE_STATS = "({...window.evprotoConsole})"
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.load(resp)
 
 
 async def _metrics(cdp: Any) -> dict[str, float]:
@@ -168,10 +179,14 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str) -> dic
             await cdp.send("Performance.enable")
             await asyncio.sleep(2.0)  # the snapshot's layout done; then measure the steady updates
             say(args, f"window 2: one console in Chromium ({args.window:g} s)")
-            m0 = await _metrics(cdp)
+            m0, s0 = await _metrics(cdp), await page.evaluate(PAGE_STATS)
             one = await _window(central, engines, args.window)
-            m1 = await _metrics(cdp)
-            supplying_tiles = await page.evaluate("document.querySelectorAll('[data-state=SUPPLYING]').length")
+            m1, s1 = await _metrics(cdp), await page.evaluate(PAGE_STATS)
+            # Does the page keep up? Its tiles against Central's API at the end of the window.
+            supplying_tiles = await page.evaluate("document.querySelectorAll('#grid [data-state=SUPPLYING]').length")
+            api_cps = await asyncio.to_thread(_get_json, base + "/api/v1/cps")
+            supplying_api = sum(1 for cp in api_cps if cp["state"] == "SUPPLYING")
+            states_api = dict(collections.Counter(cp["state"] for cp in api_cps))
             per_s = {
                 k: round((m1[k] - m0[k]) / one["window_s"] * 1000, 1)
                 for k in ("TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDuration")
@@ -183,7 +198,14 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str) -> dic
                 "script_ms_per_s": per_s["ScriptDuration"],
                 "layout_ms_per_s": per_s["LayoutDuration"],
                 "style_ms_per_s": per_s["RecalcStyleDuration"],
+                "update_ms_per_s": round((s1["applyMs"] - s0["applyMs"]) / one["window_s"], 1),
+                "diffs_per_s": round((s1["diffs"] - s0["diffs"]) / one["window_s"], 2),
+                "snapshots_in_window": s1["snapshots"] - s0["snapshots"],
+                "tiles_drawn_per_s": round((s1["tilesDrawn"] - s0["tilesDrawn"]) / one["window_s"]),
+                "tiles_deferred_per_s": round((s1["tilesDeferred"] - s0["tilesDeferred"]) / one["window_s"]),
                 "supplying_tiles": supplying_tiles,
+                "supplying_api": supplying_api,
+                "states_api": states_api,
             }
 
             extra = args.consoles - 1
@@ -255,10 +277,19 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "",
         "The page in Chromium, per second of telemetry at this rate (Chromium's own counters):",
         "",
-        "| main thread busy | script | layout | style | first load to 5,000 tiles | JS heap |",
-        "| --- | --- | --- | --- | --- | --- |",
-        f"| {b['main_thread_ms_per_s']} ms/s | {b['script_ms_per_s']} ms/s | {b['layout_ms_per_s']} ms/s | "
-        f"{b['style_ms_per_s']} ms/s | {b['first_load_s']} s | {b['js_heap_mb']} MB |",
+        "| updating the page (its own count) | main thread busy | script | layout | style | "
+        "tiles drawn / deferred | first load | JS heap |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        f"| {b['update_ms_per_s']} ms/s | {b['main_thread_ms_per_s']} ms/s | {b['script_ms_per_s']} ms/s | "
+        f"{b['layout_ms_per_s']} ms/s | {b['style_ms_per_s']} ms/s | "
+        f"{b['tiles_drawn_per_s']:,} / {b['tiles_deferred_per_s']:,} per s | {b['first_load_s']} s | "
+        f"{b['js_heap_mb']} MB |",
+        "",
+        f"At the end of the window the page showed {b['supplying_tiles']:,} tiles SUPPLYING and Central's API "
+        f"{b['supplying_api']:,}; the page took {b['diffs_per_s']} updates a second and "
+        f"{b['snapshots_in_window']} new snapshot(s) (a reconnection) in the window. CPs per state (API): "
+        + ", ".join(f"{state} {n:,}" for state, n in sorted(b["states_api"].items()))
+        + ".",
         "",
     ]
     return "\n".join(lines)

@@ -46,6 +46,7 @@ from capacity import Child, Engines, _monitors_main, machine_busy, proc_cpu_s, p
 
 from evproto.bus.broker import EmbeddedBroker
 from evproto.bus.kafka import KafkaSettings, ensure_topics
+from evproto.daemons.stats import nearest_rank
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -84,6 +85,12 @@ PAGE_STATS = "({...window.evprotoConsole})"
 
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.load(resp)
+
+
+def _post(url: str) -> Any:
+    request = urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
         return json.load(resp)
 
 
@@ -208,6 +215,28 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str) -> dic
                 "states_api": states_api,
             }
 
+            # A state change's way to the page: STOP / RESUME through the API until the tile says so.
+            delays = []
+            for i in range(args.commands):
+                cp_id = cp_ids[i % len(cp_ids)]
+                for action, state in (("stop", "STOPPED"), ("resume", "")):
+                    t0 = time.monotonic()
+                    await asyncio.to_thread(_post, f"{base}/api/v1/cps/{cp_id}/{action}")
+                    tile = f"document.querySelector('[data-cp-id=\"{cp_id}\"]').dataset.state"
+                    while True:
+                        shown = await page.evaluate(tile)
+                        if (shown == state) if state else (shown != "STOPPED"):
+                            break
+                        if time.monotonic() - t0 > 30:
+                            raise RuntimeError(f"{cp_id}'s tile did not follow {action} within 30 s")
+                        await asyncio.sleep(0.01)
+                    delays.append((time.monotonic() - t0) * 1000)
+            browser_figures["command_to_tile_ms"] = {
+                "p50": round(nearest_rank(delays, 50)),
+                "max": round(max(delays)),
+                "n": len(delays),
+            }
+
             extra = args.consoles - 1
             streams = Child(_streams_main, base + "/api/v1/stream", extra)
             children.append(streams)
@@ -287,7 +316,9 @@ def report(args: argparse.Namespace, r: dict[str, Any]) -> str:
         "",
         f"At the end of the window the page showed {b['supplying_tiles']:,} tiles SUPPLYING and Central's API "
         f"{b['supplying_api']:,}; the page took {b['diffs_per_s']} updates a second and "
-        f"{b['snapshots_in_window']} new snapshot(s) (a reconnection) in the window. CPs per state (API): "
+        f"{b['snapshots_in_window']} new snapshot(s) (a reconnection) in the window. A STOP or RESUME "
+        f"sent to the API showed on its tile in {b['command_to_tile_ms']['p50']} ms (median; slowest "
+        f"{b['command_to_tile_ms']['max']} ms, {b['command_to_tile_ms']['n']} commands). CPs per state (API): "
         + ", ".join(f"{state} {n:,}" for state, n in sorted(b["states_api"].items()))
         + ".",
         "",
@@ -300,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cps", type=int, default=5000)
     ap.add_argument("--window", type=float, default=20.0, help="seconds per window")
     ap.add_argument("--settle", type=float, default=10.0, help="seconds after the ramp before window 1")
+    ap.add_argument("--commands", type=int, default=5, help="STOP+RESUME pairs timed from the API to the tile")
     ap.add_argument("--consoles", type=int, default=20, help="consoles open in window 3 (>= 2)")
     ap.add_argument("--write", metavar="FILE", help="put the tables between <!-- bench:console --> markers")
     args = ap.parse_args(argv)

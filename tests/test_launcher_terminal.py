@@ -119,15 +119,16 @@ def test_closing_the_terminal_stops_every_instance(tmp_path) -> None:
     term = Terminal([EV, "up", "--run-dir", run_dir, "--http-port", "0"])
     try:
         wait_for(
-            lambda: term.shows(b"EV Charging Network") and len(alive(run_dir)) == 14,
-            "14 instances (with the registry) and the panel",
+            # broker, registry, Central, 4 engines, 4 monitors, 3 drivers, the weather provider and service
+            lambda: term.shows(b"EV Charging Network") and len(alive(run_dir)) == 16,
+            "16 instances (with the registry and the weather service) and the panel",
             timeout_s=150,
         )
         term.run_for(4)
         term.close_window()
         wait_for(term.exited, "the launcher to exit", timeout_s=120)
         assert alive(run_dir) == [], "still running after the terminal closed"
-        assert len(Registry(run_dir).instances) == 14
+        assert len(Registry(run_dir).instances) == 16
     finally:
         term.close()
         tidy(run_dir)
@@ -146,7 +147,7 @@ def test_ctrl_c_on_up_piped_into_tee_stops_every_instance(tmp_path) -> None:
     term = Terminal(["/bin/sh", "-c", line])
     try:
         wait_for(
-            lambda: term.shows(b"CP CP002") and len(alive(run_dir)) == 8,
+            lambda: term.shows(b"CP CP002") and len(alive(run_dir)) == 10,
             "the network and its plain panel",
             timeout_s=120,
         )
@@ -159,7 +160,7 @@ def test_ctrl_c_on_up_piped_into_tee_stops_every_instance(tmp_path) -> None:
 
         wait_for(stopped, "every instance to stop", timeout_s=120)
         wait_for(term.exited, "the shell to exit", timeout_s=60)
-        assert len(Registry(run_dir).instances) == 8
+        assert len(Registry(run_dir).instances) == 10
     finally:
         term.close()
         tidy(run_dir)

@@ -240,7 +240,8 @@ def test_constants() -> None:
         "5": 9600,
         "6": 19200,
     }
-    assert 0.2 <= iec62056.BAUD_SWITCH_WAIT_S <= 0.5
+    assert iec62056.REACTION_TIME_MIN_FAST_S == 0.02 and iec62056.REACTION_TIME_MIN_S == 0.2
+    assert iec62056.REACTION_TIME_MAX_S == 1.5 <= iec62056.ANSWER_WAIT_S
 
 
 @pytest.mark.parametrize(

@@ -34,7 +34,7 @@ COMMANDS = """commands (one per line):
   load on [KW] | load off     the vehicle draws power (or not)
   power KW                    change the power
   reset                       spurious reset: the energy register restarts at 0
-  corrupt N                   damage the checksum of the next N frames
+  corrupt N [after M]         damage the checksum of the next N frames (after M intact ones)
   drop P | garbage P          probability of a lost byte / of junk before a frame
   split on|off                send in tiny pieces
   stall S                     answer nothing for S seconds
@@ -128,8 +128,11 @@ class Simulator:
                 self.model.reset()
                 return "energy register reset to 0"
             if verb == "corrupt":
-                self.faults.corrupt_next = int(args[0]) if args else 1
-                return f"the next {self.faults.corrupt_next} frame(s) get a bad checksum"
+                after = int(args[2]) if len(args) > 2 and args[1].lower() == "after" else 0
+                if len(args) not in (0, 1, 3) or after < 0:
+                    raise ValueError("corrupt N [after M]")
+                self.faults.corrupt_next, self.faults.corrupt_after = (int(args[0]) if args else 1), after
+                return f"the next {self.faults.corrupt_next} frame(s) after {after} get a bad checksum"
             if verb in ("drop", "garbage"):
                 p = float(args[0])
                 if not 0 <= p <= 1:

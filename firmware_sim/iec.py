@@ -194,8 +194,10 @@ async def iec_session(
                 if kind == "nak":
                     repeats += 1
                     if repeats > MAX_BLOCK_RETRIES:
+                        log.info("IEC: block %d refused %d times; back to idle", index + 1, repeats)
                         state = "idle"
                         continue
+                    log.info("IEC: block %d of %d asked again (NAK)", index + 1, len(blocks))
                 else:
                     index, repeats = index + 1, 0
                     if index == len(blocks):  # the last block acknowledged

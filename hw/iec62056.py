@@ -555,7 +555,7 @@ def readout_blocks(lines: Iterable[str], lines_per_block: int) -> list[bytes]:
         raise ValueError(f"lines_per_block must be at least 1, not {lines_per_block}")
     checked = [_checked_line(line) for line in lines]
     groups = [checked[i : i + lines_per_block] for i in range(0, len(checked), lines_per_block)]
-    last = groups.pop() if groups and len(groups[-1]) < lines_per_block else []
+    last = groups.pop() if groups else []  # the end line '!' joins the last group
     blocks = []
     for group in groups:
         inner = "\r\n".join(group).encode("ascii") + _EOT_B

@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_MAX_LINE",
     "DEFAULT_MAX_BLOCK",
     "DEFAULT_MAX_READOUT",
+    "DEFAULT_MAX_BLOCKS",
     "REACTION_TIME_MIN_S",
     "REACTION_TIME_MIN_FAST_S",
     "REACTION_TIME_MAX_S",
@@ -114,6 +115,8 @@ DEFAULT_MAX_LINE = 128
 DEFAULT_MAX_BLOCK = 8192
 #: Longest readout accepted over all its partial blocks (their data, joined).
 DEFAULT_MAX_READOUT = 65536
+#: Most blocks accepted in one readout (each may take a reaction time of 1.5 s).
+DEFAULT_MAX_BLOCKS = 256
 
 # Reaction time tr of the tariff device: between the end of the HHU's message and the start of
 # the device's answer (the identification, the data after the option select, each next block).
@@ -585,7 +588,7 @@ class ReadoutReader:
     up to ``max_retries`` times when the readout is in partial blocks (the block ends with EOT,
     or an earlier one did); a damaged single block (STX ... ETX) raises
     :class:`MeterProtocolError`, as a readout without partial blocks is not repeated. So do
-    a block or readout over its bound and data that is not a readout.
+    a block, a readout or a count of blocks over its bound and data that is not a readout.
     """
 
     __slots__ = (
@@ -596,6 +599,7 @@ class ReadoutReader:
         "_retries",
         "blocks",
         "max_block",
+        "max_blocks",
         "max_readout",
         "max_retries",
         "repeats",
@@ -608,10 +612,12 @@ class ReadoutReader:
         max_block: int = DEFAULT_MAX_BLOCK,
         max_readout: int = DEFAULT_MAX_READOUT,
         max_retries: int = MAX_BLOCK_RETRIES,
+        max_blocks: int = DEFAULT_MAX_BLOCKS,
     ) -> None:
-        if max_block < 5 or max_readout < max_block or max_retries < 0:
-            raise ValueError("need max_block >= 5, max_readout >= max_block, max_retries >= 0")
+        if max_block < 5 or max_readout < max_block or max_retries < 0 or max_blocks < 1:
+            raise ValueError("need max_block >= 5, max_readout >= max_block, max_retries >= 0, max_blocks >= 1")
         self.max_block = max_block
+        self.max_blocks = max_blocks
         self.max_readout = max_readout
         self.max_retries = max_retries
         #: Bytes discarded outside blocks (noise, damaged blocks).
@@ -701,6 +707,8 @@ class ReadoutReader:
             self._data += chunk
             if partial:
                 self.blocks += 1
+                if self.blocks >= self.max_blocks:
+                    raise MeterProtocolError(f"readout in more than {self.max_blocks} blocks")
                 self._out.append(ACK)
                 continue
             if self.blocks:

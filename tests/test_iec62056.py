@@ -1031,6 +1031,13 @@ def test_a_damaged_partial_block_is_asked_again_and_the_retries_are_bounded() ->
     assert reader.data_to_send() == b"\x15\x15" and reader.finished
 
 
+def test_the_number_of_partial_blocks_is_bounded() -> None:
+    wire = b"".join(iec62056.readout_blocks(LINES, 1))  # 7 blocks
+    assert isinstance(iec62056.ReadoutReader(max_blocks=7).feed(wire), DataBlock)
+    with pytest.raises(MeterProtocolError, match="more than 6 blocks"):
+        iec62056.ReadoutReader(max_blocks=6).feed(wire)
+
+
 def test_a_damaged_single_block_is_an_error_not_a_repeat() -> None:
     wire = readout_bytes(LINES)
     reader = iec62056.ReadoutReader()

@@ -228,7 +228,8 @@ def parse_option_select(line: bytes | bytearray | memoryview) -> OptionSelect:
     body = raw[:-2] if raw.endswith(CRLF) else raw
     if len(body) != 4 or body[0] != ACK:
         raise MeterProtocolError(f"not an option select message: {raw[:16]!r}")
-    protocol, baud_char, mode = body[1:].decode("ascii", "replace")
+    text = body[1:].decode("ascii", "replace")
+    protocol, baud_char, mode = text[0], text[1], text[2]
     if protocol not in "012" or baud_char not in BAUD_CHARS or not mode.isdigit():
         raise MeterProtocolError(f"option select {raw[:16]!r}: protocol 0..2, baud 0..6, mode a digit")
     return OptionSelect(protocol=protocol, baud_char=baud_char, mode=mode)

@@ -174,6 +174,10 @@ class Iec62056Meter:
             while ident is None:
                 ident = ident_reader.feed(await self._read_some(deadline))
             self.last_identification = ident
+            # We keep the same minimum turnaround towards the meter as it keeps towards us (a
+            # half-duplex optical head needs it): 200 ms, 20 ms for a lower-case third letter.
+            turnaround_s = ident.reaction_window_s[0]
+            await asyncio.sleep(turnaround_s)
             try:
                 char = select_baud_char(ident.baud_char, self.max_baud)
             except ValueError as exc:  # a garbled identification, or not a mode C meter
@@ -190,6 +194,7 @@ class Iec62056Meter:
             while result is None:
                 reply = reader.data_to_send()
                 if reply:
+                    await asyncio.sleep(turnaround_s)
                     self._writer.write(reply)
                     asked = await self._sent()
                     # Each block acknowledged gives the meter a reaction time again.
@@ -200,6 +205,7 @@ class Iec62056Meter:
             self.last_repeats = reader.repeats
             reply = reader.data_to_send()
             if reply:
+                await asyncio.sleep(turnaround_s)
                 self._writer.write(reply)
                 await self._sent()
             if isinstance(result, PasswordRequest):

@@ -11,6 +11,7 @@ that reopens its port at the new speed right after the acknowledgement loses not
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ from .faults import Faults, FaultyWriter
 from .model import MeterModel
 from .servers import readout_lines
 
-__all__ = ["IecOptions", "iec_session", "DEFAULT_REACTION_S"]
+__all__ = ["IecOptions", "iec_session", "DEFAULT_REACTION_S", "MeterState", "Heard", "MeterAction", "TRANSITIONS"]
 
 log = logging.getLogger("evproto.firmware_sim")
 
@@ -134,6 +135,141 @@ class _Messages:
             self._buf += chunk
 
 
+class MeterState(enum.Enum):
+    """Where the simulated meter is in a mode C session."""
+
+    IDLE = "idle"  # waiting for a sign-on
+    IDENTIFIED = "identified"  # identification sent, waiting for the option select
+    BLOCKS = "blocks"  # a partial block sent, waiting for ACK or NAK
+    PROGRAMMING = "programming"  # password request sent, waiting for the break
+
+
+class Heard(enum.Enum):
+    """What the meter made of the HHU's next message (or of its silence)."""
+
+    SIGN_ON = "sign-on"  # /?!, or /?<our address>!
+    SIGN_ON_OTHER = "sign-on for another meter"
+    OPTION_READOUT = "option select: readout"
+    OPTION_READOUT_BLOCKS = "option select: readout (we send partial blocks)"
+    OPTION_PROGRAMMING = "option select: programming"
+    OPTION_OTHER = "option select: garbled or a mode we do not serve"
+    ACK = "ACK"
+    ACK_LAST = "ACK of the last block"
+    NAK = "NAK"
+    NAK_EXHAUSTED = "NAK beyond the retries"
+    BREAK = "break B0"
+    OTHER_COMMAND = "another command (password, read...)"
+    SILENCE = "silence (3 s)"
+
+
+class MeterAction(enum.Enum):
+    """What the meter sends, after its reaction time."""
+
+    NOTHING = "nothing"
+    IDENTIFY = "identification"
+    READOUT = "the readout in one block"
+    FIRST_BLOCK = "the first partial block"
+    NEXT_BLOCK = "the next partial block"
+    SAME_BLOCK = "the same block again"
+    PASSWORD_REQUEST = "password request P0"
+
+
+def _transitions() -> dict[tuple[MeterState, Heard], tuple[MeterAction, MeterState]]:
+    nothing = MeterAction.NOTHING
+    # What does not fit the state is ignored, except that a sign-on restarts the session and
+    # silence or a sign-on for another meter ends it, whatever the state.
+    table = {(state, heard): (nothing, state) for state in MeterState for heard in Heard}
+    for state in MeterState:
+        table[state, Heard.SIGN_ON] = (MeterAction.IDENTIFY, MeterState.IDENTIFIED)
+        table[state, Heard.SIGN_ON_OTHER] = (nothing, MeterState.IDLE)
+        table[state, Heard.SILENCE] = (nothing, MeterState.IDLE)
+    table.update(
+        {
+            (MeterState.IDENTIFIED, Heard.OPTION_READOUT): (MeterAction.READOUT, MeterState.IDLE),
+            (MeterState.IDENTIFIED, Heard.OPTION_READOUT_BLOCKS): (MeterAction.FIRST_BLOCK, MeterState.BLOCKS),
+            (MeterState.IDENTIFIED, Heard.OPTION_PROGRAMMING): (
+                MeterAction.PASSWORD_REQUEST,
+                MeterState.PROGRAMMING,
+            ),
+            (MeterState.IDENTIFIED, Heard.OPTION_OTHER): (nothing, MeterState.IDLE),
+            (MeterState.BLOCKS, Heard.ACK): (MeterAction.NEXT_BLOCK, MeterState.BLOCKS),
+            (MeterState.BLOCKS, Heard.ACK_LAST): (nothing, MeterState.IDLE),
+            (MeterState.BLOCKS, Heard.NAK): (MeterAction.SAME_BLOCK, MeterState.BLOCKS),
+            (MeterState.BLOCKS, Heard.NAK_EXHAUSTED): (nothing, MeterState.IDLE),
+            (MeterState.PROGRAMMING, Heard.BREAK): (nothing, MeterState.IDLE),
+        }
+    )
+    return table
+
+
+#: (state, what was heard) -> (what the meter sends, next state): every pair is in the table.
+TRANSITIONS: dict[tuple[MeterState, Heard], tuple[MeterAction, MeterState]] = _transitions()
+
+
+class _Session:
+    """One line's session: classifies what it hears (with the context the table leaves out:
+    our address, which block, how many repeats) and carries out the table's actions."""
+
+    def __init__(self, opts: IecOptions, model: MeterModel) -> None:
+        self.opts = opts
+        self.model = model
+        self.state = MeterState.IDLE
+        self.blocks: list[bytes] = []
+        self.index = 0
+        self.repeats = 0
+
+    def hear(self, msg: tuple[str, bytes] | None) -> Heard | None:
+        """What ``msg`` means now; None for what this state cannot take (a stray byte)."""
+        if msg is None:
+            return Heard.SILENCE
+        kind, raw = msg
+        if kind == "signon":
+            wanted = raw[2:-3].decode("ascii", "replace")  # between "/?" and "!\r\n"
+            address = self.opts.address
+            ours = not (wanted and address and wanted.lstrip("0") != address.lstrip("0"))
+            return Heard.SIGN_ON if ours else Heard.SIGN_ON_OTHER
+        if kind == "option":
+            try:
+                option = parse_option_select(raw)
+            except MeterProtocolError as exc:
+                log.info("IEC: %s", exc)
+                return Heard.OPTION_OTHER
+            if option.programming:
+                return Heard.OPTION_PROGRAMMING
+            if option.mode != "0":
+                log.info("IEC: option select mode %s not supported; back to idle", option.mode)
+                return Heard.OPTION_OTHER
+            return Heard.OPTION_READOUT_BLOCKS if self.opts.block_lines else Heard.OPTION_READOUT
+        if kind == "ack":
+            return Heard.ACK_LAST if self.index + 1 >= len(self.blocks) else Heard.ACK
+        if kind == "nak":
+            return Heard.NAK_EXHAUSTED if self.repeats >= MAX_BLOCK_RETRIES else Heard.NAK
+        if kind == "command":
+            return Heard.BREAK if raw[1:3] == b"B0" else Heard.OTHER_COMMAND
+        return None
+
+    def act(self, action: MeterAction) -> bytes | None:
+        """The bytes to send for ``action`` (None: nothing), updating the block bookkeeping."""
+        opts = self.opts
+        if action is MeterAction.IDENTIFY:
+            return opts.identification()
+        if action is MeterAction.READOUT:
+            return readout_bytes(readout_lines(self.model))
+        if action is MeterAction.FIRST_BLOCK:
+            self.blocks, self.index, self.repeats = readout_blocks(readout_lines(self.model), opts.block_lines), 0, 0
+            return self.blocks[0]
+        if action is MeterAction.NEXT_BLOCK:
+            self.index, self.repeats = self.index + 1, 0
+            return self.blocks[self.index]
+        if action is MeterAction.SAME_BLOCK:
+            self.repeats += 1
+            log.info("IEC: block %d of %d asked again (NAK)", self.index + 1, len(self.blocks))
+            return self.blocks[self.index]
+        if action is MeterAction.PASSWORD_REQUEST:
+            return command_message("P0", f"({opts.ident[:16]})")
+        return None
+
+
 async def iec_session(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -143,72 +279,29 @@ async def iec_session(
     options: IecOptions | None = None,
     line_timeout_s: float = 3.0,
 ) -> None:
-    """Serve IEC 62056-21 mode C sessions until the line closes."""
+    """Serve IEC 62056-21 mode C sessions until the line closes (:data:`TRANSITIONS`)."""
     opts = options or IecOptions()
     out = FaultyWriter(writer, faults)
     messages = _Messages(reader)
-    state = "idle"  # idle, identified, blocks, programming
-    blocks: list[bytes] = []
-    index = repeats = 0
-
-    async def answer(data: bytes) -> None:
-        await asyncio.sleep(opts.reaction_s)  # tr, and the baud switch within it
-        out.write(data)
-
+    session = _Session(opts, model)
     try:
         while True:
-            msg = await messages.next(None if state == "idle" else line_timeout_s, option=state == "identified")
-            if msg is None:  # the HHU went quiet: back to idle, as a real meter does
-                state = "idle"
+            state = session.state
+            msg = await messages.next(
+                None if state is MeterState.IDLE else line_timeout_s, option=state is MeterState.IDENTIFIED
+            )
+            heard = session.hear(msg)
+            if heard is None:
                 continue
-            kind, raw = msg
-            if kind == "signon":
-                # A sign-on restarts the session at any time, as on a real meter.
-                wanted = raw[2:-3].decode("ascii", "replace")  # between "/?" and "!\r\n"
-                if wanted and opts.address and wanted.lstrip("0") != opts.address.lstrip("0"):
-                    state = "idle"
-                    continue  # addressed to another meter on the bus
-                await answer(opts.identification())
-                state = "identified"
-            elif state == "identified" and kind == "option":
-                state = "idle"
-                try:
-                    option = parse_option_select(raw)
-                except MeterProtocolError as exc:
-                    log.info("IEC: %s", exc)
-                    continue
-                if option.programming:
-                    await answer(command_message("P0", f"({opts.ident[:16]})"))
-                    state = "programming"
-                elif option.mode == "0":
-                    lines = readout_lines(model)
-                    if opts.block_lines:
-                        blocks, index, repeats = readout_blocks(lines, opts.block_lines), 0, 0
-                        state = "blocks"
-                        await answer(blocks[0])
-                    else:
-                        await answer(readout_bytes(lines))
-                else:
-                    log.info("IEC: option select mode %s not supported; back to idle", option.mode)
-            elif state == "blocks" and kind in ("ack", "nak"):
-                if kind == "nak":
-                    repeats += 1
-                    if repeats > MAX_BLOCK_RETRIES:
-                        log.info("IEC: block %d refused %d times; back to idle", index + 1, repeats)
-                        state = "idle"
-                        continue
-                    log.info("IEC: block %d of %d asked again (NAK)", index + 1, len(blocks))
-                else:
-                    index, repeats = index + 1, 0
-                    if index == len(blocks):  # the last block acknowledged
-                        state = "idle"
-                        continue
-                await answer(blocks[index])
-            elif state == "programming" and kind == "command":
-                if raw[1:3] == b"B0":
-                    log.info("IEC: the HHU broke off programming mode (B0)")
-                    state = "idle"
-                # Anything else (a password P1, a read R1...) is not served: we wait for B0.
+            action, session.state = TRANSITIONS[state, heard]
+            if heard is Heard.BREAK:
+                log.info("IEC: the HHU broke off programming mode (B0)")
+            elif heard is Heard.NAK_EXHAUSTED:
+                log.info("IEC: block %d refused %d times; back to idle", session.index + 1, session.repeats + 1)
+            data = session.act(action)
+            if data is not None:
+                await asyncio.sleep(opts.reaction_s)  # tr, and the baud switch within it
+                out.write(data)
     except (EOFError, OSError, LinkDownError):
         pass
     finally:

@@ -35,6 +35,35 @@ EARLY_S = 0.005
 LATE_S = 1.0
 
 
+def test_the_simulated_meters_table_covers_every_pair() -> None:
+    """Every (state, what was heard) pair has a row; a sign-on restarts from any state, silence
+    or another meter's sign-on ends any session, and what does not fit a state changes nothing."""
+    from evproto.firmware_sim.iec import TRANSITIONS, Heard, MeterAction, MeterState
+
+    assert set(TRANSITIONS) == {(state, heard) for state in MeterState for heard in Heard}
+    meaningful = {
+        (MeterState.IDENTIFIED, Heard.OPTION_READOUT): (MeterAction.READOUT, MeterState.IDLE),
+        (MeterState.IDENTIFIED, Heard.OPTION_READOUT_BLOCKS): (MeterAction.FIRST_BLOCK, MeterState.BLOCKS),
+        (MeterState.IDENTIFIED, Heard.OPTION_PROGRAMMING): (MeterAction.PASSWORD_REQUEST, MeterState.PROGRAMMING),
+        (MeterState.IDENTIFIED, Heard.OPTION_OTHER): (MeterAction.NOTHING, MeterState.IDLE),
+        (MeterState.BLOCKS, Heard.ACK): (MeterAction.NEXT_BLOCK, MeterState.BLOCKS),
+        (MeterState.BLOCKS, Heard.ACK_LAST): (MeterAction.NOTHING, MeterState.IDLE),
+        (MeterState.BLOCKS, Heard.NAK): (MeterAction.SAME_BLOCK, MeterState.BLOCKS),
+        (MeterState.BLOCKS, Heard.NAK_EXHAUSTED): (MeterAction.NOTHING, MeterState.IDLE),
+        (MeterState.PROGRAMMING, Heard.BREAK): (MeterAction.NOTHING, MeterState.IDLE),
+    }
+    for (state, heard), row in TRANSITIONS.items():
+        if heard is Heard.SIGN_ON:
+            expected = (MeterAction.IDENTIFY, MeterState.IDENTIFIED)
+        elif heard in (Heard.SILENCE, Heard.SIGN_ON_OTHER):
+            expected = (MeterAction.NOTHING, MeterState.IDLE)
+        else:
+            expected = meaningful.get((state, heard), (MeterAction.NOTHING, state))
+        assert row == expected, (state, heard)
+    # Programming mode is never left for anything but the break, silence or a new sign-on.
+    assert TRANSITIONS[MeterState.PROGRAMMING, Heard.OTHER_COMMAND] == (MeterAction.NOTHING, MeterState.PROGRAMMING)
+
+
 async def _read_once(path: str, **options: object) -> Iec62056Meter:
     driver = Iec62056Meter(path, **options)  # type: ignore[arg-type]
     await driver.open()

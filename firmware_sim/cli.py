@@ -22,8 +22,9 @@ from evproto.errors import TransportError
 from ..daemons.common import setup_logging, shutdown_event, stdin_lines
 from .device import PtyDevice
 from .faults import Faults
+from .iec import DEFAULT_REACTION_S, IecOptions, iec_session
 from .model import MeterModel
-from .servers import evproto_session, iec_session
+from .servers import evproto_session
 
 __all__ = ["main", "Simulator"]
 
@@ -33,7 +34,7 @@ COMMANDS = """commands (one per line):
   load on [KW] | load off     the vehicle draws power (or not)
   power KW                    change the power
   reset                       spurious reset: the energy register restarts at 0
-  corrupt N                   damage the checksum of the next N frames
+  corrupt N [after M]         damage the checksum of the next N frames (after M intact ones)
   drop P | garbage P          probability of a lost byte / of junk before a frame
   split on|off                send in tiny pieces
   stall S                     answer nothing for S seconds
@@ -44,8 +45,11 @@ COMMANDS = """commands (one per line):
 class Simulator:
     """The meter: a model, its faults, a protocol and a port."""
 
-    def __init__(self, *, protocol: str, model: MeterModel, faults: Faults, address: str = "") -> None:
+    def __init__(
+        self, *, protocol: str, model: MeterModel, faults: Faults, address: str = "", iec: IecOptions | None = None
+    ) -> None:
         self.protocol = protocol
+        self.iec = iec or IecOptions(address=address)
         self.model = model
         self.faults = faults
         self.address = address
@@ -57,7 +61,7 @@ class Simulator:
         if self.protocol == "evproto":
             await evproto_session(reader, writer, self.model, self.faults)
         else:
-            await iec_session(reader, writer, self.model, self.faults, address=self.address)
+            await iec_session(reader, writer, self.model, self.faults, options=self.iec)
 
     async def run_pty(self, device: PtyDevice, stop: asyncio.Event) -> None:
         self.device = device
@@ -124,8 +128,11 @@ class Simulator:
                 self.model.reset()
                 return "energy register reset to 0"
             if verb == "corrupt":
-                self.faults.corrupt_next = int(args[0]) if args else 1
-                return f"the next {self.faults.corrupt_next} frame(s) get a bad checksum"
+                after = int(args[2]) if len(args) > 2 and args[1].lower() == "after" else 0
+                if len(args) not in (0, 1, 3) or after < 0:
+                    raise ValueError("corrupt N [after M]")
+                self.faults.corrupt_next, self.faults.corrupt_after = (int(args[0]) if args else 1), after
+                return f"the next {self.faults.corrupt_next} frame(s) after {after} get a bad checksum"
             if verb in ("drop", "garbage"):
                 p = float(args[0])
                 if not 0 <= p <= 1:
@@ -175,6 +182,31 @@ class Simulator:
 @click.option("--garbage", type=click.FloatRange(0, 1), default=0.0, help="Probability of junk before a write.")
 @click.option("--split", is_flag=True, help="Send every write in 1-3 byte pieces.")
 @click.option("--seed", type=int, default=None, help="Make the random faults repeatable.")
+@click.option(
+    "--iec-reaction-ms",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_REACTION_S * 1000,
+    show_default=True,
+    help="IEC: the reaction time tr before every answer; the standard allows 200..1500 ms "
+    "(from 20 ms with a lower-case third manufacturer letter).",
+)
+@click.option(
+    "--iec-nonconformant", is_flag=True, help="IEC: accept a reaction time outside the standard (fault injection)."
+)
+@click.option(
+    "--iec-manufacturer",
+    default="EVP",
+    show_default=True,
+    help="IEC: the three-letter manufacturer id; a lower-case third letter (EVp) means 20 ms minimum tr.",
+)
+@click.option("--iec-enhanced-id", default="", metavar="W", help="IEC: add the enhanced identification \\W (e.g. 2).")
+@click.option(
+    "--iec-block-lines",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="IEC: send the readout in partial blocks of N data lines (EOT, ACK/NAK per block); 0 = one block.",
+)
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="evmeter-sim")
 def main(
@@ -192,6 +224,11 @@ def main(
     garbage: float,
     split: bool,
     seed: int | None,
+    iec_reaction_ms: float,
+    iec_nonconformant: bool,
+    iec_manufacturer: str,
+    iec_enhanced_id: str,
+    iec_block_lines: int,
     log_level: str,
 ) -> None:
     """A simulated meter for testing engines without hardware (docs/hardware.md).
@@ -202,6 +239,17 @@ def main(
     """
     if use_pty == bool(tcp):
         raise click.UsageError("give exactly one of --pty or --tcp HOST:PORT")
+    iec = IecOptions(
+        manufacturer=iec_manufacturer,
+        enhanced=iec_enhanced_id,
+        reaction_s=iec_reaction_ms / 1000,
+        block_lines=iec_block_lines,
+        address=address,
+    )
+    try:
+        iec.check(nonconformant=iec_nonconformant)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--iec-*") from None
     setup_logging("evmeter-sim", level=log_level, fmt="text")
     import random
 
@@ -211,6 +259,7 @@ def main(
         model=MeterModel(power_kw=power_kw, load_on=load, energy_wh=energy_wh, time_scale=time_scale),
         faults=faults,
         address=address,
+        iec=iec,
     )
 
     async def run() -> int:

@@ -22,6 +22,8 @@ class Faults:
 
     #: Damage the checksum (LRC/BCC, the last byte) of the next N frames sent.
     corrupt_next: int = 0
+    #: Frames to send intact before ``corrupt_next`` starts (damage the second block, not the first).
+    corrupt_after: int = 0
     #: Probability that a write loses one random byte.
     drop: float = 0.0
     #: Send every write in pieces of 1-3 bytes with tiny pauses.
@@ -47,7 +49,9 @@ class Faults:
             self.counts["stalled"] += 1
             return []
         buf = bytearray(data)
-        if self.corrupt_next > 0 and 0x02 in buf:
+        if self.corrupt_next > 0 and 0x02 in buf and self.corrupt_after > 0:
+            self.corrupt_after -= 1
+        elif self.corrupt_next > 0 and 0x02 in buf:
             self.corrupt_next -= 1
             self.counts["corrupted"] += 1
             buf[-1] ^= 0x5A

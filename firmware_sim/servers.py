@@ -1,4 +1,5 @@
-"""The simulated meter's protocols: evproto (link server) and IEC 62056-21 mode C readout."""
+"""The simulated meter's protocols: evproto (link server) and the data lines of an IEC 62056-21
+readout (the IEC session itself is :mod:`.iec`)."""
 
 from __future__ import annotations
 
@@ -7,19 +8,15 @@ import logging
 import time
 
 from evproto.aio import Link, serve_stream
-from evproto.errors import LinkDownError
 from evproto.link import RequestReceived
 from evproto.messages import MeterReadRequest, MeterValues
 
 from .faults import Faults, FaultyWriter
 from .model import MeterModel
 
-__all__ = ["evproto_session", "iec_session", "IDENTIFICATION", "readout_lines"]
+__all__ = ["evproto_session", "readout_lines"]
 
 log = logging.getLogger("evproto.firmware_sim")
-
-#: What the simulated IEC meter says it is: manufacturer EVP, 9600 baud (5), our name.
-IDENTIFICATION = b"/EVP5EVPROTO-SIM\r\n"
 
 
 async def evproto_session(
@@ -61,71 +58,3 @@ def readout_lines(model: MeterModel, serial_no: str = "12345678") -> list[str]:
         f"31.7.0({(current or 0.0):06.2f}*A)",
         "F.F(00000000)",
     ]
-
-
-async def iec_session(
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    model: MeterModel,
-    faults: Faults,
-    *,
-    address: str = "",
-    line_timeout_s: float = 3.0,
-) -> None:
-    """Serve IEC 62056-21 mode C readouts until the line closes."""
-    from evproto.hw.iec62056 import readout_bytes
-
-    out = FaultyWriter(writer, faults)
-    buf = bytearray()
-
-    async def next_line(timeout_s: float | None) -> bytes | None:
-        """The next complete sign-on (``/?...``) or ACK line, noise skipped; None on timeout."""
-        nonlocal buf
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None else loop.time() + timeout_s
-        while True:
-            starts = [i for i in (buf.find(b"/?"), buf.find(b"\x06")) if i >= 0]
-            if starts:
-                start = min(starts)
-                end = buf.find(b"\r\n", start)
-                if end >= 0:
-                    text = bytes(buf[start : end + 2])
-                    del buf[: end + 2]
-                    return text
-            if len(buf) > 256:
-                del buf[:-256]
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                return None
-            try:
-                chunk = await asyncio.wait_for(reader.read(256), remaining)
-            except asyncio.TimeoutError:
-                return None
-            if not chunk:
-                raise EOFError
-            buf += chunk
-
-    try:
-        signed_on = False
-        while True:
-            line = await next_line(line_timeout_s if signed_on else None)
-            if line is None:  # the client went quiet after the identification: back to idle
-                signed_on = False
-                continue
-            if line.startswith(b"/?"):
-                # A sign-on restarts the session at any time, as on a real meter.
-                wanted = line[2:-3].decode("ascii", "replace")  # between "/?" and "!\r\n"
-                if wanted and address and wanted.lstrip("0") != address.lstrip("0"):
-                    signed_on = False
-                    continue  # addressed to another meter on the bus
-                out.write(IDENTIFICATION)
-                signed_on = True
-            elif signed_on:  # the acknowledgement / option select
-                signed_on = False
-                await asyncio.sleep(0.05)  # the baud switch
-                out.write(readout_bytes(readout_lines(model)))
-    except (EOFError, OSError, LinkDownError):
-        pass
-    finally:
-        out.close()
-        await out.wait_closed()

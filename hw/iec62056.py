@@ -10,15 +10,22 @@ A mode C readout, as the client (us) sees it::
                       ... both sides switch to the new baud rate ...
     meter  -> client  STX data lines CR LF ... ! CR LF ETX BCC
 
-The client sends the acknowledgement at the old rate and switches only once it has left the
-UART and the meter has had time to switch too: wait ~200-500 ms after the ACK
-(:data:`BAUD_SWITCH_WAIT_S`) before changing the port's baud rate. The data block's BCC is the
-XOR of every byte after STX up to and including ETX.
+The meter answers every message after its reaction time tr: 200 ms .. 1.5 s, from 20 ms when
+the third manufacturer letter is lower case (:func:`reaction_window_s`); the client waits ta
+(:data:`ANSWER_WAIT_S`, 1.5 s) for an answer to start. The client sends the acknowledgement at
+the old rate and switches as soon as it has left the UART (before the meter's shortest
+reaction time is over). The data block's BCC is the XOR of every byte after STX up to and
+including ETX. A readout may come in partial blocks (``STX ... EOT BCC``), each acknowledged
+(ACK) or asked again (NAK); the last ends with ETX. Programming mode (option ``1``) answers
+with a password request ``SOH P0 STX (...) ETX BCC``; we only read, and break off with
+``SOH B0 ETX BCC`` (:func:`break_message`).
 
 This module is sans-I/O: the async driver owns the serial port and the clock and uses
 :func:`sign_on`, :class:`IdentificationReader`, :func:`select_baud_char` and :func:`ack_option`,
-:class:`DataBlockDecoder`, then :func:`parse_data` and :func:`reading_from_data`, in that order.
-:func:`readout_bytes` builds the meter's side of the exchange for the simulated meter and tests.
+:class:`ReadoutReader` (or :class:`DataBlockDecoder` for one block), then :func:`parse_data` and
+:func:`reading_from_data`, in that order.
+:func:`readout_bytes`, :func:`readout_blocks`, :func:`command_message` and
+:func:`parse_option_select` build and read the meter's side for the simulated meter and tests.
 """
 
 from __future__ import annotations
@@ -48,10 +55,21 @@ __all__ = [
     "CRLF",
     "BAUD_CHARS",
     "INITIAL_BAUD",
-    "BAUD_SWITCH_WAIT_S",
     "DEFAULT_MAX_LINE",
     "DEFAULT_MAX_BLOCK",
+    "DEFAULT_MAX_READOUT",
+    "DEFAULT_MAX_BLOCKS",
+    "REACTION_TIME_MIN_S",
+    "REACTION_TIME_MIN_FAST_S",
+    "REACTION_TIME_MAX_S",
+    "ANSWER_WAIT_S",
+    "MAX_BLOCK_RETRIES",
+    "reaction_window_s",
     "bcc",
+    "break_message",
+    "command_message",
+    "parse_option_select",
+    "OptionSelect",
     "sign_on",
     "ack_option",
     "select_baud_char",
@@ -60,12 +78,15 @@ __all__ = [
     "IdentificationReader",
     "DataBlock",
     "DataBlockDecoder",
+    "PasswordRequest",
+    "ReadoutReader",
     "DataValue",
     "canonical_address",
     "parse_data_line",
     "parse_data",
     "reading_from_data",
     "readout_bytes",
+    "readout_blocks",
 ]
 
 SOH = 0x01
@@ -88,15 +109,43 @@ BAUD_CHARS: dict[str, int] = {
 }
 #: Every mode C exchange starts at 300 baud, 7 data bits, even parity, 1 stop bit.
 INITIAL_BAUD = 300
-#: How long the client waits after sending the option select ACK before switching its baud rate.
-BAUD_SWITCH_WAIT_S = 0.3
 #: Longest identification line accepted, CR LF included (the standard's is 25 bytes).
 DEFAULT_MAX_LINE = 128
 #: Longest data block accepted, STX to BCC included.
 DEFAULT_MAX_BLOCK = 8192
+#: Longest readout accepted over all its partial blocks (their data, joined).
+DEFAULT_MAX_READOUT = 65536
+#: Most blocks accepted in one readout (each may take a reaction time of 1.5 s).
+DEFAULT_MAX_BLOCKS = 256
+
+# Reaction time tr of the tariff device: between the end of the HHU's message and the start of
+# the device's answer (the identification, the data after the option select, each next block).
+#: Shortest reaction time allowed of a device (200 ms).
+REACTION_TIME_MIN_S = 0.2
+#: Shortest reaction time of a device whose manufacturer id has a lower-case third letter (20 ms).
+REACTION_TIME_MIN_FAST_S = 0.02
+#: Longest reaction time allowed of a device (1500 ms).
+REACTION_TIME_MAX_S = 1.5
+#: ta: how long the HHU waits for the start of an answer before it gives up (at least tr's maximum).
+ANSWER_WAIT_S = REACTION_TIME_MAX_S
+#: How many times one partial block is asked again (NAK) before the readout fails.
+MAX_BLOCK_RETRIES = 3
 
 _STX_B = b"\x02"
 _ETX_B = b"\x03"
+_EOT_B = b"\x04"
+_SOH_B = b"\x01"
+
+
+def reaction_window_s(manufacturer: str) -> tuple[float, float]:
+    """(shortest, longest) reaction time allowed of a device identifying as ``manufacturer``
+    (the three letters as written in the identification): 20 ms .. 1.5 s when the third letter
+    is lower case, else 200 ms .. 1.5 s."""
+    if len(manufacturer) != 3 or not manufacturer.isalpha():
+        raise ValueError(f"manufacturer id {manufacturer!r}: three letters")
+    fast = manufacturer[2].islower()
+    return (REACTION_TIME_MIN_FAST_S if fast else REACTION_TIME_MIN_S, REACTION_TIME_MAX_S)
+
 
 # -- small pieces: BCC, sign-on, option select --------------------------------------------------
 
@@ -137,6 +186,53 @@ def ack_option(baud_char: str, mode: str = "0", protocol: str = "0") -> bytes:
     if len(protocol) != 1 or protocol not in "012":
         raise ValueError(f"protocol character {protocol!r} must be 0, 1 or 2")
     return bytes((ACK,)) + (protocol + baud_char + mode).encode("ascii") + CRLF
+
+
+def command_message(command: str, data: str | None = None) -> bytes:
+    """A programming command message: SOH, command and type (``"P0"``, ``"B0"``...), then
+    STX ``data`` (with its parentheses, e.g. ``"(12345678)"``) when given, ETX, BCC.
+    ``command_message("P0", "(1234567)") == b"\\x01P0\\x02(1234567)\\x03P"``."""
+    if len(command) != 2 or command[0] not in "PWREB" or not command[1].isdigit():
+        raise ValueError(f"command {command!r}: one of P W R E B and a digit")
+    body = command.encode("ascii")
+    if data is not None:
+        if not data.isascii() or not data.isprintable():
+            raise ValueError(f"command data {data!r}: printable ASCII")
+        body += _STX_B + data.encode("ascii")
+    body += _ETX_B
+    return _SOH_B + body + bytes((lrc(body),))
+
+
+def break_message() -> bytes:
+    """The break message ``SOH B0 ETX BCC``: the HHU ends the session (leaves programming mode)."""
+    return command_message("B0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OptionSelect:
+    """The HHU's acknowledgement/option select message ``ACK V Z Y CR LF``."""
+
+    protocol: str
+    baud_char: str
+    mode: str
+
+    @property
+    def programming(self) -> bool:
+        """True when the HHU asks for programming mode (Y = 1)."""
+        return self.mode == "1"
+
+
+def parse_option_select(line: bytes | bytearray | memoryview) -> OptionSelect:
+    """Parse ``ACK V Z Y CR LF`` (CR LF optional); MeterProtocolError on anything else."""
+    raw = bytes(line)
+    body = raw[:-2] if raw.endswith(CRLF) else raw
+    if len(body) != 4 or body[0] != ACK:
+        raise MeterProtocolError(f"not an option select message: {raw[:16]!r}")
+    text = body[1:].decode("ascii", "replace")
+    protocol, baud_char, mode = text[0], text[1], text[2]
+    if protocol not in "012" or baud_char not in BAUD_CHARS or not mode.isdigit():
+        raise MeterProtocolError(f"option select {raw[:16]!r}: protocol 0..2, baud 0..6, mode a digit")
+    return OptionSelect(protocol=protocol, baud_char=baud_char, mode=mode)
 
 
 def select_baud_char(offered: str, max_baud: int | None = None) -> str:
@@ -182,6 +278,11 @@ class Identification:
     identification: str
     fast_reaction: bool
     enhanced: tuple[str, ...] = ()
+
+    @property
+    def reaction_window_s(self) -> tuple[float, float]:
+        """(shortest, longest) reaction time the standard allows this device (seconds)."""
+        return (REACTION_TIME_MIN_FAST_S if self.fast_reaction else REACTION_TIME_MIN_S, REACTION_TIME_MAX_S)
 
     @property
     def mode_c(self) -> bool:
@@ -445,6 +546,209 @@ def _checked_line(line: str) -> str:
     if line == "!" or not line.isascii() or not line.isprintable():
         raise ValueError(f"data line {line!r}: printable ASCII, not '!'")
     return line
+
+
+def readout_blocks(lines: Iterable[str], lines_per_block: int) -> list[bytes]:
+    """The meter's readout for ``lines`` in partial blocks of up to ``lines_per_block`` data lines.
+
+    Every block but the last is ``STX lines EOT BCC``, the last ``STX lines ! CR LF ETX BCC``.
+    A block boundary ends a line: a partial block's last line has no CR LF of its own (the
+    reader adds it back), as the independent ``iec62056-21`` client reads partial blocks too.
+    """
+    if lines_per_block < 1:
+        raise ValueError(f"lines_per_block must be at least 1, not {lines_per_block}")
+    checked = [_checked_line(line) for line in lines]
+    groups = [checked[i : i + lines_per_block] for i in range(0, len(checked), lines_per_block)]
+    last = groups.pop() if groups else []  # the end line '!' joins the last group
+    blocks = []
+    for group in groups:
+        inner = "\r\n".join(group).encode("ascii") + _EOT_B
+        blocks.append(_STX_B + inner + bytes((lrc(inner),)))
+    inner = ("".join(line + "\r\n" for line in last) + "!\r\n").encode("ascii") + _ETX_B
+    blocks.append(_STX_B + inner + bytes((lrc(inner),)))
+    return blocks
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PasswordRequest:
+    """The device answered with the programming-mode password request ``SOH P0 STX (d) ETX BCC``."""
+
+    data: str
+
+
+class ReadoutReader:
+    """Incremental reader of what follows the option select: the data message whole or in
+    partial blocks, or a programming-mode password request.
+
+    ``feed(bytes)`` returns the joined :class:`DataBlock` once the block ending with ETX has
+    arrived, a :class:`PasswordRequest`, or None. Replies to send (ACK after a good partial
+    block, NAK after a damaged one, the break message after a password request, since we only
+    read) are collected and handed out by :meth:`data_to_send`; the caller writes them.
+
+    Bytes before SOH or STX are skipped (:attr:`skipped`). A damaged block is asked again (NAK)
+    up to ``max_retries`` times when the readout is in partial blocks (the block ends with EOT,
+    or an earlier one did); a damaged single block (STX ... ETX) raises
+    :class:`MeterProtocolError`, as a readout without partial blocks is not repeated. So do
+    a block, a readout or a count of blocks over its bound and data that is not a readout.
+    """
+
+    __slots__ = (
+        "_buf",
+        "_data",
+        "_finished",
+        "_out",
+        "_retries",
+        "blocks",
+        "max_block",
+        "max_blocks",
+        "max_readout",
+        "max_retries",
+        "repeats",
+        "skipped",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_block: int = DEFAULT_MAX_BLOCK,
+        max_readout: int = DEFAULT_MAX_READOUT,
+        max_retries: int = MAX_BLOCK_RETRIES,
+        max_blocks: int = DEFAULT_MAX_BLOCKS,
+    ) -> None:
+        if max_block < 5 or max_readout < max_block or max_retries < 0 or max_blocks < 1:
+            raise ValueError("need max_block >= 5, max_readout >= max_block, max_retries >= 0, max_blocks >= 1")
+        self.max_block = max_block
+        self.max_blocks = max_blocks
+        self.max_readout = max_readout
+        self.max_retries = max_retries
+        #: Bytes discarded outside blocks (noise, damaged blocks).
+        self.skipped = 0
+        #: Good partial blocks acknowledged so far.
+        self.blocks = 0
+        #: Blocks asked again (NAK) over the whole readout.
+        self.repeats = 0
+        self._retries = 0
+        self._buf = bytearray()
+        self._data = bytearray()
+        self._out = bytearray()
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        """True once the reader has returned its result or raised."""
+        return self._finished
+
+    def data_to_send(self) -> bytes:
+        """The replies queued since the last call (ACK, NAK or the break message)."""
+        out, self._out = bytes(self._out), bytearray()
+        return out
+
+    def feed(self, data: bytes | bytearray | memoryview) -> DataBlock | PasswordRequest | None:
+        """Consume ``data``; the readout or a password request once complete, else None."""
+        if self._finished:
+            raise LocalProtocolError("ReadoutReader already finished; make a new one")
+        self._buf += data
+        try:
+            return self._scan()
+        except MeterProtocolError:
+            self._finished = True
+            raise
+
+    def _skip(self, n: int) -> None:
+        del self._buf[:n]
+        self.skipped += n
+
+    def _scan(self) -> DataBlock | PasswordRequest | None:
+        buf = self._buf
+        while buf:
+            if buf[0] not in (SOH, STX):
+                starts = [i for i in (buf.find(_SOH_B), buf.find(_STX_B)) if i >= 0]
+                self._skip(min(starts) if starts else len(buf))
+                continue
+            if buf[0] == SOH:
+                return self._command()
+            end = _first_of(buf, _ETX_B, _EOT_B)
+            restart = buf.find(_STX_B, 1, len(buf) if end < 0 else end)
+            if restart >= 0:
+                self._check_size(restart + 2)
+                self._skip(restart)
+                continue
+            if end < 0:
+                self._check_size(len(buf) + 2)
+                return None
+            self._check_size(end + 2)
+            if len(buf) < end + 2:
+                return None
+            partial = buf[end] == EOT
+            with memoryview(buf) as view:
+                expected = lrc(view[1 : end + 1])
+            actual = buf[end + 1]
+            if actual != expected:
+                if not (partial or self.blocks):
+                    raise MeterProtocolError(
+                        f"data block BCC 0x{actual:02x}, expected 0x{expected:02x} "
+                        f"(XOR of the {end} bytes after STX up to ETX)"
+                    )
+                self._retries += 1
+                self.repeats += 1
+                if self._retries > self.max_retries:
+                    raise MeterProtocolError(
+                        f"partial block {self.blocks + 1}: bad BCC {self._retries} times (NAK {self.max_retries} times)"
+                    )
+                self._skip(end + 2)
+                self._out.append(NAK)
+                continue
+            self._retries = 0
+            chunk = bytes(buf[1:end])
+            del buf[: end + 2]
+            if partial and not chunk.endswith(CRLF):
+                chunk += CRLF  # the block boundary ends its last line
+            if len(self._data) + len(chunk) > self.max_readout:
+                raise MeterProtocolError(f"readout longer than {self.max_readout} bytes")
+            self._data += chunk
+            if partial:
+                self.blocks += 1
+                if self.blocks >= self.max_blocks:
+                    raise MeterProtocolError(f"readout in more than {self.max_blocks} blocks")
+                self._out.append(ACK)
+                continue
+            if self.blocks:
+                self._out.append(ACK)
+            self._finished = True
+            return _block_from_data(bytes(self._data), actual)
+        return None
+
+    def _command(self) -> PasswordRequest | None:
+        buf = self._buf
+        etx = buf.find(_ETX_B)
+        if etx < 0:
+            self._check_size(len(buf) + 2)
+            return None
+        self._check_size(etx + 2)
+        if len(buf) < etx + 2:
+            return None
+        message = bytes(buf[: etx + 2])
+        expected = lrc(message[1:-1])
+        if message[-1] != expected:
+            raise MeterProtocolError(f"command message BCC 0x{message[-1]:02x}, expected 0x{expected:02x}")
+        command = message[1:3].decode("ascii", "replace")
+        if command != "P0":
+            raise MeterProtocolError(f"the meter sent programming command {command!r} in a readout")
+        stx = message.find(_STX_B)
+        data = message[stx + 1 : -2].decode("ascii", "replace") if stx >= 0 else ""
+        del buf[: etx + 2]
+        self._out += break_message()
+        self._finished = True
+        return PasswordRequest(data=data)
+
+    def _check_size(self, shortest_block: int) -> None:
+        if shortest_block > self.max_block:
+            raise MeterProtocolError(f"data block longer than {self.max_block} bytes")
+
+
+def _first_of(buf: bytearray, a: bytes, b: bytes) -> int:
+    found = [i for i in (buf.find(a, 1), buf.find(b, 1)) if i >= 0]
+    return min(found) if found else -1
 
 
 # -- data lines and values ------------------------------------------------------------------------

@@ -240,7 +240,8 @@ def test_constants() -> None:
         "5": 9600,
         "6": 19200,
     }
-    assert 0.2 <= iec62056.BAUD_SWITCH_WAIT_S <= 0.5
+    assert iec62056.REACTION_TIME_MIN_FAST_S == 0.02 and iec62056.REACTION_TIME_MIN_S == 0.2
+    assert iec62056.REACTION_TIME_MAX_S == 1.5 <= iec62056.ANSWER_WAIT_S
 
 
 @pytest.mark.parametrize(
@@ -931,3 +932,137 @@ def test_error_register_sets_fault(line: str, status: MeterStatus) -> None:
 def test_reading_is_json_ready() -> None:
     assert MT174_READING.as_json()["energy_wh"] == 12_345_678.0
     assert isinstance(reading_from_data(_values("1.8.0(1*kWh)"), received_ms=5).timestamp_ms, int)
+
+
+# -- reaction times, option select, programming commands, partial blocks ---------------------------
+
+
+@pytest.mark.parametrize(
+    "manufacturer,window", [("ISK", (0.2, 1.5)), ("ISk", (0.02, 1.5)), ("LGZ", (0.2, 1.5)), ("EVp", (0.02, 1.5))]
+)
+def test_reaction_window(manufacturer: str, window: tuple[float, float]) -> None:
+    assert iec62056.reaction_window_s(manufacturer) == window
+    ident = parse_identification(f"/{manufacturer}5X\r\n".encode())
+    assert ident.reaction_window_s == window
+
+
+@pytest.mark.parametrize("manufacturer", ["", "IS", "ISKR", "IS1"])
+def test_reaction_window_rejects(manufacturer: str) -> None:
+    with pytest.raises(ValueError):
+        iec62056.reaction_window_s(manufacturer)
+
+
+def test_command_messages_from_the_standard() -> None:
+    # The standard's BCC example is a password request; B0 is the break message.
+    assert iec62056.command_message("P0", "(1234567)") == b"\x01P0\x02(1234567)\x03P"
+    assert iec62056.break_message() == b"\x01B0\x03q"
+    assert bcc(iec62056.break_message()[:-1]) == ord("q")
+    for bad in ("X0", "P", "PP", "P00"):
+        with pytest.raises(ValueError):
+            iec62056.command_message(bad)
+
+
+@pytest.mark.parametrize(
+    "wire,expected",
+    [
+        (b"\x06050\r\n", ("0", "5", "0", False)),
+        (b"\x06051\r\n", ("0", "5", "1", True)),
+        (b"\x06060", ("0", "6", "0", False)),
+    ],
+)
+def test_parse_option_select(wire: bytes, expected: tuple[str, str, str, bool]) -> None:
+    option = iec62056.parse_option_select(wire)
+    assert (option.protocol, option.baud_char, option.mode, option.programming) == expected
+    assert ack_option(option.baud_char, option.mode, option.protocol) == wire[:4] + b"\r\n"
+
+
+@pytest.mark.parametrize("wire", [b"\x0605\r\n", b"\x15050\r\n", b"\x06350\r\n", b"\x060705\r\n", b"\x0605x\r\n"])
+def test_parse_option_select_rejects(wire: bytes) -> None:
+    with pytest.raises(MeterProtocolError):
+        iec62056.parse_option_select(wire)
+
+
+LINES = [f"1.8.{i}({i:07.3f}*kWh)" for i in range(7)]
+
+
+def _read_readout(wire: bytes, mode: str, seed: int = 0) -> tuple[iec62056.ReadoutReader, object, bytes]:
+    reader = iec62056.ReadoutReader()
+    sent = b""
+    for chunk in _chunks(wire, mode, seed):
+        result = reader.feed(chunk)
+        sent += reader.data_to_send()
+        if result is not None:
+            return reader, result, sent
+    return reader, None, sent
+
+
+@pytest.mark.parametrize("per_block,blocks", [(1, 7), (3, 3), (7, 1), (100, 1)])
+def test_partial_blocks_round_trip_any_chunking(per_block: int, blocks: int) -> None:
+    wire = iec62056.readout_blocks(LINES, per_block)
+    assert len(wire) == blocks
+    assert all(b[0] == iec62056.STX and b[-2] == iec62056.EOT for b in wire[:-1])
+    assert wire[-1][-2] == iec62056.ETX and wire[-1].endswith(b"!\r\n\x03" + wire[-1][-1:])
+    if blocks == 1:
+        assert wire[0] == readout_bytes(LINES)  # one block is the plain data message
+    for mode in MODES:
+        reader, result, sent = _read_readout(b"".join(wire), mode, seed=per_block)
+        assert isinstance(result, DataBlock) and result.lines == tuple(LINES)
+        # Every block of a partial readout is acknowledged, the single data message is not.
+        assert sent == (b"\x06" * blocks if blocks > 1 else b"")
+        assert reader.blocks == blocks - 1 and reader.finished
+
+
+def test_a_damaged_partial_block_is_asked_again_and_the_retries_are_bounded() -> None:
+    first, last = iec62056.readout_blocks(LINES, 4)
+    bad = first[:-1] + bytes((first[-1] ^ 0x5A,))
+    reader = iec62056.ReadoutReader(max_retries=2)
+    assert reader.feed(bad) is None and reader.data_to_send() == b"\x15"  # NAK: repeat it
+    assert reader.feed(first) is None and reader.data_to_send() == b"\x06"
+    bad_last = last[:-1] + bytes((last[-1] ^ 1,))
+    assert reader.feed(bad_last) is None and reader.data_to_send() == b"\x15"  # the last one too
+    result = reader.feed(last)
+    assert isinstance(result, DataBlock) and result.lines == tuple(LINES)
+    assert reader.data_to_send() == b"\x06" and reader.repeats == 2
+
+    reader = iec62056.ReadoutReader(max_retries=2)
+    with pytest.raises(MeterProtocolError, match="bad BCC 3 times"):
+        for _ in range(3):
+            reader.feed(bad)
+    assert reader.data_to_send() == b"\x15\x15" and reader.finished
+
+
+def test_the_number_of_partial_blocks_is_bounded() -> None:
+    wire = b"".join(iec62056.readout_blocks(LINES, 1))  # 7 blocks
+    assert isinstance(iec62056.ReadoutReader(max_blocks=7).feed(wire), DataBlock)
+    with pytest.raises(MeterProtocolError, match="more than 6 blocks"):
+        iec62056.ReadoutReader(max_blocks=6).feed(wire)
+
+
+def test_a_damaged_single_block_is_an_error_not_a_repeat() -> None:
+    wire = readout_bytes(LINES)
+    reader = iec62056.ReadoutReader()
+    with pytest.raises(MeterProtocolError, match="BCC"):
+        reader.feed(wire[:-1] + bytes((wire[-1] ^ 1,)))
+    assert reader.data_to_send() == b""
+
+
+@pytest.mark.parametrize("noise", [b"", b"\x06051\r\n", b"\x00junk"])
+def test_a_password_request_is_answered_with_a_break(noise: bytes) -> None:
+    wire = noise + iec62056.command_message("P0", "(12345678)")
+    for mode in MODES:
+        reader, result, sent = _read_readout(wire, mode)
+        assert result == iec62056.PasswordRequest(data="(12345678)")
+        assert sent == iec62056.break_message() and reader.finished
+
+
+@pytest.mark.parametrize(
+    "wire,match",
+    [
+        (b"\x01B0\x03r", "command message BCC"),
+        (iec62056.command_message("R1", "1.8.0()"), "programming command 'R1'"),
+        (b"\x02" + b"x" * 9000, "longer than"),
+        (_raw_block(b"a\x00(1)\r\n!\r\n"), "not printable"),
+    ],
+)
+def test_readout_reader_rejects(wire: bytes, match: str) -> None:
+    _raises_in_all_modes(iec62056.ReadoutReader, wire, match)

@@ -227,6 +227,17 @@ class ModbusMeter:
             timestamp_ms=int(time.time() * 1000),
         )
 
+    async def probe(self) -> float:
+        """Read the energy register alone (what ``evcp-meter scan`` asks each unit id): its value in Wh."""
+        line = self._line
+        if line is None:
+            raise MeterGone(f"{self.port}: not open")
+        spec = self.map.registers[Quantity.ENERGY_IMPORT_WH]
+        block = ReadBlock(function=spec.function, address=spec.address, count=spec.count, specs=(spec,))
+        async with line.lock:
+            registers = await self._read_block(line, block, time.monotonic() + self.timeout_s)
+        return decode(spec, registers)
+
     async def _read_block(self, line: ModbusLine, block: ReadBlock, deadline: float) -> list[int]:
         client = line.client
         if not client.connected:

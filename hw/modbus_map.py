@@ -192,7 +192,8 @@ def parse_map(text: str, *, source: str = "<map>") -> MeterMap:
         raise MeterMapError(f"{source}: 'quantities' must be an object of quantity -> register")
     registers: dict[Quantity, RegisterSpec] = {}
     for name, entry in quantities.items():
-        registers[_quantity(name, source)] = _spec(name, entry, source)
+        quantity = _quantity(name, source)  # before the entry: an unknown name is the first thing to say
+        registers[quantity] = _spec(name, entry, source)
     if Quantity.ENERGY_IMPORT_WH not in registers:
         raise MeterMapError(f"{source}: 'energy_import_wh' is required (the register the supply is billed from)")
     used: dict[tuple[str, int], Quantity] = {}

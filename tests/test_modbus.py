@@ -383,3 +383,61 @@ async def test_our_client_reads_abb_integers_from_a_pymodbus_server(tmp_path) ->
     assert reading.power_w == pytest.approx(-3700.0) and reading.voltage_v == pytest.approx(231.5)
     assert reading.current_a == pytest.approx(16.0)
     assert driver.last_values[Quantity.FREQUENCY_HZ] == pytest.approx(49.98)  # type: ignore[attr-defined]
+
+
+# -- an engine billing from the Modbus register ----------------------------------------------------
+
+
+@pytest.mark.slow
+def test_engine_bills_the_register_and_breaks_and_recovers_with_the_meter(net, sim_factory) -> None:
+    from netharness import KafkaDriver, wait_for
+
+    from evproto.domain.events import DriverTelemetry
+
+    sim = sim_factory("modbus", "--unit", "3", "--no-load", "--power-kw", "11", "--time-scale", "60")
+    net.start_central("D001")
+    engine = net.start_engine(
+        "CP001",
+        engine_args=(
+            "--port",
+            sim.path,
+            "--meter-protocol",
+            "modbus",
+            "--meter-model",
+            "sdm630",
+            "--meter-unit",
+            "3",
+            "--meter-interval-s",
+            "0.3",
+            "--meter-timeout-s",
+            "0.5",
+        ),
+    )
+    net.start_monitor("CP001", engine.ready["listen"], price=0.40)
+    net.wait_state("CP001", "ACTIVATED", timeout_s=30)
+    driver = KafkaDriver(net, "D001")
+    rid = driver.request("CP001")
+    driver.wait_status(rid, "authorized")
+    engine.send("p")
+    net.wait_state("CP001", "SUPPLYING")
+    sim.send("load on")  # the vehicle draws power only during the supply
+    wait_for(
+        lambda: any(isinstance(e, DriverTelemetry) and e.energy_kwh > 0.3 for e in driver.events()),
+        "telemetry from the meter's register",
+    )
+    sim.send("load off")
+    register_wh = sim.energy_wh()
+    state = os.path.join(net.tmp, "state-CP001", "engine-state.json")
+    wait_for(
+        lambda: (json.load(open(state))["cp"].get("meter_energy_wh") or 0) >= register_wh - 0.05,
+        "the engine to read the final register",
+    )
+    engine.send("u")
+    driver.wait_status(rid, "completed")
+    (ticket,) = driver.tickets()
+    assert ticket.energy_kwh * 1000 == pytest.approx(register_wh, abs=0.05)  # float32 kWh on the wire
+    assert ticket.amount_eur == pytest.approx(ticket.energy_kwh * 0.40)
+    sim.send("stall 5")  # the meter goes silent: KO after two failed cycles, then back by itself
+    net.wait_state("CP001", "BROKEN", timeout_s=15)
+    net.wait_state("CP001", "ACTIVATED", timeout_s=30)
+    assert engine.alive()

@@ -169,7 +169,7 @@ def load_map(model: str | None = None, *, path: str | None = None) -> MeterMap:
         raise MeterMapError(
             f"unknown meter model {model!r} (built in: {', '.join(MODELS)}; or give your own map with --meter-map FILE)"
         ) from None
-    text = resources.files(__package__).joinpath("modbus_maps", name).read_text(encoding="utf-8")
+    text = resources.files(__package__).joinpath("modbus_maps").joinpath(name).read_text(encoding="utf-8")
     return parse_map(text, source=f"built-in {model}")
 
 

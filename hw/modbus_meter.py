@@ -85,6 +85,7 @@ class ModbusLine:
     users: int = 0
     #: Bytes received since the last request went out (pymodbus hides a frame it discarded).
     received: int = 0
+    loop: asyncio.AbstractEventLoop | None = None
 
     def trace(self, sending: bool, data: bytes) -> bytes:
         if sending:
@@ -154,10 +155,12 @@ class ModbusMeter:
 
     async def open(self) -> None:
         await self.close()
-        loop_key = (id(asyncio.get_running_loop()), self.key)
+        loop = asyncio.get_running_loop()
+        loop_key = (id(loop), self.key)
         line = _LINES.get(loop_key)
-        if line is None:
+        if line is None or line.loop is not loop:  # none yet, or left by a loop that has ended
             line = await self._connect()
+            line.loop = loop
             _LINES[loop_key] = line
         line.users += 1
         self._line = line

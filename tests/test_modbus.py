@@ -164,7 +164,7 @@ async def test_driver_reads_the_register_and_maps_every_fault(sim_factory) -> No
             assert (await driver.read()).energy_wh > first.energy_wh
         except MeterProtocolError as exc:  # bytes came: garbled, never taken for silence
             assert "no valid frame" in str(exc)
-        await asyncio.to_thread(sim.command, "garbage 0", "stall 3")
+        await asyncio.to_thread(sim.command, "garbage 0", "stall 600")
         with pytest.raises(MeterTimeout, match="no answer"):
             await driver.read()
         await asyncio.to_thread(sim.command, "stall 0")
@@ -204,18 +204,20 @@ async def test_supervisor_faults_after_two_cycles_and_recovers(sim_factory, tmp_
     await sup.start()
     try:
         await asyncio.wait_for(_until(lambda: sup.take() is not None), 10)
-        sim.send("stall 2")
+        sim.send("stall 600")  # until told otherwise: no race with the supervisor's cycles
         await asyncio.wait_for(_until(lambda: sup.health.fault is not None), 10)
         assert sup.health.fault is FaultCode.METER_TIMEOUT and sup.health.failed_cycles >= 2
         sup.take()
         failed = sup.health.failed_cycles
         await asyncio.wait_for(_until(lambda: sup.health.failed_cycles > failed), 10)
         assert sup.take() is None  # stalled: nothing fresh, never the last values again
+        sim.send("stall 0")
         await asyncio.wait_for(_until(lambda: sup.health.fault is None), 15)
         await asyncio.wait_for(_until(lambda: sup.take() is not None), 5)
-        sim.send("exception 10")  # exception answers are bad answers, the same fault
+        sim.send("exception 1000")  # exception answers are bad answers, the same fault
         await asyncio.wait_for(_until(lambda: sup.health.fault is FaultCode.METER_TIMEOUT), 10)
         assert sup.health.counters["protocol_errors"] >= 2 and "exception" in sup.health.detail
+        sim.send("exception 0")
         await asyncio.wait_for(_until(lambda: sup.health.fault is None), 15)
         sim.send("unplug")
         await asyncio.wait_for(_until(lambda: sup.health.fault is FaultCode.METER_LOST), 10)
@@ -437,7 +439,8 @@ def test_engine_bills_the_register_and_breaks_and_recovers_with_the_meter(net, s
     (ticket,) = driver.tickets()
     assert ticket.energy_kwh * 1000 == pytest.approx(register_wh, abs=0.05)  # float32 kWh on the wire
     assert ticket.amount_eur == pytest.approx(ticket.energy_kwh * 0.40)
-    sim.send("stall 5")  # the meter goes silent: KO after two failed cycles, then back by itself
+    sim.send("stall 600")  # the meter goes silent: KO after two failed cycles
     net.wait_state("CP001", "BROKEN", timeout_s=15)
+    sim.send("stall 0")  # it answers again: the fault clears by itself
     net.wait_state("CP001", "ACTIVATED", timeout_s=30)
     assert engine.alive()

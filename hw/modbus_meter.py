@@ -210,10 +210,11 @@ class ModbusMeter:
         line = self._line
         if line is None:
             raise MeterGone(f"{self.port}: not open")
-        deadline = time.monotonic() + self.timeout_s
         values: dict[Quantity, float] = {}
-        # One meter's reading is one run of requests: another meter on the line waits for it.
+        # One meter's reading is one run of requests: another meter on the line waits for it
+        # (each holder is bounded by its own timeout), and the wait is not counted against ours.
         async with line.lock:
+            deadline = time.monotonic() + self.timeout_s
             for block in self.plan:
                 registers = await self._read_block(line, block, deadline)
                 for spec in block.specs:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import os
 import struct
@@ -180,7 +181,18 @@ async def test_driver_reads_the_register_and_maps_every_fault(sim_factory) -> No
         await wrong_unit.close()
 
 
-async def test_meters_on_one_line_share_its_client_and_never_interleave(sim_factory) -> None:
+async def test_meters_on_one_line_share_its_client_and_never_interleave(sim_factory, monkeypatch) -> None:
+    from evproto.hw.modbus_meter import ModbusLine
+
+    sent_to: list[int] = []  # the unit id of every request on the wire, in order
+    original = ModbusLine.trace
+
+    def trace(self, sending: bool, data: bytes) -> bytes:
+        if sending and data:
+            sent_to.append(data[0])
+        return original(self, sending, data)
+
+    monkeypatch.setattr(ModbusLine, "trace", trace)
     sim = sim_factory("modbus", "--unit", "1")
     present = make_driver("modbus", sim.path, model="sdm630", unit=1, timeout_s=0.5)
     absent = make_driver("modbus", sim.path, model="sdm630", unit=2, timeout_s=0.3)
@@ -191,6 +203,11 @@ async def test_meters_on_one_line_share_its_client_and_never_interleave(sim_fact
         results = await asyncio.gather(*(d.read() for _ in range(3) for d in (present, absent)), return_exceptions=True)
         assert [type(r).__name__ for r in results[0::2]] == ["MeterReading"] * 3  # never disturbed by unit 2
         assert all(isinstance(r, MeterTimeout) for r in results[1::2])
+        # Each reading of unit 1 is one unbroken run of its requests, however unit 2's went.
+        runs = [(unit, len(list(group))) for unit, group in itertools.groupby(sent_to)]
+        per_reading = len(present.plan)  # type: ignore[attr-defined]
+        assert all(n % per_reading == 0 for unit, n in runs if unit == 1), runs
+        assert sum(n for unit, n in runs if unit == 1) == 3 * per_reading
     finally:
         await absent.close()
         assert (await present.read()).energy_wh >= 0  # the line stays open for the meter still on it

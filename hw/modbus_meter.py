@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import stat
 import termios
 import time
 from dataclasses import dataclass, field
@@ -96,6 +97,15 @@ class ModbusLine:
 
 
 _LINES: dict[tuple[int, _LineKey], ModbusLine] = {}
+
+
+def _is_pty(path: str) -> bool:
+    """Whether ``path`` is a pseudo-terminal's slave (Linux: Unix98 ptys have majors 136..143)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and 136 <= os.major(st.st_rdev) <= 143
 
 
 class ModbusMeter:
@@ -183,18 +193,16 @@ class ModbusMeter:
         else:
             if not os.path.exists(key.where):
                 raise MeterGone(f"{key.where}: no such device")
+            if key.parity != "N" and _is_pty(key.where):
+                # A pty (the simulator) refuses parity, and pyserial then keeps the port locked:
+                # use none, and say so. A real line must have the meter's parity.
+                log.warning("%s is a pty: parity %s not possible, using none", key.where, key.parity)
+                key = _LineKey(key.kind, key.where, key.baudrate, "N", key.stopbits)
             line.client = self._serial_client(key, common)
         try:
             connected = await line.client.connect()
         except termios.error as exc:
-            if key.kind != "serial" or key.parity == "N":
-                raise MeterGone(f"{key.where}: the port refuses its settings: {exc}") from exc
-            # A pty (the simulator) cannot do parity: use none, and say so. A real line must have it.
-            log.warning(
-                "%s cannot do parity %s; using none (fine for a pty, wrong for a real meter)", key.where, key.parity
-            )
-            line.client = self._serial_client(_LineKey(key.kind, key.where, key.baudrate, "N", key.stopbits), common)
-            connected = await line.client.connect()
+            raise MeterGone(f"{key.where}: the port refuses {key.baudrate} baud, parity {key.parity}: {exc}") from exc
         if not connected:
             line.client.close()
             raise MeterGone(f"{self.port}: cannot open the Modbus line")

@@ -270,10 +270,19 @@ def test_evcp_meter_read_and_scan_find_the_meter(sim_factory) -> None:
     assert none.returncode == 69 and "no unit id answered" in none.stderr
 
 
+def test_an_abb_meter_with_its_factory_parity_on_a_pty(sim_factory) -> None:
+    """ABB B23 ships with even parity, which a pty refuses (and pyserial then keeps the port locked):
+    the driver sees a pty and uses none (logging a warning) instead of failing to open."""
+    sim = sim_factory("modbus", "--meter-model", "abb-b23", "--baud", "19200", "--energy-wh", "4242", "--no-load")
+    r = meter_cli("read", "--port", sim.path, "--protocol", "modbus", "--meter-model", "abb-b23", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["energy_wh"] == pytest.approx(4240, abs=0.01)  # 0.01 kWh resolution
+
+
 def test_the_simulator_also_serves_rtu_over_tcp() -> None:
     sim = subprocess.Popen(
         [sys.executable, "-m", "evproto.firmware_sim", "--tcp", "127.0.0.1:0", "--protocol", "modbus"]
-        + ["--meter-model", "abb-b23", "--energy-wh", "4242", "--no-load"],
+        + ["--meter-model", "sdm72", "--energy-wh", "4242", "--no-load"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -282,9 +291,9 @@ def test_the_simulator_also_serves_rtu_over_tcp() -> None:
         assert sim.stdout is not None
         url = sim.stdout.readline().decode().strip()
         assert url.startswith("tcp://127.0.0.1:")
-        r = meter_cli("read", "--port", url, "--protocol", "modbus", "--meter-model", "abb-b23", "--json")
+        r = meter_cli("read", "--port", url, "--protocol", "modbus", "--meter-model", "sdm72", "--json")
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)["energy_wh"] == pytest.approx(4240, abs=10)  # 0.01 kWh resolution
+        assert json.loads(r.stdout)["energy_wh"] == pytest.approx(4242, abs=0.01)
     finally:
         sim.terminate()
         sim.wait(5)

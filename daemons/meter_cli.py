@@ -12,7 +12,8 @@ import click
 from evproto import __version__
 from evproto.hw import PROTOCOLS, MeterError, MeterGone, MeterProtocolError, MeterReading, MeterTimeout, make_driver
 
-from .common import EXIT_UNAVAILABLE
+from .common import EXIT_UNAVAILABLE, EXIT_USAGE
+from .meter_scan import scan_command
 
 EXIT_DATAERR = 65
 
@@ -39,6 +40,15 @@ def main() -> None:
     "(default: what the meter offers); sign-on is always at 300 baud 7E1.",
 )
 @click.option("--address", default="", help="IEC 62056-21 device address (empty: any meter on the line).")
+@click.option("--meter-model", default="sdm630", show_default=True, help="modbus: the built-in register map.")
+@click.option("--meter-map", default=None, metavar="FILE", help="modbus: a register map file of your own.")
+@click.option("--unit", type=click.IntRange(1, 247), default=None, help="modbus: the meter's unit id (default 1).")
+@click.option(
+    "--parity",
+    type=click.Choice(["N", "E", "O"], case_sensitive=False),
+    default=None,
+    help="modbus: the line's parity.",
+)
 @click.option(
     "--timeout-s",
     type=click.FloatRange(min=0.1, max=120),
@@ -52,9 +62,27 @@ def main() -> None:
     is_flag=True,
     help="Print one JSON object: energy_wh, power_w, voltage_v, current_a, status, timestamp.",
 )
-def read(port: str, protocol: str, baudrate: int | None, address: str, timeout_s: float, as_json: bool) -> None:
+def read(
+    port: str,
+    protocol: str,
+    baudrate: int | None,
+    address: str,
+    meter_model: str,
+    meter_map: str | None,
+    unit: int | None,
+    parity: str | None,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
     """Take one reading and print it. Exit 69 if the meter does not answer, 65 if it answers garbage."""
-    driver = make_driver(protocol, port, baudrate=baudrate, address=address, timeout_s=timeout_s)
+    options: dict[str, object] = {}
+    if protocol == "modbus":
+        options = {"model": meter_model, "map_path": meter_map, "unit": unit, "parity": parity}
+    try:
+        driver = make_driver(protocol, port, baudrate=baudrate, address=address, timeout_s=timeout_s, **options)
+    except ValueError as exc:  # a bad register map, unit id or port
+        click.echo(f"evcp-meter: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
 
     async def once() -> MeterReading:
         try:
@@ -94,6 +122,11 @@ def read(port: str, protocol: str, baudrate: int | None, address: str, timeout_s
     click.echo(f"status   {r.status.name or int(r.status)}")
     clock = "meter clock" if r.meter_clock else "received"
     click.echo(f"time     {when} UTC ({clock}); took {time.monotonic() - started:.2f} s")
+    for quantity, value in sorted(getattr(driver, "last_values", {}).items(), key=lambda kv: kv[0].value):
+        click.echo(f"  {quantity.value:<20} {value:.3f}")  # a Modbus meter's every register, per phase too
+
+
+main.add_command(scan_command)
 
 
 if __name__ == "__main__":

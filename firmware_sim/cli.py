@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -39,6 +40,7 @@ COMMANDS = """commands (one per line):
   split on|off                send in tiny pieces
   stall S                     answer nothing for S seconds
   unplug | plug               pull the cable (the device disappears) / plug it back
+  exception N [CODE]          modbus: answer the next N requests with exception CODE (4)
   status | quit"""
 
 
@@ -56,10 +58,18 @@ class Simulator:
         self.device: PtyDevice | None = None
         self._session: asyncio.Task[None] | None = None
         self._plugged = asyncio.Event()
+        #: --protocol modbus: pymodbus's server that plays the meter (firmware_sim/modbus_server.py).
+        self.backend: Any = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.protocol == "evproto":
             await evproto_session(reader, writer, self.model, self.faults)
+        elif self.backend is not None:
+            from .modbus_server import pty_baudrate
+
+            device = self.device
+            baud = (lambda: pty_baudrate(device.master)) if device is not None else None
+            await self.backend.session(reader, writer, line_baudrate=baud)
         else:
             await iec_session(reader, writer, self.model, self.faults, options=self.iec)
 
@@ -111,6 +121,7 @@ class Simulator:
             f"resets {self.model.resets}; faults: corrupt {f.corrupt_next}, drop {f.drop:g}, garbage {f.garbage:g}, "
             f"split {'on' if f.split else 'off'}, stalled {f.stalled}; done {f.counts}"
             + ("" if self.device is None else f"; {'plugged' if self.device.plugged else 'UNPLUGGED'}")
+            + ("" if self.backend is None else f"; modbus {self.backend.status()}")
         )
 
     def command(self, line: str) -> str:
@@ -151,6 +162,8 @@ class Simulator:
                 return self.plug()
             if verb == "status":
                 return self.status()
+            if self.backend is not None and (answer := self.backend.command(verb, args)) is not None:
+                return answer
         except (IndexError, ValueError) as exc:
             return f"bad command {line!r}: {exc or 'missing argument'}"
         return f"unknown command {line!r}\n{COMMANDS}"
@@ -165,7 +178,18 @@ class Simulator:
     help="With --pty: a stable symlink to the pty (like /dev/serial/by-id/...); unplug removes it.",
 )
 @click.option("--tcp", default=None, metavar="HOST:PORT", help="Serve over TCP instead (port 0: pick one).")
-@click.option("--protocol", type=click.Choice(["evproto", "iec62056-21"]), default="evproto", show_default=True)
+@click.option(
+    "--protocol", type=click.Choice(["evproto", "iec62056-21", "modbus"]), default="evproto", show_default=True
+)
+@click.option("--meter-model", default="sdm630", show_default=True, help="modbus: the built-in register map to serve.")
+@click.option("--meter-map", default=None, metavar="FILE", help="modbus: serve the registers of this map file instead.")
+@click.option("--unit", type=click.IntRange(1, 247), default=1, show_default=True, help="modbus: the meter's unit id.")
+@click.option(
+    "--baud",
+    type=int,
+    default=None,
+    help="modbus: the meter's baud rate (default: the map's); on a pty a client at another speed gets no answer.",
+)
 @click.option("--address", default="", help="IEC 62056-21 device address (empty: answer any sign-on).")
 @click.option("--power-kw", type=click.FloatRange(min=0), default=7.4, show_default=True)
 @click.option("--load/--no-load", default=True, show_default=True, help="Whether a vehicle draws power at start.")
@@ -214,6 +238,10 @@ def main(
     link: str | None,
     tcp: str | None,
     protocol: str,
+    meter_model: str,
+    meter_map: str | None,
+    unit: int,
+    baud: int | None,
     address: str,
     power_kw: float,
     load: bool,
@@ -264,6 +292,18 @@ def main(
 
     async def run() -> int:
         stop = shutdown_event()
+        if protocol == "modbus":
+            from evproto.hw.modbus_map import MeterMapError, load_map
+
+            from .modbus_server import ModbusBackend
+
+            try:
+                meter_map_ = load_map(meter_model, path=meter_map) if meter_map else load_map(meter_model)
+            except MeterMapError as exc:
+                click.echo(f"evmeter-sim: {exc}", err=True)
+                return 64
+            sim.backend = ModbusBackend(sim.model, faults, meter_map=meter_map_, unit=unit, baudrate=baud)
+            await sim.backend.start()
         if use_pty:
             device = PtyDevice(link)
             click.echo(device.path, nl=True)
@@ -295,6 +335,8 @@ def main(
                 await task
             if sim.device is not None:
                 sim.device.close()
+        if sim.backend is not None:
+            await sim.backend.close()
         return 0
 
     sys.exit(asyncio.run(run()))

@@ -12,7 +12,8 @@ version = re.search(r'__version__ = "([^"]+)"', text).group(1)  # type: ignore[u
 setup(
     version=version,
     install_requires=[
-        f"evproto == {version}",
+        # The daemons read Modbus meters too (evcp-engine --meter-protocol modbus, evmeter-sim).
+        f"evproto[modbus] == {version}",
         "click >= 8.1, < 9",
         "confluent-kafka >= 2.4, < 3",
         "rich >= 13.7, < 16",

@@ -132,7 +132,7 @@ async def test_a_missing_device_is_gone_not_a_crash(tmp_path) -> None:
 
 def test_unknown_protocol_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown meter protocol"):
-        make_driver("modbus", "/dev/ttyUSB0")
+        make_driver("dlms", "/dev/ttyUSB0")
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

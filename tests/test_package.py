@@ -112,6 +112,8 @@ def test_two_wheels_the_library_alone_and_the_network_on_it(wheels: tuple[Path, 
         "evproto/py.typed",
         "evproto/aio/__init__.py",
         "evproto/hw/__init__.py",
+        "evproto/hw/modbus_maps/sdm630.json",  # register maps are package data
+        "evproto/hw/modbus_maps/abb-b23.json",
         "evproto/wire.py",
     ):
         assert expected in names
@@ -146,7 +148,7 @@ def test_two_wheels_the_library_alone_and_the_network_on_it(wheels: tuple[Path, 
     ):
         assert expected in names
     assert "evproto/__init__.py" not in names  # the library's, not twice
-    assert f"evproto=={evproto.__version__}" in requires
+    assert f"evproto[modbus]=={evproto.__version__}" in requires  # the daemons read Modbus meters too
     for script in (
         "ev-central",
         "EV_Central",

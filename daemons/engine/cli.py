@@ -53,10 +53,45 @@ from .meter import SimulatedMeter
 )
 @click.option(
     "--meter-protocol",
-    type=click.Choice(["evproto", "iec62056-21"]),
+    type=click.Choice(["evproto", "iec62056-21", "modbus"]),
     default="evproto",
     show_default=True,
     help="What the meter speaks (docs/hardware.md).",
+)
+@click.option(
+    "--meter-model",
+    envvar="EVPROTO_METER_MODEL",
+    default="sdm630",
+    show_default=True,
+    help="modbus: the meter's built-in register map (sdm630, sdm72, abb-b23). [env EVPROTO_METER_MODEL]",
+)
+@click.option(
+    "--meter-map",
+    envvar="EVPROTO_METER_MAP",
+    default=None,
+    metavar="FILE",
+    help="modbus: a register map file of your own instead of a built-in model. [env EVPROTO_METER_MAP]",
+)
+@click.option(
+    "--meter-unit",
+    envvar="EVPROTO_METER_UNIT",
+    type=click.IntRange(1, 247),
+    default=None,
+    help="modbus: the meter's unit id (default 1; --meter-address is taken too). [env EVPROTO_METER_UNIT]",
+)
+@click.option(
+    "--meter-baud",
+    envvar="EVPROTO_METER_BAUD",
+    type=int,
+    default=None,
+    help="modbus: the line speed (default: --baudrate, else the model's factory setting). [env EVPROTO_METER_BAUD]",
+)
+@click.option(
+    "--meter-parity",
+    envvar="EVPROTO_METER_PARITY",
+    type=click.Choice(["N", "E", "O"], case_sensitive=False),
+    default=None,
+    help="modbus: the line's parity (default: the model's factory setting). [env EVPROTO_METER_PARITY]",
 )
 @click.option(
     "--baudrate",
@@ -164,6 +199,11 @@ def main(
     listen: str | None,
     meter_port: str | None,
     meter_protocol: str,
+    meter_model: str,
+    meter_map: str | None,
+    meter_unit: int | None,
+    meter_baud: int | None,
+    meter_parity: str | None,
     baudrate: int | None,
     meter_address: str,
     meter_interval_s: float,
@@ -242,9 +282,22 @@ def main(
     if meter_port:
         from evproto.hw import make_driver
 
-        meter = make_driver(
-            meter_protocol, meter_port, baudrate=baudrate, address=meter_address, timeout_s=meter_timeout_s
-        )
+        options: dict[str, object] = {}
+        if meter_protocol == "modbus":
+            options = {"model": meter_model, "map_path": meter_map, "unit": meter_unit, "parity": meter_parity}
+            baudrate = meter_baud or baudrate
+        try:
+            meter = make_driver(
+                meter_protocol,
+                meter_port,
+                baudrate=baudrate,
+                address=meter_address,
+                timeout_s=meter_timeout_s,
+                **options,
+            )
+        except ValueError as exc:  # a bad register map, unit id or port: said once, at the start
+            click.echo(f"evcp-engine: {exc}", err=True)
+            sys.exit(EXIT_USAGE)
     else:
         meter = SimulatedMeter(
             power_kw=power_kw,

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -44,8 +45,12 @@ COMMANDS = """commands (one per line):
 class Simulator:
     """The meter: a model, its faults, a protocol and a port."""
 
-    def __init__(self, *, protocol: str, model: MeterModel, faults: Faults, address: str = "") -> None:
+    def __init__(
+        self, *, protocol: str, model: MeterModel, faults: Faults, address: str = "", signer: Any = None
+    ) -> None:
         self.protocol = protocol
+        #: Signs begin/end readings as OCMF (firmware_sim.signing.MeterSigner), None: unsigned.
+        self.signer = signer
         self.model = model
         self.faults = faults
         self.address = address
@@ -55,7 +60,7 @@ class Simulator:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.protocol == "evproto":
-            await evproto_session(reader, writer, self.model, self.faults)
+            await evproto_session(reader, writer, self.model, self.faults, self.signer)
         else:
             await iec_session(reader, writer, self.model, self.faults, address=self.address)
 
@@ -175,6 +180,14 @@ class Simulator:
 @click.option("--garbage", type=click.FloatRange(0, 1), default=0.0, help="Probability of junk before a write.")
 @click.option("--split", is_flag=True, help="Send every write in 1-3 byte pieces.")
 @click.option("--seed", type=int, default=None, help="Make the random faults repeatable.")
+@click.option(
+    "--sign-key",
+    default=None,
+    metavar="KEY.pem|generate",
+    help="Sign begin/end readings as OCMF with this P-256 key (PEM); `generate`: a new key, its public key "
+    "printed (PEM) on stderr. evproto protocol only.",
+)
+@click.option("--meter-serial", default="EVP-SIM-0001", show_default=True, help="The meter's serial (OCMF MS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="evmeter-sim")
 def main(
@@ -192,6 +205,8 @@ def main(
     garbage: float,
     split: bool,
     seed: int | None,
+    sign_key: str | None,
+    meter_serial: str,
     log_level: str,
 ) -> None:
     """A simulated meter for testing engines without hardware (docs/hardware.md).
@@ -205,12 +220,14 @@ def main(
     setup_logging("evmeter-sim", level=log_level, fmt="text")
     import random
 
+    signer = _signer(sign_key, meter_serial) if sign_key else None
     faults = Faults(corrupt_next=corrupt, drop=drop, garbage=garbage, split=split, rng=random.Random(seed))
     sim = Simulator(
         protocol=protocol,
         model=MeterModel(power_kw=power_kw, load_on=load, energy_wh=energy_wh, time_scale=time_scale),
         faults=faults,
         address=address,
+        signer=signer,
     )
 
     async def run() -> int:
@@ -249,6 +266,30 @@ def main(
         return 0
 
     sys.exit(asyncio.run(run()))
+
+
+def _signer(sign_key: str, meter_serial: str) -> Any:
+    try:
+        from evproto.hw import ocmf
+
+        from .signing import MeterSigner
+    except ImportError as exc:  # pragma: no cover - the network distribution has cryptography
+        raise click.UsageError(f"--sign-key needs cryptography (pip install 'evproto[ocmf]'): {exc}") from None
+    if sign_key == "generate":
+        from cryptography.hazmat.primitives import serialization
+
+        key = ocmf.ec.generate_private_key(ocmf.ec.SECP256R1())
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        click.echo(pem.decode().strip(), err=True)
+    else:
+        try:
+            with open(sign_key, "rb") as fh:
+                key = ocmf.load_private_key(fh.read())
+        except (OSError, ValueError, TypeError) as exc:
+            raise click.BadParameter(f"{sign_key}: {exc}", param_hint="--sign-key") from None
+    if not meter_serial or len(meter_serial) > 64 or not meter_serial.isprintable() or not meter_serial.isascii():
+        raise click.BadParameter("1 to 64 printable ASCII characters", param_hint="--meter-serial")
+    return MeterSigner(key, meter_serial=meter_serial)
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def main(
     setup_logging("evmeter-sim", level=log_level, fmt="text")
     import random
 
-    signer = _signer(sign_key, meter_serial) if sign_key else None
+    signer, generated_pem = _signer(sign_key, meter_serial) if sign_key else (None, "")
     faults = Faults(corrupt_next=corrupt, drop=drop, garbage=garbage, split=split, rng=random.Random(seed))
     sim = Simulator(
         protocol=protocol,
@@ -254,6 +254,8 @@ def main(
                     return
                 log.info("%s", sim.command(line))
 
+        if generated_pem:  # after the device line, which stays the first line of output
+            click.echo(f"public key of --sign-key generate (the meter {meter_serial}):\n{generated_pem}", err=True)
         cmd = asyncio.ensure_future(commands())
         await stop.wait()
         cmd.cancel()
@@ -268,7 +270,8 @@ def main(
     sys.exit(asyncio.run(run()))
 
 
-def _signer(sign_key: str, meter_serial: str) -> Any:
+def _signer(sign_key: str, meter_serial: str) -> tuple[Any, str]:
+    """The meter's signer, and the public key (PEM) of a key it generated ("" for a key file)."""
     try:
         from evproto.hw import ocmf
 
@@ -280,8 +283,9 @@ def _signer(sign_key: str, meter_serial: str) -> Any:
 
         key = ocmf.ec.generate_private_key(ocmf.ec.SECP256R1())
         pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-        click.echo(pem.decode().strip(), err=True)
+        generated = pem.decode().strip()
     else:
+        generated = ""
         try:
             with open(sign_key, "rb") as fh:
                 key = ocmf.load_private_key(fh.read())
@@ -289,7 +293,7 @@ def _signer(sign_key: str, meter_serial: str) -> Any:
             raise click.BadParameter(f"{sign_key}: {exc}", param_hint="--sign-key") from None
     if not meter_serial or len(meter_serial) > 64 or not meter_serial.isprintable() or not meter_serial.isascii():
         raise click.BadParameter("1 to 64 printable ASCII characters", param_hint="--meter-serial")
-    return MeterSigner(key, meter_serial=meter_serial)
+    return MeterSigner(key, meter_serial=meter_serial), generated
 
 
 if __name__ == "__main__":

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from evproto.errors import EvprotoError
 from evproto.hw import ocmf
+from evproto.hw.evproto_meter import EvprotoMeter
 from evproto.hw.ocmf import OcmfError, OcmfProblem
+from evproto.messages import MeterTransaction
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "hardware.md"
 
@@ -164,3 +169,177 @@ def test_bounds_and_bad_keys() -> None:
         ocmf.load_public_key(ocmf.public_key_hex(p384))
     with pytest.raises(ValueError):
         ocmf.build_payload(meter_serial="M", pagination=1, transaction="X", energy_wh=0, ts_ms=0)
+
+
+# -- the simulated meter over a real pty --------------------------------------------------------
+
+
+TEST_KEY_PEM = KEY.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+)
+PUBLIC_PEM = PUB.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@pytest.fixture
+def key_files(tmp_path: Path) -> tuple[str, str]:
+    """The golden vectors' key as a meter's signing key file and its public key file."""
+    private, public = tmp_path / "meter-key.pem", tmp_path / "meter-pub.pem"
+    private.write_bytes(TEST_KEY_PEM)
+    public.write_bytes(PUBLIC_PEM)
+    return str(private), str(public)
+
+
+async def test_the_simulated_meter_signs_begin_and_end_over_a_pty(sim_factory, key_files) -> None:
+    sim = sim_factory("evproto", "--sign-key", key_files[0], "--meter-serial", "EVP-PTY-1", "--time-scale", "600")
+    meter = EvprotoMeter(sim.path, timeout_s=3.0)
+    await meter.open()
+    try:
+        begin = await meter.read_signed(MeterTransaction.BEGIN, "D001/7/1796198400000")
+        reading = await meter.read()  # ordinary readings go on between the two
+        end = await meter.read_signed(MeterTransaction.END, "D001/7/1796198400000")
+    finally:
+        await meter.close()
+    assert ocmf.load_public_key(begin.public_key).public_numbers() == PUB.public_numbers()
+    pair = ocmf.check_pair(begin.ocmf.decode(), end.ocmf.decode(), PUB, meter_serial="EVP-PTY-1")
+    assert pair.begin.identification == "D001/7/1796198400000"
+    assert (pair.begin.pagination, pair.end.pagination) == ("T1", "T2")
+    assert pair.begin.energy_wh <= reading.energy_wh + 0.5 and pair.energy_kwh > 0  # the load is on
+
+
+async def test_a_meter_without_a_key_answers_unsigned(sim_factory) -> None:
+    sim = sim_factory("evproto")
+    meter = EvprotoMeter(sim.path, timeout_s=3.0)
+    await meter.open()
+    try:
+        answer = await meter.read_signed(MeterTransaction.BEGIN, "x")
+    finally:
+        await meter.close()
+    assert answer.ocmf == b"" and answer.public_key == b""
+    with pytest.raises(OcmfError) as info:
+        ocmf.parse(answer.ocmf.decode())
+    assert info.value.problem is OcmfProblem.UNSIGNED
+
+
+# -- evcp-meter verify on ticket files ----------------------------------------------------------
+
+
+def _verify(path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "evproto.daemons.meter_cli", "verify", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _ticket(tmp_path: Path, **changes: object) -> Path:
+    doc = {"session_id": 42, "energy_kwh": ENERGY_KWH, "ocmf_begin": BEGIN, "ocmf_end": END}
+    doc.update({"meter_public_key": V["public key"]})
+    doc.update(changes)
+    path = tmp_path / "TICKET.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_verify_accepts_the_golden_ticket_and_names_each_tampering(tmp_path: Path, key_files) -> None:
+    ok = _verify(_ticket(tmp_path), "--public-key", key_files[1])
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("valid: meter EVP-0001, T1 -> T2, 12.346 -> 19.746 kWh = 7.400 kWh")
+    sd = re.search(r'"SD":"([0-9A-F]+)"', END)
+    assert sd
+    for changes, reason in [
+        ({"ocmf_end": END.replace('"RV":19.746', '"RV":29.746')}, "invalid (signature)"),
+        ({"energy_kwh": ENERGY_KWH + 1}, "invalid (energy)"),
+        ({"ocmf_end": _resign(END, lambda p: p.update(MS="EVP-0002"))}, "invalid (meter_id)"),
+        ({"meter_serial": "EVP-0002"}, "invalid (meter_id)"),
+        ({"ocmf_end": END.replace(sd.group(1), sd.group(1)[:-10])}, "invalid (signature)"),
+        ({"ocmf_end": _resign(END, lambda p: p.update(ID="D009/1"))}, "invalid (pairing)"),
+        ({"ocmf_begin": ""}, "invalid (unsigned)"),
+        ({"ocmf_end": 7}, "invalid (malformed)"),
+    ]:
+        bad = _verify(_ticket(tmp_path, **changes), "--public-key", key_files[1])
+        assert bad.returncode == 1, (changes, bad.stdout)
+        assert bad.stderr.startswith(reason), (changes, bad.stderr)
+    other = tmp_path / "other.pem"
+    other.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert _verify(_ticket(tmp_path), "--public-key", str(other)).stderr.startswith("invalid (signature)")
+    assert _verify(tmp_path / "missing.json").returncode == 66
+    (tmp_path / "junk.json").write_bytes(b"[" * 100_000)
+    assert _verify(tmp_path / "junk.json").stderr.startswith("invalid (malformed)")
+
+
+# -- end to end: a real meter pty, engine, monitor, Central, driver and broker -----------------
+
+
+def _engine(net, sim, *args: str, auto: bool = False):
+    net.start_central("D001")
+    engine = net.start_engine(
+        "CP001",
+        auto=auto,
+        engine_args=("--port", sim.path, "--meter-interval-s", "0.3", "--meter-timeout-s", "1.0", *args),
+    )
+    net.start_monitor("CP001", engine.ready["listen"], price=0.40)
+    net.wait_state("CP001", "ACTIVATED", timeout_s=30)
+    return engine
+
+
+@pytest.mark.slow
+def test_a_supply_ticket_carries_signed_readings_that_evcp_meter_verify_accepts(net, sim_factory, key_files) -> None:
+    from netharness import wait_for
+
+    sim = sim_factory(
+        "evproto", "--sign-key", key_files[0], "--meter-serial", "EVP-E2E-1", "--power-kw", "11", "--time-scale", "60"
+    )
+    _engine(
+        net,
+        sim,
+        "--require-signed-meter",
+        "--meter-public-key",
+        key_files[1],
+        "--plug-delay-s",
+        "0.2",
+        "--supply-s",
+        "1.5",
+        auto=True,
+    )
+    net.start_driver("D001", "CP001\n")  # the real ev-driver: it writes the ticket file
+    tickets = Path(net.tmp) / "dstate-D001" / "tickets"
+    path = wait_for(lambda: next(iter(sorted(tickets.glob("TICKET-*.json"))), None), "the driver's ticket file")
+    doc = json.loads(path.read_text())
+    assert doc["end_reason"] == "completed", doc
+    assert doc["meter_public_key"] == V["public key"]
+    pair = ocmf.check_pair(doc["ocmf_begin"], doc["ocmf_end"], PUB, meter_serial="EVP-E2E-1")
+    assert pair.energy_kwh > 0 and doc["energy_kwh"] == pair.energy_kwh  # billed from the signed registers
+    assert doc["amount_eur"] == pytest.approx(pair.energy_kwh * 0.40)
+    ok = _verify(path, "--public-key", key_files[1], "--meter-serial", "EVP-E2E-1")
+    assert ok.returncode == 0 and ok.stdout.startswith("valid: meter EVP-E2E-1, T"), ok.stdout + ok.stderr
+    (session,) = [s for s in net.get("/api/v1/sessions") if s["id"] == doc["session_id"]]
+    assert session["signed_meter"] == {
+        "ocmf_begin": doc["ocmf_begin"],
+        "ocmf_end": doc["ocmf_end"],
+        "meter_public_key": doc["meter_public_key"],
+    }
+    path.write_text(json.dumps({**doc, "energy_kwh": round(doc["energy_kwh"] + 0.5, 3)}))
+    assert _verify(path, "--public-key", key_files[1]).stderr.startswith("invalid (energy)")
+
+
+@pytest.mark.slow
+def test_a_cp_requiring_signatures_ends_an_unsigned_supply_as_a_fault(net, sim_factory) -> None:
+    from netharness import KafkaDriver, wait_for
+
+    sim = sim_factory("evproto", "--power-kw", "11")  # a meter that does not sign
+    engine = _engine(net, sim, "--require-signed-meter")
+    driver = KafkaDriver(net, "D001")
+    rid = driver.request("CP001")
+    driver.wait_status(rid, "authorized")
+    engine.send("p")
+    update = driver.wait_status(rid, "interrupted")
+    assert update.reason == "fault"
+    ticket = wait_for(lambda: next((t for t in driver.tickets() if t.request_id == rid), None), "the ticket")
+    assert (ticket.end_reason, ticket.ocmf_begin, ticket.ocmf_end) == ("fault", "", "")
+    assert net.log_has(engine, "signed meter values required")
+    net.wait_state("CP001", "ACTIVATED")  # the CP itself is fine: the next supply may have a signing meter

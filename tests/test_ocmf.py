@@ -343,3 +343,38 @@ def test_a_cp_requiring_signatures_ends_an_unsigned_supply_as_a_fault(net, sim_f
     assert (ticket.end_reason, ticket.ocmf_begin, ticket.ocmf_end) == ("fault", "", "")
     assert net.log_has(engine, "signed meter values required")
     net.wait_state("CP001", "ACTIVATED")  # the CP itself is fine: the next supply may have a signing meter
+
+
+def test_a_central_database_from_before_signed_readings_is_migrated(tmp_path: Path) -> None:
+    import sqlite3
+
+    from evproto.daemons.central.store import SCHEMA_VERSION, Store
+
+    path = str(tmp_path / "central.db")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '3');
+        CREATE TABLE sessions (id INTEGER PRIMARY KEY, cp_id TEXT NOT NULL, driver_id TEXT NOT NULL,
+            request_id TEXT NOT NULL UNIQUE, origin TEXT NOT NULL, status TEXT NOT NULL,
+            requested_ts_ms INTEGER NOT NULL, price_eur_kwh REAL NOT NULL, deadline_ts_ms INTEGER NOT NULL,
+            target_energy_kwh REAL, target_duration_s REAL, authorized_ts_ms INTEGER, started_ts_ms INTEGER,
+            ended_ts_ms INTEGER, energy_kwh REAL NOT NULL DEFAULT 0, amount_eur REAL NOT NULL DEFAULT 0,
+            end_reason TEXT);
+        INSERT INTO sessions VALUES (5, 'CP1', 'D1', 'r5', 'driver', 'completed', 1796198400000, 0.3,
+            1796198460000, NULL, NULL, 1796198400100, 1796198400200, 1796198410000, 2.0, 0.6, 'completed');
+    """)
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        (view,) = store.sessions()
+        assert view.to_json()["signed_meter"] is None and view.energy_kwh == 2.0
+    finally:
+        store.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        assert db.execute("SELECT ocmf_begin, ocmf_end, meter_public_key FROM sessions").fetchall() == [("", "", "")]
+    finally:
+        db.close()

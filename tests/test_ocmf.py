@@ -378,3 +378,79 @@ def test_a_central_database_from_before_signed_readings_is_migrated(tmp_path: Pa
         assert db.execute("SELECT ocmf_begin, ocmf_end, meter_public_key FROM sessions").fetchall() == [("", "", "")]
     finally:
         db.close()
+
+
+# -- the engine's part, without I/O: what goes into supply_finished ------------------------------
+
+
+def _finished(**changes: object):
+    from evproto.domain.events import SupplyFinished
+
+    base = dict(
+        cp_id="CP1",
+        session_id=42,
+        driver_id="D007",
+        energy_kwh=7.0,
+        amount_eur=2.1,
+        price_eur_kwh=0.3,
+        started_ts_ms=1796198400000,
+        ended_ts_ms=1796202000000,
+        reason="completed",
+        ts_ms=1796202000000,
+    )
+    base.update(changes)
+    return SupplyFinished(**base)  # type: ignore[arg-type]
+
+
+def _meter(begin: str, end: str, key: bytes):
+    from evproto.messages import MeterSignedReading
+
+    answers = {MeterTransaction.BEGIN: begin, MeterTransaction.END: end}
+
+    async def read_signed(transaction: MeterTransaction, identification: str) -> MeterSignedReading:
+        return MeterSignedReading(ocmf=answers[transaction].encode(), public_key=key)
+
+    return read_signed
+
+
+@pytest.mark.parametrize(
+    "end,pinned,require,reason,energy_kwh",
+    [
+        (END, None, True, "completed", ENERGY_KWH),  # checks: billed from the signed registers
+        (END.replace('"RV":19.746', '"RV":19.000'), None, True, "fault", 7.0),  # tampered
+        (END.replace('"RV":19.746', '"RV":19.000'), None, False, "completed", 7.0),  # tampered, not required
+        (END, "other", True, "fault", 7.0),  # not the pinned meter's key
+        ("", None, True, "fault", 7.0),  # no end reading
+    ],
+)
+async def test_the_engine_attaches_signed_readings_and_faults_what_does_not_check(
+    end: str, pinned: str | None, require: bool, reason: str, energy_kwh: float
+) -> None:
+    from evproto.bus.events import decode_event, encode_event
+    from evproto.daemons.engine.signed import SignedReadings
+
+    other = ocmf.public_key_hex(ec.generate_private_key(ec.SECP256R1()))
+    key_der = bytes.fromhex(str(V["public key"]))
+    signed = SignedReadings(
+        _meter(BEGIN, end, key_der), require=require, public_key_hex=other if pinned else None, timeout_s=1.0
+    )
+    ev = _finished()
+    from evproto.domain.events import SupplyStarted
+
+    signed.started(SupplyStarted(cp_id="CP1", session_id=42, driver_id="D007", started_ts_ms=ev.started_ts_ms, ts_ms=1))
+    report = await signed.finish(ev)
+    assert (report.reason, report.energy_kwh) == (reason, energy_kwh)
+    assert report.amount_eur == pytest.approx(energy_kwh * 0.3)
+    assert (report.ocmf_begin, report.ocmf_end, report.meter_public_key) == (BEGIN, end, V["public key"])
+    assert decode_event(encode_event(report)) == report  # within the schema's bounds
+
+
+async def test_the_begin_reading_is_checked_at_once() -> None:
+    from evproto.daemons.engine.signed import SignedReadings
+    from evproto.messages import MeterSignedReading
+
+    signed = SignedReadings(None, require=True)
+    key = bytes.fromhex(str(V["public key"]))
+    assert signed.check_begin(MeterSignedReading(ocmf=BEGIN.encode(), public_key=key)) is None
+    assert "unsigned" in (signed.check_begin(MeterSignedReading()) or "")
+    assert "signature" in (signed.check_begin(MeterSignedReading(ocmf=BEGIN.encode())) or "")

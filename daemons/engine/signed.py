@@ -98,6 +98,7 @@ class SignedReadings:
         """Why a begin reading is not acceptable, or None."""
         try:
             text = reading.ocmf.decode("ascii")
+            ocmf.parse(text)  # unsigned or malformed says so before any key is looked at
             ocmf.verify(text, self._key(reading))
         except UnicodeDecodeError:
             return "malformed: not ASCII"
@@ -119,6 +120,8 @@ class SignedReadings:
         changes: dict[str, Any] = {"ocmf_begin": texts[0], "ocmf_end": texts[1], "meter_public_key": key_hex}
         problem: str | None = None
         try:
+            for text in texts:
+                ocmf.parse(text)  # unsigned or malformed says so before any key is looked at
             pair = ocmf.check_pair(texts[0], texts[1], self._key(begin, end))
         except ocmf.OcmfError as exc:
             problem = str(exc)

@@ -227,8 +227,10 @@ def parse(text: str) -> OcmfReading:
     rd = readings[0]
     if not isinstance(rd, dict):
         raise OcmfError(OcmfProblem.MALFORMED, "a reading is not an object")
-    value = rd.get("RV")
-    if type(value) not in (int, float) or not math.isfinite(value) or not 0 <= value < 1e9:
+    raw_value: Any = rd.get("RV")
+    # Not a bool (an int to Python) and not NaN or infinity (json accepts them).
+    value = float(raw_value) if type(raw_value) in (int, float) else math.nan
+    if not math.isfinite(value) or not 0 <= value < 1e9:
         raise OcmfError(OcmfProblem.MALFORMED, "RV is not a register value in range")
     if _field(rd, "RI") != ENERGY_OBIS or _field(rd, "RU") != "kWh":
         raise OcmfError(OcmfProblem.MALFORMED, f"the reading is not the energy register ({ENERGY_OBIS} in kWh)")
@@ -256,7 +258,7 @@ def parse(text: str) -> OcmfReading:
         identification=_field(payload, "ID", required=False),
         transaction=transaction,
         time=_field(rd, "TM"),
-        value_kwh=float(value),
+        value_kwh=value,
         unit="kWh",
         signature=der,
     )

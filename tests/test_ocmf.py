@@ -143,6 +143,8 @@ def test_readings_that_do_not_belong_together_are_refused(edit, why: str) -> Non
         ('OCMF|{"RD":[{"RV":1e400}]}|{}', OcmfProblem.MALFORMED),
         ('OCMF|{"RD":[{"RV":-1}]}|{}', OcmfProblem.MALFORMED),
         ('OCMF|{"RD":[{"RV":"1"}]}|{}', OcmfProblem.MALFORMED),
+        ('OCMF|{"RD":[{"RV":true}]}|{}', OcmfProblem.MALFORMED),
+        ('OCMF|{"RD":[{"RV":NaN}]}|{}', OcmfProblem.MALFORMED),
         ("OCMF|{}|{}\u00e9", OcmfProblem.MALFORMED),
         (BEGIN.replace("ECDSA-secp256r1-SHA256", "ECDSA-secp192k1-SHA256"), OcmfProblem.SIGNATURE),
         (BEGIN.replace('"SE":"hex"', '"SE":"base64"'), OcmfProblem.SIGNATURE),

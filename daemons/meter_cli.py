@@ -16,6 +16,10 @@ from .common import EXIT_UNAVAILABLE, EXIT_USAGE
 from .meter_scan import scan_command
 
 EXIT_DATAERR = 65
+EXIT_NOINPUT = 66
+EXIT_INVALID = 1
+#: A ticket file is a few kB; anything much bigger is not one.
+MAX_TICKET_BYTES = 64 * 1024
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -127,6 +131,74 @@ def read(
 
 
 main.add_command(scan_command)
+
+
+@main.command()
+@click.argument("ticket", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--public-key",
+    "public_key_path",
+    default=None,
+    metavar="PEM",
+    help="The meter's public key (PEM) to check against; default: the key the ticket carries (which proves "
+    "only that nothing changed since the meter signed, not which meter it was).",
+)
+@click.option("--meter-serial", default=None, help="The meter the readings must come from (default: the ticket's).")
+def verify(ticket: str, public_key_path: str | None, meter_serial: str | None) -> None:
+    """Check a ticket's signed meter values (OCMF): both signatures, the meter, that the
+    begin and end readings belong together, and that the ticket's energy is end - begin.
+
+    Exit 0 when valid, 1 when not (the reason on stderr), 66 when a file cannot be read.
+    """
+    from evproto.hw import ocmf
+
+    def invalid(problem: str, why: str) -> None:
+        click.echo(f"invalid ({problem}): {why}", err=True)
+        sys.exit(EXIT_INVALID)
+
+    try:
+        with click.open_file(ticket, "rb") as fh:
+            raw = fh.read(MAX_TICKET_BYTES + 1)
+        key_pem = None
+        if public_key_path is not None:
+            with open(public_key_path, "rb") as fh:
+                key_pem = fh.read(MAX_TICKET_BYTES)
+    except OSError as exc:
+        click.echo(f"evcp-meter: cannot read {exc.filename or ticket}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_NOINPUT)
+    if len(raw) > MAX_TICKET_BYTES:
+        invalid("malformed", f"{ticket} is larger than {MAX_TICKET_BYTES} bytes: not a ticket")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError):
+        data = None
+    if not isinstance(data, dict):
+        invalid("malformed", f"{ticket} is not a JSON object")
+    begin, end = data.get("ocmf_begin") or "", data.get("ocmf_end") or ""
+    energy = data.get("energy_kwh")
+    if not isinstance(begin, str) or not isinstance(end, str):
+        invalid("malformed", "ocmf_begin and ocmf_end must be strings")
+    if not begin or not end:
+        invalid("unsigned", "the ticket carries no signed " + ("begin" if not begin else "end") + " reading")
+    if type(energy) not in (int, float):
+        invalid("malformed", "the ticket has no energy_kwh")
+    serial = meter_serial if meter_serial is not None else data.get("meter_serial")
+    try:
+        source = key_pem if key_pem is not None else data.get("meter_public_key") or ""
+        if not isinstance(source, (str, bytes)) or not source:
+            raise ocmf.OcmfError(ocmf.OcmfProblem.SIGNATURE, "no public key: give --public-key")
+        key = ocmf.load_public_key(source)
+        pair = ocmf.check_pair(
+            begin, end, key, meter_serial=serial if isinstance(serial, str) else None, energy_kwh=float(energy)
+        )
+    except ocmf.OcmfError as exc:
+        invalid(exc.problem.value, exc.detail)
+    click.echo(
+        f"valid: meter {pair.meter_serial}, {pair.begin.pagination} -> {pair.end.pagination}, "
+        f"{pair.begin.value_kwh:.3f} -> {pair.end.value_kwh:.3f} kWh = {pair.energy_kwh:.3f} kWh, "
+        f"ticket {float(energy):.3f} kWh"
+        + ("" if key_pem is not None else " (checked with the key the ticket carries)")
+    )
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ _ENUMS: tuple[type[enum.Enum], ...] = (
     m.EndReason,
     m.ErrorCode,
     m.MeterStatus,
+    m.MeterTransaction,
 )
 
 

@@ -63,6 +63,9 @@ __all__ = [
     "SupplyEnd",
     "MeterReadRequest",
     "MeterValues",
+    "MeterTransaction",
+    "MeterSignedRequest",
+    "MeterSignedReading",
     "AuthChallenge",
     "AuthProof",
     "AuthResult",
@@ -113,6 +116,8 @@ class MessageType(enum.IntEnum):
     SUPPLY_END = 0x31
     METER_READ_REQUEST = 0x40
     METER_VALUES = 0x41
+    METER_SIGNED_REQUEST = 0x42
+    METER_SIGNED_READING = 0x43
     OPAQUE = 0x50
 
 
@@ -285,6 +290,13 @@ class MeterStatus(enum.IntFlag):
     CLOCK_INVALID = 0x0004
     TAMPER = 0x0008
     FAULT = 0x0010
+
+
+class MeterTransaction(enum.IntEnum):
+    """Which end of a supply a signed meter reading marks (OCMF ``TX`` B and E)."""
+
+    BEGIN = 1
+    END = 2
 
 
 # -- field wire types ------------------------------------------------------------------------
@@ -676,6 +688,26 @@ class MeterValues(Message):
     current_a: float | None = wire_field(OPT_F32, None)
     status: MeterStatus = wire_field(_flag_wire(MeterStatus, cs.Int16ub), MeterStatus.NONE)
     meter_timestamp_ms: int = wire_field(U64, 0)
+
+
+@_register(MessageType.METER_SIGNED_REQUEST)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterSignedRequest(Message):
+    """Engine -> meter: sign your register now as the ``transaction`` end of the supply
+    that ``identification`` names (answered by MeterSignedReading)."""
+
+    transaction: MeterTransaction = wire_field(enum_wire(MeterTransaction, cs.Int8ub))
+    identification: str = wire_field(TEXT, "")
+
+
+@_register(MessageType.METER_SIGNED_READING)
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterSignedReading(Message):
+    """A signed reading: ``ocmf`` the OCMF text (ASCII, ``OCMF|payload|signature``; empty:
+    this meter does not sign), ``public_key`` the meter's key (DER SubjectPublicKeyInfo)."""
+
+    ocmf: bytes = wire_field(BLOB, b"")
+    public_key: bytes = wire_field(BLOB, b"")
 
 
 @_register(MessageType.OPAQUE)

@@ -48,10 +48,19 @@ class Simulator:
     """The meter: a model, its faults, a protocol and a port."""
 
     def __init__(
-        self, *, protocol: str, model: MeterModel, faults: Faults, address: str = "", iec: IecOptions | None = None
+        self,
+        *,
+        protocol: str,
+        model: MeterModel,
+        faults: Faults,
+        address: str = "",
+        iec: IecOptions | None = None,
+        signer: Any = None,
     ) -> None:
         self.protocol = protocol
         self.iec = iec or IecOptions(address=address)
+        #: Signs begin/end readings as OCMF (firmware_sim.signing.MeterSigner), None: unsigned.
+        self.signer = signer
         self.model = model
         self.faults = faults
         self.address = address
@@ -63,7 +72,7 @@ class Simulator:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.protocol == "evproto":
-            await evproto_session(reader, writer, self.model, self.faults)
+            await evproto_session(reader, writer, self.model, self.faults, self.signer)
         elif self.backend is not None:
             from .modbus_server import pty_baudrate
 
@@ -231,6 +240,14 @@ class Simulator:
     show_default=True,
     help="IEC: send the readout in partial blocks of N data lines (EOT, ACK/NAK per block); 0 = one block.",
 )
+@click.option(
+    "--sign-key",
+    default=None,
+    metavar="KEY.pem|generate",
+    help="Sign begin/end readings as OCMF with this P-256 key (PEM); `generate`: a new key, its public key "
+    "printed (PEM) on stderr. evproto protocol only.",
+)
+@click.option("--meter-serial", default="EVP-SIM-0001", show_default=True, help="The meter's serial (OCMF MS).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning"]), default="info", show_default=True)
 @click.version_option(__version__, prog_name="evmeter-sim")
 def main(
@@ -257,6 +274,8 @@ def main(
     iec_manufacturer: str,
     iec_enhanced_id: str,
     iec_block_lines: int,
+    sign_key: str | None,
+    meter_serial: str,
     log_level: str,
 ) -> None:
     """A simulated meter for testing engines without hardware (docs/hardware.md).
@@ -281,6 +300,7 @@ def main(
     setup_logging("evmeter-sim", level=log_level, fmt="text")
     import random
 
+    signer, generated_pem = _signer(sign_key, meter_serial) if sign_key else (None, "")
     faults = Faults(corrupt_next=corrupt, drop=drop, garbage=garbage, split=split, rng=random.Random(seed))
     sim = Simulator(
         protocol=protocol,
@@ -288,6 +308,7 @@ def main(
         faults=faults,
         address=address,
         iec=iec,
+        signer=signer,
     )
 
     async def run() -> int:
@@ -326,6 +347,8 @@ def main(
                     return
                 log.info("%s", sim.command(line))
 
+        if generated_pem:  # after the device line, which stays the first line of output
+            click.echo(f"public key of --sign-key generate (the meter {meter_serial}):\n{generated_pem}", err=True)
         cmd = asyncio.ensure_future(commands())
         await stop.wait()
         cmd.cancel()
@@ -340,6 +363,32 @@ def main(
         return 0
 
     sys.exit(asyncio.run(run()))
+
+
+def _signer(sign_key: str, meter_serial: str) -> tuple[Any, str]:
+    """The meter's signer, and the public key (PEM) of a key it generated ("" for a key file)."""
+    try:
+        from evproto.hw import ocmf
+
+        from .signing import MeterSigner
+    except ImportError as exc:  # pragma: no cover - the network distribution has cryptography
+        raise click.UsageError(f"--sign-key needs cryptography (pip install 'evproto[ocmf]'): {exc}") from None
+    if sign_key == "generate":
+        from cryptography.hazmat.primitives import serialization
+
+        key = ocmf.ec.generate_private_key(ocmf.ec.SECP256R1())
+        pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        generated = pem.decode().strip()
+    else:
+        generated = ""
+        try:
+            with open(sign_key, "rb") as fh:
+                key = ocmf.load_private_key(fh.read())
+        except (OSError, ValueError, TypeError) as exc:
+            raise click.BadParameter(f"{sign_key}: {exc}", param_hint="--sign-key") from None
+    if not meter_serial or len(meter_serial) > 64 or not meter_serial.isprintable() or not meter_serial.isascii():
+        raise click.BadParameter("1 to 64 printable ASCII characters", param_hint="--meter-serial")
+    return MeterSigner(key, meter_serial=meter_serial), generated
 
 
 if __name__ == "__main__":

@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from evproto.aio import Link, serve_stream
 from evproto.link import RequestReceived
-from evproto.messages import MeterReadRequest, MeterValues
+from evproto.messages import MeterReadRequest, MeterSignedReading, MeterSignedRequest, MeterValues
 
 from .faults import Faults, FaultyWriter
 from .model import MeterModel
+
+if TYPE_CHECKING:  # signing needs cryptography: only a meter given a key imports it
+    from .signing import MeterSigner
 
 __all__ = ["evproto_session", "readout_lines"]
 
@@ -20,9 +24,14 @@ log = logging.getLogger("evproto.firmware_sim")
 
 
 async def evproto_session(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model: MeterModel, faults: Faults
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    model: MeterModel,
+    faults: Faults,
+    signer: MeterSigner | None = None,
 ) -> None:
-    """Serve one evproto session: answer every MeterReadRequest with MeterValues."""
+    """Serve one evproto session: answer every MeterReadRequest with MeterValues, and
+    every MeterSignedRequest with the register signed (empty without a ``signer``)."""
 
     async def handler(link: Link) -> None:
         async for event in link.messages:
@@ -39,6 +48,13 @@ async def evproto_session(
                         meter_timestamp_ms=int(time.time() * 1000),
                     ),
                 )
+            elif isinstance(event, RequestReceived) and isinstance(event.message, MeterSignedRequest):
+                request = event.message
+                if signer is None:
+                    await link.respond(event, MeterSignedReading())
+                    continue
+                energy = model.read()[0]
+                await link.respond(event, signer.sign(request.transaction, request.identification, energy))
 
     down = await serve_stream(reader, FaultyWriter(writer, faults), handler, node_id="evmeter-sim")  # type: ignore[arg-type]
     log.info("evproto session ended: %s", down.reason.value)

@@ -13,7 +13,16 @@ import time
 from evproto.aio import Link, open_link
 from evproto.errors import LinkDownError, RequestTimeoutError, TransportError
 from evproto.link import DownReason, LinkConfig
-from evproto.messages import Hello, MeterReadRequest, MeterValues, Role
+from evproto.messages import (
+    ErrorReport,
+    Hello,
+    MeterReadRequest,
+    MeterSignedReading,
+    MeterSignedRequest,
+    MeterTransaction,
+    MeterValues,
+    Role,
+)
 
 from .base import MeterGone, MeterProtocolError, MeterReading, MeterTimeout
 
@@ -92,6 +101,26 @@ class EvprotoMeter:
             timestamp_ms=answer.meter_timestamp_ms if clock else int(time.time() * 1000),
             meter_clock=clock,
         )
+
+    async def read_signed(self, transaction: MeterTransaction, identification: str = "") -> MeterSignedReading:
+        """The register signed by the meter as the ``transaction`` end of the supply named
+        ``identification`` (OCMF, docs/hardware.md). An empty ``ocmf``: the meter does not
+        sign (a meter that does not know the request answers ErrorReport: the same)."""
+        link = self._link
+        if link is None or not link.is_open:
+            raise MeterGone(f"{self.address}: not open")
+        request = MeterSignedRequest(transaction=transaction, identification=identification[:64])
+        try:
+            answer = await link.request(request, timeout_s=self.timeout_s)
+        except RequestTimeoutError as exc:
+            raise MeterTimeout(f"no signed reading within {self.timeout_s:g} s") from exc
+        except LinkDownError as exc:
+            raise MeterTimeout(f"link to the meter ended: {exc}") from exc
+        if isinstance(answer, ErrorReport):
+            return MeterSignedReading()
+        if not isinstance(answer, MeterSignedReading):
+            raise MeterProtocolError(f"the meter answered {type(answer).__name__}, not MeterSignedReading")
+        return answer
 
     async def close(self) -> None:
         link, self._link = self._link, None

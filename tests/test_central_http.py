@@ -41,6 +41,7 @@ SESSION_KEYS = {
     "started_at",
     "ended_at",
     "end_reason",
+    "signed_meter",
 }
 
 

@@ -175,3 +175,32 @@ def test_the_core_hands_out_the_same_view_until_a_fact_changes() -> None:
     assert third[1] == core.cps["CP2"].view() and third[1].state != first[1].state
     del core.cps["CP1"]
     assert [v.id for v in core.cp_views()] == ["CP2"]
+
+
+def test_a_session_view_is_made_of_its_view_facts_only() -> None:
+    """The same for sessions: every SessionRecord field either is one of SESSION_VIEW_FACTS or
+    leaves the view alone."""
+    import dataclasses
+
+    from evproto.domain.central.records import SESSION_VIEW_FACTS, SessionRecord
+    from evproto.domain.session import SessionStatus
+
+    facts = set(SESSION_VIEW_FACTS.__reduce__()[1])
+    for field in dataclasses.fields(SessionRecord):
+        s = SessionRecord(
+            id=1,
+            cp_id="CP1",
+            driver_id="D1",
+            request_id="r1",
+            origin="driver",
+            status=SessionStatus.SUPPLYING,
+            requested_ts_ms=1,
+            price_eur_kwh=0.3,
+            deadline_ts_ms=2,
+        )
+        before = s.view()
+        value = getattr(s, field.name)
+        changed = SessionStatus.COMPLETED if isinstance(value, SessionStatus) else _other(value)
+        setattr(s, field.name, changed)
+        if field.name != "id" and field.name not in facts:
+            assert s.view() == before, f"{field.name} changes the view but is not in SESSION_VIEW_FACTS"

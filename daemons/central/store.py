@@ -34,7 +34,7 @@ from ..quarantine import DeadLetter
 
 __all__ = ["Store", "OutboxRow", "Loaded", "Position", "MAX_DEAD_LETTERS"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Ended sessions reloaded at start-up (duplicate requests, late CP reports).
 RECENT_SESSIONS = 5000
 #: Dead letters kept (the oldest are dropped); each keeps at most MAX_KEPT_BYTES of its value.
@@ -71,7 +71,10 @@ CREATE TABLE IF NOT EXISTS sessions (
     ended_ts_ms INTEGER,
     energy_kwh REAL NOT NULL DEFAULT 0,
     amount_eur REAL NOT NULL DEFAULT 0,
-    end_reason TEXT
+    end_reason TEXT,
+    ocmf_begin TEXT NOT NULL DEFAULT '',
+    ocmf_end TEXT NOT NULL DEFAULT '',
+    meter_public_key TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS sessions_status ON sessions(status);
 CREATE TABLE IF NOT EXISTS tickets (
@@ -131,6 +134,9 @@ _SESSION_COLUMNS = (
     "energy_kwh",
     "amount_eur",
     "end_reason",
+    "ocmf_begin",
+    "ocmf_end",
+    "meter_public_key",
 )
 
 
@@ -151,12 +157,21 @@ def _add_weather_stopped(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE cps ADD COLUMN weather_stopped INTEGER NOT NULL DEFAULT 0")
 
 
+def _add_signed_meter(db: sqlite3.Connection) -> None:
+    # The sessions table may be missing in a very old database: the schema then makes it whole.
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='sessions'").fetchone():
+        for column in ("ocmf_begin", "ocmf_end", "meter_public_key"):
+            db.execute(f"ALTER TABLE sessions ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+
+
 # Schema changes, each from the version before it: (version reached, statements or steps).
 _MIGRATIONS: tuple[tuple[int, tuple[str | Callable[[sqlite3.Connection], None], ...]], ...] = (
     # 2: each offset names its log, so a restart can tell the same log from a new one.
     (2, ("ALTER TABLE offsets ADD COLUMN topic_id TEXT",)),
     # 3: a CP stopped for the weather stays stopped across a restart of Central.
     (3, (_add_weather_stopped,)),
+    # 4: a session keeps its meter's signed begin/end readings (OCMF) and the meter's key.
+    (4, (_add_signed_meter,)),
 )
 
 

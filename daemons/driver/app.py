@@ -424,9 +424,38 @@ class Driver:
             log.info("%s", text)
             if self.screen is not None:
                 self.screen.ticket(ev)
+            self._write_ticket_file(ev)
             # Remembered after it was shown: a crash in between shows it again, never not at all.
             self._tickets[ev.session_id] = {"request_id": ev.request_id, "text": text}
             self._save()
+
+    def ticket_path(self, session_id: int) -> str:
+        """Where the ticket of ``session_id`` is kept as JSON (``evcp-meter verify`` checks it)."""
+        return os.path.join(self.state_dir, "tickets", f"TICKET-{session_id}.json")
+
+    def _write_ticket_file(self, ev: Ticket) -> None:
+        """The ticket as a file the driver keeps: its figures, and the meter's signed begin and
+        end readings with the meter's public key when the CP's meter signs (OCMF)."""
+        doc: dict[str, Any] = {
+            "session_id": ev.session_id,
+            "request_id": ev.request_id,
+            "driver_id": ev.driver_id,
+            "cp_id": ev.cp_id,
+            "energy_kwh": ev.energy_kwh,
+            "amount_eur": ev.amount_eur,
+            "price_eur_kwh": ev.price_eur_kwh,
+            "started_ts_ms": ev.started_ts_ms,
+            "ended_ts_ms": ev.ended_ts_ms,
+            "status": ev.status,
+            "end_reason": ev.end_reason,
+            "ocmf_begin": ev.ocmf_begin,
+            "ocmf_end": ev.ocmf_end,
+            "meter_public_key": ev.meter_public_key,
+        }
+        try:
+            save_json_atomic(self.ticket_path(ev.session_id), doc)
+        except OSError as exc:
+            log.error("cannot write the ticket file of session %s: %s", ev.session_id, exc)
 
     async def _figures_loop(self) -> None:
         while True:

@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from evproto import (
@@ -46,9 +46,11 @@ from evproto.domain.events import (
     SupplyFinished,
     SupplyProgress,
     SupplyRequest,
+    SupplyStarted,
 )
 from evproto.hw.base import MeterDriver, MeterError
 from evproto.hw.supervisor import MeterSupervisor
+from evproto.messages import EndReason
 from evproto.ratelog import RateLimitedLog
 
 from ..common import now_ms
@@ -59,6 +61,7 @@ from .commands import CommandReader
 from .console import EngineConsole
 from .meter import ReadingSignal
 from .monitor_link import MonitorLink
+from .signed import SignedReadings, identification
 from .statefile import StateWriter
 
 __all__ = ["EngineOptions", "Engine"]
@@ -89,6 +92,10 @@ class EngineOptions:
     checkpoint_s: float = 10.0
     #: How long a meter reading at restart, to end the interrupted supply with, may take.
     restart_read_timeout_s: float = 2.0
+    #: A supply without signed begin/end meter readings that check (OCMF) ends as a fault.
+    require_signed_meter: bool = False
+    #: The meter's public key (hex DER) its signed readings must check against (None: the key it presents).
+    meter_public_key: str | None = None
 
 
 #: Progress reports (telemetry for the driver and Central) at most once a second.
@@ -160,6 +167,14 @@ class Engine(MonitorLink, CommandReader, EngineConsole):
         self._commands_task: asyncio.Task[Any] | None = None
         self._stop: asyncio.Event | None = None
         self._errors = RateLimitedLog(log)
+        self.signed = SignedReadings(
+            getattr(meter, "read_signed", None),
+            require=opts.require_signed_meter,
+            public_key_hex=opts.meter_public_key,
+            timeout_s=opts.restart_read_timeout_s,
+        )
+        #: Supplies' reports waiting for the meter's signed end reading.
+        self._signing: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -219,6 +234,9 @@ class Engine(MonitorLink, CommandReader, EngineConsole):
         return 0
 
     async def _cancel_tasks(self) -> None:
+        for t in list(self._signing):
+            t.cancel()  # each still sends its report, unsigned: a report is never lost for a signature
+        await asyncio.gather(*self._signing, return_exceptions=True)
         for t in self._tasks + ([self._commands_task] if self._commands_task else []):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -328,10 +346,11 @@ class Engine(MonitorLink, CommandReader, EngineConsole):
 
     # -- effects ---------------------------------------------------------------------------
 
-    def _apply(self, effects: list[Effect]) -> None:
+    def _apply(self, effects: list[Effect], *, signed: bool = False) -> None:
         """Carry out effects write-ahead: the state file (with the outbox) is on disk
         before any event leaves, so a crash can never let Central know more than we do.
-        A change of progress alone is checkpointed on its schedule (see _save)."""
+        A change of progress alone is checkpointed on its schedule (see _save). A supply's
+        report waits for the meter's signed end reading (``signed``: it has it)."""
         persist = checkpoint = False
         sends: list[_Send] = []
         for fx in effects:
@@ -344,6 +363,11 @@ class Engine(MonitorLink, CommandReader, EngineConsole):
                     checkpoint = True
             elif isinstance(fx, Emit):
                 ev = fx.event
+                if isinstance(ev, SupplyFinished) and self.signed.active and not signed:
+                    self._finish_signed(ev)  # its report goes out once the meter signed the end
+                    continue
+                if isinstance(ev, SupplyStarted):
+                    self._begin_signed(ev)
                 if isinstance(ev, SupplyRequest):
                     topic, key = Topic.DRIVER_REQUESTS, ev.driver_id
                 else:
@@ -383,6 +407,43 @@ class Engine(MonitorLink, CommandReader, EngineConsole):
         self._held += 1
         self._last_held = wait
         wait.add_done_callback(lambda f, batch=sends: self._send(batch, f))
+
+    def _begin_signed(self, ev: SupplyStarted) -> None:
+        task = self.signed.started(ev)
+        if task is not None and self.signed.require:
+            ident = identification(ev.driver_id, ev.session_id, ev.started_ts_ms)
+            task.add_done_callback(lambda t, ident=ident: self._begin_checked(ident, t))
+
+    def _begin_checked(self, ident: str, task: asyncio.Task[Any]) -> None:
+        """A required signature missing at the start: the supply ends now, as a fault."""
+        if task.cancelled() or task.exception() is not None or self.cp is None:
+            return
+        supply = self.cp.supply
+        if supply is None or supply.started_ts_ms is None or self.cp.phase is not Phase.SUPPLYING:
+            return
+        if identification(supply.driver_id, supply.session_id, supply.started_ts_ms) != ident:
+            return  # another supply by now
+        problem = self.signed.check_begin(task.result())
+        if problem is None:
+            return
+        now = now_ms()
+        detail = f"signed meter values required: begin reading {problem}"
+        fx = self.cp.set_ko(now, source="signed meter", detail=detail)
+        self._apply(fx + self.cp.recover(now, source="signed meter"))
+
+    def _finish_signed(self, ev: SupplyFinished) -> None:
+        async def finish() -> None:
+            try:
+                report = await self.signed.finish(ev)
+            except BaseException:  # cancelled at shutdown: the report is owed all the same
+                unsigned = replace(ev, reason=EndReason.FAULT.token) if self.signed.require else ev
+                self._apply([Emit(unsigned)], signed=True)
+                raise
+            self._apply([Emit(report)], signed=True)
+
+        task = asyncio.ensure_future(finish())
+        self._signing.add(task)
+        task.add_done_callback(self._signing.discard)
 
     def _send(self, sends: list[_Send], written: asyncio.Future[None] | None) -> None:
         if written is not None:

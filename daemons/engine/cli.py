@@ -184,6 +184,21 @@ from .meter import SimulatedMeter
     show_default=True,
     help="Prefix of every Kafka topic. [env EVPROTO_TOPIC_PREFIX]",
 )
+@click.option(
+    "--require-signed-meter",
+    is_flag=True,
+    envvar="EVPROTO_REQUIRE_SIGNED_METER",
+    help="Bill only from signed meter values (OCMF, docs/hardware.md): a supply whose begin or end reading is "
+    "missing, unsigned or does not check ends as a fault. [env EVPROTO_REQUIRE_SIGNED_METER]",
+)
+@click.option(
+    "--meter-public-key",
+    default=None,
+    metavar="KEY.pem",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The meter's public key (PEM): its signed readings must check against it (default: the key the "
+    "meter presents, which proves integrity, not identity).",
+)
 @kafka_config_options
 @click.option(
     "--insecure",
@@ -217,6 +232,8 @@ def main(
     checkpoint_s: float,
     state_dir: str | None,
     topic_prefix: str,
+    require_signed_meter: bool,
+    meter_public_key: str | None,
     kafka_config: tuple[str, ...],
     kafka_config_file: str | None,
     insecure: bool,
@@ -276,6 +293,8 @@ def main(
         secure=not insecure,
         checkpoint_s=checkpoint_s,
         restart_read_timeout_s=meter_timeout_s,
+        require_signed_meter=require_signed_meter,
+        meter_public_key=_meter_key(meter_public_key),
     )
     if insecure:
         click.echo("evcp-engine: WARNING: --insecure: commands are not checked, events not sealed", err=True)
@@ -320,6 +339,19 @@ def main(
             err=True,
         )
         sys.exit(EXIT_DATAERR)
+
+
+def _meter_key(path: str | None) -> str | None:
+    """The meter's public key file as hex DER (how tickets carry it), checked now."""
+    if path is None:
+        return None
+    from evproto.hw import ocmf
+
+    try:
+        with open(path, "rb") as fh:
+            return ocmf.public_key_hex(ocmf.load_public_key(fh.read()))
+    except (OSError, ocmf.OcmfError) as exc:
+        raise click.BadParameter(f"{path}: {exc}", param_hint="--meter-public-key") from None
 
 
 if __name__ == "__main__":

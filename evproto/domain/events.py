@@ -89,6 +89,9 @@ MAX_SUPPLY_DURATION_S = 7 * 24 * 3600.0
 MAX_SESSION_ID = 2**53 - 1
 #: Longest free text (a request update's message).
 MAX_MESSAGE_LEN = 512
+#: A signed meter reading (OCMF text, evproto.hw.ocmf.MAX_OCMF_LEN) and a meter's public key (hex DER).
+MAX_OCMF_LEN = 2048
+MAX_METER_KEY_LEN = 512
 #: Amount = energy x price, within this much (EUR) plus a millionth of the amount.
 AMOUNT_TOLERANCE_EUR = 0.01
 #: Energy a meter may read beyond power x duration (rounding, a reading taken just after the end).
@@ -139,6 +142,8 @@ Token = Annotated[str, _Ident(empty_ok=True)]  # a reason code such as "power_lo
 EndReasonToken = Annotated[str, _OneOf(END_REASONS)]
 Text = Annotated[str, _Text()]
 Message = Annotated[str, _Text(MAX_MESSAGE_LEN)]
+OcmfText = Annotated[str, _Text(MAX_OCMF_LEN)]  # "": no signed reading
+MeterKey = Annotated[str, _Text(MAX_METER_KEY_LEN)]
 TsMs = Annotated[int, _Time()]
 SessionId = Annotated[int, _Range(1, MAX_SESSION_ID)]
 OfflineSessionId = Annotated[int, _Range(0, MAX_SESSION_ID)]  # 0: a supply served offline, not numbered yet
@@ -468,6 +473,11 @@ class SupplyFinished(Event):
     #: True for a supply served while Central was unreachable (session_id 0 until Central assigns one).
     offline: bool = False
     request_id: OptionalId = ""
+    #: The meter's signed readings at the supply's begin and end (OCMF, docs/hardware.md), and
+    #: its public key (hex DER); "" when the meter does not sign.
+    ocmf_begin: OcmfText = ""
+    ocmf_end: OcmfText = ""
+    meter_public_key: MeterKey = ""
 
 
 # -- driver-events ---------------------------------------------------------------------------
@@ -520,6 +530,10 @@ class Ticket(Event):
     status: Annotated[str, _OneOf(SESSION_STATUSES)]
     end_reason: EndReasonToken
     ts_ms: TsMs
+    #: As in supply_finished: the signed readings the ticket's energy comes from ("" when unsigned).
+    ocmf_begin: OcmfText = ""
+    ocmf_end: OcmfText = ""
+    meter_public_key: MeterKey = ""
 
 
 # -- cp-state, central-heartbeat -------------------------------------------------------------

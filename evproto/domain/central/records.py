@@ -195,6 +195,10 @@ class SessionRecord:
     energy_kwh: float = 0.0
     amount_eur: float = 0.0
     end_reason: str | None = None
+    #: The meter's signed begin/end readings (OCMF) and its public key; "" when unsigned.
+    ocmf_begin: str = ""
+    ocmf_end: str = ""
+    meter_public_key: str = ""
     #: A ticket was issued (kept in the tickets table, not in the sessions row).
     ticketed: bool = False
 
@@ -210,6 +214,9 @@ class SessionRecord:
             started_ts_ms=self.started_ts_ms,
             ended_ts_ms=self.ended_ts_ms,
             end_reason=self.end_reason,
+            ocmf_begin=self.ocmf_begin,
+            ocmf_end=self.ocmf_end,
+            meter_public_key=self.meter_public_key,
         )
 
 
@@ -224,4 +231,7 @@ SESSION_VIEW_FACTS = attrgetter(
     "started_ts_ms",
     "ended_ts_ms",
     "end_reason",
+    "ocmf_begin",
+    "ocmf_end",
+    "meter_public_key",
 )

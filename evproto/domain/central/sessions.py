@@ -388,6 +388,7 @@ class SessionRules:
         s.energy_kwh = ev.energy_kwh
         s.amount_eur = ev.amount_eur
         s.price_eur_kwh = ev.price_eur_kwh
+        s.ocmf_begin, s.ocmf_end, s.meter_public_key = ev.ocmf_begin, ev.ocmf_end, ev.meter_public_key
         self._transition(
             s,
             finish_input(ev.reason),
@@ -415,6 +416,9 @@ class SessionRules:
             ended_ts_ms=ev.ended_ts_ms,
             energy_kwh=ev.energy_kwh,
             amount_eur=ev.amount_eur,
+            ocmf_begin=ev.ocmf_begin,
+            ocmf_end=ev.ocmf_end,
+            meter_public_key=ev.meter_public_key,
         )
         self.next_session_id += 1
         self.request_ids[s.request_id] = s.id
@@ -475,6 +479,9 @@ class SessionRules:
                         status=s.status.value,
                         end_reason=s.end_reason or "",
                         ts_ms=now_ms,
+                        ocmf_begin=s.ocmf_begin,
+                        ocmf_end=s.ocmf_end,
+                        meter_public_key=s.meter_public_key,
                     ),
                 )
             )

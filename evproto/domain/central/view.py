@@ -105,6 +105,9 @@ class SessionView:
     started_ts_ms: int | None = None
     ended_ts_ms: int | None = None
     end_reason: str | None = None
+    ocmf_begin: str = ""
+    ocmf_end: str = ""
+    meter_public_key: str = ""
 
     def to_json(self) -> dict[str, Any]:
         """The pinned ``GET /api/v1/sessions`` item (times as ISO 8601 UTC strings or null)."""
@@ -118,6 +121,12 @@ class SessionView:
             "started_at": iso_utc(self.started_ts_ms),
             "ended_at": iso_utc(self.ended_ts_ms),
             "end_reason": self.end_reason,
+            # The meter's signed readings (docs/hardware.md, OCMF), null for an unsigned supply.
+            "signed_meter": (
+                {"ocmf_begin": self.ocmf_begin, "ocmf_end": self.ocmf_end, "meter_public_key": self.meter_public_key}
+                if self.ocmf_begin or self.ocmf_end
+                else None
+            ),
         }
 
     def to_request_json(self) -> dict[str, Any]:

@@ -51,8 +51,7 @@ def _modbus(port: str, *, baudrate: int | None, address: str, timeout_s: float, 
 
 
 #: Protocol name -> factory(port, baudrate=, address=, timeout_s=, **protocol options).
-PROTOCOLS: dict[str, Callable[..., MeterDriver]] = {"evproto": _evproto, "iec62056-21": _iec}
-PROTOCOLS["modbus"] = _modbus
+PROTOCOLS: dict[str, Callable[..., MeterDriver]] = {"evproto": _evproto, "iec62056-21": _iec, "modbus": _modbus}
 
 
 def make_driver(

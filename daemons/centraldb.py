@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from typing import Any
 
 from evproto.bus.seal import SealError, Why
@@ -34,15 +33,15 @@ def central_offsets(db_path: str) -> dict[tuple[str, int], int]:
 
 class StoredKeys:
     """Central's record keys and verify key, read from its database without writing to it
-    (a :class:`~.gate.KeyBook`). Keys issued after loading (a monitor that authenticated
-    again) are found by reading again, at most every ``reload_interval_s``. Retired and
-    revoked keys still open what they sealed: this is for looking, not for accepting."""
+    (a :class:`~.gate.KeyBook`). A key issued after loading (a monitor that authenticated
+    again) is looked up by its id the first time a record names it: one indexed query, so
+    the record sealed with a brand-new key opens at once (a timed reload of every key left
+    such records closed until it came round). Retired and revoked keys still open what
+    they sealed: this is for looking, not for accepting."""
 
-    def __init__(self, db_path: str, *, reload_interval_s: float = 2.0) -> None:
+    def __init__(self, db_path: str) -> None:
         self.db_path = db_path
-        self.reload_interval_s = reload_interval_s
         self._keys: dict[str, tuple[Owner, bytes]] = {}
-        self._loaded_at = 0.0
         pub_path = db_path + ".signing.pub"
         with open(pub_path, encoding="ascii") as f:
             raw = bytes.fromhex(f.read().strip())
@@ -65,16 +64,27 @@ class StoredKeys:
         finally:
             db.close()
         self._keys = keys
-        self._loaded_at = time.monotonic()
+
+    def _lookup(self, key_id: str) -> tuple[Owner, bytes] | None:
+        db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT cp_id, key FROM cp_keys WHERE key_id = ?", (key_id,)).fetchone()
+            if row is not None:
+                return Owner(OwnerKind.CP, row[0]), bytes(row[1])
+            row = db.execute("SELECT driver_id, key FROM driver_keys WHERE key_id = ?", (key_id,)).fetchone()
+            return (Owner(OwnerKind.DRIVER, row[0]), bytes(row[1])) if row is not None else None
+        except sqlite3.Error as exc:
+            log.warning("cannot read the keys in %s: %s", self.db_path, exc)
+            return None
+        finally:
+            db.close()
 
     def record_key(self, key_id: str) -> tuple[Owner, bytes]:
         found = self._keys.get(key_id)
-        if found is None and time.monotonic() - self._loaded_at >= self.reload_interval_s:
-            try:
-                self.reload()
-            except OSError as exc:
-                log.warning("%s", exc)
-            found = self._keys.get(key_id)
+        if found is None and len(key_id) <= 128:
+            found = self._lookup(key_id)
+            if found is not None:
+                self._keys[key_id] = found
         if found is None:
             raise SealError(Why.UNKNOWN_KEY, key_id[:64])
         return found

@@ -845,3 +845,15 @@ def test_the_events_page_of_a_real_central_opens_sealed_records_for_operators_on
                 assert errors == [], (role, errors)
         finally:
             browser.close()
+
+
+def test_a_key_issued_after_the_keys_were_read_opens_its_records_at_once(keys: Keys) -> None:
+    """A monitor that authenticates again gets a new key: the first record sealed with it
+    opens at once, and again right after (no timed reload of every key in between)."""
+    book = StoredKeys(keys.db)
+    keys.cp_grant = keys.ring.issue_cp_key("CP001")  # issued after the book read the keys
+    value = _sealed_cp_event(keys, _progress("CP001", "D001"))
+    at = dict(topic=Topic.CP_EVENTS, partition=0, offset=1, timestamp_ms=0, key="CP001", value=value, keys=book)
+    for _ in range(2):
+        rec = inspect_value(**at)  # type: ignore[arg-type]
+        assert rec.opened and rec.sealed_by == "cp:CP001" and rec.error is None

@@ -10,6 +10,7 @@ transaction as the saves, so a crash can neither lose nor invent a ticket.
 from __future__ import annotations
 
 import collections
+from typing import Any, Callable
 
 from evproto.bus.topics import Topic
 from evproto.domain.central.view import CpView, SessionView
@@ -123,29 +124,25 @@ class CentralCore(RegistryRules, SessionRules):
     # built again only when its facts changed, and an unchanged one is the same object.
 
     def cp_views(self) -> list[CpView]:
-        cache = self._cp_view_cache
-        out = []
-        for cp in sorted(self.cps.values(), key=lambda c: c.id):
-            facts = CP_VIEW_FACTS(cp)
-            hit = cache.get(cp.id)
-            if hit is None or hit[0] != facts:
-                hit = cache[cp.id] = (facts, cp.view())
-            out.append(hit[1])
-        if len(cache) > len(self.cps):
-            for gone in cache.keys() - self.cps.keys():
-                del cache[gone]
-        return out
+        return _cached_views(sorted(self.cps.values(), key=lambda c: c.id), self._cp_view_cache, CP_VIEW_FACTS)
 
     def live_session_views(self) -> list[SessionView]:
-        cache = self._session_view_cache
-        out = []
-        for s in sorted(self.sessions.values(), key=lambda s: s.id):
-            facts = SESSION_VIEW_FACTS(s)
-            hit = cache.get(s.id)
-            if hit is None or hit[0] != facts:
-                hit = cache[s.id] = (facts, s.view())
-            out.append(hit[1])
-        if len(cache) > len(self.sessions):
-            for gone in cache.keys() - self.sessions.keys():
-                del cache[gone]
-        return out
+        return _cached_views(
+            sorted(self.sessions.values(), key=lambda s: s.id), self._session_view_cache, SESSION_VIEW_FACTS
+        )
+
+
+def _cached_views(records: list[Any], cache: dict[Any, tuple[Any, Any]], facts: Callable[[Any], Any]) -> list[Any]:
+    """Each record's view, built again only when ``facts(record)`` changed; ``cache`` (by id)
+    keeps the facts and view of each and forgets records that are gone."""
+    out = []
+    for record in records:
+        now = facts(record)
+        hit = cache.get(record.id)
+        if hit is None or hit[0] != now:
+            hit = cache[record.id] = (now, record.view())
+        out.append(hit[1])
+    if len(cache) > len(records):
+        for gone in cache.keys() - {r.id for r in records}:
+            del cache[gone]
+    return out

@@ -24,6 +24,7 @@ from typing import Any
 
 from .credentials_file import write_cp_credentials
 from .files import makedirs
+from .httpcall import call_json
 from .pki import CertificateAuthority, IssuedCertificate, write_private
 from .tokens import TokenRole, TokenStore
 
@@ -99,14 +100,4 @@ class NetworkSecrets:
 
 
 def _call(request: urllib.request.Request, tls: ssl.SSLContext) -> Any:
-    try:
-        with urllib.request.urlopen(request, context=tls, timeout=15) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        try:
-            why = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            why = exc.reason
-        raise RegistryError(f"the registry answered {exc.code}: {why}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise RegistryError(f"cannot reach the registry: {getattr(exc, 'reason', exc)}") from None
+    return call_json(request, peer="the registry", error=RegistryError, tls=tls, timeout_s=15)

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from ..files import makedirs, open_private
+from ..httpcall import call_json
 from .network import api_base, api_client, daemon_argv, db_path, is_secure, open_network
 from .processes import Instance, Registry
 
@@ -133,20 +134,12 @@ def _sim_call(reg: Registry, method: str, path: str, body: Any = None) -> Any:
         data=json.dumps(body).encode() if body is not None else None,
         headers={"Authorization": f"Bearer {_api_key(reg)}", "Content-Type": "application/json"},
     )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        try:
-            why = json.load(exc).get("error", exc.reason)
-        except ValueError:
-            why = exc.reason
-        raise click.ClickException(f"the weather simulator answered {exc.code}: {why}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise click.ClickException(
-            f"cannot reach the weather simulator at {url}: {getattr(exc, 'reason', exc)} "
-            "(`evcharging ps`; `evcharging start weather-sim`)"
-        ) from None
+    return call_json(
+        request,
+        peer=f"the weather simulator at {url}",
+        error=click.ClickException,
+        hint=" (`evcharging ps`; `evcharging start weather-sim`)",
+    )
 
 
 def _central_weather(reg: Registry) -> list[dict[str, Any]]:

@@ -413,3 +413,18 @@ async def test_an_open_stream_does_not_hold_up_stopping_the_server(tmp_path: Pat
         await asyncio.wait_for(server.close(), GUARD_S)
         assert not server.runner.app[BROADCASTER_KEY].subscribers
         stream.close()
+
+
+async def test_one_token_logging_in_again_and_again_cannot_push_out_other_sessions(tmp_path: Path) -> None:
+    tokens = TokenStore(str(tmp_path / "tokens.db"))
+    try:
+        sessions = ConsoleSessions(tokens, api_prefix="/api/v1", max_sessions=10, max_per_token=3)
+        _, operator = tokens.create(TokenRole.OPERATOR, "olga")
+        _, flooder = tokens.create(TokenRole.VIEWER, "mallory")
+        kept = sessions.open(operator)
+        flood = [sessions.open(flooder) for _ in range(50)]
+        assert sessions.principal(kept) == operator
+        assert [sessions.principal(i) is not None for i in flood[-4:]] == [False, True, True, True]
+        assert len(sessions) == 4
+    finally:
+        tokens.close()

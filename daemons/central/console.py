@@ -71,8 +71,10 @@ class ConsoleSessions:
     """Logged-in browsers: session id -> principal, in memory, bounded in number and in age.
 
     A session ends at logout, after ``lifetime_s``, when its token is revoked, or when
-    ``max_sessions`` newer ones push it out (the oldest goes first). Only a hash of the
-    session id is kept: a memory dump names no live cookie.
+    ``max_sessions`` newer ones push it out (the oldest goes first). One token holds at
+    most ``max_per_token`` sessions, its own oldest going first: whoever holds one token
+    cannot log in over and over to push everybody else's sessions out. Only a hash of
+    the session id is kept: a memory dump names no live cookie.
     """
 
     cookie_name = SESSION_COOKIE
@@ -84,12 +86,14 @@ class ConsoleSessions:
         *,
         api_prefix: str,
         max_sessions: int = 1000,
+        max_per_token: int = 20,
         lifetime_s: float = 8 * 3600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._tokens = tokens
         self._api_prefix = api_prefix
         self.max_sessions = max_sessions
+        self.max_per_token = max_per_token
         self.lifetime_s = lifetime_s
         #: Seconds, monotonic (a test moves it).
         self.clock = clock
@@ -107,6 +111,9 @@ class ConsoleSessions:
         """A new session for ``principal``: its id (the cookie's value)."""
         now = self.clock()
         self._purge(now)
+        same = [k for k, (p, _) in self._live.items() if p.token_id == principal.token_id]
+        for key in same[: max(0, len(same) - self.max_per_token + 1)]:
+            del self._live[key]
         while len(self._live) >= self.max_sessions:
             self._live.popitem(last=False)
         session_id = secrets.token_urlsafe(32)

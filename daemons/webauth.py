@@ -36,6 +36,7 @@ __all__ = [
     "Forbidden",
     "token_auth",
     "foreign_origin",
+    "stream_owner",
 ]
 
 PRINCIPAL = web.RequestKey("evproto_principal", Principal)
@@ -165,3 +166,11 @@ def token_auth(
         return await handler(request)
 
     return middleware
+
+
+def stream_owner(request: web.Request) -> str:
+    """Whom an open stream counts against: the token (through its session or Bearer), or the
+    address under ``--insecure``. The live streams bound how many each may hold, so that one
+    token or one address cannot take every slot."""
+    principal = request.get(PRINCIPAL)
+    return f"token:{principal.token_id}" if principal is not None else f"address:{request.remote or ''}"

@@ -428,3 +428,12 @@ async def test_one_token_logging_in_again_and_again_cannot_push_out_other_sessio
         assert len(sessions) == 4
     finally:
         tokens.close()
+
+
+async def test_one_owner_cannot_take_every_stream() -> None:
+    broadcaster = Broadcaster(CoreBackend(CPS), max_subscribers=10, max_per_owner=2)
+    broadcaster.subscribe("token:aaaa")
+    broadcaster.subscribe("token:aaaa")
+    with pytest.raises(TooManySubscribers):
+        broadcaster.subscribe("token:aaaa")
+    assert broadcaster.subscribe("token:bbbb").owner == "token:bbbb"

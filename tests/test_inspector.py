@@ -857,3 +857,19 @@ def test_a_key_issued_after_the_keys_were_read_opens_its_records_at_once(keys: K
     for _ in range(2):
         rec = inspect_value(**at)  # type: ignore[arg-type]
         assert rec.opened and rec.sealed_by == "cp:CP001" and rec.error is None
+
+
+async def test_one_owner_cannot_take_every_event_stream() -> None:
+    from evproto.daemons.central.events_api import EventsSource, EventTail, HttpError
+
+    tail = EventTail(EventsSource(settings=KafkaSettings(bootstrap="127.0.0.1:1")), max_subscribers=10, max_per_owner=2)
+    tail._reader = object()  # type: ignore[assignment]  # as if running: no Kafka needed here
+    subs = [tail.subscribe(EventFilter(), opened=False, owner="address:10.0.0.9") for _ in range(2)]
+    with pytest.raises(HttpError) as refused:
+        tail.subscribe(EventFilter(), opened=False, owner="address:10.0.0.9")
+    assert refused.value.http_status == 503
+    subs.append(tail.subscribe(EventFilter(), opened=False, owner="token:1a2b3c4d"))
+    for sub in subs[:-1]:
+        tail.unsubscribe(sub)
+    tail._reader = None
+    tail.unsubscribe(subs[-1])

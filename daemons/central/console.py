@@ -27,7 +27,7 @@ from aiohttp import web
 
 from ..auditlog import AuditLog
 from ..tokens import ROLE_GRANTS, Principal, TokenRole, TokenStore
-from ..webauth import BROWSER_SESSIONS, PRINCIPAL, Forbidden, foreign_origin
+from ..webauth import BROWSER_SESSIONS, PRINCIPAL, Forbidden, foreign_origin, stream_owner
 from ..webjson import json_response
 from .stream import KEEPALIVE, Broadcaster
 
@@ -271,7 +271,7 @@ def _still_allowed(request: web.Request) -> Callable[[], bool]:
 async def _stream(request: web.Request) -> web.StreamResponse:
     broadcaster = request.app[BROADCASTER_KEY]
     allowed = _still_allowed(request)
-    sub = broadcaster.subscribe()
+    sub = broadcaster.subscribe(stream_owner(request))
     try:
         resp = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store", "X-Accel-Buffering": "no"}

@@ -43,7 +43,7 @@ from ..eventreader import EventReader
 from ..gate import KeyBook, Policy
 from ..inspector import CAUGHT_UP, EventFilter, InspectedRecord, StartAt, newest
 from ..tokens import TokenRole
-from ..webauth import PRINCIPAL
+from ..webauth import PRINCIPAL, stream_owner
 from ..webjson import BadRequest, HttpError, json_response
 
 __all__ = [
@@ -74,6 +74,8 @@ SCAN_PER_PARTITION = 2000
 MAX_QUERIES = 2
 #: Open streams at most (more: 503).
 MAX_SUBSCRIBERS = 50
+#: Open streams of one token (or, under --insecure, one address) at most (more: 503).
+MAX_PER_OWNER = 10
 #: Records waiting for one stream's client; a client this far behind is dropped.
 SUBSCRIBER_QUEUE = 1000
 #: Records handed from the tail's thread to the event loop and not yet delivered.
@@ -107,6 +109,8 @@ class Subscriber:
 
     filter: EventFilter
     opened: bool
+    #: Whom it counts against (daemons/webauth.py ``stream_owner``).
+    owner: str = ""
     #: Server-Sent Events frames to write; None: the stream ends (``ended`` says why).
     queue: asyncio.Queue[bytes | None] = field(default_factory=lambda: asyncio.Queue(SUBSCRIBER_QUEUE))
     #: Why the stream ends (None while it runs).
@@ -124,9 +128,12 @@ class Subscriber:
 class EventTail:
     """One reader following every topic from its end, shared by every open stream."""
 
-    def __init__(self, source: EventsSource, *, max_subscribers: int = MAX_SUBSCRIBERS) -> None:
+    def __init__(
+        self, source: EventsSource, *, max_subscribers: int = MAX_SUBSCRIBERS, max_per_owner: int = MAX_PER_OWNER
+    ) -> None:
         self.source = source
         self.max_subscribers = max_subscribers
+        self.max_per_owner = max_per_owner
         self.subscribers: set[Subscriber] = set()
         #: Records delivered, subscribers dropped for being slow.
         self.delivered = 0
@@ -137,10 +144,12 @@ class EventTail:
         self._running: asyncio.Future[Any] | None = None
         self._slots = threading.BoundedSemaphore(_IN_FLIGHT)
 
-    def subscribe(self, filter: EventFilter, *, opened: bool) -> Subscriber:
+    def subscribe(self, filter: EventFilter, *, opened: bool, owner: str = "") -> Subscriber:
         if len(self.subscribers) >= self.max_subscribers:
             raise Unavailable(f"{self.max_subscribers} event streams are open already; try again later")
-        sub = Subscriber(filter=filter, opened=opened)
+        if owner and sum(1 for s in self.subscribers if s.owner == owner) >= self.max_per_owner:
+            raise Unavailable(f"{self.max_per_owner} event streams of yours are open already")
+        sub = Subscriber(filter=filter, opened=opened, owner=owner)
         self.subscribers.add(sub)
         if self._reader is None:
             self._start()
@@ -361,7 +370,7 @@ async def _get_events(request: web.Request) -> web.Response:
 
 async def _get_stream(request: web.Request) -> web.StreamResponse:
     service = _service(request)
-    sub = service.tail.subscribe(_filter(request), opened=_may_open(request))
+    sub = service.tail.subscribe(_filter(request), opened=_may_open(request), owner=stream_owner(request))
     try:
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

@@ -62,8 +62,10 @@ KEEPALIVE = b": keepalive\n\n"
 class Subscriber:
     """One open stream: the chunks waiting to be written to it, bounded."""
 
-    def __init__(self, max_chunks: int) -> None:
+    def __init__(self, max_chunks: int, owner: str = "") -> None:
         self.max_chunks = max_chunks
+        #: Whom it counts against (daemons/webauth.py ``stream_owner``).
+        self.owner = owner
         self._chunks: collections.deque[bytes] = collections.deque()
         self._wake = asyncio.Event()
         #: Set when it fell ``max_chunks`` behind: it is closed and the browser reconnects.
@@ -152,6 +154,7 @@ class Broadcaster:
         *,
         tick_s: float = 0.5,
         max_subscribers: int = 100,
+        max_per_owner: int = 10,
         max_chunks: int = 64,
         keepalive_s: float = 15.0,
         tickets: int = 20,
@@ -160,6 +163,7 @@ class Broadcaster:
         self.backend = backend
         self.tick_s = tick_s
         self.max_subscribers = max_subscribers
+        self.max_per_owner = max_per_owner
         self.max_chunks = max_chunks
         self.keepalive_s = keepalive_s
         self.tickets = tickets
@@ -256,16 +260,20 @@ class Broadcaster:
         # "retry": a dropped or cut browser comes back after a second, not the default three.
         return b"retry: 1000\n" + self._event(b"snapshot", parts)
 
-    def subscribe(self) -> Subscriber:
-        """A new subscriber, its snapshot queued. Raises :class:`TooManySubscribers`."""
+    def subscribe(self, owner: str = "") -> Subscriber:
+        """A new subscriber, its snapshot queued. Raises :class:`TooManySubscribers` when
+        ``max_subscribers`` are open, or ``max_per_owner`` of ``owner``'s (an empty owner: no
+        bound of its own; the HTTP handler always names one)."""
         if len(self.subscribers) >= self.max_subscribers:
             raise TooManySubscribers(f"the console stream is full ({self.max_subscribers} open); try again later")
+        if owner and sum(1 for s in self.subscribers if s.owner == owner) >= self.max_per_owner:
+            raise TooManySubscribers(f"{self.max_per_owner} console streams of yours are open already")
         if not self.subscribers:
             # Nobody listened: bring the previous tick up to date quietly, tickets included
             # (supplies may have begun and ended meanwhile).
             self._tickets = None
             self._changes()
-        sub = Subscriber(self.max_chunks)
+        sub = Subscriber(self.max_chunks, owner)
         sub.offer(self.snapshot())
         self.subscribers.add(sub)
         return sub

@@ -104,6 +104,18 @@ def http_json(url: str) -> Any:
         return json.load(resp)
 
 
+def central_argv(db: str, bootstrap: str, ready: str, security: list[str]) -> list[str]:
+    """The command of the Central a benchmark measures: any free ports, no panel, patient
+    timeouts, and every CP may register at once."""
+    return [
+        *(sys.executable, "-m", "evproto.daemons.central", "--db", db, "--kafka", bootstrap),
+        *("--port", "0", "--http-port", "0", "--host", "127.0.0.1", "--no-panel", "--ready-file", ready),
+        *("--answer-timeout-s", "120", "--plug-timeout-s", "600", "--registrations-per-min", "1000000"),
+        *security,
+        *("--log-format", "text", "--log-level", "warning"),
+    ]
+
+
 # -- the load, in a few processes ------------------------------------------------------------
 #
 # Monitors, drivers and the bare consumer each run in a process of their own
@@ -561,35 +573,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str, broker
     env = {**os.environ, "EVPROTO_TOPIC_PREFIX": prefix}
     log = open(os.path.join(workdir, f"{prefix}central.log"), "wb")
     central = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "evproto.daemons.central",
-            "--db",
-            db,
-            "--kafka",
-            bootstrap,
-            "--port",
-            "0",
-            "--http-port",
-            "0",
-            "--host",
-            "127.0.0.1",
-            "--no-panel",
-            "--ready-file",
-            ready,
-            "--answer-timeout-s",
-            "120",
-            "--plug-timeout-s",
-            "600",
-            "--registrations-per-min",
-            "1000000",  # the bench registers every CP at once
-            *security,
-            "--log-format",
-            "text",
-            "--log-level",
-            "warning",
-        ],
+        central_argv(db, bootstrap, ready, security),
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from _report import write_section  # benchmarks/_report.py
-from capacity import Child, Engines, _monitors_main, machine_busy, proc_cpu_s, proc_rss_mb
+from capacity import Child, Engines, _monitors_main, central_argv, machine_busy, proc_cpu_s, proc_rss_mb
 
 from evproto.bus.broker import EmbeddedBroker
 from evproto.bus.kafka import KafkaSettings, ensure_topics
@@ -132,10 +132,7 @@ async def measure(args: argparse.Namespace, bootstrap: str, workdir: str) -> dic
     ready = os.path.join(workdir, f"{prefix}ready.json")
     log = open(os.path.join(workdir, f"{prefix}central.log"), "wb")
     central = subprocess.Popen(
-        [sys.executable, "-m", "evproto.daemons.central", "--db", db, "--kafka", bootstrap]
-        + ["--port", "0", "--http-port", "0", "--host", "127.0.0.1", "--no-panel", "--ready-file", ready]
-        + ["--answer-timeout-s", "120", "--plug-timeout-s", "600", "--registrations-per-min", "1000000"]
-        + ["--insecure", "--log-format", "text", "--log-level", "warning"],
+        central_argv(db, bootstrap, ready, ["--insecure"]),
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
